@@ -1,0 +1,28 @@
+"""Errors that reach the user.
+
+Every error raised for bad input (a missing file, an unknown key, a wrong
+shape) is an ``EmoctlError``.  The ``emoctl`` command prints its message as one
+paragraph and exits non-zero without a traceback, so the message itself must
+name the file, key or value at fault and say how to fix it.
+"""
+from __future__ import annotations
+
+
+class EmoctlError(Exception):
+    """Base class: a problem with the user's input, explained in the message."""
+
+
+class ConfigError(EmoctlError, ValueError):
+    """A configuration value is invalid or two values disagree."""
+
+
+class StoreError(EmoctlError):
+    """An activation store is missing, corrupt or used inconsistently."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No activation store at the given path."""
+
+
+class NonFiniteActivationError(StoreError, ValueError):
+    """Rows with NaN or Inf were offered to the store writer."""
