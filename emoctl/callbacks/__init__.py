@@ -1,0 +1,6 @@
+"""Lightning callbacks: the glue between models, data and files."""
+from __future__ import annotations
+
+from emoctl.callbacks.sae_export import SAEExport
+
+__all__ = ["SAEExport"]

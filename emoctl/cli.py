@@ -1,0 +1,163 @@
+"""The ``emoctl`` command.
+
+Two kinds of subcommand share one front door:
+
+* Trainer commands (``fit``, ``validate``, ``test``, ``predict``) go to
+  Lightning's ``LightningCLI``: any LightningModule and LightningDataModule can
+  be named in a recipe with ``class_path``, several ``--config`` files merge in
+  order, dotted overrides work (``--trainer.max_steps=100``) and ``--help``
+  documents every argument from type hints and docstrings.
+* Tools (``bench`` and, in later work, ``harvest``, ``select``, ``steer`` ...)
+  are plain typed functions registered in :data:`TOOLS`.  jsonargparse gives
+  them the same ``--config``/``--print_config``/dotted-override behaviour.
+
+Errors in the user's input (an unknown key, a wrong type, a missing file, an
+:class:`~emoctl.errors.EmoctlError` raised while running) are printed as one
+paragraph naming the key or path, and the process exits with status 2 (input)
+or 1 (run time), without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from emoctl.errors import EmoctlError
+
+TRAINER_COMMANDS: dict[str, str] = {
+    "fit": "Train a model (an SAE, an EmoShift layer ...) from a recipe.",
+    "validate": "Run one validation pass of a model from a recipe.",
+    "test": "Run the test loop of a model from a recipe.",
+    "predict": "Run the predict loop of a model from a recipe.",
+}
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A subcommand that is not a Trainer method: a typed function, imported lazily."""
+
+    target: str  # "module:function"
+    summary: str
+
+    def load(self) -> Callable[..., Any]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+TOOLS: dict[str, dict[str, Tool]] = {
+    "bench": {
+        "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
+        "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
+    },
+    "inspect": {
+        "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
+    },
+}
+"""Tool commands: ``emoctl <group> <name> [--args]``.  Later work adds groups."""
+
+TOOL_SUMMARIES: dict[str, str] = {
+    "bench": "Benchmarks that print a Markdown table with ratios against a baseline measured in the same run.",
+    "inspect": "Look inside trained artifacts.",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``emoctl`` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_overview())
+        return 0
+    command, rest = args[0], args[1:]
+    try:
+        if command in TRAINER_COMMANDS:
+            _run_lightning_cli(command, rest, from_argv=argv is None)
+        elif command in TOOLS:
+            _run_tool(command, rest)
+        else:
+            raise _InputError(
+                f"unknown command {command!r}. Commands: {', '.join([*TRAINER_COMMANDS, *TOOLS])}. "
+                "Run `emoctl --help` for what each one does."
+            )
+    except _InputError as err:
+        _print_error(command, str(err))
+        return 2
+    except argparse.ArgumentError as err:
+        _print_error(command, _explain_argument_error(err, command))
+        return 2
+    except EmoctlError as err:
+        _print_error(command, str(err))
+        return 1
+    return 0
+
+
+class _InputError(Exception):
+    """A malformed command line, reported like a configuration error."""
+
+
+def _overview() -> str:
+    lines = ["usage: emoctl <command> [--config FILE ...] [--key=value ...]", "", "Trainer commands (LightningCLI):"]
+    lines += [f"  {name:<10} {text}" for name, text in TRAINER_COMMANDS.items()]
+    lines += ["", "Tools:"]
+    for group, tools in TOOLS.items():
+        lines.append(f"  {group:<10} {TOOL_SUMMARIES.get(group, '')}")
+        lines += [f"    {group} {name:<12} {tool.summary}" for name, tool in tools.items()]
+    lines += [
+        "",
+        "Every command takes --help, --config FILE (repeatable, merged in order), dotted overrides",
+        "such as --trainer.max_steps=100, and --print_config to show the resolved configuration.",
+        "Example: emoctl fit --config recipes/sae_demo.yaml",
+    ]
+    return "\n".join(lines)
+
+
+def _print_error(command: str, message: str) -> None:
+    text = textwrap.fill(f"emoctl {command}: error: {message}", width=100, break_on_hyphens=False)
+    print(text, file=sys.stderr)
+
+
+def _explain_argument_error(err: argparse.ArgumentError, command: str) -> str:
+    message = " ".join(str(err).split())
+    return (
+        f"{message}. Check the key's spelling, type and path against `emoctl {command} --help`, "
+        f"or print the resolved configuration with `emoctl {command} --config ... --print_config`."
+    )
+
+
+def _run_lightning_cli(command: str, rest: list[str], from_argv: bool) -> None:
+    from emoctl.lightning_cli import EmoctlLightningCLI
+
+    # LightningCLI warns when given ``args`` while sys.argv also holds arguments; pass
+    # None when the arguments *are* sys.argv.
+    EmoctlLightningCLI(
+        args=None if from_argv else [command, *rest],
+        parser_kwargs={"exit_on_error": False},
+    )
+
+
+def _run_tool(group: str, rest: list[str]) -> None:
+    tools = TOOLS[group]
+    if not rest or rest[0] in ("-h", "--help"):
+        print(f"usage: emoctl {group} <name> [--config FILE] [--key=value ...]\n")
+        print("\n".join(f"  {name:<12} {tool.summary}" for name, tool in tools.items()))
+        return
+    name, rest = rest[0], rest[1:]
+    if name not in tools:
+        raise _InputError(f"unknown {group} {name!r}; choose one of: {', '.join(tools)}")
+    from jsonargparse import ArgumentParser
+
+    function = tools[name].load()
+    parser = ArgumentParser(prog=f"emoctl {group} {name}", description=function.__doc__, exit_on_error=False)
+    parser.add_argument("-c", "--config", action="config", help="YAML file of arguments (repeatable).")
+    parser.add_function_arguments(function, as_group=False)
+    config = parser.parse_args(rest)
+    kwargs = parser.instantiate_classes(config).as_dict()
+    kwargs.pop("config", None)
+    kwargs.pop("__path__", None)
+    function(**kwargs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Shared fixtures: paths and a runner for the real ``emoctl`` command."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+
+def run_emoctl(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """Run ``python -m emoctl`` as a user would, in a fresh process."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "emoctl", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def emoctl():
+    return run_emoctl
