@@ -1,0 +1,188 @@
+"""Phase-gated read and write hooks on a backbone's named hookpoints.
+
+A hookpoint is the *input* of a module: ``resid_pre.L`` is the residual
+entering transformer block L (blocks counted from 0), ``lm_out`` the hidden
+state entering the speech-token head.  Harvesting reads it; steering
+(EmoShift, SAE features) rewrites it.
+
+An autoregressive TTS model runs three kinds of forward pass: the *prefill*
+over the prompt, one *decode* step per generated token, and, in some systems
+(IndexTTS2's ``infer_v2``), a *teacher-forced* pass over the finished tokens.
+The SAE seed trains only on decode-phase states, so every hook names the
+phases it fires in (decode only by default), and the backbone declares the
+phase it is in with :meth:`HookManager.phase`.
+
+No torch hook is registered on a module until a hook is attached to it, and
+the last removal unregisters it, so an unhooked backbone pays nothing.
+"""
+from __future__ import annotations
+
+import enum
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from emoctl.errors import ConfigError
+
+
+class Phase(str, enum.Enum):
+    """Which kind of forward pass the backbone is running."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    TEACHER_FORCED = "teacher_forced"
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What a hook is told besides the tensor: where and in which phase it fires, and which rows are real."""
+
+    hookpoint: str
+    phase: Phase | None
+    step: int  # decode step counter (0 for prefill and teacher-forced passes)
+    active: torch.Tensor | None  # (B,) bool: rows still generating; None when all are
+
+
+ReadHook = Callable[[torch.Tensor, HookContext], None]
+"""Sees the hookpoint's tensor, (B, T, d); must not modify it."""
+WriteHook = Callable[[torch.Tensor, HookContext], torch.Tensor]
+"""Returns the tensor that replaces the hookpoint's input, same shape and dtype."""
+
+
+@dataclass(eq=False)
+class _Hook:
+    fn: Callable[..., Any]
+    writes: bool
+    phases: frozenset[Phase] | None  # None: every pass, phase known or not
+
+
+class HookHandle:
+    """Returned by ``add_reader``/``add_writer``; ``remove()`` detaches the hook (also as a context manager)."""
+
+    def __init__(self, manager: HookManager, hookpoint: str, hook: _Hook) -> None:
+        self._manager, self._hookpoint, self._hook = manager, hookpoint, hook
+
+    def remove(self) -> None:
+        self._manager._remove(self._hookpoint, self._hook)
+
+    def __enter__(self) -> HookHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class HookManager:
+    """Attaches hooks to the input of named modules and runs them in the order they were added."""
+
+    def __init__(self, hookpoints: Mapping[str, nn.Module]) -> None:
+        self._modules = dict(hookpoints)
+        self._hooks: dict[str, list[_Hook]] = {}
+        self._torch_handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._phase: Phase | None = None
+        self._step = 0
+        self._active: torch.Tensor | None = None
+
+    @property
+    def hookpoints(self) -> list[str]:
+        return list(self._modules)
+
+    @property
+    def current_phase(self) -> Phase | None:
+        return self._phase
+
+    def has_hooks(self, hookpoint: str | None = None) -> bool:
+        return bool(self._hooks.get(hookpoint)) if hookpoint else any(self._hooks.values())
+
+    # -------------------------------------------------------------- attach
+    def add_reader(self, hookpoint: str, fn: ReadHook, phases: Iterable[Phase | str] | None = (Phase.DECODE,)
+                   ) -> HookHandle:
+        """Call ``fn(x, ctx)`` with the hookpoint's input during the given phases (None: all passes)."""
+        return self._add(hookpoint, _Hook(fn, writes=False, phases=_phase_set(phases)))
+
+    def add_writer(self, hookpoint: str, fn: WriteHook, phases: Iterable[Phase | str] | None = (Phase.DECODE,)
+                   ) -> HookHandle:
+        """Replace the hookpoint's input by ``fn(x, ctx)`` during the given phases (None: all passes)."""
+        return self._add(hookpoint, _Hook(fn, writes=True, phases=_phase_set(phases)))
+
+    def clear(self) -> None:
+        for hookpoint in list(self._hooks):
+            for hook in list(self._hooks[hookpoint]):
+                self._remove(hookpoint, hook)
+
+    # --------------------------------------------------------------- phase
+    @contextmanager
+    def phase(self, phase: Phase | str, step: int = 0, active: torch.Tensor | None = None) -> Iterator[None]:
+        """Declare the pass the backbone is about to run; hooks gated to other phases stay silent."""
+        previous = (self._phase, self._step, self._active)
+        self._phase, self._step, self._active = Phase(phase), step, active
+        try:
+            yield
+        finally:
+            self._phase, self._step, self._active = previous
+
+    # ------------------------------------------------------------ internal
+    def _add(self, hookpoint: str, hook: _Hook) -> HookHandle:
+        if hookpoint not in self._modules:
+            raise ConfigError(
+                f"unknown hookpoint {hookpoint!r}; this backbone has: {', '.join(self._modules)}."
+            )
+        hooks = self._hooks.setdefault(hookpoint, [])
+        if not hooks:
+            self._torch_handles[hookpoint] = self._modules[hookpoint].register_forward_pre_hook(
+                self._make_pre_hook(hookpoint), with_kwargs=True
+            )
+        hooks.append(hook)
+        return HookHandle(self, hookpoint, hook)
+
+    def _remove(self, hookpoint: str, hook: _Hook) -> None:
+        hooks = self._hooks.get(hookpoint, [])
+        if hook in hooks:
+            hooks.remove(hook)
+        if not hooks and hookpoint in self._torch_handles:
+            self._torch_handles.pop(hookpoint).remove()
+            self._hooks.pop(hookpoint, None)
+
+    def _make_pre_hook(self, hookpoint: str) -> Callable[..., Any]:
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            due = [h for h in self._hooks.get(hookpoint, ()) if h.phases is None or self._phase in h.phases]
+            if not due:
+                return None
+            in_kwargs = not args
+            key = next((k for k in _INPUT_KWARGS if k in kwargs), None) if in_kwargs else None
+            if in_kwargs and key is None:
+                raise RuntimeError(f"cannot find the input tensor of hookpoint {hookpoint} in {list(kwargs)}")
+            x = kwargs[key] if in_kwargs else args[0]
+            ctx = HookContext(hookpoint, self._phase, self._step, self._active)
+            changed = False
+            for hook in due:
+                if hook.writes:
+                    new = hook.fn(x, ctx)
+                    if new.shape != x.shape:
+                        raise RuntimeError(f"write hook on {hookpoint} changed shape {tuple(x.shape)} -> "
+                                           f"{tuple(new.shape)}")
+                    x, changed = new, True
+                else:
+                    hook.fn(x, ctx)
+            if not changed:
+                return None
+            if in_kwargs:
+                return args, {**kwargs, key: x}
+            return (x, *args[1:]), kwargs
+
+        return pre_hook
+
+
+_INPUT_KWARGS = ("hidden_states", "input", "x")  # how blocks and heads name their first input
+
+
+def _phase_set(phases: Iterable[Phase | str] | None) -> frozenset[Phase] | None:
+    if phases is None:
+        return None
+    try:
+        return frozenset(Phase(p) for p in phases)
+    except ValueError as err:
+        raise ConfigError(f"{err}; phases are {', '.join(p.value for p in Phase)}.") from None
