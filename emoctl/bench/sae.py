@@ -1,0 +1,219 @@
+"""``emoctl bench sae``: one Top-k SAE training step against the bare encoder matmul and sparsify.
+
+Every row is timed in the same run on the same random batch, with the same
+initial weights, the same dead latents and the same optimizer (Adam, fused
+where PyTorch has it), so only the SAE implementation differs:
+
+1. the bare encoder matmul ``(B, d_in) @ (d_in, d_sae)``, the floor any step pays;
+2. emoctl's step: forward (sparse autograd, AuxK on), backward, parallel-gradient
+   removal, Adam, decoder renormalization;
+3. the same step with ``reference_forward`` (dense PyTorch autograd);
+4. EleutherAI sparsify's ``SparseCoder`` step with the same dead mask, when
+   ``eai-sparsify`` is installed.
+
+The dead-latent counters are set once (``dead_fraction`` of latents dead) and
+not advanced during timing, so every step sees the same AuxK work.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import io
+import os
+import statistics
+import time
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from emoctl.errors import ConfigError
+from emoctl.sae.config import SAEConfig
+from emoctl.sae.topk_sae import SAEOutput, TopKSAE, reference_forward
+
+Step = Callable[[], None]
+
+
+def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: int = 32, dead_fraction: float = 0.1,
+              steps: int = 5, warmup: int = 2, device: str = "auto", seed: int = 0) -> list[dict]:
+    """Time one SAE training step; print a Markdown table and return its rows.
+
+    Args:
+        batch_size: Tokens per step.
+        d_in: Activation width.
+        d_sae: Number of latents.
+        k: Latents kept per token.
+        dead_fraction: Share of latents marked dead through the counters, so AuxK runs.
+        steps: Timed steps per row; the table reports their median.
+        warmup: Untimed steps before timing each row.
+        device: "cpu", "cuda", or "auto" (CUDA when available).
+        seed: Seed of the batch, the weights and the dead set.
+    """
+    if not 0.0 <= dead_fraction <= 1.0:
+        raise ConfigError(f"dead_fraction={dead_fraction} must be in [0, 1].")
+    if steps < 1 or warmup < 0:
+        raise ConfigError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0.")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    generator = torch.Generator().manual_seed(seed)
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, k=k, hook_name="bench")
+    torch.manual_seed(seed)
+    template = TopKSAE(cfg, device=dev)
+    x = torch.randn(batch_size, d_in, generator=generator).to(dev)
+    template.init_b_pre(x, "mean")
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[torch.randperm(d_sae, generator=generator)[: round(dead_fraction * d_sae)]] = True
+    dead = dead.to(dev)
+    template.tokens_since_fired.masked_fill_(dead, cfg.dead_tokens)
+
+    cases: list[tuple[str, Callable[[], Step]]] = [
+        ("bare encoder matmul, fp32", lambda: _matmul_step(x, template.W_enc.detach(), None)),
+        ("emoctl TopKSAE step, fp32", lambda: _emoctl_step(template, x, _fast, None)),
+        ("dense reference step, fp32", lambda: _emoctl_step(template, x, reference_forward, None)),
+    ]
+    sparsify_label = "sparsify SparseCoder step" + (", bf16 autocast (built in)" if dev.type == "cuda" else ", fp32")
+    if _import_sparsify() is not None:
+        cases.append((sparsify_label, lambda: _sparsify_step(template, x, dead)))
+    if dev.type == "cuda":
+        bf16 = torch.bfloat16
+        cases += [
+            ("bare encoder matmul, bf16", lambda: _matmul_step(x, template.W_enc.detach(), bf16)),
+            ("emoctl TopKSAE step, bf16 autocast", lambda: _emoctl_step(template, x, _fast, bf16)),
+            ("dense reference step, bf16 autocast", lambda: _emoctl_step(template, x, reference_forward, bf16)),
+        ]
+
+    timings: dict[str, float] = {}
+    with tqdm(total=len(cases) * (steps + warmup), desc="bench sae", unit="step", leave=False) as bar:
+        for name, make_step in cases:
+            step = make_step()
+            timings[name] = _median_seconds(step, steps, warmup, dev, bar)
+            del step
+            gc.collect()
+
+    floor = timings["bare encoder matmul, fp32"]
+    theirs = timings.get(sparsify_label)
+    rows = [
+        {
+            "row": name,
+            "ms_per_step": 1e3 * seconds,
+            "tokens_per_s": batch_size / seconds,
+            "x_matmul_floor": seconds / floor,
+            "speed_vs_sparsify": theirs / seconds if theirs is not None else None,
+        }
+        for name, seconds in timings.items()
+    ]
+    print(_markdown(rows, f"Top-k SAE training step on {_device_name(dev)} ({torch.get_num_threads()} threads): "
+                          f"batch {batch_size}, {d_in} -> {d_sae} -> {d_in}, k {k}, "
+                          f"{dead.sum().item()} dead latents (AuxK on), median of {steps} steps after {warmup}."))
+    return rows
+
+
+# ------------------------------------------------------------------ the steps
+def _fast(sae: TopKSAE, x: torch.Tensor) -> SAEOutput:
+    return sae(x)
+
+
+def _adam(params) -> torch.optim.Optimizer:
+    """The same optimizer for every row: fused Adam where available."""
+    try:
+        return torch.optim.Adam(params, lr=1e-4, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=1e-4)
+
+
+def _matmul_step(x: torch.Tensor, W_enc: torch.Tensor, dtype: torch.dtype | None) -> Step:
+    a, b = (x, W_enc) if dtype is None else (x.to(dtype), W_enc.to(dtype))
+
+    def step() -> None:
+        a @ b.t()
+
+    return step
+
+
+def _emoctl_step(template: TopKSAE, x: torch.Tensor, forward: Callable[[TopKSAE, torch.Tensor], SAEOutput],
+                 autocast: torch.dtype | None) -> Step:
+    sae = copy.deepcopy(template)
+    optimizer = _adam(sae.parameters())
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            out = forward(sae, x)
+        out.loss.backward()
+        sae.remove_parallel_grad()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+
+    return step
+
+
+def _import_sparsify():
+    """sparsify's SparseCoder classes, or None when eai-sparsify is not installed."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # its Triton decoder needs a GPU
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints which decoder it picked
+            from sparsify import SparseCoder, SparseCoderConfig
+    except ImportError:
+        return None
+    return SparseCoder, SparseCoderConfig
+
+
+def _sparsify_step(template: TopKSAE, x: torch.Tensor, dead: torch.Tensor) -> Step:
+    SparseCoder, SparseCoderConfig = _import_sparsify()
+    cfg = template.cfg
+    coder = SparseCoder(cfg.d_in, SparseCoderConfig(num_latents=cfg.d_sae, k=cfg.k), device=x.device)
+    with torch.no_grad():  # same starting point as ours
+        coder.encoder.weight.copy_(template.W_enc)
+        coder.encoder.bias.copy_(template.b_enc)
+        coder.W_dec.copy_(template.W_dec)
+        coder.b_dec.copy_(template.b_dec)
+    optimizer = _adam(coder.parameters())
+
+    def step() -> None:
+        out = coder(x, dead_mask=dead)
+        (out.fvu + cfg.aux_coef * out.auxk_loss).backward()
+        coder.remove_gradient_parallel_to_decoder_directions()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        coder.set_decoder_norm_to_unit_norm()
+
+    return step
+
+
+# ----------------------------------------------------------------- reporting
+def _median_seconds(step: Step, steps: int, warmup: int, device: torch.device, bar: tqdm) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+        sync()
+        bar.update()
+    seconds = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        seconds.append(time.perf_counter() - start)
+        bar.update()
+    return statistics.median(seconds)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def _markdown(rows: list[dict], title: str) -> str:
+    lines = [title, "", "| row | ms/step | tokens/s | x matmul floor | speed vs sparsify |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        versus = f"{r['speed_vs_sparsify']:.2f}x" if r["speed_vs_sparsify"] is not None else "-"
+        lines.append(f"| {r['row']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['x_matmul_floor']:.2f} | {versus} |")
+    return "\n".join(lines)

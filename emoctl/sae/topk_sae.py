@@ -1,0 +1,276 @@
+"""``TopKSAE``: a Top-k sparse autoencoder with unit-norm decoder atoms and the AuxK loss.
+
+    z     = TopK(ReLU(W_enc (x - b_pre) + b_enc))       k non-zeros per token
+    x_hat = W_dec^T z + b_pre                            decoder atoms W_dec[j] have unit norm
+    loss  = FVU(x, x_hat) + aux_coef * FVU(e, e_hat)     e = x - x_hat (detached)
+
+where ``e_hat`` is the reconstruction of ``e`` by the top ``k_aux`` *dead*
+latents (those that have not fired for ``dead_tokens`` tokens), without
+``b_pre``; it trains only the dead latents (Gao et al., 2024, AuxK).
+
+The model holds the math and the dead-latent counters; the optimizer, the
+decoder-norm constraint around each step and the DDP reduction of the fired
+mask belong to ``emoctl.sae.module.SAEModule``.  Weights are stored one row
+per latent (``W_enc``, ``W_dec``: (d_sae, d_in)); the SAELens export writes
+``W_enc`` transposed.  ``b_dec`` is the input bias b_pre (SAELens' name).
+
+``reference_forward`` is the same forward and loss written densely with
+plain PyTorch; the fast path (``emoctl.sae.sparse_ops``) is tested against it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from emoctl.errors import ConfigError
+from emoctl.sae.config import SAEConfig
+from emoctl.sae.sparse_ops import sparse_decode, topk_encode
+
+BPreInit = Literal["geometric_median", "mean", "zeros"]
+
+
+class SAEOutput(NamedTuple):
+    """What :meth:`TopKSAE.forward` returns for a (B, d_in) batch."""
+
+    x_hat: Tensor
+    """(B, d_in) reconstruction."""
+
+    top_vals: Tensor
+    """(B, k) activations of the selected latents (ReLU'd, so some may be 0)."""
+
+    top_idx: Tensor
+    """(B, k) int64 indices of the selected latents, ascending within each row."""
+
+    fvu: Tensor
+    """Scalar: ||x - x_hat||^2 / ||x - mean_batch(x)||^2, the fraction of variance unexplained."""
+
+    aux_fvu: Tensor
+    """Scalar: the AuxK loss, FVU of the residual's reconstruction by dead latents; 0 without dead latents."""
+
+    loss: Tensor
+    """Scalar to minimize: fvu + aux_coef * aux_fvu."""
+
+    n_dead: int
+    """Dead latents at this step (a host int; it was known anyway to size the AuxK gather)."""
+
+
+class TopKSAE(nn.Module):
+    """Top-k SAE ``d_in -> d_sae -> d_in``; see the module docstring for the math."""
+
+    def __init__(self, cfg: SAEConfig | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg if cfg is not None else SAEConfig()
+        factory = {"device": device, "dtype": dtype}
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **factory))  # row j: latent j's encoder
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **factory))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **factory))  # row j: latent j's atom
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **factory))  # b_pre
+        # Tokens since each latent last fired; a buffer so checkpoints carry it and resume continues it.
+        self.register_buffer("tokens_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long, device=device))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random unit-norm atoms, W_enc a copy of them (not tied), zero biases and counters."""
+        self.W_dec.normal_()
+        self.normalize_decoder()
+        self.W_enc.copy_(self.W_dec)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+        self.tokens_since_fired.zero_()
+
+    @property
+    def b_pre(self) -> Tensor:
+        """The input bias of the math (subtracted before encoding, added after decoding)."""
+        return self.b_dec
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> SAEOutput:
+        """Training forward on (B, d_in) rows: codes, reconstruction and loss (AuxK when latents are dead)."""
+        self._check_rows(x)
+        dead_idx = self.dead_indices() if self.cfg.aux_coef > 0 else x.new_empty(0, dtype=torch.long)
+        enc = topk_encode(x, self.b_dec, self.W_enc, self.b_enc, self.cfg.k, dead_idx)
+        x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec) + self.b_dec  # (B, d_in)
+        fvu = fraction_of_variance_unexplained(x, x_hat)
+        aux_fvu = self._aux_fvu(enc.dead_pre, dead_idx, (x - x_hat).detach())
+        loss = fvu + self.cfg.aux_coef * aux_fvu
+        return SAEOutput(x_hat, enc.top_vals, enc.top_idx, fvu, aux_fvu, loss, int(dead_idx.numel()))
+
+    def _aux_fvu(self, dead_pre: Tensor, dead_idx: Tensor, residual: Tensor) -> Tensor:
+        """AuxK: the top k_aux dead latents per token reconstruct the (detached) residual.
+
+        Works on the (B, n_dead) columns the encoder gathered, as small dense products:
+        cost scales with the number of dead latents, not with d_sae.
+        """
+        n_dead = dead_idx.numel()
+        if n_dead == 0:
+            return residual.new_zeros(())
+        acts = dead_pre.relu()  # (B, n_dead)
+        k_aux = self.cfg.resolved_k_aux
+        if n_dead > k_aux:  # keep each token's k_aux largest dead pre-activations
+            keep = dead_pre.topk(k_aux, dim=1, sorted=False).indices
+            acts = acts * torch.zeros_like(acts).scatter_(1, keep, 1.0)
+        e_hat = acts @ self.W_dec.index_select(0, dead_idx)  # (B, d_in), no b_pre
+        return fraction_of_variance_unexplained(residual, e_hat)
+
+    # --------------------------------------------------------------- inference
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Sparse codes of (..., d_in) activations: values and latent indices, each (..., k)."""
+        self._check_rows(x, any_leading=True)
+        lead = x.shape[:-1]
+        enc = topk_encode(x.reshape(-1, self.cfg.d_in), self.b_dec, self.W_enc, self.b_enc, self.cfg.k)
+        return enc.top_vals.view(*lead, self.cfg.k), enc.top_idx.view(*lead, self.cfg.k)
+
+    def encode_dense(self, x: Tensor) -> Tensor:
+        """Codes of (..., d_in) activations as a dense (..., d_sae) tensor (SAELens' ``encode``)."""
+        vals, idx = self.encode(x)
+        return vals.new_zeros(*vals.shape[:-1], self.cfg.d_sae).scatter_(-1, idx, vals)
+
+    def decode(self, top_vals: Tensor, top_idx: Tensor) -> Tensor:
+        """Reconstruction (..., d_in) from codes (..., k): ``sum_s vals[s] * W_dec[idx[s]] + b_pre``."""
+        lead = top_vals.shape[:-1]
+        flat = sparse_decode(top_vals.reshape(-1, top_vals.shape[-1]), top_idx.reshape(-1, top_idx.shape[-1]),
+                             self.W_dec)
+        return (flat + self.b_dec).view(*lead, self.cfg.d_in)
+
+    def _check_rows(self, x: Tensor, any_leading: bool = False) -> None:
+        if (x.ndim != 2 and not any_leading) or x.ndim < 1 or x.shape[-1] != self.cfg.d_in:
+            want = "(..., d_in)" if any_leading else "(batch, d_in)"
+            raise ConfigError(
+                f"the SAE reads activations of shape {want} with d_in={self.cfg.d_in}, got {tuple(x.shape)}. "
+                "Feed activations from the hookpoint the SAE was trained on, or set model.sae.d_in to their width."
+            )
+
+    # ------------------------------------------------------ dead-latent state
+    @torch.no_grad()
+    def fired_mask(self, top_idx: Tensor, top_vals: Tensor | None = None) -> Tensor:
+        """(d_sae,) bool: latents selected in this batch (with a positive value, when values are given).
+
+        Kept separate from :meth:`update_dead_counters` so DDP can OR the masks of all ranks in between.
+        No host sync.
+        """
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.int32, device=top_idx.device)
+        hits = torch.ones_like(top_idx, dtype=torch.int32) if top_vals is None else (top_vals > 0).to(torch.int32)
+        return fired.index_add_(0, top_idx.reshape(-1), hits.reshape(-1)) > 0
+
+    @torch.no_grad()
+    def update_dead_counters(self, fired: Tensor, n_tokens: int) -> None:
+        """Advance every latent's counter by ``n_tokens`` and reset those that fired. No host sync."""
+        self.tokens_since_fired.add_(int(n_tokens)).masked_fill_(fired.to(torch.bool), 0)
+
+    @property
+    def dead_mask(self) -> Tensor:
+        """(d_sae,) bool: latents that have not fired for ``cfg.dead_tokens`` tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    def dead_indices(self) -> Tensor:
+        """(n_dead,) int64 indices of dead latents.
+
+        Its size depends on data, so on a GPU this is the step's one device-to-host sync.
+        """
+        return self.dead_mask.nonzero().squeeze(1)
+
+    # --------------------------------------------------- decoder-norm constraint
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Project each atom's gradient onto the plane orthogonal to the atom: g_j -= (g_j.d_j / |d_j|^2) d_j.
+
+        For unit atoms this is ``g_j - (g_j.d_j) d_j``: the first-order change keeps |d_j| = 1, so the
+        renormalization after the step only corrects second-order drift.
+        """
+        grad = self.W_dec.grad
+        if grad is None:
+            return
+        atoms = self.W_dec.detach()
+        along = (grad * atoms).sum(1, keepdim=True) / (atoms * atoms).sum(1, keepdim=True).clamp_min(1e-30)
+        grad.sub_(along * atoms)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale every decoder atom to unit norm (call after each optimizer step)."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    # ---------------------------------------------------------- initialization
+    @torch.no_grad()
+    def init_b_pre(self, sample: Tensor, method: BPreInit = "geometric_median") -> None:
+        """Set b_pre from a sample of activations (N, d_in), e.g. the first batch.
+
+        The geometric median is the robust choice: a few outlier tokens (very large norms are
+        common in residual streams) pull the mean but barely move the median.
+        """
+        if sample.ndim != 2 or sample.shape[1] != self.cfg.d_in:
+            raise ConfigError(f"init_b_pre needs a sample of shape (N, d_in={self.cfg.d_in}), got {tuple(sample.shape)}.")
+        if method == "geometric_median":
+            value = geometric_median(sample)
+        elif method == "mean":
+            value = sample.float().mean(0)
+        elif method == "zeros":
+            value = torch.zeros(self.cfg.d_in)
+        else:
+            raise ConfigError(f"b_pre_init={method!r} is not one of 'geometric_median', 'mean', 'zeros'.")
+        self.b_dec.copy_(value)
+
+    # ------------------------------------------------------------------ export
+    def save_pretrained(self, directory: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``cfg.json`` and ``sae_weights.safetensors`` in SAELens' format; see ``emoctl.sae.export``."""
+        from emoctl.sae.export import save_pretrained
+
+        return save_pretrained(self, directory, extra_metadata)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> TopKSAE:
+        """Load an SAE saved by :meth:`save_pretrained`."""
+        from emoctl.sae.export import load_pretrained
+
+        return load_pretrained(directory, device=device)
+
+
+def fraction_of_variance_unexplained(target: Tensor, prediction: Tensor) -> Tensor:
+    """||target - prediction||^2 / ||target - mean_batch(target)||^2 over a (B, d) batch."""
+    total_variance = (target - target.mean(0)).pow(2).sum()
+    return (target - prediction).pow(2).sum() / total_variance
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, iters: int = 48, eps: float = 1e-8) -> Tensor:
+    """Point minimizing the sum of Euclidean distances to the rows of ``points`` (N, d).
+
+    Weiszfeld's iteration from the mean: a weighted mean with weights 1 / distance.
+    """
+    points = points.to(torch.promote_types(points.dtype, torch.float32))
+    median = points.mean(0)
+    for _ in range(iters):
+        weights = 1.0 / (points - median).norm(dim=1).clamp_min(eps)  # (N,)
+        median = (weights @ points) / weights.sum()
+    return median
+
+
+def reference_forward(sae: TopKSAE, x: Tensor) -> SAEOutput:
+    """The same forward and loss as :meth:`TopKSAE.forward`, written densely with plain autograd.
+
+    Slow (every (B, d_sae) product is materialized) and obviously correct: the
+    fast path is tested against it, and the benchmark times it.
+    """
+    cfg = sae.cfg
+    pre = (x - sae.b_dec) @ sae.W_enc.t() + sae.b_enc  # (B, d_sae)
+    top_pre, top_idx = pre.topk(cfg.k, dim=1)
+    z = torch.zeros_like(pre).scatter(1, top_idx, top_pre.relu())  # (B, d_sae), k non-zeros per row
+    x_hat = z @ sae.W_dec + sae.b_dec
+    fvu = fraction_of_variance_unexplained(x, x_hat)
+
+    dead = sae.dead_mask
+    n_dead = int(dead.sum()) if cfg.aux_coef > 0 else 0
+    if n_dead > 0:
+        k_aux = min(cfg.resolved_k_aux, n_dead)
+        aux_pre, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1)
+        z_aux = torch.zeros_like(pre).scatter(1, aux_idx, aux_pre.relu())  # dead latents only
+        aux_fvu = fraction_of_variance_unexplained((x - x_hat).detach(), z_aux @ sae.W_dec)
+    else:
+        aux_fvu = fvu.new_zeros(())
+    top_idx, order = top_idx.sort(dim=1)
+    top_vals = top_pre.gather(1, order).relu()
+    return SAEOutput(x_hat, top_vals, top_idx, fvu, aux_fvu, fvu + cfg.aux_coef * aux_fvu, n_dead)
