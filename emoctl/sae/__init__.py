@@ -9,6 +9,8 @@ does not pull in Lightning.
 from __future__ import annotations
 
 from emoctl.sae.config import SAEConfig
+from emoctl.sae.export import load_pretrained, save_pretrained
 from emoctl.sae.topk_sae import SAEOutput, TopKSAE, geometric_median, reference_forward
 
-__all__ = ["SAEConfig", "SAEOutput", "TopKSAE", "geometric_median", "reference_forward"]
+__all__ = ["SAEConfig", "SAEOutput", "TopKSAE", "geometric_median", "load_pretrained", "reference_forward",
+           "save_pretrained"]

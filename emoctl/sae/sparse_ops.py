@@ -99,24 +99,22 @@ class _TopKEncode(torch.autograd.Function):
         x_c, W_enc, top_vals, top_idx, dead_idx = ctx.saved_tensors
         need_x, need_b_pre, need_W, need_b = ctx.needs_input_grad[:4]
         d_sae = W_enc.shape[0]
-        grad_W = W_enc.new_zeros(W_enc.shape) if need_W else None
         grad_b = W_enc.new_zeros(d_sae)  # always: grad of b_pre is -grad_b @ W_enc
-        grad_x_c = x_c.new_zeros(x_c.shape) if need_x else None
-
         if grad_vals is not None:
             g_top = grad_vals.to(W_enc.dtype) * (top_vals > 0)  # (B, k), through the ReLU
             grad_b.index_add_(0, top_idx.reshape(-1), g_top.reshape(-1))
-            if need_W:
-                grad_W = latent_major_sum(top_idx, g_top, x_c, d_sae)
-            if need_x:
-                grad_x_c += F.embedding_bag(top_idx, W_enc, per_sample_weights=g_top, mode="sum")
+            grad_W = latent_major_sum(top_idx, g_top, x_c, d_sae) if need_W else None
+            grad_x_c = F.embedding_bag(top_idx, W_enc, per_sample_weights=g_top, mode="sum") if need_x else None
+        else:
+            grad_W = W_enc.new_zeros(W_enc.shape) if need_W else None
+            grad_x_c = x_c.new_zeros(x_c.shape) if need_x else None
         if grad_dead is not None and dead_idx.numel() > 0:
             g_dead = grad_dead.to(W_enc.dtype)  # (B, n_dead)
             grad_b.index_add_(0, dead_idx, g_dead.sum(0))
             if need_W:
                 grad_W.index_add_(0, dead_idx, g_dead.t() @ x_c)  # (n_dead, d_in)
             if need_x:
-                grad_x_c += g_dead @ W_enc.index_select(0, dead_idx)
+                grad_x_c.addmm_(g_dead, W_enc.index_select(0, dead_idx))
 
         # x_c = x - b_pre with b_pre broadcast over rows: its gradient is minus the column sum of
         # grad_x_c, i.e. -(sum_b g_b) @ W_enc = -grad_b @ W_enc, a (d_sae,) x (d_sae, d_in) product.

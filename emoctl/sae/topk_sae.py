@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoctl.errors import ConfigError
@@ -186,8 +187,8 @@ class TopKSAE(nn.Module):
         if grad is None:
             return
         atoms = self.W_dec.detach()
-        along = (grad * atoms).sum(1, keepdim=True) / (atoms * atoms).sum(1, keepdim=True).clamp_min(1e-30)
-        grad.sub_(along * atoms)
+        along = torch.linalg.vecdot(grad, atoms, dim=1) / atoms.norm(dim=1).square().clamp_min(1e-30)  # (d_sae,)
+        grad.addcmul_(along.unsqueeze(1), atoms, value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -232,7 +233,7 @@ class TopKSAE(nn.Module):
 def fraction_of_variance_unexplained(target: Tensor, prediction: Tensor) -> Tensor:
     """||target - prediction||^2 / ||target - mean_batch(target)||^2 over a (B, d) batch."""
     total_variance = (target - target.mean(0)).pow(2).sum()
-    return (target - prediction).pow(2).sum() / total_variance
+    return F.mse_loss(prediction, target, reduction="sum") / total_variance  # one fused pass each way
 
 
 @torch.no_grad()

@@ -1,0 +1,305 @@
+"""Top-k SAE: the sparse autograd against the dense reference, AuxK, the decoder-norm constraint,
+dead-latent counters, b_pre initialization and config validation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from emoctl.errors import ConfigError
+from emoctl.sae import SAEConfig, TopKSAE, geometric_median, reference_forward
+from emoctl.sae.sparse_ops import gathered_dot, latent_major_sum
+
+F64 = torch.float64
+
+
+def _random_sae(d_in: int = 16, d_sae: int = 64, k: int = 4, seed: int = 0, **cfg) -> TopKSAE:
+    """An SAE away from its symmetric init (W_enc != W_dec, non-zero biases), in float64."""
+    torch.manual_seed(seed)
+    sae = TopKSAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=k, **cfg), dtype=F64)
+    with torch.no_grad():
+        sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc))
+        sae.b_enc.normal_(std=0.1)
+        sae.b_dec.normal_()
+    return sae
+
+
+def _mark_dead(sae: TopKSAE, latents: torch.Tensor) -> None:
+    sae.tokens_since_fired.zero_()
+    sae.tokens_since_fired[latents] = sae.cfg.dead_tokens
+
+
+# ------------------------------------------------------------------ encoding
+def test_each_row_keeps_exactly_the_k_largest_relu_preactivations():
+    sae = _random_sae(k=5)
+    with torch.no_grad():
+        sae.b_enc.add_(10.0)  # every pre-activation positive: ReLU zeroes none of the k
+    x = torch.randn(40, 16, dtype=F64)
+    pre = (x - sae.b_dec) @ sae.W_enc.detach().T + sae.b_enc.detach()  # (B, d_sae)
+    dense = sae.encode_dense(x).detach()
+    assert ((dense != 0).sum(1) == 5).all()
+    for row in range(40):
+        expected = set(torch.argsort(pre[row], descending=True)[:5].tolist())
+        assert set(torch.nonzero(dense[row]).flatten().tolist()) == expected
+    vals, idx = sae.encode(x)
+    torch.testing.assert_close(vals, pre.gather(1, idx), rtol=0, atol=1e-12)
+    assert (idx.diff(dim=1) > 0).all()  # ascending within each row
+
+
+def test_relu_zeroes_selected_latents_with_negative_preactivations():
+    sae = _random_sae(k=5)
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)
+        sae.b_enc[:2] = 100.0  # only two latents can be positive
+    vals, idx = sae.encode(torch.randn(8, 16, dtype=F64))
+    assert ((vals > 0).sum(1) == 2).all() and (vals >= 0).all()
+
+
+def test_encode_and_decode_keep_leading_dimensions():
+    sae = _random_sae()
+    x = torch.randn(3, 7, 16, dtype=F64)
+    vals, idx = sae.encode(x)
+    assert vals.shape == idx.shape == (3, 7, 4)
+    x_hat = sae.decode(vals, idx)
+    torch.testing.assert_close(x_hat.reshape(21, 16), sae(x.reshape(21, 16)).x_hat)
+
+
+# ------------------------------------------------------- sparse ops vs dense
+def test_latent_major_sum_and_gathered_dot_match_dense_products():
+    torch.manual_seed(1)
+    B, n, k, d = 30, 50, 4, 7
+    idx = torch.stack([torch.randperm(n)[:k] for _ in range(B)])  # latent 0.. some never picked
+    weights, rows, table = torch.randn(B, k, dtype=F64), torch.randn(B, d, dtype=F64), torch.randn(n, d, dtype=F64)
+    dense = torch.zeros(B, n, dtype=F64).scatter(1, idx, weights)  # (B, n)
+    torch.testing.assert_close(latent_major_sum(idx, weights, rows, n), dense.T @ rows)
+    torch.testing.assert_close(gathered_dot(idx, rows, table), (rows @ table.T).gather(1, idx))
+
+
+@pytest.mark.parametrize("n_dead", [0, 6, 40], ids=["no-dead", "fewer-dead-than-k_aux", "more-dead-than-k_aux"])
+@pytest.mark.parametrize("x_requires_grad", [False, True])
+def test_fast_forward_and_all_gradients_equal_the_dense_reference(n_dead, x_requires_grad):
+    sae = _random_sae(k_aux=12, dead_tokens=1000)
+    _mark_dead(sae, torch.randperm(64, generator=torch.Generator().manual_seed(2))[:n_dead])
+    x = torch.randn(48, 16, dtype=F64, requires_grad=x_requires_grad)
+
+    results = []
+    for forward in (TopKSAE.forward, reference_forward):
+        sae.zero_grad(set_to_none=True)
+        x.grad = None
+        out = forward(sae, x)
+        out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+        results.append((out, grads, None if x.grad is None else x.grad.clone()))
+    (fast, fast_grads, fast_dx), (ref, ref_grads, ref_dx) = results
+
+    assert fast.n_dead == ref.n_dead == n_dead
+    assert torch.equal(fast.top_idx, ref.top_idx)
+    for field in ("x_hat", "top_vals", "fvu", "aux_fvu", "loss"):
+        torch.testing.assert_close(getattr(fast, field), getattr(ref, field), rtol=1e-12, atol=1e-12)
+    assert (fast.aux_fvu > 0) == (n_dead > 0)
+    for name in ref_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+    if x_requires_grad:
+        torch.testing.assert_close(fast_dx, ref_dx, rtol=1e-10, atol=1e-12)
+    else:
+        assert fast_dx is None
+
+
+def test_bf16_autocast_gives_fp32_gradients_close_to_fp32():
+    torch.manual_seed(3)
+    sae = TopKSAE(SAEConfig(d_in=32, d_sae=128, k=8, dead_tokens=10))
+    _mark_dead(sae, torch.arange(0, 128, 4))
+    x = torch.randn(256, 32)
+    sae(x).loss.backward()
+    fp32 = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x)
+    out.loss.backward()
+    for name, p in sae.named_parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+        cosine = torch.nn.functional.cosine_similarity(p.grad.flatten(), fp32[name].flatten(), dim=0)
+        assert cosine > 0.95, (name, cosine)
+
+
+# ----------------------------------------------------------------------- AuxK
+def test_aux_loss_alone_trains_only_the_dead_latents():
+    sae = _random_sae(k_aux=8, dead_tokens=1000)
+    dead = torch.tensor([3, 17, 30, 41, 55])
+    with torch.no_grad():
+        sae.b_enc[dead] = 1.0  # dead latents with positive pre-activations somewhere in the batch
+    _mark_dead(sae, dead)
+    live = torch.ones(64, dtype=torch.bool)
+    live[dead] = False
+    x = torch.randn(64, 16, dtype=F64)
+
+    out = sae(x)
+    out.aux_fvu.backward()
+    for name in ("W_enc", "b_enc", "W_dec"):
+        grad = getattr(sae, name).grad
+        assert torch.count_nonzero(grad[live]) == 0, f"AuxK sent gradient to live latents' {name}"
+        assert (grad[dead].reshape(len(dead), -1).abs().sum(1) > 0).all(), f"a dead latent's {name} got no gradient"
+    fast_grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    sae.zero_grad(set_to_none=True)
+    reference_forward(sae, x).aux_fvu.backward()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(fast_grads[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_aux_uses_each_tokens_top_k_aux_dead_latents():
+    sae = _random_sae(k_aux=2, dead_tokens=1000)
+    dead = torch.arange(10)
+    _mark_dead(sae, dead)
+    x = torch.randn(20, 16, dtype=F64)
+    out = sae(x)
+    pre = (x - sae.b_dec) @ sae.W_enc.detach().T + sae.b_enc.detach()
+    top_dead = pre[:, :10].topk(2, dim=1)
+    z = torch.zeros(20, 10, dtype=F64).scatter(1, top_dead.indices, top_dead.values.relu())
+    residual = (x - out.x_hat).detach()
+    e_hat = z @ sae.W_dec.detach()[:10]
+    expected = (residual - e_hat).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
+    torch.testing.assert_close(out.aux_fvu, expected)
+    torch.testing.assert_close(out.loss, out.fvu + out.aux_fvu / 32)
+
+
+# ------------------------------------------------------- decoder-norm constraint
+def test_parallel_gradient_removal_is_an_exact_projection():
+    sae = _random_sae()
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(64, 1, dtype=F64) + 0.5)  # exact even for atoms that are not unit
+    before = torch.randn(64, 16, dtype=F64)
+    sae.W_dec.grad = before.clone()
+    sae.remove_parallel_grad()
+    after = sae.W_dec.grad
+    atoms = sae.W_dec.detach()
+    assert ((after * atoms).sum(1).abs() < 1e-12).all()  # orthogonal to its atom
+    probes = torch.randn(64, 5, 16, dtype=F64)  # random directions orthogonal to each atom
+    unit = atoms / atoms.norm(dim=1, keepdim=True)
+    probes -= (probes @ unit.unsqueeze(2)) * unit.unsqueeze(1)
+    torch.testing.assert_close(probes @ after.unsqueeze(2), probes @ before.unsqueeze(2), rtol=1e-12, atol=1e-12)
+
+
+def test_decoder_atoms_stay_unit_norm_through_training_with_adam():
+    torch.manual_seed(4)
+    sae = TopKSAE(SAEConfig(d_in=16, d_sae=64, k=4, dead_tokens=512))
+    true_atoms = torch.nn.functional.normalize(torch.randn(32, 16), dim=1)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    worst, losses = 0.0, []
+    for _ in range(300):
+        codes = torch.rand(128, 32) * (torch.rand(128, 32) < 0.1)
+        x = codes @ true_atoms + 0.5  # (128, 16) sparse data with an offset
+        out = sae(x)
+        out.loss.backward()
+        sae.update_dead_counters(sae.fired_mask(out.top_idx, out.top_vals), x.shape[0])
+        sae.remove_parallel_grad()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        losses.append(out.fvu.item())
+        worst = max(worst, (sae.W_dec.detach().norm(dim=1) - 1).abs().max().item())
+    assert worst < 1e-5
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])  # it trained, so the constraint was exercised
+
+
+# ------------------------------------------------------------ dead latents
+def test_a_latent_that_never_fires_dies_after_dead_tokens_and_revives_when_it_fires():
+    sae = _random_sae(dead_tokens=100)
+    with torch.no_grad():
+        sae.b_enc[7] = -1e3  # latent 7 can never be selected
+    batch = torch.randn(30, 16, dtype=F64)
+    for step in range(1, 5):
+        out = sae(batch)
+        assert 7 not in out.top_idx
+        sae.update_dead_counters(sae.fired_mask(out.top_idx, out.top_vals), n_tokens=30)
+        assert int(sae.tokens_since_fired[7]) == 30 * step
+        assert bool(sae.dead_mask[7]) == (30 * step >= 100)  # dead at 120 tokens, not at 90
+    assert sae.dead_indices().tolist() == torch.nonzero(sae.dead_mask).flatten().tolist()
+    assert sae(batch).n_dead == int(sae.dead_mask.sum()) >= 1
+
+    with torch.no_grad():
+        sae.b_enc[7] = 1e3  # now it fires on every token
+    out = sae(batch)
+    fired = sae.fired_mask(out.top_idx, out.top_vals)
+    assert fired[7] and fired.sum() <= out.top_idx.unique().numel()
+    sae.update_dead_counters(fired, n_tokens=30)
+    assert int(sae.tokens_since_fired[7]) == 0 and not sae.dead_mask[7]
+
+
+def test_a_selected_latent_with_zero_activation_has_not_fired():
+    sae = _random_sae(d_sae=8, k=3)
+    idx = torch.tensor([[0, 1, 2], [1, 2, 5]])
+    vals = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    assert sae.fired_mask(idx, vals).nonzero().flatten().tolist() == [0, 5]
+    assert sae.fired_mask(idx).nonzero().flatten().tolist() == [0, 1, 2, 5]
+
+
+def test_dead_counters_are_a_buffer_in_the_state_dict():
+    sae = _random_sae()
+    sae.update_dead_counters(torch.zeros(64, dtype=torch.bool), 123)
+    state = sae.state_dict()
+    assert state["tokens_since_fired"].dtype == torch.int64 and (state["tokens_since_fired"] == 123).all()
+    fresh = _random_sae(seed=9)
+    fresh.load_state_dict(state)
+    assert (fresh.tokens_since_fired == 123).all()
+
+
+# ------------------------------------------------------------ initialization
+def test_init_is_unit_atoms_with_encoder_a_copy_not_a_tie():
+    sae = TopKSAE(SAEConfig(d_in=16, d_sae=64, k=4))
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+    assert torch.equal(sae.W_enc, sae.W_dec) and sae.W_enc.data_ptr() != sae.W_dec.data_ptr()
+    assert (sae.b_enc == 0).all() and (sae.b_dec == 0).all()
+
+
+def test_geometric_median_init_beats_the_mean_on_data_with_outliers():
+    torch.manual_seed(5)
+    center = torch.randn(8, dtype=F64) * 3
+    points = torch.cat([center + torch.randn(400, 8, dtype=F64), center + 200 + torch.randn(20, 8, dtype=F64)])
+    objective = lambda y: np.linalg.norm(points.numpy() - y, axis=1).sum()  # noqa: E731
+    true = torch.from_numpy(minimize(objective, points.median(0).values.numpy(), method="Nelder-Mead",
+                                     options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 40_000}).x)
+    median = geometric_median(points)
+    mean = points.mean(0)
+    assert (median - true).norm() < 1e-3 < 5.0 < (mean - true).norm()
+
+    sae = TopKSAE(SAEConfig(d_in=8, d_sae=16, k=2), dtype=F64)
+    sae.init_b_pre(points)
+    torch.testing.assert_close(sae.b_dec.detach(), median)
+    sae.init_b_pre(points, method="mean")
+    torch.testing.assert_close(sae.b_dec.detach(), mean)
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize("kwargs, key", [
+    ({"k": 65, "d_sae": 64}, "k=65"),
+    ({"k": 0}, "k=0"),
+    ({"d_in": -1}, "d_in=-1"),
+    ({"d_sae": 2.5}, "d_sae=2.5"),
+    ({"k_aux": 0}, "k_aux=0"),
+    ({"aux_coef": -0.1}, "aux_coef=-0.1"),
+    ({"aux_coef": math.nan}, "aux_coef=nan"),
+    ({"dead_tokens": 0}, "dead_tokens=0"),
+    ({"hook_name": ""}, "hook_name=''"),
+])
+def test_bad_config_values_are_config_errors_naming_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key.replace("(", r"\(").replace(".", r"\.")):
+        SAEConfig(**kwargs)
+
+
+def test_bad_inputs_are_config_errors():
+    sae = _random_sae()
+    with pytest.raises(ConfigError, match="d_in=16"):
+        sae(torch.randn(4, 15, dtype=F64))
+    with pytest.raises(ConfigError, match="b_pre_init='median'"):
+        sae.init_b_pre(torch.randn(4, 16, dtype=F64), method="median")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown SAE settings"):
+        SAEConfig.from_dict({"d_in": 4, "width": 3})
+
+
+def test_default_k_aux_is_half_of_d_in():
+    assert SAEConfig().resolved_k_aux == 640
+    assert SAEConfig(k_aux=256).resolved_k_aux == 256
