@@ -1,0 +1,63 @@
+"""Crash-safe file operations: a file is either absent or complete.
+
+POSIX rename within a directory is atomic, but only durable once the file and
+the directory entry are fsynced; these helpers do both so a SIGKILL or power
+loss never leaves a half-written manifest, index or shard under its real name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames and creations inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden sibling of ``path`` that is unique to this process and ends in ``.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (the caller renames it into place)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: temp file, fsync, rename, fsync the directory."""
+    tmp = temp_name(path)
+    write_durably(tmp, data)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def create_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` with ``data`` unless it exists; atomic against concurrent creators.
+
+    Returns True if this call created it.  A hard link fails if the target
+    exists, so two ranks racing to create the same file agree on one winner.
+    """
+    tmp = temp_name(path)
+    write_durably(tmp, data)
+    try:
+        os.link(tmp, path)
+        created = True
+    except FileExistsError:
+        created = False
+    except OSError:  # file systems without hard links: best effort
+        created = not path.exists()
+        if created:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return created

@@ -1,0 +1,239 @@
+"""``ActivationStore``: random and streaming access to a store's rows.
+
+Shards are memory-mapped lazily (per process, so a store can be handed to
+DataLoader workers) and rows are gathered with one ``numpy.take`` per shard
+touched, straight into the output tensor's memory.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from emoctl.errors import ConfigError, StoreError
+from emoctl.store.manifest import ShardRecord, committed_shards, read_manifest, spec_from_manifest
+from emoctl.store.moments import RunningMoments
+from emoctl.store.npy_stream import crc32_of_rows
+from emoctl.store.spec import StoreSpec, rows_to_torch, torch_to_bits
+from emoctl.store.utterance_table import STORE_TABLE_SCHEMA, store_table
+
+
+class ActivationStore:
+    """A store's committed rows (all ranks), in global order: shards sorted by (rank, sequence)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.root = Path(path)
+        self.manifest: dict[str, Any] = read_manifest(self.root)
+        self.spec: StoreSpec = spec_from_manifest(self.manifest, self.root)
+        self.shards: list[ShardRecord] = committed_shards(self.root)
+        for shard in self.shards:
+            self._check_size(shard)
+        self.shard_starts = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
+        """Global index of each shard's first row, plus the total at the end: (num_shards + 1,)."""
+        self._mmaps: dict[int, np.ndarray] = {}
+        self._utterances: pa.Table | None = None
+        self._segments: dict[str, tuple[int, int]] | None = None
+
+    def _check_size(self, shard: ShardRecord) -> None:
+        path = self.root / shard.path
+        if not path.is_file():
+            raise StoreError(
+                f"shard {path} is listed as committed in index-r{shard.rank:04d}.json but is missing. Restore it, "
+                "or remove its entry from that index (its utterances are then lost and a resumed harvest redoes them)."
+            )
+        size = path.stat().st_size
+        if size != shard.bytes:
+            raise StoreError(
+                f"shard {path} has {size} bytes but the store's index says {shard.bytes} ({shard.rows} rows of "
+                f"d_model={self.d_model} {self.dtype}); it was truncated or replaced. Restore it from a backup."
+            )
+
+    # ---- attributes ---------------------------------------------------------------------------
+
+    @property
+    def d_model(self) -> int:
+        return self.spec.d_model
+
+    @property
+    def dtype(self) -> str:
+        return self.spec.dtype
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.shard_starts[-1])
+
+    @property
+    def num_utterances(self) -> int:
+        return sum(s.num_utterances for s in self.shards)
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        return [self.root / s.path for s in self.shards]
+
+    @property
+    def utterances(self) -> pa.Table:
+        """One row per utterance: labels, global ``first_row``, ``num_rows`` and ``shard``; in row order."""
+        if self._utterances is None:
+            self._utterances = self._consolidated_table() or store_table(self.root, self.shards)
+        return self._utterances
+
+    def _consolidated_table(self) -> pa.Table | None:
+        """``utterances.parquet`` if consolidation saw exactly the shards committed now, else None."""
+        name = self.manifest.get("utterances")
+        listed = self.manifest.get("shards") or []
+        if not name or [ShardRecord.from_json(e, self.root) for e in listed] != self.shards:
+            return None
+        table = pq.read_table(self.root / name)
+        if table.num_rows != self.num_utterances or table.schema.names != STORE_TABLE_SCHEMA.names:
+            return None  # rewritten by a later consolidation since the manifest was read
+        return table
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __repr__(self) -> str:
+        return (f"ActivationStore({str(self.root)!r}: {self.num_rows} rows x {self.d_model} {self.dtype}, "
+                f"{self.num_utterances} utterances, {len(self.shards)} shards, {self.spec.hookpoint or 'no hookpoint'})")
+
+    # ---- rows ---------------------------------------------------------------------------------
+
+    def _shard_rows(self, i: int) -> np.ndarray:
+        """Shard ``i`` as a read-only (rows, d) memmap of its on-disk dtype."""
+        mm = self._mmaps.get(i)
+        if mm is None:
+            path = self.root / self.shards[i].path
+            mm = np.load(path, mmap_mode="r")
+            expected = (self.shards[i].rows, self.d_model)
+            if mm.shape != expected or mm.dtype != self.spec.numpy_dtype:
+                raise StoreError(f"shard {path} holds {mm.shape} {mm.dtype}, but the store expects {expected} "
+                                 f"{self.spec.numpy_dtype}; it was replaced. Restore it from a backup.")
+            self._mmaps[i] = mm
+        return mm
+
+    def rows(self, indices: np.ndarray | torch.Tensor | list[int]) -> torch.Tensor:
+        """Rows at global indices (any order, any shards) as a (n, d) tensor of the store dtype."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)  # (n,)
+        out = torch.empty((idx.size, self.d_model), dtype=self.spec.torch_dtype)
+        if idx.size == 0:
+            return out
+        if idx.min() < 0 or idx.max() >= self.num_rows:
+            bad = idx[(idx < 0) | (idx >= self.num_rows)][0]
+            raise IndexError(f"row {bad} is outside the store at {self.root}, which has {self.num_rows} rows")
+        out_bits = torch_to_bits(out)  # (n, d) numpy view of out's memory
+        order = None if np.all(idx[1:] >= idx[:-1]) else np.argsort(idx, kind="stable")
+        sorted_idx = idx if order is None else idx[order]
+        shard_of = np.searchsorted(self.shard_starts, sorted_idx, side="right") - 1  # (n,)
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(shard_of)) + 1, [idx.size]])
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            shard = int(shard_of[a])
+            local = sorted_idx[a:b] - self.shard_starts[shard]
+            source = self._shard_rows(shard)
+            if order is None:  # sorted input: gather straight into the output rows
+                np.take(source, local, axis=0, out=out_bits[a:b], mode="clip")  # indices checked above
+            else:
+                out_bits[order[a:b]] = np.take(source, local, axis=0, mode="clip")
+        return out
+
+    def segment(self, utt_id: str) -> torch.Tensor:
+        """All rows of one utterance, (T, d), in decoding order."""
+        if self._segments is None:
+            table = self.utterances
+            self._segments = dict(zip(table["utt_id"].to_pylist(),
+                                      zip(table["first_row"].to_pylist(), table["num_rows"].to_pylist())))
+        if utt_id not in self._segments:
+            raise StoreError(f"no utterance {utt_id!r} in the store at {self.root}; see .utterances for the ids it holds.")
+        first, count = self._segments[utt_id]
+        shard = int(np.searchsorted(self.shard_starts, first, side="right") - 1)
+        local = first - int(self.shard_starts[shard])
+        return rows_to_torch(np.array(self._shard_rows(shard)[local:local + count]), self.dtype)
+
+    def iter_chunks(self, chunk_rows: int = 1 << 16, progress: bool = False) -> Iterator[torch.Tensor]:
+        """All rows in global order, as (≤ chunk_rows, d) tensors that never span two shards."""
+        if chunk_rows <= 0:
+            raise ConfigError(f"chunk_rows must be positive, got {chunk_rows}.")
+        bar = tqdm(total=self.num_rows, unit="row", unit_scale=True, disable=not progress, desc="reading store")
+        for i, shard in enumerate(self.shards):
+            source = self._shard_rows(i)
+            for a in range(0, shard.rows, chunk_rows):
+                chunk = np.array(source[a:a + chunk_rows])
+                bar.update(chunk.shape[0])
+                yield rows_to_torch(chunk, self.dtype)
+        bar.close()
+
+    # ---- statistics and splits ----------------------------------------------------------------
+
+    def mean_var(self, max_rows: int | None = None, seed: int = 0, progress: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature float64 mean and population variance: exact over all rows, or over a random
+        sample of ``max_rows`` rows (drawn with ``seed``)."""
+        moments = RunningMoments(self.d_model)
+        chunk_rows = max(1, (1 << 23) // self.d_model)  # a float64 chunk of about 64 MiB
+        if max_rows is None or max_rows >= self.num_rows:
+            for chunk in self.iter_chunks(chunk_rows, progress=progress):
+                moments.update(chunk)
+        else:
+            sample = np.sort(np.random.default_rng(seed).choice(self.num_rows, size=max_rows, replace=False))
+            for a in tqdm(range(0, max_rows, chunk_rows), disable=not progress, desc="sampling store"):
+                moments.update(self.rows(sample[a:a + chunk_rows]))
+        return moments.mean, moments.var
+
+    def split(self, val_fraction: float, seed: int = 0, by: Literal["utt_id", "pair_key"] = "utt_id"
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Hold out whole utterances (or whole pair groups): sorted int64 global rows (train, val).
+
+        Groups are sorted before the seeded shuffle, so the split depends only on the
+        store's content and the seed.  ``round(val_fraction * groups)`` groups go to
+        validation, at least one when ``val_fraction > 0`` and at least one stays in training.
+        """
+        if by not in ("utt_id", "pair_key"):
+            raise ConfigError(f"split by={by!r} is not supported; use 'utt_id' or 'pair_key'.")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        table = self.utterances
+        keys = np.asarray(table[by].to_pylist(), dtype=object)
+        groups, group_of_utt = np.unique(keys, return_inverse=True)
+        n_val = int(round(val_fraction * len(groups)))
+        if val_fraction > 0 and len(groups) > 1:
+            n_val = min(max(n_val, 1), len(groups) - 1)
+        val_group = np.zeros(len(groups), dtype=bool)
+        val_group[np.random.default_rng(seed).permutation(len(groups))[:n_val]] = True
+        val_utt = val_group[group_of_utt]  # (utterances,)
+        first = table["first_row"].to_numpy()
+        count = table["num_rows"].to_numpy()
+        return _expand_segments(first[~val_utt], count[~val_utt]), _expand_segments(first[val_utt], count[val_utt])
+
+    # ---- integrity ----------------------------------------------------------------------------
+
+    def verify(self, progress: bool = True) -> None:
+        """Re-read every shard and utterance table and compare CRC-32s with the index; raise on a mismatch."""
+        for shard in tqdm(self.shards, disable=not progress, desc="verifying shards", unit="shard"):
+            self._check_size(shard)
+            crc = crc32_of_rows(self.root / shard.path)
+            if crc != shard.crc32:
+                raise StoreError(f"shard {self.root / shard.path} fails its checksum (crc32 {crc:#010x}, index says "
+                                 f"{shard.crc32:#010x}): its rows were damaged on disk. Restore it from a backup.")
+            utts_crc = zlib.crc32((self.root / shard.utterances_path).read_bytes())
+            if utts_crc != shard.utterances_crc32:
+                raise StoreError(f"utterance table {self.root / shard.utterances_path} fails its checksum; "
+                                 "it was damaged on disk. Restore it from a backup.")
+
+    # ---- pickling (DataLoader workers reopen the memmaps themselves) --------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_mmaps": {}}
+
+
+def _expand_segments(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Row indices of segments [first, first + count), concatenated and sorted: (sum(count),) int64."""
+    total = int(count.sum())
+    starts_in_out = np.cumsum(count) - count                    # where each segment begins in the output
+    rows = np.repeat(first - starts_in_out, count) + np.arange(total, dtype=np.int64)
+    rows = rows.astype(np.int64, copy=False)
+    return rows if np.all(rows[1:] >= rows[:-1]) else np.sort(rows)
