@@ -7,7 +7,7 @@ names the real dtype.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,9 @@ class StoreSpec:
                 "layer": self.layer, "backbone": self.backbone}
 
 
+UTTERANCE_LABELS: tuple[str, ...] = ("utt_id", "text_id", "speaker", "emotion", "condition", "pair_key")
+
+
 @dataclass(frozen=True)
 class UtteranceMeta:
     """Labels of one utterance; its rows are a contiguous segment of one shard."""
@@ -81,16 +84,14 @@ class UtteranceMeta:
     """Same text and speaker across emotions; empty means ``speaker|text_id``."""
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
+        for name in UTTERANCE_LABELS:
+            value = getattr(self, name)
             if not isinstance(value, str):
                 raise ConfigError(f"UtteranceMeta.{name} must be a string, got {value!r}.")
         if not self.utt_id:
             raise ConfigError("UtteranceMeta.utt_id is empty; give every utterance a unique id.")
         if not self.pair_key:
             object.__setattr__(self, "pair_key", f"{self.speaker}|{self.text_id}")
-
-
-UTTERANCE_LABELS: tuple[str, ...] = ("utt_id", "text_id", "speaker", "emotion", "condition", "pair_key")
 
 
 def rows_to_torch(bits: np.ndarray, dtype: str) -> torch.Tensor:

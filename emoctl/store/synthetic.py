@@ -60,16 +60,43 @@ def write_sparse_dictionary_store(
     settings = dict(n_atoms=n_atoms, k_active=k_active, rows_per_utterance=[lo, hi], noise_std=noise_std, seed=seed)
     spec = StoreSpec(d_model=d_model, dtype=dtype, hookpoint="synthetic", layer=None,
                      backbone="synthetic-sparse-dictionary", extra={"synthetic": settings})
-    with ActivationWriter(root, spec, shard_rows=shard_rows) as writer:
-        for u in tqdm(range(n_utterances), disable=not progress, desc="synthetic store", unit="utt"):
-            t = int(lengths[u])
-            atoms = rng.random((t, n_atoms)).argpartition(k_active - 1, axis=1)[:, :k_active]  # (T, k) distinct
-            magnitudes = rng.uniform(0.5, 2.0, size=(t, k_active)).astype(np.float32)            # (T, k)
-            rows = np.einsum("tk,tkd->td", magnitudes, dictionary[atoms])                        # (T, d)
-            rows += (noise_std * rng.standard_normal((t, d_model))).astype(np.float32)
-            writer.append(_fake_labels(u, n_speakers), rows)
+    starts = np.concatenate([[0], np.cumsum(lengths)])  # (n_utterances + 1,) first row of each utterance
+    with ActivationWriter(root, spec, shard_rows=shard_rows) as writer, \
+            tqdm(total=n_utterances, disable=not progress, desc="synthetic store", unit="utt") as bar:
+        first = 0
+        while first < n_utterances:  # draw the rows of whole utterances ~64k rows at a time
+            last = max(first + 1, int(np.searchsorted(starts, starts[first] + (1 << 16), side="right")) - 1)
+            block = _sparse_rows(rng, dictionary, int(starts[last] - starts[first]), k_active, noise_std)
+            offsets = starts[first:last + 1] - starts[first]
+            for u, a, b in zip(range(first, last), offsets[:-1], offsets[1:]):
+                writer.append(_fake_labels(u, n_speakers), block[a:b])
+            bar.update(last - first)
+            first = last
     np.save(root / DICTIONARY_NAME, dictionary)
     return dictionary
+
+
+def _sparse_rows(rng: np.random.Generator, dictionary: np.ndarray, n: int, k: int, noise_std: float) -> np.ndarray:
+    """(n, d) float32 rows, each a [0.5, 2]-weighted sum of k distinct atoms plus Gaussian noise."""
+    n_atoms, d = dictionary.shape
+    atoms = _distinct_indices(rng, n, n_atoms, k)                          # (n, k)
+    magnitudes = rng.uniform(0.5, 2.0, size=(n, k)).astype(np.float32)    # (n, k)
+    rows = np.einsum("nk,nkd->nd", magnitudes, dictionary[atoms])          # (n, d)
+    rows += (noise_std * rng.standard_normal((n, d))).astype(np.float32)
+    return rows
+
+
+def _distinct_indices(rng: np.random.Generator, n: int, high: int, k: int) -> np.ndarray:
+    """(n, k) indices in [0, high), distinct within each row, uniformly over k-subsets."""
+    if 4 * k > high:  # collisions common: rank random keys instead
+        return rng.random((n, high)).argpartition(k - 1, axis=1)[:, :k]
+    idx = rng.integers(0, high, size=(n, k))
+    while True:  # redraw the few rows with a repeated index (about k²/2high of them)
+        ordered = np.sort(idx, axis=1)
+        repeated = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        if not repeated.any():
+            return idx
+        idx[repeated] = rng.integers(0, high, size=(int(repeated.sum()), k))
 
 
 def _fake_labels(u: int, n_speakers: int) -> UtteranceMeta:
