@@ -29,10 +29,10 @@ class ActivationStore:
     """A store's committed rows (all ranks), in global order: shards sorted by (rank, sequence)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.root = Path(path)
-        self.manifest: dict[str, Any] = read_manifest(self.root)
-        self.spec: StoreSpec = spec_from_manifest(self.manifest, self.root)
-        self.shards: list[ShardRecord] = committed_shards(self.root)
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = read_manifest(self.path)
+        self.spec: StoreSpec = spec_from_manifest(self.manifest, self.path)
+        self.shards: list[ShardRecord] = committed_shards(self.path)
         for shard in self.shards:
             self._check_size(shard)
         self.shard_starts = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
@@ -42,7 +42,7 @@ class ActivationStore:
         self._segments: dict[str, tuple[int, int]] | None = None
 
     def _check_size(self, shard: ShardRecord) -> None:
-        path = self.root / shard.path
+        path = self.path / shard.path
         if not path.is_file():
             raise StoreError(
                 f"shard {path} is listed as committed in index-r{shard.rank:04d}.json but is missing. Restore it, "
@@ -75,22 +75,22 @@ class ActivationStore:
 
     @property
     def shard_paths(self) -> list[Path]:
-        return [self.root / s.path for s in self.shards]
+        return [self.path / s.path for s in self.shards]
 
     @property
     def utterances(self) -> pa.Table:
         """One row per utterance: labels, global ``first_row``, ``num_rows`` and ``shard``; in row order."""
         if self._utterances is None:
-            self._utterances = self._consolidated_table() or store_table(self.root, self.shards)
+            self._utterances = self._consolidated_table() or store_table(self.path, self.shards)
         return self._utterances
 
     def _consolidated_table(self) -> pa.Table | None:
         """``utterances.parquet`` if consolidation saw exactly the shards committed now, else None."""
         name = self.manifest.get("utterances")
         listed = self.manifest.get("shards") or []
-        if not name or [ShardRecord.from_json(e, self.root) for e in listed] != self.shards:
+        if not name or [ShardRecord.from_json(e, self.path) for e in listed] != self.shards:
             return None
-        table = pq.read_table(self.root / name)
+        table = pq.read_table(self.path / name)
         if table.num_rows != self.num_utterances or table.schema.names != STORE_TABLE_SCHEMA.names:
             return None  # rewritten by a later consolidation since the manifest was read
         return table
@@ -99,7 +99,7 @@ class ActivationStore:
         return self.num_rows
 
     def __repr__(self) -> str:
-        return (f"ActivationStore({str(self.root)!r}: {self.num_rows} rows x {self.d_model} {self.dtype}, "
+        return (f"ActivationStore({str(self.path)!r}: {self.num_rows} rows x {self.d_model} {self.dtype}, "
                 f"{self.num_utterances} utterances, {len(self.shards)} shards, {self.spec.hookpoint or 'no hookpoint'})")
 
     # ---- rows ---------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ class ActivationStore:
         """Shard ``i`` as a read-only (rows, d) memmap of its on-disk dtype."""
         mm = self._mmaps.get(i)
         if mm is None:
-            path = self.root / self.shards[i].path
+            path = self.path / self.shards[i].path
             mm = np.load(path, mmap_mode="r")
             expected = (self.shards[i].rows, self.d_model)
             if mm.shape != expected or mm.dtype != self.spec.numpy_dtype:
@@ -125,7 +125,7 @@ class ActivationStore:
             return out
         if idx.min() < 0 or idx.max() >= self.num_rows:
             bad = idx[(idx < 0) | (idx >= self.num_rows)][0]
-            raise IndexError(f"row {bad} is outside the store at {self.root}, which has {self.num_rows} rows")
+            raise IndexError(f"row {bad} is outside the store at {self.path}, which has {self.num_rows} rows")
         out_bits = torch_to_bits(out)  # (n, d) numpy view of out's memory
         order = None if np.all(idx[1:] >= idx[:-1]) else np.argsort(idx, kind="stable")
         sorted_idx = idx if order is None else idx[order]
@@ -148,7 +148,7 @@ class ActivationStore:
             self._segments = dict(zip(table["utt_id"].to_pylist(),
                                       zip(table["first_row"].to_pylist(), table["num_rows"].to_pylist())))
         if utt_id not in self._segments:
-            raise StoreError(f"no utterance {utt_id!r} in the store at {self.root}; see .utterances for the ids it holds.")
+            raise StoreError(f"no utterance {utt_id!r} in the store at {self.path}; see .utterances for the ids it holds.")
         first, count = self._segments[utt_id]
         shard = int(np.searchsorted(self.shard_starts, first, side="right") - 1)
         local = first - int(self.shard_starts[shard])
@@ -215,13 +215,13 @@ class ActivationStore:
         """Re-read every shard and utterance table and compare CRC-32s with the index; raise on a mismatch."""
         for shard in tqdm(self.shards, disable=not progress, desc="verifying shards", unit="shard"):
             self._check_size(shard)
-            crc = crc32_of_rows(self.root / shard.path)
+            crc = crc32_of_rows(self.path / shard.path)
             if crc != shard.crc32:
-                raise StoreError(f"shard {self.root / shard.path} fails its checksum (crc32 {crc:#010x}, index says "
+                raise StoreError(f"shard {self.path / shard.path} fails its checksum (crc32 {crc:#010x}, index says "
                                  f"{shard.crc32:#010x}): its rows were damaged on disk. Restore it from a backup.")
-            utts_crc = zlib.crc32((self.root / shard.utterances_path).read_bytes())
+            utts_crc = zlib.crc32((self.path / shard.utterances_path).read_bytes())
             if utts_crc != shard.utterances_crc32:
-                raise StoreError(f"utterance table {self.root / shard.utterances_path} fails its checksum; "
+                raise StoreError(f"utterance table {self.path / shard.utterances_path} fails its checksum; "
                                  "it was damaged on disk. Restore it from a backup.")
 
     # ---- pickling (DataLoader workers reopen the memmaps themselves) --------------------------

@@ -108,19 +108,19 @@ class ActivationWriter:
             raise ConfigError(f"ActivationWriter rank must be a non-negative integer, got {rank!r}.")
         if shard_rows <= 0 or max_pending <= 0:
             raise ConfigError(f"shard_rows and max_pending must be positive, got {shard_rows} and {max_pending}.")
-        self.root = Path(path)
+        self.path = Path(path)
         self.spec = spec
         self.rank = rank
         self.shard_rows = shard_rows
         self.consolidate = rank == 0 if consolidate is None else consolidate
-        (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         self._lock_file = self._lock_rank()
         try:
             self._create_or_check_manifest()
-            self._shards = read_rank_index(self.root, rank)
+            self._shards = read_rank_index(self.path, rank)
             self._discard_uncommitted()
-            ids = [read_shard_table(self.root, s, ["utt_id"])["utt_id"].to_pylist()
-                   for s in committed_shards(self.root)]
+            ids = [read_shard_table(self.path, s, ["utt_id"])["utt_id"].to_pylist()
+                   for s in committed_shards(self.path)]
         except BaseException:
             self._lock_file.close()
             raise
@@ -141,28 +141,28 @@ class ActivationWriter:
 
     def _lock_rank(self):
         """Hold an exclusive lock on this rank for the writer's life; the OS drops it if the process dies."""
-        lock = open(self.root / SHARD_DIR / f".lock-r{self.rank:04d}", "a")
+        lock = open(self.path / SHARD_DIR / f".lock-r{self.rank:04d}", "a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             raise StoreError(
-                f"another ActivationWriter already writes rank {self.rank} of the store at {self.root}. "
+                f"another ActivationWriter already writes rank {self.rank} of the store at {self.path}. "
                 "Give each concurrent writer its own rank, or close the other writer first."
             ) from None
         return lock
 
     def _create_or_check_manifest(self) -> None:
-        manifest_path = self.root / MANIFEST_NAME
+        manifest_path = self.path / MANIFEST_NAME
         if not manifest_path.exists():
             create_once(manifest_path, json.dumps(new_manifest(self.spec), indent=1).encode())
-        stored = read_manifest(self.root)
+        stored = read_manifest(self.path)
         wanted = self.spec.attributes()
         differ = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
         if differ:
             detail = "; ".join(f"{k}: store has {s!r}, writer has {w!r}" for k, (s, w) in differ.items())
             raise StoreError(
-                f"cannot append to the store at {self.root}: its attributes differ from the writer's StoreSpec "
+                f"cannot append to the store at {self.path}: its attributes differ from the writer's StoreSpec "
                 f"({detail}). Write to a new directory, or give a StoreSpec that matches {manifest_path}."
             )
 
@@ -170,15 +170,15 @@ class ActivationWriter:
         """Delete this rank's temp files and shards a crash left renamed but unlisted in the index."""
         listed = {shard_stem(self.rank, s.seq) for s in self._shards}
         prefix = f"r{self.rank:04d}-"
-        for path in (self.root / SHARD_DIR).iterdir():
+        for path in (self.path / SHARD_DIR).iterdir():
             name = path.name
             if name.startswith(f".{prefix}") and name.endswith(".tmp"):
                 path.unlink()
             elif name.startswith(prefix) and name.split(".")[0] not in listed:
                 path.unlink()
-        stale = [index_path(self.root, self.rank).name] + ([MANIFEST_NAME, UTTERANCES_NAME] if self.rank == 0 else [])
+        stale = [index_path(self.path, self.rank).name] + ([MANIFEST_NAME, UTTERANCES_NAME] if self.rank == 0 else [])
         for name in stale:
-            for path in self.root.glob(f".{name}.*.tmp"):
+            for path in self.path.glob(f".{name}.*.tmp"):
                 path.unlink(missing_ok=True)
 
     # ---- producer side ------------------------------------------------------------------------
@@ -196,7 +196,7 @@ class ActivationWriter:
         self._raise_if_unusable()
         if meta.utt_id in self._seen_ids:
             raise StoreError(
-                f"utterance {meta.utt_id!r} is already in the store at {self.root} (or was appended earlier "
+                f"utterance {meta.utt_id!r} is already in the store at {self.path} (or was appended earlier "
                 "by this writer). Skip the ids in ActivationWriter.committed_utt_ids, or give it a new utt_id."
             )
         item = self._stage(meta, acts)
@@ -222,12 +222,12 @@ class ActivationWriter:
         self._lock_file.close()
         if self._failure is not None:
             raise StoreError(
-                f"writing rank {self.rank} of the store at {self.root} failed ({self._failure!r}); the utterances "
+                f"writing rank {self.rank} of the store at {self.path} failed ({self._failure!r}); the utterances "
                 "committed before the failure are intact. Fix the cause (e.g. disk space) and resume: reopen "
                 "the writer and skip committed_utt_ids."
             ) from self._failure
         if self.consolidate:
-            consolidate_store(self.root)
+            consolidate_store(self.path)
         self._raise_rejected()
 
     def __enter__(self) -> ActivationWriter:
@@ -244,7 +244,7 @@ class ActivationWriter:
 
     def _raise_if_unusable(self) -> None:
         if self._closed:
-            raise StoreError(f"the ActivationWriter for {self.root} (rank {self.rank}) is closed; open a new one.")
+            raise StoreError(f"the ActivationWriter for {self.path} (rank {self.rank}) is closed; open a new one.")
         if self._failure is not None:
             self.close()  # raises with the cause
         self._raise_rejected()
@@ -269,7 +269,7 @@ class ActivationWriter:
         d = self.spec.d_model
         if acts.ndim != 2 or acts.shape[1] != d or acts.shape[0] == 0:
             raise StoreError(
-                f"activations of {meta.utt_id!r} have shape {tuple(acts.shape)}, but the store at {self.root} "
+                f"activations of {meta.utt_id!r} have shape {tuple(acts.shape)}, but the store at {self.path} "
                 f"holds rows of d_model={d}: pass a (T, {d}) tensor with T >= 1 (one row per decoding step)."
             )
         if acts.device.type == "cuda":
@@ -339,7 +339,7 @@ class ActivationWriter:
         if self._shard is not None and self._shard.rows + n > self.shard_rows:
             self._commit_shard()
         if self._shard is None:
-            tmp = self.root / SHARD_DIR / f".{shard_stem(self.rank, self._next_seq)}.npy.tmp"
+            tmp = self.path / SHARD_DIR / f".{shard_stem(self.rank, self._next_seq)}.npy.tmp"
             self._shard = _OpenShard(StreamingNpyWriter(tmp, self.spec.numpy_dtype, self.spec.d_model))
         self._shard.add(item.meta, torch_to_bits(item.rows))
         if self._shard.rows >= self.shard_rows:
@@ -353,13 +353,13 @@ class ActivationWriter:
         utts = table_to_parquet_bytes(shard_table(shard.metas, shard.offsets, shard.counts))
         record = ShardRecord(rank=self.rank, seq=self._next_seq, rows=shard.rows, num_utterances=len(shard.metas),
                              bytes=shard.npy.nbytes, crc32=shard.npy.crc32, utterances_crc32=zlib.crc32(utts))
-        utts_path = self.root / record.utterances_path
+        utts_path = self.path / record.utterances_path
         utts_tmp = utts_path.with_name(f".{utts_path.name}.tmp")
         write_durably(utts_tmp, utts)
         os.replace(utts_tmp, utts_path)
-        os.replace(shard.npy.path, self.root / record.path)
-        fsync_dir(self.root / SHARD_DIR)
-        write_rank_index(self.root, self.rank, self._shards + [record])  # the commit point
+        os.replace(shard.npy.path, self.path / record.path)
+        fsync_dir(self.path / SHARD_DIR)
+        write_rank_index(self.path, self.rank, self._shards + [record])  # the commit point
         self._shards.append(record)
         self._next_seq += 1
         with self._ids_lock:
