@@ -310,9 +310,13 @@ def test_shard_renamed_but_not_indexed_is_discarded_on_reopen(tmp_path):
     for suffix in (".npy", ".utts.parquet"):  # looks exactly like a finished shard 3
         shutil.copy(shards / f"r0000-s000000{suffix}", shards / f"r0000-s000003{suffix}")
     assert ActivationStore(tmp_path).num_utterances == 6  # the reader ignores it
+    dead, live = tmp_path / ".manifest.json.999999999.tmp", tmp_path / f".manifest.json.{os.getpid()}.tmp"
+    dead.write_text("{}")  # a consolidation killed midway, and one still running
+    live.write_text("{}")
     with ActivationWriter(tmp_path, StoreSpec(d_model=16, dtype="float32", hookpoint="resid_pre.2", layer=2,
                                               backbone="test"), shard_rows=8) as w:
         assert not (shards / "r0000-s000003.npy").exists()
+        assert not dead.exists() and live.exists()
         w.append(_meta(6), np.full((4, 16), 6, np.float32))
     store = ActivationStore(tmp_path)
     assert store.num_utterances == 7 and store.shards[-1].seq == 3

@@ -61,3 +61,24 @@ def create_once(path: Path, data: bytes) -> bool:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return created
+
+
+def remove_dead_temps(path: Path) -> None:
+    """Delete ``temp_name(path)`` files left by processes of this host that no longer run.
+
+    A temp file of a live process (another rank consolidating right now) is left alone.
+    """
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

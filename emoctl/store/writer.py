@@ -36,7 +36,7 @@ import torch
 
 from emoctl.errors import ConfigError, EmoctlError, NonFiniteActivationError, StoreError
 from emoctl.store.consolidate import consolidate_store
-from emoctl.store.fsio import create_once, fsync_dir, write_durably
+from emoctl.store.fsio import create_once, fsync_dir, remove_dead_temps, write_durably
 from emoctl.store.manifest import (
     MANIFEST_NAME, SHARD_DIR, UTTERANCES_NAME, ShardRecord, committed_shards, index_path, new_manifest, read_manifest,
     read_rank_index, shard_stem, write_rank_index,
@@ -176,10 +176,11 @@ class ActivationWriter:
                 path.unlink()
             elif name.startswith(prefix) and name.split(".")[0] not in listed:
                 path.unlink()
-        stale = [index_path(self.path, self.rank).name] + ([MANIFEST_NAME, UTTERANCES_NAME] if self.rank == 0 else [])
-        for name in stale:
-            for path in self.path.glob(f".{name}.*.tmp"):
-                path.unlink(missing_ok=True)
+        own_index = index_path(self.path, self.rank)
+        for path in self.path.glob(f".{own_index.name}.*.tmp"):  # no other process writes this rank's index
+            path.unlink()
+        for shared in (MANIFEST_NAME, UTTERANCES_NAME):
+            remove_dead_temps(self.path / shared)
 
     # ---- producer side ------------------------------------------------------------------------
 
