@@ -240,6 +240,17 @@ def test_reader_errors_name_the_file_and_the_fix(tmp_path):
         ActivationStore(tmp_path / "s")
 
 
+def test_the_same_utterance_from_two_ranks_is_reported_by_the_reader(tmp_path):
+    spec = StoreSpec(d_model=4, dtype="float32")
+    with ActivationWriter(tmp_path, spec, rank=0, consolidate=False) as w0, ActivationWriter(tmp_path, spec, rank=1) as w1:
+        w0.append(_meta(7), np.zeros((2, 4)))
+        w1.append(_meta(7), np.ones((3, 4)))  # ranks do not coordinate: the producer must split the work
+    with pytest.raises(StoreError, match=r"\['u0007'\] more than once"):
+        ActivationStore(tmp_path).utterances
+    with pytest.raises(StoreError, match="u0007"):
+        consolidate_store(tmp_path)
+
+
 # ---- crash safety and concurrent ranks ---------------------------------------------------------
 
 
