@@ -1,0 +1,1 @@
+"""The mini TTS: a small embedded emotional LLM-TTS (IndexTTS2 in miniature) trained on CPU."""

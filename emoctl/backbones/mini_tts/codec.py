@@ -1,0 +1,433 @@
+"""The mini TTS's discrete speech codec: WORLD analysis, k-means tokens, WORLD vocoder.
+
+Why WORLD: emotion in speech lives largely in F0, loudness and timing, and a
+codec that loses them makes emotion control unmeasurable. WORLD separates F0
+from the spectral envelope, so both can be quantised on their own and put
+back exactly where they were. (k-means over log-mels with Griffin-Lim lost up
+to 50% of F0 and the order of emotions by F0.)
+
+One token per 20 ms frame (50 Hz, as IndexTTS2's semantic tokens)::
+
+    token = env_code * n_f0_bins + f0_bin          # in [0, n_env_codes * n_f0_bins)
+
+* ``env_code`` in ``[0, n_env_codes)``: the nearest k-means centroid of the
+  frame's *coded* spectral envelope (``pyworld.code_spectral_envelope``, a
+  mel-cepstrum whose coefficients are each ~1 RMS of natural-log power, so
+  Euclidean distance is log-spectral distance). Coefficient 0 is the mean
+  log power, i.e. loudness; distances weight it by ``energy_weight`` (3), or
+  k-means spends its codes on spectral shape and loudness, a main carrier of
+  emotion, comes back off by up to e^2.
+* ``f0_bin`` in ``[0, n_f0_bins)``: **0 means unvoiced**; bins
+  ``1 .. n_f0_bins-1`` split ``[f0_lo, f0_hi]`` into equal steps of log-F0,
+  where ``f0_lo, f0_hi`` are the 0.5th and 99.5th percentiles of voiced F0 in
+  the fitting data (clipped to ``f0_range``). F0 outside that range goes to
+  the first or last voiced bin; a bin decodes to its centre.
+
+A code's centroid is the mean *log* spectrum of its frames, whose power is
+below their mean power (Jensen: by about half the variance of log power), so
+decoding alone would come back ~20% quieter. Each code therefore carries a
+log-gain, fitted so its decoded power equals the mean power of its training
+frames; it is added to coefficient 0 at decode time only (assignment uses the
+plain centroids).
+
+Decoding looks the envelope up by code, adds its log-gain, takes the aperiodicity as the mean
+coded aperiodicity (``pyworld.code_aperiodicity``, one band at 16 kHz) of the
+voiced frames with that code, so tokens carry no aperiodicity; it then
+interpolates all three to 5 ms and runs WORLD synthesis.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emoctl.backbones.mini_tts.kmeans import kmeans, nearest_centroid
+from emoctl.errors import ConfigError
+
+SAMPLE_RATE = 16000
+FRAME_PERIOD_MS = 20.0
+SYNTH_UPSAMPLE = 4            # synthesise at 5 ms frames: smooth F0 and envelope between tokens
+N_CODED_DIMS = 40             # dimensions of the coded (mel-cepstral) spectral envelope
+ENERGY_WEIGHT = 3.0           # weight of coefficient 0 (log power) in the k-means distance
+SPECTRUM_FLOOR = 1e-10        # power floor: digital silence would otherwise spread codes over -37..-23 in c0
+F0_PERCENTILES = (0.5, 99.5)  # voiced F0 range covered by the voiced bins
+FORMAT_NAME = "emoctl.speech_codec"
+FORMAT_VERSION = 1
+CONFIG_FILE = "codec.json"
+TENSOR_FILE = "codec.safetensors"
+
+
+def _pyworld():
+    """Import pyworld quietly (0.3.5 imports the deprecated pkg_resources)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pyworld
+    return pyworld
+
+
+class WorldFrames(NamedTuple):
+    """WORLD parameters of one utterance at 20 ms frames."""
+    f0: np.ndarray                   # (T,) Hz, 0 where unvoiced
+    coded_envelope: np.ndarray       # (T, D) coded spectral envelope
+    power: np.ndarray                # (T,) sum over frequency of the (floored) spectral envelope
+    coded_aperiodicity: np.ndarray | None  # (T, A) dB per band (A=1 at 16 kHz); None when not asked for
+
+
+def as_mono_float(wave: Any, sample_rate: Any, *, name: str = "wave") -> np.ndarray:
+    """Check one waveform and return it as contiguous float64; raise ``ConfigError`` if unusable.
+
+    Integer PCM is scaled to [-1, 1); the codec does not mix down stereo
+    because which channel holds the speech is the caller's decision.
+    """
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ConfigError(f"{name}: sample_rate must be a positive integer number of Hz, got {sample_rate!r}.")
+    x = np.asarray(wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else wave)
+    if x.ndim == 2 and 1 in x.shape:
+        x = x.reshape(-1)
+    if x.ndim != 1:
+        raise ConfigError(f"{name}: expected mono audio (a 1-D array of samples), got shape {x.shape}. "
+                          "Mix down or pick one channel first, e.g. wave.mean(axis=-1) for (samples, channels).")
+    if x.size == 0:
+        raise ConfigError(f"{name}: the audio is empty (0 samples). Drop this clip or check how it was read.")
+    if np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float64) / float(-np.iinfo(x.dtype).min)
+    elif not np.issubdtype(x.dtype, np.floating):
+        raise ConfigError(f"{name}: expected float or integer PCM samples, got dtype {x.dtype}.")
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise ConfigError(f"{name}: the audio has {int(bad.sum())} NaN or infinite samples (first at index "
+                          f"{int(np.argmax(bad))}). Fix the clip or its decoding before tokenizing it.")
+    return x
+
+
+def resample(x: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample with soxr (a librosa dependency), high quality."""
+    if sample_rate == target_rate:
+        return x
+    import soxr
+    return np.ascontiguousarray(soxr.resample(x, sample_rate, target_rate, quality="HQ"), dtype=np.float64)
+
+
+def analyze(x: np.ndarray, *, f0_range: tuple[float, float], fft_size: int, n_coded_dims: int = N_CODED_DIMS,
+            aperiodicity: bool = False) -> WorldFrames:
+    """WORLD analysis of a 16 kHz float64 waveform at 20 ms frames.
+
+    F0 by DIO refined by StoneMask (Harvest is ~10x slower for little gain on
+    clean speech); envelope by CheapTrick; aperiodicity by D4C only when
+    asked (fitting needs it, encoding does not).
+    """
+    pw = _pyworld()
+    f0, times = pw.dio(x, SAMPLE_RATE, f0_floor=f0_range[0], f0_ceil=f0_range[1], frame_period=FRAME_PERIOD_MS)
+    f0 = pw.stonemask(x, f0, times, SAMPLE_RATE)
+    f0[(f0 < f0_range[0]) | (f0 > f0_range[1])] = 0.0                   # stonemask can leave the range
+    envelope = pw.cheaptrick(x, f0, times, SAMPLE_RATE, fft_size=fft_size)  # (T, F) power
+    envelope = np.maximum(envelope, SPECTRUM_FLOOR)
+    coded = pw.code_spectral_envelope(envelope, SAMPLE_RATE, n_coded_dims)
+    ap = None
+    if aperiodicity:   # D4C's output is exactly its coded bands, interpolated: code_aperiodicity is lossless
+        ap = pw.code_aperiodicity(pw.d4c(x, f0, times, SAMPLE_RATE, fft_size=fft_size), SAMPLE_RATE)
+    return WorldFrames(f0, coded, envelope.sum(1), ap)
+
+
+def _distance_weights(n_coded_dims: int, energy_weight: float) -> torch.Tensor:
+    """(D,) per-coefficient weights of the envelope distance: ``energy_weight`` on log power, 1 elsewhere."""
+    weights = torch.ones(n_coded_dims)
+    weights[0] = energy_weight
+    return weights
+
+
+def _upsample_linear(frames: np.ndarray, factor: int) -> np.ndarray:
+    """(T, F) -> ((T-1)*factor+1, F), linear between frames."""
+    pos = np.arange((frames.shape[0] - 1) * factor + 1) / factor        # (T',)
+    lo = np.minimum(np.floor(pos).astype(np.int64), frames.shape[0] - 1)
+    hi = np.minimum(lo + 1, frames.shape[0] - 1)
+    w = (pos - lo)[:, None]
+    return (1.0 - w) * frames[lo] + w * frames[hi]
+
+
+def _upsample_f0(f0: np.ndarray, factor: int) -> np.ndarray:
+    """(T,) -> ((T-1)*factor+1,): voicing from the nearest frame, log-F0 linear inside voiced runs."""
+    pos = np.arange((f0.shape[0] - 1) * factor + 1) / factor
+    lo = np.minimum(np.floor(pos).astype(np.int64), f0.shape[0] - 1)
+    hi = np.minimum(lo + 1, f0.shape[0] - 1)
+    near = np.rint(pos).astype(np.int64)
+    w = pos - lo
+    voiced = f0 > 0
+    log_f0 = np.log(np.where(voiced, f0, 1.0))
+    both = voiced[lo] & voiced[hi]
+    value = np.where(both, (1.0 - w) * log_f0[lo] + w * log_f0[hi], log_f0[near])
+    return np.where(voiced[near], np.exp(value), 0.0)
+
+
+@dataclass
+class _Analyzer:
+    """Picklable analysis job for worker processes."""
+    f0_range: tuple[float, float]
+    fft_size: int
+    n_coded_dims: int
+    aperiodicity: bool
+
+    def __call__(self, item: tuple[np.ndarray, int]) -> WorldFrames:
+        wave, sample_rate = item
+        x = resample(as_mono_float(wave, sample_rate), sample_rate)
+        return analyze(x, f0_range=self.f0_range, fft_size=self.fft_size, n_coded_dims=self.n_coded_dims,
+                       aperiodicity=self.aperiodicity)
+
+
+def map_in_workers(fn, items: Iterable, *, workers: int, total: int | None, desc: str, progress: bool):
+    """``map(fn, items)`` in order, over ``workers`` forked processes when > 1, with a progress bar.
+
+    Workers run numpy/pyworld code (plus single-threaded torch), which is
+    safe to fork; forking avoids re-importing torch in every worker.
+    """
+    bar_kwargs = dict(total=total, desc=desc, disable=not progress, unit="utt")
+    if workers <= 1:
+        yield from tqdm(map(fn, items), **bar_kwargs)
+        return
+    import multiprocessing as mp
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
+        yield from tqdm(pool.map(fn, items, chunksize=4), **bar_kwargs)
+
+
+class SpeechCodec:
+    """WORLD + k-means speech tokenizer and vocoder at 16 kHz and 50 tokens per second.
+
+    Build one with :meth:`fit` (or :meth:`load`); see the module docstring
+    for how a token is made.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    frame_rate: float = 1000.0 / FRAME_PERIOD_MS
+
+    def __init__(self, env_centroids: torch.Tensor, log_gain: torch.Tensor, aperiodicity_table: torch.Tensor, *,
+                 n_f0_bins: int,
+                 f0_range: tuple[float, float], f0_lo: float, f0_hi: float, fft_size: int,
+                 energy_weight: float = ENERGY_WEIGHT) -> None:
+        if n_f0_bins < 2:
+            raise ConfigError(f"n_f0_bins must be >= 2 (bin 0 is unvoiced), got {n_f0_bins}.")
+        if not 0 < f0_lo < f0_hi:
+            raise ConfigError(f"voiced F0 bin range must satisfy 0 < f0_lo < f0_hi, got ({f0_lo}, {f0_hi}).")
+        self.env_centroids = env_centroids.float().contiguous()   # (K, D)
+        self.log_gain = log_gain.float().contiguous()             # (K,) added to coefficient 0 when decoding
+        self.aperiodicity_table = aperiodicity_table.float().contiguous()  # (K, A) coded, dB
+        self.n_env_codes = int(env_centroids.shape[0])
+        self.n_coded_dims = int(env_centroids.shape[1])
+        self.n_f0_bins = int(n_f0_bins)
+        self.vocab_size = self.n_env_codes * self.n_f0_bins
+        self.f0_range = (float(f0_range[0]), float(f0_range[1]))
+        self.f0_lo, self.f0_hi = float(f0_lo), float(f0_hi)
+        self.fft_size = int(fft_size)
+        self.energy_weight = float(energy_weight)
+        self._weighted_centroids = self.env_centroids * _distance_weights(self.n_coded_dims, self.energy_weight)
+        self._digest: str | None = None
+        # voiced bin b (1-based) spans [lo + (b-1)*step, lo + b*step) in log-F0
+        self._log_lo = math.log(self.f0_lo)
+        self._log_step = (math.log(self.f0_hi) - self._log_lo) / (self.n_f0_bins - 1)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, waves: Iterable[tuple[np.ndarray, int]], *, n_env_codes: int = 256, n_f0_bins: int = 32,
+            f0_range: tuple[float, float] = (50.0, 600.0), seed: int = 0, progress: bool = True,
+            workers: int = 1, n_coded_dims: int = N_CODED_DIMS, energy_weight: float = ENERGY_WEIGHT,
+            max_kmeans_frames: int = 200_000, kmeans_iters: int = 50) -> SpeechCodec:
+        """Fit the envelope codebook, F0 bins and aperiodicity table on ``(wave, sample_rate)`` pairs.
+
+        ``workers`` > 1 runs WORLD analysis in that many processes. k-means
+        sees at most ``max_kmeans_frames`` frames (a seeded subset).
+        """
+        if not 0 < f0_range[0] < f0_range[1]:
+            raise ConfigError(f"f0_range must be (low, high) Hz with 0 < low < high, got {f0_range}.")
+        if n_env_codes < 1:
+            raise ConfigError(f"n_env_codes must be >= 1, got {n_env_codes}.")
+        pw = _pyworld()
+        fft_size = int(pw.get_cheaptrick_fft_size(SAMPLE_RATE, float(f0_range[0])))
+        job = _Analyzer((float(f0_range[0]), float(f0_range[1])), fft_size, n_coded_dims, aperiodicity=True)
+        total = len(waves) if hasattr(waves, "__len__") else None
+        analyses = list(map_in_workers(job, waves, workers=workers, total=total, desc="WORLD analysis",
+                                       progress=progress))
+        if not analyses:
+            raise ConfigError("SpeechCodec.fit got no audio: the iterable of (wave, sample_rate) was empty.")
+        coded = torch.from_numpy(np.concatenate([a.coded_envelope for a in analyses])).float()  # (N, D)
+        f0 = np.concatenate([a.f0 for a in analyses])                                          # (N,)
+        ap = np.concatenate([a.coded_aperiodicity for a in analyses])                          # (N, A)
+        if coded.shape[0] < n_env_codes:
+            raise ConfigError(f"SpeechCodec.fit got {coded.shape[0]} frames, fewer than n_env_codes="
+                              f"{n_env_codes}; give it more audio or fewer codes.")
+        voiced = f0 > 0
+        if voiced.sum() < 2:
+            raise ConfigError("SpeechCodec.fit found no voiced frames in its audio, so it cannot place F0 "
+                              f"bins; check the clips hold speech and f0_range={f0_range} covers its pitch.")
+        f0_lo, f0_hi = np.percentile(f0[voiced], F0_PERCENTILES)
+        f0_lo, f0_hi = max(float(f0_lo), f0_range[0]), min(float(f0_hi), f0_range[1])
+
+        weights = _distance_weights(n_coded_dims, energy_weight)                               # (D,)
+        weighted = kmeans(coded * weights, n_env_codes, n_iter=kmeans_iters, seed=seed,
+                          max_points=max_kmeans_frames, progress=progress).centroids           # (K, D)
+        codes, _ = nearest_centroid(coded * weights, weighted)                                 # (N,)
+        centroids = weighted / weights
+        codes = codes.numpy()
+        power = np.concatenate([a.power for a in analyses])                                    # (N,)
+        log_gain = cls._log_gain(codes, power, centroids.double().numpy(), fft_size)
+        ap_table = cls._aperiodicity_table(codes, voiced, ap, n_env_codes)
+        return cls(centroids, torch.from_numpy(log_gain), torch.from_numpy(ap_table), n_f0_bins=n_f0_bins, f0_range=f0_range,
+                   f0_lo=f0_lo, f0_hi=f0_hi, fft_size=fft_size, energy_weight=energy_weight)
+
+    @staticmethod
+    def _log_gain(codes: np.ndarray, power: np.ndarray, centroids: np.ndarray, fft_size: int) -> np.ndarray:
+        """(K,) log of (mean power of a code's frames) / (power of its decoded centroid); 0 for unused codes."""
+        pw = _pyworld()
+        decoded_power = pw.decode_spectral_envelope(np.ascontiguousarray(centroids), SAMPLE_RATE,
+                                                    fft_size).sum(1)                            # (K,)
+        counts = np.bincount(codes, minlength=len(centroids))
+        mean_power = np.bincount(codes, weights=power, minlength=len(centroids)) / np.maximum(counts, 1)
+        return np.where(counts > 0, np.log(np.maximum(mean_power, 1e-30) / decoded_power), 0.0).astype(np.float32)
+
+    @staticmethod
+    def _aperiodicity_table(codes: np.ndarray, voiced: np.ndarray, ap: np.ndarray, n_codes: int) -> np.ndarray:
+        """Mean coded aperiodicity of the voiced frames of each code; codes never voiced get the global mean.
+
+        Unvoiced frames need none: WORLD synthesises them as pure noise.
+        """
+        table = np.zeros((n_codes, ap.shape[1]))                                               # (K, A)
+        counts = np.bincount(codes[voiced], minlength=n_codes)
+        np.add.at(table, codes[voiced], ap[voiced])
+        global_mean = ap[voiced].mean(0)
+        table = np.where(counts[:, None] > 0, table / np.maximum(counts, 1)[:, None], global_mean)
+        return table.astype(np.float32)
+
+    # ------------------------------------------------------------------ tokens
+    def f0_to_bin(self, f0: np.ndarray) -> np.ndarray:
+        """Hz -> bin: 0 for unvoiced (f0 <= 0), else 1..n_f0_bins-1 by log-F0, clamped."""
+        f0 = np.asarray(f0, dtype=np.float64)
+        safe = np.where(f0 > 0, f0, 1.0)
+        b = 1 + np.floor((np.log(safe) - self._log_lo) / self._log_step).astype(np.int64)
+        return np.where(f0 > 0, np.clip(b, 1, self.n_f0_bins - 1), 0)
+
+    def bin_to_f0(self, f0_bin: np.ndarray) -> np.ndarray:
+        """bin -> Hz at the bin's centre in log-F0; 0 for bin 0 (unvoiced)."""
+        b = np.asarray(f0_bin, dtype=np.int64)
+        hz = np.exp(self._log_lo + (b - 0.5) * self._log_step)
+        return np.where(b > 0, hz, 0.0)
+
+    def split(self, tokens: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens -> (env_code, f0_bin), same shape, int64."""
+        t = torch.as_tensor(tokens, dtype=torch.int64)
+        return t // self.n_f0_bins, t % self.n_f0_bins
+
+    def join(self, env_code: torch.Tensor | np.ndarray, f0_bin: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(env_code, f0_bin) -> tokens, int64."""
+        return torch.as_tensor(env_code, dtype=torch.int64) * self.n_f0_bins + torch.as_tensor(f0_bin, dtype=torch.int64)
+
+    def encode_frames(self, frames: WorldFrames) -> np.ndarray:
+        """WORLD frames -> (T,) int64 tokens (numpy, for worker processes)."""
+        weights = _distance_weights(self.n_coded_dims, self.energy_weight)
+        codes, _ = nearest_centroid(torch.from_numpy(frames.coded_envelope).float() * weights,
+                                    self._weighted_centroids)
+        return codes.numpy() * self.n_f0_bins + self.f0_to_bin(frames.f0)
+
+    def analyze(self, wave: np.ndarray, sample_rate: int, *, aperiodicity: bool = False,
+                name: str = "wave") -> WorldFrames:
+        """Validate, resample to 16 kHz and run WORLD analysis with this codec's settings.
+
+        ``name`` (e.g. the file path) is what error messages call the audio.
+        """
+        x = resample(as_mono_float(wave, sample_rate, name=name), int(sample_rate))
+        return analyze(x, f0_range=self.f0_range, fft_size=self.fft_size, n_coded_dims=self.n_coded_dims,
+                       aperiodicity=aperiodicity)
+
+    def encode(self, wave: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Waveform -> (T,) int64 tokens, T = floor(seconds * 50) + 1."""
+        return torch.from_numpy(self.encode_frames(self.analyze(wave, sample_rate)))
+
+    def decode(self, tokens: torch.Tensor | np.ndarray) -> tuple[np.ndarray, int]:
+        """(T,) tokens -> (float32 mono waveform of about T/50 s, 16000)."""
+        t = torch.as_tensor(tokens).detach().cpu()
+        if t.ndim != 1 or t.numel() == 0 or t.is_floating_point():
+            raise ConfigError(f"decode expects a non-empty 1-D integer tensor of tokens, got dtype {t.dtype} "
+                              f"and shape {tuple(t.shape)}.")
+        if int(t.min()) < 0 or int(t.max()) >= self.vocab_size:
+            raise ConfigError(f"decode got tokens outside [0, {self.vocab_size}): min {int(t.min())}, max "
+                              f"{int(t.max())}. Strip special tokens (start/stop) before decoding.")
+        env, f0_bin = self.split(t)
+        coded = self.env_centroids[env].double().numpy()                  # (T, D)
+        coded[:, 0] += self.log_gain[env].double().numpy()
+        ap = self.aperiodicity_table[env].double().numpy()                # (T, A)
+        f0 = self.bin_to_f0(f0_bin.numpy())                               # (T,)
+        if t.numel() == 1:                                                # WORLD needs two frames
+            coded, ap, f0 = np.repeat(coded, 2, 0), np.repeat(ap, 2, 0), np.repeat(f0, 2)
+        pw = _pyworld()
+        envelope = pw.decode_spectral_envelope(np.ascontiguousarray(_upsample_linear(coded, SYNTH_UPSAMPLE)),
+                                               SAMPLE_RATE, self.fft_size)  # (T', F)
+        ap = pw.decode_aperiodicity(np.ascontiguousarray(_upsample_linear(ap, SYNTH_UPSAMPLE)), SAMPLE_RATE,
+                                    self.fft_size)                        # (T', F)
+        wave = pw.synthesize(_upsample_f0(f0, SYNTH_UPSAMPLE), envelope, ap, SAMPLE_RATE,
+                             frame_period=FRAME_PERIOD_MS / SYNTH_UPSAMPLE)
+        return wave.astype(np.float32), SAMPLE_RATE
+
+    # ------------------------------------------------------------------ persistence
+    def _config(self) -> dict[str, Any]:
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "sample_rate": self.sample_rate,
+                "frame_rate": self.frame_rate, "n_env_codes": self.n_env_codes, "n_f0_bins": self.n_f0_bins,
+                "n_coded_dims": self.n_coded_dims, "f0_range": list(self.f0_range), "f0_lo": self.f0_lo,
+                "f0_hi": self.f0_hi, "fft_size": self.fft_size, "energy_weight": self.energy_weight}
+
+    @property
+    def digest(self) -> str:
+        """16 hex digits of SHA-256 over the settings and tables: changes whenever tokens could."""
+        if self._digest is None:
+            h = hashlib.sha256(json.dumps(self._config(), sort_keys=True).encode())
+            h.update(self.env_centroids.numpy().tobytes())
+            h.update(self.log_gain.numpy().tobytes())
+            h.update(self.aperiodicity_table.numpy().tobytes())
+            self._digest = h.hexdigest()[:16]
+        return self._digest
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``codec.json`` (settings + digest) and ``codec.safetensors`` (tables) into ``directory``."""
+        from safetensors.torch import save_file
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({"env_centroids": self.env_centroids, "log_gain": self.log_gain,
+                   "aperiodicity_table": self.aperiodicity_table},
+                  str(directory / TENSOR_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps({**self._config(), "digest": self.digest}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> SpeechCodec:
+        """Read a codec written by :meth:`save`; the stored digest must match the tables."""
+        from safetensors.torch import load_file
+        directory = Path(directory)
+        config_path, tensor_path = directory / CONFIG_FILE, directory / TENSOR_FILE
+        if not config_path.is_file() or not tensor_path.is_file():
+            raise ConfigError(f"No speech codec in {directory}: expected {CONFIG_FILE} and {TENSOR_FILE} there. "
+                              "Fit one with SpeechCodec.fit(...) and save it with codec.save(directory).")
+        config = json.loads(config_path.read_text())
+        if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
+            raise ConfigError(f"{config_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file "
+                              f"(format={config.get('format')!r}, version={config.get('version')!r}); refit the codec.")
+        tensors = load_file(str(tensor_path))
+        codec = cls(tensors["env_centroids"], tensors["log_gain"], tensors["aperiodicity_table"], n_f0_bins=config["n_f0_bins"],
+                    f0_range=tuple(config["f0_range"]), f0_lo=config["f0_lo"], f0_hi=config["f0_hi"],
+                    fft_size=config["fft_size"], energy_weight=config["energy_weight"])
+        if codec.digest != config.get("digest"):
+            raise ConfigError(f"{tensor_path} does not match the digest in {config_path} ({codec.digest} != "
+                              f"{config.get('digest')}): the files were changed or mixed up; refit the codec.")
+        return codec
+
+    def __repr__(self) -> str:
+        return (f"SpeechCodec(n_env_codes={self.n_env_codes}, n_f0_bins={self.n_f0_bins}, "
+                f"f0_bins=[{self.f0_lo:.1f}, {self.f0_hi:.1f}] Hz, digest={self.digest})")

@@ -1,0 +1,169 @@
+"""Turn an ESD-layout corpus into speech tokens once, and keep them on disk.
+
+Tokenizing is WORLD analysis of every clip (a few hundredths of a second per
+second of audio), cheap but not free, and the LM reads the tokens every
+epoch. So the tokens are cached next to the corpus in
+``.tokens-<codec digest>.npz``: a different codec gets a different file, and
+inside a file each clip is keyed by its path, size and modification time, so
+added or re-rendered clips are re-encoded and the rest reused.
+
+ESD layout: ``<root>/<speaker>/<Emotion>/{train,evaluation,test}/<id>.wav``;
+copies without the split folders (``<root>/<speaker>/<Emotion>/<id>.wav``)
+are read too, with ``split=None``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
+from emoctl.errors import ConfigError
+
+SPLITS = ("train", "evaluation", "test")
+CACHE_PREFIX = ".tokens-"
+
+
+@dataclass(frozen=True)
+class CorpusClip:
+    """One wav of an ESD-layout corpus."""
+    utt_id: str          # file stem, e.g. "0011_000351"; unique across the corpus
+    speaker: str         # e.g. "0011"
+    emotion: str         # folder name, e.g. "Angry"
+    split: str | None    # "train" | "evaluation" | "test", None for a flat copy
+    path: Path
+
+
+def list_corpus_clips(corpus_root: str | os.PathLike, *, split: str | None = None,
+                      emotions: Iterable[str] | None = None) -> list[CorpusClip]:
+    """All clips of the corpus, sorted by ``utt_id``, optionally of one split and some emotions.
+
+    Raises ``ConfigError`` when the folder holds no clips or two clips share an id.
+    """
+    root = Path(corpus_root)
+    if not root.is_dir():
+        raise ConfigError(f"Corpus folder {root} does not exist. Build one (emoctl.corpus) or fix the path.")
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS} or None, got {split!r}.")
+    wanted = None if emotions is None else set(emotions)
+    clips: list[CorpusClip] = []
+    for wav in root.glob("*/*/**/*.wav"):
+        parts = wav.relative_to(root).parts          # (speaker, Emotion, [split,] name)
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[2] not in SPLITS):
+            continue
+        clip_split = parts[2] if len(parts) == 4 else None
+        if (split is not None and clip_split != split) or (wanted is not None and parts[1] not in wanted):
+            continue
+        clips.append(CorpusClip(wav.stem, parts[0], parts[1], clip_split, wav))
+    if not clips:
+        raise ConfigError(f"No clips in {root} (split={split!r}, emotions={emotions!r}): expected ESD layout "
+                          "<root>/<speaker>/<Emotion>/[train|evaluation|test/]<id>.wav.")
+    clips.sort(key=lambda c: c.utt_id)
+    for a, b in zip(clips, clips[1:]):
+        if a.utt_id == b.utt_id:
+            raise ConfigError(f"Two clips share the id {a.utt_id!r}: {a.path} and {b.path}. Utterance ids "
+                              "(file stems) must be unique across the corpus.")
+    return clips
+
+
+def read_wave(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(float32 samples, sample rate) of a sound file; multi-channel files are returned as (N, C)."""
+    import soundfile
+    wave, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+    return wave, int(sample_rate)
+
+
+def iter_corpus_waves(corpus_root: str | os.PathLike, *, split: str | None = "train",
+                      emotions: Iterable[str] | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """``(wave, sample_rate)`` of each clip of a split, for :meth:`SpeechCodec.fit`.
+
+    A generator, so a large corpus is never in memory at once; it has no
+    length, so pass ``list(...)`` to ``fit`` if you want a bounded progress bar.
+    """
+    for clip in list_corpus_clips(corpus_root, split=split, emotions=emotions):
+        yield read_wave(clip.path)
+
+
+@dataclass
+class _PathEncoder:
+    """Picklable job: tokens of one sound file."""
+    codec: SpeechCodec
+
+    def __call__(self, path: Path) -> np.ndarray:
+        wave, sample_rate = read_wave(path)
+        return self.codec.encode_frames(self.codec.analyze(wave, sample_rate, name=str(path)))
+
+
+def cache_path(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_dir: str | os.PathLike | None = None
+               ) -> Path:
+    """Where :func:`tokenize_corpus` keeps the tokens of this corpus under this codec."""
+    return Path(cache_dir if cache_dir is not None else corpus_root) / f"{CACHE_PREFIX}{codec.digest}.npz"
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _read_cache(path: Path) -> dict[str, tuple[tuple[int, int], np.ndarray]]:
+    """rel_path -> ((size, mtime_ns), tokens); empty when the file is missing or unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            rel, size, mtime, offsets, tokens = z["rel_paths"], z["sizes"], z["mtimes_ns"], z["offsets"], z["tokens"]
+    except (OSError, KeyError, ValueError):   # a damaged cache is only a lost speed-up
+        return {}
+    return {str(r): ((int(s), int(m)), tokens[offsets[i]:offsets[i + 1]])
+            for i, (r, s, m) in enumerate(zip(rel, size, mtime))}
+
+
+def _write_cache_atomically(path: Path, rel_paths: list[str], stats: list[tuple[int, int]],
+                            tokens: list[np.ndarray]) -> None:
+    """Write the npz under a temporary name in the same folder, then rename: readers never see half a file."""
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, rel_paths=np.array(rel_paths), sizes=np.array([s for s, _ in stats], dtype=np.int64),
+                     mtimes_ns=np.array([m for _, m in stats], dtype=np.int64), offsets=offsets,
+                     tokens=np.concatenate(tokens).astype(np.int32) if tokens else np.zeros(0, np.int32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def tokenize_corpus(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_dir: str | os.PathLike | None = None,
+                    workers: int = 1, progress: bool = True) -> dict[str, torch.Tensor]:
+    """``utt_id -> (T,) int64 tokens`` for every clip of the corpus, all splits.
+
+    Reuses ``<cache_dir or corpus_root>/.tokens-<codec.digest>.npz`` for clips
+    whose file is unchanged (same size and mtime), encodes the others in
+    ``workers`` processes and rewrites the cache if anything changed.
+    """
+    root = Path(corpus_root)
+    clips = list_corpus_clips(root)
+    target = cache_path(root, codec, cache_dir)
+    cached = _read_cache(target)
+    rel_paths = [clip.path.relative_to(root).as_posix() for clip in clips]
+    stats = [_stat_key(clip.path) for clip in clips]
+    todo = [i for i, (rel, st) in enumerate(zip(rel_paths, stats)) if cached.get(rel, (None,))[0] != st]
+    tokens: list[np.ndarray | None] = [cached[rel][1] if rel in cached else None for rel in rel_paths]
+    if todo:
+        encoded = map_in_workers(_PathEncoder(codec), [clips[i].path for i in todo], workers=workers,
+                                 total=len(todo), desc=f"Tokenizing {root.name}", progress=progress)
+        for i, toks in zip(todo, encoded):
+            tokens[i] = toks
+    if todo or len(cached) != len(clips):
+        _write_cache_atomically(target, rel_paths, stats, tokens)
+    return {clip.utt_id: torch.from_numpy(np.asarray(t, dtype=np.int64)) for clip, t in zip(clips, tokens)}
