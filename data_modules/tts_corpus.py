@@ -1,0 +1,317 @@
+"""``TTSCorpusDataModule``: (prompt, speech tokens) batches from an ESD-layout corpus.
+
+Reads ``<root>/<speaker>/<Emotion>/{train,evaluation,test}/<id>.wav`` with
+transcripts ``<root>/<speaker>/<speaker>.txt`` (``id<TAB>text<TAB>Emotion``),
+and the codec tokens of every clip, cached next to the corpus by
+:func:`~emoctl.backbones.mini_tts.tokenize_corpus.tokenize_corpus`.  When the
+codec folder is empty and ``fit_codec`` is given, the codec is first fitted
+on the training split, so one ``emoctl fit`` goes from wavs to a model.
+
+Batches group utterances of similar length (less padding, so fewer wasted
+FLOPs), come in random order, and every DDP rank gets its own equal, disjoint
+share of them (emoctl's CLI sets ``use_distributed_sampler: false``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, NamedTuple, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from emoctl.backbones.base import Prompt
+from emoctl.errors import ConfigError
+
+
+class TTSBatch(NamedTuple):
+    """Utterances to teacher-force: prompts and right-padded speech tokens."""
+
+    prompts: list[Prompt]
+    speech: torch.Tensor  # (B, T) int64, 0 after each row's length
+    speech_lengths: torch.Tensor  # (B,) int64
+
+
+@dataclass
+class CodecFit:
+    """How to fit the speech codec on the training split when ``codec_dir`` holds none."""
+
+    n_env_codes: int = 256
+    """Spectral-envelope codes (k-means centroids)."""
+    n_f0_bins: int = 32
+    """F0 bins, bin 0 unvoiced."""
+    seed: int = 0
+    """k-means seed."""
+    workers: int = 2
+    """Processes for WORLD analysis."""
+    max_kmeans_frames: int = 200_000
+    """Frames k-means sees at most (a seeded subset)."""
+
+
+class TTSItems(Dataset):
+    """Utterances by index; ``dataset[list_of_indices]`` returns one collated :class:`TTSBatch`."""
+
+    def __init__(self, prompts: Sequence[Prompt], tokens: Sequence[torch.Tensor]) -> None:
+        self.prompts, self.tokens = list(prompts), list(tokens)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, indices: Sequence[int]) -> TTSBatch:
+        return collate([self.prompts[i] for i in indices], [self.tokens[i] for i in indices])
+
+
+def collate(prompts: Sequence[Prompt], tokens: Sequence[torch.Tensor]) -> TTSBatch:
+    lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
+    speech = torch.zeros(len(tokens), max(lengths.tolist(), default=0), dtype=torch.long)
+    for row, t in enumerate(tokens):
+        speech[row, :len(t)] = t
+    return TTSBatch(list(prompts), speech, lengths)
+
+
+class LengthBucketSampler:
+    """Yields index arrays, one per batch: similar lengths together, random batch order, a share per rank.
+
+    Each epoch the utterances are shuffled, cut into windows of ``bucket_batches``
+    batches, sorted by length inside a window and cut into batches; the batches
+    are shuffled again and dealt round-robin to the ranks, which all get the same
+    number of batches.  Used as a DataLoader ``sampler`` with ``batch_size=None``
+    so that Lightning's ``set_epoch`` reaches it.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, bucket_batches: int = 50, drop_last: bool = True) -> None:
+        if batch_size < 1 or bucket_batches < 1:
+            raise ConfigError(f"batch_size and bucket_batches must be >= 1, got {batch_size} and {bucket_batches}.")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}.")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.bucket_batches, self.drop_last = bucket_batches, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.lengths)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        window = self.batch_size * self.bucket_batches
+        batches: list[np.ndarray] = []
+        for start in range(0, n, window):
+            chunk = order[start:start + window]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches[:len(batches) // self.world_size * self.world_size]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        yield from self._all_batches()[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return len(self._all_batches()) // self.world_size
+
+
+def read_transcripts(path: Path) -> dict[str, str]:
+    """``utt_id -> text`` from an ESD transcript, whatever its encoding (UTF-8, UTF-16 or Latin-1)."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = raw.decode("utf-16")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+    out: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise ConfigError(f"{path} line {number} is not 'id<TAB>text<TAB>Emotion': {line!r}.")
+        out[fields[0].strip()] = fields[1].strip()
+    return out
+
+
+class TTSCorpusDataModule(pl.LightningDataModule):
+    """Train and validation batches of (prompt, codec tokens) from one ESD-layout corpus."""
+
+    def __init__(
+        self,
+        corpus_root: str,
+        codec_dir: str,
+        cache_dir: str | None = None,
+        batch_size: int = 16,
+        val_split: Literal["evaluation", "test"] = "evaluation",
+        max_speech_tokens: int = 1000,
+        bucket_batches: int = 50,
+        num_workers: int = 0,
+        tokenize_workers: int = 2,
+        seed: int = 0,
+        fit_codec: CodecFit | None = None,
+    ) -> None:
+        """
+        Args:
+            corpus_root: Folder of the ESD-layout corpus.
+            codec_dir: Folder of the speech codec (``codec.json`` + ``codec.safetensors``).
+            cache_dir: Where the token cache goes; None: inside ``corpus_root``.
+            batch_size: Utterances per batch on each rank.
+            val_split: Corpus split used for validation ("train" is always the training split).
+            max_speech_tokens: Longer utterances are left out (keep it <= the model's max_speech_tokens).
+            bucket_batches: Batches whose utterances are sorted by length together; 1 disables bucketing.
+            num_workers: DataLoader worker processes per rank.
+            tokenize_workers: Processes for encoding clips the token cache lacks.
+            seed: Seed of the batch order.
+            fit_codec: Fit and save a codec into ``codec_dir`` when it holds none; None makes that an error.
+        """
+        super().__init__()
+        if batch_size < 1 or max_speech_tokens < 1:
+            raise ConfigError(f"data.batch_size and data.max_speech_tokens must be >= 1, got {batch_size} and "
+                              f"{max_speech_tokens}.")
+        self.corpus_root = Path(corpus_root)
+        self.codec_dir = Path(codec_dir)
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self.val_split = val_split
+        self.max_speech_tokens = max_speech_tokens
+        self.bucket_batches = bucket_batches
+        self.num_workers = num_workers
+        self.tokenize_workers = tokenize_workers
+        self.seed = seed
+        self.fit_codec = fit_codec
+        self.codec = None
+        self.train_items: TTSItems | None = None
+        self.val_items: TTSItems | None = None
+        self.n_too_long = 0
+
+    # --------------------------------------------------------------- files
+    def prepare_data(self) -> None:
+        # One process per node: fit the codec if asked, then fill the token cache.
+        from emoctl.backbones.mini_tts.tokenize_corpus import tokenize_corpus
+
+        if not (self.codec_dir / "codec.json").is_file():
+            if self.fit_codec is None:
+                raise ConfigError(
+                    f"no speech codec in {self.codec_dir} (codec.json missing). Point data.codec_dir at a codec "
+                    "folder, or set data.fit_codec: {} in the recipe to fit one on the corpus's training split."
+                )
+            self._fit_codec_atomically()
+        tokenize_corpus(self.corpus_root, self._load_codec(), self.cache_dir, workers=self.tokenize_workers)
+
+    def _load_codec(self) -> Any:
+        from emoctl.backbones.mini_tts.codec import SpeechCodec
+
+        return SpeechCodec.load(self.codec_dir)
+
+    def _fit_codec_atomically(self) -> None:
+        from emoctl.backbones.mini_tts.codec import SpeechCodec
+        from emoctl.backbones.mini_tts.tokenize_corpus import iter_corpus_waves
+
+        fit = self.fit_codec
+        assert fit is not None
+        rank_zero_info(f"Fitting the speech codec on {self.corpus_root} (train split) into {self.codec_dir}")
+        codec = SpeechCodec.fit(list(iter_corpus_waves(self.corpus_root, split="train")), n_env_codes=fit.n_env_codes,
+                                n_f0_bins=fit.n_f0_bins, seed=fit.seed, workers=fit.workers,
+                                max_kmeans_frames=fit.max_kmeans_frames)
+        staging = self.codec_dir.with_name(f".{self.codec_dir.name}.partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        codec.save(staging)
+        if self.codec_dir.exists():
+            shutil.rmtree(self.codec_dir)
+        staging.rename(self.codec_dir)
+
+    def setup(self, stage: str) -> None:
+        if self.train_items is not None:
+            return
+        from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, tokenize_corpus
+
+        self.codec = self._load_codec()
+        tokens = tokenize_corpus(self.corpus_root, self.codec, self.cache_dir, progress=False)  # a cache hit
+        transcripts: dict[str, dict[str, str]] = {}
+        splits: dict[str, tuple[list[Prompt], list[torch.Tensor]]] = {"train": ([], []), self.val_split: ([], [])}
+        self.n_too_long = 0
+        for clip in list_corpus_clips(self.corpus_root):
+            if clip.split not in splits:
+                continue
+            if clip.speaker not in transcripts:
+                path = self.corpus_root / clip.speaker / f"{clip.speaker}.txt"
+                if not path.is_file():
+                    raise ConfigError(f"transcript {path} is missing: ESD keeps each speaker's texts in "
+                                      "<root>/<speaker>/<speaker>.txt as id<TAB>text<TAB>Emotion lines.")
+                transcripts[clip.speaker] = read_transcripts(path)
+            text = transcripts[clip.speaker].get(clip.utt_id)
+            if text is None:
+                raise ConfigError(f"{clip.path} has no line for {clip.utt_id!r} in "
+                                  f"{self.corpus_root / clip.speaker / (clip.speaker + '.txt')}; add it or remove the wav.")
+            clip_tokens = tokens[clip.utt_id]
+            if len(clip_tokens) > self.max_speech_tokens or len(clip_tokens) == 0:
+                self.n_too_long += 1
+                continue
+            prompts, toks = splits[clip.split]
+            prompts.append(Prompt(text, clip.speaker, clip.emotion, clip.utt_id))
+            toks.append(clip_tokens)
+        if self.n_too_long:
+            rank_zero_warn(f"left out {self.n_too_long} clips longer than data.max_speech_tokens="
+                           f"{self.max_speech_tokens} (or empty).")
+        self.train_items, self.val_items = TTSItems(*splits["train"]), TTSItems(*splits[self.val_split])
+        if len(self.train_items) < self.batch_size:
+            raise ConfigError(f"{self.corpus_root} has {len(self.train_items)} training clips, fewer than "
+                              f"data.batch_size={self.batch_size}; lower the batch size or use a larger corpus.")
+
+    # ------------------------------------------------------------- loaders
+    @property
+    def prompts(self) -> list[Prompt]:
+        """Every prompt of both splits (the model checks its speakers, emotions and alphabet against them)."""
+        return [*(self.train_items.prompts if self.train_items else []),
+                *(self.val_items.prompts if self.val_items else [])]
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, items: TTSItems | None, shuffle: bool) -> DataLoader:
+        if items is None:
+            raise RuntimeError("setup() must run before the data loaders are built")
+        rank, world = self._rank_and_world()
+        sampler = LengthBucketSampler([len(t) for t in items.tokens], self.batch_size, shuffle=shuffle, seed=self.seed,
+                                      rank=rank, world_size=world, bucket_batches=self.bucket_batches,
+                                      drop_last=shuffle)
+        return DataLoader(items, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_items, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_items, shuffle=False)
+
+    # ----------------------------------------------------------- provenance
+    def describe(self) -> dict[str, Any]:
+        """What the model was trained on, for its checkpoint: corpus build records, codec, split sizes."""
+        corpus_records = {}
+        for path in sorted(self.corpus_root.glob("*.json")):
+            try:
+                corpus_records[path.name] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                corpus_records[path.name] = None
+        train_tokens = sum(len(t) for t in self.train_items.tokens) if self.train_items else 0
+        return {
+            "corpus_root": os.fspath(self.corpus_root.resolve()), "corpus_records": corpus_records,
+            "codec_dir": os.fspath(self.codec_dir.resolve()),
+            "codec_digest": self.codec.digest if self.codec is not None else None,
+            "train_clips": len(self.train_items) if self.train_items else 0, "train_tokens": train_tokens,
+            "val_split": self.val_split, "val_clips": len(self.val_items) if self.val_items else 0,
+            "left_out_too_long": self.n_too_long, "max_speech_tokens": self.max_speech_tokens,
+        }

@@ -1,0 +1,366 @@
+"""``MiniTTS``: emoctl's embedded TTS backbone (mini LM + WORLD speech codec).
+
+It is small enough to train on a laptop CPU within an hour (see
+``recipes/mini_tts.yaml``), yet has the parts the steering methods touch in a
+real LLM-TTS: a GPT2 residual stream with per-block hookpoints, an ``lm_out``
+hookpoint before the speech-token head, batched KV-cached generation with
+prefill and decode phases, a teacher-forced pass, and a vocoder.
+
+A saved model is a folder::
+
+    config.json        format, model shape, tokenizer, speakers, emotions, digests, metadata
+    model.safetensors  LM weights (float32)
+    codec/             the speech codec (SpeechCodec.save), when the model has one
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput
+from emoctl.backbones.hooks import HookManager, Phase
+from emoctl.backbones.mini_tts.codec import SAMPLE_RATE, SpeechCodec
+from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
+from emoctl.backbones.mini_tts.text import PAD_ID, TextTokenizer, tokenizer_from_config
+from emoctl.errors import ConfigError
+
+FORMAT_NAME = "emoctl.mini_tts"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CODEC_DIR = "codec"
+
+
+@dataclass
+class EncodedPrompts:
+    """Prompts as id tensors; the text is left-padded so every start-of-speech token lines up."""
+
+    speaker_ids: torch.Tensor  # (B,) int64
+    emotion_ids: torch.Tensor  # (B,) int64
+    text_ids: torch.Tensor  # (B, L) int64, PAD_ID on the left of shorter texts
+    text_mask: torch.Tensor  # (B, L) bool, True on real text
+
+    @property
+    def padded(self) -> bool:
+        return not bool(self.text_mask.all())
+
+    @property
+    def prefix_lengths(self) -> list[int]:
+        """Real prompt positions per utterance: speaker, emotion, text, start of speech."""
+        return (self.text_mask.sum(1) + 3).tolist()
+
+    def prefix_mask(self) -> torch.Tensor:
+        """(B, L + 3) attention mask of the prefix: 1 except on text padding."""
+        ones = self.text_mask.new_ones(self.text_mask.shape[0], 1)
+        return torch.cat([ones, ones, self.text_mask, ones], dim=1).long()
+
+
+class FactorizedTeacherForced(NamedTuple):
+    """Teacher-forced factorized log-probabilities and their targets (STOP after the last token)."""
+
+    env_logp: torch.Tensor  # (B, T + 1, n_env_codes + 1)
+    f0_logp: torch.Tensor  # (B, T + 1, n_f0_bins)
+    targets: torch.Tensor  # (B, T + 1) int64, IGNORE_INDEX after STOP
+
+
+class MiniTTS(Backbone):
+    """The mini LM with its tokenizer, speaker and emotion tables and (optionally) its codec."""
+
+    def __init__(self, lm: MiniTTSLM, tokenizer: TextTokenizer, speakers: Sequence[str], emotions: Sequence[str],
+                 codec: SpeechCodec | None = None, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if len(speakers) != lm.n_speakers or len(emotions) != lm.n_emotions:
+            raise ConfigError(f"the LM has {lm.n_speakers} speaker and {lm.n_emotions} emotion embeddings, but "
+                              f"{len(speakers)} speakers and {len(emotions)} emotions were named.")
+        if len(set(speakers)) != len(speakers) or len(set(emotions)) != len(emotions):
+            raise ConfigError(f"speaker and emotion names must be distinct, got {list(speakers)} and {list(emotions)}.")
+        if tokenizer.vocab_size != lm.text_vocab_size:
+            raise ConfigError(f"the text tokenizer has {tokenizer.vocab_size} ids but the LM's text embedding has "
+                              f"{lm.text_vocab_size} rows.")
+        if codec is not None and (codec.n_env_codes, codec.n_f0_bins) != (lm.config.n_env_codes, lm.config.n_f0_bins):
+            raise ConfigError(f"the codec has {codec.n_env_codes} envelope codes x {codec.n_f0_bins} F0 bins but the "
+                              f"LM was built for {lm.config.n_env_codes} x {lm.config.n_f0_bins}.")
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self._speakers, self._emotions = list(speakers), list(emotions)
+        self._speaker_ids = {name: i for i, name in enumerate(self._speakers)}
+        self._emotion_ids = {name: i for i, name in enumerate(self._emotions)}
+        self.codec = codec
+        self.metadata = dict(metadata or {})
+        self.hidden_size = lm.config.d_model
+        self.num_layers = lm.config.n_layer
+        self.vocab_size = lm.config.speech_vocab_size + 1  # logit classes: speech tokens then STOP
+        self.stop_token = lm.config.stop_token
+        self.sample_rate = codec.sample_rate if codec is not None else SAMPLE_RATE
+        points: dict[str, torch.nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(lm.gpt.h)}
+        points["lm_out"] = lm.lm_out
+        self.hooks = HookManager(points)
+
+    # ------------------------------------------------------------ identity
+    @property
+    def speakers(self) -> list[str]:
+        return list(self._speakers)
+
+    @property
+    def emotions(self) -> list[str]:
+        return list(self._emotions)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.start_of_speech.device
+
+    @property
+    def weights_digest(self) -> str:
+        """SHA-256 of the LM's tensors (names, dtypes, shapes, bytes), in hex."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.lm.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    @property
+    def backbone_id(self) -> str:  # type: ignore[override]
+        return f"mini-tts@{self.weights_digest[:12]}"
+
+    # -------------------------------------------------------------- inputs
+    def encode_prompts(self, prompts: Sequence[Prompt]) -> EncodedPrompts:
+        """Check names and text, and turn prompts into id tensors on the model's device."""
+        if not prompts:
+            raise ConfigError("no prompts given: pass at least one Prompt(text, speaker, emotion).")
+        speaker_ids, emotion_ids, texts = [], [], []
+        for prompt in prompts:
+            where = f" (utterance {prompt.utt_id})" if prompt.utt_id else ""
+            if prompt.speaker not in self._speaker_ids:
+                raise ConfigError(f"unknown speaker {prompt.speaker!r}{where}; this model voices: "
+                                  f"{', '.join(self._speakers)}.")
+            if prompt.emotion not in self._emotion_ids:
+                raise ConfigError(f"unknown emotion {prompt.emotion!r}{where}; this model knows: "
+                                  f"{', '.join(self._emotions)}.")
+            ids = self.tokenizer.encode(prompt.text)
+            if len(ids) > self.lm.config.max_text_tokens:
+                raise ConfigError(f"text{where} has {len(ids)} tokens, more than max_text_tokens="
+                                  f"{self.lm.config.max_text_tokens}: {prompt.text[:60]!r}...; split it.")
+            speaker_ids.append(self._speaker_ids[prompt.speaker])
+            emotion_ids.append(self._emotion_ids[prompt.emotion])
+            texts.append(ids)
+        width = max(len(ids) for ids in texts)
+        text_ids = torch.full((len(texts), width), PAD_ID, dtype=torch.long)
+        for row, ids in enumerate(texts):
+            text_ids[row, width - len(ids):] = torch.tensor(ids)
+        device = self.device
+        return EncodedPrompts(torch.tensor(speaker_ids, device=device), torch.tensor(emotion_ids, device=device),
+                              text_ids.to(device), (text_ids != PAD_ID).to(device))
+
+    def pad_targets(self, targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad 1-D speech-token tensors: (speech (B, T) int64, lengths (B,) int64)."""
+        lengths = []
+        for i, t in enumerate(targets):
+            if t.ndim != 1 or t.is_floating_point():
+                raise ConfigError(f"target {i} must be a 1-D integer tensor of speech tokens, got dtype {t.dtype} "
+                                  f"and shape {tuple(t.shape)}.")
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.stop_token):
+                raise ConfigError(f"target {i} has tokens outside [0, {self.stop_token}) (min {int(t.min())}, max "
+                                  f"{int(t.max())}); pass speech tokens without STOP, which is appended for you.")
+            lengths.append(t.numel())
+        speech = torch.zeros(len(targets), max(lengths, default=0), dtype=torch.long)
+        for row, t in enumerate(targets):
+            speech[row, :t.numel()] = t
+        return speech.to(self.device), torch.tensor(lengths, device=self.device)
+
+    # ------------------------------------------------------ teacher forcing
+    def teacher_forced_factors(self, prompts: Sequence[Prompt] | EncodedPrompts, speech: torch.Tensor,
+                               speech_lengths: torch.Tensor) -> FactorizedTeacherForced:
+        """Factorized log-probabilities of every speech token and of STOP, in one forward pass.
+
+        ``speech`` (B, T) is right-padded; row i's tokens are ``speech[i, :speech_lengths[i]]``.
+        Declares phase ``teacher_forced``; gradients flow (steering layers train through it).
+        """
+        encoded = prompts if isinstance(prompts, EncodedPrompts) else self.encode_prompts(prompts)
+        B, T = speech.shape
+        prefix = self.lm.embed_prefix(encoded.speaker_ids, encoded.emotion_ids, encoded.text_ids, encoded.text_mask)
+        embeds = torch.cat([prefix, self.lm.embed_speech(speech, first_position=1)], dim=1)  # (B, P + T, d)
+        mask = None
+        if encoded.padded:  # right padding of the speech needs no mask: causal attention never looks ahead
+            mask = torch.cat([encoded.prefix_mask(), speech.new_ones(B, T)], dim=1)
+        with self.hooks.phase(Phase.TEACHER_FORCED):
+            out = self.lm(embeds, attention_mask=mask, speech_from=prefix.shape[1] - 1)
+        steps = torch.arange(T + 1, device=speech.device)  # (T + 1,)
+        targets = torch.cat([speech, speech.new_zeros(B, 1)], dim=1)  # (B, T + 1)
+        targets = torch.where(steps < speech_lengths[:, None], targets, IGNORE_INDEX)
+        targets = torch.where(steps == speech_lengths[:, None], self.stop_token, targets)
+        return FactorizedTeacherForced(out.env_logp, out.f0_logp, targets)
+
+    def teacher_forced(self, prompts: Sequence[Prompt], targets: Sequence[torch.Tensor]) -> TeacherForcedOutput:
+        """Log-probabilities over speech tokens + STOP at every target position, (B, T + 1, vocab_size)."""
+        if len(prompts) != len(targets):
+            raise ConfigError(f"teacher_forced got {len(prompts)} prompts but {len(targets)} targets.")
+        speech, lengths = self.pad_targets(targets)
+        out = self.teacher_forced_factors(prompts, speech, lengths)
+        return TeacherForcedOutput(self.lm.token_log_probs(out.env_logp, out.f0_logp), out.targets)
+
+    # ----------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 1000, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None) -> Generation:
+        """Sample speech tokens for a batch with a KV cache; greedy when ``temperature == 0``.
+
+        Text is left-padded, so every row's start-of-speech token sits in the last
+        prefix column and all rows decode in lockstep.  The prefill forward runs in
+        phase ``prefill``; decode step k (k = 0, 1, ...) feeds each row's token k and
+        runs in phase ``decode`` with ``active`` marking rows that have not stopped.
+        Generation is cut at ``min(max_new_tokens, max_speech_tokens)``.
+        """
+        if temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
+        if top_k is not None and top_k < 1:
+            raise ConfigError(f"top_k must be >= 1 or None, got {top_k}.")
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        encoded = self.encode_prompts(prompts)
+        budget = min(max_new_tokens, self.lm.config.max_speech_tokens)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        B = len(prompts)
+        prefix = self.lm.embed_prefix(encoded.speaker_ids, encoded.emotion_ids, encoded.text_ids, encoded.text_mask)
+        mask = encoded.prefix_mask() if encoded.padded else None
+        with self.hooks.phase(Phase.PREFILL):
+            out = self.lm(prefix, attention_mask=mask, use_cache=True, speech_from=prefix.shape[1] - 1)
+        tokens = torch.zeros(B, budget, dtype=torch.long, device=self.device)
+        lengths = torch.full((B,), budget, dtype=torch.long, device=self.device)
+        active = torch.ones(B, dtype=torch.bool, device=self.device)
+        for step in range(budget):
+            choice = self._choose(out.env_logp[:, -1], out.f0_logp[:, -1], temperature, top_k, generator)  # (B,)
+            stopped = active & (choice == self.stop_token)
+            lengths[stopped] = step
+            active &= ~stopped
+            tokens[:, step] = torch.where(active, choice, 0)
+            if step == budget - 1 or not bool(active.any()):
+                break
+            feed = self.lm.embed_speech(tokens[:, step:step + 1], first_position=step + 1)  # (B, 1, d)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            with self.hooks.phase(Phase.DECODE, step=step, active=active.clone()):
+                out = self.lm(feed, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+        finished = ~active  # rows still active ran out of budget before STOP
+        return Generation(tokens=[tokens[i, :lengths[i]].cpu() for i in range(B)],
+                          prefill_lengths=encoded.prefix_lengths, finished=finished.tolist())
+
+    def _choose(self, env_logp: torch.Tensor, f0_logp: torch.Tensor, temperature: float, top_k: int | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+        """Next token id per row, (B,), from the joint distribution over speech tokens + STOP."""
+        logp = self.lm.token_log_probs(env_logp, f0_logp)  # (B, V + 1)
+        if temperature == 0:
+            return logp.argmax(-1)
+        logits = logp / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+    # --------------------------------------------------------------- vocoder
+    def vocode(self, tokens: torch.Tensor, speaker: str) -> tuple[np.ndarray, int]:
+        """WORLD synthesis of one utterance's tokens.
+
+        The codec has no speaker input: a speaker's timbre and pitch are in the
+        tokens themselves, so ``speaker`` is only checked.
+        """
+        if speaker not in self._speaker_ids:
+            raise ConfigError(f"unknown speaker {speaker!r}; this model voices: {', '.join(self._speakers)}.")
+        if self.codec is None:
+            raise ConfigError("this MiniTTS has no speech codec, so it cannot vocode; load a saved model folder "
+                              "with a codec/ subfolder, or pass codec=SpeechCodec.load(...) when building it.")
+        return self.codec.decode(torch.as_tensor(tokens).cpu())
+
+    # ---------------------------------------------------------- persistence
+    def config_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model and trace where it came from (``config.json``)."""
+        return {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION,
+            "model": asdict(self.lm.config),
+            "text_tokenizer": self.tokenizer.to_config(),
+            "speakers": self._speakers, "emotions": self._emotions,
+            "weights_digest": self.weights_digest,
+            "codec_digest": self.codec.digest if self.codec is not None else None,
+            "metadata": self.metadata,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the model folder atomically: a crash leaves the previous folder, never half of a new one."""
+        from safetensors.torch import save_file
+
+        target = Path(directory)
+        staging = target.with_name(f".{target.name}.partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.lm.state_dict().items()}
+        save_file(tensors, str(staging / WEIGHTS_FILE))
+        if self.codec is not None:
+            self.codec.save(staging / CODEC_DIR)
+        (staging / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> MiniTTS:
+        """Read a folder written by :meth:`save`; the model comes back frozen and in eval mode."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise ConfigError(f"no MiniTTS checkpoint folder at {folder}. Train one with "
+                              "`emoctl fit --config recipes/mini_tts.yaml` or fix the path.")
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise ConfigError(f"MiniTTS checkpoint {folder} lacks {path.name}; it needs {CONFIG_FILE} and "
+                                  f"{WEIGHTS_FILE} (written by MiniTTS.save). Re-export the model.")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{config_path} is not valid JSON ({err}); re-export the model.") from None
+        if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
+            raise ConfigError(f"{config_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file (format="
+                              f"{config.get('format')!r}, version={config.get('version')!r}).")
+        try:
+            model_config = MiniTTSConfig(**config["model"])
+            tokenizer = tokenizer_from_config(config["text_tokenizer"])
+            speakers, emotions = config["speakers"], config["emotions"]
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"{config_path} is missing or has a malformed entry ({err}); re-export the model.") from None
+        lm = MiniTTSLM(model_config, text_vocab_size=tokenizer.vocab_size, n_speakers=len(speakers),
+                       n_emotions=len(emotions))
+        try:
+            state = load_file(str(weights_path))
+        except (SafetensorError, OSError) as err:
+            raise ConfigError(f"cannot read {weights_path} ({err}); the file is damaged, re-export the model.") from None
+        try:
+            lm.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            summary = " ".join(str(err).split())[:400]
+            raise ConfigError(f"the weights in {weights_path} do not match the model described in {config_path}: "
+                              f"{summary}. The two files come from different models; re-export them together.") from None
+        codec = None
+        if config.get("codec_digest") is not None:
+            codec = SpeechCodec.load(folder / CODEC_DIR)
+            if codec.digest != config["codec_digest"]:
+                raise ConfigError(f"the codec in {folder / CODEC_DIR} (digest {codec.digest}) is not the one this "
+                                  f"model was trained with ({config['codec_digest']}); restore the original codec/.")
+        model = cls(lm, tokenizer, speakers, emotions, codec=codec, metadata=config.get("metadata"))
+        if config.get("weights_digest") not in (None, model.weights_digest):
+            raise ConfigError(f"{weights_path} does not match the digest recorded in {config_path}; the weights were "
+                              "changed or mixed up. Re-export the model.")
+        return model.to(device).eval().requires_grad_(False)

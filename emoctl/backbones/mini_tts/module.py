@@ -1,0 +1,199 @@
+"""``MiniTTSModule``: trains the mini TTS language model with Lightning.
+
+Batches are ``(prompts, speech, speech_lengths)``: a list of
+:class:`~emoctl.backbones.Prompt`, right-padded speech tokens (B, T) and their
+lengths (B,), as :class:`data_modules.TTSCorpusDataModule` yields them.  The
+loss is the token-averaged cross-entropy of every speech token and the final
+STOP, computed from the factorized heads (equal to cross-entropy over the
+full 8193-way distribution, without building it).  AdamW with linear warm-up
+then cosine or linear decay; TensorBoard gets train/val loss and envelope and
+F0 accuracy.
+
+When ``fit`` ends, global rank 0 writes a :meth:`MiniTTS.save` folder with the
+data module's codec and the run's provenance (``<log dir>/mini_tts`` unless
+``export_dir`` is set), atomically: this is the folder ``MiniTTS.load`` reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from emoctl.backbones.base import Prompt
+from emoctl.backbones.mini_tts.backbone import MiniTTS
+from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
+from emoctl.backbones.mini_tts.text import CharTokenizer
+from emoctl.errors import ConfigError
+
+ESD_SPEAKERS = ("0011", "0012", "0013", "0014", "0015", "0016", "0017", "0018", "0019", "0020")
+ESD_EMOTIONS = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
+
+
+class MiniTTSModule(pl.LightningModule):
+    """The mini TTS LM with its speaker, emotion and text tables, trained by teacher forcing."""
+
+    def __init__(
+        self,
+        model: MiniTTSConfig = MiniTTSConfig(),
+        speakers: Sequence[str] = ESD_SPEAKERS,
+        emotions: Sequence[str] = ESD_EMOTIONS,
+        text_symbols: str = CharTokenizer.DEFAULT_SYMBOLS,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.98),
+        weight_decay: float = 0.01,
+        warmup_steps: int = 300,
+        schedule: Literal["cosine", "linear"] = "cosine",
+        min_lr_fraction: float = 0.05,
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            model: Shape of the LM (width, depth, heads, dropout, codec sizes, position tables).
+            speakers: Speaker names, one embedding each; every corpus speaker must be among them.
+            emotions: Emotion names, one embedding each; every corpus emotion must be among them.
+            text_symbols: Alphabet of the character tokenizer (after lower-casing).
+            lr: Peak AdamW learning rate.
+            betas: AdamW betas.
+            weight_decay: AdamW weight decay on matrices and embeddings (not on biases or LayerNorms).
+            warmup_steps: Steps of linear warm-up from 0 to ``lr``.
+            schedule: Decay after warm-up, to ``min_lr_fraction * lr`` at the last step.
+            min_lr_fraction: Final learning rate as a fraction of ``lr``.
+            export_dir: Where the trained MiniTTS folder goes; None: ``<log dir>/mini_tts``.
+        """
+        super().__init__()
+        if warmup_steps < 0 or not 0.0 <= min_lr_fraction <= 1.0 or lr <= 0:
+            raise ConfigError(f"need lr > 0, warmup_steps >= 0 and 0 <= min_lr_fraction <= 1; got lr={lr}, "
+                              f"warmup_steps={warmup_steps}, min_lr_fraction={min_lr_fraction}.")
+        self.save_hyperparameters()
+        tokenizer = CharTokenizer(text_symbols)
+        lm = MiniTTSLM(model, text_vocab_size=tokenizer.vocab_size, n_speakers=len(speakers),
+                       n_emotions=len(emotions))
+        self.tts = MiniTTS(lm, tokenizer, list(speakers), list(emotions))
+        self.exported: Path | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        """Fail before the first step if the corpus has a speaker, emotion or character the model lacks."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        prompts: Sequence[Prompt] = getattr(datamodule, "prompts", ()) or ()
+        for name, known, seen in (("speakers", self.tts.speakers, {p.speaker for p in prompts}),
+                                  ("emotions", self.tts.emotions, {p.emotion for p in prompts})):
+            missing = sorted(seen - set(known))
+            if missing:
+                raise ConfigError(f"the corpus has {name} {missing} that model.{name} lacks ({known}); add them "
+                                  f"to model.{name} in the recipe.")
+        for prompt in prompts:
+            self.tts.tokenizer.encode(prompt.text)  # raises ConfigError naming the text and its characters
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Prompts are frozen dataclasses of strings, which Lightning's generic mover cannot rebuild.
+        prompts, speech, lengths = batch
+        return prompts, speech.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+
+    # --------------------------------------------------------------- the math
+    def _losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        prompts, speech, lengths = batch
+        out = self.tts.teacher_forced_factors(prompts, speech, lengths)
+        lm = self.tts.lm
+        nll = lm.nll(out.env_logp, out.f0_logp, out.targets)  # (B, T + 1)
+        valid = out.targets != IGNORE_INDEX
+        stop = out.targets == lm.config.stop_token
+        n_f0 = lm.config.n_f0_bins
+        env_target = torch.where(stop, lm.config.n_env_codes, out.targets.clamp(min=0) // n_f0)
+        voiced_or_not = valid & ~stop  # positions with an F0 target
+        tokens = valid.sum().clamp(min=1)
+        return {
+            "loss": nll.sum() / tokens,
+            "env_acc": ((out.env_logp.argmax(-1) == env_target) & valid).sum() / tokens,
+            "f0_acc": ((out.f0_logp.argmax(-1) == out.targets.clamp(min=0) % n_f0) & voiced_or_not).sum()
+            / voiced_or_not.sum().clamp(min=1),
+            "tokens": tokens,
+        }
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log_dict({"train/loss": losses["loss"].detach(), "train/env_acc": losses["env_acc"],
+                       "train/f0_acc": losses["f0_acc"], "train/lr": torch.tensor(lr)}, batch_size=len(batch[0]))
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, batch_size=len(batch[0]))
+        return losses["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        losses = self._losses(batch)
+        # Weighting each batch by its token count makes the epoch mean a token average.
+        self.log_dict({f"val/{k}": losses[k] for k in ("loss", "env_acc")}, on_epoch=True, sync_dist=True,
+                      batch_size=int(losses["tokens"]))
+        self.log("val/f0_acc", losses["f0_acc"], on_epoch=True, sync_dist=True, batch_size=int(losses["tokens"]))
+
+    # -------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        decay = [p for p in self.tts.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.tts.parameters() if p.requires_grad and p.ndim < 2]
+        hp = self.hparams
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        factor = warmup_then_decay(hp.warmup_steps, total, hp.schedule, hp.min_lr_fraction)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
+
+    # ----------------------------------------------------------------- export
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.exported = self._export()
+        self.trainer.strategy.barrier("mini_tts_export")
+
+    def export_dir(self) -> Path:
+        if self.hparams.export_dir is not None:
+            return Path(self.hparams.export_dir)
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "mini_tts"
+
+    def _export(self) -> Path:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.tts.codec = getattr(datamodule, "codec", None)
+        describe = getattr(datamodule, "describe", None)
+        self.tts.metadata = {
+            "data": describe() if callable(describe) else None,
+            "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(self.trainer.global_step),
+                         "max_steps": int(self.trainer.max_steps), "recipe": _read_recipe(self.trainer)},
+        }
+        target = self.tts.save(self.export_dir())
+        rank_zero_info(f"MiniTTS exported to {target} (backbone_id {self.tts.backbone_id})")
+        return target
+
+
+def warmup_then_decay(warmup_steps: int, total_steps: int, schedule: str, min_fraction: float
+                      ) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear 0 -> 1 over warm-up, then cosine or linear to ``min_fraction``."""
+    if schedule not in ("cosine", "linear"):
+        raise ConfigError(f"model.schedule must be 'cosine' or 'linear', got {schedule!r}.")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+        return min_fraction + (1 - min_fraction) * shape
+
+    return factor
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def _read_recipe(trainer: pl.Trainer) -> str | None:
+    """The resolved recipe LightningCLI saved as ``<log dir>/config.yaml``, if any."""
+    path = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
+    return path.read_text() if path.is_file() else None
