@@ -1,11 +1,26 @@
 """eSpeak NG binding and the ESD-shaped corpus built with it."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import emoctl
+from emoctl.corpus import EMOTIONS, build_corpus, generate_sentences, plan_corpus, split_sizes
+from emoctl.corpus.build import TRIM_MARGIN_S
 from emoctl.corpus.espeak import SAMPLE_RATE, synthesize
 from emoctl.errors import ConfigError
+from emoctl_tests.conftest import REPO
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -66,3 +81,193 @@ def test_knobs_move_pitch_rate_and_volume():
     soft, _ = synthesize(SENTENCE, volume=40)
     loud, _ = synthesize(SENTENCE, volume=160)
     assert np.sqrt(np.mean(loud ** 2)) > 2.0 * np.sqrt(np.mean(soft ** 2))
+
+
+# ---------------------------------------------------------------- sentences
+
+def test_sentences_are_5_to_12_words_unique_and_seeded():
+    sentences = generate_sentences(300, seed=0)
+    assert len(sentences) == 300
+    assert len({s.lower() for s in sentences}) == 300
+    lengths = [len(s.split()) for s in sentences]
+    assert min(lengths) >= 5 and max(lengths) <= 12
+    assert len(set(lengths)) >= 5  # varied lengths, not one template
+    assert all(s[0].isupper() and s.endswith(".") for s in sentences)
+    assert generate_sentences(300, seed=0) == sentences
+    assert generate_sentences(40, seed=0) == sentences[:40]
+    other = generate_sentences(300, seed=1)
+    assert len(set(other) & set(sentences)) < 30
+
+
+def test_sentence_count_is_validated():
+    with pytest.raises(ConfigError):
+        generate_sentences(0)
+
+
+# ---------------------------------------------------------------- corpus
+
+N_SENTENCES, N_SPEAKERS = 9, 2  # 9 sentences: 1 evaluation, 1 test, 7 train per emotion
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return build_corpus(str(tmp_path_factory.mktemp("corpus") / "esd"), n_sentences=N_SENTENCES,
+                        speakers=N_SPEAKERS, seed=0, progress=False)
+
+
+def read_transcript(root: Path, speaker: str) -> list[tuple[str, str, str]]:
+    lines = (root / speaker / f"{speaker}.txt").read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split("\t")) for line in lines]
+
+
+def test_layout_matches_esd(corpus):
+    assert split_sizes(N_SENTENCES) == {"evaluation": 1, "test": 1, "train": 7}
+    assert split_sizes(350) == {"evaluation": 20, "test": 30, "train": 300}
+    wavs = {p.stem: p for p in corpus.rglob("*.wav")}
+    assert len(wavs) == len(list(corpus.rglob("*.wav"))) == N_SPEAKERS * len(EMOTIONS) * N_SENTENCES
+    sentences = generate_sentences(N_SENTENCES, seed=0)
+    listed = set()
+    for speaker in ("0011", "0012"):
+        rows = read_transcript(corpus, speaker)
+        assert len(rows) == len(EMOTIONS) * N_SENTENCES
+        for utt_id, text, emotion in rows:
+            spk, number = utt_id.split("_")
+            block, index = divmod(int(number) - 1, 350)
+            assert spk == speaker and len(number) == 6
+            assert emotion == EMOTIONS[block] and text == sentences[index]
+            split = "evaluation" if index < 1 else "test" if index < 2 else "train"
+            assert wavs[utt_id] == corpus / speaker / emotion / split / f"{utt_id}.wav"
+            listed.add(utt_id)
+            with wave.open(str(wavs[utt_id])) as wav:
+                assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16000)
+                assert 1.0 < wav.getnframes() / 16000 < 6.0
+    assert listed == set(wavs)
+    speakers = json.loads((corpus / "speakers.json").read_text())
+    assert speakers["0011"]["sex"] == "M" and speakers["0012"]["sex"] == "F"
+    assert speakers["0012"]["voice"].endswith("+f1")
+
+
+def test_silence_is_trimmed_to_the_fixed_margin(corpus):
+    samples, sample_rate = read_wav(corpus / "0011" / "Neutral" / "train" / "0011_000005.wav")
+    margin = round(TRIM_MARGIN_S * sample_rate)
+    envelope = np.abs(samples)
+    sound = np.flatnonzero(envelope > 0.01 * envelope.max())
+    # the first and last sound sit at the margin (a few samples of resampling ringing aside)
+    assert abs(sound[0] - margin) < 0.01 * sample_rate
+    assert abs(len(samples) - 1 - sound[-1] - margin) < 0.01 * sample_rate
+
+
+def test_manifest_records_prosody_and_a_checksum_of_the_files(corpus):
+    manifest = json.loads((corpus / "corpus.json").read_text())
+    assert manifest["seed"] == 0 and manifest["settings"]["sample_rate"] == 16000
+    assert manifest["emoctl_version"] == emoctl.__version__
+    plan = {u.utt_id: u for u in plan_corpus(N_SENTENCES, N_SPEAKERS, 0)}
+    assert [u["id"] for u in manifest["utterances"]] == list(plan)
+    digests = {}
+    for row in manifest["utterances"]:
+        assert {k: row[k] for k in ("rate", "pitch", "pitch_range", "volume")} == plan[row["id"]].knobs
+        data = (corpus / row["path"]).read_bytes()
+        assert row["num_samples"] == (len(data) - 44) // 2
+        digests[row["path"]] = hashlib.sha256(data).hexdigest()
+        assert row["sha256"] == digests[row["path"]]
+    for path in ["speakers.json", "0011/0011.txt", "0012/0012.txt"]:
+        digests[path] = hashlib.sha256((corpus / path).read_bytes()).hexdigest()
+    lines = "".join(f"{p}\t{digests[p]}\n" for p in sorted(digests))
+    assert manifest["checksum"]["value"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert not (corpus / ".emoctl-corpus-build.json").exists()
+
+
+def test_same_seed_is_bit_identical_other_seed_differs(corpus, tmp_path):
+    again = build_corpus(str(tmp_path / "again"), n_sentences=N_SENTENCES, speakers=N_SPEAKERS, seed=0,
+                         workers=2, progress=False)
+    assert tree_bytes(again) == tree_bytes(corpus)
+    other = tree_bytes(build_corpus(str(tmp_path / "other"), n_sentences=N_SENTENCES, speakers=N_SPEAKERS, seed=1,
+                                    progress=False))
+    reference = tree_bytes(corpus)
+    assert other.keys() == reference.keys()  # same layout
+    wav_paths = [p for p in reference if p.endswith(".wav")]
+    assert sum(other[p] != reference[p] for p in wav_paths) == len(wav_paths)  # new sentences and jitter
+
+
+def test_resume_rebuilds_exactly_the_missing_files(corpus, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(corpus, partial)
+    wavs = sorted(partial.rglob("*.wav"))
+    deleted = wavs[3::11]
+    for path in deleted:
+        path.unlink()
+    damaged = wavs[5]
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # as if cut short by another tool
+    stray = damaged.with_name(f".{damaged.name}.999.tmp")
+    stray.write_bytes(b"half a file")  # as left by a killed build
+    untouched = {p: p.stat().st_mtime_ns for p in wavs if p not in deleted and p != damaged}
+    time.sleep(0.01)
+
+    build_corpus(str(partial), n_sentences=N_SENTENCES, speakers=N_SPEAKERS, seed=0, progress=False)
+
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in untouched.items())  # not rewritten
+    assert not stray.exists()
+    assert tree_bytes(partial) == tree_bytes(corpus)
+
+
+def test_resume_after_sigkill_is_bit_identical(corpus, tmp_path):
+    root = tmp_path / "killed"
+    script = (f"from emoctl.corpus import build_corpus\n"
+              f"build_corpus({str(root)!r}, n_sentences={N_SENTENCES}, speakers={N_SPEAKERS}, seed=0, progress=False)")
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 60
+    while len(list(root.rglob("*.wav"))) < 20 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(list(root.rglob("*.wav")))
+    assert 20 <= written < N_SPEAKERS * len(EMOTIONS) * N_SENTENCES  # killed mid-way
+    assert not (root / "corpus.json").exists()
+    build_corpus(str(root), n_sentences=N_SENTENCES, speakers=N_SPEAKERS, seed=0, progress=False)
+    assert tree_bytes(root) == tree_bytes(corpus)
+
+
+def test_root_with_other_settings_or_foreign_files_is_refused(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="seed"):
+        build_corpus(str(corpus), n_sentences=N_SENTENCES, speakers=N_SPEAKERS, seed=5, progress=False)
+    foreign = tmp_path / "someone_elses_esd"
+    foreign.mkdir()
+    (foreign / "README.txt").write_text("ESD")
+    with pytest.raises(ConfigError, match="not empty"):
+        build_corpus(str(foreign), n_sentences=N_SENTENCES, speakers=N_SPEAKERS, progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [{"n_sentences": 0}, {"n_sentences": 351}, {"speakers": 0}, {"speakers": 99},
+                                    {"seed": -1}, {"sample_rate": 100}, {"workers": 0}, {"n_sentences": 2.5}])
+def test_bad_build_arguments_are_config_errors(kwargs, tmp_path):
+    with pytest.raises(ConfigError):
+        build_corpus(str(tmp_path / "c"), **{"progress": False, **kwargs})
+    assert not (tmp_path / "c").exists()
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path)) as wav:
+        return np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.float32) / 32768, wav.getframerate()
+
+
+def test_emotions_differ_as_intended(corpus):
+    """Sad is slower, lower and softer than Angry; Surprise is the highest, on the same sentences."""
+    manifest = json.loads((corpus / "corpus.json").read_text())
+    by_emotion = {e: {"seconds": [], "f0": [], "rms": []} for e in EMOTIONS}
+    for row in manifest["utterances"]:
+        if row["speaker"] != "0011":
+            continue
+        samples, sample_rate = read_wav(corpus / row["path"])
+        stats = by_emotion[row["emotion"]]
+        stats["seconds"].append(len(samples) / sample_rate)
+        stats["f0"].append(median_f0(samples, sample_rate))
+        stats["rms"].append(float(np.sqrt(np.mean(samples ** 2))))
+    mean = {e: {k: float(np.mean(v)) for k, v in s.items()} for e, s in by_emotion.items()}
+    assert mean["Sad"]["seconds"] > 1.2 * mean["Angry"]["seconds"]
+    assert mean["Sad"]["f0"] < mean["Neutral"]["f0"] < mean["Surprise"]["f0"]
+    assert mean["Surprise"]["f0"] == max(m["f0"] for m in mean.values())
+    assert mean["Angry"]["rms"] > 1.5 * mean["Sad"]["rms"]

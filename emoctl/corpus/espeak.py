@@ -23,6 +23,7 @@ from __future__ import annotations
 import _ctypes
 import atexit
 import ctypes
+import os
 import shutil
 import tempfile
 import threading
@@ -33,7 +34,7 @@ import numpy as np
 
 from emoctl.errors import ConfigError
 
-__all__ = ["KNOB_LIMITS", "SAMPLE_RATE", "available_variants", "synthesize"]
+__all__ = ["KNOB_LIMITS", "SAMPLE_RATE", "available_variants", "espeak_ng_version", "synthesize"]
 
 SAMPLE_RATE = 22050
 """eSpeak NG's output rate in Hz (fixed by the library)."""
@@ -55,26 +56,45 @@ _libc = ctypes.CDLL(None)
 
 
 @lru_cache(maxsize=1)
-def _paths() -> tuple[Path, Path]:
-    """(private copy of libespeak-ng.so, espeak-ng-data folder).
+def _paths() -> tuple[str, Path]:
+    """(path to a private copy of libespeak-ng, espeak-ng-data folder).
 
     The copy has a path no other package can have opened, so ``dlclose`` really
     unloads it (a shared handle would keep its statics alive between calls).
+    On Linux it lives in an anonymous memory file, so nothing is left behind.
     """
     import espeakng_loader
 
     data_path = Path(espeakng_loader.get_data_path())
+    image = Path(espeakng_loader.get_library_path()).read_bytes()
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("libespeak-ng-emoctl")  # closed when the process exits
+        os.write(fd, image)
+        return f"/proc/self/fd/{fd}", data_path
     private_dir = Path(tempfile.mkdtemp(prefix="emoctl-espeak-"))
     atexit.register(shutil.rmtree, private_dir, ignore_errors=True)
-    library = private_dir / "libespeak-ng-emoctl.so"
-    shutil.copyfile(espeakng_loader.get_library_path(), library)
-    return library, data_path
+    library = private_dir / Path(espeakng_loader.get_library_path()).name
+    library.write_bytes(image)
+    return str(library), data_path
 
 
 @lru_cache(maxsize=1)
 def available_variants() -> tuple[str, ...]:
     """Names usable after ``+`` in a voice name (``m1``..``m8``, ``f1``..``f5``, ``klatt``.., named ones)."""
     return tuple(sorted(p.name for p in (_paths()[1] / "voices" / "!v").iterdir() if p.is_file()))
+
+
+@lru_cache(maxsize=1)
+def espeak_ng_version() -> str:
+    """The library's version string, e.g. "1.52.0" (recorded with the corpus)."""
+    with _lock:
+        lib = ctypes.CDLL(_paths()[0], mode=ctypes.RTLD_LOCAL)
+        try:
+            lib.espeak_Info.argtypes = [ctypes.c_void_p]
+            lib.espeak_Info.restype = ctypes.c_char_p
+            return lib.espeak_Info(None).decode()
+        finally:
+            _ctypes.dlclose(lib._handle)
 
 
 def _check_voice(voice: str) -> None:
@@ -100,7 +120,7 @@ def _check_knobs(knobs: dict[str, int]) -> None:
 def _synthesize_int16(text: str, voice: str, knobs: dict[str, int]) -> np.ndarray:
     """Load, initialize, speak, unload; returns (n,) int16. Caller holds ``_lock``."""
     library_path, data_path = _paths()
-    lib = ctypes.CDLL(str(library_path), mode=ctypes.RTLD_LOCAL)
+    lib = ctypes.CDLL(library_path, mode=ctypes.RTLD_LOCAL)
     chunks: list[np.ndarray] = []
 
     def collect(wav, num_samples: int, events) -> int:
