@@ -234,6 +234,11 @@ def test_resume_after_sigkill_is_bit_identical(corpus, tmp_path):
 def test_root_with_other_settings_or_foreign_files_is_refused(corpus, tmp_path):
     with pytest.raises(ConfigError, match="seed"):
         build_corpus(str(corpus), n_sentences=N_SENTENCES, speakers=N_SPEAKERS, seed=5, progress=False)
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus, broken)
+    (broken / "corpus.json").write_text("{ truncated")
+    with pytest.raises(ConfigError, match="corpus.json"):
+        build_corpus(str(broken), n_sentences=N_SENTENCES, speakers=N_SPEAKERS, progress=False)
     foreign = tmp_path / "someone_elses_esd"
     foreign.mkdir()
     (foreign / "README.txt").write_text("ESD")

@@ -183,11 +183,21 @@ def _check_arguments(n_sentences, speakers, seed, sample_rate, workers) -> None:
     select_speakers(speakers)  # raises ConfigError for a bad count
 
 
+def _design_fingerprint(plan: list[Utterance]) -> str:
+    """Hash of every text, voice and knob setting: an edit to the tables in code then blocks a mixed resume."""
+    design = [(u.utt_id, u.text, u.speaker.to_dict(), u.knobs) for u in plan]
+    return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()
+
+
 def _claim_root(root: Path, settings: dict) -> None:
     """Make ``root`` ours: empty, or holding a (partial) corpus with the same settings."""
     for name in (CORPUS_JSON, BUILD_STAMP):
         if (root / name).is_file():
-            found = json.loads((root / name).read_text()).get("settings")
+            try:
+                found = json.loads((root / name).read_text()).get("settings")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+                raise ConfigError(f"{root / name} is not a readable emoctl corpus record ({error}). Delete it to "
+                                  f"resume the build (finished wavs are kept), or build into another folder.") from None
             if found != settings:
                 raise ConfigError(
                     f"{root / name} records a corpus built with settings {found}, not {settings}. Build into another "
@@ -231,9 +241,10 @@ def build_corpus(root: str, *, n_sentences: int = 300, speakers: int = 10, seed:
                 "seed": int(seed), "sample_rate": int(sample_rate), "source_sample_rate": SOURCE_RATE,
                 "trim_margin_s": TRIM_MARGIN_S, "trim_threshold_db": TRIM_THRESHOLD_DB,
                 "espeak_ng_version": espeak_ng_version()}
-    _claim_root(root_path, settings)
     plan = plan_corpus(n_sentences, speakers, seed)
     speaker_table = select_speakers(speakers)
+    settings["design_sha256"] = _design_fingerprint(plan)
+    _claim_root(root_path, settings)
     text_files = _write_text_files(root_path, plan, speaker_table)
 
     for leftover in root_path.glob("*/*/*/.*.tmp"):  # temp files of a killed build
@@ -288,4 +299,6 @@ def _write_manifest(root: Path, settings: dict, plan: list[Utterance], done: dic
         "checksum": {"algorithm": "sha256", "value": checksum,
                      "of": "sorted lines '<relative path>\\t<sha256 of file>\\n' over every wav, transcript and speakers.json"},
     }
-    _write_atomic(root / CORPUS_JSON, (json.dumps(manifest, indent=1) + "\n").encode())
+    rows = ",\n  ".join(json.dumps(row, separators=(",", ":")) for row in utterances)  # one line per utterance
+    text = json.dumps({**manifest, "utterances": "@rows@"}, indent=1).replace('"@rows@"', f"[\n  {rows}\n ]")
+    _write_atomic(root / CORPUS_JSON, (text + "\n").encode())
