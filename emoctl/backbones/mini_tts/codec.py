@@ -11,29 +11,28 @@ One token per 20 ms frame (50 Hz, as IndexTTS2's semantic tokens)::
     token = env_code * n_f0_bins + f0_bin          # in [0, n_env_codes * n_f0_bins)
 
 * ``env_code`` in ``[0, n_env_codes)``: the nearest k-means centroid of the
-  frame's *coded* spectral envelope (``pyworld.code_spectral_envelope``, a
-  mel-cepstrum whose coefficients are each ~1 RMS of natural-log power, so
-  Euclidean distance is log-spectral distance). Coefficient 0 is the mean
-  log power, i.e. loudness; distances weight it by ``energy_weight`` (3), or
-  k-means spends its codes on spectral shape and loudness, a main carrier of
-  emotion, comes back off by up to e^2.
+  frame's spectral envelope, described by its log power (sum over frequency)
+  and coefficients 1.. of its *coded* envelope (``pyworld.code_spectral_envelope``,
+  a mel-cepstrum whose coefficients are each ~1 RMS of natural-log power, so
+  Euclidean distance is log-spectral distance). Log power gets weight
+  ``energy_weight`` (4) in the distance: loudness is a main carrier of emotion,
+  and with plain coefficient 0 (mean log power over mel bands) at weight 1
+  k-means spent its codes on spectral shape and loud and quiet clips came back
+  -15% and +25% in RMS.
 * ``f0_bin`` in ``[0, n_f0_bins)``: **0 means unvoiced**; bins
   ``1 .. n_f0_bins-1`` split ``[f0_lo, f0_hi]`` into equal steps of log-F0,
   where ``f0_lo, f0_hi`` are the 0.5th and 99.5th percentiles of voiced F0 in
   the fitting data (clipped to ``f0_range``). F0 outside that range goes to
   the first or last voiced bin; a bin decodes to its centre.
 
-A code's centroid is the mean *log* spectrum of its frames, whose power is
-below their mean power (Jensen: by about half the variance of log power), so
-decoding alone would come back ~20% quieter. Each code therefore carries a
-log-gain, fitted so its decoded power equals the mean power of its training
-frames; it is added to coefficient 0 at decode time only (assignment uses the
-plain centroids).
-
-Decoding looks the envelope up by code, adds its log-gain, takes the aperiodicity as the mean
-coded aperiodicity (``pyworld.code_aperiodicity``, one band at 16 kHz) of the
-voiced frames with that code, so tokens carry no aperiodicity; it then
-interpolates all three to 5 ms and runs WORLD synthesis.
+Decoding turns each code back into a coded envelope whose coefficient 0 gives
+the centroid's shape the code's mean frame power. That is the centroid's log
+power plus a per-code ``log_gain``: the log of the mean power of the code's
+training frames minus their mean log power (Jensen's gap; without it the round
+trip is ~20% quieter). The aperiodicity is the mean coded aperiodicity
+(``pyworld.code_aperiodicity``, one band at 16 kHz) of the code's voiced
+training frames, so tokens carry none. All three are interpolated to 5 ms and
+synthesised with WORLD.
 """
 from __future__ import annotations
 
@@ -56,10 +55,11 @@ from emoctl.errors import ConfigError
 
 SAMPLE_RATE = 16000
 FRAME_PERIOD_MS = 20.0
+DIO_FRAME_PERIOD_MS = 5.0     # DIO's voicing decision depends on its frame period; see analyze()
 SYNTH_UPSAMPLE = 4            # synthesise at 5 ms frames: smooth F0 and envelope between tokens
 N_CODED_DIMS = 40             # dimensions of the coded (mel-cepstral) spectral envelope
-ENERGY_WEIGHT = 3.0           # weight of coefficient 0 (log power) in the k-means distance
-SPECTRUM_FLOOR = 1e-10        # power floor: digital silence would otherwise spread codes over -37..-23 in c0
+ENERGY_WEIGHT = 4.0           # weight of log frame power in the k-means distance
+SPECTRUM_FLOOR = 1e-10        # envelope floor: else codes get spent on depths of digital silence
 F0_PERCENTILES = (0.5, 99.5)  # voiced F0 range covered by the voiced bins
 FORMAT_NAME = "emoctl.speech_codec"
 FORMAT_VERSION = 1
@@ -80,7 +80,7 @@ class WorldFrames(NamedTuple):
     """WORLD parameters of one utterance at 20 ms frames."""
     f0: np.ndarray                   # (T,) Hz, 0 where unvoiced
     coded_envelope: np.ndarray       # (T, D) coded spectral envelope
-    power: np.ndarray                # (T,) sum over frequency of the (floored) spectral envelope
+    power: np.ndarray                # (T,) frame power: sum over frequency of the (floored) envelope
     coded_aperiodicity: np.ndarray | None  # (T, A) dB per band (A=1 at 16 kHz); None when not asked for
 
 
@@ -125,11 +125,16 @@ def analyze(x: np.ndarray, *, f0_range: tuple[float, float], fft_size: int, n_co
     """WORLD analysis of a 16 kHz float64 waveform at 20 ms frames.
 
     F0 by DIO refined by StoneMask (Harvest is ~10x slower for little gain on
-    clean speech); envelope by CheapTrick; aperiodicity by D4C only when
-    asked (fitting needs it, encoding does not).
+    clean speech). DIO runs at 5 ms and every 4th frame is kept: its voicing
+    post-processing counts frames, and at 20 ms it marked a third fewer
+    frames voiced (0.41 vs 0.60 of an utterance), which the vocoder then
+    lost. Envelope by CheapTrick; aperiodicity by D4C only when asked
+    (fitting needs it, encoding does not).
     """
     pw = _pyworld()
-    f0, times = pw.dio(x, SAMPLE_RATE, f0_floor=f0_range[0], f0_ceil=f0_range[1], frame_period=FRAME_PERIOD_MS)
+    step = int(FRAME_PERIOD_MS // DIO_FRAME_PERIOD_MS)
+    f0, times = pw.dio(x, SAMPLE_RATE, f0_floor=f0_range[0], f0_ceil=f0_range[1], frame_period=DIO_FRAME_PERIOD_MS)
+    f0, times = np.ascontiguousarray(f0[::step]), np.ascontiguousarray(times[::step])   # (T,) at 20 ms
     f0 = pw.stonemask(x, f0, times, SAMPLE_RATE)
     f0[(f0 < f0_range[0]) | (f0 > f0_range[1])] = 0.0                   # stonemask can leave the range
     envelope = pw.cheaptrick(x, f0, times, SAMPLE_RATE, fft_size=fft_size)  # (T, F) power
@@ -139,6 +144,13 @@ def analyze(x: np.ndarray, *, f0_range: tuple[float, float], fft_size: int, n_co
     if aperiodicity:   # D4C's output is exactly its coded bands, interpolated: code_aperiodicity is lossless
         ap = pw.code_aperiodicity(pw.d4c(x, f0, times, SAMPLE_RATE, fft_size=fft_size), SAMPLE_RATE)
     return WorldFrames(f0, coded, envelope.sum(1), ap)
+
+
+def _envelope_features(coded: torch.Tensor, power: np.ndarray) -> torch.Tensor:
+    """(T, D) k-means features: the coded envelope with coefficient 0 replaced by log frame power."""
+    features = coded.clone()
+    features[:, 0] = torch.from_numpy(np.log(power)).to(features.dtype)
+    return features
 
 
 def _distance_weights(n_coded_dims: int, energy_weight: float) -> torch.Tensor:
@@ -214,15 +226,14 @@ class SpeechCodec:
     frame_rate: float = 1000.0 / FRAME_PERIOD_MS
 
     def __init__(self, env_centroids: torch.Tensor, log_gain: torch.Tensor, aperiodicity_table: torch.Tensor, *,
-                 n_f0_bins: int,
-                 f0_range: tuple[float, float], f0_lo: float, f0_hi: float, fft_size: int,
+                 n_f0_bins: int, f0_range: tuple[float, float], f0_lo: float, f0_hi: float, fft_size: int,
                  energy_weight: float = ENERGY_WEIGHT) -> None:
         if n_f0_bins < 2:
             raise ConfigError(f"n_f0_bins must be >= 2 (bin 0 is unvoiced), got {n_f0_bins}.")
         if not 0 < f0_lo < f0_hi:
             raise ConfigError(f"voiced F0 bin range must satisfy 0 < f0_lo < f0_hi, got ({f0_lo}, {f0_hi}).")
-        self.env_centroids = env_centroids.float().contiguous()   # (K, D)
-        self.log_gain = log_gain.float().contiguous()             # (K,) added to coefficient 0 when decoding
+        self.env_centroids = env_centroids.float().contiguous()   # (K, D) [log power, coded coefficients 1..]
+        self.log_gain = log_gain.float().contiguous()             # (K,) Jensen gap: log mean - mean log power
         self.aperiodicity_table = aperiodicity_table.float().contiguous()  # (K, A) coded, dB
         self.n_env_codes = int(env_centroids.shape[0])
         self.n_coded_dims = int(env_centroids.shape[1])
@@ -233,6 +244,8 @@ class SpeechCodec:
         self.fft_size = int(fft_size)
         self.energy_weight = float(energy_weight)
         self._weighted_centroids = self.env_centroids * _distance_weights(self.n_coded_dims, self.energy_weight)
+        self._decode_c0 = self._coefficient_0(self.env_centroids.double().numpy(), self.fft_size) + \
+            self.log_gain.double().numpy()                                # (K,)
         self._digest: str | None = None
         # voiced bin b (1-based) spans [lo + (b-1)*step, lo + b*step) in log-F0
         self._log_lo = math.log(self.f0_lo)
@@ -244,7 +257,7 @@ class SpeechCodec:
             f0_range: tuple[float, float] = (50.0, 600.0), seed: int = 0, progress: bool = True,
             workers: int = 1, n_coded_dims: int = N_CODED_DIMS, energy_weight: float = ENERGY_WEIGHT,
             max_kmeans_frames: int = 200_000, kmeans_iters: int = 50) -> SpeechCodec:
-        """Fit the envelope codebook, F0 bins and aperiodicity table on ``(wave, sample_rate)`` pairs.
+        """Fit the envelope codebook, F0 bins, log-gains and aperiodicity table on ``(wave, sample_rate)`` pairs.
 
         ``workers`` > 1 runs WORLD analysis in that many processes. k-means
         sees at most ``max_kmeans_frames`` frames (a seeded subset).
@@ -274,27 +287,35 @@ class SpeechCodec:
         f0_lo, f0_hi = np.percentile(f0[voiced], F0_PERCENTILES)
         f0_lo, f0_hi = max(float(f0_lo), f0_range[0]), min(float(f0_hi), f0_range[1])
 
+        power = np.concatenate([a.power for a in analyses])                                    # (N,)
+        features = _envelope_features(coded, power)                                            # (N, D)
         weights = _distance_weights(n_coded_dims, energy_weight)                               # (D,)
-        weighted = kmeans(coded * weights, n_env_codes, n_iter=kmeans_iters, seed=seed,
+        weighted = kmeans(features * weights, n_env_codes, n_iter=kmeans_iters, seed=seed,
                           max_points=max_kmeans_frames, progress=progress).centroids           # (K, D)
-        codes, _ = nearest_centroid(coded * weights, weighted)                                 # (N,)
+        codes, _ = nearest_centroid(features * weights, weighted)                              # (N,)
         centroids = weighted / weights
         codes = codes.numpy()
-        power = np.concatenate([a.power for a in analyses])                                    # (N,)
-        log_gain = cls._log_gain(codes, power, centroids.double().numpy(), fft_size)
+        log_gain = cls._log_gain(codes, power, centroids.double().numpy())
         ap_table = cls._aperiodicity_table(codes, voiced, ap, n_env_codes)
-        return cls(centroids, torch.from_numpy(log_gain), torch.from_numpy(ap_table), n_f0_bins=n_f0_bins, f0_range=f0_range,
-                   f0_lo=f0_lo, f0_hi=f0_hi, fft_size=fft_size, energy_weight=energy_weight)
+        return cls(centroids, torch.from_numpy(log_gain), torch.from_numpy(ap_table), n_f0_bins=n_f0_bins,
+                   f0_range=f0_range, f0_lo=f0_lo, f0_hi=f0_hi, fft_size=fft_size, energy_weight=energy_weight)
 
     @staticmethod
-    def _log_gain(codes: np.ndarray, power: np.ndarray, centroids: np.ndarray, fft_size: int) -> np.ndarray:
-        """(K,) log of (mean power of a code's frames) / (power of its decoded centroid); 0 for unused codes."""
-        pw = _pyworld()
-        decoded_power = pw.decode_spectral_envelope(np.ascontiguousarray(centroids), SAMPLE_RATE,
-                                                    fft_size).sum(1)                            # (K,)
+    def _log_gain(codes: np.ndarray, power: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        """(K,) log of a code's mean frame power over exp(its mean log power): the Jensen gap; 0 if unused."""
         counts = np.bincount(codes, minlength=len(centroids))
         mean_power = np.bincount(codes, weights=power, minlength=len(centroids)) / np.maximum(counts, 1)
-        return np.where(counts > 0, np.log(np.maximum(mean_power, 1e-30) / decoded_power), 0.0).astype(np.float32)
+        gap = np.log(np.maximum(mean_power, 1e-30)) - centroids[:, 0]
+        return np.where(counts > 0, gap, 0.0).astype(np.float32)
+
+    @staticmethod
+    def _coefficient_0(centroids: np.ndarray, fft_size: int) -> np.ndarray:
+        """(K,) the coded envelope's coefficient 0 that gives each centroid's shape its log power."""
+        pw = _pyworld()
+        shape = centroids.copy()
+        shape[:, 0] = 0.0
+        shape_power = pw.decode_spectral_envelope(np.ascontiguousarray(shape), SAMPLE_RATE, fft_size).sum(1)
+        return centroids[:, 0] - np.log(shape_power)
 
     @staticmethod
     def _aperiodicity_table(codes: np.ndarray, voiced: np.ndarray, ap: np.ndarray, n_codes: int) -> np.ndarray:
@@ -335,8 +356,8 @@ class SpeechCodec:
     def encode_frames(self, frames: WorldFrames) -> np.ndarray:
         """WORLD frames -> (T,) int64 tokens (numpy, for worker processes)."""
         weights = _distance_weights(self.n_coded_dims, self.energy_weight)
-        codes, _ = nearest_centroid(torch.from_numpy(frames.coded_envelope).float() * weights,
-                                    self._weighted_centroids)
+        features = _envelope_features(torch.from_numpy(frames.coded_envelope).float(), frames.power)
+        codes, _ = nearest_centroid(features * weights, self._weighted_centroids)
         return codes.numpy() * self.n_f0_bins + self.f0_to_bin(frames.f0)
 
     def analyze(self, wave: np.ndarray, sample_rate: int, *, aperiodicity: bool = False,
@@ -353,6 +374,13 @@ class SpeechCodec:
         """Waveform -> (T,) int64 tokens, T = floor(seconds * 50) + 1."""
         return torch.from_numpy(self.encode_frames(self.analyze(wave, sample_rate)))
 
+    def coded_envelope(self, env_code: torch.Tensor | np.ndarray) -> np.ndarray:
+        """(T,) env codes -> (T, D) coded envelopes as decoded: centroid shape at the code's mean frame power."""
+        env = np.asarray(env_code, dtype=np.int64)
+        coded = self.env_centroids.double().numpy()[env]                  # (T, D)
+        coded[:, 0] = self._decode_c0[env]
+        return coded
+
     def decode(self, tokens: torch.Tensor | np.ndarray) -> tuple[np.ndarray, int]:
         """(T,) tokens -> (float32 mono waveform of about T/50 s, 16000)."""
         t = torch.as_tensor(tokens).detach().cpu()
@@ -363,8 +391,7 @@ class SpeechCodec:
             raise ConfigError(f"decode got tokens outside [0, {self.vocab_size}): min {int(t.min())}, max "
                               f"{int(t.max())}. Strip special tokens (start/stop) before decoding.")
         env, f0_bin = self.split(t)
-        coded = self.env_centroids[env].double().numpy()                  # (T, D)
-        coded[:, 0] += self.log_gain[env].double().numpy()
+        coded = self.coded_envelope(env)                                  # (T, D)
         ap = self.aperiodicity_table[env].double().numpy()                # (T, A)
         f0 = self.bin_to_f0(f0_bin.numpy())                               # (T,)
         if t.numel() == 1:                                                # WORLD needs two frames
@@ -420,7 +447,8 @@ class SpeechCodec:
             raise ConfigError(f"{config_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file "
                               f"(format={config.get('format')!r}, version={config.get('version')!r}); refit the codec.")
         tensors = load_file(str(tensor_path))
-        codec = cls(tensors["env_centroids"], tensors["log_gain"], tensors["aperiodicity_table"], n_f0_bins=config["n_f0_bins"],
+        codec = cls(tensors["env_centroids"], tensors["log_gain"], tensors["aperiodicity_table"],
+                    n_f0_bins=config["n_f0_bins"],
                     f0_range=tuple(config["f0_range"]), f0_lo=config["f0_lo"], f0_hi=config["f0_hi"],
                     fft_size=config["fft_size"], energy_weight=config["energy_weight"])
         if codec.digest != config.get("digest"):

@@ -54,6 +54,8 @@ def list_corpus_clips(corpus_root: str | os.PathLike, *, split: str | None = Non
     clips: list[CorpusClip] = []
     for wav in root.glob("*/*/**/*.wav"):
         parts = wav.relative_to(root).parts          # (speaker, Emotion, [split,] name)
+        if len(parts) == 3 and parts[1] in SPLITS:       # a speaker folder given as the root
+            continue
         if len(parts) not in (3, 4) or (len(parts) == 4 and parts[2] not in SPLITS):
             continue
         clip_split = parts[2] if len(parts) == 4 else None
