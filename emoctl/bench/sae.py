@@ -1,12 +1,13 @@
 """``emoctl bench sae``: one Top-k SAE training step against the bare encoder matmul and sparsify.
 
-Every row is timed in the same run on the same random batch, with the same
+Every row is timed in the same run (round-robin) on the same random batch, with the same
 initial weights, the same dead latents and the same optimizer (Adam, fused
 where PyTorch has it), so only the SAE implementation differs:
 
 1. the bare encoder matmul ``(B, d_in) @ (d_in, d_sae)``, the floor any step pays;
 2. emoctl's step: forward (sparse autograd, AuxK on), backward, parallel-gradient
-   removal, Adam, decoder renormalization;
+   removal, Adam, decoder renormalization; and the same with no dead latents,
+   which shows what AuxK costs (four (B, n_dead) x (n_dead, d_in)-sized products);
 3. the same step with ``reference_forward`` (dense PyTorch autograd);
 4. EleutherAI sparsify's ``SparseCoder`` step with the same dead mask, when
    ``eai-sparsify`` is installed.
@@ -67,9 +68,13 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
     dead = dead.to(dev)
     template.tokens_since_fired.masked_fill_(dead, cfg.dead_tokens)
 
+    all_alive = copy.deepcopy(template)
+    all_alive.tokens_since_fired.zero_()
+
     cases: list[tuple[str, Callable[[], Step]]] = [
         ("bare encoder matmul, fp32", lambda: _matmul_step(x, template.W_enc.detach(), None)),
         ("emoctl TopKSAE step, fp32", lambda: _emoctl_step(template, x, _fast, None)),
+        ("emoctl TopKSAE step, fp32, no dead latents", lambda: _emoctl_step(all_alive, x, _fast, None)),
         ("dense reference step, fp32", lambda: _emoctl_step(template, x, reference_forward, None)),
     ]
     sparsify_label = "sparsify SparseCoder step" + (", bf16 autocast (built in)" if dev.type == "cuda" else ", fp32")
@@ -83,13 +88,8 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
             ("dense reference step, bf16 autocast", lambda: _emoctl_step(template, x, reference_forward, bf16)),
         ]
 
-    timings: dict[str, float] = {}
-    with tqdm(total=len(cases) * (steps + warmup), desc="bench sae", unit="step", leave=False) as bar:
-        for name, make_step in cases:
-            step = make_step()
-            timings[name] = _median_seconds(step, steps, warmup, dev, bar)
-            del step
-            gc.collect()
+    timings = _interleaved_median_seconds({name: make_step() for name, make_step in cases}, steps, warmup, dev)
+    gc.collect()
 
     floor = timings["bare encoder matmul, fp32"]
     theirs = timings.get(sparsify_label)
@@ -183,24 +183,30 @@ def _sparsify_step(template: TopKSAE, x: torch.Tensor, dead: torch.Tensor) -> St
 
 
 # ----------------------------------------------------------------- reporting
-def _median_seconds(step: Step, steps: int, warmup: int, device: torch.device, bar: tqdm) -> float:
+def _interleaved_median_seconds(step_fns: dict[str, Step], steps: int, warmup: int,
+                                device: torch.device) -> dict[str, float]:
+    """Median seconds per step of each row, timing the rows round-robin.
+
+    On a shared machine the load changes over a run; interleaving exposes every
+    row to the same conditions, so the ratios stay meaningful even when absolute
+    times drift.
+    """
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(warmup):
-        step()
-        sync()
-        bar.update()
-    seconds = []
-    for _ in range(steps):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        seconds.append(time.perf_counter() - start)
-        bar.update()
-    return statistics.median(seconds)
+    seconds: dict[str, list[float]] = {name: [] for name in step_fns}
+    with tqdm(total=len(step_fns) * (steps + warmup), desc="bench sae", unit="step", leave=False) as bar:
+        for repeat in range(warmup + steps):
+            for name, step in step_fns.items():
+                sync()
+                start = time.perf_counter()
+                step()
+                sync()
+                if repeat >= warmup:
+                    seconds[name].append(time.perf_counter() - start)
+                bar.update()
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def _device_name(device: torch.device) -> str:
