@@ -5,6 +5,7 @@ The codec is fitted once per module on a few dozen short eSpeak NG clips
 """
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -136,6 +137,12 @@ def test_higher_pitch_and_louder_setting_survive_round_trip(codec):
     assert rms["loud"] / rms["quiet"] > 1 + 0.7 * (rms_ratio_in - 1)
 
 
+def test_int16_pcm_encodes_like_its_float_scaling(codec, test_clips):
+    wave, sample_rate = test_clips[4]
+    pcm = np.round(wave * 32767).astype(np.int16)
+    assert torch.equal(codec.encode(pcm, sample_rate), codec.encode(pcm.astype(np.float32) / 32768, sample_rate))
+
+
 def test_resampled_input_gives_the_same_frame_count(codec, test_clips):
     wave, sample_rate = test_clips[0]
     import soxr
@@ -165,6 +172,13 @@ def test_save_load_gives_identical_tokens_and_audio(codec, test_clips, tmp_path)
         SpeechCodec.load(tmp_path / "codec")
     with pytest.raises(ConfigError, match="No speech codec"):
         SpeechCodec.load(tmp_path / "nowhere")
+    # a codec fitted under other analysis constants would give other tokens: refuse it
+    codec.save(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "codec.json").read_text())
+    config["analysis"]["dio_frame_period_ms"] = 20.0
+    (tmp_path / "old" / "codec.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="analysis settings"):
+        SpeechCodec.load(tmp_path / "old")
 
 
 def test_fit_is_deterministic_for_a_seed(train_clips, codec):

@@ -215,6 +215,12 @@ def map_in_workers(fn, items: Iterable, *, workers: int, total: int | None, desc
         yield from tqdm(pool.map(fn, items, chunksize=4), **bar_kwargs)
 
 
+def _analysis_settings() -> dict[str, float]:
+    """Fixed analysis and synthesis constants: part of a saved codec and of its digest."""
+    return {"frame_period_ms": FRAME_PERIOD_MS, "dio_frame_period_ms": DIO_FRAME_PERIOD_MS,
+            "spectrum_floor": SPECTRUM_FLOOR, "synth_upsample": SYNTH_UPSAMPLE}
+
+
 class SpeechCodec:
     """WORLD + k-means speech tokenizer and vocoder at 16 kHz and 50 tokens per second.
 
@@ -412,7 +418,8 @@ class SpeechCodec:
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
-        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "sample_rate": self.sample_rate,
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "analysis": _analysis_settings(),
+                "sample_rate": self.sample_rate,
                 "frame_rate": self.frame_rate, "n_env_codes": self.n_env_codes, "n_f0_bins": self.n_f0_bins,
                 "n_coded_dims": self.n_coded_dims, "f0_range": list(self.f0_range), "f0_lo": self.f0_lo,
                 "f0_hi": self.f0_hi, "fft_size": self.fft_size, "energy_weight": self.energy_weight}
@@ -451,10 +458,13 @@ class SpeechCodec:
         if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
             raise ConfigError(f"{config_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file "
                               f"(format={config.get('format')!r}, version={config.get('version')!r}); refit the codec.")
+        if config.get("analysis") != _analysis_settings():
+            raise ConfigError(f"{config_path} was fitted with analysis settings {config.get('analysis')}, but this "
+                              f"version of emoctl analyses audio with {_analysis_settings()}, so its tokens would "
+                              "not match; refit the codec.")
         tensors = load_file(str(tensor_path))
         codec = cls(tensors["env_centroids"], tensors["log_gain"], tensors["aperiodicity_table"],
-                    n_f0_bins=config["n_f0_bins"],
-                    f0_range=tuple(config["f0_range"]), f0_lo=config["f0_lo"], f0_hi=config["f0_hi"],
+                    n_f0_bins=config["n_f0_bins"], f0_range=tuple(config["f0_range"]), f0_lo=config["f0_lo"], f0_hi=config["f0_hi"],
                     fft_size=config["fft_size"], energy_weight=config["energy_weight"])
         if codec.digest != config.get("digest"):
             raise ConfigError(f"{tensor_path} does not match the digest in {config_path} ({codec.digest} != "
