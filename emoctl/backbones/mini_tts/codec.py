@@ -28,8 +28,9 @@ One token per 20 ms frame (50 Hz, as IndexTTS2's semantic tokens)::
 Decoding turns each code back into a coded envelope whose coefficient 0 gives
 the centroid's shape the code's mean frame power. That is the centroid's log
 power plus a per-code ``log_gain``: the log of the mean power of the code's
-training frames minus their mean log power (Jensen's gap; without it the round
-trip is ~20% quieter). The aperiodicity is the mean coded aperiodicity
+training frames minus their mean log power (Jensen's gap, about half the
+variance of log power within the code: 0.02 on average, up to 0.1, for 256
+codes on the eSpeak corpus). The aperiodicity is the mean coded aperiodicity
 (``pyworld.code_aperiodicity``, one band at 16 kHz) of the code's voiced
 training frames, so tokens carry none. All three are interpolated to 5 ms and
 synthesised with WORLD.
@@ -359,7 +360,8 @@ class SpeechCodec:
 
     def join(self, env_code: torch.Tensor | np.ndarray, f0_bin: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(env_code, f0_bin) -> tokens, int64."""
-        return torch.as_tensor(env_code, dtype=torch.int64) * self.n_f0_bins + torch.as_tensor(f0_bin, dtype=torch.int64)
+        env = torch.as_tensor(env_code, dtype=torch.int64)
+        return env * self.n_f0_bins + torch.as_tensor(f0_bin, dtype=torch.int64)
 
     def encode_frames(self, frames: WorldFrames) -> np.ndarray:
         """WORLD frames -> (T,) int64 tokens.
@@ -464,8 +466,8 @@ class SpeechCodec:
                               "not match; refit the codec.")
         tensors = load_file(str(tensor_path))
         codec = cls(tensors["env_centroids"], tensors["log_gain"], tensors["aperiodicity_table"],
-                    n_f0_bins=config["n_f0_bins"], f0_range=tuple(config["f0_range"]), f0_lo=config["f0_lo"], f0_hi=config["f0_hi"],
-                    fft_size=config["fft_size"], energy_weight=config["energy_weight"])
+                    n_f0_bins=config["n_f0_bins"], f0_range=tuple(config["f0_range"]), f0_lo=config["f0_lo"],
+                    f0_hi=config["f0_hi"], fft_size=config["fft_size"], energy_weight=config["energy_weight"])
         if codec.digest != config.get("digest"):
             raise ConfigError(f"{tensor_path} does not match the digest in {config_path} ({codec.digest} != "
                               f"{config.get('digest')}): the files were changed or mixed up; refit the codec.")
