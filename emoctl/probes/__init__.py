@@ -1,0 +1,5 @@
+"""Acoustic probes of generated speech: F0, energy, brightness, duration, and paired before/after statistics."""
+from emoctl.probes.acoustic import AcousticProfile, measure, to_rows
+from emoctl.probes.pitch import PitchConfig, PitchTrack, track_f0
+
+__all__ = ["AcousticProfile", "PitchConfig", "PitchTrack", "measure", "to_rows", "track_f0"]
