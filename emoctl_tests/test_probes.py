@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 
 import librosa
 import numpy as np
@@ -87,8 +88,8 @@ def test_contour_follows_a_pitch_step_at_the_right_time(low, high):
     # the second sit symmetrically about 1.0 s, because frames are centred on their times.
     last_first = times[(np.abs(f0 / low - 1) < 0.02) & (times < 1.5)].max()
     first_second = times[(np.abs(f0 / high - 1) < 0.02) & (times > 0.5)].min()
-    assert 0.03 <= first_second - last_first <= 0.08
-    assert (last_first + first_second) / 2 == pytest.approx(1.0, abs=0.0075)
+    assert 0.02 <= first_second - last_first <= 0.06
+    assert (last_first + first_second) / 2 == pytest.approx(1.0, abs=0.0125)
 
 
 def test_agreement_with_pyin_on_espeak_speech(speech):
@@ -281,3 +282,27 @@ def test_compare_profiles_writes_csv_rows(speech):
                             "spectral_centroid_hz", "duration_s"}
     with pytest.raises(ConfigError, match="no probe named 'pitch'"):
         compare_profiles(before, after, probes=["pitch"])
+
+
+def test_formant_driven_jumps_are_corrected_on_a_low_rough_voice():
+    """eSpeak's m1 voice at a low pitch has a strong first formant: without the jump correction
+    YIN picks it (F0 4-6x too high) on 6% of voiced frames, which drags the F0 mean up by 28%."""
+    from emoctl.corpus.sentences import generate_sentences
+
+    sentences = generate_sentences(6, seed=7)
+    clip, sr = synthesize(f"{sentences[4]} {sentences[5]}", "en-us+m1", pitch=30)
+    corrected, uncorrected = (measure([clip], sr, pitch=PitchConfig(jump_tolerance_octaves=tolerance))[0]
+                              for tolerance in (0.6, math.inf))
+
+    def far_from_neighbours(f0: np.ndarray) -> float:
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(f0, 15, constant_values=np.nan), 31)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # all-NaN windows
+            neighbours = np.nanmedian(windows, axis=1)
+        voiced = ~np.isnan(f0)
+        return float(np.mean(np.abs(np.log2(f0[voiced] / neighbours[voiced])) > 0.5))
+
+    assert far_from_neighbours(uncorrected.f0_hz) > 0.03  # the failure is real on this clip
+    assert far_from_neighbours(corrected.f0_hz) == 0.0
+    assert corrected.f0_mean_hz < 0.85 * uncorrected.f0_mean_hz
+    assert 60.0 < corrected.f0_median_hz < 100.0

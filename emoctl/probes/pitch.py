@@ -57,8 +57,12 @@ class PitchConfig:
     """Frames this many dB below the utterance's loudest frame are unvoiced."""
     min_voiced_frames: int = 3
     """Voiced runs shorter than this are set unvoiced (isolated dips in noise)."""
+    jump_tolerance_octaves: float = 0.6
+    """A voiced frame further than this from the running median of its neighbours re-picks its period."""
+    jump_window_frames: int = 31
+    """Width of that running median (odd); 31 frames = 0.3 s at a 10 ms hop."""
     median_frames: int = 3
-    """Width of the running median over voiced F0 (odd; 1 turns it off)."""
+    """Width of the final running median over voiced F0 (odd; 1 turns it off)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.fmin < self.fmax:
@@ -69,8 +73,12 @@ class PitchConfig:
         if not 0 < self.threshold <= self.voicing_threshold <= self.hold_threshold:
             raise ConfigError(f"PitchConfig: need 0 < threshold <= voicing_threshold <= hold_threshold, got "
                               f"{self.threshold}, {self.voicing_threshold}, {self.hold_threshold}.")
-        if self.median_frames < 1 or self.median_frames % 2 == 0:
-            raise ConfigError(f"PitchConfig: median_frames={self.median_frames} must be a positive odd number.")
+        for name in ("median_frames", "jump_window_frames"):
+            if getattr(self, name) < 1 or getattr(self, name) % 2 == 0:
+                raise ConfigError(f"PitchConfig: {name}={getattr(self, name)} must be a positive odd number.")
+        if not self.jump_tolerance_octaves > 0:
+            raise ConfigError(f"PitchConfig: jump_tolerance_octaves={self.jump_tolerance_octaves} must be > 0 "
+                              f"(math.inf turns the correction off).")
         if self.min_voiced_frames < 1:
             raise ConfigError(f"PitchConfig: min_voiced_frames={self.min_voiced_frames} must be >= 1.")
 
@@ -132,8 +140,9 @@ def track_f0(audio: Tensor, lengths: Tensor, sample_rate: int, config: PitchConf
 
     search = _LagSearch(span, tau_min, tau_max, config.threshold)
     results = [search(frames[start: start + chunk_frames]) for start in range(0, frames.shape[0], chunk_frames)]
-    period, aperiodicity, power = (
-        torch.cat(parts).view(batch, row_frames)[:, :n_frames] for parts in zip(*results))  # (B, F) each
+    period, aperiodicity, power, dip_periods, dip_values = (
+        torch.cat(parts).view(batch, row_frames, -1)[:, :n_frames].squeeze(-1) for parts in zip(*results))
+    # period, aperiodicity, power: (B, F); dip_periods, dip_values: (B, F, K), the K deepest dips
 
     energy = power.masked_fill(~frame_mask, 0.0)  # (B, F) mean square of each frame
     loudest = energy.amax(dim=1, keepdim=True)  # (B, 1)
@@ -143,6 +152,8 @@ def track_f0(audio: Tensor, lengths: Tensor, sample_rate: int, config: PitchConf
     voiced = _drop_short_runs(voiced, config.min_voiced_frames)
 
     f0 = (sample_rate / period).masked_fill(~voiced, math.nan)
+    if math.isfinite(config.jump_tolerance_octaves):
+        f0 = _correct_jumps(f0, sample_rate / dip_periods, dip_values, config)
     if config.median_frames > 1:
         f0 = _voiced_median(f0, config.median_frames)
     return PitchTrack(f0=f0, aperiodicity=aperiodicity.masked_fill(~frame_mask, math.nan),
@@ -150,7 +161,10 @@ def track_f0(audio: Tensor, lengths: Tensor, sample_rate: int, config: PitchConf
 
 
 class _LagSearch:
-    """Steps 1-3 on a (M, N) block of frames: period (samples), ``d'`` there, frame power."""
+    """Steps 1-3 on a (M, N) block of frames: period (samples), ``d'`` there, frame power, and the
+    periods and ``d'`` of the deepest dips (the alternatives for jump correction)."""
+
+    n_dips = 4
 
     def __init__(self, span: int, tau_min: int, tau_max: int, threshold: float) -> None:
         self.span, self.tau_min, self.tau_max, self.threshold = span, tau_min, tau_max, threshold
@@ -158,12 +172,14 @@ class _LagSearch:
         self.n_fft = _fast_fft_size(span + self.n_lags)  # no circular wrap up to tau_max + 1
         self.terms = (span - torch.arange(self.n_lags, dtype=torch.float32))  # (L,) products per lag
 
-    def __call__(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         diff, power = self.difference(frames)  # (M, L), (M,)
         cmnd = _cumulative_mean_normalized(diff)  # (M, L)
-        tau, aperiodicity = _choose_lag(cmnd, self.tau_min, self.tau_max, self.threshold)  # (M,) each
-        period = tau.to(diff.dtype) + _parabolic_shift(diff, tau)  # (M,) samples
-        return period, aperiodicity, power
+        tau, aperiodicity, dip_tau, dip_values = _choose_lag(
+            cmnd, self.tau_min, self.tau_max, self.threshold, self.n_dips)  # (M,), (M,), (M, K), (M, K)
+        both = torch.cat([tau[:, None], dip_tau], dim=1)  # (M, 1 + K)
+        periods = both.to(diff.dtype) + _parabolic_shift(diff, both)  # (M, 1 + K) samples
+        return periods[:, 0], aperiodicity, power, periods[:, 1:], dip_values
 
     def difference(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         """Mean squared difference ``d(tau) = mean_{m < N - tau} (x_m - x_{m+tau})^2``, and the frame power.
@@ -210,31 +226,50 @@ def _cumulative_mean_normalized(diff: Tensor) -> Tensor:
     return cmnd
 
 
-def _choose_lag(cmnd: Tensor, tau_min: int, tau_max: int, threshold: float) -> tuple[Tensor, Tensor]:
-    """YIN's absolute threshold: the first local minimum of ``d'`` below ``threshold``.
+def _choose_lag(cmnd: Tensor, tau_min: int, tau_max: int, threshold: float, n_dips: int
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """YIN's absolute threshold: the first local minimum of ``d'`` below ``threshold``, else the global minimum.
 
-    Returns (lag (B, F) long, dip found (B, F) bool, ``d'`` at the lag (B, F)).
-    Frames with no dip below the threshold get the global minimum's lag.
+    Returns the lag (M,) long, ``d'`` there (M,), and the lags (M, K) and
+    ``d'`` (M, K) of the K deepest local minima (``inf`` where fewer exist).
     """
-    inner = cmnd[..., tau_min: tau_max + 1]  # (B, F, K), lags tau_min..tau_max
-    before = cmnd[..., tau_min - 1: tau_max]
-    after = cmnd[..., tau_min + 1: tau_max + 2]
-    is_dip = (inner <= before) & (inner < after) & (inner < threshold)  # (B, F, K)
-    dip_found = is_dip.any(-1)
-    first_dip = is_dip.to(torch.uint8).argmax(-1)  # first True (0 when none)
-    global_min = inner.argmin(-1)
-    index = torch.where(dip_found, first_dip, global_min)  # (B, F)
-    value = inner.gather(-1, index[..., None]).squeeze(-1)
-    return index + tau_min, value
+    inner = cmnd[:, tau_min: tau_max + 1]  # (M, K'), lags tau_min..tau_max
+    is_dip = (inner <= cmnd[:, tau_min - 1: tau_max]) & (inner < cmnd[:, tau_min + 1: tau_max + 2])
+    below = is_dip & (inner < threshold)
+    first_below = below.to(torch.uint8).argmax(-1)  # first True (0 when none)
+    index = torch.where(below.any(-1), first_below, inner.argmin(-1))  # (M,)
+    value = inner.gather(-1, index[:, None])[:, 0]
+    dip_values, dip_index = inner.masked_fill(~is_dip, math.inf).topk(n_dips, dim=-1, largest=False)  # (M, K)
+    return index + tau_min, value, dip_index + tau_min, dip_values
 
 
 def _parabolic_shift(diff: Tensor, tau: Tensor) -> Tensor:
-    """Sub-sample offset of the parabola through ``d`` at ``tau - 1, tau, tau + 1``, in [-1, 1]."""
-    neighbours = diff.gather(-1, torch.stack([tau - 1, tau, tau + 1], dim=-1))  # (B, F, 3)
-    left, centre, right = neighbours.unbind(-1)
+    """Sub-sample offset of the parabola through ``d`` at ``tau - 1, tau, tau + 1``, in [-1, 1]; tau (M, K)."""
+    index = torch.stack([tau - 1, tau, tau + 1], dim=-1)  # (M, K, 3)
+    left, centre, right = diff.gather(-1, index.flatten(1)).view(index.shape).unbind(-1)
     curvature = left - 2.0 * centre + right
     shift = 0.5 * (left - right) / curvature.where(curvature > 0, torch.ones_like(curvature))
     return torch.where(curvature > 0, shift.clamp(-1.0, 1.0), torch.zeros_like(shift))
+
+
+def _correct_jumps(f0: Tensor, dip_f0: Tensor, dip_values: Tensor, config: PitchConfig) -> Tensor:
+    """Re-pick the period of frames that jump away from their neighbours; (B, F).
+
+    A strong first formant can make a dip at a fraction of the period the
+    first one below the threshold (F0 two to six times too high), and a rough
+    voice can make a multiple of the period the deepest (too low).  Such a
+    frame lies more than ``jump_tolerance_octaves`` from the running median of
+    the voiced F0 around it.  It takes the dip nearest that median if one is
+    within the tolerance and periodic enough (``d' < hold_threshold``), and is
+    set unvoiced otherwise.
+    """
+    reference = _running_nanmedian(f0, config.jump_window_frames)  # (B, F)
+    jumped = (f0 / reference).log2().abs() > config.jump_tolerance_octaves  # False where NaN
+    distance = (dip_f0 / reference[..., None]).log2().abs()  # (B, F, K)
+    usable = (distance <= config.jump_tolerance_octaves) & (dip_values < config.hold_threshold)
+    nearest = distance.masked_fill(~usable, math.inf).argmin(-1, keepdim=True)  # (B, F, 1)
+    replacement = dip_f0.gather(-1, nearest)[..., 0].masked_fill(~usable.any(-1), math.nan)
+    return torch.where(jumped, replacement, f0)
 
 
 def _hysteresis(candidate: Tensor, seed: Tensor) -> Tensor:
@@ -261,9 +296,13 @@ def _drop_short_runs(voiced: Tensor, min_frames: int) -> Tensor:
     return voiced & covered
 
 
+def _running_nanmedian(values: Tensor, width: int) -> Tensor:
+    """Median of the non-NaN values in a centred window of ``width`` frames; NaN where there are none."""
+    half = width // 2
+    windows = F.pad(values, (half, half), value=math.nan).unfold(-1, width, 1)  # (B, F, width)
+    return windows.nanmedian(-1).values
+
+
 def _voiced_median(f0: Tensor, width: int) -> Tensor:
     """Running median over the voiced frames of a ``width`` window; unvoiced frames stay NaN."""
-    half = width // 2
-    windows = F.pad(f0, (half, half), value=math.nan).unfold(-1, width, 1)  # (B, F, width)
-    smoothed = windows.nanmedian(-1).values
-    return smoothed.masked_fill(f0.isnan(), math.nan)
+    return _running_nanmedian(f0, width).masked_fill(f0.isnan(), math.nan)
