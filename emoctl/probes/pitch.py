@@ -1,24 +1,33 @@
-"""Batched YIN F0 tracker in torch: every frame of a padded batch in one set of FFTs.
+"""Batched YIN F0 tracker in torch: every frame of a padded batch in a few FFTs, on CPU or GPU.
 
-Why our own tracker: ``librosa.pyin`` costs about 1.2x real time on 2 CPU
-cores (3.6 s for a 3 s clip) and CREPE is a GPU tool, but validation runs the
-probes on dozens of clips at every step.  YIN (de Cheveigne and Kawahara 2002)
-is a few FFTs per frame, so a whole batch runs as a handful of tensor ops on
-CPU or GPU.
+Why our own tracker: ``librosa.pyin`` runs at about real time on 2 CPU cores
+and CREPE is a GPU tool, but validation runs the probes on dozens of clips at
+every step.  YIN (de Cheveigne and Kawahara 2002) is an autocorrelation per
+frame, so a whole batch is a handful of tensor ops.
 
-Per frame (hop ``hop_seconds``, centred on ``t * hop`` like librosa's frames):
+Per frame (hop ``hop_seconds``, ``frame_seconds`` long, centred on ``t * hop``
+like librosa's frames):
 
-1. difference function ``d(tau) = sum_{j<W} (x_j - x_{j+tau})^2`` from one
-   cross-correlation by FFT and two sliding energies;
+1. mean squared difference ``d(tau)`` of the frame with itself shifted by
+   ``tau``, over all pairs inside the frame (centred whatever the lag), from
+   one autocorrelation by FFT and two cumulative sums;
 2. cumulative mean normalized difference ``d'(tau) = d(tau) tau / sum_{1..tau} d``;
-3. period: the first local minimum of ``d'`` below ``threshold`` in the lag range
-   of ``[fmin, fmax]`` (else the global minimum, marked unvoiced), refined by a
-   parabola through the raw ``d`` around it;
-4. voicing: a dip below ``threshold`` and a frame level within ``energy_gate_db``
-   of the utterance's loudest frame; voiced runs shorter than
-   ``min_voiced_frames`` are dropped;
-5. a running median over ``median_frames`` voiced frames removes single-frame
-   octave slips.
+3. period: the first local minimum of ``d'`` below ``threshold`` in the lag
+   range of ``[fmin, fmax]``, else the deepest one, refined by a parabola
+   through ``d``; its ``d'`` is the frame's aperiodicity;
+4. voicing with hysteresis: runs of frames with aperiodicity below
+   ``hold_threshold`` that hold a frame below ``voicing_threshold``, within
+   ``energy_gate_db`` of the clip's loudest frame and at least
+   ``min_voiced_frames`` long;
+5. jump correction: a frame far from the running median of its neighbours
+   (a formant or a period multiple won step 3) takes the dip nearest that median;
+6. a running median over ``median_frames`` voiced frames.
+
+Measured by ``emoctl bench probes`` on 8 held-out eSpeak NG clips of 3 s, 2
+shared CPU cores: 9 ms a clip for every probe (93x ``librosa.pyin`` at the same
+16 kHz frames), median F0 difference to pyin 0.16% on frames both call voiced,
+same voicing call on 91% of frames (pyin's HMM drops whole stretches of rough
+low voices that this tracker keeps).
 """
 from __future__ import annotations
 
@@ -102,11 +111,11 @@ def num_frames(lengths: Tensor, hop: int) -> Tensor:
 
 
 def track_f0(audio: Tensor, lengths: Tensor, sample_rate: int, config: PitchConfig = PitchConfig(), *,
-             chunk_frames: int = 512) -> PitchTrack:
+             chunk_frames: int = 256) -> PitchTrack:
     """F0 of every utterance of a zero-padded batch.
 
     Args:
-        audio: (B, T) float samples, zero after each utterance's length.
+        audio: (B, T) float samples; samples past each row's length are ignored.
         lengths: (B,) valid samples per row.
         sample_rate: Rate of ``audio`` in Hz; the lag grid is one sample, so
             16 kHz gives 0.3% steps at 500 Hz before parabolic refinement.
@@ -126,6 +135,7 @@ def track_f0(audio: Tensor, lengths: Tensor, sample_rate: int, config: PitchConf
     frame_counts = num_frames(lengths, hop)  # (B,)
     n_frames = max(int(frame_counts.max()) if batch else 0, 1)
     frame_mask = torch.arange(n_frames, device=audio.device) < frame_counts[:, None]  # (B, F)
+    audio = audio.masked_fill(torch.arange(audio.shape[1], device=audio.device) >= lengths[:, None], 0.0)
 
     # Frame t of a row covers [t hop - N/2, t hop + N/2), centred like librosa's frames.  Rows are
     # laid end to end with `spare` frames of zeros after each, so one 1-D unfold frames the whole
@@ -278,10 +288,10 @@ def _hysteresis(candidate: Tensor, seed: Tensor) -> Tensor:
     starts = candidate & ~F.pad(candidate[:, :-1], (1, 0), value=False)  # (B, F) first frame of each run
     run_id = starts.long().cumsum(1) + torch.arange(batch, device=candidate.device)[:, None] * (n_frames + 1)
     run_id = run_id.masked_fill(~candidate, 0).flatten()  # one id per (row, run); 0 = no run
-    seeded = torch.zeros(batch * (n_frames + 1) + 1, dtype=torch.bool, device=candidate.device)
-    seeded[run_id[(seed & candidate).flatten()]] = True
-    seeded[0] = False
-    return seeded[run_id].view(batch, n_frames) & candidate
+    seeds = torch.zeros(batch * (n_frames + 1) + 1, dtype=torch.long, device=candidate.device)
+    seeds.index_add_(0, run_id, (seed & candidate).flatten().long())  # seed frames per run, no host sync
+    seeds[0] = 0
+    return (seeds[run_id] > 0).view(batch, n_frames)
 
 
 def _drop_short_runs(voiced: Tensor, min_frames: int) -> Tensor:
