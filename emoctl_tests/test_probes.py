@@ -306,3 +306,18 @@ def test_formant_driven_jumps_are_corrected_on_a_low_rough_voice():
     assert far_from_neighbours(corrected.f0_hz) == 0.0
     assert corrected.f0_mean_hz < 0.85 * uncorrected.f0_mean_hz
     assert 60.0 < corrected.f0_median_hz < 100.0
+
+
+def test_bench_probes_prints_a_table_with_every_tracker(capsys):
+    from emoctl.bench.probes import bench_probes
+
+    rows = bench_probes(n_utterances=2, seconds=1.0, device="cpu", with_crepe=True)
+    printed = capsys.readouterr().out
+    assert [r["method"].split(" (")[0].split(",")[0] for r in rows] == [
+        "librosa.pyin", "librosa.pyin", "emoctl measure", "emoctl measure", "torchcrepe tiny"]
+    assert printed.count("\n| ") == 1 + len(rows) and "Tones 80-400 Hz" in printed
+    ours = rows[2]
+    assert ours["speedup_vs_pyin"] > 5.0  # about 90x on 2 idle cores; loose for a shared CI machine
+    assert ours["median_rel_err_vs_pyin"] < 0.03 and ours["voicing_agreement_vs_pyin"] > 0.8
+    assert rows[0]["median_rel_err_vs_pyin"] == 0.0 and rows[4]["median_rel_err_vs_crepe"] == 0.0
+    assert rows[4]["median_rel_err_vs_pyin"] < 0.05  # CREPE and pyin agree on eSpeak speech too

@@ -75,6 +75,7 @@ def to_rows(profiles: Sequence[AcousticProfile]) -> list[dict[str, float]]:
     return [profile.to_row() for profile in profiles]
 
 
+@torch.no_grad()
 def measure(waveforms: Sequence[Tensor | np.ndarray], sample_rate: int | Sequence[int], *,
             device: str | torch.device | None = None, analysis_rate: int = 16000,
             pitch: PitchConfig = PitchConfig(), centroid_fft: int = 512, rms_frame_seconds: float = 0.025,

@@ -110,6 +110,7 @@ def num_frames(lengths: Tensor, hop: int) -> Tensor:
     return torch.where(lengths > 0, lengths // hop + 1, torch.zeros_like(lengths))
 
 
+@torch.no_grad()
 def track_f0(audio: Tensor, lengths: Tensor, sample_rate: int, config: PitchConfig = PitchConfig(), *,
              chunk_frames: int = 256) -> PitchTrack:
     """F0 of every utterance of a zero-padded batch.
