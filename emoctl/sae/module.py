@@ -1,0 +1,204 @@
+"""``SAEModule``: trains a :class:`~emoctl.sae.topk_sae.TopKSAE` with Lightning.
+
+The nn.Module holds the math; this module adds what a training run needs:
+Adam with warm-up and linear decay, the decoder-norm constraint around each
+optimizer step, dead-latent counters kept in sync across DDP ranks, and the
+numbers a researcher watches in TensorBoard (loss, FVU, L0, dead fraction,
+AuxK loss, learning rate; at validation the held-out FVU, the dead count and a
+feature-frequency histogram).
+
+It knows nothing of files: data arrive as (B, d_in) batches, and the export
+to SAELens format is done by :class:`emoctl.callbacks.SAEExport`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from emoctl.errors import ConfigError
+from emoctl.sae.config import SAEConfig
+from emoctl.sae.topk_sae import TopKSAE
+
+
+class SAEModule(pl.LightningModule):
+    """Top-k SAE with AuxK, trained on rows of an activation store."""
+
+    def __init__(
+        self,
+        sae: SAEConfig = SAEConfig(),
+        lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 1000,
+        decay_fraction: float = 0.2,
+        b_pre_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median",
+        histogram_bins: int = 50,
+    ) -> None:
+        """
+        Args:
+            sae: Shape and loss settings of the sparse autoencoder.
+            lr: Adam learning rate; None uses 2e-4 / sqrt(d_sae / 2**14), the scaling of Gao et al. (2024).
+            betas: Adam betas.
+            warmup_steps: Steps of linear learning-rate warm-up from 0.
+            decay_fraction: Final fraction of the run over which the rate decays linearly to 0.
+            b_pre_init: How the input bias b_pre is set from the first training batch
+                (gathered over all DDP ranks): geometric median (robust to outliers), mean, or zeros.
+            histogram_bins: Bins of the log10 feature-frequency histogram logged at validation.
+        """
+        super().__init__()
+        if not 0.0 <= decay_fraction <= 1.0:
+            raise ConfigError(f"model.decay_fraction must be in [0, 1], got {decay_fraction}.")
+        if warmup_steps < 0:
+            raise ConfigError(f"model.warmup_steps must be >= 0, got {warmup_steps}.")
+        self.save_hyperparameters()
+        self.cfg = sae
+        self.sae = TopKSAE(sae)
+        self.lr = lr if lr is not None else 2e-4 / math.sqrt(sae.d_sae / 2**14)
+        # Saved in checkpoints so a resumed run does not re-initialize b_pre.
+        self.register_buffer("b_pre_initialized", torch.tensor(False))
+        self._val_sums: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        """Check that the data's width matches the SAE before any step runs."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        d_model = getattr(datamodule, "d_model", None)
+        if d_model is not None and d_model != self.cfg.d_in:
+            raise ConfigError(
+                f"the activation store has rows of width d_model={d_model}, but model.sae.d_in={self.cfg.d_in}. "
+                f"Set model.sae.d_in: {d_model} in the recipe, or point data.path at a store harvested "
+                "from the hookpoint this SAE is meant for."
+            )
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=self.betas)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(self.hparams.warmup_steps,
+                                                                                   self.hparams.decay_fraction, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        return tuple(self.hparams.betas)  # type: ignore[return-value]
+
+    # --------------------------------------------------------------- training
+    def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
+        if not bool(self.b_pre_initialized):
+            self._init_b_pre(batch)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        x = batch.to(self.dtype_for_math)  # (B, d_in)
+        out = self.sae(x)
+        self._update_dead_counters(out.top_idx, out.top_vals, n_tokens=x.shape[0])
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log_dict(
+            {
+                "train/loss": out.loss.detach(),
+                "train/fvu": out.fvu.detach(),
+                "train/aux_fvu": out.aux_fvu.detach(),
+                "train/l0": (out.top_vals > 0).sum(-1).float().mean(),
+                "train/dead_fraction": self.sae.dead_mask.float().mean(),
+                "train/lr": torch.tensor(lr),
+            },
+            prog_bar=False,
+        )
+        self.log("fvu", out.fvu.detach(), prog_bar=True, logger=False)
+        return out.loss
+
+    @property
+    def dtype_for_math(self) -> torch.dtype:
+        """Batches may be stored as float16/bfloat16; the SAE computes in its parameter dtype."""
+        return self.sae.W_dec.dtype
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradients are final (DDP-reduced, accumulated) here: keep only the part of each
+        # decoder atom's gradient that is orthogonal to the atom.
+        self.sae.remove_parallel_grad()
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.sae.normalize_decoder()
+
+    # ------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = {}
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        x = batch.to(self.dtype_for_math)
+        with torch.no_grad():
+            out = self.sae(x)
+        x64 = x.double()
+        sums = {
+            "sse": (x64 - out.x_hat.double()).pow(2).sum(),
+            "sum": x64.sum(0),
+            "sumsq": x64.pow(2).sum(),
+            "n": torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device),
+            "fires": torch.zeros(self.cfg.d_sae, dtype=torch.float64, device=x.device).index_add_(
+                0, out.top_idx.flatten(), (out.top_vals > 0).flatten().double()
+            ),
+        }
+        for key, value in sums.items():
+            self._val_sums[key] = self._val_sums.get(key, 0) + value
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_sums:
+            return
+        sums = {key: self._all_reduce_sum(value) for key, value in self._val_sums.items()}
+        n = sums["n"]
+        # FVU over the whole held-out set: SSE / sum ||x - mean||^2.
+        total_var = sums["sumsq"] - sums["sum"].pow(2).sum() / n
+        frequency = sums["fires"] / n  # fraction of held-out tokens on which each latent fired
+        self.log_dict(
+            {
+                "val/fvu": (sums["sse"] / total_var).float(),
+                "val/never_fired": (frequency == 0).sum().float(),
+                "val/dead_by_counter": self.sae.dead_mask.sum().float(),
+            },
+            sync_dist=False,  # already reduced
+        )
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            log_freq = torch.log10(frequency.clamp_min(1e-8)).float().cpu()
+            self.logger.experiment.add_histogram("val/log10_feature_frequency", log_freq, self.global_step,
+                                                 bins=self.hparams.histogram_bins)
+
+    # ---------------------------------------------------------------- helpers
+    def _init_b_pre(self, batch: torch.Tensor) -> None:
+        x = batch.to(self.dtype_for_math)
+        if self.trainer.world_size > 1:
+            x = self.all_gather(x).reshape(-1, x.shape[-1])  # identical sample on every rank
+        self.sae.init_b_pre(x, method=self.hparams.b_pre_init)
+        self.b_pre_initialized.fill_(True)
+
+    def _update_dead_counters(self, top_idx: torch.Tensor, top_vals: torch.Tensor, n_tokens: int) -> None:
+        """A latent is alive if it fired on any rank: OR the masks across ranks, count all ranks' tokens."""
+        with torch.no_grad():
+            fired = self.sae.fired_mask(top_idx, top_vals)
+            world = self.trainer.world_size
+            if world > 1 and dist.is_available() and dist.is_initialized():
+                fired_int = fired.to(torch.int32)
+                dist.all_reduce(fired_int, op=dist.ReduceOp.MAX)
+                fired = fired_int.bool()
+            self.sae.update_dead_counters(fired, n_tokens * world)
+
+    def _all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+
+
+def _warmup_then_decay(warmup: int, decay_fraction: float, total: int):
+    """Multiplier on the base rate: linear warm-up, flat, then linear decay to 0 over the last fraction."""
+    decay_start = int(total * (1.0 - decay_fraction))
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        if step < decay_start or decay_fraction == 0:
+            return warm
+        return warm * max(0.0, (total - step) / max(total - decay_start, 1))
+
+    return factor
