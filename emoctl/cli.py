@@ -52,6 +52,9 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
         "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
     },
+    "corpus": {
+        "build": Tool("emoctl.corpus.build:build_corpus", "Synthesize the ESD-shaped eSpeak NG corpus (resumable)."),
+    },
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
     },
@@ -60,6 +63,7 @@ TOOLS: dict[str, dict[str, Tool]] = {
 
 TOOL_SUMMARIES: dict[str, str] = {
     "bench": "Benchmarks that print a Markdown table with ratios against a baseline measured in the same run.",
+    "corpus": "The embedded ESD-shaped emotional speech corpus.",
     "inspect": "Look inside trained artifacts.",
 }
 

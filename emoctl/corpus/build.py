@@ -234,6 +234,15 @@ def build_corpus(root: str, *, n_sentences: int = 300, speakers: int = 10, seed:
     build.  ``workers`` processes render in parallel without changing a byte;
     they are spawned, so a script that calls this with ``workers > 1`` needs the
     ``if __name__ == "__main__":`` guard.
+
+    Args:
+        root: Corpus folder (created; must be empty or hold a corpus built with the same settings).
+        n_sentences: Parallel sentences per speaker and emotion (ESD has 350), split 20/30/300-style.
+        speakers: Speakers, the first ones of ``emoctl.corpus.voices.SPEAKERS`` (10 = ESD's 0011-0020).
+        seed: Seed of the sentences and the per-utterance prosody jitter.
+        sample_rate: Output rate in Hz (ESD uses 16000; eSpeak NG speaks at 22050).
+        workers: Rendering processes.
+        progress: Show a progress bar.
     """
     _check_arguments(n_sentences, speakers, seed, sample_rate, workers)
     root_path = Path(root)

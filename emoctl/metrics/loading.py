@@ -1,0 +1,29 @@
+"""One place that turns a recognizer name and an optional folder into an :class:`EmotionRecognizer`."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from emoctl.errors import ConfigError
+from emoctl.metrics.ser import EmotionRecognizer
+
+RECOGNIZERS = ("mini", "emotion2vec")
+
+
+@lru_cache(maxsize=4)
+def load_recognizer(kind: str = "mini", path: str | None = None) -> EmotionRecognizer:
+    """``"mini"``: the embedded recognizer (``path`` None = the committed one); ``"emotion2vec"``: funasr, local dir.
+
+    Cached, so callbacks and reports that ask again reuse the loaded model.
+    """
+    if kind == "mini":
+        from emoctl.metrics.ser_mini import load_mini_ser
+
+        return load_mini_ser(path)
+    if kind == "emotion2vec":
+        if path is None:
+            raise ConfigError("recognizer 'emotion2vec' needs the folder of a local emotion2vec model "
+                              "(plus_large or base), e.g. recognizer_dir: /models/emotion2vec_plus_large.")
+        from emoctl.metrics.emotion2vec import Emotion2Vec
+
+        return Emotion2Vec(path)
+    raise ConfigError(f"unknown recognizer {kind!r}; choose one of {', '.join(RECOGNIZERS)}.")
