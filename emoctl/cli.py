@@ -55,8 +55,13 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "corpus": {
         "build": Tool("emoctl.corpus.build:build_corpus", "Synthesize the ESD-shaped eSpeak NG corpus (resumable)."),
     },
+    "report": {
+        "table1": Tool("emoctl.reports.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),
+    },
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
+        "emotionality": Tool("emoctl.reports.emotionality:emotionality_report",
+                             "Paired probes and SER of a backbone's emotions on held-out sentences."),
     },
 }
 """Tool commands: ``emoctl <group> <name> [--args]``.  Later work adds groups."""
@@ -64,6 +69,7 @@ TOOLS: dict[str, dict[str, Tool]] = {
 TOOL_SUMMARIES: dict[str, str] = {
     "bench": "Benchmarks that print a Markdown table with ratios against a baseline measured in the same run.",
     "corpus": "The embedded ESD-shaped emotional speech corpus.",
+    "report": "Reproduce the papers' tables (Markdown, CSV, PNG and TensorBoard).",
     "inspect": "Look inside trained artifacts.",
 }
 
