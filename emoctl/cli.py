@@ -55,12 +55,17 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
     },
+    "select": {"": Tool("emoctl.selection.select:select_features", "Top-m SAE emotion features by paired Δ-score.")},
+    "attribute": {"": Tool("emoctl.steering.attribute:attribute_features",
+                           "Acoustic effect (ΔF0, ΔRMS, ...) of steering each selected feature alone.")},
 }
 """Tool commands: ``emoctl <group> <name> [--args]``.  Later work adds groups."""
 
 TOOL_SUMMARIES: dict[str, str] = {
     "bench": "Benchmarks that print a Markdown table with ratios against a baseline measured in the same run.",
     "inspect": "Look inside trained artifacts.",
+    "select": "Select each emotion's SAE features from paired activations (JSON + PNG + Markdown).",
+    "attribute": "Steer one feature at a time and report the acoustic shifts (Markdown + CSV + PNG).",
 }
 
 
@@ -139,7 +144,9 @@ def _run_lightning_cli(command: str, rest: list[str], from_argv: bool) -> None:
 
 def _run_tool(group: str, rest: list[str]) -> None:
     tools = TOOLS[group]
-    if not rest or rest[0] in ("-h", "--help"):
+    if "" in tools:  # a group that is a single command: `emoctl select --key=value`
+        rest = ["", *rest]
+    elif not rest or rest[0] in ("-h", "--help"):
         print(f"usage: emoctl {group} <name> [--config FILE] [--key=value ...]\n")
         print("\n".join(f"  {name:<12} {tool.summary}" for name, tool in tools.items()))
         return
@@ -149,7 +156,7 @@ def _run_tool(group: str, rest: list[str]) -> None:
     from jsonargparse import ArgumentParser
 
     function = tools[name].load()
-    parser = ArgumentParser(prog=f"emoctl {group} {name}", description=function.__doc__, exit_on_error=False)
+    parser = ArgumentParser(prog=f"emoctl {group} {name}".rstrip(), description=function.__doc__, exit_on_error=False)
     parser.add_argument("-c", "--config", action="config", help="YAML file of arguments (repeatable).")
     parser.add_function_arguments(function, as_group=False)
     config = parser.parse_args(rest)
