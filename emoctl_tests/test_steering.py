@@ -198,3 +198,39 @@ def test_bad_inputs_are_clear_errors(tts, sae, store, tmp_path):
         writer.append(UtteranceMeta("a", "t", "0011", "Angry"), np.ones((2, D), np.float32))
     with pytest.raises(ConfigError, match="no 'Neutral' rows"):
         mean_difference_directions(ActivationStore(path), progress=False)
+
+
+def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp_path, sae):
+    import csv
+
+    from emoctl.sae import save_pretrained
+    from emoctl.selection import FeatureSet, SelectedFeature
+    from emoctl.steering.attribute import PROBES, attribute_features
+    from test_mini_tts import random_codec
+
+    backbone = random_tts(codec=random_codec()).float()
+    backbone.save(tmp_path / "tts")
+    save_pretrained(sae, tmp_path / "sae")
+    stats = dict(delta=1.0, ci_low=1.0, ci_high=1.0, p_value=1e-9, q_value=1e-8, emotion_only=9, neutral_only=0,
+                 both=0, neither=0, utt_fire_rate_emotion=1.0, utt_fire_rate_neutral=0.0, row_fire_rate_emotion=0.5,
+                 row_fire_rate_neutral=0.0, mean_act_emotion=2.0, mean_act_neutral=None)
+    for emotion, ids in (("Angry", [NEVER, ALWAYS]), ("Sad", [ALWAYS])):
+        FeatureSet(emotion, "Neutral", [SelectedFeature(id=i, **stats) for i in ids]).save(
+            tmp_path / "sel" / f"features_{emotion}.json")
+    rows = attribute_features(str(tmp_path / "tts"), str(tmp_path / "sae"), str(tmp_path / "sel"),
+                              str(tmp_path / "out"), alphas={"Angry": 60.0, "Sad": 0.0}, texts=["hi there", "no.", "a red cup"],
+                              max_new_tokens=20, batch_size=4, n_bootstrap=200, progress=False)
+    assert [(r["emotion"], r["feature"]) for r in rows[::len(PROBES)]] == [("Angry", NEVER), ("Angry", ALWAYS),
+                                                                           ("Sad", ALWAYS)]
+    sad = [r for r in rows if r["emotion"] == "Sad"]
+    # α = 0: the very same audio (F0 pairs of unvoiced random-codec clips are dropped as NaN)
+    assert all(r["mean_before"] == r["mean_after"] and r["n"] + r["n_dropped"] == 6 for r in sad)
+    assert all(r["n"] == 6 for r in sad if r["probe"] != "f0_mean_hz")
+    angry_duration = [r for r in rows if r["emotion"] == "Angry" and r["probe"] == "duration_s"]
+    assert any(r["mean_diff"] != 0.0 for r in rows if r["emotion"] == "Angry")
+    assert all(r["ci_low"] <= r["mean_diff"] <= r["ci_high"] for r in angry_duration)
+    out = tmp_path / "out"
+    with open(out / "attribution.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3 * len(PROBES)
+    assert "| 7 |" in (out / "attribution.md").read_text()
+    assert (out / "attribution.png").read_bytes()[:4] == b"\x89PNG"
