@@ -63,6 +63,9 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "emotionality": Tool("emoctl.reports.emotionality:emotionality_report",
                              "Paired probes and SER of a backbone's emotions on held-out sentences."),
     },
+    "select": {"": Tool("emoctl.selection.select:select_features", "Top-m SAE emotion features by paired Δ-score.")},
+    "attribute": {"": Tool("emoctl.steering.attribute:attribute_features",
+                           "Acoustic effect (ΔF0, ΔRMS, ...) of steering each selected feature alone.")},
 }
 """Tool commands: ``emoctl <group> <name> [--args]``.  Later work adds groups."""
 
@@ -71,6 +74,8 @@ TOOL_SUMMARIES: dict[str, str] = {
     "corpus": "The embedded ESD-shaped emotional speech corpus.",
     "report": "Reproduce the papers' tables (Markdown, CSV, PNG and TensorBoard).",
     "inspect": "Look inside trained artifacts.",
+    "select": "Select each emotion's SAE features from paired activations (JSON + PNG + Markdown).",
+    "attribute": "Steer one feature at a time and report the acoustic shifts (Markdown + CSV + PNG).",
 }
 
 
@@ -149,7 +154,9 @@ def _run_lightning_cli(command: str, rest: list[str], from_argv: bool) -> None:
 
 def _run_tool(group: str, rest: list[str]) -> None:
     tools = TOOLS[group]
-    if not rest or rest[0] in ("-h", "--help"):
+    if "" in tools:  # a group that is a single command: `emoctl select --key=value`
+        rest = ["", *rest]
+    elif not rest or rest[0] in ("-h", "--help"):
         print(f"usage: emoctl {group} <name> [--config FILE] [--key=value ...]\n")
         print("\n".join(f"  {name:<12} {tool.summary}" for name, tool in tools.items()))
         return
@@ -159,7 +166,7 @@ def _run_tool(group: str, rest: list[str]) -> None:
     from jsonargparse import ArgumentParser
 
     function = tools[name].load()
-    parser = ArgumentParser(prog=f"emoctl {group} {name}", description=function.__doc__, exit_on_error=False)
+    parser = ArgumentParser(prog=f"emoctl {group} {name}".rstrip(), description=function.__doc__, exit_on_error=False)
     parser.add_argument("-c", "--config", action="config", help="YAML file of arguments (repeatable).")
     parser.add_function_arguments(function, as_group=False)
     config = parser.parse_args(rest)

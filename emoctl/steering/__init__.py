@@ -1,0 +1,29 @@
+"""Steering interventions written into a backbone's hookpoints.
+
+``base`` holds the strength α (scalar or per batch row, times an optional
+per-decode-step schedule), phase gating and :func:`steer`, which attaches any
+number of interventions (several on one hookpoint are summed on the same
+input) and detaches them on exit.  ``sae_features`` edits SAE latents;
+``directions`` adds a dense direction: the closed form of SAE steering, the
+global mean-difference baseline and the random-features baseline, all
+norm-matched so one α means one step length.
+
+Typical use::
+
+    fs = FeatureSet.load("runs/select/features_Angry.json")
+    sae = load_pretrained("runs/sae/sae")
+    with steer(backbone, SAEFeatureSteering(sae, fs.feature_ids, alpha=-40.0)):
+        generation = backbone.generate(prompts, seed=0)
+"""
+from __future__ import annotations
+
+from emoctl.steering.base import Alpha, Intervention, Schedule, SteeringHandle, steer
+from emoctl.steering.directions import (
+    DirectionSteering, global_steering, mean_difference_directions, norm_matched, random_feature_steering,
+    sae_direction,
+)
+from emoctl.steering.sae_features import SAEFeatureSteering
+
+__all__ = ["Alpha", "DirectionSteering", "Intervention", "SAEFeatureSteering", "Schedule", "SteeringHandle",
+           "global_steering", "mean_difference_directions", "norm_matched", "random_feature_steering",
+           "sae_direction", "steer"]

@@ -1,0 +1,220 @@
+"""``emoctl attribute``: what each selected SAE feature does to the audio when steered alone.
+
+For every emotion's top-m features (from ``emoctl select``), steer that one
+latent with the emotion's α over a fixed set of prompts (texts x speakers, one
+prompt emotion), vocode, measure F0, RMS, spectral centroid and duration, and
+compare with the unsteered rendition of the same prompt (same text, speaker,
+batch and sampling seed).  Reports the paired shift with t and bootstrap CIs
+and paired-t / Wilcoxon p-values (``emoctl.probes.compare_profiles``), as
+Markdown, CSV and a PNG bar chart with CIs, like the SAE seed's "latent #24
+raises F0 by 23 Hz (p = 1.07e-4)".
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emoctl.backbones.base import Backbone, Prompt
+from emoctl.errors import ConfigError
+from emoctl.probes import AcousticProfile, PairedComparison, compare_profiles, measure
+from emoctl.probes.paired import PROBE_LABELS, format_p
+from emoctl.sae.export import load_pretrained
+from emoctl.selection.feature_set import FeatureSet
+from emoctl.selection.select import feature_set_path
+from emoctl.steering.base import steer
+from emoctl.steering.sae_features import SAEFeatureSteering
+from emoctl.store.fsio import atomic_write_bytes, temp_name
+
+PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz", "duration_s")
+"""ΔF0, ΔRMS, Δcentroid, Δduration: the acoustic probes of the SAE seed."""
+
+
+def load_backbone_for_tool(kind: str, path: str, device: str = "cpu") -> Backbone:
+    """``emoctl.backbones.loading.load_backbone`` when present; until then a MiniTTS checkpoint folder."""
+    try:
+        from emoctl.backbones.loading import load_backbone
+    except ImportError:
+        if kind != "mini_tts":
+            raise ConfigError(f"backbone_kind={kind!r} is not available in this installation; only 'mini_tts' "
+                              "(a MiniTTS checkpoint folder) is.") from None
+        from emoctl.backbones.mini_tts import MiniTTS
+
+        return MiniTTS.load(path, device=device)
+    return load_backbone(kind, path).to(device)
+
+
+def synthesize_profiles(backbone: Backbone, prompts: Sequence[Prompt], *, batch_size: int, seed: int,
+                        max_new_tokens: int, temperature: float, top_k: int | None) -> list[AcousticProfile]:
+    """Generate, vocode and measure every prompt; batch b uses sampling seed ``seed + b`` (so steered and
+    unsteered runs of a prompt share batch and seed)."""
+    waves, rates = [], []
+    for b, start in enumerate(range(0, len(prompts), batch_size)):
+        batch = prompts[start:start + batch_size]
+        generation = backbone.generate(batch, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                       seed=seed + b)
+        for prompt, tokens in zip(batch, generation.tokens):
+            if tokens.numel() == 0:  # stopped at once: an empty clip (its probes are NaN and the pair is dropped)
+                waves.append(np.zeros(0, np.float32))
+                rates.append(backbone.sample_rate)
+                continue
+            wave, rate = backbone.vocode(tokens, prompt.speaker)
+            waves.append(wave)
+            rates.append(rate)
+    return measure(waves, rates)
+
+
+def attribute_features(backbone: str, sae: str, selection: str, out_dir: str, backbone_kind: str = "mini_tts",
+                       emotions: list[str] | None = None, m: int | None = None, alpha: float = 40.0,
+                       alphas: dict[str, float] | None = None, mode: Literal["sae", "closed_form"] = "sae",
+                       texts: list[str] | None = None, n_texts: int = 10, speakers: list[str] | None = None,
+                       prompt_emotion: str = "Neutral", seed: int = 0, temperature: float = 1.0,
+                       top_k: int | None = None, max_new_tokens: int = 400, batch_size: int = 10,
+                       n_bootstrap: int = 2000, device: str = "cpu", progress: bool = True) -> list[dict]:
+    """Steer each selected feature alone and report ΔF0, ΔRMS, Δcentroid and Δduration with CIs and p-values.
+
+    Args:
+        backbone: Backbone checkpoint (for backbone_kind=mini_tts: a MiniTTS folder).
+        sae: Exported SAE folder the features index.
+        selection: Folder written by ``emoctl select`` (features_<emotion>.json).
+        out_dir: Where attribution.md, attribution.csv and attribution.png go.
+        backbone_kind: Which backbone loader reads ``backbone``.
+        emotions: Emotions whose features to probe; default every features_*.json in ``selection``.
+        m: Probe only each emotion's first m features (default all of them).
+        alpha: Steering strength for every emotion (α > 0 induces).
+        alphas: Per-emotion strengths overriding ``alpha``, e.g. {Angry: 40, Sad: 30}.
+        mode: "sae" (error-preserving SAE edit) or "closed_form" (x + α·d_j).
+        texts: Prompt texts; default ``n_texts`` sentences of the corpus grammar (seed 1234).
+        n_texts: Number of default texts.
+        speakers: Speakers; default the backbone's first two.
+        prompt_emotion: Emotion condition of every prompt (Neutral: steering must do the work).
+        seed: Sampling seed of the first batch (batch b uses seed + b).
+        temperature: Sampling temperature (0 is greedy).
+        top_k: Top-k sampling cut-off.
+        max_new_tokens: Speech-token budget per utterance.
+        batch_size: Prompts per generate() call.
+        n_bootstrap: Bootstrap resamples of each paired difference.
+        device: Where the backbone runs.
+        progress: Show a progress bar over the steering passes.
+    """
+    from emoctl.corpus.sentences import generate_sentences
+
+    model = load_backbone_for_tool(backbone_kind, backbone, device)
+    sae_model = load_pretrained(sae, device=device)
+    sets = _feature_sets(Path(selection), emotions)
+    alphas = dict(alphas or {})
+    unknown = sorted(set(alphas) - set(sets))
+    if unknown:
+        raise ConfigError(f"alphas names emotions {unknown} that have no feature set in {selection}.")
+    texts = list(texts) if texts else generate_sentences(n_texts, seed=1234)
+    speakers = list(speakers) if speakers else model.speakers[:2]
+    prompts = [Prompt(text, spk, prompt_emotion, utt_id=f"{spk}_{i:03d}") for i, text in enumerate(texts)
+               for spk in speakers]
+    runs = [(emotion, fid) for emotion, fs in sets.items() for fid in fs.feature_ids[:m]]
+    if not runs:
+        raise ConfigError(f"the feature sets in {selection} hold no features to probe; rerun `emoctl select` "
+                          "with a larger m or without alpha.")
+    gen = {"batch_size": batch_size, "seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature,
+           "top_k": top_k}
+    bar = tqdm(total=len(runs) + 1, disable=not progress, desc="attribution passes", unit="pass")
+    base = synthesize_profiles(model, prompts, **gen)
+    bar.update()
+    rows: list[dict] = []
+    for emotion, fid in runs:
+        strength = float(alphas.get(emotion, alpha))
+        with steer(model, SAEFeatureSteering(sae_model, [fid], strength, mode=mode)):
+            steered = synthesize_profiles(model, prompts, **gen)
+        for comparison in compare_profiles(base, steered, PROBES, n_bootstrap=n_bootstrap, seed=seed):
+            rows.append({"emotion": emotion, "feature": fid, "alpha": strength, "mode": mode, **comparison.to_row()})
+        bar.update()
+    bar.close()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "attribution.csv", rows)
+    atomic_write_bytes(out / "attribution.md", _markdown(rows, len(prompts), prompt_emotion).encode())
+    _plot(out / "attribution.png", rows)
+    print(f"wrote attribution.md, attribution.csv and attribution.png for {len(runs)} features to {out}")
+    return rows
+
+
+def _feature_sets(folder: Path, emotions: list[str] | None) -> dict[str, FeatureSet]:
+    if not folder.is_dir():
+        raise ConfigError(f"no selection folder at {folder}; run `emoctl select --out_dir {folder}` first.")
+    if emotions is None:
+        paths = sorted(folder.glob("features_*.json"))
+        if not paths:
+            raise ConfigError(f"{folder} holds no features_<emotion>.json; run `emoctl select` into it.")
+    else:
+        paths = [feature_set_path(folder, e) for e in emotions]
+    sets = [FeatureSet.load(p) for p in paths]
+    return {fs.emotion: fs for fs in sets}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _markdown(rows: list[dict], n_prompts: int, prompt_emotion: str) -> str:
+    lines = ["# Acoustic attribution of SAE features", "",
+             f"Each feature steered alone over {n_prompts} {prompt_emotion} prompts; shift = steered − unsteered "
+             "(same text, speaker and seed), 95% t interval, paired-t p.", ""]
+    header = " | ".join(f"Δ{PROBE_LABELS[p][0]}" + (f" ({PROBE_LABELS[p][1]})" if PROBE_LABELS[p][1] else "")
+                        for p in PROBES)
+    for emotion in dict.fromkeys(r["emotion"] for r in rows):
+        mine = [r for r in rows if r["emotion"] == emotion]
+        lines += [f"## {emotion} (α = {mine[0]['alpha']:g}, {mine[0]['mode']})", "",
+                  f"| latent | {header} | pairs | voiced pairs (F0) |", "|---:|" + "---|" * len(PROBES) + "---:|---:|"]
+        for fid in dict.fromkeys(r["feature"] for r in mine):
+            cells = {r["probe"]: r for r in mine if r["feature"] == fid}
+            text = " | ".join(_cell(cells[p]) for p in PROBES)
+            lines.append(f"| {fid} | {text} | {cells['duration_s']['n']} | {cells['f0_mean_hz']['n']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(row: dict) -> str:
+    if not np.isfinite(row["mean_diff"]):
+        return "–"
+    return f"{row['mean_diff']:+.3g} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}], p={format_p(row['p_t'])}"
+
+
+def _plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    keys = list(dict.fromkeys((r["emotion"], r["feature"]) for r in rows))
+    fig, axes = plt.subplots(1, len(PROBES), figsize=(3.2 * len(PROBES), 0.35 * len(keys) + 1.6), dpi=100,
+                             squeeze=False)
+    colours = {e: f"C{i}" for i, e in enumerate(dict.fromkeys(k[0] for k in keys))}
+    for ax, probe in zip(axes[0], PROBES):
+        by_key = {(r["emotion"], r["feature"]): r for r in rows if r["probe"] == probe}
+        y = np.arange(len(keys))
+        mean = np.array([by_key[k]["mean_diff"] for k in keys], dtype=float)
+        err = np.array([[by_key[k]["mean_diff"] - by_key[k]["ci_low"], by_key[k]["ci_high"] - by_key[k]["mean_diff"]]
+                        for k in keys], dtype=float).T
+        ax.barh(y, np.nan_to_num(mean), xerr=np.nan_to_num(err), color=[colours[k[0]] for k in keys], capsize=2)
+        ax.axvline(0, color="k", lw=0.6)
+        label, unit = PROBE_LABELS[probe]
+        ax.set_title(f"Δ{label}" + (f" ({unit})" if unit else ""), fontsize=9)
+        ax.set_yticks(y, [f"{e} #{f}" for e, f in keys], fontsize=7)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    tmp = temp_name(path)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,189 @@
+"""Emotion-feature selection on a real store and a hand-built SAE with one planted anger latent."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom
+
+from conftest import run_emoctl
+from emoctl.errors import ConfigError
+from emoctl.sae import SAEConfig, TopKSAE, save_pretrained
+from emoctl.selection import (
+    FeatureSet, benjamini_hochberg, bootstrap_delta_ci, collect_indicators, delta_scores, mcnemar_exact,
+    pair_utterances,
+)
+from emoctl.selection.select import feature_set_path, select_features
+from emoctl.store import ActivationStore, ActivationWriter, StoreSpec, UtteranceMeta
+
+D, D_SAE, K = 16, 32, 4
+PLANTED = 5  # the latent that fires on the anger direction only
+EMOTIONS = ("Neutral", "Angry", "Happy")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def planted_sae(seed: int = 0) -> tuple[TopKSAE, torch.Tensor]:
+    """Latent PLANTED reads the unit direction u with bias -2: it fires iff x carries u (x·u = 10), and then
+    its pre-activation 8 beats every other latent; the others read directions orthogonal to u."""
+    g = torch.Generator().manual_seed(seed)
+    sae = TopKSAE(SAEConfig(d_in=D, d_sae=D_SAE, k=K, hook_name="resid_pre.1", aux_coef=0.0))
+    u = torch.zeros(D)
+    u[0] = 1.0
+    with torch.no_grad():
+        enc = torch.randn(D_SAE, D, generator=g)
+        enc[:, 0] = 0.0  # everyone else is blind to u
+        enc = enc / enc.norm(dim=1, keepdim=True)
+        enc[PLANTED] = u
+        sae.W_enc.copy_(enc)
+        sae.W_dec.copy_(enc)
+        sae.b_enc.zero_()
+        sae.b_enc[PLANTED] = -2.0
+        sae.b_dec.zero_()
+    return sae, u
+
+
+def write_store(path: Path, n_texts: int, speakers: int = 2, seed: int = 0) -> Path:
+    """Every (text, speaker) in all three emotions; rows are Gaussian with no u component, and Angry
+    utterances carry 10·u on their first two rows."""
+    rng = np.random.default_rng(seed)
+    spec = StoreSpec(d_model=D, dtype="float32", hookpoint="resid_pre.1", layer=1, backbone="test")
+    with ActivationWriter(path, spec, shard_rows=64) as writer:  # small shards: utterances cross chunks/shards
+        for t in range(n_texts):
+            for s in range(speakers):
+                for emotion in EMOTIONS:
+                    rows = rng.normal(size=(int(rng.integers(3, 8)), D)).astype(np.float32)
+                    rows[:, 0] = 0.0
+                    if emotion == "Angry":
+                        rows[:2, 0] = 10.0
+                    spk = f"{11 + s:04d}"
+                    writer.append(UtteranceMeta(f"{spk}_{emotion}_{t:03d}", f"t{t:03d}", spk, emotion,
+                                                condition=f"prompt={emotion}"), rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store_and_sae(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sel")
+    sae, _ = planted_sae()
+    save_pretrained(sae, root / "sae")
+    return write_store(root / "store", n_texts=20), root / "sae", sae
+
+
+def test_planted_anger_latent_scores_one_and_others_near_zero(store_and_sae):
+    store_path, _, sae = store_and_sae
+    store = ActivationStore(store_path)
+    ind = collect_indicators(store, sae, chunk_rows=7, progress=False)  # 7-row chunks split utterances
+    # Compare the packed matrix with a direct per-utterance computation.
+    table = store.utterances
+    for u in (0, 1, 2, 57, ind.num_utterances - 1):
+        vals, idx = sae.encode(store.segment(table["utt_id"][u].as_py()).float())
+        expected = np.zeros(D_SAE, bool)
+        expected[idx[vals > 0].numpy()] = True
+        np.testing.assert_array_equal(ind.dense([u])[0], expected)
+    pairs = pair_utterances(ind.utt_id, ind.emotion, ind.pair_key)
+    assert set(pairs) == {"Angry", "Happy"} and pairs["Angry"].n_pairs == 40 and pairs["Angry"].unpaired == 0
+    angry = delta_scores(ind.dense(pairs["Angry"].emotional), ind.dense(pairs["Angry"].neutral_twin))
+    happy = delta_scores(ind.dense(pairs["Happy"].emotional), ind.dense(pairs["Happy"].neutral_twin))
+    assert angry.delta[PLANTED] == 1.0 and angry.emotion_only[PLANTED] == 40 and angry.neutral_only[PLANTED] == 0
+    assert happy.delta[PLANTED] == 0.0 and happy.both[PLANTED] == 0
+    others = np.delete(angry.delta, PLANTED)
+    assert np.abs(others).max() < 0.35 and abs(others.mean()) < 0.1
+    # Firing statistics: the planted latent fires on exactly the two planted rows of each angry utterance,
+    # with value 10 - 2 = 8.
+    assert ind.rows_fired[ind.emotion_row("Angry"), PLANTED] == 80
+    assert ind.rows_fired[ind.emotion_row("Neutral"), PLANTED] == 0
+    assert ind.mean_value_when_firing("Angry")[PLANTED] == pytest.approx(8.0)
+
+
+def test_mcnemar_matches_the_binomial_by_hand():
+    # b = 8, c = 1: two-sided exact p = 2 * P(X <= 1), X ~ Bin(9, 1/2) = 2 * (1 + 9) / 512.
+    assert mcnemar_exact(8, 1) == pytest.approx(20 / 512, rel=1e-12)
+    assert mcnemar_exact(1, 8) == pytest.approx(2 * binom.cdf(1, 9, 0.5), rel=1e-12)
+    p = mcnemar_exact(np.array([8, 0, 5, 40]), np.array([1, 0, 5, 0]))
+    np.testing.assert_allclose(p, [20 / 512, 1.0, 1.0, 2 * 0.5 ** 40], rtol=1e-12)
+
+
+def test_benjamini_hochberg_by_hand():
+    q = benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.5]))
+    # sorted p: .01 .03 .04 .5 -> p*n/rank: .04 .06 .0533 .5 -> cumulative min from the top: .04 .0533 .0533 .5
+    np.testing.assert_allclose(q, [0.04, 0.16 / 3, 0.16 / 3, 0.5])
+
+
+def test_bootstrap_ci_contains_delta_and_shrinks_with_more_pairs():
+    rng = np.random.default_rng(3)
+    widths = []
+    for n in (50, 800):
+        diff = rng.choice([-1, 0, 1], p=[0.1, 0.5, 0.4], size=(n, 2))
+        diff[:, 1] = 0
+        low, high = bootstrap_delta_ci(diff, n_bootstrap=2000, seed=0)
+        delta = diff.mean(0)
+        assert low[0] < delta[0] < high[0]
+        assert low[1] == high[1] == 0.0  # no discordant pairs: a point interval
+        widths.append(high[0] - low[0])
+        # Close to the normal approximation of the mean's interval.
+        assert widths[-1] == pytest.approx(2 * 1.96 * diff[:, 0].std() / math.sqrt(n), rel=0.15)
+    assert widths[1] < widths[0] / 3  # 16x the pairs: about a quarter of the width
+    again = bootstrap_delta_ci(diff, n_bootstrap=2000, seed=0)
+    assert np.array_equal(again[0], low)  # seeded
+
+
+def test_missing_neutral_and_unpaired_emotions_are_clear_errors():
+    with pytest.raises(ConfigError, match="neutral emotion 'Neutral'"):
+        pair_utterances(["a", "b"], ["Angry", "Sad"], ["k1", "k1"])
+    with pytest.raises(ConfigError, match="'Sad'.*pair_key"):
+        pair_utterances(["a", "b", "c"], ["Angry", "Neutral", "Sad"], ["k1", "k1", "k2"])
+    with pytest.raises(ConfigError, match="Surprise"):
+        pair_utterances(["a", "b"], ["Angry", "Neutral"], ["k1", "k1"], emotions=["Surprise"])
+
+
+def test_sae_of_another_width_is_a_clear_error(store_and_sae):
+    store_path, _, _ = store_and_sae
+    other = TopKSAE(SAEConfig(d_in=D + 1, d_sae=D_SAE, k=K, hook_name="resid_pre.1"))
+    with pytest.raises(ConfigError, match=f"d_in={D + 1}.*d_model={D}"):
+        collect_indicators(ActivationStore(store_path), other, progress=False)
+
+
+def test_select_picks_the_planted_latent_and_honours_alpha(store_and_sae, tmp_path):
+    store_path, sae_path, _ = store_and_sae
+    result = select_features(str(store_path), str(sae_path), str(tmp_path), m=3, alpha=0.01, n_bootstrap=500,
+                             progress=False)
+    angry = result["Angry"]
+    assert angry.feature_ids == [PLANTED]  # the only latent with q < 0.01
+    f = angry.features[0]
+    assert (f.delta, f.ci_low, f.ci_high) == (1.0, 1.0, 1.0)
+    assert f.p_value == pytest.approx(2 * 0.5 ** 40) and f.q_value <= f.p_value * D_SAE
+    assert result["Happy"].feature_ids == [] and "only 0 of 3" in result["Happy"].selection["note"]
+    assert FeatureSet.load(feature_set_path(tmp_path, "Angry")).features == angry.features
+
+
+def test_select_end_to_end_through_the_cli(store_and_sae, tmp_path):
+    store_path, sae_path, _ = store_and_sae
+    out = tmp_path / "sel"
+    config = tmp_path / "select.yaml"
+    config.write_text(f"store: {store_path}\nsae: {sae_path}\nout_dir: {out}\nm: 6\nn_bootstrap: 300\n")
+    result = run_emoctl("select", "--config", str(config), "--chunk_rows=16")
+    assert result.returncode == 0, result.stderr
+    for emotion in ("Angry", "Happy"):
+        data = json.loads((out / f"features_{emotion}.json").read_text())
+        assert data["format"] == "emoctl.feature_set" and len(data["feature_ids"]) <= 6
+        png = (out / f"delta_hist_{emotion}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    angry = json.loads((out / "features_Angry.json").read_text())
+    assert angry["feature_ids"][0] == PLANTED and angry["selection"]["n_pairs"] == 40
+    assert angry["sae"]["d_sae"] == D_SAE and angry["store"]["hookpoint"] == "resid_pre.1"
+    assert "| 1 | 5 | +1.000 |" in (out / "selection.md").read_text()
+    assert (out / "selection.csv").read_text().splitlines()[0].startswith("emotion,rank,id,delta")
+    assert not list(out.glob(".*tmp"))
+    bad = run_emoctl("select", "--config", str(config), "--neutral=Calm")
+    assert bad.returncode == 1 and "'Calm'" in bad.stderr and "Traceback" not in bad.stderr
