@@ -5,8 +5,9 @@ backbone; ESD trees are written in tmp with short tones.
 """
 from __future__ import annotations
 
+import io
 import json
-import math
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -223,3 +224,171 @@ def test_layer_alone_learns_emotion_patterns_under_the_neutral_condition(tmp_pat
         from emoctl.emosteer.objective import teacher_forced_nll
         alone = teacher_forced_nll(module.backbone, module.backbone_prompts(batch[0]), batch[1], batch[2]).mean()
     assert alone.item() == pytest.approx(start, rel=1e-5)
+
+
+# -------------------------------------------------------------------- the ESD reader
+from emoctl.corpus.esd import read_esd, read_esd_hf  # noqa: E402
+
+ENCODINGS = {"0011": "utf-8", "0012": "utf-16", "0013": "latin-1"}
+
+
+def write_esd(root: Path, *, flat: bool, per_emotion: int = 4, emotions=("Neutral", "Angry"), rate: int = 16000,
+              ascii_only: bool = False) -> dict[str, str]:
+    """3 speakers (UTF-8, UTF-16 with BOM, Latin-1 transcripts) x emotions x short tones; ids in ESD's blocks."""
+    texts = {}
+    for s, (speaker, encoding) in enumerate(ENCODINGS.items()):
+        lines = []
+        for emotion in emotions:
+            block = ["Neutral", "Angry", "Happy", "Sad", "Surprise"].index(emotion)
+            for k in range(per_emotion):
+                utt = f"{speaker}_{block * 350 + k + 1:06d}"
+                split = "evaluation" if k == 0 else "test" if k == 1 else "train"
+                folder = root / speaker / emotion if flat else root / speaker / emotion / split
+                folder.mkdir(parents=True, exist_ok=True)
+                t = np.arange(int(rate * (0.1 + 0.02 * k))) / rate
+                soundfile.write(folder / f"{utt}.wav", (0.3 * np.sin(2 * np.pi * (110 + 30 * s) * t)).astype(np.float32),
+                                rate)
+                word = "cafe naive" if ascii_only else "Caf\u00e9 na\u00efve"  # non-ASCII: encodings must be right
+                texts[utt] = f"{word} {k}, {emotion.lower()}!"
+                lines.append(f"{utt}\t{texts[utt]}\t{emotion}")
+        (root / speaker / f"{speaker}.txt").write_bytes("\r\n".join(lines).encode(encoding))
+    return texts
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["split-folders", "flat"])
+def test_esd_reader_reads_both_layouts_and_all_three_encodings(tmp_path, flat):
+    texts = write_esd(tmp_path, flat=flat)
+    assert (tmp_path / "0012" / "0012.txt").read_bytes()[:2] == b"\xff\xfe"
+    utts = read_esd(tmp_path, flat_split=(1, 1))
+    assert len(utts) == 24 and {u.speaker for u in utts} == set(ENCODINGS)
+    for u in utts:
+        assert u.text == texts[u.utt_id] and u.sample_rate == 16000
+        k = (int(u.utt_id[-6:]) - 1) % 350
+        assert u.split == ("evaluation" if k == 0 else "test" if k == 1 else "train"), u
+    angry = read_esd(tmp_path, emotions=["Angry"], speakers=["0013"], flat_split=(1, 1))
+    assert [u.utt_id for u in angry] == [f"0013_{351 + k:06d}" for k in range(4)]
+
+
+def test_esd_flat_split_follows_id_order_20_30_rest(tmp_path):
+    write_esd(tmp_path, flat=True, per_emotion=55, emotions=("Sad",))
+    utts = [u for u in read_esd(tmp_path, speakers=["0011"]) if u.speaker == "0011"]
+    assert [u.split for u in utts] == ["evaluation"] * 20 + ["test"] * 30 + ["train"] * 5
+
+
+def test_esd_reader_gives_clear_errors(tmp_path):
+    write_esd(tmp_path / "ok", flat=False)
+    with pytest.raises(ConfigError, match="unknown emotion 'Fear' in data.emotions"):
+        read_esd(tmp_path / "ok", emotions=["Fear"])
+    with pytest.raises(ConfigError, match=r"0014 is missing"):
+        read_esd(tmp_path / "ok", speakers=["0011", "0014"])
+    # Mandarin speakers only.
+    (tmp_path / "zh" / "0001" / "Neutral").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no English ESD speakers.*0001"):
+        read_esd(tmp_path / "zh")
+    # A transcript line for a clip whose wav is gone, and a wav with no line.
+    bad = tmp_path / "ok"
+    next((bad / "0011" / "Angry" / "train").glob("*.wav")).unlink()
+    with pytest.raises(ConfigError, match="0011.txt lists 1 clips without audio"):
+        read_esd(bad)
+    stray = bad / "0011" / "Angry" / "train" / "0011_009999.wav"
+    soundfile.write(stray, np.zeros(1600, np.float32), 16000)
+    with pytest.raises(ConfigError, match="0011_009999.wav has no line"):
+        read_esd(bad, emotions=["Angry"], speakers=["0011"])
+    # An emotion folder with a name ESD does not have.
+    write_esd(tmp_path / "odd", flat=False)
+    (tmp_path / "odd" / "0011" / "Angry").rename(tmp_path / "odd" / "0011" / "angry_v2")
+    with pytest.raises(ConfigError, match="unknown emotion folder .*angry_v2"):
+        read_esd(tmp_path / "odd")
+
+
+def test_esd_sample_rate_is_resampled_with_a_warning_or_refused(tmp_path):
+    write_esd(tmp_path, flat=False, rate=22050)
+    with pytest.warns(UserWarning, match="24 clips .* 22050 Hz"):
+        assert len(read_esd(tmp_path)) == 24
+    with pytest.raises(ConfigError, match="22050 Hz, not data.sample_rate=16000"):
+        read_esd(tmp_path, on_sample_rate="error")
+
+
+def test_esd_hugging_face_copy_from_save_to_disk(tmp_path):
+    import datasets
+
+    texts = write_esd(tmp_path / "esd", flat=False)
+    disk = read_esd(tmp_path / "esd", flat_split=(1, 1))
+    by_split: dict[str, dict[str, list]] = {}
+    for u in disk:
+        rows = by_split.setdefault("validation" if u.split == "evaluation" else u.split,
+                                   {"audio": [], "text": [], "speaker": [], "emotion": [], "utt_id": []})
+        rows["audio"].append(str(u.path)), rows["text"].append(u.text), rows["speaker"].append(int(u.speaker))
+        rows["emotion"].append(u.emotion.lower()), rows["utt_id"].append(u.utt_id)
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_dict(v).cast_column("audio", datasets.Audio())
+                               for k, v in by_split.items()})
+    dd.save_to_disk(str(tmp_path / "hf"))
+    shutil.rmtree(tmp_path / "esd")  # the copy must not need the original wavs
+    hf = read_esd_hf(tmp_path / "hf")
+    assert [(u.utt_id, u.speaker, u.emotion, u.split, u.text) for u in hf] == \
+        [(u.utt_id, u.speaker, u.emotion, u.split, texts[u.utt_id]) for u in disk]
+    wave, rate = soundfile.read(io.BytesIO(hf[0].audio))
+    assert rate == 16000 and len(wave) == int(16000 * 0.1)
+    # A copy of Mandarin speakers only is refused with the English speakers named.
+    sound = tmp_path / "zh.wav"
+    soundfile.write(sound, np.zeros(1600, np.float32), 16000)
+    zh = datasets.Dataset.from_dict({"audio": [str(sound)], "text": ["x"], "speaker": ["0003"], "emotion": ["Sad"]})
+    zh.cast_column("audio", datasets.Audio()).save_to_disk(str(tmp_path / "hf_zh"))
+    with pytest.raises(ConfigError, match="no English ESD speakers .*0011-0020.*0003"):
+        read_esd_hf(tmp_path / "hf_zh")
+
+
+# ------------------------------------------------------- data module, SFT and recipes
+def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path, backbone_dir):
+    from data_modules.tts_corpus import TTSCorpusDataModule
+    from emoctl.backbones.mini_tts import MiniTTS
+    from test_mini_tts import random_codec
+
+    write_esd(tmp_path / "esd", flat=True, per_emotion=5, emotions=("Neutral", "Angry", "Sad"), ascii_only=True)
+    random_codec().save(tmp_path / "codec")
+
+    def data() -> TTSCorpusDataModule:
+        return TTSCorpusDataModule(str(tmp_path / "esd"), str(tmp_path / "codec"), batch_size=4, flat_split=(1, 1),
+                                   speakers=["0011", "0012"], bucket_batches=1)
+
+    module = EmoShiftModule(str(backbone_dir), condition="neutral", lr=1.0, warmup_steps=0)
+    trainer = tiny_trainer(tmp_path / "emoshift", 3, enable_checkpointing=False)
+    trainer.fit(module, datamodule=data())
+    assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["val/loss"])
+    assert len(list((tmp_path / "esd").glob(".tokens-*.npz"))) == 1  # the token cache sits next to the data
+    meta = json.loads((tmp_path / "emoshift" / "emosteer" / "emosteer.json").read_text())["metadata"]
+    assert meta["data"]["train_clips"] == 2 * 3 * 3 and meta["parameters"]["trainable"] == 2 * 32 * 32
+
+    sft = SFTModule(str(backbone_dir), lr=1e-3, warmup_steps=0)
+    before = {k: v.clone() for k, v in sft.backbone.state_dict().items()}
+    report = sft.parameter_report()
+    assert report["trainable"] == report["backbone"] == sum(v.numel() for v in before.values())
+    trainer = tiny_trainer(tmp_path / "sft", 3, enable_checkpointing=False)
+    trainer.fit(sft, datamodule=data())
+    tuned = MiniTTS.load(tmp_path / "sft" / "sft_backbone")
+    changed = [k for k, v in tuned.lm.state_dict().items() if not torch.equal(v, before[f"lm.{k}"])]
+    assert len(changed) > 0.8 * len(before)  # (nearly) every tensor moved: it is full fine-tuning
+    assert tuned.metadata["sft"]["global_step"] == 3
+
+
+@pytest.mark.parametrize("recipe, cls", [("emoshift_mini.yaml", "EmoShiftModule"),
+                                         ("emoshift_cosyvoice.yaml", "EmoShiftModule"),
+                                         ("sft_mini.yaml", "SFTModule")])
+def test_recipes_load_through_the_cli(recipe, cls):
+    result = run_emoctl("fit", "--config", str(RECIPES / recipe), "--print_config")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    args = resolved["model"]["init_args"]
+    assert resolved["model"]["class_path"].endswith(cls)
+    assert resolved["data"]["class_path"].endswith("TTSCorpusDataModule")
+    if recipe == "emoshift_mini.yaml":
+        assert args["backbone_path"] == "emoctl/assets/mini_tts" and args["condition"] == "neutral"
+        assert resolved["data"]["init_args"]["corpus_root"] == "runs/corpus/esd_espeak"
+        assert resolved["trainer"]["max_time"] == "00:00:20:00" and resolved["trainer"]["accelerator"] == "cpu"
+    if recipe == "emoshift_cosyvoice.yaml":
+        assert args["epsilon"] == 0.001 and len(args["emotions"]) == 5 and args["neutral"] == "layer"
+        assert resolved["trainer"]["strategy"] == "ddp" and resolved["trainer"]["precision"] == "bf16-mixed"
+    if recipe == "sft_mini.yaml":
+        mini = yaml.safe_load((RECIPES / "emoshift_mini.yaml").read_text())
+        assert resolved["trainer"]["max_steps"] == mini["trainer"]["max_steps"]
+        assert resolved["data"]["init_args"] == {**resolved["data"]["init_args"], **mini["data"]["init_args"]}

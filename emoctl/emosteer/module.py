@@ -48,7 +48,7 @@ class EmoShiftModule(pl.LightningModule):
         init_std: float = 0.02,
         condition: Literal["emotion", "neutral"] = "emotion",
         hookpoint: str = "lm_out",
-        lr: float = 1e-3,
+        lr: float = 1.0,
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         warmup_steps: int = 50,
@@ -69,7 +69,8 @@ class EmoShiftModule(pl.LightningModule):
             condition: Emotion condition the backbone is given: each row's own ("emotion") or "neutral" for all,
                 so that only the layer carries the emotion.
             hookpoint: Backbone hookpoint the layer rewrites (the input of the speech-token head).
-            lr: Peak Adam learning rate.
+            lr: Peak AdamW learning rate on W. Adam's step does not scale with ε, so the shift ε·h·W moves by about
+                ε·lr per step: lr = 1 with ε = 1e-3 is an ordinary 1e-3 step on the product ε·W.
             betas: Adam betas.
             weight_decay: AdamW weight decay on the layer's matrices.
             warmup_steps: Steps of linear warm-up from 0 to ``lr``.
@@ -126,6 +127,15 @@ class EmoShiftModule(pl.LightningModule):
         if missing:
             raise ConfigError(f"the corpus has emotions {missing} that the EmoSteer layer does not serve "
                               f"({self.emosteer.emotions}); add them to model.emotions or to data.emotions' filter.")
+        tokenizer = getattr(self.backbone, "tokenizer", None)
+        for prompt in prompts if tokenizer is not None else ():
+            tokenizer.encode(prompt.text)  # raises ConfigError naming the text and its characters
+        codec = getattr(datamodule, "codec", None)
+        backbone_codec = getattr(self.backbone, "codec", None)
+        if codec is not None and backbone_codec is not None and codec.digest != backbone_codec.digest:
+            raise ConfigError(f"data.codec_dir holds codec {codec.digest} but the backbone at "
+                              f"{self.hparams.backbone_path} speaks codec {backbone_codec.digest}: its target tokens "
+                              "would mean other sounds. Point data.codec_dir at the backbone's codec/ folder.")
         report = self.parameter_report()
         rank_zero_info(f"EmoShift: {report['trainable']:,} trainable parameters (EmoSteer, "
                        f"{'full' if self.hparams.rank is None else 'rank ' + str(self.hparams.rank)}) on a frozen "
