@@ -1,11 +1,14 @@
-"""``TTSCorpusDataModule``: (prompt, speech tokens) batches from an ESD-layout corpus.
+"""``TTSCorpusDataModule``: (prompt, speech tokens) batches from an ESD copy.
 
-Reads ``<root>/<speaker>/<Emotion>/{train,evaluation,test}/<id>.wav`` with
-transcripts ``<root>/<speaker>/<speaker>.txt`` (``id<TAB>text<TAB>Emotion``),
-and the codec tokens of every clip, cached next to the corpus by
-:func:`~emoctl.backbones.mini_tts.tokenize_corpus.tokenize_corpus`.  When the
-codec folder is empty and ``fit_codec`` is given, the codec is first fitted
-on the training split, so one ``emoctl fit`` goes from wavs to a model.
+The clips come from :func:`emoctl.corpus.esd.open_esd`, the one ESD reader:
+the real ESD or the embedded eSpeak corpus (``<root>/<spk>/<Emotion>/
+[{train,evaluation,test}/]<id>.wav`` with ``<root>/<spk>/<spk>.txt``), or a
+Hugging Face copy (``save_to_disk`` or audiofolder; columns in that module).
+The codec tokens of every clip are cached next to the data in
+``.tokens-<codec digest>.npz`` (a new codec never reads old tokens; a changed
+clip is re-encoded).  When the codec folder is empty and ``fit_codec`` is
+given, the codec is first fitted on the training split, so one ``emoctl fit``
+goes from wavs to a model.
 
 Batches group utterances of similar length (less padding, so fewer wasted
 FLOPs), come in random order, and every DDP rank gets its own equal, disjoint
@@ -27,7 +30,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from emoctl.backbones.base import Prompt
+from emoctl.corpus.esd import FLAT_SPLIT, EsdUtterance, check_emotions, open_esd, read_transcripts
 from emoctl.errors import ConfigError
+
+__all__ = ["CodecFit", "LengthBucketSampler", "TTSBatch", "TTSCorpusDataModule", "TTSItems", "collate",
+           "read_transcripts"]
 
 
 class TTSBatch(NamedTuple):
@@ -123,27 +130,6 @@ class LengthBucketSampler:
         return len(self._all_batches()) // self.world_size
 
 
-def read_transcripts(path: Path) -> dict[str, str]:
-    """``utt_id -> text`` from an ESD transcript, whatever its encoding (UTF-8, UTF-16 or Latin-1)."""
-    raw = path.read_bytes()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = raw.decode("utf-16")
-    else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-    out: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) < 2:
-            raise ConfigError(f"{path} line {number} is not 'id<TAB>text<TAB>Emotion': {line!r}.")
-        out[fields[0].strip()] = fields[1].strip()
-    return out
-
-
 class TTSCorpusDataModule(pl.LightningDataModule):
     """Train and validation batches of (prompt, codec tokens) from one ESD-layout corpus."""
 
@@ -160,10 +146,16 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         tokenize_workers: int = 2,
         seed: int = 0,
         fit_codec: CodecFit | None = None,
+        speakers: list[str] | None = None,
+        emotions: list[str] | None = None,
+        flat_split: tuple[int, int] = FLAT_SPLIT,
+        sample_rate: int = 16000,
+        on_sample_rate: Literal["resample", "error"] = "resample",
     ) -> None:
         """
         Args:
-            corpus_root: Folder of the ESD-layout corpus.
+            corpus_root: ESD folder (real ESD or the embedded corpus, with or without split folders) or a
+                Hugging Face copy (save_to_disk folder or audiofolder).
             codec_dir: Folder of the speech codec (``codec.json`` + ``codec.safetensors``).
             cache_dir: Where the token cache goes; None: inside ``corpus_root``.
             batch_size: Utterances per batch on each rank.
@@ -174,6 +166,11 @@ class TTSCorpusDataModule(pl.LightningDataModule):
             tokenize_workers: Processes for encoding clips the token cache lacks.
             seed: Seed of the batch order.
             fit_codec: Fit and save a codec into ``codec_dir`` when it holds none; None makes that an error.
+            speakers: Speakers to read; None: every English ESD speaker folder present (0011-0020).
+            emotions: Emotions to read (ESD names); None: all five.
+            flat_split: Clips per speaker and emotion a flat copy gives to evaluation, then test (rest: train).
+            sample_rate: Expected sample rate of the audio.
+            on_sample_rate: Clips at another rate: "resample" them (with a warning) or refuse with an "error".
         """
         super().__init__()
         if batch_size < 1 or max_speech_tokens < 1:
@@ -190,40 +187,59 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         self.tokenize_workers = tokenize_workers
         self.seed = seed
         self.fit_codec = fit_codec
+        self.speakers = speakers
+        self.emotions = check_emotions(emotions)
+        self.flat_split = tuple(flat_split)
+        self.sample_rate = sample_rate
+        self.on_sample_rate = on_sample_rate
         self.codec = None
         self.train_items: TTSItems | None = None
         self.val_items: TTSItems | None = None
         self.n_too_long = 0
 
     # --------------------------------------------------------------- files
+    def utterances(self) -> list[EsdUtterance]:
+        """Every clip of the selected speakers and emotions, with text and split, checked by the ESD reader."""
+        return open_esd(self.corpus_root, speakers=self.speakers, emotions=self.emotions, flat_split=self.flat_split,
+                        sample_rate=self.sample_rate, on_sample_rate=self.on_sample_rate, cache_dir=self.cache_dir)
+
+    def _tokens(self, utterances: list[EsdUtterance], codec: Any, progress: bool) -> list[torch.Tensor]:
+        from emoctl.backbones.mini_tts.tokenize_corpus import AudioSource, cache_path, tokenize_sources
+
+        sources = [AudioSource.of_file(u.path, self.corpus_root) if u.path is not None
+                   else AudioSource.of_bytes(f"hf:{u.utt_id}", u.audio) for u in utterances]  # type: ignore[arg-type]
+        return tokenize_sources(sources, codec, cache_path(self.corpus_root, codec, self.cache_dir),
+                                workers=self.tokenize_workers, progress=progress,
+                                desc=f"Tokenizing {self.corpus_root.name}")
+
     def prepare_data(self) -> None:
         # One process per node: fit the codec if asked, then fill the token cache.
-        from emoctl.backbones.mini_tts.tokenize_corpus import tokenize_corpus
-
+        utterances = self.utterances()
         if not (self.codec_dir / "codec.json").is_file():
             if self.fit_codec is None:
                 raise ConfigError(
                     f"no speech codec in {self.codec_dir} (codec.json missing). Point data.codec_dir at a codec "
                     "folder, or set data.fit_codec: {} in the recipe to fit one on the corpus's training split."
                 )
-            self._fit_codec_atomically()
-        tokenize_corpus(self.corpus_root, self._load_codec(), self.cache_dir, workers=self.tokenize_workers)
+            self._fit_codec_atomically([u for u in utterances if u.split == "train"])
+        self._tokens(utterances, self._load_codec(), progress=True)
 
     def _load_codec(self) -> Any:
         from emoctl.backbones.mini_tts.codec import SpeechCodec
 
         return SpeechCodec.load(self.codec_dir)
 
-    def _fit_codec_atomically(self) -> None:
+    def _fit_codec_atomically(self, train: list[EsdUtterance]) -> None:
         from emoctl.backbones.mini_tts.codec import SpeechCodec
-        from emoctl.backbones.mini_tts.tokenize_corpus import iter_corpus_waves
+        from emoctl.backbones.mini_tts.tokenize_corpus import AudioSource
 
         fit = self.fit_codec
         assert fit is not None
         rank_zero_info(f"Fitting the speech codec on {self.corpus_root} (train split) into {self.codec_dir}")
-        codec = SpeechCodec.fit(list(iter_corpus_waves(self.corpus_root, split="train")), n_env_codes=fit.n_env_codes,
-                                n_f0_bins=fit.n_f0_bins, seed=fit.seed, workers=fit.workers,
-                                max_kmeans_frames=fit.max_kmeans_frames)
+        waves = [(AudioSource.of_file(u.path, self.corpus_root) if u.path is not None
+                  else AudioSource.of_bytes(u.utt_id, u.audio)).read() for u in train]  # type: ignore[arg-type]
+        codec = SpeechCodec.fit(waves, n_env_codes=fit.n_env_codes, n_f0_bins=fit.n_f0_bins, seed=fit.seed,
+                                workers=fit.workers, max_kmeans_frames=fit.max_kmeans_frames)
         staging = self.codec_dir.with_name(f".{self.codec_dir.name}.partial")
         if staging.exists():
             shutil.rmtree(staging)
@@ -235,32 +251,19 @@ class TTSCorpusDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_items is not None:
             return
-        from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, tokenize_corpus
-
         self.codec = self._load_codec()
-        tokens = tokenize_corpus(self.corpus_root, self.codec, self.cache_dir, progress=False)  # a cache hit
-        transcripts: dict[str, dict[str, str]] = {}
+        utterances = self.utterances()
+        tokens = self._tokens(utterances, self.codec, progress=False)  # a cache hit after prepare_data
         splits: dict[str, tuple[list[Prompt], list[torch.Tensor]]] = {"train": ([], []), self.val_split: ([], [])}
         self.n_too_long = 0
-        for clip in list_corpus_clips(self.corpus_root):
-            if clip.split not in splits:
+        for utt, clip_tokens in zip(utterances, tokens):
+            if utt.split not in splits:
                 continue
-            if clip.speaker not in transcripts:
-                path = self.corpus_root / clip.speaker / f"{clip.speaker}.txt"
-                if not path.is_file():
-                    raise ConfigError(f"transcript {path} is missing: ESD keeps each speaker's texts in "
-                                      "<root>/<speaker>/<speaker>.txt as id<TAB>text<TAB>Emotion lines.")
-                transcripts[clip.speaker] = read_transcripts(path)
-            text = transcripts[clip.speaker].get(clip.utt_id)
-            if text is None:
-                raise ConfigError(f"{clip.path} has no line for {clip.utt_id!r} in "
-                                  f"{self.corpus_root / clip.speaker / (clip.speaker + '.txt')}; add it or remove the wav.")
-            clip_tokens = tokens[clip.utt_id]
             if len(clip_tokens) > self.max_speech_tokens or len(clip_tokens) == 0:
                 self.n_too_long += 1
                 continue
-            prompts, toks = splits[clip.split]
-            prompts.append(Prompt(text, clip.speaker, clip.emotion, clip.utt_id))
+            prompts, toks = splits[utt.split]
+            prompts.append(Prompt(utt.text, utt.speaker, utt.emotion, utt.utt_id))
             toks.append(clip_tokens)
         if self.n_too_long:
             rank_zero_warn(f"left out {self.n_too_long} clips longer than data.max_speech_tokens="
@@ -312,6 +315,7 @@ class TTSCorpusDataModule(pl.LightningDataModule):
             "codec_dir": os.fspath(self.codec_dir.resolve()),
             "codec_digest": self.codec.digest if self.codec is not None else None,
             "train_clips": len(self.train_items) if self.train_items else 0, "train_tokens": train_tokens,
+            "speakers": sorted({p.speaker for p in self.prompts}), "emotions": self.emotions,
             "val_split": self.val_split, "val_clips": len(self.val_items) if self.val_items else 0,
             "left_out_too_long": self.n_too_long, "max_speech_tokens": self.max_speech_tokens,
         }

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -73,10 +74,11 @@ def list_corpus_clips(corpus_root: str | os.PathLike, *, split: str | None = Non
     return clips
 
 
-def read_wave(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """(float32 samples, sample rate) of a sound file; multi-channel files are returned as (N, C)."""
+def read_wave(path: str | os.PathLike | BinaryIO) -> tuple[np.ndarray, int]:
+    """(float32 samples, sample rate) of a sound file (or file object); multi-channel files come as (N, C)."""
     import soundfile
-    wave, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+    source = path if hasattr(path, "read") else str(path)
+    wave, sample_rate = soundfile.read(source, dtype="float32", always_2d=False)
     return wave, int(sample_rate)
 
 
@@ -91,14 +93,39 @@ def iter_corpus_waves(corpus_root: str | os.PathLike, *, split: str | None = "tr
         yield read_wave(clip.path)
 
 
+@dataclass(frozen=True)
+class AudioSource:
+    """One clip to tokenize, wherever its audio lives: a file, or encoded bytes (a Hugging Face row)."""
+    key: str                  # unique cache key: the path relative to the corpus root, or "hf:<utt_id>"
+    stamp: tuple[int, int]    # changes when the audio does: (size, mtime_ns) of a file, (len, crc32) of bytes
+    path: Path | None = None
+    data: bytes | None = None
+
+    @classmethod
+    def of_file(cls, path: Path, root: Path) -> AudioSource:
+        return cls(path.relative_to(root).as_posix(), _stat_key(path), path=path)
+
+    @classmethod
+    def of_bytes(cls, key: str, data: bytes) -> AudioSource:
+        import zlib
+        return cls(key, (len(data), zlib.crc32(data)), data=data)
+
+    def read(self) -> tuple[np.ndarray, int]:
+        if self.path is not None:
+            return read_wave(self.path)
+        import io
+        return read_wave(io.BytesIO(self.data))  # type: ignore[arg-type]
+
+
 @dataclass
 class _PathEncoder:
-    """Picklable job: tokens of one sound file."""
+    """Picklable job: tokens of one sound file or AudioSource."""
     codec: SpeechCodec
 
-    def __call__(self, path: Path) -> np.ndarray:
-        wave, sample_rate = read_wave(path)
-        return self.codec.encode_frames(self.codec.analyze(wave, sample_rate, name=str(path)))
+    def __call__(self, source: Path | AudioSource) -> np.ndarray:
+        wave, sample_rate = source.read() if isinstance(source, AudioSource) else read_wave(source)
+        name = str(source.path or source.key) if isinstance(source, AudioSource) else str(source)
+        return self.codec.encode_frames(self.codec.analyze(wave, sample_rate, name=name))
 
 
 def cache_path(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_dir: str | os.PathLike | None = None
@@ -155,17 +182,32 @@ def tokenize_corpus(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_di
     """
     root = Path(corpus_root)
     clips = list_corpus_clips(root)
-    target = cache_path(root, codec, cache_dir)
-    cached = _read_cache(target)
-    rel_paths = [clip.path.relative_to(root).as_posix() for clip in clips]
-    stats = [_stat_key(clip.path) for clip in clips]
-    todo = [i for i, (rel, st) in enumerate(zip(rel_paths, stats)) if cached.get(rel, (None,))[0] != st]
-    tokens: list[np.ndarray | None] = [cached[rel][1] if rel in cached else None for rel in rel_paths]
+    tokens = tokenize_sources([AudioSource.of_file(clip.path, root) for clip in clips], codec,
+                              cache_path(root, codec, cache_dir), workers=workers, progress=progress,
+                              desc=f"Tokenizing {root.name}")
+    return dict(zip((clip.utt_id for clip in clips), tokens))
+
+
+def tokenize_sources(sources: Sequence[AudioSource], codec: SpeechCodec, cache_file: Path, *, workers: int = 1,
+                     progress: bool = True, desc: str = "Tokenizing") -> list[torch.Tensor]:
+    """(T,) int64 tokens of each source, in order, through the cache file ``cache_file``.
+
+    Sources whose key and stamp are in the cache are not decoded again; the
+    others are encoded in ``workers`` processes and the cache rewritten
+    atomically (it then holds exactly these sources).  The file name carries the
+    codec digest (see :func:`cache_path`), so a new codec never reads old tokens.
+    """
+    cached = _read_cache(cache_file)
+    keys = [s.key for s in sources]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"two clips share the cache key {next(k for k in keys if keys.count(k) > 1)!r}.")
+    todo = [i for i, s in enumerate(sources) if cached.get(s.key, (None,))[0] != s.stamp]
+    tokens: list[np.ndarray | None] = [cached[s.key][1] if s.key in cached else None for s in sources]
     if todo:
-        encoded = map_in_workers(_PathEncoder(codec), [clips[i].path for i in todo], workers=workers,
-                                 total=len(todo), desc=f"Tokenizing {root.name}", progress=progress)
+        encoded = map_in_workers(_PathEncoder(codec), [sources[i].path or sources[i] for i in todo],
+                                 workers=workers, total=len(todo), desc=desc, progress=progress)
         for i, toks in zip(todo, encoded):
             tokens[i] = toks
-    if todo or len(cached) != len(clips):
-        _write_cache_atomically(target, rel_paths, stats, tokens)
-    return {clip.utt_id: torch.from_numpy(np.asarray(t, dtype=np.int64)) for clip, t in zip(clips, tokens)}
+    if todo or len(cached) != len(sources) or set(cached) != set(keys):
+        _write_cache_atomically(cache_file, keys, [s.stamp for s in sources], tokens)
+    return [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in tokens]

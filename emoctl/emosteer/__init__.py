@@ -1,0 +1,13 @@
+"""EmoShift (arXiv 2601.22873): a learnable per-emotion linear shift of a frozen TTS's output embedding.
+
+``EmoSteer`` is the layer, :func:`steer` attaches it to a backbone for
+generation, ``EmoShiftModule`` (in :mod:`emoctl.emosteer.module`) trains it,
+``SFTModule`` (in :mod:`emoctl.emosteer.sft`) is the full fine-tuning baseline.
+"""
+from __future__ import annotations
+
+from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig, EmotionMix
+from emoctl.emosteer.steer import GENERATION_PHASES, TRAINING_PHASES, SteeringHook, attach, steer
+
+__all__ = ["EmoSteer", "EmoSteerConfig", "EmotionMix", "GENERATION_PHASES", "SteeringHook", "TRAINING_PHASES",
+           "attach", "steer"]

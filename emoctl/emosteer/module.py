@@ -1,0 +1,257 @@
+"""``EmoShiftModule``: trains an EmoSteer layer on a frozen TTS backbone with Lightning.
+
+Batches are ``(prompts, speech, speech_lengths)`` as
+:class:`data_modules.tts_corpus.TTSCorpusDataModule` yields them.  Each row is
+steered by the layer of its own emotion (h' = h + ε·h·W_e at ``lm_out``, every
+teacher-forced position) and the loss is the token-averaged cross-entropy of
+its target speech tokens.  With ``condition: neutral`` the backbone is told
+"Neutral" for every row, so the layer alone has to carry the emotion; with
+``condition: emotion`` it hears the row's emotion as in the paper's setting.
+
+Only the layer trains.  The backbone stays in eval mode (dropout off) even
+when Lightning calls ``.train()``, never receives gradients, and is left out
+of the Lightning checkpoints (its id is stored instead and checked on
+resume).  When ``fit`` ends, global rank 0 writes the layer with
+:meth:`EmoSteer.save` beside the checkpoints (``<ckpt dir>/../emosteer``, or
+``<log dir>/emosteer``, or ``export_dir``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.mini_tts.module import _jsonable, _read_recipe, warmup_then_decay
+from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
+from emoctl.emosteer.loading import load_backbone
+from emoctl.emosteer.objective import teacher_forced_nll
+from emoctl.emosteer.steer import TRAINING_PHASES, steer
+from emoctl.errors import ConfigError
+
+
+class EmoShiftModule(pl.LightningModule):
+    """A frozen backbone and the EmoSteer layer that learns to shift its output embedding."""
+
+    def __init__(
+        self,
+        backbone_path: str,
+        backbone_kind: str = "mini_tts",
+        emotions: Sequence[str] | None = None,
+        neutral: Literal["identity", "layer"] = "identity",
+        neutral_name: str = "Neutral",
+        rank: int | None = None,
+        epsilon: float = 1e-3,
+        init_std: float = 0.02,
+        condition: Literal["emotion", "neutral"] = "emotion",
+        hookpoint: str = "lm_out",
+        lr: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 50,
+        schedule: Literal["cosine", "linear"] = "cosine",
+        min_lr_fraction: float = 0.1,
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone_path: Folder of the frozen backbone's checkpoint.
+            backbone_kind: Which loader reads it ("mini_tts"; CosyVoice and IndexTTS2 come with their adapters).
+            emotions: Emotions the layer serves, Neutral included; None: every emotion the backbone knows.
+            neutral: "identity": Neutral has no layer and is left untouched; "layer": it gets its own matrix.
+            neutral_name: The name of the neutral emotion.
+            rank: None for full d×d matrices (the paper); r for W_e = A_e·B_e of rank r.
+            epsilon: ε of h' = h + ε·h·W_e (the paper's 0.001).
+            init_std: Standard deviation of the low-rank A at initialisation (B starts at zero).
+            condition: Emotion condition the backbone is given: each row's own ("emotion") or "neutral" for all,
+                so that only the layer carries the emotion.
+            hookpoint: Backbone hookpoint the layer rewrites (the input of the speech-token head).
+            lr: Peak AdamW learning rate on W. Adam's step does not scale with ε, so the shift ε·h·W moves by about
+                ε·lr per step: lr = 1 with ε = 1e-3 is an ordinary 1e-3 step on the product ε·W.
+            betas: Adam betas.
+            weight_decay: AdamW weight decay on the layer's matrices.
+            warmup_steps: Steps of linear warm-up from 0 to ``lr``.
+            schedule: Decay after warm-up, to ``min_lr_fraction * lr`` at the last step.
+            min_lr_fraction: Final learning rate as a fraction of ``lr``.
+            export_dir: Where the trained layer goes; None: beside the checkpoints.
+        """
+        super().__init__()
+        if lr <= 0 or warmup_steps < 0 or not 0.0 <= min_lr_fraction <= 1.0:
+            raise ConfigError(f"need lr > 0, warmup_steps >= 0 and 0 <= min_lr_fraction <= 1; got lr={lr}, "
+                              f"warmup_steps={warmup_steps}, min_lr_fraction={min_lr_fraction}.")
+        if condition not in ("emotion", "neutral"):
+            raise ConfigError(f"model.condition must be 'emotion' or 'neutral', got {condition!r}.")
+        self.save_hyperparameters()
+        self.backbone: Backbone = load_backbone(backbone_kind, backbone_path)
+        self.backbone.eval().requires_grad_(False)
+        names = list(emotions) if emotions is not None else self.backbone.emotions
+        unknown = sorted(set(names) - set(self.backbone.emotions))
+        if unknown:
+            raise ConfigError(f"model.emotions has {unknown}, which the backbone at {backbone_path} does not know "
+                              f"({', '.join(self.backbone.emotions)}).")
+        if condition == "neutral" and neutral_name not in self.backbone.emotions:
+            raise ConfigError(f"condition: neutral needs the backbone to know {neutral_name!r} (model.neutral_name); "
+                              f"it knows {', '.join(self.backbone.emotions)}.")
+        if hookpoint not in self.backbone.hookpoints:
+            raise ConfigError(f"model.hookpoint={hookpoint!r} is not a hookpoint of this backbone; it has "
+                              f"{', '.join(self.backbone.hookpoints)}.")
+        self.emosteer = EmoSteer(EmoSteerConfig(hidden_size=self.backbone.hidden_size, emotions=names, neutral=neutral,
+                                             neutral_name=neutral_name, rank=rank, epsilon=epsilon,
+                                             init_std=init_std))
+        self.backbone_id = self.backbone.backbone_id
+        self.strict_loading = False  # checkpoints hold the layer only; the backbone comes from backbone_path
+        self.exported: Path | None = None
+        self.backbone_was_training = False  # set if a step ever saw the backbone in train mode (tests read it)
+
+    # --------------------------------------------------------- frozen parts
+    def train(self, mode: bool = True) -> EmoShiftModule:
+        """Lightning calls ``.train()`` each epoch; the frozen backbone must keep dropout off regardless."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def parameter_report(self) -> dict[str, Any]:
+        """Trainable (layer) and frozen (backbone) parameter counts, and their ratio."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        return {"trainable": trainable, "backbone": backbone, "ratio": trainable / max(backbone, 1)}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        prompts: Sequence[Prompt] = getattr(datamodule, "prompts", ()) or ()
+        missing = sorted({p.emotion for p in prompts} - set(self.emosteer.emotions))
+        if missing:
+            raise ConfigError(f"the corpus has emotions {missing} that the EmoSteer layer does not serve "
+                              f"({self.emosteer.emotions}); add them to model.emotions or to data.emotions' filter.")
+        tokenizer = getattr(self.backbone, "tokenizer", None)
+        for prompt in prompts if tokenizer is not None else ():
+            tokenizer.encode(prompt.text)  # raises ConfigError naming the text and its characters
+        codec = getattr(datamodule, "codec", None)
+        backbone_codec = getattr(self.backbone, "codec", None)
+        if codec is not None and backbone_codec is not None and codec.digest != backbone_codec.digest:
+            raise ConfigError(f"data.codec_dir holds codec {codec.digest} but the backbone at "
+                              f"{self.hparams.backbone_path} speaks codec {backbone_codec.digest}: its target tokens "
+                              "would mean other sounds. Point data.codec_dir at the backbone's codec/ folder.")
+        report = self.parameter_report()
+        rank_zero_info(f"EmoShift: {report['trainable']:,} trainable parameters (EmoSteer, "
+                       f"{'full' if self.hparams.rank is None else 'rank ' + str(self.hparams.rank)}) on a frozen "
+                       f"backbone of {report['backbone']:,} ({report['ratio']:.2%}).")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Prompts are frozen dataclasses of strings, which Lightning's generic mover cannot rebuild.
+        prompts, speech, lengths = batch
+        return prompts, speech.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+
+    # --------------------------------------------------------------- the math
+    def backbone_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
+        """The prompts as the backbone hears them: unchanged, or all Neutral under ``condition: neutral``."""
+        if self.hparams.condition == "emotion":
+            return list(prompts)
+        name = self.hparams.neutral_name
+        return [Prompt(p.text, p.speaker, name, p.utt_id) for p in prompts]
+
+    def _losses(self, batch: Any) -> dict[str, Any]:
+        prompts, speech, lengths = batch
+        emotions = [p.emotion for p in prompts]
+        with steer(self.backbone, self.emosteer, emotions, 1.0, hookpoint=self.hparams.hookpoint,
+                   phases=TRAINING_PHASES) as hook:
+            hook.record = True
+            out = teacher_forced_nll(self.backbone, self.backbone_prompts(prompts), speech, lengths)
+        return {"loss": out.mean(), "tokens": out.valid.sum(), "valid": out.valid, "shift": hook.last_shift,
+                "emotions": emotions}
+
+    def _shift_stats(self, losses: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Mean ‖v_e‖ (v_e = h·W_e) over the real positions of each emotion's rows in the batch."""
+        shift, valid = losses["shift"], losses["valid"]
+        if shift is None:  # every row Neutral-identity or the layer still exactly zero
+            return {}
+        v_norm = shift.detach().float().norm(dim=-1) / self.hparams.epsilon  # (B, T')
+        stats = {}
+        for name in sorted(set(losses["emotions"]) & set(self.emosteer.layer_emotions)):
+            rows = torch.tensor([e == name for e in losses["emotions"]], device=v_norm.device)
+            mask = valid & rows[:, None]
+            stats[f"train/v_norm/{name}"] = (v_norm * mask).sum() / mask.sum().clamp(min=1)
+        return stats
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.backbone_was_training |= self.backbone.training
+        losses = self._losses(batch)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        n = len(batch[0])
+        self.log_dict({"train/loss": losses["loss"].detach(), "train/lr": torch.tensor(lr), **self._shift_stats(losses)},
+                      batch_size=n)
+        with torch.no_grad():
+            norms = self.emosteer.matrices().flatten(1).norm(dim=1)  # (E,) ‖W_e‖_F
+        self.log_dict({f"train/W_norm/{e}": norms[i] for i, e in enumerate(self.emosteer.layer_emotions)}, batch_size=n)
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, batch_size=n)
+        return losses["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        losses = self._losses(batch)
+        # Weighting each batch by its token count makes the epoch mean a token average.
+        self.log("val/loss", losses["loss"], on_epoch=True, sync_dist=True, batch_size=int(losses["tokens"]))
+
+    # -------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        params = list(self.emosteer.parameters())
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if {id(p) for p in trainable} != {id(p) for p in params}:
+            raise RuntimeError("EmoShift must train exactly the EmoSteer parameters, but other parameters require "
+                               "gradients; the backbone was unfrozen somewhere.")
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        factor = warmup_then_decay(hp.warmup_steps, total, hp.schedule, hp.min_lr_fraction)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("backbone.")]:
+            del state[key]
+        checkpoint["emoshift_backbone_id"] = self.backbone_id
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("emoshift_backbone_id")
+        if saved is not None and saved != self.backbone_id:
+            raise ConfigError(f"this checkpoint trained an EmoSteer layer on backbone {saved}, but "
+                              f"model.backbone_path={self.hparams.backbone_path} is {self.backbone_id}; "
+                              "point backbone_path at the original backbone.")
+        missing = [k for k in self.emosteer.state_dict() if f"emosteer.{k}" not in checkpoint.get("state_dict", {})]
+        if missing:
+            raise ConfigError(f"the checkpoint lacks the EmoSteer tensors {missing}; it was written by another model "
+                              "(rank or emotions differ?).")
+
+    # ----------------------------------------------------------------- export
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.exported = self._export()
+        self.trainer.strategy.barrier("emosteer_export")
+
+    def export_dir(self) -> Path:
+        if self.hparams.export_dir is not None:
+            return Path(self.hparams.export_dir)
+        checkpoint = self.trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "dirpath", None):
+            return Path(checkpoint.dirpath).parent / "emosteer"
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "emosteer"
+
+    def _export(self) -> Path:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        describe = getattr(datamodule, "describe", None)
+        metadata = {
+            "backbone_id": self.backbone_id, "backbone_kind": self.hparams.backbone_kind,
+            "backbone_path": self.hparams.backbone_path, "hookpoint": self.hparams.hookpoint,
+            "condition": self.hparams.condition, "parameters": self.parameter_report(),
+            "data": describe() if callable(describe) else None,
+            "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(self.trainer.global_step),
+                         "recipe": _read_recipe(self.trainer)},
+        }
+        target = self.emosteer.save(self.export_dir(), metadata=metadata)
+        rank_zero_info(f"EmoSteer layer exported to {target}")
+        return target

@@ -1,0 +1,123 @@
+"""``SFTModule``: full fine-tuning of the backbone on the EmoShift data, the paper's CosyVoice-SFT baseline.
+
+Same batches, same teacher-forced loss (:func:`~emoctl.emosteer.objective.teacher_forced_nll`)
+under each row's emotion condition, same step budget in the recipe; the
+difference is what trains: every backbone parameter, with its dropout on.
+The fine-tuned backbone is exported with its own ``save`` at fit end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from emoctl.backbones.base import Backbone
+from emoctl.backbones.mini_tts.module import _jsonable, warmup_then_decay
+from emoctl.emosteer.loading import load_backbone
+from emoctl.emosteer.objective import teacher_forced_nll
+from emoctl.errors import ConfigError
+
+
+class SFTModule(pl.LightningModule):
+    """Fine-tunes all of a pretrained backbone by teacher forcing."""
+
+    def __init__(
+        self,
+        backbone_path: str,
+        backbone_kind: str = "mini_tts",
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.98),
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        schedule: Literal["cosine", "linear"] = "cosine",
+        min_lr_fraction: float = 0.1,
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone_path: Folder of the pretrained backbone's checkpoint.
+            backbone_kind: Which loader reads it ("mini_tts").
+            lr: Peak AdamW learning rate (fine-tuning: lower than pretraining).
+            betas: AdamW betas.
+            weight_decay: AdamW weight decay on matrices and embeddings.
+            warmup_steps: Steps of linear warm-up from 0 to ``lr``.
+            schedule: Decay after warm-up, to ``min_lr_fraction * lr`` at the last step.
+            min_lr_fraction: Final learning rate as a fraction of ``lr``.
+            export_dir: Where the fine-tuned backbone goes; None: beside the checkpoints as ``sft_backbone``.
+        """
+        super().__init__()
+        if lr <= 0 or warmup_steps < 0:
+            raise ConfigError(f"need lr > 0 and warmup_steps >= 0; got lr={lr}, warmup_steps={warmup_steps}.")
+        self.save_hyperparameters()
+        self.backbone: Backbone = load_backbone(backbone_kind, backbone_path)
+        self.backbone.requires_grad_(True)
+        self.exported: Path | None = None
+
+    def parameter_report(self) -> dict[str, Any]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        return {"trainable": trainable, "backbone": backbone, "ratio": trainable / max(backbone, 1)}
+
+    def setup(self, stage: str) -> None:
+        report = self.parameter_report()
+        rank_zero_info(f"SFT: {report['trainable']:,} trainable parameters (the whole backbone).")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        prompts, speech, lengths = batch
+        return prompts, speech.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+
+    def _loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts, speech, lengths = batch
+        out = teacher_forced_nll(self.backbone, prompts, speech, lengths)
+        return out.mean(), out.valid.sum()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train/loss", loss.detach(), batch_size=len(batch[0]))
+        self.log("train/lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=len(batch[0]))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, tokens = self._loss(batch)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(tokens))
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        hp = self.hparams
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        factor = warmup_then_decay(hp.warmup_steps, total, hp.schedule, hp.min_lr_fraction)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.exported = self._export()
+        self.trainer.strategy.barrier("sft_export")
+
+    def export_dir(self) -> Path:
+        if self.hparams.export_dir is not None:
+            return Path(self.hparams.export_dir)
+        checkpoint = self.trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "dirpath", None):
+            return Path(checkpoint.dirpath).parent / "sft_backbone"
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "sft_backbone"
+
+    def _export(self) -> Path | None:
+        save = getattr(self.backbone, "save", None)
+        if not callable(save):
+            rank_zero_info("SFT: this backbone has no save(); only the Lightning checkpoints hold the weights.")
+            return None
+        metadata = getattr(self.backbone, "metadata", None)
+        if isinstance(metadata, dict):
+            metadata["sft"] = {"hparams": _jsonable(dict(self.hparams)), "global_step": int(self.trainer.global_step),
+                               "parameters": self.parameter_report()}
+        target = save(self.export_dir())
+        rank_zero_info(f"SFT backbone exported to {target}")
+        return target
