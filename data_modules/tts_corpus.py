@@ -306,9 +306,12 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         corpus_records = {}
         for path in sorted(self.corpus_root.glob("*.json")):
             try:
-                corpus_records[path.name] = json.loads(path.read_text())
+                record = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
-                corpus_records[path.name] = None
+                record = None
+            if isinstance(record, dict):  # the build settings and checksum identify the corpus; the
+                record.pop("utterances", None)  # per-clip rows (MBs) stay in the corpus folder
+            corpus_records[path.name] = record
         train_tokens = sum(len(t) for t in self.train_items.tokens) if self.train_items else 0
         return {
             "corpus_root": os.fspath(self.corpus_root.resolve()), "corpus_records": corpus_records,
