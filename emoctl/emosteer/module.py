@@ -55,6 +55,7 @@ class EmoShiftModule(pl.LightningModule):
         schedule: Literal["cosine", "linear"] = "cosine",
         min_lr_fraction: float = 0.1,
         export_dir: str | None = None,
+        probe_alphas: Sequence[float] = (1.0,),
     ) -> None:
         """
         Args:
@@ -77,6 +78,7 @@ class EmoShiftModule(pl.LightningModule):
             schedule: Decay after warm-up, to ``min_lr_fraction * lr`` at the last step.
             min_lr_fraction: Final learning rate as a fraction of ``lr``.
             export_dir: Where the trained layer goes; None: beside the checkpoints.
+            probe_alphas: Intensities at which a ``ProbeCallback`` listens to the layer (besides unsteered).
         """
         super().__init__()
         if lr <= 0 or warmup_steps < 0 or not 0.0 <= min_lr_fraction <= 1.0:
@@ -194,6 +196,22 @@ class EmoShiftModule(pl.LightningModule):
         losses = self._losses(batch)
         # Weighting each batch by its token count makes the epoch mean a token average.
         self.log("val/loss", losses["loss"], on_epoch=True, sync_dist=True, batch_size=int(losses["tokens"]))
+
+    # ----------------------------------------------------------------- probes
+    def probe_settings(self) -> list[str]:
+        """Settings a :class:`~emoctl.callbacks.probe.ProbeCallback` compares: unsteered, then each α."""
+        return ["unsteered"] + [f"alpha={a:g}" for a in self.hparams.probe_alphas]
+
+    @torch.no_grad()
+    def probe_synthesize(self, prompts: Sequence[Prompt], setting: str, seed: int) -> list[tuple[Any, int]]:
+        """Speak each prompt under the backbone's condition, steered toward the prompt's emotion at α."""
+        from emoctl.synthesis import synthesize
+
+        alpha = 0.0 if setting == "unsteered" else float(setting.removeprefix("alpha="))
+        with steer(self.backbone, self.emosteer, [p.emotion for p in prompts], alpha=alpha,
+                   hookpoint=self.hparams.hookpoint):
+            clips = synthesize(self.backbone, self.backbone_prompts(prompts), seed=seed)
+        return [(clip.wave, clip.sample_rate) for clip in clips]
 
     # -------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
