@@ -47,7 +47,7 @@ class Tool:
         return getattr(importlib.import_module(module), name)
 
 
-TOOLS: dict[str, dict[str, Tool]] = {
+TOOLS: dict[str, dict[str, Tool] | Tool] = {
     "bench": {
         "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
         "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
@@ -55,8 +55,9 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
     },
+    "evaluate": Tool("emoctl.metrics.evaluate:evaluate", "Score generated clips: WER, SpkSIM, DNSMOS, SER accuracy, Emo-SIM."),
 }
-"""Tool commands: ``emoctl <group> <name> [--args]``.  Later work adds groups."""
+"""Tool commands: ``emoctl <group> <name> [--args]``, or ``emoctl <name> [--args]`` where the value is a single Tool."""
 
 TOOL_SUMMARIES: dict[str, str] = {
     "bench": "Benchmarks that print a Markdown table with ratios against a baseline measured in the same run.",
@@ -102,6 +103,9 @@ def _overview() -> str:
     lines += [f"  {name:<10} {text}" for name, text in TRAINER_COMMANDS.items()]
     lines += ["", "Tools:"]
     for group, tools in TOOLS.items():
+        if isinstance(tools, Tool):
+            lines.append(f"  {group:<10} {tools.summary}")
+            continue
         lines.append(f"  {group:<10} {TOOL_SUMMARIES.get(group, '')}")
         lines += [f"    {group} {name:<12} {tool.summary}" for name, tool in tools.items()]
     lines += [
@@ -139,6 +143,9 @@ def _run_lightning_cli(command: str, rest: list[str], from_argv: bool) -> None:
 
 def _run_tool(group: str, rest: list[str]) -> None:
     tools = TOOLS[group]
+    if isinstance(tools, Tool):
+        _run_function(group, tools, rest)
+        return
     if not rest or rest[0] in ("-h", "--help"):
         print(f"usage: emoctl {group} <name> [--config FILE] [--key=value ...]\n")
         print("\n".join(f"  {name:<12} {tool.summary}" for name, tool in tools.items()))
@@ -146,10 +153,14 @@ def _run_tool(group: str, rest: list[str]) -> None:
     name, rest = rest[0], rest[1:]
     if name not in tools:
         raise _InputError(f"unknown {group} {name!r}; choose one of: {', '.join(tools)}")
+    _run_function(f"{group} {name}", tools[name], rest)
+
+
+def _run_function(prog: str, tool: Tool, rest: list[str]) -> None:
     from jsonargparse import ArgumentParser
 
-    function = tools[name].load()
-    parser = ArgumentParser(prog=f"emoctl {group} {name}", description=function.__doc__, exit_on_error=False)
+    function = tool.load()
+    parser = ArgumentParser(prog=f"emoctl {prog}", description=function.__doc__, exit_on_error=False)
     parser.add_argument("-c", "--config", action="config", help="YAML file of arguments (repeatable).")
     parser.add_function_arguments(function, as_group=False)
     config = parser.parse_args(rest)
