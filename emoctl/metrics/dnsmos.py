@@ -10,7 +10,7 @@ The ONNX graphs are the ones bundled in the PyPI package ``speechmos``, run
 here through onnxruntime directly (one session each, one intra-op thread by
 default so parallel workers do not oversubscribe the cores).  The scoring
 follows Microsoft's reference script: 16 kHz audio; a clip shorter than the
-9.01 s model window is tiled until it fills one window; longer clips are
+9.01 s model window is doubled until it fills one window; longer clips are
 scored on 9.01 s windows every 1 s and the window scores are averaged.
 """
 from __future__ import annotations
@@ -95,9 +95,9 @@ class DNSMOS:
     def _score(self, wave: np.ndarray) -> DNSMOSScore:
         primary, p808 = self._sessions
         window = int(WINDOW_S * SAMPLE_RATE)
-        if wave.size < window:
-            wave = np.tile(wave, int(np.ceil(window / wave.size)))
-        n_windows = int(np.floor(wave.size / SAMPLE_RATE - WINDOW_S)) + 1
+        while wave.size < window:  # doubling, as the reference script does (so scores match it)
+            wave = np.concatenate([wave, wave])
+        n_windows = int(np.floor(wave.size / SAMPLE_RATE) - WINDOW_S) + 1  # whole seconds first, as the reference
         rows = []
         for index in range(n_windows):
             start = int(index * HOP_S * SAMPLE_RATE)
