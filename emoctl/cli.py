@@ -47,7 +47,7 @@ class Tool:
         return getattr(importlib.import_module(module), name)
 
 
-TOOLS: dict[str, dict[str, Tool] | Tool] = {
+TOOLS: dict[str, dict[str, Tool]] = {
     "bench": {
         "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
         "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
@@ -55,13 +55,15 @@ TOOLS: dict[str, dict[str, Tool] | Tool] = {
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
     },
-    "evaluate": Tool("emoctl.metrics.evaluate:evaluate", "Score generated clips: WER, SpkSIM, DNSMOS, SER accuracy, Emo-SIM."),
+    "evaluate": {"": Tool("emoctl.metrics.evaluate:evaluate",
+                          "Score generated clips: WER, SpkSIM, DNSMOS, SER accuracy and Emo-SIM (CSV + Markdown).")},
 }
-"""Tool commands: ``emoctl <group> <name> [--args]``, or ``emoctl <name> [--args]`` where the value is a single Tool."""
+"""Tool commands: ``emoctl <group> <name> [--args]``.  Later work adds groups."""
 
 TOOL_SUMMARIES: dict[str, str] = {
     "bench": "Benchmarks that print a Markdown table with ratios against a baseline measured in the same run.",
     "inspect": "Look inside trained artifacts.",
+    "evaluate": "Score generated clips against a manifest: WER, SpkSIM, DNSMOS, SER accuracy, Emo-SIM.",
 }
 
 
@@ -103,9 +105,6 @@ def _overview() -> str:
     lines += [f"  {name:<10} {text}" for name, text in TRAINER_COMMANDS.items()]
     lines += ["", "Tools:"]
     for group, tools in TOOLS.items():
-        if isinstance(tools, Tool):
-            lines.append(f"  {group:<10} {tools.summary}")
-            continue
         lines.append(f"  {group:<10} {TOOL_SUMMARIES.get(group, '')}")
         lines += [f"    {group} {name:<12} {tool.summary}" for name, tool in tools.items()]
     lines += [
@@ -143,24 +142,19 @@ def _run_lightning_cli(command: str, rest: list[str], from_argv: bool) -> None:
 
 def _run_tool(group: str, rest: list[str]) -> None:
     tools = TOOLS[group]
-    if isinstance(tools, Tool):
-        _run_function(group, tools, rest)
-        return
-    if not rest or rest[0] in ("-h", "--help"):
+    if "" in tools:  # a group that is a single command: `emoctl select --key=value`
+        rest = ["", *rest]
+    elif not rest or rest[0] in ("-h", "--help"):
         print(f"usage: emoctl {group} <name> [--config FILE] [--key=value ...]\n")
         print("\n".join(f"  {name:<12} {tool.summary}" for name, tool in tools.items()))
         return
     name, rest = rest[0], rest[1:]
     if name not in tools:
         raise _InputError(f"unknown {group} {name!r}; choose one of: {', '.join(tools)}")
-    _run_function(f"{group} {name}", tools[name], rest)
-
-
-def _run_function(prog: str, tool: Tool, rest: list[str]) -> None:
     from jsonargparse import ArgumentParser
 
-    function = tool.load()
-    parser = ArgumentParser(prog=f"emoctl {prog}", description=function.__doc__, exit_on_error=False)
+    function = tools[name].load()
+    parser = ArgumentParser(prog=f"emoctl {group} {name}".rstrip(), description=function.__doc__, exit_on_error=False)
     parser.add_argument("-c", "--config", action="config", help="YAML file of arguments (repeatable).")
     parser.add_function_arguments(function, as_group=False)
     config = parser.parse_args(rest)

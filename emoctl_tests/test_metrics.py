@@ -242,7 +242,7 @@ def test_evaluate_end_to_end_through_the_cli(tmp_path):
     rows = _write_clips(audio)
     (audio / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = run_emoctl("evaluate", "--audio", str(audio), "--manifest", str(audio / "manifest.jsonl"),
-                        "--out", str(out))
+                        "--out", str(out), "--threads", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out / "clips.csv", newline="") as stream:
         table = list(csv.DictReader(stream))

@@ -121,6 +121,6 @@ def _p808_features(segment: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=2)
-def load_dnsmos(models_dir: str | None = None) -> DNSMOS:
-    """One scorer per process (the ONNX sessions load on first use)."""
-    return DNSMOS(models_dir)
+def load_dnsmos(models_dir: str | None = None, threads: int = 1) -> DNSMOS:
+    """One scorer per (folder, threads) per process (the ONNX sessions load on first use)."""
+    return DNSMOS(models_dir, threads=threads)

@@ -112,7 +112,7 @@ def evaluate(audio: Path, manifest: Path, out: Path,
              asr: Literal["whisper", "pocketsphinx", "none"] = "whisper", asr_model_dir: Optional[Path] = None,
              speaker: Literal["resemblyzer", "wavlm", "none"] = "resemblyzer", speaker_model_dir: Optional[Path] = None,
              dnsmos: bool = True, ser: Literal["none", "emotion2vec", "mini"] = "none",
-             ser_model_dir: Optional[Path] = None) -> Path:
+             ser_model_dir: Optional[Path] = None, threads: Optional[int] = None) -> Path:
     """Score generated clips (WER, speaker similarity, DNSMOS, SER accuracy and Emo-SIM); write clips.csv and summary.md.
 
     Args:
@@ -126,13 +126,32 @@ def evaluate(audio: Path, manifest: Path, out: Path,
         dnsmos: Score DNSMOS SIG/BAK/OVRL/P.808.
         ser: Emotion recognizer for SER accuracy and Emo-SIM: emotion2vec (needs ser_model_dir and funasr), the
             embedded mini recognizer, or none.
-        ser_model_dir: Local emotion2vec model folder (ser=emotion2vec).
+        ser_model_dir: Local emotion2vec model folder (ser=emotion2vec, required), or a mini SER checkpoint folder
+            (ser=mini; unset = the committed one).
+        threads: CPU threads of every model (torch, CTranslate2, onnxruntime); unset keeps each library's default.
+            Use 1 on a machine shared with other jobs: spinning thread pools slow down badly when oversubscribed.
     """
     audio, manifest, out = Path(audio), Path(manifest), Path(out)
     if not audio.is_dir():
         raise ConfigError(f"--audio {audio} is not a folder; give the folder the manifest's clip paths are under.")
     rows = read_manifest(manifest)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads {threads} must be at least 1 (or left unset).")
+        torch.set_num_threads(threads)
+    if asr != "none":
+        from emoctl.metrics.wer import normalize_text
+
+        wordless = [r.clip for r in rows if not normalize_text(r.text)]
+        if wordless:
+            raise ConfigError(f"{manifest}: the text of {', '.join(wordless[:5])} has no words after normalization, "
+                              f"so WER is undefined; give the words each clip should say (or --asr none).")
     recognizer = _make_recognizer(ser, ser_model_dir)  # fails fast on a missing funasr / folder / module
+    if recognizer is not None:
+        unknown = sorted({r.target_emotion for r in rows} - set(recognizer.labels))
+        if unknown:
+            raise ConfigError(f"{manifest}: target_emotion values {unknown} are not among {recognizer.name}'s "
+                              f"labels {list(recognizer.labels)}; use ESD's names.")
     clips = {}
     references = {}
     for row in tqdm(rows, desc="read clips", unit="clip"):
@@ -150,7 +169,8 @@ def evaluate(audio: Path, manifest: Path, out: Path,
     if asr != "none":
         from emoctl.metrics.wer import corpus_wer, load_asr, word_error_rate
 
-        model = load_asr(asr, None if asr_model_dir is None else str(asr_model_dir))
+        model = load_asr(asr, None if asr_model_dir is None else str(asr_model_dir),
+                         threads if asr == "whisper" else None)
         start = time.perf_counter()
         hyps = [model.transcribe([w], SAMPLE_RATE, names=[r.clip])[0]
                 for w, r in zip(tqdm(waves, desc=f"WER ({model.name})", unit="clip"), rows)]
@@ -166,7 +186,7 @@ def evaluate(audio: Path, manifest: Path, out: Path,
     if dnsmos:
         from emoctl.metrics.dnsmos import load_dnsmos
 
-        scorer = load_dnsmos()
+        scorer = load_dnsmos(threads=threads or 1)
         start = time.perf_counter()
         scores = [scorer([w], SAMPLE_RATE, names=[r.clip])[0]
                   for w, r in zip(tqdm(waves, desc="DNSMOS", unit="clip"), rows)]
@@ -213,7 +233,7 @@ def _speaker_similarity(rows: list[ManifestRow], waves: list[np.ndarray], refere
 def _make_recognizer(ser: str, model_dir: Optional[Path]):
     if ser == "none":
         if model_dir is not None:
-            raise ConfigError("--ser_model_dir is set but --ser is none; add --ser emotion2vec.")
+            raise ConfigError("--ser_model_dir is set but --ser is none; add --ser emotion2vec or --ser mini.")
         return None
     if ser == "emotion2vec":
         if model_dir is None:
@@ -227,7 +247,7 @@ def _make_recognizer(ser: str, model_dir: Optional[Path]):
         except ImportError as err:
             raise ConfigError("--ser mini needs emoctl.metrics.ser_mini.load_mini_ser, which this checkout does "
                               f"not have yet ({err}); use --ser emotion2vec --ser_model_dir PATH or --ser none.") from err
-        return load_mini_ser()
+        return load_mini_ser(model_dir)  # None = the committed checkpoint
     raise ConfigError(f"unknown --ser {ser!r}; choose none, emotion2vec or mini.")
 
 
@@ -240,10 +260,6 @@ def _emotion_metrics(rows: list[ManifestRow], waves: list[np.ndarray], reference
     paths = list(references)
     ref_results = {p: recognizer([references[p]], SAMPLE_RATE) for p in paths}
     timings["SER + Emo-SIM"] = time.perf_counter() - start
-    labels = results[0].labels
-    unknown = sorted({r.target_emotion for r in rows} - set(labels))
-    if unknown:
-        raise ConfigError(f"target_emotion values {unknown} are not among the recognizer's labels {list(labels)}.")
     predicted = [res.predicted()[0] for res in results]
     columns["ser_predicted"] = predicted
     columns["ser_correct"] = [int(p == r.target_emotion) for p, r in zip(predicted, rows)]

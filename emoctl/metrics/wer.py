@@ -249,10 +249,10 @@ class PocketSphinxASR(SpeechRecognizer):
 
 
 @lru_cache(maxsize=4)
-def load_asr(kind: str = "whisper", model_dir: str | None = None) -> SpeechRecognizer:
-    """One recognizer per (kind, model_dir) per process; the model itself loads on first transcription."""
+def load_asr(kind: str = "whisper", model_dir: str | None = None, cpu_threads: int | None = None) -> SpeechRecognizer:
+    """One recognizer per (kind, model_dir, threads) per process; the model itself loads on first transcription."""
     if kind == "whisper":
-        return FasterWhisperASR(model_dir)
+        return FasterWhisperASR(model_dir, cpu_threads=cpu_threads)
     if kind == "pocketsphinx":
         if model_dir is not None:
             raise ConfigError("asr=pocketsphinx uses its bundled en-us model; drop asr_model_dir.")
