@@ -17,6 +17,7 @@ Encoders share :class:`SpeakerEncoder` so another model plugs in:
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -61,7 +62,9 @@ class ResemblyzerEncoder(SpeakerEncoder):
     @cached_property
     def model(self) -> Any:
         try:
-            from resemblyzer import VoiceEncoder
+            with warnings.catch_warnings():  # resemblyzer 0.1.4 imports a deprecated scipy.ndimage namespace
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from resemblyzer import VoiceEncoder
         except ImportError as err:
             raise ConfigError("ResemblyzerEncoder needs the PyPI packages resemblyzer and a webrtcvad build: "
                               "`pip install webrtcvad-wheels resemblyzer` (or `pip install -e '.[metrics]'`).") from err
