@@ -66,6 +66,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "select": {"": Tool("emoctl.selection.select:select_features", "Top-m SAE emotion features by paired Δ-score.")},
     "attribute": {"": Tool("emoctl.steering.attribute:attribute_features",
                            "Acoustic effect (ΔF0, ΔRMS, ...) of steering each selected feature alone.")},
+    "evaluate": {"": Tool("emoctl.metrics.evaluate:evaluate",
+                          "Score generated clips: WER, SpkSIM, DNSMOS, SER accuracy and Emo-SIM (CSV + Markdown).")},
 }
 """Tool commands: ``emoctl <group> <name> [--args]``.  Later work adds groups."""
 
@@ -76,6 +78,7 @@ TOOL_SUMMARIES: dict[str, str] = {
     "inspect": "Look inside trained artifacts.",
     "select": "Select each emotion's SAE features from paired activations (JSON + PNG + Markdown).",
     "attribute": "Steer one feature at a time and report the acoustic shifts (Markdown + CSV + PNG).",
+    "evaluate": "Score generated clips against a manifest: WER, SpkSIM, DNSMOS, SER accuracy, Emo-SIM.",
 }
 
 

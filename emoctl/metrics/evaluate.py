@@ -1,0 +1,337 @@
+"""``emoctl evaluate``: score a folder of generated clips against a manifest.
+
+Manifest: CSV (header row) or JSONL (one object a line) with the columns
+
+* ``clip``: audio file, relative to ``--audio`` (or absolute);
+* ``text``: what the clip should say (for WER);
+* ``speaker``: speaker id (references are grouped by it for SpkSIM);
+* ``target_emotion``: one of ESD's five (for SER accuracy and Emo-SIM);
+* ``reference`` (optional): a recording of the same text, speaker and target
+  emotion, relative to ``--audio`` (or absolute).
+
+What is scored:
+
+* WER of each clip's transcript (ASR: bundled Whisper tiny.en by default);
+* SpkSIM: cosine of the clip's speaker embedding to the centroid of its
+  speaker's reference clips (NaN for a speaker with no reference);
+* DNSMOS SIG, BAK, OVRL and P.808;
+* with ``--ser``: SER accuracy, the probability of the target emotion, and
+  Emo-SIM against the matched reference and against the target emotion's
+  prototype (mean embedding of the reference clips of that emotion).
+
+Every clip and reference is read and validated before any model loads, so a
+bad file fails in seconds with its name.  Output in ``--out``: ``clips.csv``
+(one row per clip) and ``summary.md`` (means with 95% intervals, the models
+used, the reference mode of every Emo-SIM), each written to a temporary file
+and renamed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emoctl.errors import ConfigError
+from emoctl.metrics.audio import prepare_clip
+from emoctl.metrics.stats import Estimate, mean_ci
+
+__all__ = ["ManifestRow", "evaluate", "read_manifest"]
+
+REQUIRED_COLUMNS = ("clip", "text", "speaker", "target_emotion")
+SAMPLE_RATE = 16000  # every model here runs at 16 kHz: resample once, at load
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    clip: str
+    text: str
+    speaker: str
+    target_emotion: str
+    reference: str = ""
+
+
+def read_manifest(path: Path) -> list[ManifestRow]:
+    """Rows of a CSV or JSONL manifest, with every required column present and non-empty."""
+    if not path.is_file():
+        raise ConfigError(f"manifest {path} does not exist; give a CSV or JSONL file with columns "
+                          f"{', '.join(REQUIRED_COLUMNS)} and optionally reference.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"{path}:{number}: not a JSON object ({err.msg}).") from err
+        first_line = 1
+    else:
+        records = list(csv.DictReader(io.StringIO(text)))
+        first_line = 2
+    if not records:
+        raise ConfigError(f"manifest {path} has no rows.")
+    rows = []
+    for number, record in enumerate(records, first_line):
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}:{number}: each line must be a JSON object, got {type(record).__name__}.")
+        missing = [c for c in REQUIRED_COLUMNS if not str(record.get(c) or "").strip()]
+        if missing:
+            raise ConfigError(f"{path}:{number}: missing or empty {', '.join(missing)}; every row needs "
+                              f"{', '.join(REQUIRED_COLUMNS)}.")
+        rows.append(ManifestRow(*(str(record[c]).strip() for c in REQUIRED_COLUMNS),
+                                reference=str(record.get("reference") or "").strip()))
+    return rows
+
+
+def _load_audio(root: Path, relative: str) -> np.ndarray:
+    """(n,) float32 at 16 kHz of one validated file."""
+    import soundfile as sf
+
+    path = Path(relative) if Path(relative).is_absolute() else root / relative
+    if not path.is_file():
+        raise ConfigError(f"clip {path} (from the manifest) does not exist under --audio {root}.")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (n, channels)
+    except Exception as err:  # soundfile raises its own LibsndfileError / RuntimeError
+        raise ConfigError(f"clip {path} could not be read as audio ({err}).") from err
+    return prepare_clip(data.T, rate, name=str(path), target_rate=SAMPLE_RATE)
+
+
+def evaluate(audio: Path, manifest: Path, out: Path,
+             asr: Literal["whisper", "pocketsphinx", "none"] = "whisper", asr_model_dir: Optional[Path] = None,
+             speaker: Literal["resemblyzer", "wavlm", "none"] = "resemblyzer", speaker_model_dir: Optional[Path] = None,
+             dnsmos: bool = True, ser: Literal["none", "emotion2vec", "mini"] = "none",
+             ser_model_dir: Optional[Path] = None, threads: Optional[int] = None) -> Path:
+    """Score generated clips (WER, speaker similarity, DNSMOS, SER accuracy and Emo-SIM); write clips.csv and summary.md.
+
+    Args:
+        audio: Folder the manifest's clip and reference paths are relative to.
+        manifest: CSV or JSONL with columns clip, text, speaker, target_emotion and optionally reference.
+        out: Output folder for clips.csv and summary.md (created).
+        asr: Recognizer for WER: bundled Whisper tiny.en, PocketSphinx, or none to skip WER.
+        asr_model_dir: A local faster-whisper (CTranslate2) model folder instead of the bundled tiny.en.
+        speaker: Speaker encoder for similarity to the speaker's reference clips, or none to skip.
+        speaker_model_dir: Local WavLMForXVector folder (speaker=wavlm).
+        dnsmos: Score DNSMOS SIG/BAK/OVRL/P.808.
+        ser: Emotion recognizer for SER accuracy and Emo-SIM: emotion2vec (needs ser_model_dir and funasr), the
+            embedded mini recognizer, or none.
+        ser_model_dir: Local emotion2vec model folder (ser=emotion2vec, required), or a mini SER checkpoint folder
+            (ser=mini; unset = the committed one).
+        threads: CPU threads of every model (torch, CTranslate2, onnxruntime); unset keeps each library's default.
+            Use 1 on a machine shared with other jobs: spinning thread pools slow down badly when oversubscribed.
+    """
+    audio, manifest, out = Path(audio), Path(manifest), Path(out)
+    if not audio.is_dir():
+        raise ConfigError(f"--audio {audio} is not a folder; give the folder the manifest's clip paths are under.")
+    rows = read_manifest(manifest)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads {threads} must be at least 1 (or left unset).")
+        torch.set_num_threads(threads)
+    if asr != "none":
+        from emoctl.metrics.wer import normalize_text
+
+        wordless = [r.clip for r in rows if not normalize_text(r.text)]
+        if wordless:
+            raise ConfigError(f"{manifest}: the text of {', '.join(wordless[:5])} has no words after normalization, "
+                              f"so WER is undefined; give the words each clip should say (or --asr none).")
+    recognizer = _make_recognizer(ser, ser_model_dir)  # fails fast on a missing funasr / folder / module
+    if recognizer is not None:
+        unknown = sorted({r.target_emotion for r in rows} - set(recognizer.labels))
+        if unknown:
+            raise ConfigError(f"{manifest}: target_emotion values {unknown} are not among {recognizer.name}'s "
+                              f"labels {list(recognizer.labels)}; use ESD's names.")
+    clips = {}
+    references = {}
+    for row in tqdm(rows, desc="read clips", unit="clip"):
+        if row.clip not in clips:
+            clips[row.clip] = _load_audio(audio, row.clip)
+        if row.reference and row.reference not in references:
+            references[row.reference] = _load_audio(audio, row.reference)
+    columns: dict[str, list] = {"clip": [r.clip for r in rows], "speaker": [r.speaker for r in rows],
+                                "target_emotion": [r.target_emotion for r in rows],
+                                "reference": [r.reference for r in rows], "text": [r.text for r in rows]}
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    waves = [clips[r.clip] for r in rows]
+
+    if asr != "none":
+        from emoctl.metrics.wer import corpus_wer, load_asr, word_error_rate
+
+        model = load_asr(asr, None if asr_model_dir is None else str(asr_model_dir),
+                         threads if asr == "whisper" else None)
+        start = time.perf_counter()
+        hyps = [model.transcribe([w], SAMPLE_RATE, names=[r.clip])[0]
+                for w, r in zip(tqdm(waves, desc=f"WER ({model.name})", unit="clip"), rows)]
+        timings["WER"] = time.perf_counter() - start
+        columns["transcript"] = hyps
+        columns["wer"] = word_error_rate(hyps, [r.text for r in rows], names=[r.clip for r in rows])
+        notes.append(f"WER: {model.name}; pooled over all words {corpus_wer(hyps, [r.text for r in rows]):.3f}; "
+                     f"text normalized by emoctl.metrics.wer.normalize_text.")
+
+    if speaker != "none":
+        columns["spk_sim"] = _speaker_similarity(rows, waves, references, speaker, speaker_model_dir, timings, notes)
+
+    if dnsmos:
+        from emoctl.metrics.dnsmos import load_dnsmos
+
+        scorer = load_dnsmos(threads=threads or 1)
+        start = time.perf_counter()
+        scores = [scorer([w], SAMPLE_RATE, names=[r.clip])[0]
+                  for w, r in zip(tqdm(waves, desc="DNSMOS", unit="clip"), rows)]
+        timings["DNSMOS"] = time.perf_counter() - start
+        for field in ("sig", "bak", "ovrl", "p808"):
+            columns[f"dnsmos_{field}"] = [getattr(s, field) for s in scores]
+        notes.append(f"DNSMOS: {scorer.name} (speechmos ONNX models, 16 kHz).")
+
+    if recognizer is not None:
+        _emotion_metrics(rows, waves, references, recognizer, columns, timings, notes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "clips.csv", _to_csv(columns))
+    _write_atomic(out / "summary.md", _summary_markdown(columns, rows, audio, manifest, notes, timings))
+    print(f"wrote {out / 'clips.csv'} and {out / 'summary.md'}")
+    return out
+
+
+def _speaker_similarity(rows: list[ManifestRow], waves: list[np.ndarray], references: dict[str, np.ndarray],
+                        kind: str, model_dir: Optional[Path], timings: dict, notes: list) -> list[float]:
+    from emoctl.metrics.speaker import cosine_to_centroid, load_speaker_encoder
+
+    encoder = load_speaker_encoder(kind, None if model_dir is None else str(model_dir))
+    start = time.perf_counter()
+    generated = torch.cat([encoder.embed([w], SAMPLE_RATE, names=[r.clip])
+                           for w, r in zip(tqdm(waves, desc=f"SpkSIM ({encoder.name})", unit="clip"), rows)])
+    reference_emb = {path: encoder.embed([wave], SAMPLE_RATE, names=[path])[0] for path, wave in references.items()}
+    timings["SpkSIM"] = time.perf_counter() - start
+    by_speaker: dict[str, list[str]] = {}
+    for row in rows:
+        if row.reference and row.reference not in by_speaker.setdefault(row.speaker, []):
+            by_speaker[row.speaker].append(row.reference)
+    values = []
+    for index, row in enumerate(rows):
+        refs = by_speaker.get(row.speaker, [])
+        values.append(float(cosine_to_centroid(generated[index:index + 1], torch.stack([reference_emb[p] for p in refs]))[0])
+                      if refs else math.nan)
+    missing = sorted(s for s in {r.speaker for r in rows} if not by_speaker.get(s))
+    notes.append(f"SpkSIM: {encoder.name}; cosine to the centroid of the speaker's reference clips"
+                 + (f"; no reference clip for speaker(s) {', '.join(missing)} (NaN)." if missing else "."))
+    return values
+
+
+def _make_recognizer(ser: str, model_dir: Optional[Path]):
+    if ser == "none":
+        if model_dir is not None:
+            raise ConfigError("--ser_model_dir is set but --ser is none; add --ser emotion2vec or --ser mini.")
+        return None
+    if ser == "emotion2vec":
+        if model_dir is None:
+            raise ConfigError("--ser emotion2vec needs --ser_model_dir PATH of a local emotion2vec model folder.")
+        from emoctl.metrics.emotion2vec import Emotion2Vec
+
+        return Emotion2Vec(model_dir)
+    if ser == "mini":
+        try:
+            from emoctl.metrics.ser_mini import load_mini_ser
+        except ImportError as err:
+            raise ConfigError("--ser mini needs emoctl.metrics.ser_mini.load_mini_ser, which this checkout does "
+                              f"not have yet ({err}); use --ser emotion2vec --ser_model_dir PATH or --ser none.") from err
+        return load_mini_ser(model_dir)  # None = the committed checkpoint
+    raise ConfigError(f"unknown --ser {ser!r}; choose none, emotion2vec or mini.")
+
+
+def _emotion_metrics(rows: list[ManifestRow], waves: list[np.ndarray], references: dict[str, np.ndarray],
+                     recognizer, columns: dict, timings: dict, notes: list) -> None:
+    from emoctl.metrics.emo_sim import emo_sim_matched, emo_sim_prototype, emotion_prototypes
+
+    start = time.perf_counter()
+    results = [recognizer([w], SAMPLE_RATE) for w in tqdm(waves, desc=f"SER ({recognizer.name})", unit="clip")]
+    paths = list(references)
+    ref_results = {p: recognizer([references[p]], SAMPLE_RATE) for p in paths}
+    timings["SER + Emo-SIM"] = time.perf_counter() - start
+    predicted = [res.predicted()[0] for res in results]
+    columns["ser_predicted"] = predicted
+    columns["ser_correct"] = [int(p == r.target_emotion) for p, r in zip(predicted, rows)]
+    columns["p_target"] = [float(res.prob_of(r.target_emotion)[0]) for res, r in zip(results, rows)]
+    generated = torch.cat([res.embeddings for res in results])  # (N, D)
+    nan_row = torch.full((generated.shape[1],), float("nan"))
+    matched_refs = torch.stack([ref_results[r.reference].embeddings[0] if r.reference else nan_row for r in rows])
+    matched = emo_sim_matched(generated, matched_refs, recognizer.name)
+    ref_emotion = {}
+    for row in rows:  # a reference clip carries the target emotion of the rows that name it
+        if row.reference:
+            ref_emotion.setdefault(row.reference, row.target_emotion)
+    prototypes = (emotion_prototypes(torch.stack([ref_results[p].embeddings[0] for p in ref_emotion]),
+                                     list(ref_emotion.values())) if ref_emotion else {})
+    prototype = emo_sim_prototype(generated, [r.target_emotion for r in rows], prototypes, recognizer.name)
+    for sim in (matched, prototype):
+        columns[sim.label] = sim.values.tolist()
+    notes.append(f"SER and Emo-SIM: {recognizer.name}. emo_sim_matched = cosine to the row's own reference clip; "
+                 f"emo_sim_prototype = cosine to the mean embedding of the {len(ref_emotion)} reference clip(s) "
+                 f"of the target emotion (emotions with a prototype: {', '.join(prototypes) or 'none'}).")
+
+
+_COSINE, _MOS = (-1.0, 1.0), (1.0, 5.0)
+_SUMMARY_METRICS = (("wer", "WER (mean per clip)", (0.0, math.inf)), ("spk_sim", "SpkSIM", _COSINE),
+                    ("dnsmos_sig", "DNSMOS SIG", _MOS), ("dnsmos_bak", "DNSMOS BAK", _MOS),
+                    ("dnsmos_ovrl", "DNSMOS OVRL", _MOS), ("dnsmos_p808", "DNSMOS P.808", _MOS),
+                    ("p_target", "P(target emotion)", (0.0, 1.0)),
+                    ("emo_sim_matched", "Emo-SIM (matched reference)", _COSINE),
+                    ("emo_sim_prototype", "Emo-SIM (emotion prototype)", _COSINE))
+"""(column, label, range) of each summarized metric; intervals are clipped to the range."""
+
+
+def _summary_markdown(columns: dict, rows: list[ManifestRow], audio: Path, manifest: Path, notes: list[str],
+                      timings: dict[str, float]) -> str:
+    from emoctl.metrics.stats import proportion_ci
+
+    lines = ["# emoctl evaluate", "", f"- audio: `{audio}`", f"- manifest: `{manifest}` ({len(rows)} clips)", "",
+             "| metric | value [95% CI] | n | NaN |", "|---|---|---|---|"]
+    estimates: list[tuple[str, Estimate]] = []
+    if "ser_correct" in columns:
+        correct = columns["ser_correct"]
+        estimates.append(("SER accuracy", proportion_ci(sum(correct), len(correct))))
+    estimates += [(label, mean_ci(columns[key], bounds=bounds)) for key, label, bounds in _SUMMARY_METRICS
+                  if key in columns]
+    lines += [f"| {label} | {est.format()} | {est.n} | {est.n_dropped} |" for label, est in estimates]
+    if "ser_correct" in columns:
+        lines += ["", "Per target emotion:", "", "| emotion | n | SER accuracy [95% CI] |", "|---|---|---|"]
+        for emotion in dict.fromkeys(columns["target_emotion"]):
+            hits = [c for c, e in zip(columns["ser_correct"], columns["target_emotion"]) if e == emotion]
+            lines.append(f"| {emotion} | {len(hits)} | {proportion_ci(sum(hits), len(hits)).format()} |")
+    lines += ["", "Intervals: Student t for means (clipped to the metric's range), Wilson for accuracy.", ""]
+    lines += [f"- {note}" for note in notes]
+    if timings:
+        lines += ["", "Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _to_csv(columns: dict[str, list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for values in zip(*columns.values()):
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in values])
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
