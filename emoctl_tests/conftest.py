@@ -23,3 +23,15 @@ def run_emoctl(*args: str, cwd: Path | None = None, timeout: float = 600, env: d
 @pytest.fixture
 def emoctl():
     return run_emoctl
+
+
+@pytest.fixture(scope="session")
+def corpus_root():
+    """The embedded corpus at the path `make corpus` uses, built (about a minute) or resumed (a checksum pass).
+
+    Tests that need the committed backbone's held-out sentences and the corpus's own recordings share it."""
+    from emoctl.corpus.build import build_corpus
+
+    root = REPO / "runs" / "corpus" / "esd_espeak"
+    build_corpus(str(root), n_sentences=300, speakers=10, seed=0, workers=2, progress=False)
+    return root

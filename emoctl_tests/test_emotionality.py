@@ -1,0 +1,51 @@
+"""The committed mini backbone is emotional: paired probes follow the corpus, and the embedded SER hears it.
+
+Runs on the committed checkpoints (mini TTS and mini SER) and a small corpus
+built here with the corpus's own settings for the held-out sentences.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emoctl.reports.emotionality import PAIRED_PROBES, emotionality_report
+
+
+@pytest.fixture(scope="module")
+def report(corpus_root, tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = tmp_path_factory.mktemp("emotionality")
+        result = emotionality_report(corpus_root=str(corpus_root), out_dir=str(out), speakers=["0017", "0018"],
+                                     n_texts=5, seed=0, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return result, out
+
+
+def test_generated_emotions_move_probes_the_corpus_way(report):
+    result, _ = report
+    checked = 0
+    for emotion, probes in result.generated_agreement.items():
+        for probe in PAIRED_PROBES:
+            # Only effects the corpus itself shows clearly can be required of the model.
+            if result.corpus_agreement[emotion][probe] >= 0.9:
+                assert probes[probe] >= 0.8, (emotion, probe, probes[probe], result.corpus_agreement[emotion][probe])
+                checked += 1
+    # F0 and RMS of Angry/Happy/Sad/Surprise are clear in the corpus: at least those 8 checks ran.
+    assert checked >= 8, result.corpus_agreement
+
+
+def test_embedded_recognizer_hears_the_requested_emotion(report):
+    result, out = report
+    assert result.ser_accuracy >= 0.6, result.confusion  # chance is 0.2
+    assert result.confusion.sum() == 2 * 5 * 5
+    summary = (out / "summary.md").read_text()
+    assert "Recognized emotion" in summary and f"{result.ser_accuracy:.1%}" in summary
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (out / "pairs.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 2 * 5  # header + (4 emotions x 2 speakers x 5 texts)
