@@ -29,6 +29,7 @@ demo: install
 bench: install
 	$(EMOCTL) bench sae
 	$(EMOCTL) bench probes
+	$(EMOCTL) bench harvest
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs

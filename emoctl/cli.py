@@ -57,6 +57,7 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "bench": {
         "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
         "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
+        "harvest": Tool("emoctl.bench.harvest:bench_harvest", "Mini TTS generation with the harvester vs without."),
     },
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
