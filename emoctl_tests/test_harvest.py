@@ -312,4 +312,4 @@ def test_sae_mini_fit_goes_from_a_backbone_checkpoint_to_an_exported_sae(checkpo
     assert harvested.spec.hookpoint == HOOK and harvested.num_utterances >= 60 and harvested.d_model == 32
     assert not list(tmp_path.glob(".store.building"))
     cfg = json.loads((tmp_path / "sae_mini" / "v0" / "sae" / "cfg.json").read_text())
-    assert cfg["d_in"] == 32 and cfg["d_sae"] == 64 and cfg["k"] == 4 and cfg["hook_name"] == HOOK
+    assert cfg["d_in"] == 32 and cfg["d_sae"] == 64 and cfg["k"] == 4 and cfg["metadata"]["hook_name"] == HOOK
