@@ -39,6 +39,7 @@ mini-tts: corpus
 bench: install
 	$(EMOCTL) bench sae
 	$(EMOCTL) bench probes
+	$(EMOCTL) bench harvest
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs

@@ -8,6 +8,8 @@ sets ``trainer.use_distributed_sampler: false``.
 from __future__ import annotations
 
 from data_modules.activation_store import ActivationStoreDataModule
-from data_modules.store_builders import StoreBuilder, SyntheticSparseStore
+from data_modules.prompt_grid import CorpusTexts, PromptGridDataModule
+from data_modules.store_builders import HarvestedStore, StoreBuilder, SyntheticSparseStore
 
-__all__ = ["ActivationStoreDataModule", "StoreBuilder", "SyntheticSparseStore"]
+__all__ = ["ActivationStoreDataModule", "CorpusTexts", "HarvestedStore", "PromptGridDataModule", "StoreBuilder",
+           "SyntheticSparseStore"]

@@ -2,8 +2,8 @@
 
 A data module given a builder can create its store on first use, so one
 ``emoctl fit`` goes from nothing to a trained SAE.  The synthetic builder
-stands in for a TTS harvest until a backbone is configured; a harvest builder
-joins it when the backbone interface lands.
+gives rows of a known dictionary (demos, recovery tests); ``HarvestedStore``
+harvests a TTS backbone's activations.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from data_modules.prompt_grid import CorpusTexts
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.store.synthetic import write_sparse_dictionary_store
 
 
@@ -62,3 +64,78 @@ class SyntheticSparseStore(StoreBuilder):
 
     def build(self, path: Path) -> None:
         write_sparse_dictionary_store(path, **self.kwargs)
+
+
+class HarvestedStore(StoreBuilder):
+    """Harvests a backbone's activations into the store, so one ``emoctl fit`` goes from a TTS to an SAE.
+
+    Runs in a single process (the data module's ``prepare_data``).  The harvest
+    is built in ``.<name>.building`` beside the store and renamed when complete;
+    a run killed midway resumes from the utterances committed there.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSpec = BackboneSpec(),
+        hookpoint: str = "resid_pre.5",
+        phases: tuple[str, ...] = ("decode",),
+        dtype: str = "float32",
+        texts: list[str] | None = None,
+        texts_file: str | None = None,
+        corpus: CorpusTexts | None = None,
+        speakers: list[str] | None = None,
+        emotions: list[str] | None = None,
+        batch_size: int = 16,
+        max_new_tokens: int = 1000,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        shard_rows: int = 1 << 16,
+    ) -> None:
+        """
+        Args:
+            backbone: The TTS backbone to harvest (kind, checkpoint folder, device).
+            hookpoint: ``resid_pre.L`` (input of block L, counted from 0) or ``lm_out``.
+            phases: Forward passes to read: decode and/or prefill.
+            dtype: Row dtype on disk: float32, bfloat16 or float16.
+            texts: Texts listed here; or texts_file (one per line); or corpus (the sentence grammar).
+            texts_file: File of texts, one per line.
+            corpus: Texts from the embedded corpus's sentence grammar.
+            speakers: Speakers to voice; None: all of the backbone's.
+            emotions: Emotions (Neutral is always added); None: all of the backbone's.
+            batch_size: Prompts generated together.
+            max_new_tokens: Speech tokens per utterance at most.
+            temperature: Sampling temperature; 0 is greedy.
+            top_k: Sample among the k most likely tokens; None: all.
+            seed: Run seed (each batch's seed derives from it).
+            shard_rows: Rows per shard file.
+        """
+        self.backbone = backbone
+        self.hookpoint, self.phases, self.dtype, self.shard_rows = hookpoint, tuple(phases), dtype, shard_rows
+        self.data_kwargs = dict(texts=texts, texts_file=texts_file, corpus=corpus, speakers=speakers,
+                                emotions=emotions, batch_size=batch_size)
+        self.model_kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+
+    def build(self, path: Path) -> None:
+        from data_modules.prompt_grid import PromptGridDataModule
+        from emoctl.harvest.module import HarvestModule
+        from emoctl.harvest.run import harvest_into
+
+        module = HarvestModule(self.backbone, **self.model_kwargs)
+        datamodule = PromptGridDataModule(**self.data_kwargs)
+        harvest_into(path, module, datamodule, self.hookpoint, self.phases, dtype=self.dtype,
+                     shard_rows=self.shard_rows)
+
+    def build_atomically(self, path: Path) -> None:
+        """Like the base class, but a staging folder left by a killed harvest is resumed, not wiped."""
+        from emoctl.harvest.session import HarvestSettingsMismatch
+
+        path = Path(path)
+        staging = path.with_name(f".{path.name}.building")
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.build(staging)
+        except HarvestSettingsMismatch:
+            shutil.rmtree(staging)  # a stale partial harvest of another recipe: never visible as a store
+            self.build(staging)
+        staging.rename(path)

@@ -34,6 +34,12 @@ TRAINER_COMMANDS: dict[str, str] = {
     "predict": "Run the predict loop of a model from a recipe.",
 }
 
+TRAINER_ALIASES: dict[str, tuple[str, list[str], str]] = {
+    "harvest": ("predict", ["--return_predictions=false"],
+                "Generate speech and store a hookpoint's activations (predict with an ActivationHarvester)."),
+}
+"""Trainer commands under a task's name: ``emoctl harvest`` is ``predict`` with the given leading arguments."""
+
 
 @dataclass(frozen=True)
 class Tool:
@@ -51,6 +57,7 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "bench": {
         "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
         "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
+        "harvest": Tool("emoctl.bench.harvest:bench_harvest", "Mini TTS generation with the harvester vs without."),
     },
     "corpus": {
         "build": Tool("emoctl.corpus.build:build_corpus", "Synthesize the ESD-shaped eSpeak NG corpus (resumable)."),
@@ -92,11 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command in TRAINER_COMMANDS:
             _run_lightning_cli(command, rest, from_argv=argv is None)
+        elif command in TRAINER_ALIASES:
+            _run_alias(command, rest, from_argv=argv is None)
         elif command in TOOLS:
             _run_tool(command, rest)
         else:
             raise _InputError(
-                f"unknown command {command!r}. Commands: {', '.join([*TRAINER_COMMANDS, *TOOLS])}. "
+                f"unknown command {command!r}. Commands: {', '.join([*TRAINER_COMMANDS, *TRAINER_ALIASES, *TOOLS])}. "
                 "Run `emoctl --help` for what each one does."
             )
     except _InputError as err:
@@ -118,6 +127,7 @@ class _InputError(Exception):
 def _overview() -> str:
     lines = ["usage: emoctl <command> [--config FILE ...] [--key=value ...]", "", "Trainer commands (LightningCLI):"]
     lines += [f"  {name:<10} {text}" for name, text in TRAINER_COMMANDS.items()]
+    lines += [f"  {name:<10} {text}" for name, (_, _, text) in TRAINER_ALIASES.items()]
     lines += ["", "Tools:"]
     for group, tools in TOOLS.items():
         lines.append(f"  {group:<10} {TOOL_SUMMARIES.get(group, '')}")
@@ -153,6 +163,20 @@ def _run_lightning_cli(command: str, rest: list[str], from_argv: bool) -> None:
         args=None if from_argv else [command, *rest],
         parser_kwargs={"exit_on_error": False},
     )
+
+
+def _run_alias(command: str, rest: list[str], from_argv: bool) -> None:
+    target, leading, _ = TRAINER_ALIASES[command]
+    if not from_argv:
+        _run_lightning_cli(target, [*leading, *rest], from_argv=False)
+        return
+    # Rewrite sys.argv rather than pass args: Lightning's DDP launcher re-runs sys.argv in each child process.
+    saved = sys.argv
+    sys.argv = [saved[0], target, *leading, *rest]
+    try:
+        _run_lightning_cli(target, [*leading, *rest], from_argv=True)
+    finally:
+        sys.argv = saved
 
 
 def _run_tool(group: str, rest: list[str]) -> None:

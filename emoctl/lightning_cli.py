@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 
 import data_modules  # noqa: F401  (registers emoctl's data modules for short names)
 import emoctl.sae.module  # noqa: F401  (registers SAEModule for short names)
+import emoctl.harvest.module  # noqa: F401  (registers HarvestModule for short names)
 
 
 class EmoctlLightningCLI(LightningCLI):

@@ -1,6 +1,7 @@
 """Lightning callbacks: the glue between models, data and files."""
 from __future__ import annotations
 
+from emoctl.callbacks.activation_harvester import ActivationHarvester
 from emoctl.callbacks.sae_export import SAEExport
 
-__all__ = ["SAEExport"]
+__all__ = ["ActivationHarvester", "SAEExport"]

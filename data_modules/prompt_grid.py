@@ -1,0 +1,215 @@
+"""``PromptGridDataModule``: the prompts of a harvest, texts x speakers x emotions, in fixed batches.
+
+Every emotional prompt comes with its neutral twin (same text, same speaker),
+because the SAE paper's Δ-score compares the two.  The grid is cut into
+batches once, in a fixed order, and each batch carries a key from which the
+model derives its sampling seed; ranks and resumed runs then only choose
+*which* batches they generate, never how a batch is made up, so an
+utterance's tokens (and activations) do not depend on the number of ranks or
+on where an earlier run stopped.  A batch whose utterances are all committed
+is skipped (``skip_utt_ids``); a partly committed one is generated again in
+full and its missing utterances are written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset
+
+from emoctl.errors import ConfigError
+from emoctl.harvest.prompts import GridPrompt, PromptBatch
+
+
+@dataclass
+class CorpusTexts:
+    """Texts from emoctl's sentence grammar, as the embedded corpus builds them (same seed, same order)."""
+
+    n_sentences: int = 300
+    """Sentences of the corpus the backbone was trained on (recipes/mini_tts.yaml's corpus has 300)."""
+    seed: int = 0
+    """Grammar seed of that corpus."""
+    split: Literal["train", "evaluation", "test", "held_out", "unseen", "all"] = "held_out"
+    """Which texts: a corpus split (ESD's 20/30/300 proportions), held_out = evaluation + test, unseen = new
+    sentences after the corpus's (never spoken in training), or all of the corpus's."""
+    n_unseen: int = 50
+    """How many new sentences ``split: unseen`` takes."""
+    limit: int | None = None
+    """Keep only the first ``limit`` texts of the split."""
+
+    def texts(self) -> list[tuple[str, str]]:
+        """(text_id, text) pairs; text_id ``s0042`` is the sentence's index in the grammar's sequence."""
+        from emoctl.corpus.build import split_sizes
+        from emoctl.corpus.sentences import generate_sentences
+
+        n = self.n_sentences + (self.n_unseen if self.split == "unseen" else 0)
+        sentences = generate_sentences(n, self.seed)
+        sizes = split_sizes(self.n_sentences)
+        ev, te = sizes["evaluation"], sizes["test"]
+        ranges = {"evaluation": range(0, ev), "test": range(ev, ev + te), "held_out": range(0, ev + te),
+                  "train": range(ev + te, self.n_sentences), "all": range(self.n_sentences),
+                  "unseen": range(self.n_sentences, n)}
+        chosen = list(ranges[self.split])[: self.limit]
+        if not chosen:
+            raise ConfigError(f"data.corpus split {self.split!r} of {self.n_sentences} sentences (limit "
+                              f"{self.limit}) holds no text; choose another split or a larger n_sentences.")
+        return [(f"s{i:04d}", sentences[i]) for i in chosen]
+
+
+class _Batches(Dataset):
+    def __init__(self, batches: Sequence[PromptBatch]) -> None:
+        self.batches = list(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> PromptBatch:
+        return self.batches[i]
+
+
+def _keep(batch: PromptBatch) -> PromptBatch:
+    return batch  # DataLoader's collate for batch_size=None: prompts are not tensors
+
+
+class PromptGridDataModule(pl.LightningDataModule):
+    """Predict batches of :class:`GridPrompt` over texts x speakers x emotions, each paired with Neutral."""
+
+    def __init__(
+        self,
+        texts: list[str] | None = None,
+        texts_file: str | None = None,
+        corpus: CorpusTexts | None = None,
+        speakers: list[str] | None = None,
+        emotions: list[str] | None = None,
+        neutral: str = "Neutral",
+        batch_size: int = 16,
+    ) -> None:
+        """
+        Args:
+            texts: The texts to speak, listed in the recipe (text ids t0000, t0001, ...).
+            texts_file: A UTF-8 file of texts, one per line (blank lines skipped; text id = line number, L0007).
+            corpus: Texts from the embedded corpus's sentence grammar (text id = sentence index, s0042).
+                Give exactly one of texts, texts_file and corpus.
+            speakers: Speakers to voice; None means all of the backbone's.
+            emotions: Emotion conditions; None means all of the backbone's. ``neutral`` is always added,
+                so every emotional prompt has its neutral twin.
+            neutral: The backbone's neutral emotion name.
+            batch_size: Prompts generated together. Part of an utterance's identity: its tokens depend on
+                the batch it is sampled in, so a resumed harvest must keep the same batch size.
+        """
+        super().__init__()
+        given = [name for name, v in (("texts", texts), ("texts_file", texts_file), ("corpus", corpus)) if v is not None]
+        if len(given) != 1:
+            raise ConfigError(f"give exactly one of data.texts, data.texts_file and data.corpus; got "
+                              f"{', '.join(given) or 'none'}.")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
+        self.texts_spec, self.texts_file, self.corpus = texts, texts_file, corpus
+        self.speakers, self.emotions, self.neutral = speakers, emotions, neutral
+        self.batch_size = batch_size
+        self.texts = self._read_texts()
+        self._skip: frozenset[str] = frozenset()
+        self._bound = False
+
+    # ----------------------------------------------------------------- texts
+    def _read_texts(self) -> list[tuple[str, str]]:
+        if self.texts_spec is not None:
+            pairs, where = [(f"t{i:04d}", t) for i, t in enumerate(self.texts_spec)], "data.texts"
+        elif self.texts_file is not None:
+            path = Path(self.texts_file)
+            if not path.is_file():
+                raise ConfigError(f"data.texts_file {path} does not exist; give a UTF-8 file with one text per line.")
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"data.texts_file {path} is not UTF-8 ({err}); re-save it as UTF-8.") from None
+            pairs, where = [(f"L{n:04d}", line.strip()) for n, line in enumerate(lines, 1) if line.strip()], str(path)
+        else:
+            assert self.corpus is not None
+            pairs, where = self.corpus.texts(), "data.corpus"
+        if not pairs:
+            raise ConfigError(f"{where} holds no text; give at least one non-empty text.")
+        for text_id, text in pairs:
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"empty text {text!r} at {text_id} of {where}; every prompt needs words to speak.")
+        return pairs
+
+    # ------------------------------------------------------------ backbone
+    def bind_backbone(self, speakers: Sequence[str], emotions: Sequence[str]) -> None:
+        """Check the grid's names against the backbone's and fill in the defaults (idempotent)."""
+        for kind, wanted, known in (("speaker", self.speakers, speakers), ("emotion", self.emotions, emotions)):
+            for name in wanted or ():
+                if name not in known:
+                    raise ConfigError(f"unknown {kind} {name!r} in data.{kind}s; the backbone knows: "
+                                      f"{', '.join(known)}.")
+        if self.neutral not in emotions:
+            raise ConfigError(f"data.neutral={self.neutral!r} is not one of the backbone's emotions "
+                              f"({', '.join(emotions)}); set it to the backbone's neutral condition.")
+        if self.speakers is None:
+            self.speakers = list(speakers)
+        emotions_wanted = list(emotions) if self.emotions is None else list(self.emotions)
+        self.emotions = [self.neutral] + [e for e in dict.fromkeys(emotions_wanted) if e != self.neutral]
+        self.speakers = list(dict.fromkeys(self.speakers))
+        self._bound = True
+
+    # -------------------------------------------------------------- prompts
+    @property
+    def prompts(self) -> list[GridPrompt]:
+        """The whole grid, text-major (each pair group is contiguous), neutral first within a group."""
+        if not self._bound and (self.speakers is None or self.emotions is None):
+            raise ConfigError("data.speakers or data.emotions is unset and no backbone was bound to fill them in; "
+                              "list them in the recipe or run the data module with a HarvestModule.")
+        speakers = self.speakers or []
+        emotions = self.emotions or []
+        if self.neutral not in emotions:
+            emotions = [self.neutral, *emotions]
+        out = []
+        for text_id, text in self.texts:
+            for speaker in speakers:
+                for emotion in emotions:
+                    out.append(GridPrompt(text=text, speaker=speaker, emotion=emotion,
+                                          utt_id=f"{text_id}-{speaker}-{emotion}", text_id=text_id,
+                                          condition=f"prompt={emotion}", pair_key=f"{speaker}|{text_id}"))
+        return out
+
+    def all_batches(self) -> list[PromptBatch]:
+        """The fixed partition of the grid into batches (the same on every rank and every run)."""
+        prompts = self.prompts
+        return [PromptBatch(prompts[a:a + self.batch_size], i, prompts[a].utt_id or "")
+                for i, a in enumerate(range(0, len(prompts), self.batch_size))]
+
+    def skip_utt_ids(self, utt_ids: Iterable[str]) -> None:
+        """Utterances already in the store; batches made only of these are not generated again."""
+        self._skip = frozenset(utt_ids)
+
+    def pending_batches(self, rank: int = 0, world_size: int = 1) -> list[PromptBatch]:
+        """This rank's share of the batches that still hold an uncommitted utterance (round-robin)."""
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}.")
+        todo = [b for b in self.all_batches() if any(p.utt_id not in self._skip for p in b.prompts)]
+        return todo[rank::world_size]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the grid and its batching: a store resumed under another grid would mix two harvests."""
+        payload = json.dumps({"prompts": [(p.utt_id, p.text) for p in self.prompts], "batch_size": self.batch_size})
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        source = ({"corpus": asdict(self.corpus)} if self.corpus is not None else
+                  {"texts_file": self.texts_file} if self.texts_file is not None else {"texts": len(self.texts)})
+        return {**source, "speakers": self.speakers, "emotions": self.emotions, "batch_size": self.batch_size,
+                "utterances": len(self.prompts), "grid_sha256": self.fingerprint()}
+
+    # --------------------------------------------------------------- loader
+    def transfer_batch_to_device(self, batch: PromptBatch, device: Any, dataloader_idx: int) -> PromptBatch:
+        return batch  # prompts are text; the backbone puts its own tensors on its device
+
+    def predict_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return DataLoader(_Batches(self.pending_batches(rank, world)), batch_size=None, shuffle=False,
+                          collate_fn=_keep, num_workers=0)

@@ -1,0 +1,108 @@
+"""``HarvestModule``: a frozen backbone that generates speech for batches of prompts (Lightning predict).
+
+It only generates; reading activations is the ``ActivationHarvester``
+callback's job, so the same module serves a plain ``emoctl predict`` too.
+
+Seeding: ``Backbone.generate`` samples a whole batch from one generator, so an
+utterance's tokens depend on the batch it is in (its row and its batch-mates'
+padding).  A batch's seed is therefore derived from its identity, the first
+utterance id of the data module's fixed partition, and the partition never
+changes with the number of ranks or with resuming.  Results are thus
+independent of rank and restart, but not of ``data.batch_size``; greedy
+decoding (``temperature: 0``) removes the dependence on batch-mates up to
+floating-point effects of padding.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, NamedTuple
+
+import lightning.pytorch as pl
+
+from emoctl.backbones.base import Backbone, Generation
+from emoctl.backbones.loading import BackboneSpec
+from emoctl.errors import ConfigError
+from emoctl.harvest.prompts import GridPrompt, PromptBatch
+
+
+class HarvestOutput(NamedTuple):
+    """What ``predict_step`` returns: the batch's prompts and their generation."""
+
+    prompts: list[GridPrompt]
+    generation: Generation
+    batch_index: int
+
+
+def batch_seed(seed: int, key: str) -> int:
+    """A 63-bit generator seed from the run seed and a batch's identity (stable across processes)."""
+    digest = hashlib.sha256(f"{seed}|{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class HarvestModule(pl.LightningModule):
+    """Generates speech tokens for each predict batch of :class:`~emoctl.harvest.prompts.PromptBatch`."""
+
+    def __init__(
+        self,
+        backbone: BackboneSpec = BackboneSpec(),
+        max_new_tokens: int = 1000,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            backbone: Which TTS backbone to load (kind, checkpoint folder, device).
+            max_new_tokens: Speech tokens per utterance at most (50 per second for the mini TTS).
+            temperature: Sampling temperature; 0 is greedy.
+            top_k: Sample among the k most likely tokens only; None samples from all.
+            seed: Run seed; each batch's generator seed is derived from it and the batch's identity.
+        """
+        super().__init__()
+        if max_new_tokens < 1:
+            raise ConfigError(f"model.max_new_tokens must be >= 1, got {max_new_tokens}.")
+        if temperature < 0:
+            raise ConfigError(f"model.temperature must be >= 0 (0 is greedy), got {temperature}.")
+        self.spec = backbone
+        self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
+        self.backbone: Backbone = backbone.load()
+        self.backbone.requires_grad_(False).eval()
+        self._bound_to: int | None = None
+
+    def generation_settings(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
+                "seed": self.seed, "backbone_id": self.backbone.backbone_id}
+
+    # ----------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            self.bind_prompts(datamodule)
+
+    def bind_prompts(self, datamodule: Any) -> None:
+        """Check the data module's speakers, emotions and texts against the backbone, once, before generating."""
+        if self._bound_to == id(datamodule) or not hasattr(datamodule, "bind_backbone"):
+            return
+        datamodule.bind_backbone(self.backbone.speakers, self.backbone.emotions)
+        encode = getattr(self.backbone, "encode_prompts", None)
+        if encode is not None:  # reject unreadable text now, not hours into the harvest
+            first = datamodule.prompts[0]
+            seen: dict[str, GridPrompt] = {}
+            for p in datamodule.prompts:
+                seen.setdefault(p.text, p)
+            for p in seen.values():
+                encode([GridPrompt(text=p.text, speaker=first.speaker, emotion=first.emotion, utt_id=p.utt_id)])
+        self._bound_to = id(datamodule)
+
+    # --------------------------------------------------------------- predict
+    def generate_batch(self, batch: PromptBatch) -> HarvestOutput:
+        generation = self.backbone.generate(batch.prompts, max_new_tokens=self.max_new_tokens,
+                                            temperature=self.temperature, top_k=self.top_k,
+                                            seed=batch_seed(self.seed, batch.key))
+        return HarvestOutput(batch.prompts, generation, batch.index)
+
+    def predict_step(self, batch: PromptBatch, batch_idx: int = 0) -> HarvestOutput:
+        return self.generate_batch(batch)
+
+    def configure_optimizers(self) -> None:  # frozen: predict only
+        return None

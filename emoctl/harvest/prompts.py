@@ -1,0 +1,34 @@
+"""What a harvest batch is made of: prompts that carry their store labels, and the batch's identity."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from emoctl.backbones.base import Prompt
+from emoctl.store.spec import UtteranceMeta
+
+
+@dataclass(frozen=True)
+class GridPrompt(Prompt):
+    """A prompt with the labels the activation store keeps for its utterance."""
+
+    text_id: str = ""
+    condition: str = ""
+    """How it is produced, e.g. ``prompt=Angry``."""
+    pair_key: str = ""
+    """Shared by the prompts of one text and speaker (``speaker|text_id``)."""
+
+    def meta(self) -> UtteranceMeta:
+        if not self.utt_id:
+            raise ValueError("a GridPrompt needs an utt_id to be stored")
+        return UtteranceMeta(utt_id=self.utt_id, text_id=self.text_id, speaker=self.speaker, emotion=self.emotion,
+                             condition=self.condition, pair_key=self.pair_key)
+
+
+class PromptBatch(NamedTuple):
+    """One batch of a fixed partition: its prompts, its index in the partition and its seed key."""
+
+    prompts: list[GridPrompt]
+    index: int
+    key: str
+    """The first utt_id: the batch's identity, the same on every rank and in every resumed run."""
