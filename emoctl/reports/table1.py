@@ -31,9 +31,11 @@ import csv
 import io
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +47,9 @@ from emoctl.synthesis import Clip, SamplingConfig, synthesize
 
 NEUTRAL = "Neutral"
 METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
+DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [2.0, 4.0, 8.0, 16.0, 32.0], "global": [2.0, 4.0, 8.0, 16.0, 32.0],
+                                      "sae_emotion": [2.0, 4.0, 8.0, 16.0, 32.0],
+                                      "emoshift": [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]}
 METHOD_LABELS = {"unsteered": "Unsteered", "random_sae": "Random SAE", "global": "Global steering",
                  "sae_emotion": "SAE-Emotion", "emoshift": "EmoShift"}
 
@@ -90,13 +95,10 @@ class SteeringMethods:
         raise ConfigError(f"unknown steering method {method!r}; choose from {', '.join(METHODS)}.")
 
 
-def _synthesize_steered(backbone: Backbone, prompts: list[Prompt], interventions: list, seed: int,
+def _synthesize_steered(backbone: Backbone, prompts: list[Prompt], steering: Callable[[], Any], seed: int,
                         sampling: SamplingConfig) -> list[Clip]:
-    from emoctl.steering import steer
-
-    if not interventions:
-        return synthesize(backbone, prompts, seed=seed, sampling=sampling)
-    with steer(backbone, *interventions):
+    """Synthesize inside the method's steering context (entered fresh for each cell)."""
+    with steering():
         return synthesize(backbone, prompts, seed=seed, sampling=sampling)
 
 
@@ -208,9 +210,12 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
     for cell, method in tqdm(jobs, desc=f"{tag}: steer + score", unit="cell", disable=not progress):
         prompts = _cell_prompts(cell, texts, speakers, tag)
         alpha = cell.sign * alphas.get(method, 0.0)
-        interventions = methods.interventions(method, cell.emotion, alpha) if method in METHODS else \
-            extra_method(cell, alpha)
-        clips = _synthesize_steered(backbone, prompts, interventions, seed, sampling)
+        if method in METHODS:
+            interventions = methods.interventions(method, cell.emotion, alpha)
+            steering = partial(_steer_all, backbone, interventions)
+        else:
+            steering = partial(extra_method, cell, alpha, len(prompts))
+        clips = _synthesize_steered(backbone, prompts, steering, seed, sampling)
         for row in score_clips(clips, [cell.target] * len(clips), scorers, refs):
             rows.append({"direction": cell.direction, "emotion": cell.emotion, "method": method, "alpha": alpha,
                          **row})
@@ -268,7 +273,7 @@ def choose_alphas(sweep: list[dict], method_names: Sequence[str], max_wer_increa
 def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None,
            corpus_root: str = "runs/corpus/esd_espeak", out_dir: str = "reports",
            emotions: list[str] | None = None, speakers: list[str] | None = None, n_texts: int = 6,
-           sweep_alphas: list[float] | None = None, sweep_texts: int = 4, max_wer_increase: float = 0.15,
+           sweep_alphas: dict[str, list[float]] | None = None, sweep_texts: int = 4, max_wer_increase: float = 0.15,
            emoshift: str | None = None, recognizer: str = "mini", recognizer_dir: str | None = None,
            seed: int = 0, sampling: SamplingConfig = SamplingConfig(), progress: bool = True) -> list[dict]:
     """Run the SAE seed's Table 1 protocol and write table1.md / .csv, the α sweep CSV and figure.
@@ -283,7 +288,8 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
         emotions: Emotions to induce and suppress; None: every emotion with a feature set.
         speakers: Speakers to synthesize; None: the backbone's last four.
         n_texts: Test-split sentences per cell.
-        sweep_alphas: α values of the sweep (on evaluation-split sentences); None: 2, 4, 8, 16.
+        sweep_alphas: α values of the sweep per method (on evaluation-split sentences); None: SAE-side methods
+            2, 4, 8, 16, 32 (latent units, norm-matched) and EmoShift 1, 1.5, 2, 2.5, 3, 4 (the seed's Figure 3).
         sweep_texts: Evaluation-split sentences per sweep cell.
         max_wer_increase: Largest mean WER increase over unsteered that the α choice accepts.
         emoshift: Optional folder of a trained EmoShift layer, added as a method (induction only).
@@ -316,7 +322,7 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
     speakers = list(speakers or backbone.speakers[-4:])
     scorers = Scorers.load(recognizer, recognizer_dir, wer=True, speaker=True, dnsmos=True)
     refs = References(root, record["sentences"], speakers, scorers)
-    sweep_alphas = sweep_alphas or [2.0, 4.0, 8.0, 16.0]
+    sweep_alphas = {**DEFAULT_SWEEP, **(sweep_alphas or {})}
     extra = None
     method_names = list(METHODS)
     if emoshift is not None:
@@ -329,8 +335,8 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
     sweep_cells = [Cell("induction", e) for e in emotions]
     sweep_rows += run_cells(backbone, methods, ["unsteered"], sweep_cells, evaluation_sentences[:sweep_texts],
                             speakers, {}, sweep_scorers, refs, seed, sampling, "sweep", progress=progress)
-    for alpha in sweep_alphas:
-        for method in method_names[1:]:
+    for method in method_names[1:]:
+        for alpha in sweep_alphas[method]:
             rows = run_cells(backbone, methods, [method], sweep_cells, evaluation_sentences[:sweep_texts], speakers,
                              {method: alpha}, sweep_scorers, refs, seed, sampling, "sweep", extra, progress=progress)
             for r in rows:
@@ -358,16 +364,25 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
     return summary
 
 
+def _steer_all(backbone: Backbone, interventions: list):
+    """The SAE-seed methods' context: every intervention attached (none for unsteered)."""
+    from emoctl.steering import steer
+
+    return steer(backbone, *interventions) if interventions else nullcontext()
+
+
 def _emoshift_method(backbone: Backbone, folder: str) -> Callable:
-    """EmoShift as a Table 1 method: its trained layer for the cell's emotion, α as its intensity (induction)."""
-    from emoctl.emosteer import EmoShiftSteering, load_emosteer
+    """EmoShift as a Table 1 method: its trained layer for the cell's emotion at intensity |α| (induction only)."""
+    from emoctl.emosteer import EmoSteer, steer
 
-    layer = load_emosteer(folder)
+    layer = EmoSteer.load(folder)
 
-    def interventions(cell: Cell, alpha: float) -> list:
-        return [EmoShiftSteering(layer, cell.emotion, alpha=abs(alpha))] if alpha else []
+    def steering(cell: Cell, alpha: float, n_prompts: int):
+        if alpha == 0:
+            return nullcontext()
+        return steer(backbone, layer, [cell.emotion] * n_prompts, alpha=abs(alpha))
 
-    return interventions
+    return steering
 
 
 # ----------------------------------------------------------------------------------------------- writing
