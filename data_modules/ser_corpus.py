@@ -239,6 +239,7 @@ class SERCorpusDataModule(pl.LightningDataModule):
         self.splits: dict[str, SERItems] = {}
         self.codec_digest: str | None = None
         self.prepare_seconds = 0.0
+        self._prepared: dict[str, dict[str, np.ndarray]] | None = None
 
     # --------------------------------------------------------------- clips
     def _clips(self, split: str) -> list[Any]:
@@ -302,13 +303,14 @@ class SERCorpusDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------- lightning
     def prepare_data(self) -> None:
         start = time.perf_counter()
-        self._features()
+        self._prepared = self._features()  # kept: with one process per node, setup needs no second read
         self.prepare_seconds = time.perf_counter() - start
 
     def setup(self, stage: str) -> None:
         if self.splits:
             return
-        features = self._features()  # cache hits after prepare_data
+        features = self._prepared or self._features()  # cache hits after prepare_data on another rank
+        self._prepared = None
         for split, conditions in self._plan().items():
             items = []
             for condition, clips in conditions.items():

@@ -156,6 +156,7 @@ def test_tiny_training_run_lowers_the_loss(fresh_corpus, tmp_path):
         return float(torch.nn.functional.cross_entropy(logits, batch.labels))
 
     before = loss()
+    model.net.train()
     trainer = pl.Trainer(max_steps=30, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data)

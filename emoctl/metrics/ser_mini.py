@@ -46,7 +46,7 @@ from emoctl.errors import ConfigError
 from emoctl.metrics.ser import ESD_EMOTIONS, EmotionRecognizer, SERResult
 
 __all__ = ["DEFAULT_MINI_SER_DIR", "LogMelConfig", "MiniSER", "MiniSERConfig", "MiniSERNet", "load_mini_ser",
-           "save_mini_ser", "validate_wave"]
+           "parameter_count", "save_mini_ser", "validate_wave"]
 
 DEFAULT_MINI_SER_DIR = Path(__file__).resolve().parents[1] / "assets" / "ser_mini"
 """The committed checkpoint (``emoctl/assets/ser_mini``), packaged with emoctl."""
@@ -283,10 +283,11 @@ class MiniSER(EmotionRecognizer):
 
         if isinstance(waves, (np.ndarray, torch.Tensor)) and waves.ndim == 1:
             raise ConfigError("MiniSER takes a sequence of clips; wrap a single 1-D clip in a list: ser([wave], sr).")
-        rates = [sample_rate] * len(waves) if isinstance(sample_rate, (int, np.integer)) else list(sample_rate)
+        many = isinstance(sample_rate, (list, tuple, np.ndarray, torch.Tensor))
+        rates = list(sample_rate) if many else [sample_rate] * len(waves)
         if len(rates) != len(waves):
             raise ConfigError(f"got {len(waves)} clips but {len(rates)} sample rates; give one rate, or one per clip.")
-        if not waves:
+        if len(waves) == 0:
             raise ConfigError("MiniSER got no clips; pass a non-empty sequence of mono waveforms.")
         target = self.config.features.sample_rate
         out = []
