@@ -13,7 +13,7 @@ SAE_RUN  := runs/sae_mini/demo
 SELECT   := runs/select_mini
 EMOSHIFT := runs/emoshift_mini/demo
 
-.PHONY: install test demo demo-synthetic bench tensorboard reproduce-table1 clean corpus mini-tts
+.PHONY: install test demo demo-synthetic bench tensorboard reproduce-table1 clean corpus mini-tts ser-mini
 
 install: $(STAMP)
 
@@ -59,6 +59,15 @@ bench: install
 	$(EMOCTL) bench sae
 	$(EMOCTL) bench probes
 	$(EMOCTL) bench harvest
+
+# ser-mini: retrain the embedded speech-emotion recognizer (emoctl.metrics.ser_mini) on the eSpeak corpus and
+# its codec round trips, then replace the committed checkpoint in emoctl/assets/ser_mini with the export
+# (weights, config, training.json with corpus seed/settings and test numbers, test_report.md).
+# Needs runs/corpus/esd_espeak and the fitted codec runs/codec/mini_tts (see recipes/mini_tts.yaml).
+SER_MINI_RUN := runs/ser_mini/make
+ser-mini: corpus
+	$(EMOCTL) fit --config recipes/ser_mini.yaml --trainer.logger.init_args.version=make
+	rm -rf emoctl/assets/ser_mini && cp -r $(SER_MINI_RUN)/ser_mini emoctl/assets/ser_mini
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs
