@@ -74,7 +74,7 @@ def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "run
         backbone_dir: MiniTTS checkpoint folder; None for the committed default.
         corpus_root: The ESD-shaped corpus whose test sentences are spoken and whose clips set the directions.
         out_dir: Where summary.md, pairs.csv, confusion.csv and confusion.png go.
-        speakers: Speakers to use; None for the first four of the backbone.
+        speakers: Speakers to use; None for the backbone's last four (held out from the SAE harvest).
         n_texts: Test sentences to use (at most the corpus's test split).
         seed: Sampling seed.
         sampling: Temperature, top-k and batching of generation.
@@ -88,9 +88,10 @@ def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "run
     from emoctl.probes import measure
 
     root = Path(corpus_root)
-    sentences, _ = corpus_test_sentences(root)
+    sentences, record = corpus_test_sentences(root)
+    first_test = record["splits"]["evaluation"]  # corpus sentence index of sentences[0]
     backbone = load_backbone("mini_tts", backbone_dir)
-    speakers = list(speakers or backbone.speakers[:4])
+    speakers = list(speakers or backbone.speakers[-4:])
     unknown = [s for s in speakers if s not in backbone.speakers]
     if unknown:
         raise ConfigError(f"unknown speakers {unknown}; the backbone voices {backbone.speakers}.")
@@ -98,7 +99,7 @@ def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "run
     if NEUTRAL not in emotions:
         raise ConfigError(f"the backbone has no {NEUTRAL!r} condition to pair against (it has {emotions}).")
     texts = sentences[:n_texts]
-    index = {text: i for i, text in enumerate(sentences)}
+    index = {text: first_test + i for i, text in enumerate(sentences)}
 
     # Corpus directions, measured on the corpus's own recordings of the same sentences and speakers.
     clips = [c for c in list_corpus_clips(root, split="test") if c.speaker in speakers]

@@ -134,11 +134,14 @@ class Scorers:
 class References:
     """Corpus recordings that generated clips are compared with (Emo-SIM and speaker similarity)."""
 
-    def __init__(self, corpus_root: Path, sentences: list[str], speakers: list[str], scorers: Scorers) -> None:
+    def __init__(self, corpus_root: Path, sentences: list[str], speakers: list[str], scorers: Scorers,
+                 used: Sequence[str]) -> None:
         from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
 
         self.index = {text: i for i, text in enumerate(sentences)}
-        clips = [c for c in list_corpus_clips(corpus_root) if c.speaker in speakers]
+        wanted = {self.index[t] for t in used if t in self.index}  # only the sentences the report speaks
+        clips = [c for c in list_corpus_clips(corpus_root) if c.speaker in speakers
+                 and (int(c.utt_id.split("_")[1]) - 1) % 350 in wanted]
         self.keys = [(c.speaker, c.emotion, (int(c.utt_id.split("_")[1]) - 1) % 350) for c in clips]
         waves = [read_wave(c.path) for c in clips]
         self.waves = waves
@@ -321,7 +324,8 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
     methods = SteeringMethods(sae_model, feature_sets, means, seed=seed)
     speakers = list(speakers or backbone.speakers[-4:])
     scorers = Scorers.load(recognizer, recognizer_dir, wer=True, speaker=True, dnsmos=True)
-    refs = References(root, record["sentences"], speakers, scorers)
+    refs = References(root, record["sentences"], speakers, scorers,
+                      used=test_sentences[:n_texts] + evaluation_sentences[:sweep_texts])
     sweep_alphas = {**DEFAULT_SWEEP, **(sweep_alphas or {})}
     extra = None
     method_names = list(METHODS)
@@ -393,6 +397,8 @@ def _fmt(record: dict, metric: str, digits: int = 3) -> str:
         return "–"
     low, high = record.get(f"{metric}_low", math.nan), record.get(f"{metric}_high", math.nan)
     if math.isfinite(low) and math.isfinite(high):
+        if metric == "ser_hit":  # Wilson intervals are asymmetric near 0 and 1
+            return f"{value:.2f} [{low:.2f}, {high:.2f}]"
         return f"{value:.{digits}f} ± {(high - low) / 2:.{digits}f}"
     return f"{value:.{digits}f}"
 
@@ -411,7 +417,8 @@ def table1_markdown(summary: list[dict], info: dict, method_names: Sequence[str]
         + ", ".join(f"{METHOD_LABELS.get(m, m)} {a:g}" for m, a in info["alphas"].items()) + ".",
         "Induction: Neutral condition steered toward the emotion (target = emotion). Suppression: emotion "
         "condition steered away (target = Neutral). Emo-SIM: cosine of recognizer embeddings to the matched corpus "
-        "recording (same text, speaker, target emotion). Values are means ± half the 95% interval.", ""]
+        "recording (same text, speaker, target emotion). Values are means ± half the 95% t interval; SER accuracy "
+        "shows its 95% Wilson interval.", ""]
     for metric, label in shown:
         lines += [f"## {label}", "", "| direction | emotion | " + " | ".join(METHOD_LABELS.get(m, m)
                                                                           for m in method_names) + " |",
