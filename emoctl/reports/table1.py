@@ -47,9 +47,8 @@ from emoctl.synthesis import Clip, SamplingConfig, synthesize
 
 NEUTRAL = "Neutral"
 METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
-DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [2.0, 4.0, 8.0, 12.0], "global": [2.0, 4.0, 8.0, 12.0],
-                                      "sae_emotion": [2.0, 4.0, 8.0, 12.0],
-                                      "emoshift": [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]}
+DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [4.0, 8.0, 12.0], "global": [4.0, 8.0, 12.0],
+                                      "sae_emotion": [4.0, 8.0, 12.0], "emoshift": [1.0, 2.0, 3.0, 4.0]}
 METHOD_LABELS = {"unsteered": "Unsteered", "random_sae": "Random SAE", "global": "Global steering",
                  "sae_emotion": "SAE-Emotion", "emoshift": "EmoShift"}
 
@@ -275,8 +274,8 @@ def choose_alphas(sweep: list[dict], method_names: Sequence[str], max_wer_increa
 
 def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None,
            corpus_root: str = "runs/corpus/esd_espeak", out_dir: str = "reports",
-           emotions: list[str] | None = None, speakers: list[str] | None = None, n_texts: int = 6,
-           sweep_alphas: dict[str, list[float]] | None = None, sweep_texts: int = 4, max_wer_increase: float = 0.15,
+           emotions: list[str] | None = None, speakers: list[str] | None = None, n_texts: int = 3,
+           sweep_alphas: dict[str, list[float]] | None = None, sweep_texts: int = 2, max_wer_increase: float = 0.15,
            emoshift: str | None = None, recognizer: str = "mini", recognizer_dir: str | None = None,
            seed: int = 0, sampling: SamplingConfig = SamplingConfig(), progress: bool = True) -> list[dict]:
     """Run the SAE seed's Table 1 protocol and write table1.md / .csv, the α sweep CSV and figure.
@@ -292,7 +291,7 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
         speakers: Speakers to synthesize; None: the backbone's last four.
         n_texts: Test-split sentences per cell.
         sweep_alphas: α values of the sweep per method (on evaluation-split sentences); None: SAE-side methods
-            2, 4, 8, 12 (latent units, norm-matched) and EmoShift 1, 1.5, 2, 2.5, 3, 4 (the seed's Figure 3).
+            4, 8, 12 (latent units, norm-matched) and EmoShift 1, 2, 3, 4 (as the seed's Figure 3).
         sweep_texts: Evaluation-split sentences per sweep cell.
         max_wer_increase: Largest mean WER increase over unsteered that the α choice accepts.
         emoshift: Optional folder of a trained EmoShift layer, added as a method (induction only).
