@@ -59,10 +59,10 @@ def test_committed_checkpoint_is_small_and_documented():
     assert sizes["model.safetensors"] < 2_000_000
     training = json.loads((DEFAULT_MINI_SER_DIR / "training.json").read_text())
     assert training["data"]["corpus"]["seed"] == 0 and training["data"]["codec_digest"]
-    # The committed checkpoint's measured test accuracy (0.77 original, 0.77 round trip, 400 steps): far
+    # The committed checkpoint's measured test accuracy (0.84 original, 0.84 round trip, 1500 steps): far
     # above chance (0.2), below the 0.9 target; `make ser-mini` with more steps is the way up.
-    assert training["test"]["original"]["accuracy"] >= 0.75
-    assert training["test"]["roundtrip"]["accuracy"] >= 0.75
+    assert training["test"]["original"]["accuracy"] >= 0.8
+    assert training["test"]["roundtrip"]["accuracy"] >= 0.8
 
 
 def test_committed_checkpoint_recognizes_fresh_espeak_clips(ser, fresh_clips):
@@ -71,8 +71,8 @@ def test_committed_checkpoint_recognizes_fresh_espeak_clips(ser, fresh_clips):
     assert result.probs.shape == (len(clips), 5) and result.labels == ESD_EMOTIONS
     torch.testing.assert_close(result.probs.sum(1), torch.ones(len(clips)))
     accuracy = np.mean([p == c.emotion for p, c in zip(result.predicted(), clips)])
-    # measured 0.70 on these 20 clips with the committed checkpoint (chance is 0.2)
-    assert accuracy >= 0.55, (accuracy, result.predicted(), [c.emotion for c in clips])  # chance is 0.2
+    # measured 0.75 on these 20 clips with the committed checkpoint (chance is 0.2)
+    assert accuracy >= 0.6, (accuracy, result.predicted(), [c.emotion for c in clips])  # chance is 0.2
 
 
 def test_embeddings_group_by_emotion(ser, fresh_clips):
@@ -83,7 +83,7 @@ def test_embeddings_group_by_emotion(ser, fresh_clips):
     emotion = np.array([c.emotion for c in clips])
     same = torch.from_numpy(emotion[:, None] == emotion[None, :])
     off_diagonal = ~torch.eye(len(clips), dtype=torch.bool)
-    assert cos[same & off_diagonal].mean() > cos[~same].mean() + 0.2  # measured 0.83 vs 0.39
+    assert cos[same & off_diagonal].mean() > cos[~same].mean() + 0.3  # measured 0.83 vs 0.25
 
 
 def test_any_sample_rate_and_batching_match_one_by_one(ser, fresh_clips):
@@ -98,7 +98,7 @@ def test_any_sample_rate_and_batching_match_one_by_one(ser, fresh_clips):
     up = [torchaudio.functional.resample(torch.from_numpy(w), rate, 22050) for w in waves[:6]]
     other = ser(up, 22050)
     diff = (other.probs - batch.probs).abs()
-    assert diff.max() < 0.15 and diff.mean() < 0.05  # measured 0.08 and 0.017 on all 20 clips
+    assert diff.max() < 0.2 and diff.mean() < 0.05  # measured 0.13 and 0.016 on all 20 clips
 
 
 def test_save_load_round_trip_is_identical(ser, fresh_clips, tmp_path):
@@ -139,6 +139,7 @@ def test_recipe_loads_through_the_cli():
 
 
 def test_tiny_training_run_lowers_the_loss(fresh_corpus, tmp_path):
+    pl.seed_everything(0)
     features = LogMelConfig(n_mels=32)
     data = SERCorpusDataModule(str(fresh_corpus), codec_dir=None, cache_dir=str(tmp_path / "cache"),
                                features=features, val_split="test", batch_size=8, workers=1)
@@ -153,18 +154,19 @@ def test_tiny_training_run_lowers_the_loss(fresh_corpus, tmp_path):
     model.net.set_normalization(*data.feature_stats())
 
     def loss() -> float:
-        model.net.eval()
+        # Batch statistics of all ten clips (train mode, dropout 0): running statistics after a few dozen
+        # steps on ten clips are too noisy to judge the weights by.
+        model.net.train()
         with torch.no_grad():
             logits, _ = model.net(batch.logmel, batch.lengths)
         return float(torch.nn.functional.cross_entropy(logits, batch.labels))
 
     before = loss()
-    model.net.train()
-    trainer = pl.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data)
     after = loss()
-    assert after < 0.85 * before, (before, after)  # measured 1.61 -> 1.24
+    assert after < 0.85 * before, (before, after)  # seeded; no learning leaves it near ln 5 = 1.61
     exported = load_mini_ser(model.exported)
     assert exported.metadata["test"]["original"]["clips"] == len(data.splits["test"]) == 10
     assert "roundtrip" not in exported.metadata["test"]
