@@ -30,12 +30,7 @@ PROMPTS = [Prompt("hello there", "0011", "Angry"), Prompt("hi", "0012", "Sad"),
            Prompt("what a day it is", "0011", "Neutral")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_layer(rank: int | None = None, neutral: str = "identity", scale: float = 1.0, seed: int = 0) -> EmoSteer:

@@ -5,9 +5,7 @@ built here with the corpus's own settings for the held-out sentences.
 """
 from __future__ import annotations
 
-import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -18,7 +18,8 @@ from data_modules.tts_corpus import LengthBucketSampler, TTSBatch, TTSCorpusData
 from emoctl.backbones import Phase, Prompt
 from emoctl.backbones.mini_tts import CharTokenizer, MiniTTS, MiniTTSConfig, MiniTTSLM
 from emoctl.backbones.mini_tts.codec import SpeechCodec
-from emoctl.backbones.mini_tts.module import MiniTTSModule, warmup_then_decay
+from emoctl.backbones.mini_tts.module import MiniTTSModule
+from emoctl.training import warmup_then_decay
 from emoctl.errors import ConfigError
 
 SPEAKERS = ["0011", "0012"]
@@ -54,13 +55,7 @@ PROMPTS = [Prompt("hello there, how are you?", "0011", "Angry"), Prompt("hi", "0
            Prompt("what a day it is", "0011", "Neutral"), Prompt("no.", "0012", "Angry")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ PLANTED = 5  # the latent that fires on the anger direction only
 EMOTIONS = ("Neutral", "Angry", "Happy")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_sae(seed: int = 0) -> tuple[TopKSAE, torch.Tensor]:

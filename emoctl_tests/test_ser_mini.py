@@ -27,12 +27,7 @@ from emoctl_tests.conftest import RECIPES, run_emoctl
 FRESH_SEED = 20240917  # not the committed checkpoint's corpus seed (0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

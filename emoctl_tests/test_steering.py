@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from emoctl.backbones import Phase, Prompt
+from emoctl.backbones import Phase
 from emoctl.errors import ConfigError
 from emoctl.sae import SAEConfig, TopKSAE
 from emoctl.steering import (
@@ -20,12 +20,7 @@ D, D_SAE, K = 32, 64, 4
 ALWAYS, NEVER = 3, 7  # latents whose encoder bias keeps them always in / always out of the top-k
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

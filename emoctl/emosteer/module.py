@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone, Prompt
-from emoctl.backbones.mini_tts.module import _jsonable, _read_recipe, warmup_then_decay
+from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
 from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
 from emoctl.emosteer.loading import load_backbone
 from emoctl.emosteer.objective import teacher_forced_nll

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone
-from emoctl.backbones.mini_tts.module import _jsonable, warmup_then_decay
+from emoctl.training import adamw_with_schedule, jsonable as _jsonable
 from emoctl.emosteer.loading import load_backbone
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.errors import ConfigError
@@ -85,16 +85,10 @@ class SFTModule(pl.LightningModule):
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(tokens))
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.backbone.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
         hp = self.hparams
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = warmup_then_decay(hp.warmup_steps, total, hp.schedule, hp.min_lr_fraction)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
+        return adamw_with_schedule(self.backbone.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay,
+                                   warmup_steps=hp.warmup_steps, total_steps=self.trainer.estimated_stepping_batches,
+                                   schedule=hp.schedule, min_lr_fraction=hp.min_lr_fraction)
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.nn import functional as F
 
-from emoctl.backbones.mini_tts.module import _jsonable, _read_recipe, warmup_then_decay
+from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
 from emoctl.errors import ConfigError
 from emoctl.metrics.ser_mini import MiniSERConfig, MiniSERNet, parameter_count, save_mini_ser
 

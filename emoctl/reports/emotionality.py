@@ -157,7 +157,7 @@ def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "run
 
 
 def _summary_markdown(result: EmotionalityResult) -> str:
-    lines = [f"# Is the backbone emotional?", "",
+    lines = ["# Is the backbone emotional?", "",
              f"Backbone `{result.extra['backbone']}`, {result.n_pairs} (text, speaker) pairs per emotion "
              f"({result.extra['n_texts']} held-out test sentences x speakers {', '.join(result.extra['speakers'])}), "
              f"sampling seed {result.extra['seed']}; {result.extra['unfinished']} clips hit the token cap.", "",

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
 from emoctl.errors import ConfigError
-from emoctl.probes import AcousticProfile, PairedComparison, compare_profiles, measure
+from emoctl.probes import AcousticProfile, compare_profiles, measure
 from emoctl.probes.paired import PROBE_LABELS, format_p
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import FeatureSet

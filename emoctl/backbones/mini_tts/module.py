@@ -15,10 +15,8 @@ data module's codec and the run's provenance (``<log dir>/mini_tts`` unless
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -29,6 +27,7 @@ from emoctl.backbones.mini_tts.backbone import MiniTTS
 from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
 from emoctl.backbones.mini_tts.text import CharTokenizer
 from emoctl.errors import ConfigError
+from emoctl.training import adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 
 ESD_SPEAKERS = ("0011", "0012", "0013", "0014", "0015", "0016", "0017", "0018", "0019", "0020")
 ESD_EMOTIONS = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
@@ -132,15 +131,10 @@ class MiniTTSModule(pl.LightningModule):
 
     # -------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
-        decay = [p for p in self.tts.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.tts.parameters() if p.requires_grad and p.ndim < 2]
         hp = self.hparams
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = warmup_then_decay(hp.warmup_steps, total, hp.schedule, hp.min_lr_fraction)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
+        return adamw_with_schedule(self.tts.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay,
+                                   warmup_steps=hp.warmup_steps, total_steps=self.trainer.estimated_stepping_batches,
+                                   schedule=hp.schedule, min_lr_fraction=hp.min_lr_fraction)
 
     # ----------------------------------------------------------------- export
     def on_fit_end(self) -> None:
@@ -165,35 +159,3 @@ class MiniTTSModule(pl.LightningModule):
         target = self.tts.save(self.export_dir())
         rank_zero_info(f"MiniTTS exported to {target} (backbone_id {self.tts.backbone_id})")
         return target
-
-
-def warmup_then_decay(warmup_steps: int, total_steps: int, schedule: str, min_fraction: float
-                      ) -> Callable[[int], float]:
-    """Learning-rate factor per step: linear 0 -> 1 over warm-up, then cosine or linear to ``min_fraction``."""
-    if schedule not in ("cosine", "linear"):
-        raise ConfigError(f"model.schedule must be 'cosine' or 'linear', got {schedule!r}.")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-        return min_fraction + (1 - min_fraction) * shape
-
-    return factor
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-
-def _read_recipe(trainer: pl.Trainer) -> str | None:
-    """The resolved recipe LightningCLI saved as ``<log dir>/config.yaml``, if any."""
-    path = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
-    return path.read_text() if path.is_file() else None

@@ -1,0 +1,62 @@
+"""Training plumbing the LightningModules share: the learning-rate schedule, AdamW groups, provenance.
+
+The mini TTS, its SFT baseline, EmoShift and the mini SER all train with AdamW
+(no decay on biases and norms), linear warm-up then cosine or linear decay, and
+export a folder that records the resolved recipe; this module holds that once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import lightning.pytorch as pl
+import torch
+
+from emoctl.errors import ConfigError
+
+
+def warmup_then_decay(warmup_steps: int, total_steps: int, schedule: str, min_fraction: float
+                      ) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear 0 -> 1 over warm-up, then cosine or linear to ``min_fraction``."""
+    if schedule not in ("cosine", "linear"):
+        raise ConfigError(f"model.schedule must be 'cosine' or 'linear', got {schedule!r}.")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+        return min_fraction + (1 - min_fraction) * shape
+
+    return factor
+
+
+def adamw_with_schedule(params: Iterable[torch.nn.Parameter], *, lr: float, betas: Sequence[float],
+                        weight_decay: float, warmup_steps: int, total_steps: int, schedule: str,
+                        min_lr_fraction: float) -> dict[str, Any]:
+    """``configure_optimizers`` output: AdamW with decay on matrices only, stepped by :func:`warmup_then_decay`."""
+    params = [p for p in params if p.requires_grad]
+    decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
+    factor = warmup_then_decay(warmup_steps, max(int(total_steps), 1), schedule, min_lr_fraction)
+    return {"optimizer": optimizer,
+            "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
+
+
+def jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def read_recipe(trainer: pl.Trainer) -> str | None:
+    """The resolved recipe LightningCLI saved as ``<log dir>/config.yaml``, if any."""
+    path = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
+    return path.read_text() if path.is_file() else None
