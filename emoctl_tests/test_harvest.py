@@ -297,7 +297,7 @@ def test_sae_mini_fit_goes_from_a_backbone_checkpoint_to_an_exported_sae(checkpo
     store = tmp_path / "store"
     overrides = tmp_path / "tiny.yaml"  # a nested dataclass is nulled in YAML (jsonargparse refuses it as a flag)
     overrides.write_text(json.dumps({"data": {"init_args": {"build": {"init_args": {
-        "backbone": {"path": str(checkpoint)}, "hookpoint": HOOK, "corpus": None, "texts": TEXTS,
+        "backbone": {"path": str(checkpoint)}, "hookpoint": HOOK, "corpus": None, "texts": TEXTS, "speakers": None,
         "max_new_tokens": 60}}}}}))
     result = run_emoctl(
         "fit", "--config", str(RECIPES / "sae_mini.yaml"), "--config", str(overrides),

@@ -122,9 +122,13 @@ def test_resume_continues_dead_latent_counters_and_b_pre(tmp_path):
     first = _small_run(tmp_path, max_steps=12)
     ckpt = tmp_path / "resume.ckpt"
     first.save_checkpoint(ckpt)
-    saved = torch.load(ckpt, weights_only=False)["state_dict"]
-    counters = saved["sae.tokens_since_fired"]
-    assert counters.sum() > 0  # 12 steps of 256 tokens moved the counters
+    checkpoint = torch.load(ckpt, weights_only=False)
+    saved = checkpoint["state_dict"]
+    # On this data every latent fires within a step, so the trained counters are all 0: give them distinct
+    # values (as a run with dead latents would have) so that a resume which re-initialized them shows.
+    counters = torch.arange(saved["sae.tokens_since_fired"].numel(), dtype=saved["sae.tokens_since_fired"].dtype) * 7
+    saved["sae.tokens_since_fired"] = counters
+    torch.save(checkpoint, ckpt)
 
     capture = _CaptureCounters()
     second = _small_run(tmp_path, max_steps=20, callbacks=[capture], ckpt_path=ckpt)

@@ -29,7 +29,9 @@ from torch.nn import functional as F
 
 from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
 from emoctl.errors import ConfigError
-from emoctl.metrics.ser_mini import MiniSERConfig, MiniSERNet, parameter_count, save_mini_ser
+from emoctl.metrics.ser_mini import LogMelConfig, MiniSERConfig, MiniSERNet, parameter_count, save_mini_ser
+
+torch.serialization.add_safe_globals([MiniSERConfig, LogMelConfig])  # hparams in checkpoints; see emoctl.sae.module
 
 
 class MiniSERModule(pl.LightningModule):

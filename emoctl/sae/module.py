@@ -24,6 +24,10 @@ from emoctl.errors import ConfigError
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.topk_sae import TopKSAE
 
+# Lightning checkpoints keep the hyperparameters, this dataclass among them; resuming loads them with
+# torch.load(weights_only=True), which refuses classes it was not told are safe.
+torch.serialization.add_safe_globals([SAEConfig])
+
 
 class SAEModule(pl.LightningModule):
     """Top-k SAE with AuxK, trained on rows of an activation store."""

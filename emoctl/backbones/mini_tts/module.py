@@ -29,6 +29,8 @@ from emoctl.backbones.mini_tts.text import CharTokenizer
 from emoctl.errors import ConfigError
 from emoctl.training import adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 
+torch.serialization.add_safe_globals([MiniTTSConfig])  # hparams in checkpoints; see emoctl.sae.module
+
 ESD_SPEAKERS = ("0011", "0012", "0013", "0014", "0015", "0016", "0017", "0018", "0019", "0020")
 ESD_EMOTIONS = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
 
