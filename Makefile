@@ -77,7 +77,7 @@ $(EMOSHIFT)/emosteer/emosteer.json: | corpus
 	$(EMOCTL) fit --config recipes/emoshift_mini.yaml --trainer.logger.init_args.version=demo
 
 reproduce-table1: $(SELECT)/selection.md $(EMOSHIFT)/emosteer/emosteer.json
-	$(EMOCTL) report table1 --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) \
+	$(EMOCTL) report table1 --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) --emotions '["Angry","Happy","Sad"]' \
 	    --emoshift $(EMOSHIFT)/emosteer --out_dir reports
 
 clean:
