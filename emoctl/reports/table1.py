@@ -134,11 +134,12 @@ class Scorers:
 class References:
     """Corpus recordings that generated clips are compared with (Emo-SIM and speaker similarity)."""
 
-    def __init__(self, corpus_root: Path, sentences: list[str], speakers: list[str], scorers: Scorers) -> None:
+    def __init__(self, corpus_root: Path, sentences: list[str], speakers: list[str], scorers: Scorers,
+                 split: str | None = None) -> None:
         from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
 
         self.index = {text: i for i, text in enumerate(sentences)}
-        clips = [c for c in list_corpus_clips(corpus_root) if c.speaker in speakers]
+        clips = [c for c in list_corpus_clips(corpus_root, split=split) if c.speaker in speakers]
         self.keys = [(c.speaker, c.emotion, (int(c.utt_id.split("_")[1]) - 1) % 350) for c in clips]
         waves = [read_wave(c.path) for c in clips]
         self.waves = waves
