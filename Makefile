@@ -1,15 +1,19 @@
 # emoctl: every target creates .venv and installs what is missing, so on a fresh machine
-#   make demo   -> trains the demo SAE end to end
-#   make test   -> runs the test suite
+#   make demo              -> corpus, harvest from the committed mini TTS, SAE, emotion features, summary
+#   make test              -> runs the test suite
+#   make reproduce-table1  -> the SAE seed's Table 1 (and EmoShift's) on the mini backbone
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EMOCTL := $(VENV)/bin/emoctl
 STAMP  := $(VENV)/.emoctl-installed
-DEMO_DIR := runs/sae_demo/demo
 CORPUS   := runs/corpus/esd_espeak
+STORE    := runs/stores/mini_tts_train_resid_pre5
+SAE_RUN  := runs/sae_mini/demo
+SELECT   := runs/select_mini
+EMOSHIFT := runs/emoshift_mini/demo
 
-.PHONY: install test demo bench tensorboard reproduce-table1 clean corpus mini-tts
+.PHONY: install test demo demo-synthetic bench tensorboard reproduce-table1 clean corpus mini-tts ser-mini
 
 install: $(STAMP)
 
@@ -22,10 +26,25 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest emoctl_tests -q
 
-demo: install
+demo: $(SELECT)/selection.md
+	$(EMOCTL) inspect emotionality --out_dir reports/emotionality --n_texts 6
+	@echo
+	@echo "Demo done. The SAE (SAELens format): $(SAE_RUN)/sae   emotion features: $(SELECT)/selection.md"
+	@echo "Is the backbone emotional: reports/emotionality/summary.md"
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs   (or: make tensorboard)"
+
+# Harvest decode-phase resid_pre.5 from the committed mini TTS (if the store is missing), then fit the SAE.
+$(SAE_RUN)/sae/cfg.json: | corpus
+	$(EMOCTL) fit --config recipes/sae_mini.yaml --trainer.logger.init_args.version=demo
+
+# Δ-score emotion features with McNemar tests and bootstrap intervals.
+$(SELECT)/selection.md: $(SAE_RUN)/sae/cfg.json
+	$(EMOCTL) select --store $(STORE) --sae $(SAE_RUN)/sae --out_dir $(SELECT)
+
+# The SAE-only demo on a synthetic store with a known dictionary (a minute; checks dictionary recovery).
+demo-synthetic: install
 	$(EMOCTL) fit --config recipes/sae_demo.yaml --trainer.logger.init_args.version=demo
-	$(EMOCTL) inspect recovery --sae $(DEMO_DIR)/sae --dictionary runs/stores/synthetic_demo/true_dictionary.npy
-	@echo "TensorBoard: $(EMOCTL:%/emoctl=%)/tensorboard --logdir runs   (or: make tensorboard)"
+	$(EMOCTL) inspect recovery --sae runs/sae_demo/demo/sae --dictionary runs/stores/synthetic_demo/true_dictionary.npy
 
 # The embedded ESD-shaped eSpeak NG corpus (15,000 clips, about a minute on 2 cores; resumable).
 corpus: $(CORPUS)/corpus.json
@@ -41,13 +60,25 @@ bench: install
 	$(EMOCTL) bench probes
 	$(EMOCTL) bench harvest
 
+# ser-mini: retrain the embedded speech-emotion recognizer (emoctl.metrics.ser_mini) on the eSpeak corpus and
+# its codec round trips, then replace the committed checkpoint in emoctl/assets/ser_mini with the export
+# (weights, config, training.json with corpus seed/settings and test numbers, test_report.md).
+# Needs runs/corpus/esd_espeak and the fitted codec runs/codec/mini_tts (see recipes/mini_tts.yaml).
+SER_MINI_RUN := runs/ser_mini/make
+ser-mini: corpus
+	$(EMOCTL) fit --config recipes/ser_mini.yaml --trainer.logger.init_args.version=make
+	rm -rf emoctl/assets/ser_mini && cp -r $(SER_MINI_RUN)/ser_mini emoctl/assets/ser_mini
+
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs
 
-reproduce-table1:
-	@echo "reproduce-table1: not yet. Table 1 needs the mini TTS backbone, the probes and the"
-	@echo "steering methods (issues 3, 4 and 6); this target will run them once they land."
-	@exit 2
+# The EmoSteer layer on the mini backbone (neutral condition: the layer alone carries the emotion; ~5 min).
+$(EMOSHIFT)/emosteer/emosteer.json: | corpus
+	$(EMOCTL) fit --config recipes/emoshift_mini.yaml --trainer.logger.init_args.version=demo
+
+reproduce-table1: $(SELECT)/selection.md $(EMOSHIFT)/emosteer/emosteer.json
+	$(EMOCTL) report table1 --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) \
+	    --emoshift $(EMOSHIFT)/emosteer --out_dir reports
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -47,8 +47,8 @@ from emoctl.synthesis import Clip, SamplingConfig, synthesize
 
 NEUTRAL = "Neutral"
 METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
-DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [2.0, 4.0, 8.0, 16.0, 32.0], "global": [2.0, 4.0, 8.0, 16.0, 32.0],
-                                      "sae_emotion": [2.0, 4.0, 8.0, 16.0, 32.0],
+DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [2.0, 4.0, 8.0, 12.0], "global": [2.0, 4.0, 8.0, 12.0],
+                                      "sae_emotion": [2.0, 4.0, 8.0, 12.0],
                                       "emoshift": [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]}
 METHOD_LABELS = {"unsteered": "Unsteered", "random_sae": "Random SAE", "global": "Global steering",
                  "sae_emotion": "SAE-Emotion", "emoshift": "EmoShift"}
@@ -290,7 +290,7 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
         speakers: Speakers to synthesize; None: the backbone's last four.
         n_texts: Test-split sentences per cell.
         sweep_alphas: α values of the sweep per method (on evaluation-split sentences); None: SAE-side methods
-            2, 4, 8, 16, 32 (latent units, norm-matched) and EmoShift 1, 1.5, 2, 2.5, 3, 4 (the seed's Figure 3).
+            2, 4, 8, 12 (latent units, norm-matched) and EmoShift 1, 1.5, 2, 2.5, 3, 4 (the seed's Figure 3).
         sweep_texts: Evaluation-split sentences per sweep cell.
         max_wer_increase: Largest mean WER increase over unsteered that the α choice accepts.
         emoshift: Optional folder of a trained EmoShift layer, added as a method (induction only).
