@@ -121,3 +121,27 @@ def test_sweep_and_compound_refuse_bad_input(trained, tmp_path):
     with pytest.raises(ConfigError, match="weights >= 0"):
         emoshift_compound(str(layer), corpus_root=str(root), out_dir=str(tmp_path), mixtures=[{"Happy": -1.0}])
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_best_alpha_takes_the_most_accurate_alpha_within_the_wer_bound():
+    from emoctl.reports.emoshift_sweep import best_alpha
+
+    def row(method, alpha, acc, wer):
+        return {"emotion": "all", "method": method, "alpha": alpha, "ser_hit": acc, "wer": wer}
+
+    summary = [row("unsteered", 0.0, 0.1, 0.20), row("alpha=0", 0.0, 0.1, 0.20), row("alpha=1", 1.0, 0.5, 0.22),
+               row("alpha=2", 2.0, 0.8, 0.30), row("alpha=3", 3.0, 0.8, 0.31), row("alpha=4", 4.0, 0.9, 0.90),
+               {"emotion": "Happy", "method": "alpha=4", "alpha": 4.0, "ser_hit": 1.0, "wer": 0.0}]
+    assert best_alpha(summary, max_wer_increase=0.15) == 2.0  # 4 is more accurate but breaks WER; 2 beats 3 on ties
+    assert best_alpha(summary, max_wer_increase=1.0) == 4.0
+    assert best_alpha(summary, max_wer_increase=0.05) == 1.0
+    with pytest.raises(ConfigError, match="no unsteered row"):
+        best_alpha(summary[1:])
+
+
+def test_cli_tools_are_registered_and_report_a_missing_layer(tmp_path):
+    from conftest import run_emoctl
+
+    for group, name in (("steer", "emoshift"), ("steer", "compound"), ("report", "emoshift")):
+        out = run_emoctl(group, name, "--layer", str(tmp_path / "nope"), "--corpus_root", str(tmp_path))
+        assert out.returncode == 1 and "no EmoSteer layer" in out.stderr, (group, name, out.stderr[-500:])
