@@ -24,7 +24,7 @@ BACKBONE = REPO / "emoctl" / "assets" / "mini_tts"
 EMOTIONS = ["Happy", "Sad"]
 SPEAKERS = ["0011", "0012"]  # 0011 trained on; 0012 only through the backbone
 STEPS = 80
-SAMPLING = dict(max_new_tokens=300, batch_size=16)
+SAMPLING = dict(max_new_tokens=300, batch_size=5)  # 8 prompts: batches of 5 + 3, the hook per batch
 
 
 @pytest.fixture(scope="module")

@@ -68,13 +68,22 @@ class SteeringSetup:
 
     def synthesize(self, prompts: list[Prompt], mixes: Sequence[Any] | None, alpha: float | None, seed: int,
                    sampling: SamplingConfig) -> list[Clip]:
-        """Speak ``prompts``; ``alpha`` None: no hook at all (unsteered), else the layer toward ``mixes`` at α."""
+        """Speak ``prompts``; ``alpha`` None: no hook at all (unsteered), else the layer toward ``mixes`` at α.
+
+        The hook holds one emotion row per prompt of a generation batch, so it is attached per batch; batch b
+        gets seed ``seed + b`` exactly as :func:`synthesize` gives it, so every setting sees the same noise.
+        """
         from emoctl.emosteer import steer
 
-        context = nullcontext() if alpha is None else steer(self.backbone, self.layer, list(mixes), alpha=alpha,
-                                                             hookpoint=self.hookpoint)
-        with context:
-            return synthesize(self.backbone, prompts, seed=seed, sampling=sampling)
+        clips: list[Clip] = []
+        size = sampling.batch_size
+        for b, start in enumerate(range(0, len(prompts), size)):
+            batch = prompts[start:start + size]
+            context = nullcontext() if alpha is None else steer(
+                self.backbone, self.layer, list(mixes[start:start + size]), alpha=alpha, hookpoint=self.hookpoint)
+            with context:
+                clips += synthesize(self.backbone, batch, seed=seed + b, sampling=sampling)
+        return clips
 
 
 def heldout_prompts(corpus_root: Path, split: str, n_texts: int) -> tuple[list[str], dict]:
