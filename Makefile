@@ -13,7 +13,7 @@ SAE_RUN  := runs/sae_mini/demo
 SELECT   := runs/select_mini
 EMOSHIFT := runs/emoshift_mini/demo
 
-.PHONY: install test demo demo-synthetic bench tensorboard reproduce-table1 clean corpus mini-tts ser-mini
+.PHONY: install test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift clean corpus mini-tts ser-mini
 
 install: $(STAMP)
 
@@ -79,6 +79,21 @@ $(EMOSHIFT)/emosteer/emosteer.json: | corpus
 reproduce-table1: $(SELECT)/selection.md $(EMOSHIFT)/emosteer/emosteer.json
 	$(EMOCTL) report table1 --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) --emotions '["Angry","Happy","Sad"]' \
 	    --emoshift $(EMOSHIFT)/emosteer --out_dir reports
+
+# The EmoShift seed's Table 1, its α sweep (Figure 3) and compound emotions: low-rank layer and SFT baseline
+# trained first (same data and step budget as recipes/emoshift_mini.yaml).
+EMOSHIFT_LR := runs/emoshift_lr16/demo
+SFT_RUN := runs/sft_mini/demo
+$(EMOSHIFT_LR)/emosteer/emosteer.json: | corpus
+	$(EMOCTL) fit --config recipes/emoshift_mini.yaml --model.init_args.rank=16 \
+	    --trainer.logger.init_args.name=emoshift_lr16 --trainer.logger.init_args.version=demo
+$(SFT_RUN)/sft_backbone/config.json: | corpus
+	$(EMOCTL) fit --config recipes/sft_mini.yaml --trainer.logger.init_args.version=demo
+reproduce-emoshift: $(EMOSHIFT)/emosteer/emosteer.json $(EMOSHIFT_LR)/emosteer/emosteer.json $(SFT_RUN)/sft_backbone/config.json
+	$(EMOCTL) steer emoshift --layer $(EMOSHIFT)/emosteer --out_dir reports/emoshift_sweep
+	$(EMOCTL) steer compound --layer $(EMOSHIFT)/emosteer --out_dir reports/emoshift_compound
+	$(EMOCTL) report emoshift --layer $(EMOSHIFT)/emosteer --low_rank $(EMOSHIFT_LR)/emosteer \
+	    --sft $(SFT_RUN)/sft_backbone --sweep_csv reports/emoshift_sweep/emoshift_sweep.csv --out_dir reports
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

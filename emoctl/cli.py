@@ -64,6 +64,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
     },
     "report": {
         "table1": Tool("emoctl.reports.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),
+        "emoshift": Tool("emoctl.reports.table1_emoshift:emoshift_table1",
+                         "The EmoShift seed's Table 1: zero-shot, Neutral, SFT, EmoShift full and low rank."),
     },
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
@@ -73,6 +75,12 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "select": {"": Tool("emoctl.selection.select:select_features", "Top-m SAE emotion features by paired Δ-score.")},
     "attribute": {"": Tool("emoctl.steering.attribute:attribute_features",
                            "Acoustic effect (ΔF0, ΔRMS, ...) of steering each selected feature alone.")},
+    "steer": {
+        "emoshift": Tool("emoctl.reports.emoshift_sweep:emoshift_sweep",
+                         "EmoShift intensity sweep over α: SER accuracy per emotion, WER, SpkSIM (MD + CSV + PNG)."),
+        "compound": Tool("emoctl.reports.emoshift_sweep:emoshift_compound",
+                         "EmoShift compound emotions: weighted mixtures vs pure emotions (F0, RMS, duration, SER)."),
+    },
     "evaluate": {"": Tool("emoctl.metrics.evaluate:evaluate",
                           "Score generated clips: WER, SpkSIM, DNSMOS, SER accuracy and Emo-SIM (CSV + Markdown).")},
 }
@@ -85,6 +93,7 @@ TOOL_SUMMARIES: dict[str, str] = {
     "inspect": "Look inside trained artifacts.",
     "select": "Select each emotion's SAE features from paired activations (JSON + PNG + Markdown).",
     "attribute": "Steer one feature at a time and report the acoustic shifts (Markdown + CSV + PNG).",
+    "steer": "Apply a trained steering layer: intensity sweeps and compound emotions.",
     "evaluate": "Score generated clips against a manifest: WER, SpkSIM, DNSMOS, SER accuracy, Emo-SIM.",
 }
 

@@ -142,13 +142,13 @@ class References:
     """Corpus recordings that generated clips are compared with (Emo-SIM and speaker similarity)."""
 
     def __init__(self, corpus_root: Path, sentences: list[str], speakers: list[str], scorers: Scorers,
-                 used: Sequence[str]) -> None:
+                 used: Sequence[str] | None = None, split: str | None = None) -> None:
         from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
 
         self.index = {text: i for i, text in enumerate(sentences)}
-        wanted = {self.index[t] for t in used if t in self.index}  # only the sentences the report speaks
-        clips = [c for c in list_corpus_clips(corpus_root) if c.speaker in speakers
-                 and (int(c.utt_id.split("_")[1]) - 1) % 350 in wanted]
+        wanted = None if used is None else {self.index[t] for t in used if t in self.index}  # only what is spoken
+        clips = [c for c in list_corpus_clips(corpus_root, split=split) if c.speaker in speakers
+                 and (wanted is None or (int(c.utt_id.split("_")[1]) - 1) % 350 in wanted)]
         self.keys = [(c.speaker, c.emotion, (int(c.utt_id.split("_")[1]) - 1) % 350) for c in clips]
         waves = [read_wave(c.path) for c in clips]
         self.waves = waves
