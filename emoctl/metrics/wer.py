@@ -182,7 +182,12 @@ def _bundled_whisper_dir() -> Path:
 
 
 class FasterWhisperASR(SpeechRecognizer):
-    """Whisper through faster-whisper: beam search, English, no VAD, no conditioning on earlier text."""
+    """Whisper through faster-whisper: beam search, English, no VAD, no conditioning on earlier text.
+
+    Decoding is deterministic (temperature 0 only): faster-whisper's default falls back to *sampling* at
+    higher temperatures when a hypothesis looks repetitive, which makes WER change between two runs on the
+    same audio, and steered-vs-unsteered comparisons need identical audio to get identical scores.
+    """
 
     def __init__(self, model_dir: str | Path | None = None, *, compute_type: str = "int8", beam_size: int = 5,
                  cpu_threads: int | None = None, device: str = "cpu") -> None:
@@ -207,7 +212,7 @@ class FasterWhisperASR(SpeechRecognizer):
 
     def _transcribe(self, wave: np.ndarray) -> str:
         segments, _ = self.model.transcribe(wave, language="en", beam_size=self.beam_size, vad_filter=False,
-                                            condition_on_previous_text=False)
+                                            condition_on_previous_text=False, temperature=0.0)
         return " ".join(segment.text.strip() for segment in segments).strip()
 
 
