@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_modules.tts_corpus import LengthBucketSampler
 from emoctl.errors import ConfigError
+from emoctl.keyed_cache import read_keyed_arrays, stat_key, write_keyed_arrays
 from emoctl.metrics.ser import ESD_EMOTIONS
 from emoctl.metrics.ser_mini import LogMel, LogMelConfig
 
@@ -119,44 +119,6 @@ def feature_digest(features: LogMelConfig, codec_digest: str | None = None) -> s
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _stat_key(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _read_cache(path: Path) -> dict[str, tuple[tuple[int, int], np.ndarray]]:
-    """rel_path -> ((size, mtime_ns), (T, n_mels) float16); empty when missing or unreadable."""
-    if not path.is_file():
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            rel, size, mtime, offsets, mels = z["rel_paths"], z["sizes"], z["mtimes_ns"], z["offsets"], z["mels"]
-    except (OSError, KeyError, ValueError):  # a damaged cache is only a lost speed-up
-        return {}
-    return {str(r): ((int(s), int(m)), mels[offsets[i]:offsets[i + 1]])
-            for i, (r, s, m) in enumerate(zip(rel, size, mtime))}
-
-
-def _write_cache(path: Path, entries: dict[str, tuple[tuple[int, int], np.ndarray]]) -> None:
-    """Write under a temporary name in the same folder, then rename: readers never see half a file."""
-    rel = sorted(entries)
-    lengths = np.array([len(entries[r][1]) for r in rel], dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, rel_paths=np.array(rel), sizes=np.array([entries[r][0][0] for r in rel], dtype=np.int64),
-                     mtimes_ns=np.array([entries[r][0][1] for r in rel], dtype=np.int64),
-                     offsets=np.concatenate([[0], np.cumsum(lengths)]),
-                     mels=np.concatenate([entries[r][1] for r in rel]))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cached_logmels(root: Path, paths: Sequence[Path], cache_file: Path, job: _ClipFeatures, *, workers: int,
                    desc: str, flush_every: int = 250) -> dict[str, np.ndarray]:
     """``rel_path -> (T, n_mels)`` for ``paths``, computing only what ``cache_file`` lacks.
@@ -166,9 +128,9 @@ def cached_logmels(root: Path, paths: Sequence[Path], cache_file: Path, job: _Cl
     """
     from emoctl.backbones.mini_tts.codec import map_in_workers
 
-    cached = _read_cache(cache_file)
+    cached = read_keyed_arrays(cache_file, "mels")
     rels = [p.relative_to(root).as_posix() for p in paths]
-    stats = [_stat_key(p) for p in paths]
+    stats = [stat_key(p) for p in paths]
     todo = [i for i, (r, s) in enumerate(zip(rels, stats)) if cached.get(r, (None,))[0] != s]
     if todo:
         computed = map_in_workers(job, [paths[i] for i in todo], workers=workers, total=len(todo), desc=desc,
@@ -176,7 +138,7 @@ def cached_logmels(root: Path, paths: Sequence[Path], cache_file: Path, job: _Cl
         for done, (i, mel) in enumerate(zip(todo, computed), 1):
             cached[rels[i]] = (stats[i], mel)
             if done % flush_every == 0 or done == len(todo):
-                _write_cache(cache_file, cached)
+                write_keyed_arrays(cache_file, cached, "mels")
     return {r: cached[r][1] for r in rels}
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from emoctl.selection.feature_set import FeatureSet, SelectedFeature
-from emoctl.store.fsio import atomic_write_bytes, temp_name
+from emoctl.store.fsio import atomic_write_bytes, save_figure_atomically
 
 
 def save_delta_histogram(path: Path, delta: np.ndarray, selected: Sequence[int], emotion: str, neutral: str) -> Path:
@@ -33,13 +32,7 @@ def save_delta_histogram(path: Path, delta: np.ndarray, selected: Sequence[int],
     ax.set_ylabel("latents")
     ax.set_title(f"{emotion}: Δ-scores of {delta.size} latents, {len(selected)} selected (red)")
     fig.tight_layout()
-    tmp = temp_name(path)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure_atomically(fig, path)
     return path
 
 

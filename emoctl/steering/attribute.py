@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -29,7 +28,7 @@ from emoctl.selection.feature_set import FeatureSet
 from emoctl.selection.select import feature_set_path
 from emoctl.steering.base import steer
 from emoctl.steering.sae_features import SAEFeatureSteering
-from emoctl.store.fsio import atomic_write_bytes, temp_name
+from emoctl.store.fsio import atomic_write_bytes, save_figure_atomically
 
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz", "duration_s")
 """ΔF0, ΔRMS, Δcentroid, Δduration: the acoustic probes of the SAE seed."""
@@ -210,10 +209,4 @@ def _plot(path: Path, rows: list[dict]) -> None:
         ax.set_yticks(y, [f"{e} #{f}" for e, f in keys], fontsize=7)
         ax.invert_yaxis()
     fig.tight_layout()
-    tmp = temp_name(path)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure_atomically(fig, path)

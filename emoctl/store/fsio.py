@@ -82,3 +82,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def save_figure_atomically(fig, path: Path) -> Path:
+    """Save a matplotlib figure as PNG under a temporary name, then rename; the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
+    tmp = temp_name(path)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

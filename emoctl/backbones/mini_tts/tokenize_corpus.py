@@ -14,7 +14,6 @@ are read too, with ``split=None``.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
 from emoctl.errors import ConfigError
+from emoctl.keyed_cache import read_keyed_arrays, stat_key, write_keyed_arrays
 
 SPLITS = ("train", "evaluation", "test")
 CACHE_PREFIX = ".tokens-"
@@ -103,7 +103,7 @@ class AudioSource:
 
     @classmethod
     def of_file(cls, path: Path, root: Path) -> AudioSource:
-        return cls(path.relative_to(root).as_posix(), _stat_key(path), path=path)
+        return cls(path.relative_to(root).as_posix(), stat_key(path), path=path)
 
     @classmethod
     def of_bytes(cls, key: str, data: bytes) -> AudioSource:
@@ -134,44 +134,6 @@ def cache_path(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_dir: st
     return Path(cache_dir if cache_dir is not None else corpus_root) / f"{CACHE_PREFIX}{codec.digest}.npz"
 
 
-def _stat_key(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _read_cache(path: Path) -> dict[str, tuple[tuple[int, int], np.ndarray]]:
-    """rel_path -> ((size, mtime_ns), tokens); empty when the file is missing or unreadable."""
-    if not path.is_file():
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            rel, size, mtime, offsets, tokens = z["rel_paths"], z["sizes"], z["mtimes_ns"], z["offsets"], z["tokens"]
-    except (OSError, KeyError, ValueError):   # a damaged cache is only a lost speed-up
-        return {}
-    return {str(r): ((int(s), int(m)), tokens[offsets[i]:offsets[i + 1]])
-            for i, (r, s, m) in enumerate(zip(rel, size, mtime))}
-
-
-def _write_cache_atomically(path: Path, rel_paths: list[str], stats: list[tuple[int, int]],
-                            tokens: list[np.ndarray]) -> None:
-    """Write the npz under a temporary name in the same folder, then rename: readers never see half a file."""
-    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, rel_paths=np.array(rel_paths), sizes=np.array([s for s, _ in stats], dtype=np.int64),
-                     mtimes_ns=np.array([m for _, m in stats], dtype=np.int64), offsets=offsets,
-                     tokens=np.concatenate(tokens).astype(np.int32) if tokens else np.zeros(0, np.int32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def tokenize_corpus(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_dir: str | os.PathLike | None = None,
                     workers: int = 1, progress: bool = True) -> dict[str, torch.Tensor]:
     """``utt_id -> (T,) int64 tokens`` for every clip of the corpus, all splits.
@@ -197,7 +159,7 @@ def tokenize_sources(sources: Sequence[AudioSource], codec: SpeechCodec, cache_f
     atomically (it then holds exactly these sources).  The file name carries the
     codec digest (see :func:`cache_path`), so a new codec never reads old tokens.
     """
-    cached = _read_cache(cache_file)
+    cached = read_keyed_arrays(cache_file, "tokens")
     keys = [s.key for s in sources]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"two clips share the cache key {next(k for k in keys if keys.count(k) > 1)!r}.")
@@ -209,5 +171,6 @@ def tokenize_sources(sources: Sequence[AudioSource], codec: SpeechCodec, cache_f
         for i, toks in zip(todo, encoded):
             tokens[i] = toks
     if todo or len(cached) != len(sources) or set(cached) != set(keys):
-        _write_cache_atomically(cache_file, keys, [s.stamp for s in sources], tokens)
+        write_keyed_arrays(cache_file, {s.key: (s.stamp, np.asarray(t, dtype=np.int32)) for s, t in zip(sources, tokens)},
+                           "tokens", empty=np.zeros(0, np.int32))
     return [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in tokens]
