@@ -71,6 +71,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
         "emotionality": Tool("emoctl.reports.emotionality:emotionality_report",
                              "Paired probes and SER of a backbone's emotions on held-out sentences."),
+        "codec": Tool("emoctl.reports.codec_roundtrip:codec_roundtrip_report",
+                      "Speech codec round trips of a corpus split: per-emotion F0, RMS, duration and WER."),
     },
     "select": {"": Tool("emoctl.selection.select:select_features", "Top-m SAE emotion features by paired Δ-score.")},
     "attribute": {"": Tool("emoctl.steering.attribute:attribute_features",

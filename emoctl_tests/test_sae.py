@@ -306,3 +306,20 @@ def test_bad_inputs_are_config_errors():
 def test_default_k_aux_is_half_of_d_in():
     assert SAEConfig().resolved_k_aux == 640
     assert SAEConfig(k_aux=256).resolved_k_aux == 256
+
+
+def test_bench_sae_rows_and_ratios(capsys):
+    from emoctl.bench.sae import _has_fast_bf16, bench_sae
+
+    rows = {r["row"]: r for r in bench_sae(batch_size=128, d_in=32, d_sae=128, k=4, steps=1, warmup=0,
+                                             device="cpu")}
+    floor = rows["bare encoder matmul, fp32"]
+    assert floor["x_matmul_floor"] == 1.0
+    step = rows["emoctl TopKSAE step, fp32"]
+    assert step["x_matmul_floor"] == pytest.approx(step["ms_per_step"] / floor["ms_per_step"])
+    assert ("emoctl TopKSAE step, bf16 autocast" in rows) == _has_fast_bf16(torch.device("cpu"))
+    if "bare encoder matmul, bf16" in rows:
+        bf16, bf16_floor = rows["emoctl TopKSAE step, bf16 autocast"], rows["bare encoder matmul, bf16"]
+        assert bf16["x_same_precision_floor"] == pytest.approx(bf16["ms_per_step"] / bf16_floor["ms_per_step"])
+        assert bf16["x_matmul_floor"] == pytest.approx(bf16["ms_per_step"] / floor["ms_per_step"])
+    assert "| emoctl TopKSAE step, fp32 |" in capsys.readouterr().out

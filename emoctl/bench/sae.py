@@ -10,7 +10,10 @@ where PyTorch has it), so only the SAE implementation differs:
    which shows what AuxK costs (four (B, n_dead) x (n_dead, d_in)-sized products);
 3. the same step with ``reference_forward`` (dense PyTorch autograd);
 4. EleutherAI sparsify's ``SparseCoder`` step with the same dead mask, when
-   ``eai-sparsify`` is installed.
+   ``eai-sparsify`` is installed;
+5. on a GPU, or a CPU with bf16 matrix units (AMX, AVX512-BF16), the bf16
+   matmul and the steps under bf16 autocast.  Every ratio is to the *fp32*
+   floor, so the bf16 rows say what autocast buys on this machine.
 
 The dead-latent counters are set once (``dead_fraction`` of latents dead) and
 not advanced during timing, so every step sees the same AuxK work.
@@ -80,7 +83,7 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
     sparsify_label = "sparsify SparseCoder step" + (", bf16 autocast (built in)" if dev.type == "cuda" else ", fp32")
     if _import_sparsify() is not None:
         cases.append((sparsify_label, lambda: _sparsify_step(template, x, dead)))
-    if dev.type == "cuda":
+    if _has_fast_bf16(dev):
         bf16 = torch.bfloat16
         cases += [
             ("bare encoder matmul, bf16", lambda: _matmul_step(x, template.W_enc.detach(), bf16)),
@@ -92,6 +95,7 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
     gc.collect()
 
     floor = timings["bare encoder matmul, fp32"]
+    bf16_floor = timings.get("bare encoder matmul, bf16")
     theirs = timings.get(sparsify_label)
     rows = [
         {
@@ -99,6 +103,7 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
             "ms_per_step": 1e3 * seconds,
             "tokens_per_s": batch_size / seconds,
             "x_matmul_floor": seconds / floor,
+            "x_same_precision_floor": seconds / (bf16_floor if "bf16" in name and bf16_floor else floor),
             "speed_vs_sparsify": theirs / seconds if theirs is not None else None,
         }
         for name, seconds in timings.items()
@@ -209,6 +214,14 @@ def _interleaved_median_seconds(step_fns: dict[str, Step], steps: int, warmup: i
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
+def _has_fast_bf16(device: torch.device) -> bool:
+    """bf16 rows are worth timing on a GPU and on CPUs with bf16 matrix units (AMX or AVX512-BF16)."""
+    if device.type == "cuda":
+        return True
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+                or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -216,10 +229,10 @@ def _device_name(device: torch.device) -> str:
 
 
 def _markdown(rows: list[dict], title: str) -> str:
-    lines = [title, "", "| row | ms/step | tokens/s | x matmul floor | speed vs sparsify |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [title, "", "| row | ms/step | tokens/s | x fp32 matmul floor | x same-precision floor "
+                        "| speed vs sparsify |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         versus = f"{r['speed_vs_sparsify']:.2f}x" if r["speed_vs_sparsify"] is not None else "-"
         lines.append(f"| {r['row']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['x_matmul_floor']:.2f} | {versus} |")
+                     f"{r['x_matmul_floor']:.2f} | {r['x_same_precision_floor']:.2f} | {versus} |")
     return "\n".join(lines)

@@ -90,6 +90,9 @@ class _TopKEncode(torch.autograd.Function):
         dead_pre = pre.index_select(1, dead_idx).to(dtype)  # (B, n_dead)
         ctx.save_for_backward(x_c, W_enc, top_vals, top_idx, dead_idx)
         ctx.x_dtype = x.dtype
+        # The AuxK backward products are dense matmuls like the forward's: run them at its autocast precision.
+        device = x.device.type
+        ctx.matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else dtype
         ctx.mark_non_differentiable(top_idx)
         ctx.set_materialize_grads(False)  # an unused output (e.g. dead_pre without AuxK) costs nothing
         return top_vals, top_idx, dead_pre
@@ -111,10 +114,12 @@ class _TopKEncode(torch.autograd.Function):
         if grad_dead is not None and dead_idx.numel() > 0:
             g_dead = grad_dead.to(W_enc.dtype)  # (B, n_dead)
             grad_b.index_add_(0, dead_idx, g_dead.sum(0))
+            low = ctx.matmul_dtype
+            g_low = g_dead.to(low)
             if need_W:
-                grad_W.index_add_(0, dead_idx, g_dead.t() @ x_c)  # (n_dead, d_in)
+                grad_W.index_add_(0, dead_idx, (g_low.t() @ x_c.to(low)).to(grad_W.dtype))  # (n_dead, d_in)
             if need_x:
-                grad_x_c.addmm_(g_dead, W_enc.index_select(0, dead_idx))
+                grad_x_c.add_(g_low @ W_enc.index_select(0, dead_idx).to(low))
 
         # x_c = x - b_pre with b_pre broadcast over rows: its gradient is minus the column sum of
         # grad_x_c, i.e. -(sum_b g_b) @ W_enc = -grad_b @ W_enc, a (d_sae,) x (d_sae, d_in) product.

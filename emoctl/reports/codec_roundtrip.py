@@ -1,0 +1,238 @@
+"""Does the speech codec keep what emotions change?  Tokenize -> vocode round trips of the corpus test split.
+
+The mini TTS can only be as emotional as its tokens: if encoding a clip into
+speech tokens and vocoding it back flattened pitch or loudness, no LM trained on
+those tokens could express an emotion.  This report measures, per emotion, the
+mean F0, RMS and duration of every test clip before and after the round trip,
+checks them against the issue's tolerances (F0 within 5%, RMS within 20%,
+duration within 5%, the order of emotions by F0 and by RMS unchanged), and puts
+the round trip's WER with the bundled ASR (faster-whisper tiny.en) beside the
+original audio's on a seeded subset (Whisper is the slow part on a CPU).
+
+Output (``out_dir``): ``summary.md``, ``per_emotion.csv``, ``clips.csv`` and
+``roundtrip.png``, each written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emoctl.errors import ConfigError
+
+PROBES = ("f0_mean_hz", "rms", "duration_s")
+TOLERANCE = {"f0_mean_hz": 0.05, "rms": 0.20, "duration_s": 0.05}
+"""Largest allowed |round trip / original - 1| of an emotion's mean, per probe (issue 6, 3b)."""
+ORDERED_PROBES = ("f0_mean_hz", "rms")
+"""Probes whose ranking of the emotions must survive the round trip."""
+
+
+@dataclass
+class _RoundTrip:
+    """Picklable job: one sound file -> (original wave, round-trip wave, sample rates)."""
+
+    codec: object  # SpeechCodec
+
+    def __call__(self, path: Path) -> tuple[np.ndarray, int, np.ndarray, int]:
+        from emoctl.backbones.mini_tts.tokenize_corpus import read_wave
+
+        wave, rate = read_wave(path)
+        tokens = self.codec.encode(wave, rate)
+        out, out_rate = self.codec.decode(tokens)
+        return wave, rate, out, out_rate
+
+
+def _clip_sentence_index(utt_id: str) -> int:
+    """ESD numbering: ids 1-350 Neutral, 351-700 Angry, ...; the same sentence has the same id mod 350."""
+    return (int(utt_id.split("_")[1]) - 1) % 350
+
+
+def codec_roundtrip_report(codec_dir: str | None = None, corpus_root: str = "runs/corpus/esd_espeak",
+                           out_dir: str = "reports/codec_roundtrip", split: str = "test",
+                           clips_per_cell: int | None = None, wer_clips_per_emotion: int = 20, seed: int = 0,
+                           workers: int = 2, progress: bool = True) -> dict:
+    """Round-trip a corpus split through the speech codec and compare per-emotion F0, RMS, duration and WER.
+
+    Args:
+        codec_dir: A saved SpeechCodec folder; None for the committed mini TTS's codec.
+        corpus_root: The ESD-layout corpus (``make corpus``).
+        out_dir: Where summary.md, per_emotion.csv, clips.csv and roundtrip.png go.
+        split: Corpus split to round-trip ("test" by default: clips the codec was not fitted on).
+        clips_per_cell: At most this many clips per (speaker, emotion); None for the whole split.
+        wer_clips_per_emotion: Clips per emotion (seeded draw) transcribed, original and round trip; 0 skips WER.
+        seed: Seed of the WER subset.
+        workers: Processes for the WORLD round trips.
+        progress: Show progress bars.
+    """
+    from emoctl.backbones.mini_tts.backbone import CODEC_DIR
+    from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
+    from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips
+    from emoctl.backbones.loading import DEFAULT_MINI_TTS_DIR
+    from emoctl.probes import measure
+
+    root = Path(corpus_root)
+    record_path = root / "corpus.json"
+    if not record_path.is_file():
+        raise ConfigError(f"no finished corpus at {root} ({record_path.name} missing). Build it with `make corpus` "
+                          f"or `emoctl corpus build --root {root}`.")
+    sentences = json.loads(record_path.read_text())["sentences"]
+    codec_path = Path(codec_dir) if codec_dir is not None else Path(DEFAULT_MINI_TTS_DIR) / CODEC_DIR
+    codec = SpeechCodec.load(codec_path)
+
+    clips = list_corpus_clips(root, split=split)
+    if clips_per_cell is not None:
+        if clips_per_cell < 1:
+            raise ConfigError(f"clips_per_cell must be >= 1 or None, got {clips_per_cell}.")
+        kept, seen = [], {}
+        for clip in clips:
+            key = (clip.speaker, clip.emotion)
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] <= clips_per_cell:
+                kept.append(clip)
+        clips = kept
+    emotions = [e for e in ("Neutral", "Angry", "Happy", "Sad", "Surprise") if any(c.emotion == e for c in clips)]
+    emotions += sorted({c.emotion for c in clips} - set(emotions))
+
+    pairs = list(map_in_workers(_RoundTrip(codec), [c.path for c in clips], workers=workers, total=len(clips),
+                                desc="codec round trips", progress=progress))
+    original = measure([p[0] for p in pairs], [p[1] for p in pairs])
+    vocoded = measure([p[2] for p in pairs], [p[3] for p in pairs])
+
+    rows = []
+    for clip, a, b in zip(clips, original, vocoded):
+        rows.append({"utt_id": clip.utt_id, "speaker": clip.speaker, "emotion": clip.emotion,
+                     **{f"original_{p}": getattr(a, p) for p in PROBES},
+                     **{f"roundtrip_{p}": getattr(b, p) for p in PROBES}})
+
+    per_emotion: dict[str, dict[str, float]] = {}
+    for e in emotions:
+        members = [r for r in rows if r["emotion"] == e]
+        stats: dict[str, float] = {"clips": len(members)}
+        for p in PROBES:
+            orig = float(np.nanmean([r[f"original_{p}"] for r in members]))
+            trip = float(np.nanmean([r[f"roundtrip_{p}"] for r in members]))
+            stats[f"original_{p}"], stats[f"roundtrip_{p}"] = orig, trip
+            stats[f"rel_error_{p}"] = trip / orig - 1.0
+        per_emotion[e] = stats
+
+    order = {p: {"original": sorted(emotions, key=lambda e: per_emotion[e][f"original_{p}"]),
+                 "roundtrip": sorted(emotions, key=lambda e: per_emotion[e][f"roundtrip_{p}"])}
+             for p in ORDERED_PROBES}
+
+    wer = None
+    if wer_clips_per_emotion > 0:
+        wer = _wer_subset(clips, pairs, sentences, emotions, wer_clips_per_emotion, seed, progress)
+
+    checks = {f"{p} within {TOLERANCE[p]:.0%}": all(abs(per_emotion[e][f"rel_error_{p}"]) <= TOLERANCE[p]
+                                                    for e in emotions) for p in PROBES}
+    checks.update({f"emotion order by {p} kept": order[p]["original"] == order[p]["roundtrip"]
+                   for p in ORDERED_PROBES})
+    result = {"codec": str(codec_path), "codec_digest": codec.digest, "corpus": str(root), "split": split,
+              "clips": len(clips), "emotions": emotions, "per_emotion": per_emotion, "order": order, "wer": wer,
+              "checks": checks}
+    _write_outputs(Path(out_dir), result, rows)
+    return result
+
+
+def _wer_subset(clips, pairs, sentences, emotions, per_emotion: int, seed: int, progress: bool) -> dict:
+    """Pooled WER of the original and the round-trip audio on the same seeded subset, overall and per emotion."""
+    from tqdm import tqdm
+
+    from emoctl.metrics.wer import FasterWhisperASR, corpus_wer
+
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for e in emotions:
+        members = [i for i, c in enumerate(clips) if c.emotion == e]
+        chosen += sorted(rng.choice(members, size=min(per_emotion, len(members)), replace=False).tolist())
+    asr = FasterWhisperASR()
+    refs = [sentences[_clip_sentence_index(clips[i].utt_id)] for i in chosen]
+    hyps: dict[str, list[str]] = {"original": [], "roundtrip": []}
+    for i in tqdm(chosen, desc="whisper (original + round trip)", disable=not progress, unit="clip"):
+        wave, rate, out, out_rate = pairs[i]
+        hyps["original"] += asr.transcribe([wave], rate)
+        hyps["roundtrip"] += asr.transcribe([out], out_rate)
+    report = {"asr": asr.name, "clips": len(chosen)}
+    for kind in ("original", "roundtrip"):
+        report[kind] = corpus_wer(hyps[kind], refs)
+        report[f"{kind}_per_emotion"] = {
+            e: corpus_wer([h for h, i in zip(hyps[kind], chosen) if clips[i].emotion == e],
+                          [r for r, i in zip(refs, chosen) if clips[i].emotion == e]) for e in emotions}
+    return report
+
+
+def _summary_markdown(result: dict) -> str:
+    pe, emotions = result["per_emotion"], result["emotions"]
+    lines = ["# Speech codec round trip: tokenize -> vocode", "",
+             f"Codec `{result['codec']}` (digest {result['codec_digest']}), corpus `{result['corpus']}`, "
+             f"{result['split']} split, {result['clips']} clips. Per-emotion means of each clip's probe, "
+             "original -> round trip (relative change).", "",
+             "| emotion | clips | mean F0 (Hz) | RMS | duration (s) |", "|---|---|---|---|---|"]
+    for e in emotions:
+        cells = [f"{pe[e][f'original_{p}']:.4g} -> {pe[e][f'roundtrip_{p}']:.4g} ({pe[e][f'rel_error_{p}']:+.1%})"
+                 for p in PROBES]
+        lines.append(f"| {e} | {pe[e]['clips']} | " + " | ".join(cells) + " |")
+    lines += ["", "Tolerances: F0 within 5%, RMS within 20%, duration within 5% of the original, per emotion.", "",
+              "| check | passed |", "|---|---|"]
+    lines += [f"| {name} | {'yes' if ok else '**no**'} |" for name, ok in result["checks"].items()]
+    for p in ORDERED_PROBES:
+        lines += ["", f"Emotions by {p}, low to high: original {' < '.join(result['order'][p]['original'])}; "
+                      f"round trip {' < '.join(result['order'][p]['roundtrip'])}."]
+    wer = result["wer"]
+    if wer is not None:
+        lines += ["", f"## WER ({wer['asr']}, {wer['clips']} clips, the same ones before and after)", "",
+                  "| emotion | original | round trip |", "|---|---|---|"]
+        lines += [f"| {e} | {wer['original_per_emotion'][e]:.3f} | {wer['roundtrip_per_emotion'][e]:.3f} |"
+                  for e in emotions]
+        lines.append(f"| **all** | **{wer['original']:.3f}** | **{wer['roundtrip']:.3f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure_png(result: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    emotions, pe = result["emotions"], result["per_emotion"]
+    titles = {"f0_mean_hz": "mean F0 (Hz)", "rms": "RMS", "duration_s": "duration (s)"}
+    fig, axes = plt.subplots(1, len(PROBES), figsize=(11, 3.2), dpi=110)
+    x = np.arange(len(emotions))
+    for ax, p in zip(axes, PROBES):
+        ax.bar(x - 0.2, [pe[e][f"original_{p}"] for e in emotions], 0.4, label="original")
+        ax.bar(x + 0.2, [pe[e][f"roundtrip_{p}"] for e in emotions], 0.4, label="round trip")
+        ax.set_xticks(x, emotions, rotation=30)
+        ax.set_title(f"{titles[p]} (tol. {TOLERANCE[p]:.0%})")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Codec round trip, {result['split']} split, {result['clips']} clips")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
+    from emoctl.store.fsio import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = _summary_markdown(result)
+    atomic_write_bytes(out / "summary.md", summary.encode())
+    atomic_write_bytes(out / "clips.csv", _csv(rows).encode())
+    atomic_write_bytes(out / "per_emotion.csv",
+                       _csv([{"emotion": e, **v} for e, v in result["per_emotion"].items()]).encode())
+    atomic_write_bytes(out / "roundtrip.png", _figure_png(result))
+    print(summary)
+    print(f"written to {out}/ (summary.md, per_emotion.csv, clips.csv, roundtrip.png)")
