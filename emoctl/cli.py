@@ -61,6 +61,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
     },
     "corpus": {
         "build": Tool("emoctl.corpus.build:build_corpus", "Synthesize the ESD-shaped eSpeak NG corpus (resumable)."),
+        "ceiling": Tool("emoctl.corpus.ceiling:prosody_ceiling",
+                        "Bayes classifier on the corpus's true prosody knobs: the ceiling for SER accuracy."),
     },
     "report": {
         "table1": Tool("emoctl.reports.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),

@@ -276,3 +276,33 @@ def test_emotions_differ_as_intended(corpus):
     assert mean["Sad"]["f0"] < mean["Neutral"]["f0"] < mean["Surprise"]["f0"]
     assert mean["Surprise"]["f0"] == max(m["f0"] for m in mean.values())
     assert mean["Angry"]["rms"] > 1.5 * mean["Sad"]["rms"]
+
+
+def test_gaussian_classifier_reaches_the_analytic_bayes_accuracy():
+    from scipy.stats import norm
+
+    from emoctl.corpus.ceiling import fit_gaussian_classes, predict_gaussian_classes
+
+    rng = np.random.default_rng(0)
+    gap = 1.5  # two unit Gaussians 1.5 apart in the first of two dims: Bayes accuracy Phi(0.75) = 0.773
+    labels = rng.integers(0, 2, 40000)
+    x = rng.standard_normal((40000, 2)) + np.stack([labels * gap, np.zeros(40000)], 1)
+    model = fit_gaussian_classes(x[:20000], labels[:20000], 2)
+    accuracy = float(np.mean(predict_gaussian_classes(x[20000:], *model) == labels[20000:]))
+    assert accuracy == pytest.approx(norm.cdf(gap / 2), abs=0.01)
+
+
+def test_prosody_ceiling_of_the_corpus_bounds_the_embedded_recognizer(corpus_root):
+    import json as _json
+
+    from emoctl.corpus.ceiling import prosody_ceiling
+    from emoctl.metrics.ser_mini import DEFAULT_MINI_SER_DIR
+
+    result = prosody_ceiling(str(corpus_root))
+    confusion = np.asarray(result["confusion"])
+    assert confusion.sum() == result["test_utterances"] == 1300
+    assert result["accuracy"] == pytest.approx(np.trace(confusion) / 1300)
+    ser = _json.loads((DEFAULT_MINI_SER_DIR / "training.json").read_text())["test"]["original"]["accuracy"]
+    assert ser <= result["accuracy"] < 1.0  # the classes overlap by design; no recognizer hears more than the knobs
+    with pytest.raises(ConfigError, match="test_split"):
+        prosody_ceiling(str(corpus_root), test_split="dev")
