@@ -54,10 +54,10 @@ def test_committed_checkpoint_is_small_and_documented():
     assert sizes["model.safetensors"] < 2_000_000
     training = json.loads((DEFAULT_MINI_SER_DIR / "training.json").read_text())
     assert training["data"]["corpus"]["seed"] == 0 and training["data"]["codec_digest"]
-    # The committed checkpoint's measured test accuracy (0.84 original, 0.84 round trip, 1500 steps): far
-    # above chance (0.2), below the 0.9 target; `make ser-mini` with more steps is the way up.
-    assert training["test"]["original"]["accuracy"] >= 0.8
-    assert training["test"]["roundtrip"]["accuracy"] >= 0.8
+    # The committed checkpoint's measured test accuracy (0.885 original, 0.880 round trip, 12000 steps): far
+    # above chance (0.2), under the corpus's own ceiling (`emoctl corpus ceiling`: 0.928).
+    assert training["test"]["original"]["accuracy"] >= 0.87
+    assert training["test"]["roundtrip"]["accuracy"] >= 0.85
 
 
 def test_committed_checkpoint_recognizes_fresh_espeak_clips(ser, fresh_clips):

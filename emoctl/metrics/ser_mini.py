@@ -2,7 +2,7 @@
 
 Why it exists: SER accuracy and Emo-SIM must run in tests and CI, where
 emotion2vec (a 300M-parameter download) is not available.  The checkpoint
-(about 1.3 MB) ships inside the package at :data:`DEFAULT_MINI_SER_DIR`.
+(about 0.4 MB) ships inside the package at :data:`DEFAULT_MINI_SER_DIR`.
 
 Pipeline, per clip::
 
