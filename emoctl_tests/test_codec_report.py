@@ -67,6 +67,13 @@ def test_wer_is_measured_on_both_sides(report):
     assert wer["clips"] == 5 and wer["asr"].startswith("faster-whisper")
     assert 0.0 <= wer["original"] < 0.5  # Whisper understands eSpeak NG
     assert wer["roundtrip"] >= 0.0 and set(wer["roundtrip_per_emotion"]) == set(report[0]["emotions"])
+    from emoctl.metrics.wer import word_error_rate
+
+    per_clip = word_error_rate([t["roundtrip"] for t in wer["transcripts"]],
+                               [t["reference"] for t in wer["transcripts"]])
+    assert wer["roundtrip_median"] == pytest.approx(float(np.median(per_clip)))
+    rows = list(csv.DictReader((report[1] / "transcripts.csv").open()))
+    assert [r["original"] for r in rows] == [t["original"] for t in wer["transcripts"]] and len(rows) == 5
     json.dumps(report[0])  # the whole result is plain JSON-able data
 
 

@@ -62,6 +62,8 @@ def dnsmos():
     ("Don't stop \u2014 it\u2019s 50% well-known.", "don't stop it's fifty percent well known"),
     ("2nd 3rd 12th 20th 100th", "second third twelfth twentieth one hundredth"),
     ("  'Quoted'   spaces  ", "quoted spaces"),
+    ("The Harbour's woollen Theatre, grey", "the harbour's woolen theater gray"),  # possessive kept as written
+    ("In front of the harbour, my neighbours", "in front of the harbor my neighbors"),
 ])
 def test_normalize_text(text, expected):
     assert normalize_text(text) == expected

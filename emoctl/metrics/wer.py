@@ -21,7 +21,11 @@ alike, so only words count and both sides follow one rule:
    thousand nine hundred ninety" match but "nineteen ninety" does not;
 4. hyphens and every other character that is not a letter, digit or in-word
    apostrophe become spaces ("well-known" -> "well known", "don't" kept);
-5. whitespace collapsed.
+5. British spellings mapped to American ones for a small table of common words
+   (:data:`AMERICAN_SPELLING`: "harbour" -> "harbor", "theatre" -> "theater"):
+   Whisper's English models write American spelling, and the corpus's
+   sentences are British, so without it every "harbour" would count as an error;
+6. whitespace collapsed.
 
 WER is torchmetrics' word-level edit distance: (substitutions + deletions +
 insertions) / reference words, per clip and pooled over a corpus.
@@ -103,6 +107,19 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _NUMBER = re.compile(r"(\d+)(?:\.(\d+))?(st|nd|rd|th)?\b")
 _NOT_WORD = re.compile(r"[^a-z0-9']+")
 
+AMERICAN_SPELLING: dict[str, str] = {
+    **{f"{stem}our": f"{stem}or" for stem in ("arm", "behavi", "col", "endeav", "fav", "flav", "harb", "hon", "hum",
+                                              "lab", "neighb", "odo", "rum", "savi", "vap", "vig")},
+    **{f"{stem}ours": f"{stem}ors" for stem in ("col", "fav", "flav", "harb", "neighb", "hum", "lab", "rum")},
+    **{f"{stem}tre": f"{stem}ter" for stem in ("cen", "thea", "me", "li", "fib", "kilome", "millime")},
+    **{f"{stem}tres": f"{stem}ters" for stem in ("cen", "thea", "me", "li", "kilome")},
+    "woollen": "woolen", "travelled": "traveled", "travelling": "traveling", "jewellery": "jewelry",
+    "grey": "gray", "programme": "program", "cheque": "check", "tyre": "tire", "tyres": "tires",
+    "aluminium": "aluminum", "catalogue": "catalog", "dialogue": "dialog", "pyjamas": "pajamas",
+    "cancelled": "canceled", "modelling": "modeling", "practise": "practice", "defence": "defense",
+}
+"""British -> American spelling of whole words, applied after lower-casing (both sides)."""
+
 
 def normalize_text(text: str) -> str:
     """The words of ``text`` under the module's normalization rule (see the module docstring)."""
@@ -113,7 +130,7 @@ def normalize_text(text: str) -> str:
     text = _NUMBER.sub(_spell_number, text)
     text = _NOT_WORD.sub(" ", text)
     words = [w.strip("'") for w in text.split()]
-    return " ".join(w for w in words if w)
+    return " ".join(AMERICAN_SPELLING.get(w, w) for w in words if w)
 
 
 # ---------------------------------------------------------------------------------------------- scoring

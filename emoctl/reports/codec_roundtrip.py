@@ -9,8 +9,8 @@ duration within 5%, the order of emotions by F0 and by RMS unchanged), and puts
 the round trip's WER with the bundled ASR (faster-whisper tiny.en) beside the
 original audio's on a seeded subset (Whisper is the slow part on a CPU).
 
-Output (``out_dir``): ``summary.md``, ``per_emotion.csv``, ``clips.csv`` and
-``roundtrip.png``, each written atomically.
+Output (``out_dir``): ``summary.md``, ``per_emotion.csv``, ``clips.csv``,
+``transcripts.csv`` (the WER subset) and ``roundtrip.png``, each written atomically.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def _wer_subset(clips, pairs, sentences, emotions, per_emotion: int, seed: int, 
     """Pooled WER of the original and the round-trip audio on the same seeded subset, overall and per emotion."""
     from tqdm import tqdm
 
-    from emoctl.metrics.wer import FasterWhisperASR, corpus_wer
+    from emoctl.metrics.wer import FasterWhisperASR, corpus_wer, word_error_rate
 
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
@@ -162,6 +162,13 @@ def _wer_subset(clips, pairs, sentences, emotions, per_emotion: int, seed: int, 
         report[f"{kind}_per_emotion"] = {
             e: corpus_wer([h for h, i in zip(hyps[kind], chosen) if clips[i].emotion == e],
                           [r for r, i in zip(refs, chosen) if clips[i].emotion == e]) for e in emotions}
+        # The pooled WER is dominated by the odd clip where Whisper loops on a phrase; the median is not.
+        per_clip = np.asarray(word_error_rate(hyps[kind], refs))
+        report[f"{kind}_median"] = float(np.median(per_clip))
+        report[f"{kind}_median_per_emotion"] = {
+            e: float(np.median([w for w, i in zip(per_clip, chosen) if clips[i].emotion == e])) for e in emotions}
+    report["transcripts"] = [{"utt_id": clips[i].utt_id, "reference": r, "original": a, "roundtrip": b}
+                             for i, r, a, b in zip(chosen, refs, hyps["original"], hyps["roundtrip"])]
     return report
 
 
@@ -185,10 +192,16 @@ def _summary_markdown(result: dict) -> str:
     wer = result["wer"]
     if wer is not None:
         lines += ["", f"## WER ({wer['asr']}, {wer['clips']} clips, the same ones before and after)", "",
-                  "| emotion | original | round trip |", "|---|---|---|"]
-        lines += [f"| {e} | {wer['original_per_emotion'][e]:.3f} | {wer['roundtrip_per_emotion'][e]:.3f} |"
+                  "Pooled WER (all errors / all reference words) and the median of the clips' WERs; the pooled "
+                  "figure is dominated by the odd clip on which Whisper loops. Transcripts are in "
+                  "`transcripts.csv`.", "",
+                  "| emotion | original, pooled | round trip, pooled | original, median | round trip, median |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {e} | {wer['original_per_emotion'][e]:.3f} | {wer['roundtrip_per_emotion'][e]:.3f} | "
+                  f"{wer['original_median_per_emotion'][e]:.3f} | {wer['roundtrip_median_per_emotion'][e]:.3f} |"
                   for e in emotions]
-        lines.append(f"| **all** | **{wer['original']:.3f}** | **{wer['roundtrip']:.3f}** |")
+        lines.append(f"| **all** | **{wer['original']:.3f}** | **{wer['roundtrip']:.3f}** | "
+                     f"**{wer['original_median']:.3f}** | **{wer['roundtrip_median']:.3f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -234,5 +247,7 @@ def _write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
     atomic_write_bytes(out / "per_emotion.csv",
                        _csv([{"emotion": e, **v} for e, v in result["per_emotion"].items()]).encode())
     atomic_write_bytes(out / "roundtrip.png", _figure_png(result))
+    if result["wer"] is not None:
+        atomic_write_bytes(out / "transcripts.csv", _csv(result["wer"]["transcripts"]).encode())
     print(summary)
-    print(f"written to {out}/ (summary.md, per_emotion.csv, clips.csv, roundtrip.png)")
+    print(f"written to {out}/ (summary.md, per_emotion.csv, clips.csv, transcripts.csv, roundtrip.png)")
