@@ -27,6 +27,7 @@ the main carrier of emotion, be learned from every voiced frame.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -37,6 +38,10 @@ from transformers import GPT2Config, GPT2Model
 from emoctl.errors import ConfigError
 
 IGNORE_INDEX = -100  # targets where nothing is predicted (padding), as in torch's cross_entropy
+
+# transformers 5.x renames GPT2Model's ``past_key_values`` argument and output field to ``cache`` (the old
+# name warns and goes in 5.40); use whichever this version has.
+_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -181,13 +186,13 @@ class MiniTTSLM(nn.Module):
         Only positions that predict a speech token need the heads, so ``lm_out`` carries
         exactly those states: (B, T + 1, d) in teacher forcing, (B, 1, d) in prefill and decode.
         """
-        out = self.gpt(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                       past_key_values=past_key_values, use_cache=use_cache)
+        out = self.gpt(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=use_cache,
+                       **{_CACHE_ARGUMENT: past_key_values})
         hidden = self.lm_out(out.last_hidden_state[:, speech_from:])  # (B, T, d)
         dtype = torch.promote_types(hidden.dtype, torch.float32)  # log-probabilities in at least float32
         env_logp = torch.log_softmax(self.env_head(hidden).to(dtype), dim=-1)  # (B, T, n_env + 1)
         f0_logp = torch.log_softmax(self.f0_head(hidden).to(dtype), dim=-1)  # (B, T, n_f0)
-        return LMOutput(env_logp, f0_logp, out.past_key_values if use_cache else None)
+        return LMOutput(env_logp, f0_logp, getattr(out, _CACHE_ARGUMENT) if use_cache else None)
 
     # ---------------------------------------------------------- probabilities
     def token_log_probs(self, env_logp: torch.Tensor, f0_logp: torch.Tensor) -> torch.Tensor:
