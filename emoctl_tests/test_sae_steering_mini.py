@@ -30,12 +30,12 @@ def trained(tmp_path_factory, corpus_root):
     root = tmp_path_factory.mktemp("sae_mini")
     overrides = root / "small.yaml"
     overrides.write_text(json.dumps({"data": {"init_args": {"build": {"init_args": {
-        "corpus": {"n_sentences": 300, "seed": 0, "split": "train", "limit": 16},
+        "corpus": {"n_sentences": 300, "seed": 0, "split": "train", "limit": 12},
         "speakers": ["0011", "0012", "0013", "0014"]}}}}}))
     result = run_emoctl("fit", "--config", str(RECIPES / "sae_mini.yaml"), "--config", str(overrides),
                         f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
-                        "--trainer.logger.init_args.version=v0", "--trainer.max_steps=600",
-                        "--trainer.val_check_interval=300", f"--data.init_args.path={root / 'store'}",
+                        "--trainer.logger.init_args.version=v0", "--trainer.max_steps=400",
+                        "--trainer.val_check_interval=200", f"--data.init_args.path={root / 'store'}",
                         "--data.init_args.batch_size=512", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     sae_dir = root / "sae_mini" / "v0" / "sae"
@@ -49,7 +49,7 @@ def test_selection_finds_emotion_features_with_real_paired_evidence(trained):
     for emotion, fs in sets.items():
         top = fs.features[0]
         assert len(fs.features) == 6
-        # 16 texts x 4 speakers = 64 pairs: the best feature fires in clearly more emotional utterances.
+        # 12 texts x 4 speakers = 48 pairs: the best feature fires in clearly more emotional utterances.
         assert top.delta >= 0.3 and top.p_value < 1e-3, (emotion, top)
         assert feature_set_path(root / "select", emotion).is_file()
 
