@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoctl.corpus.esd import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 
 PROBES = ("f0_mean_hz", "rms", "duration_s")
@@ -94,7 +95,7 @@ def codec_roundtrip_report(codec_dir: str | None = None, corpus_root: str = "run
             if seen[key] <= clips_per_cell:
                 kept.append(clip)
         clips = kept
-    emotions = [e for e in ("Neutral", "Angry", "Happy", "Sad", "Surprise") if any(c.emotion == e for c in clips)]
+    emotions = [e for e in ESD_EMOTIONS if any(c.emotion == e for c in clips)]
     emotions += sorted({c.emotion for c in clips} - set(emotions))
 
     pairs = list(map_in_workers(_RoundTrip(codec), [c.path for c in clips], workers=workers, total=len(clips),
@@ -205,7 +206,8 @@ def _summary_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure_png(result: dict) -> bytes:
+def _figure(result: dict):
+    """Per-emotion bars of each probe, original beside round trip."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,10 +225,7 @@ def _figure_png(result: dict) -> bytes:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Codec round trip, {result['split']} split, {result['clips']} clips")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return fig
 
 
 def _csv(rows: list[dict]) -> str:
@@ -238,7 +237,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
-    from emoctl.store.fsio import atomic_write_bytes
+    from emoctl.store.fsio import atomic_write_bytes, save_figure_atomically
 
     out.mkdir(parents=True, exist_ok=True)
     summary = _summary_markdown(result)
@@ -246,7 +245,7 @@ def _write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
     atomic_write_bytes(out / "clips.csv", _csv(rows).encode())
     atomic_write_bytes(out / "per_emotion.csv",
                        _csv([{"emotion": e, **v} for e, v in result["per_emotion"].items()]).encode())
-    atomic_write_bytes(out / "roundtrip.png", _figure_png(result))
+    save_figure_atomically(_figure(result), out / "roundtrip.png")
     if result["wer"] is not None:
         atomic_write_bytes(out / "transcripts.csv", _csv(result["wer"]["transcripts"]).encode())
     print(summary)
