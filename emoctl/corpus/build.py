@@ -43,7 +43,8 @@ from emoctl.corpus.sentences import generate_sentences
 from emoctl.corpus.voices import Speaker, select_speakers
 from emoctl.errors import ConfigError
 
-__all__ = ["ESD_BLOCK", "SPLITS", "Utterance", "build_corpus", "plan_corpus", "split_sizes", "trim_silence"]
+__all__ = ["ESD_BLOCK", "SPLITS", "Utterance", "build_corpus", "plan_corpus", "read_corpus_record", "split_sizes",
+           "trim_silence"]
 
 ESD_BLOCK = 350
 """Ids per emotion in ESD: Neutral 1-350, Angry 351-700, and so on."""
@@ -74,6 +75,15 @@ class Utterance:
     @property
     def relative_path(self) -> str:
         return f"{self.speaker.speaker_id}/{self.emotion}/{self.split}/{self.utt_id}.wav"
+
+
+def read_corpus_record(root: str | os.PathLike) -> dict:
+    """The ``corpus.json`` of a finished corpus; ``ConfigError`` with the build command when there is none."""
+    path = Path(root) / CORPUS_JSON
+    if not path.is_file():
+        raise ConfigError(f"no finished corpus at {root} ({CORPUS_JSON} missing). Build it with `make corpus` or "
+                          f"`emoctl corpus build --root {root}`.")
+    return json.loads(path.read_text())
 
 
 def split_sizes(n_sentences: int) -> dict[str, int]:

@@ -16,8 +16,6 @@ audio recognizer also has to *measure* the knobs (rate and range from a
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 
@@ -74,10 +72,9 @@ def prosody_ceiling(corpus_root: str = "runs/corpus/esd_espeak", test_split: str
         corpus_root: A finished corpus (its ``corpus.json`` records every utterance's knobs).
         test_split: Split to score on; the classifier is fitted on the other splits.
     """
-    path = Path(corpus_root) / "corpus.json"
-    if not path.is_file():
-        raise ConfigError(f"no finished corpus at {corpus_root} ({path.name} missing). Build it with `make corpus`.")
-    record = json.loads(path.read_text())
+    from emoctl.corpus.build import read_corpus_record
+
+    record = read_corpus_record(corpus_root)
     x, emotion_names, splits = knob_features(record)
     emotions = list(record["emotions"])
     labels = np.asarray([emotions.index(e) for e in emotion_names])

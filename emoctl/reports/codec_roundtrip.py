@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +72,11 @@ def codec_roundtrip_report(codec_dir: str | None = None, corpus_root: str = "run
     from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
     from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips
     from emoctl.backbones.loading import DEFAULT_MINI_TTS_DIR
+    from emoctl.corpus.build import read_corpus_record
     from emoctl.probes import measure
 
     root = Path(corpus_root)
-    record_path = root / "corpus.json"
-    if not record_path.is_file():
-        raise ConfigError(f"no finished corpus at {root} ({record_path.name} missing). Build it with `make corpus` "
-                          f"or `emoctl corpus build --root {root}`.")
-    sentences = json.loads(record_path.read_text())["sentences"]
+    sentences = read_corpus_record(root)["sentences"]
     codec_path = Path(codec_dir) if codec_dir is not None else Path(DEFAULT_MINI_TTS_DIR) / CODEC_DIR
     codec = SpeechCodec.load(codec_path)
 

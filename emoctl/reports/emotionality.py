@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +48,9 @@ class EmotionalityResult:
 
 def corpus_test_sentences(corpus_root: Path) -> tuple[list[str], dict]:
     """The corpus's test-split sentences (never seen in LM training) and its corpus.json."""
-    record_path = corpus_root / "corpus.json"
-    if not record_path.is_file():
-        raise ConfigError(f"no finished corpus at {corpus_root} ({record_path.name} missing). Build it with "
-                          f"`make corpus` or `emoctl corpus build --root {corpus_root}`.")
-    record = json.loads(record_path.read_text())
+    from emoctl.corpus.build import read_corpus_record
+
+    record = read_corpus_record(corpus_root)
     splits = record["splits"]
     first = splits["evaluation"]
     return record["sentences"][first:first + splits["test"]], record
