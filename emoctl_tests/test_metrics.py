@@ -95,6 +95,27 @@ def test_whisper_transcribes_espeak_speech(whisper, speech):
     assert load_asr("whisper") is whisper  # one instance per process
 
 
+def test_whisper_token_cap_cuts_only_what_speech_cannot_hold(whisper, speech):
+    from emoctl.metrics.wer import FasterWhisperASR
+
+    assert whisper.max_new_tokens(3 * 16000) == 16 + 24  # 8 tokens a second of 16 kHz audio, plus 16
+    assert FasterWhisperASR(max_tokens_per_second=None).max_new_tokens(3 * 16000) is None
+    with pytest.raises(ConfigError, match="max_tokens_per_second"):
+        FasterWhisperASR(max_tokens_per_second=0)
+    # Real speech fits the default cap: the same transcripts as with no cap at all.
+    uncapped = FasterWhisperASR(max_tokens_per_second=None)
+    uncapped.__dict__["model"] = whisper.model  # the same loaded model, so only the cap differs
+    clips = speech["en-us+m3"][:2]
+    assert whisper.transcribe(clips, 22050) == uncapped.transcribe(clips, 22050)
+    # A cap below what the speech needs does cut it (so the cap really reaches the decoder): four sentences
+    # in one clip need about 40 tokens, and a cap of 0.01 a second leaves 17.
+    tight = FasterWhisperASR(max_tokens_per_second=0.01)
+    tight.__dict__["model"] = whisper.model
+    long_clip = [np.concatenate([np.r_[w, np.zeros(4410, np.float32)] for w in speech["en-us+m3"]])]
+    full, cut = uncapped.transcribe(long_clip, 22050)[0], tight.transcribe(long_clip, 22050)[0]
+    assert 0 < len(cut.split()) < len(full.split()) - 5, (cut, full)
+
+
 def test_pocketsphinx_transcribes_espeak_speech(speech):
     asr = load_asr("pocketsphinx")
     hyps = asr.transcribe(speech["en-us+f2"][:3], 22050)
@@ -137,6 +158,16 @@ def test_dnsmos_clean_beats_noisy_and_matches_reference_script(dnsmos, speech):
     ours = dnsmos([clean_16k], 16000)[0]
     assert ours.ovrl == pytest.approx(reference["ovrl_mos"], abs=1e-4)
     assert ours.p808 == pytest.approx(float(reference["p808_mos"]), abs=1e-3)
+    # Windows of several clips are batched: a clip scores the same alone, in a batch, and one window per call.
+    long = np.concatenate([clean_16k] * 5)  # over 9.01 s: several windows of its own
+    from emoctl.metrics.dnsmos import DNSMOS
+
+    batched = DNSMOS(batch_windows=16)([clean_16k, long, clean_16k[::-1].copy()], 16000)
+    single = DNSMOS(batch_windows=1)([clean_16k, long, clean_16k[::-1].copy()], 16000)
+    assert batched[0].ovrl == pytest.approx(ours.ovrl, abs=1e-5)
+    assert dnsmos([long], 16000)[0].ovrl == pytest.approx(batched[1].ovrl, abs=1e-5)
+    for b, o in zip(batched, single):
+        assert b.to_row() == pytest.approx(o.to_row(), abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- bad audio

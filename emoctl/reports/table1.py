@@ -32,7 +32,7 @@ import io
 import json
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -169,22 +169,45 @@ class References:
         return self.ser_embedding.get((speaker, emotion, self.index.get(text, -1)))
 
 
-def score_clips(clips: list[Clip], targets: list[str], scorers: Scorers, refs: References) -> list[dict]:
-    """Per-clip metrics: SER hit and P(target), Emo-SIM (matched, prototype), WER, SpkSIM, DNSMOS OVRL."""
-    import torch.nn.functional as F
+@dataclass
+class Measured:
+    """What the evaluation models say about a list of clips, before any target emotion is chosen."""
 
+    clips: list[Clip]
+    ser: Any                         # SERResult: probabilities and embeddings per clip
+    hypotheses: list[str] | None     # ASR transcripts
+    wers: list[float] | None
+    speaker_embeddings: torch.Tensor | None
+    dnsmos: list[Any] | None
+
+
+def measure_clips(clips: list[Clip], scorers: Scorers) -> Measured:
+    """Run every configured evaluation model once over ``clips``."""
     waves, rates = [c.wave for c in clips], [c.sample_rate for c in clips]
-    ser = scorers.recognizer(waves, rates)
-    predicted = ser.predicted()
-    rows = []
     hyps = scorers.asr.transcribe(waves, rates) if scorers.asr is not None else None
+    wers = None
     if hyps is not None:
         from emoctl.metrics.wer import word_error_rate
 
         wers = word_error_rate(hyps, [c.prompt.text for c in clips])
-    spk = scorers.speaker.embed(waves, rates) if scorers.speaker is not None else None
-    mos = scorers.dnsmos(waves, rates) if scorers.dnsmos is not None else None
-    for i, (clip, target) in enumerate(zip(clips, targets)):
+    return Measured(clips, scorers.recognizer(waves, rates), hyps, wers,
+                    scorers.speaker.embed(waves, rates) if scorers.speaker is not None else None,
+                    scorers.dnsmos(waves, rates) if scorers.dnsmos is not None else None)
+
+
+def score_clips(clips: list[Clip] | Measured, targets: list[str], scorers: Scorers, refs: References) -> list[dict]:
+    """Per-clip metrics: SER hit and P(target), Emo-SIM (matched, prototype), WER, SpkSIM, DNSMOS OVRL.
+
+    ``clips`` may be a :class:`Measured` from an earlier call, so that one set of clips is scored against
+    several targets without running the evaluation models again.
+    """
+    import torch.nn.functional as F
+
+    measured = clips if isinstance(clips, Measured) else measure_clips(clips, scorers)
+    ser = measured.ser
+    predicted = ser.predicted()
+    rows = []
+    for i, (clip, target) in enumerate(zip(measured.clips, targets)):
         emb = ser.embeddings[i]
         ref = refs.matched(clip.prompt.speaker, target, clip.prompt.text)
         row = {"utt_id": clip.prompt.utt_id, "text": clip.prompt.text, "speaker": clip.prompt.speaker,
@@ -193,12 +216,13 @@ def score_clips(clips: list[Clip], targets: list[str], scorers: Scorers, refs: R
                "emo_sim_matched": float(F.cosine_similarity(emb, ref, dim=0)) if ref is not None else math.nan,
                "emo_sim_prototype": float(F.cosine_similarity(emb, refs.prototype[target], dim=0)),
                "duration_s": len(clip.wave) / clip.sample_rate, "finished": clip.finished}
-        if hyps is not None:
-            row["hypothesis"], row["wer"] = hyps[i], wers[i]
-        if spk is not None:
-            row["spk_sim"] = float(F.cosine_similarity(spk[i], refs.speaker_embedding[clip.prompt.speaker], dim=0))
-        if mos is not None:
-            row["dnsmos_ovrl"] = float(mos[i].ovrl)
+        if measured.wers is not None:
+            row["hypothesis"], row["wer"] = measured.hypotheses[i], measured.wers[i]
+        if measured.speaker_embeddings is not None:
+            row["spk_sim"] = float(F.cosine_similarity(measured.speaker_embeddings[i],
+                                                       refs.speaker_embedding[clip.prompt.speaker], dim=0))
+        if measured.dnsmos is not None:
+            row["dnsmos_ovrl"] = float(measured.dnsmos[i].ovrl)
         rows.append(row)
     return rows
 
@@ -214,19 +238,33 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
               texts: list[str], speakers: list[str], alphas: dict[str, float], scorers: Scorers, refs: References,
               seed: int, sampling: SamplingConfig, tag: str, extra_method: Callable | None = None,
               progress: bool = True) -> list[dict]:
-    """Synthesize and score every (cell, method); one row per clip with its method, cell and α."""
+    """Synthesize and score every (cell, method); one row per clip with its method, cell and α.
+
+    Cells with no intervention are synthesized and measured once per distinct prompt list: induction
+    cells of different emotions share the Neutral prompts, seed and batches, so their unsteered clips
+    are the same clips, scored against each cell's target.
+    """
     rows: list[dict] = []
+    unsteered: dict[tuple, Measured] = {}
     jobs = [(cell, method) for cell in cells for method in method_names]
     for cell, method in tqdm(jobs, desc=f"{tag}: steer + score", unit="cell", disable=not progress):
         prompts = _cell_prompts(cell, texts, speakers, tag)
         alpha = cell.sign * alphas.get(method, 0.0)
+        key = None
         if method in METHODS:
             interventions = methods.interventions(method, cell.emotion, alpha)
             steering = partial(_steer_all, backbone, interventions)
+            key = None if interventions else tuple((p.text, p.speaker, p.emotion) for p in prompts)
         else:
             steering = partial(extra_method, cell, alpha)
-        clips = _synthesize_steered(backbone, prompts, steering, seed, sampling)
-        for row in score_clips(clips, [cell.target] * len(clips), scorers, refs):
+        measured = unsteered.get(key) if key is not None else None
+        if measured is None:
+            measured = measure_clips(_synthesize_steered(backbone, prompts, steering, seed, sampling), scorers)
+            if key is not None:
+                unsteered[key] = measured
+        else:  # the same clips under this cell's prompt ids
+            measured = replace(measured, clips=[replace(c, prompt=p) for p, c in zip(prompts, measured.clips)])
+        for row in score_clips(measured, [cell.target] * len(prompts), scorers, refs):
             rows.append({"direction": cell.direction, "emotion": cell.emotion, "method": method, "alpha": alpha,
                          **row})
     return rows

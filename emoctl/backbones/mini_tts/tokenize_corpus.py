@@ -155,9 +155,11 @@ def tokenize_sources(sources: Sequence[AudioSource], codec: SpeechCodec, cache_f
     """(T,) int64 tokens of each source, in order, through the cache file ``cache_file``.
 
     Sources whose key and stamp are in the cache are not decoded again; the
-    others are encoded in ``workers`` processes and the cache rewritten
-    atomically (it then holds exactly these sources).  The file name carries the
-    codec digest (see :func:`cache_path`), so a new codec never reads old tokens.
+    others are encoded in ``workers`` processes and added to the cache, which is
+    rewritten atomically.  Entries of other sources stay, so jobs that read
+    different splits of one corpus share a cache instead of evicting each
+    other's.  The file name carries the codec digest (see :func:`cache_path`),
+    so a new codec never reads old tokens.
     """
     cached = read_keyed_arrays(cache_file, "tokens")
     keys = [s.key for s in sources]
@@ -170,7 +172,8 @@ def tokenize_sources(sources: Sequence[AudioSource], codec: SpeechCodec, cache_f
                                  workers=workers, total=len(todo), desc=desc, progress=progress)
         for i, toks in zip(todo, encoded):
             tokens[i] = toks
-    if todo or len(cached) != len(sources) or set(cached) != set(keys):
-        write_keyed_arrays(cache_file, {s.key: (s.stamp, np.asarray(t, dtype=np.int32)) for s, t in zip(sources, tokens)},
-                           "tokens", empty=np.zeros(0, np.int32))
+    if todo:
+        merged = {**cached, **{sources[i].key: (sources[i].stamp, np.asarray(tokens[i], dtype=np.int32))
+                               for i in todo}}
+        write_keyed_arrays(cache_file, merged, "tokens", empty=np.zeros(0, np.int32))
     return [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in tokens]

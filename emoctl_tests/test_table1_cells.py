@@ -1,0 +1,63 @@
+"""Table 1's cell runner on the committed mini backbone: unsteered cells that share their prompts are
+synthesized once and scored against each cell's own target."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from emoctl.backbones.loading import load_backbone
+from emoctl.metrics.loading import load_recognizer
+from emoctl.reports.table1 import Cell, References, Scorers, SteeringMethods, run_cells
+from emoctl.synthesis import SamplingConfig
+
+SPEAKERS = ["0017", "0018"]
+
+
+@pytest.fixture(scope="module")
+def setup(corpus_root: Path):
+    from emoctl.reports.emotionality import corpus_test_sentences
+
+    backbone = load_backbone("mini_tts", None)
+    texts, record = corpus_test_sentences(corpus_root)
+    scorers = Scorers(load_recognizer("mini", None), None, None, None)
+    refs = References(corpus_root, record["sentences"], SPEAKERS, scorers, used=texts[:2])
+    return backbone, texts[:2], scorers, refs
+
+
+def test_shared_unsteered_cells_are_generated_once_and_scored_per_target(setup, monkeypatch):
+    backbone, texts, scorers, refs = setup
+    calls: list[int] = []
+    generate = backbone.generate
+
+    def counting_generate(prompts, **kwargs):
+        calls.append(len(prompts))
+        return generate(prompts, **kwargs)
+
+    monkeypatch.setattr(backbone, "generate", counting_generate)
+    methods = SteeringMethods(sae=None, feature_sets={}, mean_differences={})
+    cells = [Cell("induction", "Angry"), Cell("induction", "Sad"), Cell("suppression", "Sad")]
+    sampling = SamplingConfig(batch_size=4, max_new_tokens=300)
+    rows = run_cells(backbone, methods, ["unsteered"], cells, texts, SPEAKERS, {}, scorers, refs, seed=3,
+                     sampling=sampling, tag="t", progress=False)
+
+    # Two induction cells share Neutral prompts: one batch of 4 for them, one for the Sad-condition cell.
+    assert calls == [4, 4]
+    by_cell = {(c.direction, c.emotion): [r for r in rows if (r["direction"], r["emotion"]) == (c.direction, c.emotion)]
+               for c in cells}
+    angry, sad = by_cell[("induction", "Angry")], by_cell[("induction", "Sad")]
+    assert [r["predicted"] for r in angry] == [r["predicted"] for r in sad]
+    assert [r["duration_s"] for r in angry] == [r["duration_s"] for r in sad]
+    assert [r["target"] for r in angry] == ["Angry"] * 4 and [r["target"] for r in sad] == ["Sad"] * 4
+    assert [r["p_target"] for r in angry] != [r["p_target"] for r in sad]  # scored against its own target
+    assert len({r["utt_id"] for r in rows}) == len(rows)  # each cell keeps its own prompt ids
+
+    # The shared rows equal what a cell run on its own gives (same prompts, batches and seed).
+    alone = run_cells(backbone, methods, ["unsteered"], [Cell("induction", "Sad")], texts, SPEAKERS, {}, scorers,
+                      refs, seed=3, sampling=sampling, tag="t", progress=False)
+    assert [r["p_target"] for r in alone] == pytest.approx([r["p_target"] for r in sad], abs=1e-6)
+    assert [r["duration_s"] for r in alone] == [r["duration_s"] for r in sad]
+    suppression = by_cell[("suppression", "Sad")]
+    assert [r["condition"] for r in suppression] == ["Sad"] * 4
+    assert torch.tensor([r["duration_s"] for r in suppression]).ne(torch.tensor([r["duration_s"] for r in sad])).any()
