@@ -31,6 +31,7 @@ import csv
 import io
 import json
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
@@ -134,7 +135,7 @@ class Scorers:
         if dnsmos:
             from emoctl.metrics.dnsmos import load_dnsmos
 
-            mos = load_dnsmos()
+            mos = load_dnsmos(threads=min(2, os.cpu_count() or 1))  # one process here: let ONNX use two cores
         return cls(load_recognizer(recognizer, recognizer_dir), asr, spk, mos)
 
 
