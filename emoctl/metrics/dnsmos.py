@@ -65,12 +65,9 @@ class DNSMOS:
 
     name = "dnsmos-p835+p808"
 
-    def __init__(self, models_dir: str | Path | None = None, *, threads: int = 1, batch_windows: int = 16) -> None:
-        if threads < 1 or batch_windows < 1:
-            raise ConfigError(f"DNSMOS threads and batch_windows must be >= 1, got {threads} and {batch_windows}.")
+    def __init__(self, models_dir: str | Path | None = None, *, threads: int = 1) -> None:
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.threads = threads
-        self.batch_windows = batch_windows
 
     @cached_property
     def _sessions(self) -> tuple[Any, Any]:
@@ -91,48 +88,28 @@ class DNSMOS:
 
     def __call__(self, waves: Sequence[np.ndarray | torch.Tensor], sample_rate: int | Sequence[int], *,
                  names: Sequence[str] | None = None) -> list[DNSMOSScore]:
-        """One :class:`DNSMOSScore` per validated mono clip.
-
-        The 9.01 s windows of all clips go through each model in batches of ``batch_windows`` (the
-        graphs take a batch axis), which is about twice as fast as one window per call on CPU.
-        """
+        """One :class:`DNSMOSScore` per validated mono clip."""
         clips = prepare_clips(waves, sample_rate, names=names, target_rate=SAMPLE_RATE)
-        windows = [_windows(clip) for clip in clips]
-        flat = [w for clip_windows in windows for w in clip_windows]
-        raw, p808 = self._run(flat)  # (W, 3), (W,)
-        scores, start = [], 0
-        for clip_windows in windows:
-            stop = start + len(clip_windows)
-            sig, bak, ovrl = (float(np.mean(poly(raw[start:stop, i]))) for i, poly in
-                              enumerate((_POLY_SIG, _POLY_BAK, _POLY_OVRL)))
-            scores.append(DNSMOSScore(sig, bak, ovrl, float(np.mean(p808[start:stop]))))
-            start = stop
-        return scores
+        return [self._score(clip) for clip in clips]
 
-    def _run(self, windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Raw P.835 outputs (W, 3) and P.808 MOS (W,) of 9.01 s windows."""
+    def _score(self, wave: np.ndarray) -> DNSMOSScore:
         primary, p808 = self._sessions
-        raw, mos = [np.zeros((0, 3), np.float64)], [np.zeros(0, np.float64)]
-        for start in range(0, len(windows), self.batch_windows):
-            batch = np.stack(windows[start:start + self.batch_windows]).astype(np.float32)  # (b, window)
-            raw.append(primary.run(None, {"input_1": batch})[0].astype(np.float64))
-            mel = np.stack([_p808_features(segment[:-160]) for segment in batch])  # (b, frames, 120)
-            mos.append(p808.run(None, {"input_1": mel})[0][:, 0].astype(np.float64))
-        return np.concatenate(raw), np.concatenate(mos)
-
-
-def _windows(wave: np.ndarray) -> list[np.ndarray]:
-    """The 9.01 s windows of one 16 kHz clip, as Microsoft's reference script takes them.
-
-    A clip shorter than a window is doubled until it fills one (so scores match the script); a longer
-    one gives a window every whole second.
-    """
-    window = int(WINDOW_S * SAMPLE_RATE)
-    while wave.size < window:
-        wave = np.concatenate([wave, wave])
-    n_windows = int(np.floor(wave.size / SAMPLE_RATE) - WINDOW_S) + 1  # whole seconds first, as the reference
-    segments = [wave[int(i * HOP_S * SAMPLE_RATE):int(i * HOP_S * SAMPLE_RATE) + window] for i in range(n_windows)]
-    return [seg for seg in segments if seg.size == window]
+        window = int(WINDOW_S * SAMPLE_RATE)
+        while wave.size < window:  # doubling, as the reference script does (so scores match it)
+            wave = np.concatenate([wave, wave])
+        n_windows = int(np.floor(wave.size / SAMPLE_RATE) - WINDOW_S) + 1  # whole seconds first, as the reference
+        rows = []
+        for index in range(n_windows):
+            start = int(index * HOP_S * SAMPLE_RATE)
+            segment = wave[start:start + window]
+            if segment.size < window:
+                continue
+            raw = primary.run(None, {"input_1": segment[None, :].astype(np.float32)})[0][0]  # (3,) sig, bak, ovrl
+            mel = _p808_features(segment[:-160])[None]  # (1, frames, 120)
+            p808_mos = float(p808.run(None, {"input_1": mel})[0][0][0])
+            rows.append((_POLY_SIG(raw[0]), _POLY_BAK(raw[1]), _POLY_OVRL(raw[2]), p808_mos))
+        sig, bak, ovrl, mos = np.mean(np.asarray(rows, dtype=np.float64), axis=0)
+        return DNSMOSScore(float(sig), float(bak), float(ovrl), float(mos))
 
 
 def _p808_features(segment: np.ndarray) -> np.ndarray:
