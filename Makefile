@@ -12,8 +12,12 @@ STORE    := runs/stores/mini_tts_train_resid_pre5
 SAE_RUN  := runs/sae_mini/demo
 SELECT   := runs/select_mini
 EMOSHIFT := runs/emoshift_mini/demo
+# The EmoSteer layer that Table 1 and the EmoShift reports steer with: the committed one (like the mini TTS and
+# the SER, a trained model that ships with emoctl); `make emoshift-mini` retrains it, and
+# `make reproduce-table1 EMOSHIFT_LAYER=$(EMOSHIFT)/emosteer` trains one in the run instead.
+EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 
-.PHONY: install test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift clean corpus mini-tts ser-mini
+.PHONY: install test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift clean corpus mini-tts ser-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -72,13 +76,20 @@ ser-mini: corpus
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs
 
-# The EmoSteer layer on the mini backbone (neutral condition: the layer alone carries the emotion; ~5 min).
+# The EmoSteer layer on the mini backbone (neutral condition: the layer alone carries the emotion; ~9 min with the
+# first tokenizing of its clips).
 $(EMOSHIFT)/emosteer/emosteer.json: | corpus
 	$(EMOCTL) fit --config recipes/emoshift_mini.yaml --trainer.logger.init_args.version=demo
 
-reproduce-table1: $(SELECT)/selection.md $(EMOSHIFT)/emosteer/emosteer.json
+# emoshift-mini: retrain the committed EmoSteer layer and replace emoctl/assets/emoshift_mini with the export
+# (weights, emosteer.json with the recipe, data and step count in its metadata).
+emoshift-mini: corpus
+	$(EMOCTL) fit --config recipes/emoshift_mini.yaml --trainer.logger.init_args.version=make
+	rm -rf emoctl/assets/emoshift_mini && cp -r runs/emoshift_mini/make/emosteer emoctl/assets/emoshift_mini
+
+reproduce-table1: $(SELECT)/selection.md $(EMOSHIFT_LAYER)/emosteer.json
 	$(EMOCTL) report table1 --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) --emotions '["Angry","Happy","Sad"]' \
-	    --emoshift $(EMOSHIFT)/emosteer --out_dir reports
+	    --emoshift $(EMOSHIFT_LAYER) --out_dir reports
 
 # The EmoShift seed's Table 1, its α sweep (Figure 3) and compound emotions: low-rank layer and SFT baseline
 # trained first (same data and step budget as recipes/emoshift_mini.yaml).
@@ -92,11 +103,11 @@ $(SFT_RUN)/sft_backbone/config.json: | corpus
 # --best: the sweep's accuracy peak on the mini backbone (α = 2 in reports/emoshift_sweep). The automatic
 # choice (--sweep_csv, best accuracy within +0.15 WER) needs a WER that means something; Whisper's on
 # this backbone's codec does not (README, "Does the codec keep what emotions change?").
-reproduce-emoshift: $(EMOSHIFT)/emosteer/emosteer.json $(EMOSHIFT_LR)/emosteer/emosteer.json $(SFT_RUN)/sft_backbone/config.json
-	$(EMOCTL) steer emoshift --layer $(EMOSHIFT)/emosteer --n_texts 3 --speakers '["0017","0018"]' \
+reproduce-emoshift: $(EMOSHIFT_LAYER)/emosteer.json $(EMOSHIFT_LR)/emosteer/emosteer.json $(SFT_RUN)/sft_backbone/config.json
+	$(EMOCTL) steer emoshift --layer $(EMOSHIFT_LAYER) --n_texts 3 --speakers '["0017","0018"]' \
 	    --out_dir reports/emoshift_sweep
-	$(EMOCTL) steer compound --layer $(EMOSHIFT)/emosteer --out_dir reports/emoshift_compound
-	$(EMOCTL) report emoshift --layer $(EMOSHIFT)/emosteer --low_rank $(EMOSHIFT_LR)/emosteer \
+	$(EMOCTL) steer compound --layer $(EMOSHIFT_LAYER) --out_dir reports/emoshift_compound
+	$(EMOCTL) report emoshift --layer $(EMOSHIFT_LAYER) --low_rank $(EMOSHIFT_LR)/emosteer \
 	    --sft $(SFT_RUN)/sft_backbone --best 2 --speakers '["0017","0018"]' --out_dir reports
 
 clean:

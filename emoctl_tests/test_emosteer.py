@@ -387,3 +387,36 @@ def test_recipes_load_through_the_cli(recipe, cls):
         mini = yaml.safe_load((RECIPES / "emoshift_mini.yaml").read_text())
         assert resolved["trainer"]["max_steps"] == mini["trainer"]["max_steps"]
         assert resolved["data"]["init_args"] == {**resolved["data"]["init_args"], **mini["data"]["init_args"]}
+
+
+def test_committed_layer_fits_the_committed_backbone_and_lowers_held_out_nll(corpus_root):
+    """emoctl/assets/emoshift_mini (what Table 1 steers with) was trained for this backbone: on held-out
+    speakers' test clips under the Neutral condition, its emotions make the real speech tokens more likely."""
+    from emoctl.backbones.loading import load_backbone
+    from emoctl.backbones.mini_tts.codec import SpeechCodec
+    from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
+    from emoctl.emosteer.objective import teacher_forced_nll
+    from emoctl.reports.emotionality import corpus_test_sentences
+
+    asset = RECIPES.parent / "emoctl" / "assets" / "emoshift_mini"
+    layer = EmoSteer.load(asset)
+    backbone = load_backbone("mini_tts", None)
+    meta = json.loads((asset / "emosteer.json").read_text())["metadata"]
+    assert meta["backbone_id"] == backbone.backbone_id and layer.config.hidden_size == backbone.hidden_size
+    trained_on = set(meta["data"]["speakers"] or [])
+    assert trained_on and not trained_on & {"0017", "0018", "0019", "0020"}  # Table 1 speaks as these
+    texts, record = corpus_test_sentences(corpus_root)
+    codec = SpeechCodec.load(RECIPES.parent / "emoctl" / "assets" / "mini_tts" / "codec")
+    clips = [c for c in list_corpus_clips(corpus_root, split="test", emotions=layer.layer_emotions)
+             if c.speaker in ("0019", "0020")][::13][:12]
+    assert {c.emotion for c in clips} == set(layer.layer_emotions)
+    text_of = {u["id"]: record["sentences"][u["sentence_index"]] for u in record["utterances"]}
+    prompts = [Prompt(text_of[c.utt_id], c.speaker, "Neutral", c.utt_id) for c in clips]
+    tokens = [torch.as_tensor(codec.encode(*read_wave(c.path))) for c in clips]
+    speech = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
+    lengths = torch.tensor([len(t) for t in tokens])
+    with torch.no_grad():
+        plain = teacher_forced_nll(backbone, prompts, speech, lengths).mean()
+        with steer(backbone, layer, [c.emotion for c in clips], 1.0, phases=[Phase.TEACHER_FORCED]):
+            steered = teacher_forced_nll(backbone, prompts, speech, lengths).mean()
+    assert steered < plain - 0.05, (float(plain), float(steered))

@@ -420,3 +420,50 @@ def test_corpus_without_codec_or_with_unknown_speaker_is_a_config_error(tmp_path
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"speakers \['0012'\]"):
         trainer.fit(module, datamodule=dm)
+
+
+def test_token_cache_is_written_as_it_goes_resumes_and_skips_unused_splits(tmp_path, monkeypatch):
+    import shutil
+
+    from emoctl.backbones.mini_tts import tokenize_corpus as tc
+    from emoctl.keyed_cache import read_keyed_arrays
+
+    root = tmp_path / "corpus"
+    write_tiny_corpus(root)
+    test_dir = root / "0011" / "Angry" / "test"  # one test-split clip, which training never reads
+    test_dir.mkdir()
+    shutil.copy(root / "0011" / "Angry" / "evaluation" / "0011_000354.wav", test_dir / "0011_000355.wav")
+    with open(root / "0011" / "0011.txt", "ab") as f:
+        f.write("\n0011_000355\tA test sentence.\tAngry".encode())
+    codec = random_codec()
+    sources = [tc.AudioSource.of_file(p, root) for p in sorted(root.rglob("*.wav")) if p.parent.name != "test"]
+    cache = tmp_path / "tokens.npz"
+    calls = []
+    encode = tc._PathEncoder.__call__
+
+    def interrupted(self, source):
+        calls.append(source)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return encode(self, source)
+
+    monkeypatch.setattr(tc._PathEncoder, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tc.tokenize_sources(sources, codec, cache, workers=1, progress=False, flush_every=2)
+    assert len(read_keyed_arrays(cache, "tokens")) == 4  # flushed after clips 2 and 4; clip 5 was not flushed
+    calls.clear()
+    monkeypatch.setattr(tc._PathEncoder, "__call__", encode)
+    resumed = tc.tokenize_sources(sources, codec, cache, workers=1, progress=False, flush_every=2)
+    fresh = tc.tokenize_sources(sources, codec, tmp_path / "fresh.npz", workers=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(resumed, fresh))
+    # A run that reads a subset keeps the others in the cache (jobs on different splits share it).
+    tc.tokenize_sources(sources[:3], codec, cache, workers=1, progress=False)
+    assert len(read_keyed_arrays(cache, "tokens")) == len(sources) == 16
+    # The data module tokenizes train and its validation split only, not the test split.
+    codec.save(tmp_path / "codec")
+    dm = TTSCorpusDataModule(str(root), str(tmp_path / "codec"), cache_dir=str(tmp_path / "dm"), batch_size=2)
+    dm.prepare_data()
+    (dm_cache,) = (tmp_path / "dm").rglob("*.npz")
+    keys = set(read_keyed_arrays(dm_cache, "tokens"))
+    assert len(keys) == 16 and not any("/test/" in k for k in keys)
+    assert any(u.split == "test" for u in dm.utterances())  # the reader does see the test clip

@@ -151,15 +151,16 @@ def tokenize_corpus(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_di
 
 
 def tokenize_sources(sources: Sequence[AudioSource], codec: SpeechCodec, cache_file: Path, *, workers: int = 1,
-                     progress: bool = True, desc: str = "Tokenizing") -> list[torch.Tensor]:
+                     progress: bool = True, desc: str = "Tokenizing", flush_every: int = 2000) -> list[torch.Tensor]:
     """(T,) int64 tokens of each source, in order, through the cache file ``cache_file``.
 
     Sources whose key and stamp are in the cache are not decoded again; the
     others are encoded in ``workers`` processes and added to the cache, which is
-    rewritten atomically.  Entries of other sources stay, so jobs that read
-    different splits of one corpus share a cache instead of evicting each
-    other's.  The file name carries the codec digest (see :func:`cache_path`),
-    so a new codec never reads old tokens.
+    rewritten atomically every ``flush_every`` new clips and at the end, so an
+    interrupted first run keeps most of its work.  Entries of other sources
+    stay, so jobs that read different splits of one corpus share a cache
+    instead of evicting each other's.  The file name carries the codec digest
+    (see :func:`cache_path`), so a new codec never reads old tokens.
     """
     cached = read_keyed_arrays(cache_file, "tokens")
     keys = [s.key for s in sources]
@@ -170,10 +171,9 @@ def tokenize_sources(sources: Sequence[AudioSource], codec: SpeechCodec, cache_f
     if todo:
         encoded = map_in_workers(_PathEncoder(codec), [sources[i].path or sources[i] for i in todo],
                                  workers=workers, total=len(todo), desc=desc, progress=progress)
-        for i, toks in zip(todo, encoded):
+        for done, (i, toks) in enumerate(zip(todo, encoded), 1):
             tokens[i] = toks
-    if todo:
-        merged = {**cached, **{sources[i].key: (sources[i].stamp, np.asarray(tokens[i], dtype=np.int32))
-                               for i in todo}}
-        write_keyed_arrays(cache_file, merged, "tokens", empty=np.zeros(0, np.int32))
+            cached[sources[i].key] = (sources[i].stamp, np.asarray(toks, dtype=np.int32))
+            if done % flush_every == 0 or done == len(todo):
+                write_keyed_arrays(cache_file, cached, "tokens", empty=np.zeros(0, np.int32))
     return [torch.from_numpy(np.asarray(t, dtype=np.int64)) for t in tokens]
