@@ -100,15 +100,14 @@ $(EMOSHIFT_LR)/emosteer/emosteer.json: | corpus
 	    --trainer.logger.init_args.name=emoshift_lr16 --trainer.logger.init_args.version=demo
 $(SFT_RUN)/sft_backbone/config.json: | corpus
 	$(EMOCTL) fit --config recipes/sft_mini.yaml --trainer.logger.init_args.version=demo
-# --best: the sweep's accuracy peak on the mini backbone (α = 2 in reports/emoshift_sweep). The automatic
-# choice (--sweep_csv, best accuracy within +0.15 WER) needs a WER that means something; Whisper's on
-# this backbone's codec does not (README, "Does the codec keep what emotions change?").
+# The EmoShift α of the report is the sweep's choice (--sweep_csv): best accuracy within +0.15 WER of unsteered.
 reproduce-emoshift: $(EMOSHIFT_LAYER)/emosteer.json $(EMOSHIFT_LR)/emosteer/emosteer.json $(SFT_RUN)/sft_backbone/config.json
 	$(EMOCTL) steer emoshift --layer $(EMOSHIFT_LAYER) --n_texts 3 --speakers '["0017","0018"]' \
 	    --out_dir reports/emoshift_sweep
 	$(EMOCTL) steer compound --layer $(EMOSHIFT_LAYER) --out_dir reports/emoshift_compound
 	$(EMOCTL) report emoshift --layer $(EMOSHIFT_LAYER) --low_rank $(EMOSHIFT_LR)/emosteer \
-	    --sft $(SFT_RUN)/sft_backbone --best 2 --speakers '["0017","0018"]' --out_dir reports
+	    --sft $(SFT_RUN)/sft_backbone --sweep_csv reports/emoshift_sweep/emoshift_sweep.csv \
+	    --speakers '["0017","0018"]' --out_dir reports
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache
