@@ -261,9 +261,7 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         tokens = self._tokens(utterances, self.codec, progress=False)  # a cache hit after prepare_data
         splits: dict[str, tuple[list[Prompt], list[torch.Tensor]]] = {"train": ([], []), self.val_split: ([], [])}
         self.n_too_long = 0
-        for utt, clip_tokens in zip(utterances, tokens):
-            if utt.split not in splits:
-                continue
+        for utt, clip_tokens in zip(utterances, tokens):  # _used: every clip is of one of the two splits
             if len(clip_tokens) > self.max_speech_tokens or len(clip_tokens) == 0:
                 self.n_too_long += 1
                 continue

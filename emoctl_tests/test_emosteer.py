@@ -17,7 +17,7 @@ import soundfile
 import torch
 import yaml
 
-from conftest import RECIPES, run_emoctl
+from conftest import RECIPES, REPO, run_emoctl
 from data_modules.tts_corpus import collate
 from emoctl.backbones import Phase, Prompt
 from emoctl.emosteer import EmoSteer, EmoSteerConfig, steer
@@ -398,7 +398,7 @@ def test_committed_layer_fits_the_committed_backbone_and_lowers_held_out_nll(cor
     from emoctl.emosteer.objective import teacher_forced_nll
     from emoctl.reports.emotionality import corpus_test_sentences
 
-    asset = RECIPES.parent / "emoctl" / "assets" / "emoshift_mini"
+    asset = REPO / "emoctl" / "assets" / "emoshift_mini"
     layer = EmoSteer.load(asset)
     backbone = load_backbone("mini_tts", None)
     meta = json.loads((asset / "emosteer.json").read_text())["metadata"]
@@ -406,7 +406,7 @@ def test_committed_layer_fits_the_committed_backbone_and_lowers_held_out_nll(cor
     trained_on = set(meta["data"]["speakers"] or [])
     assert trained_on and not trained_on & {"0017", "0018", "0019", "0020"}  # Table 1 speaks as these
     texts, record = corpus_test_sentences(corpus_root)
-    codec = SpeechCodec.load(RECIPES.parent / "emoctl" / "assets" / "mini_tts" / "codec")
+    codec = SpeechCodec.load(REPO / "emoctl" / "assets" / "mini_tts" / "codec")
     clips = [c for c in list_corpus_clips(corpus_root, split="test", emotions=layer.layer_emotions)
              if c.speaker in ("0019", "0020")][::13][:12]
     assert {c.emotion for c in clips} == set(layer.layer_emotions)
