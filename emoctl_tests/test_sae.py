@@ -317,6 +317,8 @@ def test_bench_sae_rows_and_ratios(capsys):
     assert floor["x_matmul_floor"] == 1.0
     step = rows["emoctl TopKSAE step, fp32"]
     assert step["x_matmul_floor"] == pytest.approx(step["ms_per_step"] / floor["ms_per_step"])
+    dense = rows["encoder matmul + AuxK's 4 dense products, fp32"]
+    assert dense["x_matmul_floor"] == pytest.approx(dense["ms_per_step"] / floor["ms_per_step"])
     assert ("emoctl TopKSAE step, bf16 autocast" in rows) == _has_fast_bf16(torch.device("cpu"))
     if "bare encoder matmul, bf16" in rows:
         bf16, bf16_floor = rows["emoctl TopKSAE step, bf16 autocast"], rows["bare encoder matmul, bf16"]

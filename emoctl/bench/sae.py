@@ -4,7 +4,10 @@ Every row is timed in the same run (round-robin) on the same random batch, with 
 initial weights, the same dead latents and the same optimizer (Adam, fused
 where PyTorch has it), so only the SAE implementation differs:
 
-1. the bare encoder matmul ``(B, d_in) @ (d_in, d_sae)``, the floor any step pays;
+1. the bare encoder matmul ``(B, d_in) @ (d_in, d_sae)``, the floor any step pays, and the
+   dense products any exact AuxK step adds to it: the encoder matmul plus AuxK's four
+   (B, n_dead) x (n_dead, d_in)-sized products (decode, and the gradients of the dead codes,
+   atoms and encoder rows), with nothing else;
 2. emoctl's step: forward (sparse autograd, AuxK on), backward, parallel-gradient
    removal, Adam, decoder renormalization; and the same with no dead latents,
    which shows what AuxK costs (four (B, n_dead) x (n_dead, d_in)-sized products);
@@ -76,6 +79,7 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
 
     cases: list[tuple[str, Callable[[], Step]]] = [
         ("bare encoder matmul, fp32", lambda: _matmul_step(x, template.W_enc.detach(), None)),
+        ("encoder matmul + AuxK's 4 dense products, fp32", lambda: _dense_work_step(x, template, dead)),
         ("emoctl TopKSAE step, fp32", lambda: _emoctl_step(template, x, _fast, None)),
         ("emoctl TopKSAE step, fp32, no dead latents", lambda: _emoctl_step(all_alive, x, _fast, None)),
         ("dense reference step, fp32", lambda: _emoctl_step(template, x, reference_forward, None)),
@@ -132,6 +136,23 @@ def _matmul_step(x: torch.Tensor, W_enc: torch.Tensor, dtype: torch.dtype | None
 
     def step() -> None:
         a @ b.t()
+
+    return step
+
+
+def _dense_work_step(x: torch.Tensor, template: TopKSAE, dead: torch.Tensor) -> Step:
+    """The encoder matmul and AuxK's four dense products, on stand-in codes and gradients of the right shapes."""
+    W_enc = template.W_enc.detach()
+    W_dead = template.W_dec.detach()[dead]  # (n_dead, d_in)
+    acts = torch.randn(x.shape[0], W_dead.shape[0], device=x.device).relu_()  # (B, n_dead) dead codes
+    grad = torch.randn_like(x)  # (B, d_in) gradient of the AuxK reconstruction
+
+    def step() -> None:
+        x @ W_enc.t()      # pre-activations
+        acts @ W_dead      # AuxK decode
+        grad @ W_dead.t()  # gradient of the dead codes
+        acts.t() @ grad    # gradient of the dead atoms
+        acts.t() @ x       # gradient of the dead encoder rows (the codes' gradient stands in for acts)
 
     return step
 
