@@ -31,7 +31,7 @@ test: install
 	$(PY) -m pytest emoctl_tests -q
 
 demo: $(SELECT)/selection.md
-	$(EMOCTL) inspect emotionality --out_dir reports/emotionality --n_texts 6
+	$(EMOCTL) inspect emotionality --out_dir reports/emotionality --n_texts 12
 	@echo
 	@echo "Demo done. The SAE (SAELens format): $(SAE_RUN)/sae   emotion features: $(SELECT)/selection.md"
 	@echo "Is the backbone emotional: reports/emotionality/summary.md"
