@@ -467,3 +467,30 @@ def test_token_cache_is_written_as_it_goes_resumes_and_skips_unused_splits(tmp_p
     keys = set(read_keyed_arrays(dm_cache, "tokens"))
     assert len(keys) == 16 and not any("/test/" in k for k in keys)
     assert any(u.split == "test" for u in dm.utterances())  # the reader does see the test clip
+
+
+def test_fitting_the_codec_caches_the_training_clips_tokens_from_the_same_analysis(tmp_path, monkeypatch):
+    from data_modules.tts_corpus import CodecFit
+    from emoctl.backbones.mini_tts import tokenize_corpus as tc
+    from emoctl.keyed_cache import read_keyed_arrays
+
+    root = tmp_path / "corpus"
+    write_tiny_corpus(root)
+    encoded = []
+    encode = tc._PathEncoder.__call__
+    monkeypatch.setattr(tc._PathEncoder, "__call__", lambda self, source: encoded.append(source) or
+                        encode(self, source))
+    dm = TTSCorpusDataModule(str(root), str(tmp_path / "codec"), cache_dir=str(tmp_path / "dm"), batch_size=2,
+                             tokenize_workers=1, fit_codec=CodecFit(n_env_codes=4, n_f0_bins=4, workers=1))
+    dm.prepare_data()
+    # Only the 4 evaluation clips were analyzed again; the 12 training clips came from the codec's fit.
+    assert len(encoded) == 4 and all("/evaluation/" in str(s) for s in encoded)
+    (cache,) = (tmp_path / "dm").rglob("*.npz")
+    cached = read_keyed_arrays(cache, "tokens")
+    sources = [tc.AudioSource.of_file(p, root) for p in sorted(root.rglob("*.wav"))]
+    fresh = tc.tokenize_sources(sources, SpeechCodec.load(tmp_path / "codec"), tmp_path / "fresh.npz", workers=1,
+                                progress=False)
+    assert len(cached) == len(sources) == 16
+    for source, tokens in zip(sources, fresh):  # the same tokens a plain encode gives
+        assert cached[source.key][0] == source.stamp
+        assert np.array_equal(cached[source.key][1], tokens.numpy())

@@ -216,6 +216,22 @@ def map_in_workers(fn, items: Iterable, *, workers: int, total: int | None, desc
         yield from tqdm(pool.map(fn, items, chunksize=4), **bar_kwargs)
 
 
+def fft_size_for(f0_range: tuple[float, float]) -> int:
+    """CheapTrick's FFT size for the lowest F0 of ``f0_range`` (a codec's analysis window)."""
+    if not 0 < f0_range[0] < f0_range[1]:
+        raise ConfigError(f"f0_range must be (low, high) Hz with 0 < low < high, got {f0_range}.")
+    return int(_pyworld().get_cheaptrick_fft_size(SAMPLE_RATE, float(f0_range[0])))
+
+
+def analyze_for_fit(waves: Iterable[tuple[np.ndarray, int]], *, f0_range: tuple[float, float] = (50.0, 600.0),
+                    n_coded_dims: int = N_CODED_DIMS, workers: int = 1, progress: bool = True) -> list[WorldFrames]:
+    """WORLD frames, aperiodicity included, of ``(wave, sample_rate)`` pairs (:meth:`SpeechCodec.fit_frames`' input)."""
+    job = _Analyzer((float(f0_range[0]), float(f0_range[1])), fft_size_for(f0_range), n_coded_dims,
+                    aperiodicity=True)
+    total = len(waves) if hasattr(waves, "__len__") else None
+    return list(map_in_workers(job, waves, workers=workers, total=total, desc="WORLD analysis", progress=progress))
+
+
 def _analysis_settings() -> dict[str, float]:
     """Fixed analysis and synthesis constants: part of a saved codec and of its digest."""
     return {"frame_period_ms": FRAME_PERIOD_MS, "dio_frame_period_ms": DIO_FRAME_PERIOD_MS,
@@ -271,16 +287,28 @@ class SpeechCodec:
         ``workers`` > 1 runs WORLD analysis in that many processes. k-means
         sees at most ``max_kmeans_frames`` frames (a seeded subset).
         """
-        if not 0 < f0_range[0] < f0_range[1]:
-            raise ConfigError(f"f0_range must be (low, high) Hz with 0 < low < high, got {f0_range}.")
         if n_env_codes < 1:
             raise ConfigError(f"n_env_codes must be >= 1, got {n_env_codes}.")
-        pw = _pyworld()
-        fft_size = int(pw.get_cheaptrick_fft_size(SAMPLE_RATE, float(f0_range[0])))
-        job = _Analyzer((float(f0_range[0]), float(f0_range[1])), fft_size, n_coded_dims, aperiodicity=True)
-        total = len(waves) if hasattr(waves, "__len__") else None
-        analyses = list(map_in_workers(job, waves, workers=workers, total=total, desc="WORLD analysis",
-                                       progress=progress))
+        analyses = analyze_for_fit(waves, f0_range=f0_range, n_coded_dims=n_coded_dims, workers=workers,
+                                   progress=progress)
+        return cls.fit_frames(analyses, n_env_codes=n_env_codes, n_f0_bins=n_f0_bins, f0_range=f0_range, seed=seed,
+                              progress=progress, n_coded_dims=n_coded_dims, energy_weight=energy_weight,
+                              max_kmeans_frames=max_kmeans_frames, kmeans_iters=kmeans_iters)
+
+    @classmethod
+    def fit_frames(cls, analyses: list[WorldFrames], *, n_env_codes: int = 256, n_f0_bins: int = 32,
+                   f0_range: tuple[float, float] = (50.0, 600.0), seed: int = 0, progress: bool = True,
+                   n_coded_dims: int = N_CODED_DIMS, energy_weight: float = ENERGY_WEIGHT,
+                   max_kmeans_frames: int = 200_000, kmeans_iters: int = 50) -> SpeechCodec:
+        """:meth:`fit` on WORLD frames already made by :func:`analyze_for_fit` with the same ``f0_range``.
+
+        The frames are also what :meth:`encode_frames` reads, so a caller that
+        fits and then tokenizes the same clips can encode them without a second
+        analysis.
+        """
+        if n_env_codes < 1:
+            raise ConfigError(f"n_env_codes must be >= 1, got {n_env_codes}.")
+        fft_size = fft_size_for(f0_range)
         if not analyses:
             raise ConfigError("SpeechCodec.fit got no audio: the iterable of (wave, sample_rate) was empty.")
         coded = np.concatenate([a.coded_envelope for a in analyses])                           # (N, D)

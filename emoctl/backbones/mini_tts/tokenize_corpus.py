@@ -150,6 +150,21 @@ def tokenize_corpus(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_di
     return dict(zip((clip.utt_id for clip in clips), tokens))
 
 
+def cache_tokens(cache_file: Path, sources: Sequence[AudioSource], tokens: Sequence[np.ndarray]) -> None:
+    """Put tokens already encoded from ``sources`` into the cache file, as :func:`tokenize_sources` would.
+
+    For a caller that had the clips' WORLD frames anyway (fitting the codec
+    analyses its training clips), so :func:`tokenize_sources` finds them and
+    does not analyze those clips a second time.
+    """
+    if len(sources) != len(tokens):
+        raise ValueError(f"{len(sources)} sources but {len(tokens)} token arrays")
+    cached = read_keyed_arrays(cache_file, "tokens")
+    for source, clip_tokens in zip(sources, tokens):
+        cached[source.key] = (source.stamp, np.asarray(clip_tokens, dtype=np.int32))
+    write_keyed_arrays(cache_file, cached, "tokens", empty=np.zeros(0, np.int32))
+
+
 def tokenize_sources(sources: Sequence[AudioSource], codec: SpeechCodec, cache_file: Path, *, workers: int = 1,
                      progress: bool = True, desc: str = "Tokenizing", flush_every: int = 2000) -> list[torch.Tensor]:
     """(T,) int64 tokens of each source, in order, through the cache file ``cache_file``.
