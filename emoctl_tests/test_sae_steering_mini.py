@@ -70,7 +70,7 @@ def angry_runs(trained, corpus_root):
             clips = synthesize(tts, prompts, seed=0)
         return recognizer([c.wave for c in clips], [c.sample_rate for c in clips]).prob_of("Angry").numpy()
 
-    return {key: p_angry(*key) for key in [("Angry", 0.0), ("Angry", -8.0), ("Neutral", 0.0), ("Neutral", 8.0)]}
+    return {key: p_angry(*key) for key in [("Angry", 0.0), ("Angry", -8.0), ("Neutral", 0.0), ("Neutral", 4.0)]}
 
 
 def test_suppression_with_negative_alpha_lowers_p_target(angry_runs):
@@ -81,8 +81,12 @@ def test_suppression_with_negative_alpha_lowers_p_target(angry_runs):
 
 
 def test_induction_with_positive_alpha_raises_p_target(angry_runs):
-    before, after = angry_runs[("Neutral", 0.0)], angry_runs[("Neutral", 8.0)]
+    # Induction needs a smaller α than suppression with this small SAE: measured mean P(Angry) on these 8
+    # Neutral prompts was 0.08 unsteered, 0.62 at α=4, 0.47 at 6, 0.23 at 8, 0.07 at 10 (past α≈8 the
+    # steered states no longer reach the stop token and clips run to the length cap).
+    before, after = angry_runs[("Neutral", 0.0)], angry_runs[("Neutral", 4.0)]
     assert after.mean() > before.mean() + 0.25, (before.mean(), after.mean())
+    assert (after > before).mean() >= 0.75, (before, after)  # paired: most utterances individually
 
 
 def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp_path):
