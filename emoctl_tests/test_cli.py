@@ -4,7 +4,7 @@ from __future__ import annotations
 import yaml
 import pytest
 
-from conftest import RECIPES, run_emoctl
+from conftest import RECIPES, parse_emoctl, run_emoctl
 
 ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
 
@@ -19,7 +19,7 @@ def test_overview_lists_trainer_commands_and_tools():
 @pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda p: p.name)
 def test_every_recipe_resolves_through_the_cli(recipe):
     """A recipe that drifts from the code (renamed argument, moved class) fails here, not for a user."""
-    result = run_emoctl("fit", "--config", str(recipe), "--print_config")
+    result = parse_emoctl("fit", "--config", str(recipe), "--print_config")
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     written = yaml.safe_load(recipe.read_text())
@@ -33,7 +33,7 @@ def test_every_recipe_resolves_through_the_cli(recipe):
 def test_configs_merge_in_order_and_dotted_overrides_win(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("trainer:\n  max_steps: 7\nmodel:\n  init_args:\n    sae:\n      k: 3\n")
-    result = run_emoctl("fit", "--config", str(RECIPES / "sae_demo.yaml"), "--config", str(extra),
+    result = parse_emoctl("fit", "--config", str(RECIPES / "sae_demo.yaml"), "--config", str(extra),
                         "--model.init_args.sae.d_sae=128", "--print_config")
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
@@ -44,7 +44,7 @@ def test_configs_merge_in_order_and_dotted_overrides_win(tmp_path):
 
 
 def test_model_help_documents_arguments_from_docstrings():
-    result = run_emoctl("fit", "--model.help", "emoctl.sae.module.SAEModule")
+    result = parse_emoctl("fit", "--model.help", "emoctl.sae.module.SAEModule")
     assert result.returncode == 0, result.stderr
     assert "warmup_steps" in result.stdout and "linear learning-rate warm-up" in result.stdout
     assert "dead_tokens" in result.stdout

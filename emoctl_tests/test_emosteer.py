@@ -17,7 +17,7 @@ import soundfile
 import torch
 import yaml
 
-from conftest import RECIPES, REPO, run_emoctl
+from conftest import RECIPES, REPO, parse_emoctl
 from data_modules.tts_corpus import collate
 from emoctl.backbones import Phase, Prompt
 from emoctl.emosteer import EmoSteer, EmoSteerConfig, steer
@@ -370,7 +370,7 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
                                          ("emoshift_cosyvoice.yaml", "EmoShiftModule"),
                                          ("sft_mini.yaml", "SFTModule")])
 def test_recipes_load_through_the_cli(recipe, cls):
-    result = run_emoctl("fit", "--config", str(RECIPES / recipe), "--print_config")
+    result = parse_emoctl("fit", "--config", str(RECIPES / recipe), "--print_config")
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     args = resolved["model"]["init_args"]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, RECIPES, run_emoctl
+from conftest import REPO, RECIPES, parse_emoctl, run_emoctl
 from data_modules import CorpusTexts, HarvestedStore, PromptGridDataModule
 from emoctl.backbones import Phase
 from emoctl.backbones import loading
@@ -277,7 +277,7 @@ def test_missing_mismatched_and_unsupported_checkpoints_are_clear_errors(checkpo
 def test_harvest_command_is_listed_and_its_recipes_resolve():
     overview = run_emoctl("--help")
     assert overview.returncode == 0 and "harvest" in overview.stdout
-    harvest = run_emoctl("harvest", "--config", str(RECIPES / "harvest_mini.yaml"), "--print_config")
+    harvest = parse_emoctl("harvest", "--config", str(RECIPES / "harvest_mini.yaml"), "--print_config")
     assert harvest.returncode == 0, harvest.stderr
     import yaml
 
@@ -285,7 +285,7 @@ def test_harvest_command_is_listed_and_its_recipes_resolve():
     assert resolved["return_predictions"] is False
     assert resolved["trainer"]["callbacks"][0]["init_args"]["hookpoint"] == "resid_pre.5"
     assert resolved["data"]["init_args"]["corpus"]["split"] == "held_out"
-    sae = run_emoctl("fit", "--config", str(RECIPES / "sae_mini.yaml"), "--print_config")
+    sae = parse_emoctl("fit", "--config", str(RECIPES / "sae_mini.yaml"), "--print_config")
     assert sae.returncode == 0, sae.stderr
     resolved = yaml.safe_load(sae.stdout)
     assert resolved["model"]["init_args"]["sae"]["d_in"] == 192
