@@ -1,4 +1,4 @@
-"""Shared fixtures: paths and a runner for the real ``emoctl`` command."""
+"""Shared fixtures: paths, and runners for the `emoctl` command (a fresh process, or parsing in this one)."""
 from __future__ import annotations
 
 import contextlib
