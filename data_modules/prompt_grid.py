@@ -171,7 +171,7 @@ class PromptGridDataModule(pl.LightningDataModule):
         for text_id, text in self.texts:
             for speaker in speakers:
                 for emotion in emotions:
-                    out.append(GridPrompt(text=text, speaker=speaker, emotion=emotion,
+                    out.append(GridPrompt(text=text, voice=speaker, emotion=emotion,
                                           utt_id=f"{text_id}-{speaker}-{emotion}", text_id=text_id,
                                           condition=f"prompt={emotion}", pair_key=f"{speaker}|{text_id}"))
         return out

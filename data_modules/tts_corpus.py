@@ -215,6 +215,11 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         return [AudioSource.of_file(u.path, self.corpus_root) if u.path is not None
                 else AudioSource.of_bytes(f"hf:{u.utt_id}", u.audio) for u in utterances]  # type: ignore[arg-type]
 
+    @property
+    def tokenizer_digest(self) -> str | None:
+        """Digest of the speech tokenizer whose tokens the batches carry (None before setup)."""
+        return self.codec.digest if self.codec is not None else None
+
     def _tokens(self, utterances: list[EsdUtterance], codec: Any, progress: bool) -> list[torch.Tensor]:
         from emoctl.backbones.mini_tts.tokenize_corpus import cache_path, tokenize_sources
 

@@ -9,7 +9,7 @@ same sampling noise, so their difference is the intervention's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -17,11 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.sampling import Sampling
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """How speech tokens are drawn."""
+class SamplingConfig(Sampling):
+    """How the evaluations draw speech tokens: :class:`Sampling` with their defaults, plus the batch size."""
 
     temperature: float = 0.8
     """Softmax temperature (0 = greedy)."""
@@ -30,7 +31,12 @@ class SamplingConfig:
     max_new_tokens: int = 600
     """Hard cap on speech tokens per utterance (12 s at 50 Hz)."""
     batch_size: int = 25
-    """Prompts generated together."""
+    """Prompts generated together (part of a clip's identity: it sets the batch seed)."""
+
+    def for_batch(self, seed: int) -> Sampling:
+        """The backbone's settings for one batch: these, with the batch's seed."""
+        values = {f.name: getattr(self, f.name) for f in fields(Sampling)}
+        return Sampling(**{**values, "seed": seed})
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,11 @@ def synthesize(backbone: Backbone, prompts: Sequence[Prompt], *, seed: int = 0,
     desc = progress if isinstance(progress, str) else "synthesize"
     for b, start in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
         batch = list(prompts[start:start + sampling.batch_size])
-        out = backbone.generate(batch, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                top_k=sampling.top_k, seed=seed + b)
+        out = backbone.generate(batch, sampling.for_batch(seed + b))
         for prompt, tokens, done in zip(batch, out.tokens, out.finished):
-            wave, rate = backbone.vocode(tokens, prompt.speaker)
+            if tokens.numel() == 0:  # stopped at once: an empty clip (probes give NaN, scorers skip it)
+                clips.append(Clip(prompt, tokens, np.zeros(0, np.float32), backbone.sample_rate, bool(done)))
+                continue
+            wave, rate = backbone.vocode(tokens, prompt)
             clips.append(Clip(prompt, tokens, np.asarray(wave, dtype=np.float32), int(rate), bool(done)))
     return clips

@@ -237,7 +237,7 @@ def test_save_load_reproduces_logits_ids_and_codec(tmp_path):
     assert loaded.codec.digest == codec.digest and not any(p.requires_grad for p in loaded.parameters())
     config = json.loads((folder / "config.json").read_text())
     assert config["codec_digest"] == codec.digest and config["model"]["d_model"] == 32
-    wave, rate = loaded.vocode(torch.tensor([1, 5, 9, 13, 22, 23, 2, 7]), "0012")
+    wave, rate = loaded.vocode(torch.tensor([1, 5, 9, 13, 22, 23, 2, 7]), Prompt("hi", "0012", "Angry"))
     assert rate == 16000 and wave.dtype == np.float32 and abs(len(wave) / rate - 8 / 50) < 0.03
     assert np.isfinite(wave).all() and np.abs(wave).max() > 0
     assert (tmp_path / "model").is_dir() and not list(tmp_path.glob(".*partial"))

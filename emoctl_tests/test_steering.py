@@ -82,7 +82,7 @@ def test_per_row_alpha_steers_only_its_rows(tts, sae):
     steered = generate(tts, [SAEFeatureSteering(sae, [NEVER], alpha=[0.0, 40.0, 0.0, 40.0])], **greedy)
     assert torch.equal(steered[0], base[0]) and torch.equal(steered[2], base[2])
     assert not torch.equal(steered[1], base[1]) and not torch.equal(steered[3], base[3])
-    with pytest.raises(ConfigError, match="alpha has 3 entries but the batch has 4 rows"):
+    with pytest.raises(ConfigError, match="alpha has 3 entries but hookpoint resid_pre.1 runs 4 rows"):
         generate(tts, [SAEFeatureSteering(sae, [NEVER], alpha=[1.0, 2.0, 3.0])])
 
 

@@ -43,11 +43,25 @@ class HookContext:
     hookpoint: str
     phase: Phase | None
     step: int  # decode step counter (0 for prefill and teacher-forced passes)
-    active: torch.Tensor | None  # (B,) bool: rows still generating; None when all are
+    active: torch.Tensor | None  # (B,) bool: rows still generating; None when all are (or the loop cannot say)
+    beams: int = 1  # hooked rows per prompt: row r belongs to prompt r // beams (beam search keeps this order)
+
+    def per_row(self, values: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+        """Expand ``values`` (1,) or (P,), one per prompt, to the hooked rows (batch,): a prompt's value is
+        repeated over its beams (rows are reordered within a prompt at every beam step, never across)."""
+        n = values.shape[0]
+        if n == 1:
+            return values.expand(batch)
+        if n * self.beams == batch:
+            return values.repeat_interleave(self.beams) if self.beams > 1 else values
+        raise ConfigError(f"{what} has {n} entries but hookpoint {self.hookpoint} runs {batch} rows "
+                          f"({batch // max(self.beams, 1)} prompt(s) x {self.beams} beam(s)); give one value, "
+                          "or one per prompt.")
 
 
 ReadHook = Callable[[torch.Tensor, HookContext], None]
-"""Sees the hookpoint's tensor, (B, T, d); must not modify it."""
+"""Sees the hookpoint's tensor, (B, T, d), or (B, d) where the module takes one position (CosyVoice's
+``llm_decoder(y_pred[:, -1])``); must not modify it."""
 WriteHook = Callable[[torch.Tensor, HookContext], torch.Tensor]
 """Returns the tensor that replaces the hookpoint's input, same shape and dtype."""
 
@@ -85,6 +99,7 @@ class HookManager:
         self._phase: Phase | None = None
         self._step = 0
         self._active: torch.Tensor | None = None
+        self._beams = 1
 
     @property
     def hookpoints(self) -> list[str]:
@@ -115,14 +130,17 @@ class HookManager:
 
     # --------------------------------------------------------------- phase
     @contextmanager
-    def phase(self, phase: Phase | str, step: int = 0, active: torch.Tensor | None = None) -> Iterator[None]:
-        """Declare the pass the backbone is about to run; hooks gated to other phases stay silent."""
-        previous = (self._phase, self._step, self._active)
-        self._phase, self._step, self._active = Phase(phase), step, active
+    def phase(self, phase: Phase | str, step: int = 0, active: torch.Tensor | None = None, beams: int = 1
+              ) -> Iterator[None]:
+        """Declare the pass the backbone is about to run; hooks gated to other phases stay silent.
+
+        ``beams``: hooked rows per prompt (prompt-major), so per-prompt settings reach every beam."""
+        previous = (self._phase, self._step, self._active, self._beams)
+        self._phase, self._step, self._active, self._beams = Phase(phase), step, active, beams
         try:
             yield
         finally:
-            self._phase, self._step, self._active = previous
+            self._phase, self._step, self._active, self._beams = previous
 
     # ------------------------------------------------------------ internal
     def _add(self, hookpoint: str, hook: _Hook) -> HookHandle:
@@ -156,7 +174,7 @@ class HookManager:
             if in_kwargs and key is None:
                 raise RuntimeError(f"cannot find the input tensor of hookpoint {hookpoint} in {list(kwargs)}")
             x = kwargs[key] if in_kwargs else args[0]
-            ctx = HookContext(hookpoint, self._phase, self._step, self._active)
+            ctx = HookContext(hookpoint, self._phase, self._step, self._active, self._beams)
             changed = False
             for hook in due:
                 if hook.writes:

@@ -1,15 +1,23 @@
-"""Choosing a backbone by name: ``load_backbone(kind, path, device)`` and its recipe form ``BackboneSpec``.
+"""The one place a backbone is named and loaded: a registry of kinds, ``load_backbone`` and ``BackboneSpec``.
 
-Recipes name a backbone as ``{kind, path, device}`` rather than by class path
+Recipes, reports, tools and training modules name a backbone as
+``{kind, path, device}`` (:class:`BackboneSpec`) rather than by class path,
 because every backbone needs its own checkpoint folder and an error that says
-which files belong in it.  The embedded mini TTS loads today; the IndexTTS2 and
-CosyVoice adapters are announced with the checkpoint files they will read.
+which files belong in it.  A backbone family joins by registering a loader::
+
+    register_backbone("my_tts", load_my_tts, files=("config.yaml", "model.pt"),
+                      description="MyTTS (github me/my-tts)")
+
+after which ``load_backbone("my_tts", "/models/my-tts")``, every recipe's
+``backbone: {kind: my_tts, path: ...}`` and every report accept it.  The
+embedded mini TTS loads today; the IndexTTS2 and CosyVoice adapters are
+announced with the checkpoint files they will read.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable
 
 import torch
 
@@ -19,25 +27,37 @@ from emoctl.errors import ConfigError
 DEFAULT_MINI_TTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "mini_tts"
 """Where the trained mini TTS checkpoint is committed (``MiniTTS.save`` layout)."""
 
-BackboneKind = Literal["mini_tts", "indextts2", "cosyvoice"]
+Loader = Callable[[str | None, torch.device], Backbone]
+"""``loader(path, device)``: a frozen backbone in eval mode; path None means the kind's default, if any."""
 
-# Files the adapters to come will read, from the upstream repositories (see REFERENCE.md).
-_PLANNED: dict[str, tuple[str, tuple[str, ...]]] = {
-    "indextts2": ("IndexTTS2 (github index-tts/index-tts)",
-                  ("config.yaml", "bpe.model", "gpt.pth", "s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt",
-                   "feat2.pt", "qwen0.6bemo4-merge/")),
-    "cosyvoice": ("CosyVoice-300M-Instruct (github FunAudioLLM/CosyVoice)",
-                  ("cosyvoice.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v1.onnx",
-                   "spk2info.pt")),
-}
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """What the registry knows of a backbone family."""
+
+    description: str
+    files: tuple[str, ...]
+    loader: Loader | None  # None: announced, not part of emoctl yet
+
+
+_REGISTRY: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(kind: str, loader: Loader | None, *, files: tuple[str, ...], description: str) -> None:
+    """Make ``kind`` loadable everywhere a backbone is named (replaces an earlier entry of that kind)."""
+    _REGISTRY[kind] = BackboneEntry(description, tuple(files), loader)
+
+
+def backbone_kinds() -> list[str]:
+    return list(_REGISTRY)
 
 
 @dataclass
 class BackboneSpec:
     """Which TTS backbone to load, as a recipe names it."""
 
-    kind: BackboneKind = "mini_tts"
-    """Backbone family: mini_tts (embedded), indextts2 or cosyvoice (adapters to come)."""
+    kind: str = "mini_tts"
+    """Backbone family: mini_tts (embedded), indextts2 or cosyvoice (adapters to come), or a registered kind."""
     path: str | None = None
     """Checkpoint folder; None means the committed default (emoctl/assets/mini_tts for mini_tts)."""
     device: str = "cpu"
@@ -48,19 +68,20 @@ class BackboneSpec:
 
 
 def load_backbone(kind: str = "mini_tts", path: str | None = None, device: str | torch.device = "cpu") -> Backbone:
-    """A frozen backbone in eval mode, ready for ``generate`` and hooks."""
-    if kind == "mini_tts":
-        return _load_mini_tts(path, device)
-    if kind in _PLANNED:
-        name, files = _PLANNED[kind]
+    """A frozen backbone in eval mode on ``device``, ready for ``generate`` and hooks."""
+    entry = _REGISTRY.get(kind)
+    if entry is None:
+        raise ConfigError(f"unknown backbone kind {kind!r}; choose one of: {', '.join(_REGISTRY)}.")
+    if entry.loader is None:
         raise ConfigError(
-            f"backbone kind {kind!r}: the {name} adapter is not part of emoctl yet (it comes in a later release); "
-            f"its checkpoint folder will need {', '.join(files)}. Use kind: mini_tts for now."
+            f"backbone kind {kind!r}: the {entry.description} adapter is not part of emoctl yet (it comes in a later "
+            f"release); its checkpoint folder will need {', '.join(entry.files)}. Use kind: mini_tts for now."
         )
-    raise ConfigError(f"unknown backbone kind {kind!r}; choose one of: mini_tts, {', '.join(_PLANNED)}.")
+    backbone = entry.loader(None if path is None else str(path), torch.device(device))
+    return backbone.to(device).eval().requires_grad_(False)
 
 
-def _load_mini_tts(path: str | None, device: str | torch.device) -> Backbone:
+def _load_mini_tts(path: str | None, device: torch.device) -> Backbone:
     from emoctl.backbones.mini_tts import MiniTTS
 
     folder = Path(path) if path is not None else DEFAULT_MINI_TTS_DIR
@@ -71,3 +92,14 @@ def _load_mini_tts(path: str | None, device: str | torch.device) -> Backbone:
             "there, or set backbone.path to a MiniTTS checkpoint folder."
         )
     return MiniTTS.load(folder, device=device)
+
+
+register_backbone("mini_tts", _load_mini_tts, files=("config.json", "model.safetensors", "codec/"),
+                  description="embedded mini TTS (emoctl/assets/mini_tts)")
+# Files the adapters to come will read, from the upstream repositories (see REFERENCE.md).
+register_backbone("indextts2", None, description="IndexTTS2 (github index-tts/index-tts)",
+                  files=("config.yaml", "bpe.model", "gpt.pth", "s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt",
+                         "feat2.pt", "qwen0.6bemo4-merge/"))
+register_backbone("cosyvoice", None, description="CosyVoice-300M-Instruct (github FunAudioLLM/CosyVoice)",
+                  files=("cosyvoice.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx",
+                         "speech_tokenizer_v1.onnx", "spk2info.pt"))

@@ -68,7 +68,7 @@ def bench_harvest(batch_size: int = 8, max_new_tokens: int = 200, repeats: int =
     from emoctl.corpus.sentences import generate_sentences
 
     texts = generate_sentences(batch_size, seed=0)
-    prompts = [GridPrompt(text=t, speaker=backbone.speakers[i % len(backbone.speakers)],
+    prompts = [GridPrompt(text=t, voice=backbone.speakers[i % len(backbone.speakers)],
                           emotion=backbone.emotions[i % len(backbone.emotions)], utt_id=f"b{i}", text_id=f"s{i}")
                for i, t in enumerate(texts)]
     recorder = ActivationRecorder(backbone, hookpoint)

@@ -7,7 +7,7 @@ generation, ``EmoShiftModule`` (in :mod:`emoctl.emosteer.module`) trains it,
 from __future__ import annotations
 
 from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig, EmotionMix
-from emoctl.emosteer.steer import GENERATION_PHASES, TRAINING_PHASES, SteeringHook, attach, steer
+from emoctl.emosteer.steer import GENERATION_PHASES, TRAINING_PHASES, EmoSteerShift, steer
 
-__all__ = ["EmoSteer", "EmoSteerConfig", "EmotionMix", "GENERATION_PHASES", "SteeringHook", "TRAINING_PHASES",
-           "attach", "steer"]
+__all__ = ["EmoSteer", "EmoSteerConfig", "EmoSteerShift", "EmotionMix", "GENERATION_PHASES", "TRAINING_PHASES",
+           "steer"]

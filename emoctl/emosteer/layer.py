@@ -134,7 +134,9 @@ class EmoSteer(nn.Module):
 
     # ------------------------------------------------------------ the math
     def shift(self, h: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-        """Σ_e c_be · h W_e, (B, T, d), for h (B, T, d) and coefficients (B, E)."""
+        """Σ_e c_be · h W_e, (B, T, d), for h (B, T, d) (or (B, d)) and coefficients (B, E)."""
+        if h.ndim == 2:  # one position per row (CosyVoice's llm_decoder(y_pred[:, -1]))
+            return self.shift(h[:, None], coefficients)[:, 0]
         c = coefficients.to(device=h.device, dtype=h.dtype if h.is_floating_point() else torch.float32)
         if self.config.rank is None:
             w = self.weight.to(h.dtype)

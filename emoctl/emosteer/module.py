@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from emoctl.backbones.base import Backbone, Prompt
 from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
 from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
-from emoctl.emosteer.loading import load_backbone
+from emoctl.backbones.loading import load_backbone
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.emosteer.steer import TRAINING_PHASES, steer
 from emoctl.errors import ConfigError
@@ -125,18 +125,16 @@ class EmoShiftModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         prompts: Sequence[Prompt] = getattr(datamodule, "prompts", ()) or ()
-        missing = sorted({p.emotion for p in prompts} - set(self.emosteer.emotions))
+        missing = sorted({p.emotion_label for p in prompts} - set(self.emosteer.emotions))
         if missing:
             raise ConfigError(f"the corpus has emotions {missing} that the EmoSteer layer does not serve "
                               f"({self.emosteer.emotions}); add them to model.emotions or to data.emotions' filter.")
-        tokenizer = getattr(self.backbone, "tokenizer", None)
-        for prompt in prompts if tokenizer is not None else ():
-            tokenizer.encode(prompt.text)  # raises ConfigError naming the text and its characters
-        codec = getattr(datamodule, "codec", None)
-        backbone_codec = getattr(self.backbone, "codec", None)
-        if codec is not None and backbone_codec is not None and codec.digest != backbone_codec.digest:
-            raise ConfigError(f"data.codec_dir holds codec {codec.digest} but the backbone at "
-                              f"{self.hparams.backbone_path} speaks codec {backbone_codec.digest}: its target tokens "
+        if prompts:
+            self.backbone.check_prompts(prompts)  # names, condition kinds and text, before the first step
+        data_digest = getattr(datamodule, "tokenizer_digest", None)
+        if data_digest is not None and data_digest != self.backbone.tokenizer_digest:
+            raise ConfigError(f"the data module's speech tokens come from tokenizer {data_digest} but the backbone at "
+                              f"{self.hparams.backbone_path} speaks {self.backbone.tokenizer_digest}: its target tokens "
                               "would mean other sounds. Point data.codec_dir at the backbone's codec/ folder.")
         report = self.parameter_report()
         rank_zero_info(f"EmoShift: {report['trainable']:,} trainable parameters (EmoSteer, "
@@ -154,11 +152,11 @@ class EmoShiftModule(pl.LightningModule):
         if self.hparams.condition == "emotion":
             return list(prompts)
         name = self.hparams.neutral_name
-        return [Prompt(p.text, p.speaker, name, p.utt_id) for p in prompts]
+        return [p.with_emotion(name) for p in prompts]
 
     def _losses(self, batch: Any) -> dict[str, Any]:
         prompts, speech, lengths = batch
-        emotions = [p.emotion for p in prompts]
+        emotions = [p.emotion_label for p in prompts]
         with steer(self.backbone, self.emosteer, emotions, 1.0, hookpoint=self.hparams.hookpoint,
                    phases=TRAINING_PHASES) as hook:
             hook.record = True
@@ -208,7 +206,7 @@ class EmoShiftModule(pl.LightningModule):
         from emoctl.synthesis import synthesize
 
         alpha = 0.0 if setting == "unsteered" else float(setting.removeprefix("alpha="))
-        with steer(self.backbone, self.emosteer, [p.emotion for p in prompts], alpha=alpha,
+        with steer(self.backbone, self.emosteer, [p.emotion_label for p in prompts], alpha=alpha,
                    hookpoint=self.hparams.hookpoint):
             clips = synthesize(self.backbone, self.backbone_prompts(prompts), seed=seed)
         return [(clip.wave, clip.sample_rate) for clip in clips]

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone
 from emoctl.training import adamw_with_schedule, jsonable as _jsonable
-from emoctl.emosteer.loading import load_backbone
+from emoctl.backbones.loading import load_backbone
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.errors import ConfigError
 

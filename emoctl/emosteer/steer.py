@@ -1,10 +1,16 @@
-"""Attach an EmoSteer layer to a backbone's hookpoint, with each row's emotion and intensity.
+"""The EmoSteer layer as a steering intervention: each prompt's emotion (or mix) at its intensity α.
 
-Training and inference use the same write hook; only the phases differ:
+``EmoSteerShift`` is an :class:`~emoctl.steering.base.Intervention` like the
+SAE-feature and mean-difference ones, so every method attaches through the one
+:func:`emoctl.steering.steer` and states its phases.  Its change of the hooked
+state is ``ε · α_b · Σ_e w_be · h W_e``.  The phases differ by use, and are
+always named:
 
 * training: phase ``teacher_forced``: every target position of the batch;
-* generation: phases ``prefill`` and ``decode``: the prefill's ``lm_out`` is the
-  state that predicts the first speech token, each decode step the next one.
+* generation (:data:`GENERATION_PHASES`, the default): ``prefill`` and
+  ``decode``, since the prefill's ``lm_out`` is the state that predicts the
+  first speech token and each decode step the next one.  (The SAE-seed
+  methods steer ``decode`` only, the phase their features were found in.)
 
 Sweeping the intensity over a trained layer is a loop::
 
@@ -21,65 +27,61 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from emoctl.backbones.base import Backbone
-from emoctl.backbones.hooks import HookContext, HookHandle, Phase
+from emoctl.backbones.hooks import HookContext, Phase
 from emoctl.emosteer.layer import EmoSteer, EmotionMix
 from emoctl.errors import ConfigError
+from emoctl.steering.base import Alpha, Intervention, steer as attach_interventions
 
 GENERATION_PHASES = (Phase.PREFILL, Phase.DECODE)
 TRAINING_PHASES = (Phase.TEACHER_FORCED,)
 
 
-class SteeringHook:
-    """The write hook: ``h -> h + ε · Σ_e c_be · h W_e`` for the batch's (B, E) coefficients.
+class EmoSteerShift(Intervention):
+    """``h -> h + ε · α_b · Σ_e w_be · h W_e`` for prompt b's emotion mix ``emotions[b]``.
 
-    ``coefficients`` may be replaced between forwards (the trainer does so per batch).
-    When every coefficient is zero the input is returned untouched, so α = 0 is
-    bit-identical to the unsteered backbone.
+    Rows whose mix has no layer (Neutral under ``neutral: identity``) or whose α is 0 are left bit-identical.
+    Set ``record = True`` to keep the last change in ``last_shift`` (training logs its norm).
     """
 
-    def __init__(self, layer: EmoSteer, coefficients: torch.Tensor) -> None:
+    def __init__(self, layer: EmoSteer, emotions: Sequence[EmotionMix], alpha: Alpha = 1.0, *,
+                 hookpoint: str = "lm_out", phases: Iterable[Phase | str] | None = GENERATION_PHASES,
+                 name: str = "") -> None:
+        if not emotions:
+            raise ConfigError("EmoSteerShift needs one emotion (or mix) per prompt, got none.")
         self.layer = layer
-        self.set(coefficients)
-        self.last_shift: torch.Tensor | None = None  # (B, T, d) ε·Σ c·hW of the last call, when record is on
+        self.mixes = torch.as_tensor(layer.coefficients(emotions, 1.0))  # (P, E) float32 weights w_be
+        super().__init__(hookpoint, alpha, None, phases, name or f"emosteer{list(emotions)[:3]}")
+        self._has_layer = self.mixes.ne(0).any(dim=1).double()  # (P,) 0 for identity rows
         self.record = False
+        self.last_shift: torch.Tensor | None = None
 
-    def set(self, coefficients: torch.Tensor) -> None:
-        if coefficients.ndim != 2 or coefficients.shape[1] != len(self.layer.layer_emotions):
-            raise ConfigError(f"coefficients must be (batch, {len(self.layer.layer_emotions)}), got "
-                              f"{tuple(coefficients.shape)}.")
-        self.coefficients = coefficients
-        self._all_zero = not bool(coefficients.ne(0).any())  # decided once here, no host sync per step
+    @property
+    def dimension(self) -> int:
+        return self.layer.config.hidden_size
 
-    def __call__(self, x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-        if x.shape[0] != self.coefficients.shape[0]:
-            raise ConfigError(f"the EmoSteer hook on {ctx.hookpoint} was given {self.coefficients.shape[0]} rows "
-                              f"of emotions but the batch has {x.shape[0]}; pass one emotion per prompt.")
-        if self._all_zero:
-            return x
-        delta = self.layer.config.epsilon * self.layer.shift(x, self.coefficients)  # (B, T, d)
+    def row_alpha(self, ctx: HookContext, batch: int) -> torch.Tensor | None:
+        alpha = super().row_alpha(ctx, batch)
+        if alpha is None:
+            return None
+        alpha = alpha * ctx.per_row(self._has_layer, batch, f"{self.name}: emotions")
+        return alpha if bool((alpha != 0).any()) else None
+
+    def delta(self, x: torch.Tensor, alpha: torch.Tensor, ctx: HookContext) -> torch.Tensor:
+        mixes = ctx.per_row(self.mixes, x.shape[0], f"{self.name}: emotions").to(x.device)  # (B, E)
+        change = self.layer.config.epsilon * self.layer.shift(x, mixes * alpha.to(torch.float32)[:, None])
         if self.record:
-            self.last_shift = delta
-        return x + delta.to(x.dtype)
-
-
-def attach(backbone: Backbone, layer: EmoSteer, emotions: Sequence[EmotionMix],
-           alpha: float | Sequence[float] | torch.Tensor = 1.0, *, hookpoint: str = "lm_out",
-           phases: Iterable[Phase | str] | None = GENERATION_PHASES) -> tuple[HookHandle, SteeringHook]:
-    """Register the layer as a write hook; ``handle.remove()`` detaches it."""
-    if layer.config.hidden_size != backbone.hidden_size:
-        raise ConfigError(f"the EmoSteer layer is {layer.config.hidden_size} wide but the backbone's hidden size "
-                          f"is {backbone.hidden_size}; it was trained on another backbone.")
-    hook = SteeringHook(layer, layer.coefficients(emotions, alpha))
-    return backbone.hooks.add_writer(hookpoint, hook, phases=phases), hook
+            self.last_shift = change
+        return change
 
 
 @contextmanager
-def steer(backbone: Backbone, layer: EmoSteer, emotions: Sequence[EmotionMix],
-          alpha: float | Sequence[float] | torch.Tensor = 1.0, *, hookpoint: str = "lm_out",
-          phases: Iterable[Phase | str] | None = GENERATION_PHASES) -> Iterator[SteeringHook]:
-    """Steer every generation inside the block: row b towards ``emotions[b]`` at intensity ``alpha``."""
-    handle, hook = attach(backbone, layer, emotions, alpha, hookpoint=hookpoint, phases=phases)
-    try:
-        yield hook
-    finally:
-        handle.remove()
+def steer(backbone: Backbone, layer: EmoSteer, emotions: Sequence[EmotionMix], alpha: Alpha = 1.0, *,
+          hookpoint: str = "lm_out", phases: Iterable[Phase | str] | None = GENERATION_PHASES
+          ) -> Iterator[EmoSteerShift]:
+    """Steer every generation inside the block: prompt b towards ``emotions[b]`` at intensity ``alpha``."""
+    if layer.config.hidden_size != backbone.hidden_size:
+        raise ConfigError(f"the EmoSteer layer is {layer.config.hidden_size} wide but the backbone's hidden size "
+                          f"is {backbone.hidden_size}; it was trained on another backbone.")
+    shift = EmoSteerShift(layer, emotions, alpha, hookpoint=hookpoint, phases=phases)
+    with attach_interventions(backbone, shift):
+        yield shift

@@ -84,14 +84,14 @@ class HarvestModule(pl.LightningModule):
         if self._bound_to == id(datamodule) or not hasattr(datamodule, "bind_backbone"):
             return
         datamodule.bind_backbone(self.backbone.speakers, self.backbone.emotions)
-        encode = getattr(self.backbone, "encode_prompts", None)
-        if encode is not None:  # reject unreadable text now, not hours into the harvest
-            first = datamodule.prompts[0]
-            seen: dict[str, GridPrompt] = {}
-            for p in datamodule.prompts:
-                seen.setdefault(p.text, p)
-            for p in seen.values():
-                encode([GridPrompt(text=p.text, speaker=first.speaker, emotion=first.emotion, utt_id=p.utt_id)])
+        # Reject an unknown name, a condition kind the backbone does not take or unreadable text now, not hours
+        # into the harvest: every voice and condition once, and every distinct text once.
+        distinct: dict[tuple, GridPrompt] = {}
+        for p in datamodule.prompts:
+            for key in (("text", p.text), ("voice", p.voice), ("emotion", p.emotion)):
+                distinct.setdefault(key, p)
+        if distinct:
+            self.backbone.check_prompts(list(dict.fromkeys(distinct.values())))
         self._bound_to = id(datamodule)
 
     # --------------------------------------------------------------- predict

@@ -21,7 +21,7 @@ class GridPrompt(Prompt):
     def meta(self) -> UtteranceMeta:
         if not self.utt_id:
             raise ValueError("a GridPrompt needs an utt_id to be stored")
-        return UtteranceMeta(utt_id=self.utt_id, text_id=self.text_id, speaker=self.speaker, emotion=self.emotion,
+        return UtteranceMeta(utt_id=self.utt_id, text_id=self.text_id, speaker=self.speaker, emotion=self.emotion_key,
                              condition=self.condition, pair_key=self.pair_key)
 
 

@@ -1,11 +1,19 @@
 """``ActivationRecorder``: one hookpoint's rows per utterance, read while a backbone generates a batch.
 
-During decoding every row of the batch runs every step, including rows that
-have already stopped (their outputs are discarded).  The backbone marks the
-rows still generating in ``HookContext.active``, and only those rows are
-kept: utterance b gets one row per decode step in which it fed a real token,
-i.e. one row per generated token (one fewer when ``max_new_tokens`` cut it
-short, since the last sampled token is never fed back).
+During decoding the hooked batch runs every step, including rows that have
+already stopped (their outputs are discarded) and, under beam search, B x beams
+rows that are reordered at every step.  The backbone's
+:attr:`Generation.decode_rows` says, for each returned utterance, which row of
+the hooked batch ran each of its decode steps along the hypothesis it
+returned, so the recorder keeps exactly those states: one per generated token
+that was fed back (one fewer than the tokens when ``max_new_tokens`` cut it
+short, since the last sampled token is never fed).  Nothing past a stop token
+and no discarded beam reaches the store, whatever the loop says about active
+rows.
+
+A hookpoint's tensor is (B, T, d), or (B, d) where the module sees one
+position (CosyVoice's ``llm_decoder(y_pred[:, -1])``); a decode step's state
+is the last position in the first case and the whole row in the second.
 
 The hook only copies the (B, d) slice of each step; the per-utterance
 selection happens once per batch, after generation, so the decode loop pays
@@ -68,8 +76,7 @@ class ActivationRecorder:
         self.backbone, self.hookpoint, self.phases = backbone, hookpoint, parse_phases(phases)
         self._handle: HookHandle | None = None
         self._prefill: torch.Tensor | None = None    # (B, P, d)
-        self._steps: list[torch.Tensor] = []         # S x (B, d)
-        self._active: list[torch.Tensor | None] = []  # S x (B,) bool, None: all rows
+        self._steps: list[torch.Tensor] = []         # S x (R, d), R = B x beams hooked rows
 
     def attach(self) -> ActivationRecorder:
         if self._handle is None:
@@ -89,14 +96,17 @@ class ActivationRecorder:
 
     def start(self) -> None:
         """Forget the previous batch."""
-        self._prefill, self._steps, self._active = None, [], []
+        self._prefill, self._steps = None, []
 
     def _read(self, x: torch.Tensor, ctx: HookContext) -> None:
+        last = x if x.ndim == 2 else x[:, -1]  # (R, d): the state of the position this pass adds
         if ctx.phase is Phase.DECODE:
-            self._steps.append(x[:, -1].detach().clone())  # (B, d)
-            self._active.append(ctx.active)
+            if ctx.step != len(self._steps):
+                raise RuntimeError(f"{self.hookpoint}: decode step {ctx.step} arrived after {len(self._steps)} "
+                                   "recorded steps; call start() before each generate().")
+            self._steps.append(last.detach().clone())
         elif ctx.phase is Phase.PREFILL:
-            self._prefill = x.detach().clone()  # (B, P, d), text left-padded
+            self._prefill = (x[:, None] if x.ndim == 2 else x).detach().clone()  # (R, P, d), text left-padded
 
     def rows(self, generation: Generation) -> list[torch.Tensor]:
         """Per utterance of the batch, its (n_b, d) rows: prefill positions (if read), then decode steps."""
@@ -105,12 +115,21 @@ class ActivationRecorder:
         if Phase.PREFILL in self.phases and self._prefill is not None:
             P = self._prefill.shape[1]
             for b, n in enumerate(generation.prefill_lengths):
-                parts[b].append(self._prefill[b, P - n:])  # real positions are the last n (left padding)
-        if Phase.DECODE in self.phases and self._steps:
-            steps = torch.stack(self._steps)  # (S, B, d)
-            ones = torch.ones(B, dtype=torch.bool, device=steps.device)
-            active = torch.stack([ones if a is None else a.to(steps.device) for a in self._active])  # (S, B)
-            for b in range(B):
-                parts[b].append(steps[active[:, b], b])  # (n_b, d)
+                # beams of a prompt share its prefill; real positions are the last n (left padding)
+                parts[b].append(self._prefill[b * generation.beams, max(P - n, 0):])
+        if Phase.DECODE in self.phases:
+            if len(generation.decode_rows) != B:
+                raise RuntimeError(f"the backbone returned {B} utterances but decode_rows for "
+                                   f"{len(generation.decode_rows)}; its generate() breaks the Backbone contract.")
+            steps = torch.stack(self._steps) if self._steps else None  # (S, R, d)
+            for b, which in enumerate(generation.decode_rows):
+                n = int(which.numel())
+                if n == 0:
+                    continue
+                if steps is None or n > steps.shape[0]:
+                    raise RuntimeError(f"utterance {b} ran {n} decode steps but the hook on {self.hookpoint} saw "
+                                       f"{0 if steps is None else steps.shape[0]}; the backbone did not declare "
+                                       "its decode phase on every step.")
+                parts[b].append(steps[torch.arange(n, device=steps.device), which.to(steps.device)])  # (n, d)
         d = self.backbone.hidden_size
         return [torch.cat(p) if p else torch.empty(0, d) for p in parts]

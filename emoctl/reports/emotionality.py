@@ -112,7 +112,7 @@ def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "run
                for e in emotions]
     generated = synthesize(backbone, prompts, seed=seed, sampling=sampling, progress="generate" if progress else False)
     profiles = measure([c.wave for c in generated], [c.sample_rate for c in generated])
-    gen_profiles = {(c.prompt.speaker, c.prompt.emotion, int(c.prompt.utt_id[1:4])): p
+    gen_profiles = {(c.prompt.speaker, c.prompt.emotion_label, int(c.prompt.utt_id[1:4])): p
                     for c, p in zip(generated, profiles)}
     ser = load_recognizer(recognizer, recognizer_dir)([c.wave for c in generated], [c.sample_rate for c in generated])
     predicted = ser.predicted()
@@ -143,7 +143,7 @@ def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "run
     E = len(emotions)
     confusion = np.zeros((E, E), dtype=np.int64)
     for clip, guess in zip(generated, predicted):
-        confusion[emotions.index(clip.prompt.emotion), emotions.index(guess)] += 1
+        confusion[emotions.index(clip.prompt.emotion_label), emotions.index(guess)] += 1
     result = EmotionalityResult(emotions, direction, corpus_agree, gen_agree, confusion,
                                 float(np.trace(confusion) / confusion.sum()), len(pair_keys),
                                 extra={"backbone": backbone.backbone_id, "recognizer": recognizer,

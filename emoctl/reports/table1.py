@@ -212,7 +212,7 @@ def score_clips(clips: list[Clip] | Measured, targets: list[str], scorers: Score
         emb = ser.embeddings[i]
         ref = refs.matched(clip.prompt.speaker, target, clip.prompt.text)
         row = {"utt_id": clip.prompt.utt_id, "text": clip.prompt.text, "speaker": clip.prompt.speaker,
-               "condition": clip.prompt.emotion, "target": target, "predicted": predicted[i],
+               "condition": clip.prompt.emotion_key, "target": target, "predicted": predicted[i],
                "ser_hit": float(predicted[i] == target), "p_target": float(ser.prob_of(target)[i]),
                "emo_sim_matched": float(F.cosine_similarity(emb, ref, dim=0)) if ref is not None else math.nan,
                "emo_sim_prototype": float(F.cosine_similarity(emb, refs.prototype[target], dim=0)),
@@ -255,7 +255,7 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
         if method in METHODS:
             interventions = methods.interventions(method, cell.emotion, alpha)
             steering = partial(_steer_all, backbone, interventions)
-            key = None if interventions else tuple((p.text, p.speaker, p.emotion) for p in prompts)
+            key = None if interventions else tuple((p.text, p.speaker, p.emotion_key) for p in prompts)
         else:
             steering = partial(extra_method, cell, alpha)
         measured = unsteered.get(key) if key is not None else None

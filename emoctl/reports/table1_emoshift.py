@@ -76,8 +76,8 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
     refs = References(root, record["sentences"], speakers, scorers, split="test")
     emotion_prompts = [Prompt(t, s, e, f"t1-{e}-t{i:02d}-{s}") for e in emotions for i, t in enumerate(texts)
                        for s in speakers]
-    targets = [p.emotion for p in emotion_prompts]
-    neutral_prompts = [Prompt(p.text, p.speaker, NEUTRAL, p.utt_id) for p in emotion_prompts]
+    targets = [p.emotion_label for p in emotion_prompts]
+    neutral_prompts = [p.with_emotion(NEUTRAL) for p in emotion_prompts]
 
     jobs: list[tuple[str, str, object]] = [("zero_shot", "Zero-shot (emotion condition)", None),
                                            ("neutral", "Neutral condition", None)]
@@ -105,7 +105,7 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
         else:
             setup, alpha = steering
             prompts, _ = target_prompts(setup, emotions, texts, speakers, "t1")
-            prompts = [Prompt(p.text, p.speaker, p.emotion, q.utt_id) for p, q in zip(prompts, emotion_prompts)]
+            prompts = [Prompt(p.text, p.voice, p.emotion, q.utt_id) for p, q in zip(prompts, emotion_prompts)]
             clips = setup.synthesize(prompts, targets, alpha, seed, sampling)
             params[key] = int(setup.layer.num_parameters())
         for row in score_clips(clips, targets, scorers, refs):

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.loading import load_backbone
 from emoctl.errors import ConfigError
 from emoctl.probes import AcousticProfile, compare_profiles, measure
 from emoctl.probes.paired import PROBE_LABELS, format_p
@@ -28,44 +29,19 @@ from emoctl.selection.feature_set import FeatureSet
 from emoctl.selection.select import feature_set_path
 from emoctl.steering.base import steer
 from emoctl.steering.sae_features import SAEFeatureSteering
+from emoctl.synthesis import SamplingConfig, synthesize
 from emoctl.store.fsio import atomic_write_bytes, save_figure_atomically
 
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz", "duration_s")
 """ΔF0, ΔRMS, Δcentroid, Δduration: the acoustic probes of the SAE seed."""
 
 
-def load_backbone_for_tool(kind: str, path: str, device: str = "cpu") -> Backbone:
-    """``emoctl.backbones.loading.load_backbone`` when present; until then a MiniTTS checkpoint folder."""
-    try:
-        from emoctl.backbones.loading import load_backbone
-    except ImportError:
-        if kind != "mini_tts":
-            raise ConfigError(f"backbone_kind={kind!r} is not available in this installation; only 'mini_tts' "
-                              "(a MiniTTS checkpoint folder) is.") from None
-        from emoctl.backbones.mini_tts import MiniTTS
-
-        return MiniTTS.load(path, device=device)
-    return load_backbone(kind, path).to(device)
-
-
-def synthesize_profiles(backbone: Backbone, prompts: Sequence[Prompt], *, batch_size: int, seed: int,
-                        max_new_tokens: int, temperature: float, top_k: int | None) -> list[AcousticProfile]:
-    """Generate, vocode and measure every prompt; batch b uses sampling seed ``seed + b`` (so steered and
-    unsteered runs of a prompt share batch and seed)."""
-    waves, rates = [], []
-    for b, start in enumerate(range(0, len(prompts), batch_size)):
-        batch = prompts[start:start + batch_size]
-        generation = backbone.generate(batch, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                       seed=seed + b)
-        for prompt, tokens in zip(batch, generation.tokens):
-            if tokens.numel() == 0:  # stopped at once: an empty clip (its probes are NaN and the pair is dropped)
-                waves.append(np.zeros(0, np.float32))
-                rates.append(backbone.sample_rate)
-                continue
-            wave, rate = backbone.vocode(tokens, prompt.speaker)
-            waves.append(wave)
-            rates.append(rate)
-    return measure(waves, rates)
+def synthesize_profiles(backbone: Backbone, prompts: Sequence[Prompt], *, seed: int,
+                        sampling: SamplingConfig) -> list[AcousticProfile]:
+    """Speak (with :func:`emoctl.synthesis.synthesize`: batch b uses seed ``seed + b``, so steered and
+    unsteered runs of a prompt share batch and seed) and measure every prompt."""
+    clips = synthesize(backbone, prompts, seed=seed, sampling=sampling)
+    return measure([c.wave for c in clips], [c.sample_rate for c in clips])
 
 
 def attribute_features(backbone: str, sae: str, selection: str, out_dir: str, backbone_kind: str = "mini_tts",
@@ -103,7 +79,7 @@ def attribute_features(backbone: str, sae: str, selection: str, out_dir: str, ba
     """
     from emoctl.corpus.sentences import generate_sentences
 
-    model = load_backbone_for_tool(backbone_kind, backbone, device)
+    model = load_backbone(backbone_kind, backbone, device)
     sae_model = load_pretrained(sae, device=device)
     sets = _feature_sets(Path(selection), emotions)
     alphas = dict(alphas or {})
@@ -118,8 +94,8 @@ def attribute_features(backbone: str, sae: str, selection: str, out_dir: str, ba
     if not runs:
         raise ConfigError(f"the feature sets in {selection} hold no features to probe; rerun `emoctl select` "
                           "with a larger m or without alpha.")
-    gen = {"batch_size": batch_size, "seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature,
-           "top_k": top_k}
+    gen = {"seed": seed, "sampling": SamplingConfig(temperature=temperature, top_k=top_k,
+                                                    max_new_tokens=max_new_tokens, batch_size=batch_size)}
     bar = tqdm(total=len(runs) + 1, disable=not progress, desc="attribution passes", unit="pass")
     base = synthesize_profiles(model, prompts, **gen)
     bar.update()

@@ -5,7 +5,8 @@ An intervention computes a *change* ``delta(x, ctx)`` of the hooked tensor
 the changes of all interventions there, each computed from the same input, so
 composition is a sum (two emotions' feature sets with their own α's).
 
-Strength: ``alpha`` is a number or one number per batch row, multiplied at
+Strength: ``alpha`` is a number or one number per prompt (under beams it
+reaches every beam of its prompt), multiplied at
 decode step t by ``schedule(t)`` (a callable, or a list whose last entry holds
 for later steps).  A row whose effective α is 0 is left bit-identical (the
 hook returns its input rows untouched), and when every row's α is 0 the hook
@@ -65,14 +66,11 @@ class Intervention(ABC):
 
     def row_alpha(self, ctx: HookContext, batch: int) -> Tensor | None:
         """(B,) float64 effective α at this pass, or None when it is 0 for every row."""
-        values = self._alpha_values
-        if values.numel() not in (1, batch):
-            raise ConfigError(f"{self.name}: alpha has {values.numel()} entries but the batch has {batch} rows; give "
-                              "one number, or one per prompt in the batch.")
+        values = ctx.per_row(self._alpha_values, batch, f"{self.name}: alpha")  # a prompt's α on all its beams
         factor = _schedule_at(self.schedule, ctx.step, self.name)
         if factor == 0.0 or not bool((values != 0).any()):
             return None
-        return (values * factor).expand(batch)
+        return values * factor
 
     def fires_in(self, phase: Phase | None) -> bool:
         return self.phases is None or phase in self.phases
@@ -80,7 +78,7 @@ class Intervention(ABC):
     # --------------------------------------------------------------- change
     @abstractmethod
     def delta(self, x: Tensor, alpha: Tensor, ctx: HookContext) -> Tensor:
-        """Change of ``x`` (B, T, d) at per-row strengths ``alpha`` (B,) float64; same shape as ``x``."""
+        """Change of ``x`` (B, T, d) or (B, d) at per-row strengths ``alpha`` (B,) float64; same shape as ``x``."""
 
     def check_backbone(self, backbone: Backbone) -> None:
         """Raise a ConfigError if this intervention cannot run on ``backbone``."""

@@ -20,13 +20,15 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput
+from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
+from emoctl.backbones.conditions import EmotionLabel
 from emoctl.backbones.hooks import HookManager, Phase
+from emoctl.backbones.sampling import Sampling
 from emoctl.backbones.mini_tts.codec import SAMPLE_RATE, SpeechCodec
 from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
 from emoctl.backbones.mini_tts.text import PAD_ID, TextTokenizer, tokenizer_from_config
@@ -72,7 +74,14 @@ class FactorizedTeacherForced(NamedTuple):
 
 
 class MiniTTS(Backbone):
-    """The mini LM with its tokenizer, speaker and emotion tables and (optionally) its codec."""
+    """The mini LM with its tokenizer, speaker and emotion tables and (optionally) its codec.
+
+    Voices and emotions are names (ESD's speakers and five emotions); sampling implements temperature,
+    top-k, top-p and beams (beam search when greedy, beam sampling otherwise).
+    """
+
+    kind: ClassVar[str] = "mini_tts"
+    sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "num_beams", "length_penalty")
 
     def __init__(self, lm: MiniTTSLM, tokenizer: TextTokenizer, speakers: Sequence[str], emotions: Sequence[str],
                  codec: SpeechCodec | None = None, metadata: dict[str, Any] | None = None) -> None:
@@ -103,6 +112,7 @@ class MiniTTS(Backbone):
         points: dict[str, torch.nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(lm.gpt.h)}
         points["lm_out"] = lm.lm_out
         self.hooks = HookManager(points)
+        self._checkpoint_digest: str | None = None  # set by load() and save(): backbone_id never rehashes
 
     # ------------------------------------------------------------ identity
     @property
@@ -128,29 +138,39 @@ class MiniTTS(Backbone):
         return h.hexdigest()
 
     @property
-    def backbone_id(self) -> str:  # type: ignore[override]
-        return f"mini-tts@{self.weights_digest[:12]}"
+    def backbone_id(self) -> str:
+        """``mini-tts@<digest>`` of the checkpoint it was loaded from or last saved to (verified then, so no
+        read rehashes the weights); a model built in memory and never saved digests its weights each time."""
+        return f"mini-tts@{(self._checkpoint_digest or self.weights_digest)[:12]}"
+
+    @property
+    def neutral_emotion(self) -> EmotionLabel | None:
+        return EmotionLabel("Neutral") if "Neutral" in self._emotions else None
+
+    @property
+    def tokenizer_digest(self) -> str:
+        """The codec's digest: its tokens are this backbone's speech tokens."""
+        return self._require_codec("tokenize speech").digest
+
+    def encode_speech(self, wave: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """WORLD codec tokens of one recording, (T,) int64 at the codec's frame rate."""
+        return self._require_codec("tokenize speech").encode(wave, sample_rate)
+
+    def _require_codec(self, what: str) -> SpeechCodec:
+        if self.codec is None:
+            raise ConfigError(f"this MiniTTS has no speech codec, so it cannot {what}; load a saved model folder "
+                              "with a codec/ subfolder, or pass codec=SpeechCodec.load(...) when building it.")
+        return self.codec
 
     # -------------------------------------------------------------- inputs
     def encode_prompts(self, prompts: Sequence[Prompt]) -> EncodedPrompts:
         """Check names and text, and turn prompts into id tensors on the model's device."""
-        if not prompts:
-            raise ConfigError("no prompts given: pass at least one Prompt(text, speaker, emotion).")
+        Backbone.check_prompts(self, prompts)  # voices and emotions by name only, and names it knows
         speaker_ids, emotion_ids, texts = [], [], []
         for prompt in prompts:
-            where = f" (utterance {prompt.utt_id})" if prompt.utt_id else ""
-            if prompt.speaker not in self._speaker_ids:
-                raise ConfigError(f"unknown speaker {prompt.speaker!r}{where}; this model voices: "
-                                  f"{', '.join(self._speakers)}.")
-            if prompt.emotion not in self._emotion_ids:
-                raise ConfigError(f"unknown emotion {prompt.emotion!r}{where}; this model knows: "
-                                  f"{', '.join(self._emotions)}.")
-            ids = self.tokenizer.encode(prompt.text)
-            if len(ids) > self.lm.config.max_text_tokens:
-                raise ConfigError(f"text{where} has {len(ids)} tokens, more than max_text_tokens="
-                                  f"{self.lm.config.max_text_tokens}: {prompt.text[:60]!r}...; split it.")
-            speaker_ids.append(self._speaker_ids[prompt.speaker])
-            emotion_ids.append(self._emotion_ids[prompt.emotion])
+            ids = self._text_ids(prompt)
+            speaker_ids.append(self._speaker_ids[prompt.voice.name])
+            emotion_ids.append(self._emotion_ids[prompt.emotion.name])
             texts.append(ids)
         width = max(len(ids) for ids in texts)
         text_ids = torch.full((len(texts), width), PAD_ID, dtype=torch.long)
@@ -159,6 +179,20 @@ class MiniTTS(Backbone):
         device = self.device
         return EncodedPrompts(torch.tensor(speaker_ids, device=device), torch.tensor(emotion_ids, device=device),
                               text_ids.to(device), (text_ids != PAD_ID).to(device))
+
+    def check_prompts(self, prompts: Sequence[Prompt]) -> None:
+        """Names and condition kinds (as every backbone), and text this tokenizer can spell within the limit."""
+        super().check_prompts(prompts)
+        for prompt in prompts:
+            self._text_ids(prompt)
+
+    def _text_ids(self, prompt: Prompt) -> list[int]:
+        where = f" (utterance {prompt.utt_id})" if prompt.utt_id else ""
+        ids = self.tokenizer.encode(prompt.text)  # raises ConfigError naming the text and its characters
+        if len(ids) > self.lm.config.max_text_tokens:
+            raise ConfigError(f"text{where} has {len(ids)} tokens, more than max_text_tokens="
+                              f"{self.lm.config.max_text_tokens}: {prompt.text[:60]!r}...; split it.")
+        return ids
 
     def pad_targets(self, targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad 1-D speech-token tensors: (speech (B, T) int64, lengths (B,) int64)."""
@@ -199,6 +233,12 @@ class MiniTTS(Backbone):
         targets = torch.where(steps == speech_lengths[:, None], self.stop_token, targets)
         return FactorizedTeacherForced(out.env_logp, out.f0_logp, targets)
 
+    def teacher_forced_nll(self, prompts: Sequence[Prompt], speech: torch.Tensor, lengths: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact per-token NLL from the factorized heads, without building the 8193-way distribution."""
+        out = self.teacher_forced_factors(prompts, speech, lengths)
+        return self.lm.nll(out.env_logp, out.f0_logp, out.targets).float(), out.targets != IGNORE_INDEX
+
     def teacher_forced(self, prompts: Sequence[Prompt], targets: Sequence[torch.Tensor]) -> TeacherForcedOutput:
         """Log-probabilities over speech tokens + STOP at every target position, (B, T + 1, vocab_size)."""
         if len(prompts) != len(targets):
@@ -209,27 +249,25 @@ class MiniTTS(Backbone):
 
     # ----------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 1000, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int | None = None) -> Generation:
-        """Sample speech tokens for a batch with a KV cache; greedy when ``temperature == 0``.
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling | None = None, **overrides: object
+                 ) -> Generation:
+        """Speech tokens for a batch with a KV cache: sampling, greedy (temperature 0), or beams.
 
         Text is left-padded, so every row's start-of-speech token sits in the last
         prefix column and all rows decode in lockstep.  The prefill forward runs in
         phase ``prefill``; decode step k (k = 0, 1, ...) feeds each row's token k and
-        runs in phase ``decode`` with ``active`` marking rows that have not stopped.
-        Generation is cut at ``min(max_new_tokens, max_speech_tokens)``.
+        runs in phase ``decode`` (with ``active`` marking rows that have not stopped,
+        and ``beams`` rows per prompt under beam search).  Generation is cut at
+        ``min(max_new_tokens, max_speech_tokens)``.
         """
-        if temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
-        if top_k is not None and top_k < 1:
-            raise ConfigError(f"top_k must be >= 1 or None, got {top_k}.")
-        if max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        settings = self.sampling(sampling, **overrides)
         encoded = self.encode_prompts(prompts)
-        budget = min(max_new_tokens, self.lm.config.max_speech_tokens)
         generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        if settings.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        if settings.num_beams > 1:
+            return self._beam_generate(encoded, settings, generator)
+        budget = min(settings.max_new_tokens, self.lm.config.max_speech_tokens)
         B = len(prompts)
         prefix = self.lm.embed_prefix(encoded.speaker_ids, encoded.emotion_ids, encoded.text_ids, encoded.text_mask)
         mask = encoded.prefix_mask() if encoded.padded else None
@@ -239,7 +277,8 @@ class MiniTTS(Backbone):
         lengths = torch.full((B,), budget, dtype=torch.long, device=self.device)
         active = torch.ones(B, dtype=torch.bool, device=self.device)
         for step in range(budget):
-            choice = self._choose(out.env_logp[:, -1], out.f0_logp[:, -1], temperature, top_k, generator)  # (B,)
+            logp = self.lm.token_log_probs(out.env_logp[:, -1], out.f0_logp[:, -1])  # (B, V + 1)
+            choice = self._choose(logp, settings, generator)  # (B,)
             stopped = active & (choice == self.stop_token)
             lengths[stopped] = step
             active &= ~stopped
@@ -251,35 +290,140 @@ class MiniTTS(Backbone):
                 mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
             with self.hooks.phase(Phase.DECODE, step=step, active=active.clone()):
                 out = self.lm(feed, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
-        finished = ~active  # rows still active ran out of budget before STOP
-        return Generation(tokens=[tokens[i, :lengths[i]].cpu() for i in range(B)],
-                          prefill_lengths=encoded.prefix_lengths, finished=finished.tolist())
+        finished = (~active).tolist()  # rows still active ran out of budget before STOP
+        n = lengths.tolist()
+        return Generation(tokens=[tokens[i, :n[i]].cpu() for i in range(B)], prefill_lengths=encoded.prefix_lengths,
+                          finished=finished, decode_rows=lockstep_decode_rows(n, finished))
 
-    def _choose(self, env_logp: torch.Tensor, f0_logp: torch.Tensor, temperature: float, top_k: int | None,
-                generator: torch.Generator | None) -> torch.Tensor:
-        """Next token id per row, (B,), from the joint distribution over speech tokens + STOP."""
-        logp = self.lm.token_log_probs(env_logp, f0_logp)  # (B, V + 1)
-        if temperature == 0:
-            return logp.argmax(-1)
-        logits = logp / temperature
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+    def _filtered(self, logp: torch.Tensor, settings: Sampling) -> torch.Tensor:
+        """Logits (R, V + 1) after temperature, top-k and top-p; removed tokens are -inf."""
+        logits = logp / settings.temperature
+        if settings.top_k is not None and settings.top_k < logits.shape[-1]:
+            kth = logits.topk(settings.top_k, dim=-1).values[:, -1:]  # (R, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+        if settings.top_p is not None and settings.top_p < 1:
+            ordered, order = logits.sort(dim=-1, descending=True)
+            before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # mass of the better tokens
+            drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= settings.top_p)
+            logits = logits.masked_fill(drop, float("-inf"))
+        return logits
+
+    def _choose(self, logp: torch.Tensor, settings: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+        """Next token id per row, (B,), from the joint distribution over speech tokens + STOP."""
+        if settings.greedy:
+            return logp.argmax(-1)
+        return torch.multinomial(torch.softmax(self._filtered(logp, settings), dim=-1), 1,
+                                 generator=generator).squeeze(-1)
+
+    def _beam_generate(self, encoded: EncodedPrompts, settings: Sampling, generator: torch.Generator | None
+                       ) -> Generation:
+        """Beam search (greedy) or beam sampling over B x K rows, prompt-major, with Hugging Face's scoring.
+
+        A hypothesis' score is its summed log-probability divided by length ** length_penalty; a prompt is
+        done once K hypotheses have stopped and no running beam can beat the worst of them.  Every running
+        row remembers the hooked row of each of its decode steps, so the returned hypothesis's
+        ``decode_rows`` follow its ancestry through the reorderings.
+        """
+        K, B = settings.num_beams, encoded.speaker_ids.shape[0]
+        R, V1 = B * K, self.vocab_size
+        budget = min(settings.max_new_tokens, self.lm.config.max_speech_tokens)
+        expand = lambda t: t.repeat_interleave(K, dim=0)  # noqa: E731
+        prefix = self.lm.embed_prefix(expand(encoded.speaker_ids), expand(encoded.emotion_ids),
+                                      expand(encoded.text_ids), expand(encoded.text_mask))
+        mask = expand(encoded.prefix_mask()) if encoded.padded else None
+        with self.hooks.phase(Phase.PREFILL, beams=K):
+            out = self.lm(prefix, attention_mask=mask, use_cache=True, speech_from=prefix.shape[1] - 1)
+        scores = torch.zeros(B, K, dtype=torch.float64, device=self.device)
+        scores[:, 1:] = float("-inf")  # all beams start identical: expand from beam 0 only
+        history = torch.zeros(R, 0, dtype=torch.long, device=self.device)  # tokens of each running hypothesis
+        rows = torch.zeros(R, 0, dtype=torch.long)  # hooked row of each of its decode steps
+        done = [False] * B
+        kept: list[list[tuple[float, torch.Tensor, torch.Tensor, bool]]] = [[] for _ in range(B)]
+
+        def normalized(score: float, length: int) -> float:
+            return score / max(length, 1) ** settings.length_penalty
+
+        for step in range(budget):
+            logp = self.lm.token_log_probs(out.env_logp[:, -1], out.f0_logp[:, -1]).double()  # (R, V + 1)
+            if not settings.greedy:
+                logp = self._filtered(logp, settings).log_softmax(-1)
+            total = (scores.reshape(R, 1) + logp).reshape(B, K * V1)
+            if settings.greedy:
+                cand_score, cand = total.topk(2 * K, dim=1)
+            else:
+                probs = torch.softmax(total, dim=1).nan_to_num(0.0).float()
+                # filtered tokens get a negligible weight so 2K draws without replacement always exist; they
+                # carry score -inf and are never taken
+                probs = probs + (probs == 0) * 1e-30
+                cand = torch.multinomial(probs, 2 * K, generator=generator)
+                cand_score = total.gather(1, cand)
+                cand_score, order = cand_score.sort(dim=1, descending=True)
+                cand = cand.gather(1, order)
+            parents = torch.zeros(R, dtype=torch.long, device=self.device)
+            chosen = torch.zeros(R, dtype=torch.long, device=self.device)
+            new_scores = torch.full((B, K), float("-inf"), dtype=torch.float64, device=self.device)
+            for b in range(B):
+                slot = 0
+                for rank, (score, index) in enumerate(zip(cand_score[b].tolist(), cand[b].tolist())):
+                    if slot == K or score == float("-inf"):
+                        break
+                    parent, token = b * K + index // V1, index % V1
+                    if done[b]:  # keep the rows busy with anything; they are never returned
+                        parents[b * K + slot], chosen[b * K + slot] = parent, 0
+                        slot += 1
+                        continue
+                    if token == self.stop_token:
+                        if rank < K:  # as Hugging Face: a stop counts only among the best K candidates
+                            kept[b].append((normalized(score, step), history[parent].cpu(), rows[parent], True))
+                        continue
+                    parents[b * K + slot], chosen[b * K + slot] = parent, token
+                    new_scores[b, slot] = score
+                    slot += 1
+                while slot < K:  # fewer live candidates than beams: pad with a dead copy
+                    parents[b * K + slot], chosen[b * K + slot] = b * K, 0
+                    slot += 1
+                if not done[b] and len(kept[b]) >= K:
+                    kept[b] = sorted(kept[b], key=lambda h: -h[0])[:K]
+                    best_running = normalized(float(new_scores[b].max()), step + 1)
+                    done[b] = best_running <= kept[b][-1][0]
+            scores = new_scores
+            history = torch.cat([history[parents], chosen[:, None]], dim=1)
+            rows = rows[parents.cpu()]
+            if all(done) or step == budget - 1:
+                break
+            rows = torch.cat([rows, torch.arange(R)[:, None]], dim=1)  # decode step `step` runs in row r
+            feed = self.lm.embed_speech(chosen[:, None], first_position=step + 1)  # (R, 1, d)
+            cache = out.past_key_values
+            cache.reorder_cache(parents)
+            if mask is not None:
+                mask = torch.cat([mask[parents], mask.new_ones(R, 1)], dim=1)
+            with self.hooks.phase(Phase.DECODE, step=step, beams=K):
+                out = self.lm(feed, attention_mask=mask, past_key_values=cache, use_cache=True)
+        tokens, decode_rows, finished = [], [], []
+        for b in range(B):
+            pool = list(kept[b])
+            if not done[b]:  # budget reached: running beams compete, unfinished
+                for j in range(K):
+                    r = b * K + j
+                    if scores[b, j] > float("-inf"):
+                        pool.append((normalized(float(scores[b, j]), history.shape[1]), history[r].cpu(), rows[r],
+                                     False))
+            score, hyp, hyp_rows, stopped = max(pool, key=lambda h: h[0])
+            tokens.append(hyp)
+            decode_rows.append(hyp_rows[:hyp.numel() if stopped else max(hyp.numel() - 1, 0)].clone())
+            finished.append(stopped)
+        return Generation(tokens=tokens, prefill_lengths=encoded.prefix_lengths, finished=finished,
+                          decode_rows=decode_rows, beams=K)
 
     # --------------------------------------------------------------- vocoder
-    def vocode(self, tokens: torch.Tensor, speaker: str) -> tuple[np.ndarray, int]:
+    def vocode(self, tokens: torch.Tensor, prompt: Prompt) -> tuple[np.ndarray, int]:
         """WORLD synthesis of one utterance's tokens.
 
         The codec has no speaker input: a speaker's timbre and pitch are in the
-        tokens themselves, so ``speaker`` is only checked.
+        tokens themselves, so the prompt is only checked.
         """
-        if speaker not in self._speaker_ids:
-            raise ConfigError(f"unknown speaker {speaker!r}; this model voices: {', '.join(self._speakers)}.")
-        if self.codec is None:
-            raise ConfigError("this MiniTTS has no speech codec, so it cannot vocode; load a saved model folder "
-                              "with a codec/ subfolder, or pass codec=SpeechCodec.load(...) when building it.")
-        return self.codec.decode(torch.as_tensor(tokens).cpu())
+        Backbone.check_prompts(self, [prompt])
+        return self._require_codec("vocode").decode(torch.as_tensor(tokens).cpu())
 
     # ---------------------------------------------------------- persistence
     def config_dict(self) -> dict[str, Any]:
@@ -311,6 +455,7 @@ class MiniTTS(Backbone):
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+        self._checkpoint_digest = json.loads((target / CONFIG_FILE).read_text())["weights_digest"]
         return target
 
     @classmethod
@@ -360,7 +505,9 @@ class MiniTTS(Backbone):
                 raise ConfigError(f"the codec in {folder / CODEC_DIR} (digest {codec.digest}) is not the one this "
                                   f"model was trained with ({config['codec_digest']}); restore the original codec/.")
         model = cls(lm, tokenizer, speakers, emotions, codec=codec, metadata=config.get("metadata"))
-        if config.get("weights_digest") not in (None, model.weights_digest):
+        digest = model.weights_digest  # hashed once, here
+        if config.get("weights_digest") not in (None, digest):
             raise ConfigError(f"{weights_path} does not match the digest recorded in {config_path}; the weights were "
                               "changed or mixed up. Re-export the model.")
+        model._checkpoint_digest = digest
         return model.to(device).eval().requires_grad_(False)

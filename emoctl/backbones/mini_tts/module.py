@@ -83,7 +83,7 @@ class MiniTTSModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         prompts: Sequence[Prompt] = getattr(datamodule, "prompts", ()) or ()
         for name, known, seen in (("speakers", self.tts.speakers, {p.speaker for p in prompts}),
-                                  ("emotions", self.tts.emotions, {p.emotion for p in prompts})):
+                                  ("emotions", self.tts.emotions, {p.emotion_key for p in prompts})):
             missing = sorted(seen - set(known))
             if missing:
                 raise ConfigError(f"the corpus has {name} {missing} that model.{name} lacks ({known}); add them "
