@@ -60,3 +60,13 @@ def read_recipe(trainer: pl.Trainer) -> str | None:
     """The resolved recipe LightningCLI saved as ``<log dir>/config.yaml``, if any."""
     path = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
     return path.read_text() if path.is_file() else None
+
+
+def store_provenance(trainer: pl.Trainer) -> dict[str, Any]:
+    """Where a model's training rows came from (the data module's activation store), for its export."""
+    store = getattr(getattr(trainer, "datamodule", None), "store", None)
+    if store is None:
+        return {}
+    spec = store.spec
+    return {"store_path": str(store.path), "backbone": spec.backbone, "hookpoint": spec.hookpoint,
+            "layer": spec.layer, "store_rows": int(store.num_rows)}

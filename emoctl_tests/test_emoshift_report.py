@@ -61,8 +61,9 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_row(trained, tmp_path):
-    from emoctl.reports.emoshift_sweep import SteeringSetup, emoshift_sweep, target_prompts
-    from emoctl.reports.table1 import References, Scorers, score_clips
+    from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
+    from emoctl.evaluation.scoring import References, Scorers, score_clips
+    from emoctl.reports.emoshift_sweep import emoshift_sweep
     from emoctl.synthesis import SamplingConfig
 
     root, layer, timings = trained

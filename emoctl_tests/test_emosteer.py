@@ -396,7 +396,7 @@ def test_committed_layer_fits_the_committed_backbone_and_lowers_held_out_nll(cor
     from emoctl.backbones.mini_tts.codec import SpeechCodec
     from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
     from emoctl.emosteer.objective import teacher_forced_nll
-    from emoctl.reports.emotionality import corpus_test_sentences
+    from emoctl.evaluation.texts import corpus_test_sentences
 
     asset = REPO / "emoctl" / "assets" / "emoshift_mini"
     layer = EmoSteer.load(asset)

@@ -9,7 +9,8 @@ import torch
 
 from emoctl.backbones.loading import load_backbone
 from emoctl.metrics.loading import load_recognizer
-from emoctl.reports.table1 import Cell, References, Scorers, SteeringMethods, run_cells
+from emoctl.evaluation.scoring import References, Scorers
+from emoctl.reports.table1 import Cell, SteeringMethods, run_cells
 from emoctl.synthesis import SamplingConfig
 
 SPEAKERS = ["0017", "0018"]
@@ -17,7 +18,7 @@ SPEAKERS = ["0017", "0018"]
 
 @pytest.fixture(scope="module")
 def setup(corpus_root: Path):
-    from emoctl.reports.emotionality import corpus_test_sentences
+    from emoctl.evaluation.texts import corpus_test_sentences
 
     backbone = load_backbone("mini_tts", None)
     texts, record = corpus_test_sentences(corpus_root)

@@ -211,8 +211,8 @@ class Backbone(nn.Module, ABC):
 
     @property
     @abstractmethod
-    def tokenizer_digest(self) -> str:
-        """Identity of the speech tokenizer: token caches are keyed by it."""
+    def tokenizer_digest(self) -> str | None:
+        """Identity of the speech tokenizer (token caches are keyed by it); None when this instance has none."""
 
     @abstractmethod
     def encode_speech(self, wave: np.ndarray, sample_rate: int) -> torch.Tensor:

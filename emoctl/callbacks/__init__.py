@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from emoctl.callbacks.activation_harvester import ActivationHarvester
+from emoctl.callbacks.export import ModelExport
 from emoctl.callbacks.sae_export import SAEExport
 
-__all__ = ["ActivationHarvester", "SAEExport"]
+__all__ = ["ActivationHarvester", "ModelExport", "SAEExport"]

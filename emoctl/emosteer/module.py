@@ -132,7 +132,8 @@ class EmoShiftModule(pl.LightningModule):
         if prompts:
             self.backbone.check_prompts(prompts)  # names, condition kinds and text, before the first step
         data_digest = getattr(datamodule, "tokenizer_digest", None)
-        if data_digest is not None and data_digest != self.backbone.tokenizer_digest:
+        model_digest = self.backbone.tokenizer_digest
+        if data_digest is not None and model_digest is not None and data_digest != model_digest:
             raise ConfigError(f"the data module's speech tokens come from tokenizer {data_digest} but the backbone at "
                               f"{self.hparams.backbone_path} speaks {self.backbone.tokenizer_digest}: its target tokens "
                               "would mean other sounds. Point data.codec_dir at the backbone's codec/ folder.")
@@ -244,30 +245,24 @@ class EmoShiftModule(pl.LightningModule):
                               "(rank or emotions differ?).")
 
     # ----------------------------------------------------------------- export
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            self.exported = self._export()
-        self.trainer.strategy.barrier("emosteer_export")
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The one export path (:class:`~emoctl.callbacks.export.ModelExport`): atomic, recipe beside it."""
+        from emoctl.callbacks.export import ModelExport
 
-    def export_dir(self) -> Path:
-        if self.hparams.export_dir is not None:
-            return Path(self.hparams.export_dir)
-        checkpoint = self.trainer.checkpoint_callback
-        if checkpoint is not None and getattr(checkpoint, "dirpath", None):
-            return Path(checkpoint.dirpath).parent / "emosteer"
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "emosteer"
+        return [ModelExport(dirpath=self.hparams.export_dir)]
 
-    def _export(self) -> Path:
-        datamodule = getattr(self.trainer, "datamodule", None)
+    export_name = "emosteer"
+
+    def export(self, folder: Path, trainer: pl.Trainer) -> None:
+        """The EmoSteer layer (``EmoSteer.save``), with the backbone it was trained on and the data."""
+        datamodule = getattr(trainer, "datamodule", None)
         describe = getattr(datamodule, "describe", None)
         metadata = {
             "backbone_id": self.backbone_id, "backbone_kind": self.hparams.backbone_kind,
             "backbone_path": self.hparams.backbone_path, "hookpoint": self.hparams.hookpoint,
             "condition": self.hparams.condition, "parameters": self.parameter_report(),
             "data": describe() if callable(describe) else None,
-            "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(self.trainer.global_step),
-                         "recipe": _read_recipe(self.trainer)},
+            "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(trainer.global_step),
+                         "recipe": _read_recipe(trainer)},
         }
-        target = self.emosteer.save(self.export_dir(), metadata=metadata)
-        rank_zero_info(f"EmoSteer layer exported to {target}")
-        return target
+        self.emosteer.save(folder, metadata=metadata)

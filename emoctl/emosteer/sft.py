@@ -90,28 +90,22 @@ class SFTModule(pl.LightningModule):
                                    warmup_steps=hp.warmup_steps, total_steps=self.trainer.estimated_stepping_batches,
                                    schedule=hp.schedule, min_lr_fraction=hp.min_lr_fraction)
 
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            self.exported = self._export()
-        self.trainer.strategy.barrier("sft_export")
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The one export path (:class:`~emoctl.callbacks.export.ModelExport`): atomic, recipe beside it."""
+        from emoctl.callbacks.export import ModelExport
 
-    def export_dir(self) -> Path:
-        if self.hparams.export_dir is not None:
-            return Path(self.hparams.export_dir)
-        checkpoint = self.trainer.checkpoint_callback
-        if checkpoint is not None and getattr(checkpoint, "dirpath", None):
-            return Path(checkpoint.dirpath).parent / "sft_backbone"
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "sft_backbone"
+        return [ModelExport(dirpath=self.hparams.export_dir)]
 
-    def _export(self) -> Path | None:
+    export_name = "sft_backbone"
+
+    def export(self, folder: Path, trainer: pl.Trainer) -> None:
+        """The fine-tuned backbone in its own checkpoint layout (its ``save``), with the SFT settings."""
         save = getattr(self.backbone, "save", None)
         if not callable(save):
-            rank_zero_info("SFT: this backbone has no save(); only the Lightning checkpoints hold the weights.")
-            return None
+            raise ConfigError(f"SFT: the {self.backbone.kind} backbone has no save(), so the fine-tuned weights "
+                              "cannot be exported; only the Lightning checkpoints hold them.")
         metadata = getattr(self.backbone, "metadata", None)
         if isinstance(metadata, dict):
-            metadata["sft"] = {"hparams": _jsonable(dict(self.hparams)), "global_step": int(self.trainer.global_step),
+            metadata["sft"] = {"hparams": _jsonable(dict(self.hparams)), "global_step": int(trainer.global_step),
                                "parameters": self.parameter_report()}
-        target = save(self.export_dir())
-        rank_zero_info(f"SFT backbone exported to {target}")
-        return target
+        save(folder)

@@ -170,15 +170,11 @@ class MiniSERModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
 
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            self.exported = self._export(time.perf_counter() - self._fit_start)
-        self.trainer.strategy.barrier("ser_mini_export")
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The one export path (:class:`~emoctl.callbacks.export.ModelExport`): atomic, recipe beside it."""
+        from emoctl.callbacks.export import ModelExport
 
-    def export_dir(self) -> Path:
-        if self.hparams.export_dir is not None:
-            return Path(self.hparams.export_dir)
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "ser_mini"
+        return [ModelExport(dirpath=self.hparams.export_dir)]
 
     @torch.no_grad()
     def evaluate(self, items: Any, batch_size: int = 128) -> dict[str, Any]:
@@ -215,26 +211,29 @@ class MiniSERModule(pl.LightningModule):
             }
         return report
 
-    def _export(self, fit_seconds: float) -> Path:
-        datamodule = getattr(self.trainer, "datamodule", None)
+    export_name = "ser_mini"
+
+    def export(self, folder: Path, trainer: pl.Trainer) -> None:
+        """The recognizer (``save_mini_ser``) with its test-split report and training provenance."""
+        fit_seconds = time.perf_counter() - self._fit_start
+        datamodule = getattr(trainer, "datamodule", None)
         test = datamodule.test_items() if hasattr(datamodule, "test_items") else None
         self.test_report = self.evaluate(test) if test is not None and len(test) else None
         describe = getattr(datamodule, "describe", None)
         metadata = {
             "data": describe() if callable(describe) else None,
-            "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(self.trainer.global_step),
-                         "epochs": int(self.trainer.current_epoch), "fit_seconds": round(fit_seconds, 1),
-                         "parameters": parameter_count(self.net), "recipe": _read_recipe(self.trainer)},
+            "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(trainer.global_step),
+                         "epochs": int(trainer.current_epoch), "fit_seconds": round(fit_seconds, 1),
+                         "parameters": parameter_count(self.net), "recipe": _read_recipe(trainer)},
             "test": self.test_report,
         }
         extra = report_files(self.test_report) if self.test_report is not None else None
-        target = save_mini_ser(self.net, self.export_dir(), metadata, extra_files=extra)
+        save_mini_ser(self.net, folder, metadata, extra_files=extra)
         if self.test_report is not None:
             summary = ", ".join(f"{k} {self.test_report[k]['accuracy']:.3f}" for k in ("original", "roundtrip")
                                 if k in self.test_report)
             rank_zero_info(f"mini SER test accuracy: {summary}")
-        rank_zero_info(f"mini SER exported to {target}")
-        return target
+
 
 
 def report_files(report: dict[str, Any]) -> dict[str, str]:

@@ -20,110 +20,20 @@ from __future__ import annotations
 
 import io
 import math
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
 
-import numpy as np
-
-from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.base import Prompt
 from emoctl.errors import ConfigError
-from emoctl.reports.table1 import NEUTRAL, References, Scorers, _csv, _fmt, score_clips, summarize
-from emoctl.synthesis import Clip, SamplingConfig, synthesize
+from emoctl.evaluation.alpha import choose_alpha
+from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
+from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
+from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
+from emoctl.evaluation.texts import split_sentences
+from emoctl.synthesis import SamplingConfig
 
 DEFAULT_ALPHAS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
 UNSTEERED = "unsteered"
 SWEEP_METRICS = ["ser_hit", "p_target", "wer", "spk_sim", "finished"]
-
-
-@dataclass
-class SteeringSetup:
-    """A loaded layer, its backbone and the prompts' condition rule, shared by the sweep, compound and Table 1."""
-
-    backbone: Backbone
-    layer: Any  # EmoSteer
-    condition: str  # "neutral" or "emotion": what the backbone is told
-    hookpoint: str
-
-    @classmethod
-    def load(cls, layer_dir: str, backbone_dir: str | None = None) -> SteeringSetup:
-        from emoctl.backbones.loading import load_backbone
-        from emoctl.emosteer import EmoSteer
-
-        layer = EmoSteer.load(layer_dir)
-        meta = layer.metadata
-        condition = meta.get("condition")
-        if condition not in ("neutral", "emotion"):
-            raise ConfigError(f"{layer_dir}/emosteer.json has no metadata.condition ('neutral' or 'emotion'), got "
-                              f"{condition!r}; re-export the layer with EmoShiftModule.")
-        backbone = load_backbone(meta.get("backbone_kind", "mini_tts"), backbone_dir)
-        if meta.get("backbone_id") not in (None, backbone.backbone_id):
-            raise ConfigError(f"the layer in {layer_dir} was trained on backbone {meta['backbone_id']} but "
-                              f"backbone_dir gives {backbone.backbone_id}; pass the backbone it was trained on.")
-        return cls(backbone, layer, condition, meta.get("hookpoint", "lm_out"))
-
-    def condition_of(self, target: str) -> str:
-        return NEUTRAL if self.condition == "neutral" else target
-
-    def synthesize(self, prompts: list[Prompt], mixes: Sequence[Any] | None, alpha: float | None, seed: int,
-                   sampling: SamplingConfig) -> list[Clip]:
-        """Speak ``prompts``; ``alpha`` None: no hook at all (unsteered), else the layer toward ``mixes`` at α.
-
-        The hook holds one emotion row per prompt of a generation batch, so it is attached per batch; batch b
-        gets seed ``seed + b`` exactly as :func:`synthesize` gives it, so every setting sees the same noise.
-        """
-        from emoctl.emosteer import steer
-
-        clips: list[Clip] = []
-        size = sampling.batch_size
-        for b, start in enumerate(range(0, len(prompts), size)):
-            batch = prompts[start:start + size]
-            context = nullcontext() if alpha is None else steer(
-                self.backbone, self.layer, list(mixes[start:start + size]), alpha=alpha, hookpoint=self.hookpoint)
-            with context:
-                clips += synthesize(self.backbone, batch, seed=seed + b, sampling=sampling)
-        return clips
-
-
-def heldout_prompts(corpus_root: Path, split: str, n_texts: int) -> tuple[list[str], dict]:
-    """The first ``n_texts`` sentences of a corpus split (``test``: never seen in backbone or layer training)."""
-    from emoctl.reports.emotionality import corpus_test_sentences
-
-    test, record = corpus_test_sentences(corpus_root)
-    n_eval = record["splits"]["evaluation"]
-    if split == "test":
-        texts = test
-    elif split == "evaluation":
-        texts = record["sentences"][:n_eval]
-    else:
-        raise ConfigError(f"split must be 'test' or 'evaluation', got {split!r}.")
-    return texts[:n_texts], record
-
-
-def target_prompts(setup: SteeringSetup, emotions: list[str], texts: list[str], speakers: list[str], tag: str
-                   ) -> tuple[list[Prompt], list[str]]:
-    """One prompt per (emotion, text, speaker) with the backbone's condition; the row's target emotion."""
-    prompts, targets = [], []
-    for e in emotions:
-        for i, text in enumerate(texts):
-            for s in speakers:
-                prompts.append(Prompt(text, s, setup.condition_of(e), f"{tag}-{e}-t{i:02d}-{s}"))
-                targets.append(e)
-    return prompts, targets
-
-
-def _check(setup: SteeringSetup, emotions: list[str] | None, speakers: list[str] | None) -> tuple[list, list]:
-    layer_emotions = setup.layer.layer_emotions
-    emotions = list(emotions or [e for e in layer_emotions if e != NEUTRAL])
-    unknown = [e for e in emotions if e not in layer_emotions]
-    if unknown:
-        raise ConfigError(f"emotions {unknown} have no matrix in this layer; it steers {layer_emotions}.")
-    speakers = list(speakers or setup.backbone.speakers[-4:])
-    bad = [s for s in speakers if s not in setup.backbone.speakers]
-    if bad:
-        raise ConfigError(f"unknown speakers {bad}; the backbone voices {setup.backbone.speakers}.")
-    return emotions, speakers
 
 
 def alpha_label(alpha: float | None) -> str:
@@ -162,8 +72,8 @@ def emoshift_sweep(layer: str, backbone_dir: str | None = None, corpus_root: str
         raise ConfigError(f"alphas must be finite and >= 0 (EmoShift's intensity), got {alphas}.")
     root = Path(corpus_root)
     setup = SteeringSetup.load(layer, backbone_dir)
-    emotions, speakers = _check(setup, emotions, speakers)
-    texts, record = heldout_prompts(root, split, n_texts)
+    emotions, speakers = setup.targets_and_speakers(emotions, speakers)
+    texts, record = split_sentences(root, split, n_texts)
     scorers = Scorers.load(recognizer, recognizer_dir, wer=True, speaker=True, dnsmos=False)
     refs = References(root, record["sentences"], speakers, scorers, split=split)
     prompts, targets = target_prompts(setup, emotions, texts, speakers, "sweep")
@@ -189,16 +99,16 @@ def sweep_summary(rows: list[dict]) -> list[dict]:
 
 
 def best_alpha(summary: list[dict], max_wer_increase: float = 0.15) -> float:
-    """The α with the highest overall accuracy whose mean WER stays within bound of unsteered (ties: smallest)."""
+    """:func:`emoctl.evaluation.alpha.choose_alpha` over the sweep's overall rows (α > 0)."""
     overall = {r["method"]: r for r in summary if r["emotion"] == "all"}
     if UNSTEERED not in overall:
         raise ConfigError("the sweep summary has no unsteered row; it is not an emoshift_sweep.csv.")
-    bound = float(overall[UNSTEERED]["wer"]) + max_wer_increase
-    candidates = [(float(r["alpha"]), float(r["ser_hit"])) for m, r in overall.items()
-                  if m != UNSTEERED and float(r["alpha"]) > 0 and float(r["wer"]) <= bound]
-    if not candidates:
-        return 1.0
-    return max(candidates, key=lambda c: (c[1], -c[0]))[0]
+    swept = [r for m, r in overall.items() if m != UNSTEERED and float(r["alpha"]) > 0]
+    if not swept:
+        raise ConfigError("the sweep summary has no row with α > 0 to choose from.")
+    accuracy = {float(r["alpha"]): float(r["ser_hit"]) for r in swept}
+    wer = {float(r["alpha"]): float(r["wer"]) for r in swept}
+    return choose_alpha(accuracy, wer, float(overall[UNSTEERED]["wer"]), max_wer_increase).alpha
 
 
 def read_summary_csv(path: str | Path) -> list[dict]:
@@ -245,11 +155,11 @@ def sweep_markdown(summary: list[dict], info: dict, emotions: list[str]) -> str:
              "| α | " + " | ".join(f"{e} acc" for e in emotions) + " | overall acc | WER | SpkSIM | finished |",
              "|---|" + "---|" * (len(emotions) + 4)]
     for m in methods:
-        cells = [_fmt(index[(e, m)], "ser_hit", 2) if (e, m) in index else "–" for e in emotions]
+        cells = [format_estimate(index[(e, m)], "ser_hit", 2) if (e, m) in index else "–" for e in emotions]
         overall = index[("all", m)]
         label = "unsteered" if m == UNSTEERED else m.removeprefix("alpha=")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(overall, 'ser_hit')} | "
-                     f"{_fmt(overall, 'wer')} | {_fmt(overall, 'spk_sim')} | {overall['finished']:.2f} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {format_estimate(overall, 'ser_hit')} | "
+                     f"{format_estimate(overall, 'wer')} | {format_estimate(overall, 'spk_sim')} | {overall['finished']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -290,8 +200,8 @@ def _write_sweep(out: Path, summary: list[dict], rows: list[dict], info: dict, e
     markdown = sweep_markdown(summary, info, emotions)
     buffer = io.BytesIO()
     sweep_figure(summary, emotions, info["alphas"]).savefig(buffer, format="png")
-    atomic_write_bytes(out / "emoshift_sweep_clips.csv", _csv(rows))
-    atomic_write_bytes(out / "emoshift_sweep.csv", _csv(summary))
+    atomic_write_bytes(out / "emoshift_sweep_clips.csv", csv_bytes(rows))
+    atomic_write_bytes(out / "emoshift_sweep.csv", csv_bytes(summary))
     atomic_write_bytes(out / "emoshift_sweep.png", buffer.getvalue())
     atomic_write_bytes(out / "emoshift_sweep.md", markdown.encode())
     print(markdown)
@@ -343,12 +253,12 @@ def emoshift_compound(layer: str, backbone_dir: str | None = None, corpus_root: 
     for mix in mixtures:
         if not mix or any(w < 0 for w in mix.values()):
             raise ConfigError(f"each mixture needs emotions with weights >= 0, got {mix}.")
-        _check(setup, list(mix), speakers)
-    _, speakers = _check(setup, None, speakers)
+        setup.targets_and_speakers(list(mix), speakers)
+    _, speakers = setup.targets_and_speakers(None, speakers)
     if setup.condition != "neutral":
         raise ConfigError(f"{layer} was trained under condition 'emotion'; a mixture has no single condition to "
                           "give the backbone. Use a layer trained with model.condition=neutral.")
-    texts, _ = heldout_prompts(Path(corpus_root), split, n_texts)
+    texts, _ = split_sentences(Path(corpus_root), split, n_texts)
     components = list(dict.fromkeys(e for mix in mixtures for e in mix))
     settings: list[tuple[str, dict[str, float] | None]] = [(UNSTEERED, None)]
     settings += [(e, {e: 1.0}) for e in components]
@@ -394,8 +304,8 @@ def compound_markdown(summary: list[dict], info: dict, mixtures: list[dict[str, 
                   "|---|---|---|---|---|---|"]
         for label in dict.fromkeys([UNSTEERED, a, b, *(mix_label(m) for m in mixtures if set(m) == set(mix))]):
             r = index[label]
-            lines.append(f"| {label} | {_fmt(r, 'f0_mean_hz', 1)} | {_fmt(r, 'rms', 4)} | {_fmt(r, 'duration_s', 2)} | "
-                         f"{_fmt(r, f'p_{a}')} | {_fmt(r, f'p_{b}')} |")
+            lines.append(f"| {label} | {format_estimate(r, 'f0_mean_hz', 1)} | {format_estimate(r, 'rms', 4)} | {format_estimate(r, 'duration_s', 2)} | "
+                         f"{format_estimate(r, f'p_{a}')} | {format_estimate(r, f'p_{b}')} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -406,8 +316,8 @@ def _write_compound(out: Path, summary: list[dict], rows: list[dict], info: dict
 
     out.mkdir(parents=True, exist_ok=True)
     markdown = compound_markdown(summary, info, mixtures, components)
-    atomic_write_bytes(out / "emoshift_compound_clips.csv", _csv(rows))
-    atomic_write_bytes(out / "emoshift_compound.csv", _csv(summary))
+    atomic_write_bytes(out / "emoshift_compound_clips.csv", csv_bytes(rows))
+    atomic_write_bytes(out / "emoshift_compound.csv", csv_bytes(summary))
     atomic_write_bytes(out / "emoshift_compound.md", markdown.encode())
     print(markdown)
     print(f"written to {out}/ (emoshift_compound.md, .csv, emoshift_compound_clips.csv)")

@@ -21,6 +21,7 @@ import numpy as np
 
 from emoctl.backbones.base import Prompt
 from emoctl.errors import ConfigError
+from emoctl.evaluation.texts import corpus_test_sentences
 from emoctl.synthesis import SamplingConfig, synthesize
 
 PAIRED_PROBES = ("f0_mean_hz", "rms", "duration_s")
@@ -46,22 +47,13 @@ class EmotionalityResult:
                 for i, e in enumerate(self.emotions)}
 
 
-def corpus_test_sentences(corpus_root: Path) -> tuple[list[str], dict]:
-    """The corpus's test-split sentences (never seen in LM training) and its corpus.json."""
-    from emoctl.corpus.build import read_corpus_record
-
-    record = read_corpus_record(corpus_root)
-    splits = record["splits"]
-    first = splits["evaluation"]
-    return record["sentences"][first:first + splits["test"]], record
-
-
 def _agreement(before: list, after: list, probe: str) -> tuple[np.ndarray, np.ndarray]:
     diff = np.array([getattr(a, probe) - getattr(b, probe) for b, a in zip(before, after)], dtype=np.float64)
     return diff, np.isfinite(diff)
 
 
-def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "runs/corpus/esd_espeak",
+def emotionality_report(backbone_dir: str | None = None, backbone_kind: str = "mini_tts",
+                        corpus_root: str = "runs/corpus/esd_espeak",
                         out_dir: str = "reports/emotionality", speakers: list[str] | None = None, n_texts: int = 12,
                         seed: int = 0, sampling: SamplingConfig = SamplingConfig(), recognizer: str = "mini",
                         recognizer_dir: str | None = None, progress: bool = True) -> EmotionalityResult:
@@ -69,6 +61,7 @@ def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "run
 
     Args:
         backbone_dir: MiniTTS checkpoint folder; None for the committed default.
+        backbone_kind: Backbone family (a kind registered in emoctl.backbones.loading).
         corpus_root: The ESD-shaped corpus whose test sentences are spoken and whose clips set the directions.
         out_dir: Where summary.md, pairs.csv, confusion.csv and confusion.png go.
         speakers: Speakers to use; None for the backbone's last four (held out from the SAE harvest).
@@ -87,7 +80,7 @@ def emotionality_report(backbone_dir: str | None = None, corpus_root: str = "run
     root = Path(corpus_root)
     sentences, record = corpus_test_sentences(root)
     first_test = record["splits"]["evaluation"]  # corpus sentence index of sentences[0]
-    backbone = load_backbone("mini_tts", backbone_dir)
+    backbone = load_backbone(backbone_kind, backbone_dir)
     speakers = list(speakers or backbone.speakers[-4:])
     unknown = [s for s in speakers if s not in backbone.speakers]
     if unknown:

@@ -27,26 +27,26 @@ TensorBoard under ``<out_dir>/tensorboard``.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
 from emoctl.errors import ConfigError
-from emoctl.synthesis import Clip, SamplingConfig, synthesize
+from emoctl.evaluation.alpha import choose_alpha
+from emoctl.evaluation.scoring import NEUTRAL, Measured, References, Scorers, measure_clips, score_clips
+from emoctl.evaluation.steered import synthesize_steered
+from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
+from emoctl.synthesis import SamplingConfig
 
-NEUTRAL = "Neutral"
 METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
 DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [4.0, 8.0], "global": [4.0, 8.0], "sae_emotion": [4.0, 8.0],
                                       "emoshift": [1.0, 2.0, 3.0]}
@@ -95,139 +95,6 @@ class SteeringMethods:
         raise ConfigError(f"unknown steering method {method!r}; choose from {', '.join(METHODS)}.")
 
 
-def _synthesize_steered(backbone: Backbone, prompts: list[Prompt], steering: Callable[[int], Any], seed: int,
-                        sampling: SamplingConfig) -> list[Clip]:
-    """Synthesize batch by batch, each inside the method's steering context for that batch's size.
-
-    Batch b uses seed ``seed + b``, as :func:`emoctl.synthesis.synthesize` does, so every method of a cell
-    sees the same sampling noise; per-batch contexts let per-row hooks (EmoShift) match the batch.
-    """
-    clips: list[Clip] = []
-    for b, start in enumerate(range(0, len(prompts), sampling.batch_size)):
-        batch = prompts[start:start + sampling.batch_size]
-        with steering(len(batch)):
-            clips += synthesize(backbone, batch, seed=seed + b, sampling=sampling)
-    return clips
-
-
-@dataclass
-class Scorers:
-    """The evaluation models, loaded once."""
-
-    recognizer: object
-    asr: object | None
-    speaker: object | None
-    dnsmos: object | None
-
-    @classmethod
-    def load(cls, recognizer: str, recognizer_dir: str | None, wer: bool, speaker: bool, dnsmos: bool) -> Scorers:
-        from emoctl.metrics.loading import load_recognizer
-
-        asr = spk = mos = None
-        if wer:
-            from emoctl.metrics.wer import load_asr
-
-            asr = load_asr("whisper")
-        if speaker:
-            from emoctl.metrics.speaker import load_speaker_encoder
-
-            spk = load_speaker_encoder("resemblyzer")
-        if dnsmos:
-            from emoctl.metrics.dnsmos import load_dnsmos
-
-            mos = load_dnsmos(threads=min(2, os.cpu_count() or 1))  # one process here: let ONNX use two cores
-        return cls(load_recognizer(recognizer, recognizer_dir), asr, spk, mos)
-
-
-class References:
-    """Corpus recordings that generated clips are compared with (Emo-SIM and speaker similarity)."""
-
-    def __init__(self, corpus_root: Path, sentences: list[str], speakers: list[str], scorers: Scorers,
-                 used: Sequence[str] | None = None, split: str | None = None) -> None:
-        from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
-
-        self.index = {text: i for i, text in enumerate(sentences)}
-        wanted = None if used is None else {self.index[t] for t in used if t in self.index}  # only what is spoken
-        clips = [c for c in list_corpus_clips(corpus_root, split=split) if c.speaker in speakers
-                 and (wanted is None or (int(c.utt_id.split("_")[1]) - 1) % 350 in wanted)]
-        self.keys = [(c.speaker, c.emotion, (int(c.utt_id.split("_")[1]) - 1) % 350) for c in clips]
-        waves = [read_wave(c.path) for c in clips]
-        self.waves = waves
-        ser = scorers.recognizer([w for w, _ in waves], [r for _, r in waves])
-        self.ser_embedding = {k: ser.embeddings[i] for i, k in enumerate(self.keys)}
-        by_emotion: dict[str, list[torch.Tensor]] = {}
-        for (speaker, emotion, _), emb in self.ser_embedding.items():
-            by_emotion.setdefault(emotion, []).append(emb)
-        self.prototype = {e: torch.stack(v).mean(0) for e, v in by_emotion.items()}
-        self.speaker_embedding: dict[str, torch.Tensor] = {}
-        if scorers.speaker is not None:
-            for speaker in speakers:
-                own = [i for i, k in enumerate(self.keys) if k[0] == speaker and k[1] == NEUTRAL][:8]
-                emb = scorers.speaker.embed([waves[i][0] for i in own], [waves[i][1] for i in own])
-                self.speaker_embedding[speaker] = emb.mean(0)
-
-    def matched(self, speaker: str, emotion: str, text: str) -> torch.Tensor | None:
-        return self.ser_embedding.get((speaker, emotion, self.index.get(text, -1)))
-
-
-@dataclass
-class Measured:
-    """What the evaluation models say about a list of clips, before any target emotion is chosen."""
-
-    clips: list[Clip]
-    ser: Any                         # SERResult: probabilities and embeddings per clip
-    hypotheses: list[str] | None     # ASR transcripts
-    wers: list[float] | None
-    speaker_embeddings: torch.Tensor | None
-    dnsmos: list[Any] | None
-
-
-def measure_clips(clips: list[Clip], scorers: Scorers) -> Measured:
-    """Run every configured evaluation model once over ``clips``."""
-    waves, rates = [c.wave for c in clips], [c.sample_rate for c in clips]
-    hyps = scorers.asr.transcribe(waves, rates) if scorers.asr is not None else None
-    wers = None
-    if hyps is not None:
-        from emoctl.metrics.wer import word_error_rate
-
-        wers = word_error_rate(hyps, [c.prompt.text for c in clips])
-    return Measured(clips, scorers.recognizer(waves, rates), hyps, wers,
-                    scorers.speaker.embed(waves, rates) if scorers.speaker is not None else None,
-                    scorers.dnsmos(waves, rates) if scorers.dnsmos is not None else None)
-
-
-def score_clips(clips: list[Clip] | Measured, targets: list[str], scorers: Scorers, refs: References) -> list[dict]:
-    """Per-clip metrics: SER hit and P(target), Emo-SIM (matched, prototype), WER, SpkSIM, DNSMOS OVRL.
-
-    ``clips`` may be a :class:`Measured` from an earlier call, so that one set of clips is scored against
-    several targets without running the evaluation models again.
-    """
-    import torch.nn.functional as F
-
-    measured = clips if isinstance(clips, Measured) else measure_clips(clips, scorers)
-    ser = measured.ser
-    predicted = ser.predicted()
-    rows = []
-    for i, (clip, target) in enumerate(zip(measured.clips, targets)):
-        emb = ser.embeddings[i]
-        ref = refs.matched(clip.prompt.speaker, target, clip.prompt.text)
-        row = {"utt_id": clip.prompt.utt_id, "text": clip.prompt.text, "speaker": clip.prompt.speaker,
-               "condition": clip.prompt.emotion_key, "target": target, "predicted": predicted[i],
-               "ser_hit": float(predicted[i] == target), "p_target": float(ser.prob_of(target)[i]),
-               "emo_sim_matched": float(F.cosine_similarity(emb, ref, dim=0)) if ref is not None else math.nan,
-               "emo_sim_prototype": float(F.cosine_similarity(emb, refs.prototype[target], dim=0)),
-               "duration_s": len(clip.wave) / clip.sample_rate, "finished": clip.finished}
-        if measured.wers is not None:
-            row["hypothesis"], row["wer"] = measured.hypotheses[i], measured.wers[i]
-        if measured.speaker_embeddings is not None:
-            row["spk_sim"] = float(F.cosine_similarity(measured.speaker_embeddings[i],
-                                                       refs.speaker_embedding[clip.prompt.speaker], dim=0))
-        if measured.dnsmos is not None:
-            row["dnsmos_ovrl"] = float(measured.dnsmos[i].ovrl)
-        rows.append(row)
-    return rows
-
-
 # ----------------------------------------------------------------------------------------------- running
 
 def _cell_prompts(cell: Cell, texts: list[str], speakers: list[str], tag: str) -> list[Prompt]:
@@ -260,7 +127,7 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
             steering = partial(extra_method, cell, alpha)
         measured = unsteered.get(key) if key is not None else None
         if measured is None:
-            measured = measure_clips(_synthesize_steered(backbone, prompts, steering, seed, sampling), scorers)
+            measured = measure_clips(synthesize_steered(backbone, prompts, steering, seed, sampling), scorers)
             if key is not None:
                 unsteered[key] = measured
         else:  # the same clips under this cell's prompt ids
@@ -271,33 +138,8 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
     return rows
 
 
-def summarize(rows: list[dict], metrics: Sequence[str]) -> list[dict]:
-    """Mean and 95% interval of each metric per (direction, emotion, method)."""
-    from emoctl.metrics.stats import mean_ci, proportion_ci
-
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["direction"], row["emotion"], row["method"]), []).append(row)
-    out = []
-    for (direction, emotion, method), members in groups.items():
-        record = {"direction": direction, "emotion": emotion, "method": method, "alpha": members[0]["alpha"],
-                  "n": len(members)}
-        for metric in metrics:
-            values = [m[metric] for m in members if metric in m]
-            if not values:
-                continue
-            if metric == "ser_hit":
-                estimate = proportion_ci(int(sum(values)), len(values))
-            else:
-                estimate = mean_ci(values)
-            record[metric], record[f"{metric}_low"], record[f"{metric}_high"] = \
-                estimate.value, estimate.low, estimate.high
-        out.append(record)
-    return out
-
-
 def choose_alphas(sweep: list[dict], method_names: Sequence[str], max_wer_increase: float) -> dict[str, float]:
-    """Per method, the swept α with the best induction SER accuracy whose mean WER is within bound of unsteered."""
+    """Per method, :func:`emoctl.evaluation.alpha.choose_alpha` over its swept α's induction rows."""
     summary = summarize([r for r in sweep if r["direction"] == "induction"], ["ser_hit", "wer"])
     base = [r for r in summary if r["method"] == "unsteered"]
     base_wer = float(np.mean([r["wer"] for r in base])) if base and "wer" in base[0] else math.inf
@@ -309,17 +151,14 @@ def choose_alphas(sweep: list[dict], method_names: Sequence[str], max_wer_increa
         for r in summary:
             if r["method"].startswith(method + "@"):
                 by_alpha.setdefault(float(r["method"].split("@")[1]), []).append(r)
-        best, best_acc = None, -1.0
-        for alpha, members in sorted(by_alpha.items()):
-            acc = float(np.mean([m["ser_hit"] for m in members]))
-            wer = float(np.mean([m["wer"] for m in members])) if "wer" in members[0] else 0.0
-            if wer <= base_wer + max_wer_increase and acc > best_acc:
-                best, best_acc = alpha, acc
-        chosen[method] = best if best is not None else min(by_alpha)
+        accuracy = {a: float(np.mean([m["ser_hit"] for m in members])) for a, members in by_alpha.items()}
+        wer = {a: float(np.mean([m["wer"] for m in members])) if "wer" in members[0] else 0.0
+               for a, members in by_alpha.items()}
+        chosen[method] = choose_alpha(accuracy, wer, base_wer, max_wer_increase).alpha
     return chosen
 
 
-def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None,
+def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None, backbone_kind: str = "mini_tts",
            corpus_root: str = "runs/corpus/esd_espeak", out_dir: str = "reports",
            emotions: list[str] | None = None, speakers: list[str] | None = None, n_texts: int = 2,
            sweep_alphas: dict[str, list[float]] | None = None, sweep_texts: int = 2, max_wer_increase: float = 0.15,
@@ -331,7 +170,8 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
         sae: Exported SAE folder (cfg.json + sae_weights.safetensors).
         store: The activation store the SAE was trained on (for the global mean-difference direction).
         selection: Folder of ``emoctl select`` feature sets (features_<emotion>.json).
-        backbone_dir: MiniTTS checkpoint folder; None for the committed default.
+        backbone_dir: Backbone checkpoint folder; None for the kind's default (the committed mini TTS).
+        backbone_kind: Backbone family (a kind registered in emoctl.backbones.loading).
         corpus_root: ESD-shaped corpus: held-out sentences and reference recordings.
         out_dir: Where the report files go.
         emotions: Emotions to induce and suppress; None: every emotion with a feature set.
@@ -349,7 +189,7 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
         progress: Show progress bars.
     """
     from emoctl.backbones.loading import load_backbone
-    from emoctl.reports.emotionality import corpus_test_sentences
+    from emoctl.evaluation.texts import corpus_test_sentences
     from emoctl.sae.export import load_pretrained
     from emoctl.selection.feature_set import FeatureSet
     from emoctl.selection.select import feature_set_path
@@ -359,7 +199,7 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
     root = Path(corpus_root)
     test_sentences, record = corpus_test_sentences(root)
     evaluation_sentences = record["sentences"][:record["splits"]["evaluation"]]
-    backbone = load_backbone("mini_tts", backbone_dir)
+    backbone = load_backbone(backbone_kind, backbone_dir)
     sae_model = load_pretrained(sae)
     emotions = list(emotions or [e for e in backbone.emotions if e != NEUTRAL
                                  and feature_set_path(selection, e).is_file()])
@@ -409,12 +249,30 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
             "recognizer": getattr(scorers.recognizer, "name", recognizer), "speakers": speakers,
             "n_texts": min(n_texts, len(test_sentences)), "alphas": alphas, "seed": seed,
             "sweep_alphas": sweep_alphas, "max_wer_increase": max_wer_increase,
-            "features": {e: fs.feature_ids for e, fs in feature_sets.items()}}
+            "features": {e: fs.feature_ids for e, fs in feature_sets.items()},
+            "phases": method_phases(methods, emotions[0], method_names)}
     _write_table1(Path(out_dir), summary, rows, sweep_rows, info, method_names)
     return summary
 
 
-def _steer_all(backbone: Backbone, interventions: list, n_prompts: int):
+def method_phases(methods: SteeringMethods, emotion: str, method_names: Sequence[str]) -> dict[str, list[str]]:
+    """The forward passes each method steers, read from the interventions it builds (stated in the report)."""
+    from emoctl.emosteer.steer import GENERATION_PHASES
+
+    out = {}
+    for method in method_names:
+        if method == "unsteered":
+            continue
+        if method == "emoshift":
+            phases = GENERATION_PHASES
+        else:
+            (intervention,) = methods.interventions(method, emotion, 1.0)
+            phases = intervention.phases
+        out[method] = [p.value for p in sorted(phases, key=lambda p: ("prefill", "decode", "teacher_forced").index(p.value))]
+    return out
+
+
+def _steer_all(backbone: Backbone, interventions: list, batch: Sequence[Prompt], start: int):
     """The SAE-seed methods' context: every intervention attached (none for unsteered); any batch size."""
     from emoctl.steering import steer
 
@@ -427,27 +285,15 @@ def _emoshift_method(backbone: Backbone, folder: str) -> Callable:
 
     layer = EmoSteer.load(folder)
 
-    def steering(cell: Cell, alpha: float, n_prompts: int):
+    def steering(cell: Cell, alpha: float, batch: Sequence[Prompt], start: int):
         if alpha == 0:
             return nullcontext()
-        return steer(backbone, layer, [cell.emotion] * n_prompts, alpha=abs(alpha))
+        return steer(backbone, layer, [cell.emotion] * len(batch), alpha=abs(alpha))
 
     return steering
 
 
 # ----------------------------------------------------------------------------------------------- writing
-
-def _fmt(record: dict, metric: str, digits: int = 3) -> str:
-    value = record.get(metric, math.nan)
-    if not isinstance(value, float) or not math.isfinite(value):
-        return "–"
-    low, high = record.get(f"{metric}_low", math.nan), record.get(f"{metric}_high", math.nan)
-    if math.isfinite(low) and math.isfinite(high):
-        if metric == "ser_hit":  # Wilson intervals are asymmetric near 0 and 1
-            return f"{value:.2f} [{low:.2f}, {high:.2f}]"
-        return f"{value:.{digits}f} ± {(high - low) / 2:.{digits}f}"
-    return f"{value:.{digits}f}"
-
 
 def table1_markdown(summary: list[dict], info: dict, method_names: Sequence[str]) -> str:
     """The paper's layout: a row per (direction, emotion), a column group per method."""
@@ -464,27 +310,22 @@ def table1_markdown(summary: list[dict], info: dict, method_names: Sequence[str]
         "Induction: Neutral condition steered toward the emotion (target = emotion). Suppression: emotion "
         "condition steered away (target = Neutral). Emo-SIM: cosine of recognizer embeddings to the matched corpus "
         "recording (same text, speaker, target emotion). Values are means ± half the 95% t interval; SER accuracy "
-        "shows its 95% Wilson interval.", ""]
+        "shows its 95% Wilson interval.",
+        "Steered passes: " + "; ".join(f"{METHOD_LABELS.get(m, m)} {' + '.join(p)}"
+                                       for m, p in info.get("phases", {}).items())
+        + " (the SAE-seed methods steer the decode steps their features were found in; EmoShift's layer also "
+        "steers the prefill's last state, which predicts the first speech token).", ""]
     for metric, label in shown:
         lines += [f"## {label}", "", "| direction | emotion | " + " | ".join(METHOD_LABELS.get(m, m)
                                                                           for m in method_names) + " |",
                   "|---|---|" + "---|" * len(method_names)]
         for direction in ("induction", "suppression"):
             for emotion in dict.fromkeys(r["emotion"] for r in summary):
-                cells = [_fmt(index[(direction, emotion, m)], metric) if (direction, emotion, m) in index else "–"
+                cells = [format_estimate(index[(direction, emotion, m)], metric) if (direction, emotion, m) in index else "–"
                          for m in method_names]
                 lines.append(f"| {direction} | {emotion} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _csv(rows: list[dict]) -> bytes:
-    buffer = io.StringIO()
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
 
 
 def sweep_figure(sweep_rows: list[dict]):
@@ -526,9 +367,9 @@ def _write_table1(out: Path, summary: list[dict], rows: list[dict], sweep_rows: 
     out.mkdir(parents=True, exist_ok=True)
     markdown = table1_markdown(summary, info, method_names)
     atomic_write_bytes(out / "table1.md", markdown.encode())
-    atomic_write_bytes(out / "table1.csv", _csv(summary))
-    atomic_write_bytes(out / "table1_clips.csv", _csv(rows))
-    atomic_write_bytes(out / "alpha_sweep.csv", _csv(sweep_rows))
+    atomic_write_bytes(out / "table1.csv", csv_bytes(summary))
+    atomic_write_bytes(out / "table1_clips.csv", csv_bytes(rows))
+    atomic_write_bytes(out / "alpha_sweep.csv", csv_bytes(sweep_rows))
     atomic_write_bytes(out / "table1_info.json", (json.dumps(info, indent=1) + "\n").encode())
     figure = sweep_figure(sweep_rows)
     buffer = io.BytesIO()

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from emoctl.backbones.base import Prompt
 from emoctl.errors import ConfigError
-from emoctl.reports.emoshift_sweep import (SteeringSetup, _check, best_alpha, heldout_prompts, read_summary_csv,
-                                           target_prompts)
-from emoctl.reports.table1 import NEUTRAL, References, Scorers, _csv, _fmt, score_clips, summarize
+from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
+from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
+from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
+from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
+from emoctl.evaluation.texts import split_sentences
 from emoctl.synthesis import SamplingConfig, synthesize
 
 METRICS = ["ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl", "finished"]
@@ -64,10 +66,10 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
 
     root = Path(corpus_root)
     full = SteeringSetup.load(layer, backbone_dir)
-    emotions, speakers = _check(full, emotions, speakers)
+    emotions, speakers = full.targets_and_speakers(emotions, speakers)
     if best is None and sweep_csv is not None:
         best = best_alpha(read_summary_csv(sweep_csv), max_wer_increase)
-    texts, record = heldout_prompts(root, "test", text_offset + n_texts)
+    texts, record = split_sentences(root, "test", text_offset + n_texts)
     texts = texts[text_offset:]
     if not texts:
         raise ConfigError(f"text_offset={text_offset} leaves no test sentences (the split has "
@@ -97,8 +99,8 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
             clips = synthesize(full.backbone, emotion_prompts if key == "zero_shot" else neutral_prompts, seed=seed,
                                sampling=sampling)
         elif key == "sft":
-            tuned = load_backbone("mini_tts", sft)
-            params[key] = int(tuned.metadata.get("sft", {}).get("parameters", {}).get(
+            tuned = load_backbone(full.backbone.kind, sft)  # the SFT export of the same family
+            params[key] = int(getattr(tuned, "metadata", {}).get("sft", {}).get("parameters", {}).get(
                 "trainable", sum(p.numel() for p in tuned.parameters())))
             clips = synthesize(tuned, emotion_prompts, seed=seed, sampling=sampling)
             del tuned
@@ -137,10 +139,10 @@ def table_markdown(summary: list[dict], info: dict, jobs: list[tuple], emotions:
              + " | overall acc | WER | SpkSIM | DNSMOS |", "|---|---|" + "---|" * (len(emotions) + 4)]
     for key, label, _ in jobs:
         overall = index[("all", key)]
-        cells = [_fmt(index[(e, key)], "ser_hit", 2) for e in emotions]
+        cells = [format_estimate(index[(e, key)], "ser_hit", 2) for e in emotions]
         lines.append(f"| {label} | {info['parameters'][key]:,} | " + " | ".join(cells)
-                     + f" | {_fmt(overall, 'ser_hit')} | {_fmt(overall, 'wer')} | {_fmt(overall, 'spk_sim')} | "
-                       f"{_fmt(overall, 'dnsmos_ovrl')} |")
+                     + f" | {format_estimate(overall, 'ser_hit')} | {format_estimate(overall, 'wer')} | {format_estimate(overall, 'spk_sim')} | "
+                       f"{format_estimate(overall, 'dnsmos_ovrl')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,8 +152,8 @@ def _write(out: Path, summary: list[dict], rows: list[dict], info: dict, jobs: l
 
     out.mkdir(parents=True, exist_ok=True)
     markdown = table_markdown(summary, info, jobs, emotions)
-    atomic_write_bytes(out / "table1_emoshift_clips.csv", _csv(rows))
-    atomic_write_bytes(out / "table1_emoshift.csv", _csv(summary))
+    atomic_write_bytes(out / "table1_emoshift_clips.csv", csv_bytes(rows))
+    atomic_write_bytes(out / "table1_emoshift.csv", csv_bytes(summary))
     atomic_write_bytes(out / "table1_emoshift_info.json", (json.dumps(info, indent=1, default=str) + "\n").encode())
     atomic_write_bytes(out / "table1_emoshift.md", markdown.encode())
     print(markdown)

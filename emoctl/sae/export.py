@@ -14,18 +14,26 @@ architecture "topk") and emoctl both load:
   SAELens ignores and our loader restores.
 
 The dead-latent counters are training state; they live in Lightning checkpoints, not here.
+
+Saving is crash-safe: the old ``cfg.json`` is removed first, each file is
+written to a temporary name and renamed, and ``cfg.json`` (written last)
+records the SHA-256 of the weights it belongs to, which loading checks.  An
+interrupted save therefore leaves a folder that refuses to load, never a new
+weights file read with an old config.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from emoctl.errors import ConfigError
+from emoctl.store.fsio import atomic_write_bytes
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.topk_sae import TopKSAE
 
@@ -42,6 +50,11 @@ def save_pretrained(sae: TopKSAE, directory: str | Path, extra_metadata: dict[st
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    try:
+        json.dumps(extra_metadata or {})
+    except TypeError as err:
+        raise ConfigError(f"extra_metadata for {directory / CONFIG_FILENAME} must be JSON-serializable: {err}.") from err
+    (directory / CONFIG_FILENAME).unlink(missing_ok=True)  # from here until the end the folder does not load
     cfg = sae.cfg
     weights = {
         "W_enc": sae.W_enc.detach().t(),  # SAELens: [d_in, d_sae]; ours is one row per latent
@@ -49,7 +62,10 @@ def save_pretrained(sae: TopKSAE, directory: str | Path, extra_metadata: dict[st
         "W_dec": sae.W_dec.detach(),
         "b_dec": sae.b_dec.detach(),
     }
-    save_file({name: t.contiguous().cpu() for name, t in weights.items()}, str(directory / WEIGHTS_FILENAME))
+    from safetensors.torch import save as save_bytes
+
+    blob = save_bytes({name: t.contiguous().cpu() for name, t in weights.items()})
+    atomic_write_bytes(directory / WEIGHTS_FILENAME, blob)
     metadata = {
         # SAELens picks its cfg parser by this version; "6.0.0" declares the layout written here.
         # Not trained by SAELens, hence no training version.
@@ -70,13 +86,13 @@ def save_pretrained(sae: TopKSAE, directory: str | Path, extra_metadata: dict[st
         "reshape_activations": "none",
         "rescale_acts_by_decoder_norm": False,
         "metadata": metadata,
-        "emoctl": {"sae": cfg.to_dict()},
+        "emoctl": {"sae": cfg.to_dict(), "weights_sha256": hashlib.sha256(blob).hexdigest()},
     }
     try:
         text = json.dumps(config, indent=2)
     except TypeError as err:
         raise ConfigError(f"extra_metadata for {directory / CONFIG_FILENAME} must be JSON-serializable: {err}.") from err
-    (directory / CONFIG_FILENAME).write_text(text + "\n")
+    atomic_write_bytes(directory / CONFIG_FILENAME, (text + "\n").encode())
     return directory
 
 
@@ -105,6 +121,10 @@ def load_pretrained(directory: str | Path, device: torch.device | str = "cpu") -
                 f"{weights_path}: {name} has shape {tuple(tensors[name].shape)} but {config_path} "
                 f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {shape}. The two files come from different SAEs."
             )
+    recorded = (json.loads(config_path.read_text()).get("emoctl") or {}).get("weights_sha256")
+    if recorded is not None and hashlib.sha256(weights_path.read_bytes()).hexdigest() != recorded:
+        raise ConfigError(f"{weights_path} is not the weights file {config_path} was written with (SHA-256 differs): "
+                          "the folder mixes two exports or was damaged. Re-export the SAE.")
     sae = TopKSAE(cfg, device=device, dtype=tensors["W_dec"].dtype)
     with torch.no_grad():
         sae.W_enc.copy_(tensors["W_enc"].t())

@@ -67,6 +67,16 @@ class SAEModule(pl.LightningModule):
         self._val_sums: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ setup
+    # ----------------------------------------------------------------- export
+    export_name = "sae"
+
+    def export(self, folder, trainer: pl.Trainer) -> None:
+        """The SAE in SAELens' layout, with where its activations came from (written by ModelExport)."""
+        from emoctl.training import store_provenance
+
+        self.sae.save_pretrained(folder, extra_metadata={"global_step": trainer.global_step,
+                                                         **store_provenance(trainer)})
+
     def setup(self, stage: str) -> None:
         """Check that the data's width matches the SAE before any step runs."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

@@ -139,25 +139,23 @@ class MiniTTSModule(pl.LightningModule):
                                    schedule=hp.schedule, min_lr_fraction=hp.min_lr_fraction)
 
     # ----------------------------------------------------------------- export
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            self.exported = self._export()
-        self.trainer.strategy.barrier("mini_tts_export")
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The one export path (:class:`~emoctl.callbacks.export.ModelExport`): atomic, recipe beside it."""
+        from emoctl.callbacks.export import ModelExport
 
-    def export_dir(self) -> Path:
-        if self.hparams.export_dir is not None:
-            return Path(self.hparams.export_dir)
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "mini_tts"
+        return [ModelExport(dirpath=self.hparams.export_dir)]
 
-    def _export(self) -> Path:
-        datamodule = getattr(self.trainer, "datamodule", None)
+    export_name = "mini_tts"
+
+    def export(self, folder: Path, trainer: pl.Trainer) -> None:
+        """The trained TTS in ``MiniTTS.save``'s layout, with its codec and training provenance."""
+        datamodule = getattr(trainer, "datamodule", None)
         self.tts.codec = getattr(datamodule, "codec", None)
         describe = getattr(datamodule, "describe", None)
         self.tts.metadata = {
             "data": describe() if callable(describe) else None,
-            "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(self.trainer.global_step),
-                         "max_steps": int(self.trainer.max_steps), "recipe": _read_recipe(self.trainer)},
+            "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(trainer.global_step),
+                         "max_steps": int(trainer.max_steps), "recipe": _read_recipe(trainer)},
         }
-        target = self.tts.save(self.export_dir())
-        rank_zero_info(f"MiniTTS exported to {target} (backbone_id {self.tts.backbone_id})")
-        return target
+        self.tts.save(folder)
+        rank_zero_info(f"MiniTTS backbone_id {self.tts.backbone_id}")

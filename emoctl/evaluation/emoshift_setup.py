@@ -1,0 +1,86 @@
+"""A trained EmoSteer layer ready to evaluate: its backbone, the condition the backbone is told, the prompts.
+
+Shared by the EmoShift sweep, compound emotions and the EmoShift table, so all three load, check and steer
+a layer the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from emoctl.backbones.base import Backbone, Prompt
+from emoctl.errors import ConfigError
+from emoctl.evaluation.scoring import NEUTRAL
+from emoctl.evaluation.steered import synthesize_steered
+from emoctl.synthesis import Clip, SamplingConfig
+
+
+@dataclass
+class SteeringSetup:
+    """A loaded layer, its backbone and the prompts' condition rule, shared by the sweep, compound and Table 1."""
+
+    backbone: Backbone
+    layer: Any  # EmoSteer
+    condition: str  # "neutral" or "emotion": what the backbone is told
+    hookpoint: str
+
+    @classmethod
+    def load(cls, layer_dir: str, backbone_dir: str | None = None) -> SteeringSetup:
+        from emoctl.backbones.loading import load_backbone
+        from emoctl.emosteer import EmoSteer
+
+        layer = EmoSteer.load(layer_dir)
+        meta = layer.metadata
+        condition = meta.get("condition")
+        if condition not in ("neutral", "emotion"):
+            raise ConfigError(f"{layer_dir}/emosteer.json has no metadata.condition ('neutral' or 'emotion'), got "
+                              f"{condition!r}; re-export the layer with EmoShiftModule.")
+        backbone = load_backbone(meta.get("backbone_kind", "mini_tts"), backbone_dir)
+        if meta.get("backbone_id") not in (None, backbone.backbone_id):
+            raise ConfigError(f"the layer in {layer_dir} was trained on backbone {meta['backbone_id']} but "
+                              f"backbone_dir gives {backbone.backbone_id}; pass the backbone it was trained on.")
+        return cls(backbone, layer, condition, meta.get("hookpoint", "lm_out"))
+
+    def condition_of(self, target: str) -> str:
+        return NEUTRAL if self.condition == "neutral" else target
+
+    def synthesize(self, prompts: list[Prompt], mixes: Sequence[Any] | None, alpha: float | None, seed: int,
+                   sampling: SamplingConfig) -> list[Clip]:
+        """Speak ``prompts``; ``alpha`` None: no hook at all (unsteered), else the layer toward ``mixes`` at α.
+
+        The layer holds one emotion per prompt of a generation batch, so it is attached per batch
+        (:func:`~emoctl.evaluation.steered.synthesize_steered`: every setting sees the same seeds).
+        """
+        from emoctl.emosteer import steer
+
+        def steering(batch: Sequence[Prompt], start: int):
+            return steer(self.backbone, self.layer, list(mixes[start:start + len(batch)]), alpha=alpha,
+                         hookpoint=self.hookpoint)
+
+        return synthesize_steered(self.backbone, prompts, None if alpha is None else steering, seed, sampling)
+
+    def targets_and_speakers(self, emotions: list[str] | None, speakers: list[str] | None) -> tuple[list, list]:
+        """The target emotions (default: every one the layer steers) and speakers (default: the backbone's last
+        four, held out of SAE harvesting and layer training), checked against the layer and backbone."""
+        layer_emotions = self.layer.layer_emotions
+        emotions = list(emotions or [e for e in layer_emotions if e != NEUTRAL])
+        unknown = [e for e in emotions if e not in layer_emotions]
+        if unknown:
+            raise ConfigError(f"emotions {unknown} have no matrix in this layer; it steers {layer_emotions}.")
+        speakers = list(speakers or self.backbone.speakers[-4:])
+        bad = [s for s in speakers if s not in self.backbone.speakers]
+        if bad:
+            raise ConfigError(f"unknown speakers {bad}; the backbone voices {self.backbone.speakers}.")
+        return emotions, speakers
+
+
+def target_prompts(setup: SteeringSetup, emotions: list[str], texts: list[str], speakers: list[str], tag: str
+                   ) -> tuple[list[Prompt], list[str]]:
+    """One prompt per (emotion, text, speaker) with the backbone's condition; the row's target emotion."""
+    prompts, targets = [], []
+    for e in emotions:
+        for i, text in enumerate(texts):
+            for s in speakers:
+                prompts.append(Prompt(text, s, setup.condition_of(e), f"{tag}-{e}-t{i:02d}-{s}"))
+                targets.append(e)
+    return prompts, targets
