@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from emoctl.backbones.base import Prompt
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.corpus.esd import FLAT_SPLIT, EsdUtterance, check_emotions, open_esd, read_transcripts
 from emoctl.errors import ConfigError
 
@@ -136,7 +137,8 @@ class TTSCorpusDataModule(pl.LightningDataModule):
     def __init__(
         self,
         corpus_root: str,
-        codec_dir: str,
+        codec_dir: str | None = None,
+        backbone: BackboneSpec | None = None,
         cache_dir: str | None = None,
         batch_size: int = 16,
         val_split: Literal["evaluation", "test"] = "evaluation",
@@ -156,7 +158,10 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         Args:
             corpus_root: ESD folder (real ESD or the embedded corpus, with or without split folders) or a
                 Hugging Face copy (save_to_disk folder or audiofolder).
-            codec_dir: Folder of the speech codec (``codec.json`` + ``codec.safetensors``).
+            codec_dir: Folder of the mini TTS's speech codec (``codec.json`` + ``codec.safetensors``), for training
+                a mini TTS (with ``fit_codec``, fitted here first). Give this or ``backbone``.
+            backbone: The backbone whose own speech tokenizer encodes the clips (EmoShift and SFT on a trained
+                backbone); the token cache is keyed by that tokenizer's digest. Give this or ``codec_dir``.
             cache_dir: Where the token cache goes; None: inside ``corpus_root``.
             batch_size: Utterances per batch on each rank.
             val_split: Corpus split used for validation ("train" is always the training split).
@@ -176,8 +181,16 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         if batch_size < 1 or max_speech_tokens < 1:
             raise ConfigError(f"data.batch_size and data.max_speech_tokens must be >= 1, got {batch_size} and "
                               f"{max_speech_tokens}.")
+        if (codec_dir is None) == (backbone is None):
+            raise ConfigError("give data.backbone (the backbone whose speech tokenizer encodes the clips) or "
+                              "data.codec_dir (a mini TTS codec folder, to train a mini TTS), not "
+                              + ("both." if codec_dir is not None else "neither."))
+        if backbone is not None and fit_codec is not None:
+            raise ConfigError("data.fit_codec fits a mini TTS codec into data.codec_dir; with data.backbone the "
+                              "backbone's own tokenizer is used. Remove fit_codec.")
         self.corpus_root = Path(corpus_root)
-        self.codec_dir = Path(codec_dir)
+        self.codec_dir = Path(codec_dir) if codec_dir is not None else None
+        self.backbone = backbone
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.val_split = val_split
@@ -220,6 +233,19 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         """Digest of the speech tokenizer whose tokens the batches carry (None before setup)."""
         return self.codec.digest if self.codec is not None else None
 
+    def _load_tokenizer(self) -> Any:
+        """The speech tokenizer: the backbone's own, or the mini TTS codec in ``codec_dir``."""
+        if self.backbone is not None:
+            tokenizer = self.backbone.load().speech_tokenizer
+            if tokenizer is None:
+                raise ConfigError(f"the {self.backbone.kind} backbone at {self.backbone.path or 'its default path'} "
+                                  "has no speech tokenizer to encode the corpus with; point data.backbone.path at a "
+                                  "complete checkpoint folder.")
+            return tokenizer
+        from emoctl.backbones.mini_tts.codec import SpeechCodec
+
+        return SpeechCodec.load(self.codec_dir)
+
     def _tokens(self, utterances: list[EsdUtterance], codec: Any, progress: bool) -> list[torch.Tensor]:
         from emoctl.backbones.mini_tts.tokenize_corpus import cache_path, tokenize_sources
 
@@ -230,19 +256,14 @@ class TTSCorpusDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         # One process per node: fit the codec if asked, then fill the token cache.
         utterances = self.utterances()
-        if not (self.codec_dir / "codec.json").is_file():
+        if self.codec_dir is not None and not (self.codec_dir / "codec.json").is_file():
             if self.fit_codec is None:
                 raise ConfigError(
                     f"no speech codec in {self.codec_dir} (codec.json missing). Point data.codec_dir at a codec "
                     "folder, or set data.fit_codec: {} in the recipe to fit one on the corpus's training split."
                 )
             self._fit_codec_atomically([u for u in utterances if u.split == "train"])
-        self._tokens(self._used(utterances), self._load_codec(), progress=True)
-
-    def _load_codec(self) -> Any:
-        from emoctl.backbones.mini_tts.codec import SpeechCodec
-
-        return SpeechCodec.load(self.codec_dir)
+        self._tokens(self._used(utterances), self._load_tokenizer(), progress=True)
 
     def _fit_codec_atomically(self, train: list[EsdUtterance]) -> None:
         """Fit the codec on the training clips, save it, and cache those clips' tokens from the same analysis."""
@@ -266,14 +287,14 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         # Tokenizing is WORLD analysis plus a nearest-centroid search: the analysis is done, so encoding the
         # training clips here spares the token cache a second pass over them (on the embedded corpus, fitting
         # and tokenizing took 6.1 min this way against 13.5 with the second pass).
-        codec = self._load_codec()  # the saved codec, whose digest names the cache file
+        codec = self._load_tokenizer()  # the saved codec, whose digest names the cache file
         cache_tokens(cache_path(self.corpus_root, codec, self.cache_dir), sources,
                      [codec.encode_frames(f) for f in frames])
 
     def setup(self, stage: str) -> None:
         if self.train_items is not None:
             return
-        self.codec = self._load_codec()
+        self.codec = self._load_tokenizer()
         utterances = self._used(self.utterances())
         tokens = self._tokens(utterances, self.codec, progress=False)  # a cache hit after prepare_data
         splits: dict[str, tuple[list[Prompt], list[torch.Tensor]]] = {"train": ([], []), self.val_split: ([], [])}
@@ -335,7 +356,8 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         train_tokens = sum(len(t) for t in self.train_items.tokens) if self.train_items else 0
         return {
             "corpus_root": os.fspath(self.corpus_root.resolve()), "corpus_records": corpus_records,
-            "codec_dir": os.fspath(self.codec_dir.resolve()),
+            "codec_dir": os.fspath(self.codec_dir.resolve()) if self.codec_dir is not None else None,
+            "backbone": {"kind": self.backbone.kind, "path": self.backbone.path} if self.backbone is not None else None,
             "codec_digest": self.codec.digest if self.codec is not None else None,
             "train_clips": len(self.train_items) if self.train_items else 0, "train_tokens": train_tokens,
             "speakers": sorted({p.speaker for p in self.prompts}), "emotions": self.emotions,

@@ -56,9 +56,24 @@ def jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
 
+def run_dir(trainer: pl.Trainer) -> Path:
+    """``trainer.log_dir`` without its collective broadcast, so one rank alone may ask (an export on rank 0).
+
+    Lightning's property broadcasts rank 0's answer to every rank; called on rank 0 only, it waits forever
+    for the others under DDP."""
+    if trainer.loggers:
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+        logger = trainer.loggers[0]
+        folder = logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else logger.save_dir
+        if folder:
+            return Path(folder)
+    return Path(trainer.default_root_dir)
+
+
 def read_recipe(trainer: pl.Trainer) -> str | None:
-    """The resolved recipe LightningCLI saved as ``<log dir>/config.yaml``, if any."""
-    path = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
+    """The resolved recipe LightningCLI saved as ``<log dir>/config.yaml``, if any (safe on one rank)."""
+    path = run_dir(trainer) / "config.yaml"
     return path.read_text() if path.is_file() else None
 
 

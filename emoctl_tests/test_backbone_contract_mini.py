@@ -134,3 +134,29 @@ def test_a_one_position_hookpoint_is_read_and_written_as_one_row_per_prompt():
                             x2[1] + eps * 3.0 * (x2[1] @ W["Sad"]),
                             x2[2] + 2.0 * v])  # Neutral has no layer (identity)
     torch.testing.assert_close(flat, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_data_module_tokenizes_with_the_backbones_own_tokenizer(tmp_path):
+    """EmoShift and SFT recipes name the backbone, not a codec folder: its speech tokenizer encodes the clips,
+    and the cache is keyed by its digest; a codec folder or the backbone, not both or neither."""
+    from data_modules.tts_corpus import TTSCorpusDataModule
+    from emoctl.backbones.loading import DEFAULT_MINI_TTS_DIR, BackboneSpec
+    from emoctl.corpus.build import build_corpus
+    from emoctl.errors import ConfigError
+
+    root = build_corpus(str(tmp_path / "corpus"), n_sentences=20, speakers=2, workers=1, progress=False)
+    common = dict(batch_size=2, speakers=["0011"], emotions=["Angry", "Sad"], tokenize_workers=1)
+    by_backbone = TTSCorpusDataModule(str(root), backbone=BackboneSpec(), cache_dir=str(tmp_path / "a"), **common)
+    by_codec = TTSCorpusDataModule(str(root), str(DEFAULT_MINI_TTS_DIR / "codec"), cache_dir=str(tmp_path / "b"),
+                                   **common)
+    for dm in (by_backbone, by_codec):
+        dm.prepare_data()
+        dm.setup("fit")
+    assert by_backbone.tokenizer_digest == load_backbone("mini_tts").tokenizer_digest == by_codec.tokenizer_digest
+    assert list(tmp_path.joinpath("a").glob(f"*{by_backbone.tokenizer_digest}*"))  # the cache names the tokenizer
+    a, b = by_backbone.train_items, by_codec.train_items
+    assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a.tokens, b.tokens))
+    with pytest.raises(ConfigError, match="not both"):
+        TTSCorpusDataModule(str(root), str(DEFAULT_MINI_TTS_DIR / "codec"), backbone=BackboneSpec())
+    with pytest.raises(ConfigError, match="not neither"):
+        TTSCorpusDataModule(str(root))

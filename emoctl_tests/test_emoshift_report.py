@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
     """(corpus root, layer folder, seconds per stage) of a layer trained with the backbone told Neutral."""
     from data_modules.tts_corpus import TTSCorpusDataModule
     from emoctl.corpus.build import build_corpus
+    from emoctl.backbones.loading import BackboneSpec
     from emoctl.emosteer.module import EmoShiftModule
 
     threads = torch.get_num_threads()
@@ -42,7 +43,7 @@ def trained(tmp_path_factory):
     root = build_corpus(str(tmp / "corpus"), n_sentences=20, speakers=2, workers=1, progress=False)
     timings["corpus"] = time.perf_counter() - start
     pl.seed_everything(0, verbose=False)
-    data = TTSCorpusDataModule(str(root), str(BACKBONE / "codec"), batch_size=8, speakers=["0011"],
+    data = TTSCorpusDataModule(str(root), backbone=BackboneSpec(path=str(BACKBONE)), batch_size=8, speakers=["0011"],
                                emotions=EMOTIONS, tokenize_workers=1, max_speech_tokens=400)
     module = EmoShiftModule(str(BACKBONE), condition="neutral", lr=1.0, warmup_steps=5)
     trainer = pl.Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_progress_bar=False,

@@ -32,9 +32,9 @@ def test_shared_unsteered_cells_are_generated_once_and_scored_per_target(setup, 
     calls: list[int] = []
     generate = backbone.generate
 
-    def counting_generate(prompts, **kwargs):
+    def counting_generate(prompts, sampling=None, **overrides):
         calls.append(len(prompts))
-        return generate(prompts, **kwargs)
+        return generate(prompts, sampling, **overrides)
 
     monkeypatch.setattr(backbone, "generate", counting_generate)
     methods = SteeringMethods(sae=None, feature_sets={}, mean_differences={})

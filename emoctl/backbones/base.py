@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -35,6 +35,19 @@ from emoctl.backbones.conditions import (EmotionCondition, EmotionLabel, Voice, 
 from emoctl.backbones.hooks import HookManager
 from emoctl.backbones.sampling import Sampling
 from emoctl.errors import ConfigError
+
+
+@runtime_checkable
+class SpeechTokenizer(Protocol):
+    """Audio to a backbone's speech tokens (the mini TTS's WORLD codec, CosyVoice's ONNX tokenizer, IndexTTS2's
+    semantic codec), picklable so corpora tokenize in worker processes."""
+
+    @property
+    def digest(self) -> str:
+        """Changes whenever the tokens would: token caches are keyed by it."""
+
+    def encode(self, wave: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """(T,) int64 tokens of one mono recording."""
 
 
 @dataclass(frozen=True)
@@ -211,12 +224,25 @@ class Backbone(nn.Module, ABC):
 
     @property
     @abstractmethod
+    def speech_tokenizer(self) -> SpeechTokenizer | None:
+        """The tokenizer whose tokens this backbone speaks (None when this instance has none).
+
+        A separate, picklable object: data modules tokenize corpora with it in worker processes and key their
+        token caches by its digest, without holding the LM."""
+
+    @property
     def tokenizer_digest(self) -> str | None:
         """Identity of the speech tokenizer (token caches are keyed by it); None when this instance has none."""
+        tokenizer = self.speech_tokenizer
+        return tokenizer.digest if tokenizer is not None else None
 
-    @abstractmethod
     def encode_speech(self, wave: np.ndarray, sample_rate: int) -> torch.Tensor:
         """The backbone's own speech tokens, (T,) int64, of one mono recording."""
+        tokenizer = self.speech_tokenizer
+        if tokenizer is None:
+            raise ConfigError(f"this {self.kind} backbone has no speech tokenizer loaded, so it cannot tokenize "
+                              "speech; load it from a complete checkpoint folder.")
+        return tokenizer.encode(wave, sample_rate)
 
     @abstractmethod
     def vocode(self, tokens: torch.Tensor, prompt: Prompt) -> tuple[np.ndarray, int]:

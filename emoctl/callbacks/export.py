@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.errors import ConfigError
-from emoctl.training import read_recipe
+from emoctl.training import read_recipe, run_dir
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -59,7 +59,7 @@ class ModelExport(pl.Callback):
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and getattr(checkpoint, "dirpath", None):
             return Path(checkpoint.dirpath).parent / name
-        return Path(trainer.log_dir or trainer.default_root_dir) / name
+        return run_dir(trainer) / name
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not isinstance(pl_module, Exportable):

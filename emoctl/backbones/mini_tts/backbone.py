@@ -148,13 +148,9 @@ class MiniTTS(Backbone):
         return EmotionLabel("Neutral") if "Neutral" in self._emotions else None
 
     @property
-    def tokenizer_digest(self) -> str | None:
-        """The codec's digest: its tokens are this backbone's speech tokens (None without a codec)."""
-        return self.codec.digest if self.codec is not None else None
-
-    def encode_speech(self, wave: np.ndarray, sample_rate: int) -> torch.Tensor:
-        """WORLD codec tokens of one recording, (T,) int64 at the codec's frame rate."""
-        return self._require_codec("tokenize speech").encode(wave, sample_rate)
+    def speech_tokenizer(self) -> SpeechCodec | None:
+        """The WORLD codec: its tokens are this backbone's speech tokens (None without a codec)."""
+        return self.codec
 
     def _require_codec(self, what: str) -> SpeechCodec:
         if self.codec is None:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -119,13 +119,18 @@ class AudioSource:
 
 @dataclass
 class _PathEncoder:
-    """Picklable job: tokens of one sound file or AudioSource."""
-    codec: SpeechCodec
+    """Picklable job: tokens of one sound file or AudioSource, by any speech tokenizer (``encode``)."""
+    tokenizer: Any
 
     def __call__(self, source: Path | AudioSource) -> np.ndarray:
         wave, sample_rate = source.read() if isinstance(source, AudioSource) else read_wave(source)
         name = str(source.path or source.key) if isinstance(source, AudioSource) else str(source)
-        return self.codec.encode_frames(self.codec.analyze(wave, sample_rate, name=name))
+        if isinstance(self.tokenizer, SpeechCodec):  # the codec names the file in its errors
+            return self.tokenizer.encode_frames(self.tokenizer.analyze(wave, sample_rate, name=name))
+        try:
+            return np.asarray(self.tokenizer.encode(wave, sample_rate))
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err}") from None
 
 
 def cache_path(corpus_root: str | os.PathLike, codec: SpeechCodec, cache_dir: str | os.PathLike | None = None
