@@ -379,6 +379,7 @@ def test_recipes_load_through_the_cli(recipe, cls):
     if recipe == "emoshift_mini.yaml":
         assert args["backbone_path"] == "emoctl/assets/mini_tts" and args["condition"] == "neutral"
         assert resolved["data"]["init_args"]["corpus_root"] == "runs/corpus/esd_espeak"
+        assert resolved["data"]["init_args"]["backbone"]["path"] == args["backbone_path"]  # tokens of its own model
         assert resolved["trainer"]["max_time"] == "00:00:20:00" and resolved["trainer"]["accelerator"] == "cpu"
     if recipe == "emoshift_cosyvoice.yaml":
         assert args["epsilon"] == 0.001 and len(args["emotions"]) == 5 and args["neutral"] == "layer"
@@ -386,7 +387,9 @@ def test_recipes_load_through_the_cli(recipe, cls):
     if recipe == "sft_mini.yaml":
         mini = yaml.safe_load((RECIPES / "emoshift_mini.yaml").read_text())
         assert resolved["trainer"]["max_steps"] == mini["trainer"]["max_steps"]
-        assert resolved["data"]["init_args"] == {**resolved["data"]["init_args"], **mini["data"]["init_args"]}
+        data, mini_data = resolved["data"]["init_args"], mini["data"]["init_args"]
+        assert data["backbone"] == {"device": "cpu", **mini_data["backbone"]}  # the same backbone's tokenizer
+        assert data == {**data, **mini_data, "backbone": data["backbone"]}
 
 
 def test_committed_layer_fits_the_committed_backbone_and_lowers_held_out_nll(corpus_root):

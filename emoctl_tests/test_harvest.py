@@ -72,8 +72,11 @@ def _teacher_forced_states(tts: MiniTTS, prompt, tokens: torch.Tensor) -> tuple[
 
 
 # ------------------------------------------------------------------------------ rows and gating
-def test_stored_rows_are_decode_states_equal_to_a_teacher_forced_pass(checkpoint, tmp_path):
-    module, grid = _module(checkpoint), _grid()
+@pytest.mark.parametrize("beams", [1, 2])
+def test_stored_rows_are_decode_states_equal_to_a_teacher_forced_pass(checkpoint, tmp_path, beams):
+    """With beams, too: the store holds the states along the returned hypothesis, none of a dropped beam."""
+    module, grid = _module(checkpoint, num_beams=beams), _grid()
+    assert module.generation_settings().get("num_beams", 1) == beams  # part of the store's identity when used
     session = harvest_into(tmp_path / "store", module, grid, HOOK, progress=False)
     segments = _segments(tmp_path / "store")
     tts = module.backbone

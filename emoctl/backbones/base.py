@@ -22,6 +22,7 @@ accepts and :meth:`Backbone.check_prompts` refuses the rest with an error.
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, Sequence, runtime_checkable
@@ -188,8 +189,6 @@ class Backbone(nn.Module, ABC):
 
     def sampling(self, sampling: Sampling | None = None, **overrides: object) -> Sampling:
         """``sampling`` (default ``Sampling()``) with ``overrides`` applied, checked against this backbone."""
-        import dataclasses
-
         base = sampling if sampling is not None else Sampling()
         try:
             chosen = dataclasses.replace(base, **overrides) if overrides else base

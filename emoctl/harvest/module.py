@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 
 from emoctl.backbones.base import Backbone, Generation
 from emoctl.backbones.loading import BackboneSpec
+from emoctl.backbones.sampling import Sampling
 from emoctl.errors import ConfigError
 from emoctl.harvest.prompts import GridPrompt, PromptBatch
 
@@ -49,6 +50,8 @@ class HarvestModule(pl.LightningModule):
         temperature: float = 1.0,
         top_k: int | None = None,
         seed: int = 0,
+        top_p: float | None = None,
+        num_beams: int = 1,
     ) -> None:
         """
         Args:
@@ -57,6 +60,8 @@ class HarvestModule(pl.LightningModule):
             temperature: Sampling temperature; 0 is greedy.
             top_k: Sample among the k most likely tokens only; None samples from all.
             seed: Run seed; each batch's generator seed is derived from it and the batch's identity.
+            top_p: Nucleus sampling (None: off).
+            num_beams: Beam width (IndexTTS2 decodes with 3); the store keeps the states of the returned beam.
         """
         super().__init__()
         if max_new_tokens < 1:
@@ -65,13 +70,21 @@ class HarvestModule(pl.LightningModule):
             raise ConfigError(f"model.temperature must be >= 0 (0 is greedy), got {temperature}.")
         self.spec = backbone
         self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
+        self.top_p, self.num_beams = top_p, num_beams
         self.backbone: Backbone = backbone.load()
         self.backbone.requires_grad_(False).eval()
+        # checked now (an unsupported setting is refused by name before any prompt is read)
+        self.sampling_settings = self.backbone.sampling(Sampling(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams))
         self._bound_to: int | None = None
 
     def generation_settings(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
-                "seed": self.seed, "backbone_id": self.backbone.backbone_id}
+        settings = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
+                    "seed": self.seed, "backbone_id": self.backbone.backbone_id}
+        # settings added later join a store's identity only when used, so earlier stores still resume
+        settings.update({k: v for k, v in (("top_p", self.top_p), ("num_beams", self.num_beams))
+                         if v != {"top_p": None, "num_beams": 1}[k]})
+        return settings
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -96,8 +109,7 @@ class HarvestModule(pl.LightningModule):
 
     # --------------------------------------------------------------- predict
     def generate_batch(self, batch: PromptBatch) -> HarvestOutput:
-        generation = self.backbone.generate(batch.prompts, max_new_tokens=self.max_new_tokens,
-                                            temperature=self.temperature, top_k=self.top_k,
+        generation = self.backbone.generate(batch.prompts, self.sampling_settings,
                                             seed=batch_seed(self.seed, batch.key))
         return HarvestOutput(batch.prompts, generation, batch.index)
 
