@@ -89,3 +89,11 @@ class ModelExport(pl.Callback):
         staging.rename(target)
         rank_zero_info(f"{type(pl_module).__name__}: exported to {target}")
         return target
+
+
+class ExportedAtFitEnd:
+    """Mixin for a LightningModule that is :class:`Exportable`: fit ends with a :class:`ModelExport` to
+    ``hparams.export_dir`` (None: beside the checkpoints), with no callback to list in the recipe."""
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [ModelExport(dirpath=self.hparams.get("export_dir"))]  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone, Prompt
+from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
 from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
 from emoctl.backbones.loading import load_backbone
@@ -33,7 +34,7 @@ from emoctl.emosteer.steer import TRAINING_PHASES, steer
 from emoctl.errors import ConfigError
 
 
-class EmoShiftModule(pl.LightningModule):
+class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
     """A frozen backbone and the EmoSteer layer that learns to shift its output embedding."""
 
     def __init__(
@@ -245,12 +246,6 @@ class EmoShiftModule(pl.LightningModule):
                               "(rank or emotions differ?).")
 
     # ----------------------------------------------------------------- export
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """The one export path (:class:`~emoctl.callbacks.export.ModelExport`): atomic, recipe beside it."""
-        from emoctl.callbacks.export import ModelExport
-
-        return [ModelExport(dirpath=self.hparams.export_dir)]
-
     export_name = "emosteer"
 
     def export(self, folder: Path, trainer: pl.Trainer) -> None:

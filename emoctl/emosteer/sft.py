@@ -15,13 +15,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone
+from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.training import adamw_with_schedule, jsonable as _jsonable
 from emoctl.backbones.loading import load_backbone
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.errors import ConfigError
 
 
-class SFTModule(pl.LightningModule):
+class SFTModule(ExportedAtFitEnd, pl.LightningModule):
     """Fine-tunes all of a pretrained backbone by teacher forcing."""
 
     def __init__(
@@ -89,12 +90,6 @@ class SFTModule(pl.LightningModule):
         return adamw_with_schedule(self.backbone.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay,
                                    warmup_steps=hp.warmup_steps, total_steps=self.trainer.estimated_stepping_batches,
                                    schedule=hp.schedule, min_lr_fraction=hp.min_lr_fraction)
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """The one export path (:class:`~emoctl.callbacks.export.ModelExport`): atomic, recipe beside it."""
-        from emoctl.callbacks.export import ModelExport
-
-        return [ModelExport(dirpath=self.hparams.export_dir)]
 
     export_name = "sft_backbone"
 

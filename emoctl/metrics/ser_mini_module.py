@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.nn import functional as F
 
+from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
 from emoctl.errors import ConfigError
 from emoctl.metrics.ser_mini import LogMelConfig, MiniSERConfig, MiniSERNet, parameter_count, save_mini_ser
@@ -34,7 +35,7 @@ from emoctl.metrics.ser_mini import LogMelConfig, MiniSERConfig, MiniSERNet, par
 torch.serialization.add_safe_globals([MiniSERConfig, LogMelConfig])  # hparams in checkpoints; see emoctl.sae.module
 
 
-class MiniSERModule(pl.LightningModule):
+class MiniSERModule(ExportedAtFitEnd, pl.LightningModule):
     """The mini SER network, trained by cross-entropy over the corpus's emotions."""
 
     def __init__(
@@ -169,12 +170,6 @@ class MiniSERModule(pl.LightningModule):
     # ----------------------------------------------------------------- export
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """The one export path (:class:`~emoctl.callbacks.export.ModelExport`): atomic, recipe beside it."""
-        from emoctl.callbacks.export import ModelExport
-
-        return [ModelExport(dirpath=self.hparams.export_dir)]
 
     @torch.no_grad()
     def evaluate(self, items: Any, batch_size: int = 128) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from emoctl.backbones.base import Prompt
 from emoctl.backbones.mini_tts.backbone import MiniTTS
 from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
 from emoctl.backbones.mini_tts.text import CharTokenizer
+from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.errors import ConfigError
 from emoctl.training import adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 
@@ -35,7 +36,7 @@ ESD_SPEAKERS = ("0011", "0012", "0013", "0014", "0015", "0016", "0017", "0018", 
 ESD_EMOTIONS = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
 
 
-class MiniTTSModule(pl.LightningModule):
+class MiniTTSModule(ExportedAtFitEnd, pl.LightningModule):
     """The mini TTS LM with its speaker, emotion and text tables, trained by teacher forcing."""
 
     def __init__(
@@ -139,12 +140,6 @@ class MiniTTSModule(pl.LightningModule):
                                    schedule=hp.schedule, min_lr_fraction=hp.min_lr_fraction)
 
     # ----------------------------------------------------------------- export
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """The one export path (:class:`~emoctl.callbacks.export.ModelExport`): atomic, recipe beside it."""
-        from emoctl.callbacks.export import ModelExport
-
-        return [ModelExport(dirpath=self.hparams.export_dir)]
-
     export_name = "mini_tts"
 
     def export(self, folder: Path, trainer: pl.Trainer) -> None:
