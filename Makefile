@@ -31,7 +31,7 @@ test: install
 	$(PY) -m pytest emoctl_tests -q
 
 demo: $(SELECT)/selection.md
-	$(EMOCTL) inspect emotionality --out_dir reports/emotionality --n_texts 12
+	$(EMOCTL) inspect emotionality --config recipes/evaluation/inspect_emotionality_mini.yaml
 	@echo
 	@echo "Demo done. The SAE (SAELens format): $(SAE_RUN)/sae   emotion features: $(SELECT)/selection.md"
 	@echo "Is the backbone emotional: reports/emotionality/summary.md"
@@ -90,8 +90,8 @@ emoshift-mini: corpus
 	rm -rf emoctl/assets/emoshift_mini && cp -r runs/emoshift_mini/make/emosteer emoctl/assets/emoshift_mini
 
 reproduce-table1: $(SELECT)/selection.md $(EMOSHIFT_LAYER)/emosteer.json
-	$(EMOCTL) report table1 --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) --emotions '["Angry","Happy","Sad"]' \
-	    --emoshift $(EMOSHIFT_LAYER) --out_dir reports
+	$(EMOCTL) report table1 --config recipes/evaluation/report_table1_mini.yaml \
+	    --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) --emoshift $(EMOSHIFT_LAYER) --out_dir reports
 
 # The EmoShift seed's Table 1, its α sweep (Figure 3) and compound emotions: low-rank layer and SFT baseline
 # trained first (same data and step budget as recipes/emoshift_mini.yaml).
@@ -103,13 +103,13 @@ $(EMOSHIFT_LR)/emosteer/emosteer.json: | corpus
 $(SFT_RUN)/sft_backbone/config.json: | corpus
 	$(EMOCTL) fit --config recipes/sft_mini.yaml --trainer.logger.init_args.version=demo
 # The EmoShift α of the report is the sweep's choice (--sweep_csv): best accuracy within +0.15 WER of unsteered.
+# Each evaluation's numbers (speakers, sentences, α grids, mixtures, sampling) are in recipes/evaluation/.
 reproduce-emoshift: $(EMOSHIFT_LAYER)/emosteer.json $(EMOSHIFT_LR)/emosteer/emosteer.json $(SFT_RUN)/sft_backbone/config.json
-	$(EMOCTL) steer emoshift --layer $(EMOSHIFT_LAYER) --n_texts 3 --speakers '["0017","0018"]' \
-	    --out_dir reports/emoshift_sweep
-	$(EMOCTL) steer compound --layer $(EMOSHIFT_LAYER) --out_dir reports/emoshift_compound
-	$(EMOCTL) report emoshift --layer $(EMOSHIFT_LAYER) --low_rank $(EMOSHIFT_LR)/emosteer \
-	    --sft $(SFT_RUN)/sft_backbone --sweep_csv reports/emoshift_sweep/emoshift_sweep.csv \
-	    --speakers '["0017","0018"]' --out_dir reports
+	$(EMOCTL) steer emoshift --config recipes/evaluation/steer_emoshift_mini.yaml --layer $(EMOSHIFT_LAYER)
+	$(EMOCTL) steer compound --config recipes/evaluation/steer_compound_mini.yaml --layer $(EMOSHIFT_LAYER)
+	$(EMOCTL) report emoshift --config recipes/evaluation/report_emoshift_mini.yaml --layer $(EMOSHIFT_LAYER) \
+	    --low_rank $(EMOSHIFT_LR)/emosteer --sft $(SFT_RUN)/sft_backbone \
+	    --sweep_csv reports/emoshift_sweep/emoshift_sweep.csv
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

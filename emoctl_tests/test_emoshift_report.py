@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 
 BACKBONE = REPO / "emoctl" / "assets" / "mini_tts"
@@ -32,7 +33,6 @@ def trained(tmp_path_factory):
     """(corpus root, layer folder, seconds per stage) of a layer trained with the backbone told Neutral."""
     from data_modules.tts_corpus import TTSCorpusDataModule
     from emoctl.corpus.build import build_corpus
-    from emoctl.backbones.loading import BackboneSpec
     from emoctl.emosteer.module import EmoShiftModule
 
     threads = torch.get_num_threads()
@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
     pl.seed_everything(0, verbose=False)
     data = TTSCorpusDataModule(str(root), backbone=BackboneSpec(path=str(BACKBONE)), batch_size=8, speakers=["0011"],
                                emotions=EMOTIONS, tokenize_workers=1, max_speech_tokens=400)
-    module = EmoShiftModule(str(BACKBONE), condition="neutral", lr=1.0, warmup_steps=5)
+    module = EmoShiftModule(BackboneSpec(path=str(BACKBONE)), condition="neutral", lr=1.0, warmup_steps=5)
     trainer = pl.Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp / "run",
                          num_sanity_val_steps=0, limit_val_batches=0)
@@ -64,13 +64,15 @@ def _rows(path: Path) -> list[dict]:
 def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_row(trained, tmp_path):
     from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
     from emoctl.evaluation.scoring import References, Scorers, score_clips
+    from emoctl.evaluation.protocol import EvaluationProtocol
     from emoctl.reports.emoshift_sweep import emoshift_sweep
     from emoctl.synthesis import SamplingConfig
 
     root, layer, timings = trained
     start = time.perf_counter()
+    protocol = EvaluationProtocol(speakers=list(SPEAKERS), n_texts=2, sampling=SamplingConfig(**SAMPLING))
     emoshift_sweep(str(layer), corpus_root=str(root), out_dir=str(tmp_path), alphas=[0.0, 2.0], emotions=EMOTIONS,
-                   speakers=SPEAKERS, n_texts=2, sampling=SamplingConfig(**SAMPLING), progress=False)
+                   protocol=protocol, progress=False)
     timings["sweep"] = time.perf_counter() - start
     assert {p.name for p in tmp_path.iterdir()} >= {"emoshift_sweep.md", "emoshift_sweep.csv", "emoshift_sweep.png",
                                                     "emoshift_sweep_clips.csv"}
@@ -93,7 +95,7 @@ def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_ro
     setup = dataclasses.replace(SteeringSetup.load(str(layer)), condition="emotion")
     texts = list(dict.fromkeys(r["text"] for r in unsteered))
     prompts, targets = target_prompts(setup, EMOTIONS, texts, SPEAKERS, "cond")
-    scorers = Scorers.load("mini", None, wer=False, speaker=False, dnsmos=False)
+    scorers = Scorers.load("mini", None, asr=None, speaker=None, dnsmos=False)
     import json
 
     record = json.loads((root / "corpus.json").read_text())
@@ -111,13 +113,21 @@ def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_ro
 
 
 def test_sweep_and_compound_refuse_bad_input(trained, tmp_path):
+    from emoctl.evaluation.protocol import EvaluationProtocol
     from emoctl.reports.emoshift_sweep import emoshift_compound, emoshift_sweep
 
     root, layer, _ = trained
     with pytest.raises(ConfigError, match="alphas must be finite and >= 0"):
         emoshift_sweep(str(layer), corpus_root=str(root), out_dir=str(tmp_path), alphas=[-1.0])
-    with pytest.raises(ConfigError, match="unknown speakers"):
-        emoshift_sweep(str(layer), corpus_root=str(root), out_dir=str(tmp_path), speakers=["9999"])
+    with pytest.raises(ConfigError, match=r"protocol.speakers \['9999'\] are not voices of this backbone"):
+        emoshift_sweep(str(layer), corpus_root=str(root), out_dir=str(tmp_path),
+                       protocol=EvaluationProtocol(speakers=["9999"]))
+    with pytest.raises(ConfigError, match="protocol.text_offset=999 leaves no test sentences"):
+        emoshift_compound(str(layer), corpus_root=str(root), out_dir=str(tmp_path),
+                          protocol=EvaluationProtocol(text_offset=999))
+    with pytest.raises(ConfigError, match="backbone.kind is 'indextts2'"):
+        emoshift_sweep(str(layer), corpus_root=str(root), out_dir=str(tmp_path),
+                       backbone=BackboneSpec(kind="indextts2"))
     with pytest.raises(ConfigError, match="no EmoSteer layer"):
         emoshift_compound(str(tmp_path / "missing"), corpus_root=str(root), out_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="weights >= 0"):

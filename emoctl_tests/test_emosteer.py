@@ -20,6 +20,7 @@ import yaml
 from conftest import RECIPES, REPO, parse_emoctl
 from data_modules.tts_corpus import collate
 from emoctl.backbones import Phase, Prompt
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.emosteer import EmoSteer, EmoSteerConfig, steer
 from emoctl.emosteer.module import EmoShiftModule
 from emoctl.emosteer.sft import SFTModule
@@ -174,7 +175,7 @@ def backbone_dir(tmp_path_factory) -> Path:
 
 def test_training_moves_only_the_layer_and_leaves_the_backbone_bit_identical(tmp_path, backbone_dir):
     pl.seed_everything(0, verbose=False)
-    module = EmoShiftModule(str(backbone_dir), lr=0.05, warmup_steps=0, rank=None)
+    module = EmoShiftModule(BackboneSpec(path=str(backbone_dir)), lr=0.05, warmup_steps=0, rank=None)
     before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
     report = module.parameter_report()
     assert report["trainable"] == 2 * 32 * 32 and report["backbone"] == sum(before[k].numel() for k in before)
@@ -204,7 +205,8 @@ LEARN_LR = {None: 1.0, 4: 1.0}
 @pytest.mark.parametrize("rank", [None, 4])
 def test_layer_alone_learns_emotion_patterns_under_the_neutral_condition(tmp_path, backbone_dir, rank):
     pl.seed_everything(0, verbose=False)
-    module = EmoShiftModule(str(backbone_dir), condition="neutral", rank=rank, lr=LEARN_LR[rank], warmup_steps=5)
+    module = EmoShiftModule(BackboneSpec(path=str(backbone_dir)), condition="neutral", rank=rank, lr=LEARN_LR[rank],
+                            warmup_steps=5)
     val = loader(48, 1, 48, False)
     batch = next(iter(val))
     with torch.no_grad():
@@ -346,7 +348,7 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
         return TTSCorpusDataModule(str(tmp_path / "esd"), str(tmp_path / "codec"), batch_size=4, flat_split=(1, 1),
                                    speakers=["0011", "0012"], bucket_batches=1)
 
-    module = EmoShiftModule(str(backbone_dir), condition="neutral", lr=1.0, warmup_steps=0)
+    module = EmoShiftModule(BackboneSpec(path=str(backbone_dir)), condition="neutral", lr=1.0, warmup_steps=0)
     trainer = tiny_trainer(tmp_path / "emoshift", 3, enable_checkpointing=False)
     trainer.fit(module, datamodule=data())
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["val/loss"])
@@ -354,7 +356,7 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
     meta = json.loads((tmp_path / "emoshift" / "emosteer" / "emosteer.json").read_text())["metadata"]
     assert meta["data"]["train_clips"] == 2 * 3 * 3 and meta["parameters"]["trainable"] == 2 * 32 * 32
 
-    sft = SFTModule(str(backbone_dir), lr=1e-3, warmup_steps=0)
+    sft = SFTModule(BackboneSpec(path=str(backbone_dir)), lr=1e-3, warmup_steps=0)
     before = {k: v.clone() for k, v in sft.backbone.state_dict().items()}
     report = sft.parameter_report()
     assert report["trainable"] == report["backbone"] == sum(v.numel() for v in before.values())
@@ -377,9 +379,10 @@ def test_recipes_load_through_the_cli(recipe, cls):
     assert resolved["model"]["class_path"].endswith(cls)
     assert resolved["data"]["class_path"].endswith("TTSCorpusDataModule")
     if recipe == "emoshift_mini.yaml":
-        assert args["backbone_path"] == "emoctl/assets/mini_tts" and args["condition"] == "neutral"
+        assert args["backbone"] == {"kind": "mini_tts", "path": "emoctl/assets/mini_tts", "device": "cpu"}
+        assert args["condition"] == "neutral"
         assert resolved["data"]["init_args"]["corpus_root"] == "runs/corpus/esd_espeak"
-        assert resolved["data"]["init_args"]["backbone"]["path"] == args["backbone_path"]  # tokens of its own model
+        assert resolved["data"]["init_args"]["backbone"] == args["backbone"]  # tokens of its own model
         assert resolved["trainer"]["max_time"] == "00:00:20:00" and resolved["trainer"]["accelerator"] == "cpu"
     if recipe == "emoshift_cosyvoice.yaml":
         assert args["epsilon"] == 0.001 and len(args["emotions"]) == 5 and args["neutral"] == "layer"

@@ -17,6 +17,7 @@ import pytest
 import torch
 from scipy.stats import ttest_1samp
 
+from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.reports.emotionality import PAIRED_PROBES, emotionality_report
 
 SPEAKERS, N_TEXTS = ("0017", "0018", "0019", "0020"), 10
@@ -28,8 +29,9 @@ def report(corpus_root, tmp_path_factory):
     torch.set_num_threads(2)
     try:
         out = tmp_path_factory.mktemp("emotionality")
-        result = emotionality_report(corpus_root=str(corpus_root), out_dir=str(out), speakers=list(SPEAKERS),
-                                     n_texts=N_TEXTS, seed=0, progress=False)
+        protocol = EvaluationProtocol(speakers=list(SPEAKERS), n_texts=N_TEXTS, seed=0)
+        result = emotionality_report(corpus_root=str(corpus_root), out_dir=str(out), protocol=protocol,
+                                     progress=False)
     finally:
         torch.set_num_threads(threads)
     return result, out

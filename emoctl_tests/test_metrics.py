@@ -265,7 +265,7 @@ def test_evaluate_end_to_end_through_the_cli(tmp_path):
     rows = _write_clips(audio)
     (audio / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = run_emoctl("evaluate", "--audio", str(audio), "--manifest", str(audio / "manifest.jsonl"),
-                        "--out", str(out), "--threads", "1")
+                        "--out", str(out), "--threads", "1", "--ser", "mini")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out / "clips.csv", newline="") as stream:
         table = list(csv.DictReader(stream))
@@ -277,7 +277,29 @@ def test_evaluate_end_to_end_through_the_cli(tmp_path):
             assert 1.0 <= float(row[key]) <= 5.0, (key, row)
     summary = (out / "summary.md").read_text()
     assert "| SpkSIM | 0." in summary and "| DNSMOS OVRL |" in summary and "faster-whisper:tiny.en" in summary
+    assert "SER accuracy" in summary and "| Happy | 2 |" in summary
     assert sorted(p.name for p in out.iterdir()) == ["clips.csv", "summary.md"]  # no temporary files left
+
+    # SER and Emo-SIM go through the reports' scoring path: recomputed here from the recognizer itself, each row's
+    # matched Emo-SIM is against its own reference and its prototype is the mean of its emotion's references.
+    from emoctl.metrics.evaluate import _load_audio
+    from emoctl.metrics.loading import load_recognizer
+
+    recognizer = load_recognizer("mini", None)
+    waves = {name: _load_audio(audio, name) for r in rows for name in (r["clip"], r["reference"])}
+    result_of = {name: recognizer([wave], 16000) for name, wave in waves.items()}
+    embedding = {name: res.embeddings[0] for name, res in result_of.items()}
+    for row, written in zip(rows, table):
+        own = result_of[row["clip"]]
+        assert written["predicted"] == own.predicted()[0]
+        assert float(written["ser_hit"]) == float(own.predicted()[0] == row["target_emotion"])
+        assert float(written["p_target"]) == pytest.approx(float(own.prob_of(row["target_emotion"])[0]), abs=1e-5)
+        matched = torch.nn.functional.cosine_similarity(embedding[row["clip"]], embedding[row["reference"]], dim=0)
+        assert float(written["emo_sim_matched"]) == pytest.approx(float(matched), abs=1e-5)
+        prototype = torch.stack([embedding[r["reference"]] for r in rows
+                                 if r["target_emotion"] == row["target_emotion"]]).mean(0)
+        expected = torch.nn.functional.cosine_similarity(embedding[row["clip"]], prototype, dim=0)
+        assert float(written["emo_sim_prototype"]) == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_evaluate_rejects_bad_input_before_loading_models(tmp_path):
@@ -300,13 +322,3 @@ def test_evaluate_rejects_bad_input_before_loading_models(tmp_path):
     assert result.returncode == 1 and "e2v does not exist" in result.stderr.replace("\n", " ")
 
 
-def test_mini_ser_is_loaded_lazily_or_explained():
-    from emoctl.metrics.evaluate import _make_recognizer
-    from emoctl.metrics.ser import EmotionRecognizer
-
-    try:
-        recognizer = _make_recognizer("mini", None)
-    except ConfigError as err:
-        assert "emoctl.metrics.ser_mini" in str(err) and "--ser emotion2vec" in str(err)
-    else:
-        assert isinstance(recognizer, EmotionRecognizer)

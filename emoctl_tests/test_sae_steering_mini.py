@@ -94,7 +94,8 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
     out = tmp_path / "reports"
     result = run_emoctl("report", "table1", "--sae", str(sae_dir), "--store", str(root / "store"),
                         "--selection", str(root / "select"), "--corpus_root", str(corpus_root),
-                        "--out_dir", str(out), "--emotions", '["Sad"]', "--speakers", '["0017"]', "--n_texts", "2",
+                        "--out_dir", str(out), "--emotions", '["Sad"]', "--protocol.speakers", '["0017"]',
+                        "--protocol.n_texts", "2",
                         "--sweep_texts", "1",
                         "--sweep_alphas", '{"random_sae": [8], "global": [8], "sae_emotion": [8]}',
                         "--progress", "false", timeout=900)

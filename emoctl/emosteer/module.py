@@ -28,7 +28,7 @@ from emoctl.backbones.base import Backbone, Prompt
 from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
 from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
-from emoctl.backbones.loading import load_backbone
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.emosteer.steer import TRAINING_PHASES, steer
 from emoctl.errors import ConfigError
@@ -39,8 +39,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
 
     def __init__(
         self,
-        backbone_path: str,
-        backbone_kind: str = "mini_tts",
+        backbone: BackboneSpec = BackboneSpec(),
         emotions: Sequence[str] | None = None,
         neutral: Literal["identity", "layer"] = "identity",
         neutral_name: str = "Neutral",
@@ -60,8 +59,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
     ) -> None:
         """
         Args:
-            backbone_path: Folder of the frozen backbone's checkpoint.
-            backbone_kind: Which loader reads it ("mini_tts"; CosyVoice and IndexTTS2 come with their adapters).
+            backbone: The frozen backbone (kind, checkpoint folder; path null: the kind's committed default).
             emotions: Emotions the layer serves, Neutral included; None: every emotion the backbone knows.
             neutral: "identity": Neutral has no layer and is left untouched; "layer": it gets its own matrix.
             neutral_name: The name of the neutral emotion.
@@ -88,12 +86,12 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         if condition not in ("emotion", "neutral"):
             raise ConfigError(f"model.condition must be 'emotion' or 'neutral', got {condition!r}.")
         self.save_hyperparameters()
-        self.backbone: Backbone = load_backbone(backbone_kind, backbone_path)
+        self.backbone: Backbone = backbone.load()
         self.backbone.eval().requires_grad_(False)
         names = list(emotions) if emotions is not None else self.backbone.emotions
         unknown = sorted(set(names) - set(self.backbone.emotions))
         if unknown:
-            raise ConfigError(f"model.emotions has {unknown}, which the backbone at {backbone_path} does not know "
+            raise ConfigError(f"model.emotions has {unknown}, which the backbone at {backbone.path or backbone.kind} does not know "
                               f"({', '.join(self.backbone.emotions)}).")
         if condition == "neutral" and neutral_name not in self.backbone.emotions:
             raise ConfigError(f"condition: neutral needs the backbone to know {neutral_name!r} (model.neutral_name); "
@@ -105,7 +103,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
                                              neutral_name=neutral_name, rank=rank, epsilon=epsilon,
                                              init_std=init_std))
         self.backbone_id = self.backbone.backbone_id
-        self.strict_loading = False  # checkpoints hold the layer only; the backbone comes from backbone_path
+        self.strict_loading = False  # checkpoints hold the layer only; the backbone comes from model.backbone
         self.exported: Path | None = None
         self.backbone_was_training = False  # set if a step ever saw the backbone in train mode (tests read it)
 
@@ -136,7 +134,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         model_digest = self.backbone.tokenizer_digest
         if data_digest is not None and model_digest is not None and data_digest != model_digest:
             raise ConfigError(f"the data module's speech tokens come from tokenizer {data_digest} but the backbone at "
-                              f"{self.hparams.backbone_path} speaks {self.backbone.tokenizer_digest}: its target tokens "
+                              f"{self.hparams.backbone.path or self.hparams.backbone.kind} speaks {self.backbone.tokenizer_digest}: its target tokens "
                               "would mean other sounds. Point data.codec_dir at the backbone's codec/ folder.")
         report = self.parameter_report()
         rank_zero_info(f"EmoShift: {report['trainable']:,} trainable parameters (EmoSteer, "
@@ -238,8 +236,8 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         saved = checkpoint.get("emoshift_backbone_id")
         if saved is not None and saved != self.backbone_id:
             raise ConfigError(f"this checkpoint trained an EmoSteer layer on backbone {saved}, but "
-                              f"model.backbone_path={self.hparams.backbone_path} is {self.backbone_id}; "
-                              "point backbone_path at the original backbone.")
+                              f"model.backbone.path={self.hparams.backbone.path} is {self.backbone_id}; "
+                              "point model.backbone.path at the original backbone.")
         missing = [k for k in self.emosteer.state_dict() if f"emosteer.{k}" not in checkpoint.get("state_dict", {})]
         if missing:
             raise ConfigError(f"the checkpoint lacks the EmoSteer tensors {missing}; it was written by another model "
@@ -253,8 +251,8 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         datamodule = getattr(trainer, "datamodule", None)
         describe = getattr(datamodule, "describe", None)
         metadata = {
-            "backbone_id": self.backbone_id, "backbone_kind": self.hparams.backbone_kind,
-            "backbone_path": self.hparams.backbone_path, "hookpoint": self.hparams.hookpoint,
+            "backbone_id": self.backbone_id, "backbone_kind": self.hparams.backbone.kind,
+            "backbone_path": self.hparams.backbone.path, "hookpoint": self.hparams.hookpoint,
             "condition": self.hparams.condition, "parameters": self.parameter_report(),
             "data": describe() if callable(describe) else None,
             "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(trainer.global_step),

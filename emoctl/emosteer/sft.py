@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from emoctl.backbones.base import Backbone
 from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.training import adamw_with_schedule, jsonable as _jsonable
-from emoctl.backbones.loading import load_backbone
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.errors import ConfigError
 
@@ -27,8 +27,7 @@ class SFTModule(ExportedAtFitEnd, pl.LightningModule):
 
     def __init__(
         self,
-        backbone_path: str,
-        backbone_kind: str = "mini_tts",
+        backbone: BackboneSpec = BackboneSpec(),
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.01,
@@ -39,8 +38,7 @@ class SFTModule(ExportedAtFitEnd, pl.LightningModule):
     ) -> None:
         """
         Args:
-            backbone_path: Folder of the pretrained backbone's checkpoint.
-            backbone_kind: Which loader reads it ("mini_tts").
+            backbone: The pretrained backbone (kind, checkpoint folder; path null: the kind's committed default).
             lr: Peak AdamW learning rate (fine-tuning: lower than pretraining).
             betas: AdamW betas.
             weight_decay: AdamW weight decay on matrices and embeddings.
@@ -53,7 +51,7 @@ class SFTModule(ExportedAtFitEnd, pl.LightningModule):
         if lr <= 0 or warmup_steps < 0:
             raise ConfigError(f"need lr > 0 and warmup_steps >= 0; got lr={lr}, warmup_steps={warmup_steps}.")
         self.save_hyperparameters()
-        self.backbone: Backbone = load_backbone(backbone_kind, backbone_path)
+        self.backbone: Backbone = backbone.load()
         self.backbone.requires_grad_(True)
         self.exported: Path | None = None
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.scoring import NEUTRAL
 from emoctl.evaluation.steered import synthesize_steered
@@ -25,8 +26,8 @@ class SteeringSetup:
     hookpoint: str
 
     @classmethod
-    def load(cls, layer_dir: str, backbone_dir: str | None = None) -> SteeringSetup:
-        from emoctl.backbones.loading import load_backbone
+    def load(cls, layer_dir: str, backbone: BackboneSpec | None = None) -> SteeringSetup:
+        """The layer in ``layer_dir`` on ``backbone`` (None: the default checkpoint of the layer's backbone kind)."""
         from emoctl.emosteer import EmoSteer
 
         layer = EmoSteer.load(layer_dir)
@@ -35,11 +36,17 @@ class SteeringSetup:
         if condition not in ("neutral", "emotion"):
             raise ConfigError(f"{layer_dir}/emosteer.json has no metadata.condition ('neutral' or 'emotion'), got "
                               f"{condition!r}; re-export the layer with EmoShiftModule.")
-        backbone = load_backbone(meta.get("backbone_kind", "mini_tts"), backbone_dir)
-        if meta.get("backbone_id") not in (None, backbone.backbone_id):
+        kind = meta.get("backbone_kind", "mini_tts")
+        spec = backbone if backbone is not None else BackboneSpec(kind=kind)
+        if spec.kind != kind:
+            raise ConfigError(f"the layer in {layer_dir} was trained on a {kind} backbone but backbone.kind is "
+                              f"{spec.kind!r}; name the backbone it was trained on.")
+        loaded = spec.load()
+        if meta.get("backbone_id") not in (None, loaded.backbone_id):
             raise ConfigError(f"the layer in {layer_dir} was trained on backbone {meta['backbone_id']} but "
-                              f"backbone_dir gives {backbone.backbone_id}; pass the backbone it was trained on.")
-        return cls(backbone, layer, condition, meta.get("hookpoint", "lm_out"))
+                              f"backbone.path={spec.path} gives {loaded.backbone_id}; pass the backbone it was "
+                              "trained on.")
+        return cls(loaded, layer, condition, meta.get("hookpoint", "lm_out"))
 
     def condition_of(self, target: str) -> str:
         return NEUTRAL if self.condition == "neutral" else target
@@ -59,19 +66,14 @@ class SteeringSetup:
 
         return synthesize_steered(self.backbone, prompts, None if alpha is None else steering, seed, sampling)
 
-    def targets_and_speakers(self, emotions: list[str] | None, speakers: list[str] | None) -> tuple[list, list]:
-        """The target emotions (default: every one the layer steers) and speakers (default: the backbone's last
-        four, held out of SAE harvesting and layer training), checked against the layer and backbone."""
+    def targets(self, emotions: list[str] | None) -> list[str]:
+        """The target emotions (default: every one the layer steers), checked against the layer."""
         layer_emotions = self.layer.layer_emotions
         emotions = list(emotions or [e for e in layer_emotions if e != NEUTRAL])
         unknown = [e for e in emotions if e not in layer_emotions]
         if unknown:
             raise ConfigError(f"emotions {unknown} have no matrix in this layer; it steers {layer_emotions}.")
-        speakers = list(speakers or self.backbone.speakers[-4:])
-        bad = [s for s in speakers if s not in self.backbone.speakers]
-        if bad:
-            raise ConfigError(f"unknown speakers {bad}; the backbone voices {self.backbone.speakers}.")
-        return emotions, speakers
+        return emotions
 
 
 def target_prompts(setup: SteeringSetup, emotions: list[str], texts: list[str], speakers: list[str], tag: str

@@ -19,6 +19,12 @@ What is scored:
   Emo-SIM against the matched reference and against the target emotion's
   prototype (mean embedding of the reference clips of that emotion).
 
+The metrics come from :mod:`emoctl.evaluation.scoring`, the scoring path every
+report uses, so a column here means what the same column means in Table 1
+(``ser_hit``, ``p_target``, ``emo_sim_matched``, ``emo_sim_prototype``, ``wer``,
+``spk_sim``, ``dnsmos_*``); only the references differ (the manifest's, not the
+corpus's).
+
 Every clip and reference is read and validated before any model loads, so a
 bad file fails in seconds with its name.  Output in ``--out``: ``clips.csv``
 (one row per clip) and ``summary.md`` (means with 95% intervals, the models
@@ -43,6 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emoctl.errors import ConfigError
+from emoctl.evaluation.scoring import Utterance
 from emoctl.metrics.audio import prepare_clip
 from emoctl.metrics.stats import Estimate, mean_ci
 
@@ -146,57 +153,58 @@ def evaluate(audio: Path, manifest: Path, out: Path,
         if wordless:
             raise ConfigError(f"{manifest}: the text of {', '.join(wordless[:5])} has no words after normalization, "
                               f"so WER is undefined; give the words each clip should say (or --asr none).")
-    recognizer = _make_recognizer(ser, ser_model_dir)  # fails fast on a missing funasr / folder / module
+    from emoctl.evaluation.scoring import Scorers, measure, score
+
+    if ser == "none" and ser_model_dir is not None:
+        raise ConfigError("--ser_model_dir is set but --ser is none; add --ser emotion2vec or --ser mini.")
+    scorers = Scorers.load(None if ser == "none" else ser, None if ser_model_dir is None else str(ser_model_dir),
+                           asr=None if asr == "none" else asr,
+                           asr_model_dir=None if asr_model_dir is None else str(asr_model_dir),
+                           speaker=None if speaker == "none" else speaker,
+                           speaker_model_dir=None if speaker_model_dir is None else str(speaker_model_dir),
+                           dnsmos=dnsmos, threads=threads)  # fails fast on a missing funasr / folder / module
+    recognizer = scorers.recognizer
     if recognizer is not None:
         unknown = sorted({r.target_emotion for r in rows} - set(recognizer.labels))
         if unknown:
             raise ConfigError(f"{manifest}: target_emotion values {unknown} are not among {recognizer.name}'s "
                               f"labels {list(recognizer.labels)}; use ESD's names.")
-    clips = {}
-    references = {}
+    clips: dict[str, np.ndarray] = {}
+    references: dict[str, np.ndarray] = {}
     for row in tqdm(rows, desc="read clips", unit="clip"):
         if row.clip not in clips:
             clips[row.clip] = _load_audio(audio, row.clip)
         if row.reference and row.reference not in references:
             references[row.reference] = _load_audio(audio, row.reference)
-    columns: dict[str, list] = {"clip": [r.clip for r in rows], "speaker": [r.speaker for r in rows],
-                                "target_emotion": [r.target_emotion for r in rows],
-                                "reference": [r.reference for r in rows], "text": [r.text for r in rows]}
+    matched_keys = _matched_keys(rows, manifest) if recognizer is not None else {}
+
+    start = time.perf_counter()
+    utterances = [Utterance(r.clip, r.text, r.speaker, clips[r.clip], SAMPLE_RATE) for r in rows]
+    measured = measure(utterances, scorers, chunk=1, progress=True)
+    refs = _manifest_references(rows, references, scorers.without("asr", "dnsmos"), matched_keys)
+    scored = score(measured, [r.target_emotion for r in rows], refs)
+    timings = {"models": time.perf_counter() - start}
+    columns: dict[str, list] = {"clip": [r.clip for r in rows], "reference": [r.reference for r in rows]}
+    for key in dict.fromkeys(k for row in scored for k in row if k != "utt_id"):
+        columns[key] = [row.get(key) for row in scored]
+
     notes: list[str] = []
-    timings: dict[str, float] = {}
-    waves = [clips[r.clip] for r in rows]
+    if scorers.asr is not None:
+        from emoctl.metrics.wer import corpus_wer
 
-    if asr != "none":
-        from emoctl.metrics.wer import corpus_wer, load_asr, word_error_rate
-
-        model = load_asr(asr, None if asr_model_dir is None else str(asr_model_dir),
-                         threads if asr == "whisper" else None)
-        start = time.perf_counter()
-        hyps = [model.transcribe([w], SAMPLE_RATE, names=[r.clip])[0]
-                for w, r in zip(tqdm(waves, desc=f"WER ({model.name})", unit="clip"), rows)]
-        timings["WER"] = time.perf_counter() - start
-        columns["transcript"] = hyps
-        columns["wer"] = word_error_rate(hyps, [r.text for r in rows], names=[r.clip for r in rows])
-        notes.append(f"WER: {model.name}; pooled over all words {corpus_wer(hyps, [r.text for r in rows]):.3f}; "
-                     f"text normalized by emoctl.metrics.wer.normalize_text.")
-
-    if speaker != "none":
-        columns["spk_sim"] = _speaker_similarity(rows, waves, references, speaker, speaker_model_dir, timings, notes)
-
-    if dnsmos:
-        from emoctl.metrics.dnsmos import load_dnsmos
-
-        scorer = load_dnsmos(threads=threads or 1)
-        start = time.perf_counter()
-        scores = [scorer([w], SAMPLE_RATE, names=[r.clip])[0]
-                  for w, r in zip(tqdm(waves, desc="DNSMOS", unit="clip"), rows)]
-        timings["DNSMOS"] = time.perf_counter() - start
-        for field in ("sig", "bak", "ovrl", "p808"):
-            columns[f"dnsmos_{field}"] = [getattr(s, field) for s in scores]
-        notes.append(f"DNSMOS: {scorer.name} (speechmos ONNX models, 16 kHz).")
-
+        notes.append(f"WER: {scorers.asr.name}; pooled over all words "
+                     f"{corpus_wer(measured.hypotheses, [r.text for r in rows]):.3f}; text normalized by "
+                     "emoctl.metrics.wer.normalize_text.")
+    if scorers.speaker is not None:
+        missing = sorted(s for s in {r.speaker for r in rows} if s not in refs.speaker_embedding)
+        notes.append(f"SpkSIM: {scorers.speaker.name}; cosine to the centroid of the speaker's reference clips"
+                     + (f"; no reference clip for speaker(s) {', '.join(missing)} (NaN)." if missing else "."))
+    if scorers.dnsmos is not None:
+        notes.append(f"DNSMOS: {scorers.dnsmos.name} (speechmos ONNX models, 16 kHz).")
     if recognizer is not None:
-        _emotion_metrics(rows, waves, references, recognizer, columns, timings, notes)
+        notes.append(f"SER and Emo-SIM: {recognizer.name}. emo_sim_matched = cosine to the reference clip of the row's speaker, target emotion and text; "
+                     f"emo_sim_prototype = cosine to the mean embedding of the reference clips of the target "
+                     f"emotion (emotions with a prototype: {', '.join(refs.prototype) or 'none'}).")
 
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "clips.csv", _to_csv(columns))
@@ -205,81 +213,51 @@ def evaluate(audio: Path, manifest: Path, out: Path,
     return out
 
 
-def _speaker_similarity(rows: list[ManifestRow], waves: list[np.ndarray], references: dict[str, np.ndarray],
-                        kind: str, model_dir: Optional[Path], timings: dict, notes: list) -> list[float]:
-    from emoctl.metrics.speaker import cosine_to_centroid, load_speaker_encoder
-
-    encoder = load_speaker_encoder(kind, None if model_dir is None else str(model_dir))
-    start = time.perf_counter()
-    generated = torch.cat([encoder.embed([w], SAMPLE_RATE, names=[r.clip])
-                           for w, r in zip(tqdm(waves, desc=f"SpkSIM ({encoder.name})", unit="clip"), rows)])
-    reference_emb = {path: encoder.embed([wave], SAMPLE_RATE, names=[path])[0] for path, wave in references.items()}
-    timings["SpkSIM"] = time.perf_counter() - start
-    by_speaker: dict[str, list[str]] = {}
+def _matched_keys(rows: list[ManifestRow], manifest: Path) -> dict[tuple[str, str, str], str]:
+    """(speaker, target emotion, text) -> the reference recording rows name for it; two different ones are refused."""
+    keys: dict[tuple[str, str, str], str] = {}
     for row in rows:
-        if row.reference and row.reference not in by_speaker.setdefault(row.speaker, []):
-            by_speaker[row.speaker].append(row.reference)
-    values = []
-    for index, row in enumerate(rows):
-        refs = by_speaker.get(row.speaker, [])
-        values.append(float(cosine_to_centroid(generated[index:index + 1], torch.stack([reference_emb[p] for p in refs]))[0])
-                      if refs else math.nan)
-    missing = sorted(s for s in {r.speaker for r in rows} if not by_speaker.get(s))
-    notes.append(f"SpkSIM: {encoder.name}; cosine to the centroid of the speaker's reference clips"
-                 + (f"; no reference clip for speaker(s) {', '.join(missing)} (NaN)." if missing else "."))
-    return values
+        if not row.reference:
+            continue
+        key = (row.speaker, row.target_emotion, row.text)
+        if keys.setdefault(key, row.reference) != row.reference:
+            raise ConfigError(f"{manifest}: rows for speaker {row.speaker}, {row.target_emotion}, text {row.text!r} "
+                              f"name two references ({keys[key]} and {row.reference}); the matched Emo-SIM needs "
+                              "one recording per (speaker, emotion, text).")
+    return keys
 
 
-def _make_recognizer(ser: str, model_dir: Optional[Path]):
-    if ser == "none":
-        if model_dir is not None:
-            raise ConfigError("--ser_model_dir is set but --ser is none; add --ser emotion2vec or --ser mini.")
-        return None
-    if ser == "emotion2vec":
-        if model_dir is None:
-            raise ConfigError("--ser emotion2vec needs --ser_model_dir PATH of a local emotion2vec model folder.")
-        from emoctl.metrics.emotion2vec import Emotion2Vec
+def _manifest_references(rows: list[ManifestRow], references: dict[str, np.ndarray], scorers,
+                         matched_keys: dict[tuple[str, str, str], str]):
+    """The manifest's reference clips as a :class:`ReferenceSet`: matched recordings, emotion prototypes (a reference
+    carries the target emotion of the first row naming it) and each speaker's centroid of its references."""
+    from emoctl.evaluation.scoring import ReferenceSet, measure
 
-        return Emotion2Vec(model_dir)
-    if ser == "mini":
-        try:
-            from emoctl.metrics.ser_mini import load_mini_ser
-        except ImportError as err:
-            raise ConfigError("--ser mini needs emoctl.metrics.ser_mini.load_mini_ser, which this checkout does "
-                              f"not have yet ({err}); use --ser emotion2vec --ser_model_dir PATH or --ser none.") from err
-        return load_mini_ser(model_dir)  # None = the committed checkpoint
-    raise ConfigError(f"unknown --ser {ser!r}; choose none, emotion2vec or mini.")
-
-
-def _emotion_metrics(rows: list[ManifestRow], waves: list[np.ndarray], references: dict[str, np.ndarray],
-                     recognizer, columns: dict, timings: dict, notes: list) -> None:
-    from emoctl.metrics.emo_sim import emo_sim_matched, emo_sim_prototype, emotion_prototypes
-
-    start = time.perf_counter()
-    results = [recognizer([w], SAMPLE_RATE) for w in tqdm(waves, desc=f"SER ({recognizer.name})", unit="clip")]
     paths = list(references)
-    ref_results = {p: recognizer([references[p]], SAMPLE_RATE) for p in paths}
-    timings["SER + Emo-SIM"] = time.perf_counter() - start
-    predicted = [res.predicted()[0] for res in results]
-    columns["ser_predicted"] = predicted
-    columns["ser_correct"] = [int(p == r.target_emotion) for p, r in zip(predicted, rows)]
-    columns["p_target"] = [float(res.prob_of(r.target_emotion)[0]) for res, r in zip(results, rows)]
-    generated = torch.cat([res.embeddings for res in results])  # (N, D)
-    nan_row = torch.full((generated.shape[1],), float("nan"))
-    matched_refs = torch.stack([ref_results[r.reference].embeddings[0] if r.reference else nan_row for r in rows])
-    matched = emo_sim_matched(generated, matched_refs, recognizer.name)
-    ref_emotion = {}
-    for row in rows:  # a reference clip carries the target emotion of the rows that name it
-        if row.reference:
-            ref_emotion.setdefault(row.reference, row.target_emotion)
-    prototypes = (emotion_prototypes(torch.stack([ref_results[p].embeddings[0] for p in ref_emotion]),
-                                     list(ref_emotion.values())) if ref_emotion else {})
-    prototype = emo_sim_prototype(generated, [r.target_emotion for r in rows], prototypes, recognizer.name)
-    for sim in (matched, prototype):
-        columns[sim.label] = sim.values.tolist()
-    notes.append(f"SER and Emo-SIM: {recognizer.name}. emo_sim_matched = cosine to the row's own reference clip; "
-                 f"emo_sim_prototype = cosine to the mean embedding of the {len(ref_emotion)} reference clip(s) "
-                 f"of the target emotion (emotions with a prototype: {', '.join(prototypes) or 'none'}).")
+    if not paths:
+        return ReferenceSet()
+    measured = measure([Utterance(p, "", "", references[p], SAMPLE_RATE) for p in paths], scorers, chunk=1,
+                       progress=True)
+    refs = ReferenceSet()
+    if measured.ser is not None:
+        embedding = {p: measured.ser.embeddings[i] for i, p in enumerate(paths)}
+        refs.matched_embedding = {key: embedding[path] for key, path in matched_keys.items()}
+        emotion_of: dict[str, str] = {}
+        for row in rows:
+            if row.reference:
+                emotion_of.setdefault(row.reference, row.target_emotion)
+        by_emotion: dict[str, list[torch.Tensor]] = {}
+        for path, emotion in emotion_of.items():
+            by_emotion.setdefault(emotion, []).append(embedding[path])
+        refs.prototype = {e: torch.stack(v).float().mean(0) for e, v in by_emotion.items()}
+    if measured.speaker_embeddings is not None:
+        embedding = {p: measured.speaker_embeddings[i] for i, p in enumerate(paths)}
+        by_speaker: dict[str, list[str]] = {}
+        for row in rows:
+            if row.reference and row.reference not in by_speaker.setdefault(row.speaker, []):
+                by_speaker[row.speaker].append(row.reference)
+        refs.speaker_embedding = {s: torch.stack([embedding[p] for p in v]).mean(0) for s, v in by_speaker.items() if v}
+    return refs
 
 
 _COSINE, _MOS = (-1.0, 1.0), (1.0, 5.0)
@@ -299,17 +277,17 @@ def _summary_markdown(columns: dict, rows: list[ManifestRow], audio: Path, manif
     lines = ["# emoctl evaluate", "", f"- audio: `{audio}`", f"- manifest: `{manifest}` ({len(rows)} clips)", "",
              "| metric | value [95% CI] | n | NaN |", "|---|---|---|---|"]
     estimates: list[tuple[str, Estimate]] = []
-    if "ser_correct" in columns:
-        correct = columns["ser_correct"]
-        estimates.append(("SER accuracy", proportion_ci(sum(correct), len(correct))))
+    if "ser_hit" in columns:
+        hits = columns["ser_hit"]
+        estimates.append(("SER accuracy", proportion_ci(int(sum(hits)), len(hits))))
     estimates += [(label, mean_ci(columns[key], bounds=bounds)) for key, label, bounds in _SUMMARY_METRICS
                   if key in columns]
     lines += [f"| {label} | {est.format()} | {est.n} | {est.n_dropped} |" for label, est in estimates]
-    if "ser_correct" in columns:
+    if "ser_hit" in columns:
         lines += ["", "Per target emotion:", "", "| emotion | n | SER accuracy [95% CI] |", "|---|---|---|"]
-        for emotion in dict.fromkeys(columns["target_emotion"]):
-            hits = [c for c, e in zip(columns["ser_correct"], columns["target_emotion"]) if e == emotion]
-            lines.append(f"| {emotion} | {len(hits)} | {proportion_ci(sum(hits), len(hits)).format()} |")
+        for emotion in dict.fromkeys(columns["target"]):
+            hits = [c for c, e in zip(columns["ser_hit"], columns["target"]) if e == emotion]
+            lines.append(f"| {emotion} | {len(hits)} | {proportion_ci(int(sum(hits)), len(hits)).format()} |")
     lines += ["", "Intervals: Student t for means (clipped to the metric's range), Wilson for accuracy.", ""]
     lines += [f"- {note}" for note in notes]
     if timings:

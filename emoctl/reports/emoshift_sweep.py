@@ -23,13 +23,13 @@ import math
 from pathlib import Path
 
 from emoctl.backbones.base import Prompt
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.alpha import choose_alpha
 from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
 from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
-from emoctl.evaluation.texts import split_sentences
-from emoctl.synthesis import SamplingConfig
+from emoctl.evaluation.protocol import EvaluationProtocol
 
 DEFAULT_ALPHAS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
 UNSTEERED = "unsteered"
@@ -42,27 +42,22 @@ def alpha_label(alpha: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------ the sweep
 
-def emoshift_sweep(layer: str, backbone_dir: str | None = None, corpus_root: str = "runs/corpus/esd_espeak",
+def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root: str = "runs/corpus/esd_espeak",
                    out_dir: str = "reports/emoshift_sweep", alphas: list[float] | None = None,
-                   emotions: list[str] | None = None, speakers: list[str] | None = None, n_texts: int = 3,
-                   split: str = "test", recognizer: str = "mini", recognizer_dir: str | None = None,
-                   seed: int = 0, sampling: SamplingConfig = SamplingConfig(), progress: bool = True) -> list[dict]:
+                   emotions: list[str] | None = None, protocol: EvaluationProtocol = EvaluationProtocol(n_texts=3),
+                   recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
     """Sweep EmoShift's intensity α over a trained layer: SER accuracy per emotion and overall, WER, SpkSIM.
 
     Args:
         layer: Folder of a trained EmoSteer layer (emosteer.json + emosteer.safetensors).
-        backbone_dir: Backbone checkpoint folder; None for the committed default.
+        backbone: The backbone the layer was trained on; None: the default checkpoint of the layer's backbone kind.
         corpus_root: ESD-shaped corpus: the held-out sentences and the speakers' reference recordings.
         out_dir: Where emoshift_sweep.{md,csv,png} and emoshift_sweep_clips.csv go.
         alphas: Intensities; 0 attaches the layer at zero intensity. An unsteered row (no hook) is always added.
         emotions: Target emotions; None: every emotion the layer has a matrix for.
-        speakers: Speakers; None: the backbone's last four (0017-0020, held out of SAE harvesting).
-        n_texts: Sentences of ``split`` per (emotion, speaker).
-        split: "test" (held out of all training) or "evaluation".
+        protocol: Speakers, sentences, reference clips, seed and sampling (the same for every α).
         recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
         recognizer_dir: Recognizer folder; None for the embedded default.
-        seed: Sampling seed, the same for every α.
-        sampling: Temperature, top-k, token cap and batch size of generation.
         progress: Show progress bars.
     """
     from tqdm.auto import tqdm
@@ -71,23 +66,24 @@ def emoshift_sweep(layer: str, backbone_dir: str | None = None, corpus_root: str
     if any(a < 0 or not math.isfinite(a) for a in alphas):
         raise ConfigError(f"alphas must be finite and >= 0 (EmoShift's intensity), got {alphas}.")
     root = Path(corpus_root)
-    setup = SteeringSetup.load(layer, backbone_dir)
-    emotions, speakers = setup.targets_and_speakers(emotions, speakers)
-    texts, record = split_sentences(root, split, n_texts)
-    scorers = Scorers.load(recognizer, recognizer_dir, wer=True, speaker=True, dnsmos=False)
-    refs = References(root, record["sentences"], speakers, scorers, split=split)
+    setup = SteeringSetup.load(layer, backbone)
+    emotions, speakers = setup.targets(emotions), protocol.voices(setup.backbone)
+    texts, record = protocol.texts(root)
+    scorers = Scorers.load(recognizer, recognizer_dir, dnsmos=False)
+    refs = References(root, record["sentences"], speakers, scorers, split=protocol.split,
+                      reference_clips=protocol.reference_clips)
     prompts, targets = target_prompts(setup, emotions, texts, speakers, "sweep")
     rows: list[dict] = []
     for alpha in tqdm([None, *alphas], desc="EmoShift α sweep", unit="α", disable=not progress):
-        clips = setup.synthesize(prompts, targets, alpha, seed, sampling)
+        clips = setup.synthesize(prompts, targets, alpha, protocol.seed, protocol.sampling)
         for row in score_clips(clips, targets, scorers, refs):
             rows.append({"direction": "induction", "emotion": row["target"], "method": alpha_label(alpha),
                          "alpha": 0.0 if alpha is None else alpha, **row})
     summary = sweep_summary(rows)
     info = {"layer": layer, "backbone": setup.backbone.backbone_id, "condition": setup.condition,
             "rank": setup.layer.config.rank, "recognizer": getattr(scorers.recognizer, "name", recognizer),
-            "speakers": speakers, "n_texts": len(texts), "split": split, "seed": seed, "alphas": alphas,
-            "max_new_tokens": sampling.max_new_tokens}
+            "speakers": speakers, "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
+            "alphas": alphas, "max_new_tokens": protocol.sampling.max_new_tokens, "protocol": protocol.describe()}
     _write_sweep(Path(out_dir), summary, rows, info, emotions)
     return summary
 
@@ -220,27 +216,22 @@ def mix_label(mix: dict[str, float]) -> str:
     return "+".join(f"{w:g}·{e}" for e, w in mix.items())
 
 
-def emoshift_compound(layer: str, backbone_dir: str | None = None, corpus_root: str = "runs/corpus/esd_espeak",
+def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_root: str = "runs/corpus/esd_espeak",
                       out_dir: str = "reports/emoshift_compound", mixtures: list[dict[str, float]] | None = None,
-                      alpha: float = 2.0, speakers: list[str] | None = None, n_texts: int = 3, split: str = "test",
-                      recognizer: str = "mini", recognizer_dir: str | None = None, seed: int = 0,
-                      sampling: SamplingConfig = SamplingConfig(), progress: bool = True) -> list[dict]:
+                      alpha: float = 2.0, protocol: EvaluationProtocol = EvaluationProtocol(n_texts=3),
+                      recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
     """Compound emotions: weighted mixtures of two layers' shifts against each pure emotion and unsteered.
 
     Args:
         layer: Folder of a trained EmoSteer layer.
-        backbone_dir: Backbone checkpoint folder; None for the committed default.
+        backbone: The backbone the layer was trained on; None: the default checkpoint of the layer's backbone kind.
         corpus_root: ESD-shaped corpus (held-out sentences).
         out_dir: Where emoshift_compound.{md,csv} and emoshift_compound_clips.csv go.
         mixtures: Emotion -> weight per mixture; None: Happy+Surprise and Angry+Sad at 0.5/0.5 and 0.7/0.3.
         alpha: Intensity of every steered setting (pure and mixed).
-        speakers: Speakers; None: the backbone's last four.
-        n_texts: Sentences of ``split`` per speaker.
-        split: "test" or "evaluation".
+        protocol: Speakers, sentences, seed and sampling (the same for every setting).
         recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
         recognizer_dir: Recognizer folder; None for the embedded default.
-        seed: Sampling seed, the same for every setting.
-        sampling: Temperature, top-k, token cap and batch size of generation.
         progress: Show progress bars.
     """
     from tqdm.auto import tqdm
@@ -249,16 +240,16 @@ def emoshift_compound(layer: str, backbone_dir: str | None = None, corpus_root: 
     from emoctl.probes import measure
 
     mixtures = [dict(m) for m in (DEFAULT_MIXTURES if mixtures is None else mixtures)]
-    setup = SteeringSetup.load(layer, backbone_dir)
+    setup = SteeringSetup.load(layer, backbone)
     for mix in mixtures:
         if not mix or any(w < 0 for w in mix.values()):
             raise ConfigError(f"each mixture needs emotions with weights >= 0, got {mix}.")
-        setup.targets_and_speakers(list(mix), speakers)
-    _, speakers = setup.targets_and_speakers(None, speakers)
+        setup.targets(list(mix))
+    speakers = protocol.voices(setup.backbone)
     if setup.condition != "neutral":
         raise ConfigError(f"{layer} was trained under condition 'emotion'; a mixture has no single condition to "
                           "give the backbone. Use a layer trained with model.condition=neutral.")
-    texts, _ = split_sentences(Path(corpus_root), split, n_texts)
+    texts, _ = protocol.texts(corpus_root)
     components = list(dict.fromkeys(e for mix in mixtures for e in mix))
     settings: list[tuple[str, dict[str, float] | None]] = [(UNSTEERED, None)]
     settings += [(e, {e: 1.0}) for e in components]
@@ -268,7 +259,7 @@ def emoshift_compound(layer: str, backbone_dir: str | None = None, corpus_root: 
     rows: list[dict] = []
     for label, mix in tqdm(settings, desc="EmoShift compound", unit="setting", disable=not progress):
         clips = setup.synthesize(prompts, [mix] * len(prompts) if mix else None, None if mix is None else alpha,
-                                 seed, sampling)
+                                 protocol.seed, protocol.sampling)
         waves, rates = [c.wave for c in clips], [c.sample_rate for c in clips]
         ser = recognizer_model(waves, rates)
         predicted = ser.predicted()
@@ -283,8 +274,8 @@ def emoshift_compound(layer: str, backbone_dir: str | None = None, corpus_root: 
     metrics = [*COMPOUND_PROBES, *(f"p_{e}" for e in components), "finished"]
     summary = summarize(rows, metrics)
     info = {"layer": layer, "backbone": setup.backbone.backbone_id, "alpha": alpha, "speakers": speakers,
-            "n_texts": len(texts), "split": split, "seed": seed,
-            "recognizer": getattr(recognizer_model, "name", recognizer)}
+            "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
+            "recognizer": getattr(recognizer_model, "name", recognizer), "protocol": protocol.describe()}
     _write_compound(Path(out_dir), summary, rows, info, mixtures, components)
     return summary
 

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from emoctl.backbones.base import Prompt
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
+from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.texts import corpus_test_sentences
-from emoctl.synthesis import SamplingConfig, synthesize
+from emoctl.synthesis import synthesize
 
 PAIRED_PROBES = ("f0_mean_hz", "rms", "duration_s")
 NEUTRAL = "Neutral"
@@ -52,43 +54,38 @@ def _agreement(before: list, after: list, probe: str) -> tuple[np.ndarray, np.nd
     return diff, np.isfinite(diff)
 
 
-def emotionality_report(backbone_dir: str | None = None, backbone_kind: str = "mini_tts",
-                        corpus_root: str = "runs/corpus/esd_espeak",
-                        out_dir: str = "reports/emotionality", speakers: list[str] | None = None, n_texts: int = 12,
-                        seed: int = 0, sampling: SamplingConfig = SamplingConfig(), recognizer: str = "mini",
+def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: str = "runs/corpus/esd_espeak",
+                        out_dir: str = "reports/emotionality",
+                        protocol: EvaluationProtocol = EvaluationProtocol(n_texts=12), recognizer: str = "mini",
                         recognizer_dir: str | None = None, progress: bool = True) -> EmotionalityResult:
     """Generate every emotion for held-out sentences and report paired probes, SER accuracy and confusions.
 
     Args:
-        backbone_dir: MiniTTS checkpoint folder; None for the committed default.
-        backbone_kind: Backbone family (a kind registered in emoctl.backbones.loading).
+        backbone: The backbone to probe (kind, checkpoint folder, device).
         corpus_root: The ESD-shaped corpus whose test sentences are spoken and whose clips set the directions.
         out_dir: Where summary.md, pairs.csv, confusion.csv and confusion.png go.
-        speakers: Speakers to use; None for the backbone's last four (held out from the SAE harvest).
-        n_texts: Test sentences to use (at most the corpus's test split).
-        seed: Sampling seed.
-        sampling: Temperature, top-k and batching of generation.
+        protocol: Speakers (default: the backbone's held-out voices), test sentences, seed and sampling.
         recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
         recognizer_dir: Recognizer model folder; None for the embedded default.
         progress: Show progress bars.
     """
-    from emoctl.backbones.loading import load_backbone
     from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
     from emoctl.metrics.loading import load_recognizer
     from emoctl.probes import measure
 
     root = Path(corpus_root)
+    if protocol.split != "test":
+        raise ConfigError(f"the emotionality report pairs generated clips with the corpus's test recordings; "
+                          f"protocol.split={protocol.split!r} must be 'test'.")
     sentences, record = corpus_test_sentences(root)
     first_test = record["splits"]["evaluation"]  # corpus sentence index of sentences[0]
-    backbone = load_backbone(backbone_kind, backbone_dir)
-    speakers = list(speakers or backbone.speakers[-4:])
-    unknown = [s for s in speakers if s not in backbone.speakers]
-    if unknown:
-        raise ConfigError(f"unknown speakers {unknown}; the backbone voices {backbone.speakers}.")
-    emotions = list(backbone.emotions)
+    texts, _ = protocol.texts(root)
+    seed, sampling = protocol.seed, protocol.sampling
+    tts = backbone.load()
+    speakers = protocol.voices(tts)
+    emotions = list(tts.emotions)
     if NEUTRAL not in emotions:
         raise ConfigError(f"the backbone has no {NEUTRAL!r} condition to pair against (it has {emotions}).")
-    texts = sentences[:n_texts]
     index = {text: first_test + i for i, text in enumerate(sentences)}
 
     # Corpus directions, measured on the corpus's own recordings of the same sentences and speakers.
@@ -103,7 +100,7 @@ def emotionality_report(backbone_dir: str | None = None, backbone_kind: str = "m
 
     prompts = [Prompt(text, s, e, f"t{i:03d}-{s}-{e}") for i, text in enumerate(texts) for s in speakers
                for e in emotions]
-    generated = synthesize(backbone, prompts, seed=seed, sampling=sampling, progress="generate" if progress else False)
+    generated = synthesize(tts, prompts, seed=seed, sampling=sampling, progress="generate" if progress else False)
     profiles = measure([c.wave for c in generated], [c.sample_rate for c in generated])
     gen_profiles = {(c.prompt.speaker, c.prompt.emotion_label, int(c.prompt.utt_id[1:4])): p
                     for c, p in zip(generated, profiles)}
@@ -139,8 +136,9 @@ def emotionality_report(backbone_dir: str | None = None, backbone_kind: str = "m
         confusion[emotions.index(clip.prompt.emotion_label), emotions.index(guess)] += 1
     result = EmotionalityResult(emotions, direction, corpus_agree, gen_agree, confusion,
                                 float(np.trace(confusion) / confusion.sum()), len(pair_keys),
-                                extra={"backbone": backbone.backbone_id, "recognizer": recognizer,
+                                extra={"backbone": tts.backbone_id, "recognizer": recognizer,
                                        "speakers": speakers, "n_texts": len(texts), "seed": seed,
+                                       "protocol": protocol.describe(),
                                        "unfinished": sum(not c.finished for c in generated)})
     _write_outputs(Path(out_dir), result, rows)
     return result

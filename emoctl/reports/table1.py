@@ -40,9 +40,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.alpha import choose_alpha
-from emoctl.evaluation.scoring import NEUTRAL, Measured, References, Scorers, measure_clips, score_clips
+from emoctl.evaluation.protocol import EvaluationProtocol
+from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorers, measure_clips, score_clips
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.synthesis import SamplingConfig
@@ -113,7 +115,7 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
     are the same clips, scored against each cell's target.
     """
     rows: list[dict] = []
-    unsteered: dict[tuple, Measured] = {}
+    unsteered: dict[tuple, MeasuredClips] = {}
     jobs = [(cell, method) for cell in cells for method in method_names]
     for cell, method in tqdm(jobs, desc=f"{tag}: steer + score", unit="cell", disable=not progress):
         prompts = _cell_prompts(cell, texts, speakers, tag)
@@ -158,25 +160,23 @@ def choose_alphas(sweep: list[dict], method_names: Sequence[str], max_wer_increa
     return chosen
 
 
-def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None, backbone_kind: str = "mini_tts",
-           corpus_root: str = "runs/corpus/esd_espeak", out_dir: str = "reports",
-           emotions: list[str] | None = None, speakers: list[str] | None = None, n_texts: int = 2,
-           sweep_alphas: dict[str, list[float]] | None = None, sweep_texts: int = 2, max_wer_increase: float = 0.15,
-           emoshift: str | None = None, recognizer: str = "mini", recognizer_dir: str | None = None,
-           seed: int = 0, sampling: SamplingConfig = SamplingConfig(), progress: bool = True) -> list[dict]:
+def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = BackboneSpec(),
+           corpus_root: str = "runs/corpus/esd_espeak", out_dir: str = "reports", emotions: list[str] | None = None,
+           protocol: EvaluationProtocol = EvaluationProtocol(), sweep_alphas: dict[str, list[float]] | None = None,
+           sweep_texts: int = 2, max_wer_increase: float = 0.15, emoshift: str | None = None,
+           recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
     """Run the SAE seed's Table 1 protocol and write table1.md / .csv, the α sweep CSV and figure.
 
     Args:
         sae: Exported SAE folder (cfg.json + sae_weights.safetensors).
         store: The activation store the SAE was trained on (for the global mean-difference direction).
         selection: Folder of ``emoctl select`` feature sets (features_<emotion>.json).
-        backbone_dir: Backbone checkpoint folder; None for the kind's default (the committed mini TTS).
-        backbone_kind: Backbone family (a kind registered in emoctl.backbones.loading).
+        backbone: The backbone the SAE was trained on (kind, checkpoint folder, device).
         corpus_root: ESD-shaped corpus: held-out sentences and reference recordings.
         out_dir: Where the report files go.
         emotions: Emotions to induce and suppress; None: every emotion with a feature set.
-        speakers: Speakers to synthesize; None: the backbone's last four.
-        n_texts: Test-split sentences per cell.
+        protocol: Speakers, the table's sentences (test split), reference clips, seed (shared by every method of
+            a cell) and sampling.
         sweep_alphas: α values of the sweep per method (on evaluation-split sentences); None: SAE-side methods
             4, 8 (latent units, norm-matched) and EmoShift 1, 2, 3 (the CPU default; widen it on a GPU).
         sweep_texts: Evaluation-split sentences per sweep cell.
@@ -184,12 +184,9 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
         emoshift: Optional folder of a trained EmoShift layer, added as a method (induction only).
         recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
         recognizer_dir: Recognizer folder; None for the embedded default.
-        seed: Sampling seed (the same for every method of a cell).
-        sampling: Temperature, top-k, token cap and batch size of generation.
         progress: Show progress bars.
     """
-    from emoctl.backbones.loading import load_backbone
-    from emoctl.evaluation.texts import corpus_test_sentences
+    from emoctl.evaluation.texts import split_sentences
     from emoctl.sae.export import load_pretrained
     from emoctl.selection.feature_set import FeatureSet
     from emoctl.selection.select import feature_set_path
@@ -197,37 +194,49 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
     from emoctl.store import ActivationStore
 
     root = Path(corpus_root)
-    test_sentences, record = corpus_test_sentences(root)
-    evaluation_sentences = record["sentences"][:record["splits"]["evaluation"]]
-    backbone = load_backbone(backbone_kind, backbone_dir)
+    if protocol.split != "test":
+        raise ConfigError(f"Table 1 reports on test sentences and sweeps α on evaluation sentences; "
+                          f"protocol.split={protocol.split!r} must be 'test'.")
+    if sweep_texts < 1:
+        raise ConfigError(f"sweep_texts={sweep_texts} must be >= 1 (evaluation sentences per α-sweep cell).")
+    unknown = sorted(set(sweep_alphas or {}) - set(DEFAULT_SWEEP))
+    if unknown:
+        raise ConfigError(f"sweep_alphas has no method {unknown}; its keys are {', '.join(DEFAULT_SWEEP)}.")
+    sweep_alphas = {**DEFAULT_SWEEP, **(sweep_alphas or {})}
+    if any(not values or any(not math.isfinite(a) or a <= 0 for a in values) for values in sweep_alphas.values()):
+        raise ConfigError(f"every sweep_alphas list needs finite α > 0 (the sign is the cell's direction), got "
+                          f"{sweep_alphas}.")
+    test_sentences, record = protocol.texts(root)
+    evaluation_sentences, _ = split_sentences(root, "evaluation", sweep_texts)
+    tts = backbone.load()
     sae_model = load_pretrained(sae)
-    emotions = list(emotions or [e for e in backbone.emotions if e != NEUTRAL
+    emotions = list(emotions or [e for e in tts.emotions if e != NEUTRAL
                                  and feature_set_path(selection, e).is_file()])
     if not emotions:
         raise ConfigError(f"no feature sets in {selection} (features_<emotion>.json); run `emoctl select` first.")
     feature_sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in emotions}
     means = mean_difference_directions(ActivationStore(store), NEUTRAL, emotions, progress=progress)
+    seed, sampling = protocol.seed, protocol.sampling
     methods = SteeringMethods(sae_model, feature_sets, means, seed=seed)
-    speakers = list(speakers or backbone.speakers[-4:])
-    scorers = Scorers.load(recognizer, recognizer_dir, wer=True, speaker=True, dnsmos=True)
-    refs = References(root, record["sentences"], speakers, scorers,
-                      used=test_sentences[:n_texts] + evaluation_sentences[:sweep_texts])
-    sweep_alphas = {**DEFAULT_SWEEP, **(sweep_alphas or {})}
+    speakers = protocol.voices(tts)
+    scorers = Scorers.load(recognizer, recognizer_dir)
+    refs = References(root, record["sentences"], speakers, scorers, used=test_sentences + evaluation_sentences,
+                      reference_clips=protocol.reference_clips)
     extra = None
     method_names = list(METHODS)
     if emoshift is not None:
-        extra = _emoshift_method(backbone, emoshift)
+        extra = _emoshift_method(tts, emoshift)
         method_names.append("emoshift")
 
     # 1. α sweep on evaluation sentences (SER + WER only).
-    sweep_scorers = Scorers(scorers.recognizer, scorers.asr, None, None)
+    sweep_scorers = scorers.without("speaker", "dnsmos")
     sweep_rows: list[dict] = []
     sweep_cells = [Cell("induction", e) for e in emotions]
-    sweep_rows += run_cells(backbone, methods, ["unsteered"], sweep_cells, evaluation_sentences[:sweep_texts],
+    sweep_rows += run_cells(tts, methods, ["unsteered"], sweep_cells, evaluation_sentences,
                             speakers, {}, sweep_scorers, refs, seed, sampling, "sweep", progress=progress)
     for method in method_names[1:]:
         for alpha in sweep_alphas[method]:
-            rows = run_cells(backbone, methods, [method], sweep_cells, evaluation_sentences[:sweep_texts], speakers,
+            rows = run_cells(tts, methods, [method], sweep_cells, evaluation_sentences, speakers,
                              {method: alpha}, sweep_scorers, refs, seed, sampling, "sweep", extra, progress=progress)
             for r in rows:
                 r["method"] = f"{method}@{alpha:g}"
@@ -236,18 +245,18 @@ def table1(sae: str, store: str, selection: str, backbone_dir: str | None = None
 
     # 2. The table on test sentences, both directions.
     cells = [Cell(d, e) for d in ("induction", "suppression") for e in emotions]
-    rows = run_cells(backbone, methods, [m for m in method_names if m != "emoshift"], cells,
-                     test_sentences[:n_texts], speakers, alphas, scorers, refs, seed, sampling, "table",
+    rows = run_cells(tts, methods, [m for m in method_names if m != "emoshift"], cells,
+                     test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table",
                      progress=progress)
     if emoshift is not None:
-        rows += run_cells(backbone, methods, ["emoshift"], [c for c in cells if c.direction == "induction"],
-                          test_sentences[:n_texts], speakers, alphas, scorers, refs, seed, sampling, "table", extra,
+        rows += run_cells(tts, methods, ["emoshift"], [c for c in cells if c.direction == "induction"],
+                          test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table", extra,
                           progress=progress)
     metrics = ["emo_sim_matched", "emo_sim_prototype", "ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl"]
     summary = summarize(rows, metrics)
-    info = {"backbone": backbone.backbone_id, "sae": sae, "hookpoint": sae_model.cfg.hook_name,
+    info = {"backbone": tts.backbone_id, "sae": sae, "hookpoint": sae_model.cfg.hook_name,
             "recognizer": getattr(scorers.recognizer, "name", recognizer), "speakers": speakers,
-            "n_texts": min(n_texts, len(test_sentences)), "alphas": alphas, "seed": seed,
+            "n_texts": len(test_sentences), "alphas": alphas, "seed": seed, "protocol": protocol.describe(),
             "sweep_alphas": sweep_alphas, "max_wer_increase": max_wer_increase,
             "features": {e: fs.feature_ids for e, fs in feature_sets.items()},
             "phases": method_phases(methods, emotions[0], method_names)}

@@ -19,30 +19,30 @@ import json
 from pathlib import Path
 
 from emoctl.backbones.base import Prompt
-from emoctl.errors import ConfigError
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
-from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
+from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
-from emoctl.evaluation.texts import split_sentences
-from emoctl.synthesis import SamplingConfig, synthesize
+from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
+from emoctl.synthesis import synthesize
 
 METRICS = ["ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl", "finished"]
 
 
-def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = None, backbone_dir: str | None = None,
-                    best: float | None = None, sweep_csv: str | None = None, max_wer_increase: float = 0.15,
-                    corpus_root: str = "runs/corpus/esd_espeak", out_dir: str = "reports",
-                    emotions: list[str] | None = None, speakers: list[str] | None = None, n_texts: int = 2,
-                    text_offset: int = 3, recognizer: str = "mini", recognizer_dir: str | None = None,
-                    seed: int = 0, sampling: SamplingConfig = SamplingConfig(), progress: bool = True) -> list[dict]:
+def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = None,
+                    backbone: BackboneSpec | None = None, best: float | None = None, sweep_csv: str | None = None,
+                    max_wer_increase: float = 0.15, corpus_root: str = "runs/corpus/esd_espeak",
+                    out_dir: str = "reports", emotions: list[str] | None = None,
+                    protocol: EvaluationProtocol = EvaluationProtocol(n_texts=2, text_offset=3),
+                    recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
     """Run the EmoShift seed's Table 1 and write table1_emoshift.{md,csv} + the per-clip CSV.
 
     Args:
         layer: Full-rank EmoSteer layer folder (rows EmoShift α = 1 and α = best).
         low_rank: Low-rank layer folder (row EmoShift low rank, α = 1); None leaves the row out.
         sft: Fine-tuned backbone folder (``runs/sft_mini/<version>/sft_backbone``); None leaves the row out.
-        backbone_dir: The base backbone; None for the committed default.
+        backbone: The base backbone; None: the default checkpoint of the layer's backbone kind.
         best: The best α; None: chosen from ``sweep_csv`` (highest overall accuracy within the WER bound), or
             the row is left out when neither is given.
         sweep_csv: ``emoshift_sweep.csv`` of ``emoctl steer emoshift`` on the same layer.
@@ -50,14 +50,10 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
         corpus_root: ESD-shaped corpus: test-split sentences and the speakers' reference recordings.
         out_dir: Where the report files go.
         emotions: Target emotions; None: every emotion of the layer.
-        speakers: Speakers; None: the backbone's last four.
-        n_texts: Test sentences per (emotion, speaker).
-        text_offset: First test sentence used; the default skips the sweep's sentences (its n_texts = 3), so α
-            is not chosen on the sentences it is reported on.
+        protocol: Speakers, sentences, reference clips, seed and sampling of every row. Its default text_offset
+            skips the sweep's sentences (its n_texts = 3), so α is not chosen on the sentences it is reported on.
         recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
         recognizer_dir: Recognizer folder; None for the embedded default.
-        seed: Sampling seed, the same for every row.
-        sampling: Temperature, top-k, token cap and batch size of generation.
         progress: Show progress bars.
     """
     from tqdm.auto import tqdm
@@ -65,17 +61,15 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
     from emoctl.backbones.loading import load_backbone
 
     root = Path(corpus_root)
-    full = SteeringSetup.load(layer, backbone_dir)
-    emotions, speakers = full.targets_and_speakers(emotions, speakers)
+    full = SteeringSetup.load(layer, backbone)
+    emotions, speakers = full.targets(emotions), protocol.voices(full.backbone)
     if best is None and sweep_csv is not None:
         best = best_alpha(read_summary_csv(sweep_csv), max_wer_increase)
-    texts, record = split_sentences(root, "test", text_offset + n_texts)
-    texts = texts[text_offset:]
-    if not texts:
-        raise ConfigError(f"text_offset={text_offset} leaves no test sentences (the split has "
-                          f"{record['splits']['test']}).")
-    scorers = Scorers.load(recognizer, recognizer_dir, wer=True, speaker=True, dnsmos=True)
-    refs = References(root, record["sentences"], speakers, scorers, split="test")
+    texts, record = protocol.texts(root)
+    seed, sampling = protocol.seed, protocol.sampling
+    scorers = Scorers.load(recognizer, recognizer_dir)
+    refs = References(root, record["sentences"], speakers, scorers, split=protocol.split,
+                      reference_clips=protocol.reference_clips)
     emotion_prompts = [Prompt(t, s, e, f"t1-{e}-t{i:02d}-{s}") for e in emotions for i, t in enumerate(texts)
                        for s in speakers]
     targets = [p.emotion_label for p in emotion_prompts]
@@ -88,7 +82,7 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
     jobs.append(("emoshift@1", "EmoShift α=1", (full, 1.0)))
     if best is not None:
         jobs.append((f"emoshift@{best:g}", f"EmoShift α={best:g} (best of sweep)", (full, float(best))))
-    low = SteeringSetup.load(low_rank, backbone_dir) if low_rank is not None else None
+    low = SteeringSetup.load(low_rank, backbone) if low_rank is not None else None
     if low is not None:
         jobs.append(("emoshift_lowrank@1", f"EmoShift rank {low.layer.config.rank} α=1", (low, 1.0)))
 
@@ -119,7 +113,8 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
     info = {"layer": layer, "low_rank": low_rank, "sft": sft, "backbone": full.backbone.backbone_id,
             "condition": full.condition, "best_alpha": best, "sweep_csv": sweep_csv,
             "recognizer": getattr(scorers.recognizer, "name", recognizer), "speakers": speakers,
-            "texts": texts, "text_offset": text_offset, "seed": seed, "parameters": params,
+            "texts": texts, "text_offset": protocol.text_offset, "seed": seed, "parameters": params,
+            "protocol": protocol.describe(),
             "backbone_parameters": sum(p.numel() for p in full.backbone.parameters())}
     _write(Path(out_dir), summary, rows, info, jobs, emotions)
     return summary
