@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from emoctl.backbones import Phase
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.sae import SAEConfig, TopKSAE
 from emoctl.steering import (
@@ -212,8 +213,8 @@ def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp
     for emotion, ids in (("Angry", [NEVER, ALWAYS]), ("Sad", [ALWAYS])):
         FeatureSet(emotion, "Neutral", [SelectedFeature(id=i, **stats) for i in ids]).save(
             tmp_path / "sel" / f"features_{emotion}.json")
-    rows = attribute_features(str(tmp_path / "tts"), str(tmp_path / "sae"), str(tmp_path / "sel"),
-                              str(tmp_path / "out"), alphas={"Angry": 60.0, "Sad": 0.0}, texts=["hi there", "no.", "a red cup"],
+    rows = attribute_features(str(tmp_path / "sae"), str(tmp_path / "sel"), str(tmp_path / "out"),
+                              backbone=BackboneSpec(path=str(tmp_path / "tts")), alphas={"Angry": 60.0, "Sad": 0.0}, texts=["hi there", "no.", "a red cup"],
                               max_new_tokens=20, batch_size=4, n_bootstrap=200, progress=False)
     assert [(r["emotion"], r["feature"]) for r in rows[::len(PROBES)]] == [("Angry", NEVER), ("Angry", ALWAYS),
                                                                            ("Sad", ALWAYS)]

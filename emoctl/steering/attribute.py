@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
-from emoctl.backbones.loading import load_backbone
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.probes import AcousticProfile, compare_profiles, measure
 from emoctl.probes.paired import PROBE_LABELS, format_p
@@ -44,21 +44,20 @@ def synthesize_profiles(backbone: Backbone, prompts: Sequence[Prompt], *, seed: 
     return measure([c.wave for c in clips], [c.sample_rate for c in clips])
 
 
-def attribute_features(backbone: str, sae: str, selection: str, out_dir: str, backbone_kind: str = "mini_tts",
+def attribute_features(sae: str, selection: str, out_dir: str, backbone: BackboneSpec = BackboneSpec(),
                        emotions: list[str] | None = None, m: int | None = None, alpha: float = 40.0,
                        alphas: dict[str, float] | None = None, mode: Literal["sae", "closed_form"] = "sae",
                        texts: list[str] | None = None, n_texts: int = 10, speakers: list[str] | None = None,
                        prompt_emotion: str = "Neutral", seed: int = 0, temperature: float = 1.0,
                        top_k: int | None = None, max_new_tokens: int = 400, batch_size: int = 10,
-                       n_bootstrap: int = 2000, device: str = "cpu", progress: bool = True) -> list[dict]:
+                       n_bootstrap: int = 2000, progress: bool = True) -> list[dict]:
     """Steer each selected feature alone and report ΔF0, ΔRMS, Δcentroid and Δduration with CIs and p-values.
 
     Args:
-        backbone: Backbone checkpoint (for backbone_kind=mini_tts: a MiniTTS folder).
         sae: Exported SAE folder the features index.
         selection: Folder written by ``emoctl select`` (features_<emotion>.json).
         out_dir: Where attribution.md, attribution.csv and attribution.png go.
-        backbone_kind: Which backbone loader reads ``backbone``.
+        backbone: The backbone the SAE was trained on (kind, checkpoint folder; its device is the SAE's too).
         emotions: Emotions whose features to probe; default every features_*.json in ``selection``.
         m: Probe only each emotion's first m features (default all of them).
         alpha: Steering strength for every emotion (α > 0 induces).
@@ -74,13 +73,12 @@ def attribute_features(backbone: str, sae: str, selection: str, out_dir: str, ba
         max_new_tokens: Speech-token budget per utterance.
         batch_size: Prompts per generate() call.
         n_bootstrap: Bootstrap resamples of each paired difference.
-        device: Where the backbone runs.
         progress: Show a progress bar over the steering passes.
     """
     from emoctl.corpus.sentences import generate_sentences
 
-    model = load_backbone(backbone_kind, backbone, device)
-    sae_model = load_pretrained(sae, device=device)
+    model = backbone.load()
+    sae_model = load_pretrained(sae, device=backbone.device)
     sets = _feature_sets(Path(selection), emotions)
     alphas = dict(alphas or {})
     unknown = sorted(set(alphas) - set(sets))
