@@ -16,11 +16,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
+from emoctl.backbones.conditions import EmotionCondition
 from emoctl.errors import ConfigError
 from emoctl.harvest.prompts import GridPrompt, PromptBatch
 
@@ -114,6 +115,7 @@ class PromptGridDataModule(pl.LightningDataModule):
         self.texts = self._read_texts()
         self._skip: frozenset[str] = frozenset()
         self._bound = False
+        self._condition_for: Callable[[str], EmotionCondition] | None = None
 
     # ----------------------------------------------------------------- texts
     def _read_texts(self) -> list[tuple[str, str]]:
@@ -139,8 +141,12 @@ class PromptGridDataModule(pl.LightningDataModule):
         return pairs
 
     # ------------------------------------------------------------ backbone
-    def bind_backbone(self, speakers: Sequence[str], emotions: Sequence[str]) -> None:
-        """Check the grid's names against the backbone's and fill in the defaults (idempotent)."""
+    def bind_backbone(self, speakers: Sequence[str], emotions: Sequence[str],
+                      condition_for: Callable[[str], EmotionCondition] | None = None) -> None:
+        """Check the grid's names against the backbone's and fill in the defaults (idempotent).
+
+        ``condition_for`` (the backbone's): how it is asked for each emotion name; None keeps the name as a label.
+        """
         for kind, wanted, known in (("speaker", self.speakers, speakers), ("emotion", self.emotions, emotions)):
             for name in wanted or ():
                 if name not in known:
@@ -154,6 +160,7 @@ class PromptGridDataModule(pl.LightningDataModule):
         emotions_wanted = list(emotions) if self.emotions is None else list(self.emotions)
         self.emotions = [self.neutral] + [e for e in dict.fromkeys(emotions_wanted) if e != self.neutral]
         self.speakers = list(dict.fromkeys(self.speakers))
+        self._condition_for = condition_for
         self._bound = True
 
     # -------------------------------------------------------------- prompts
@@ -167,13 +174,15 @@ class PromptGridDataModule(pl.LightningDataModule):
         emotions = self.emotions or []
         if self.neutral not in emotions:
             emotions = [self.neutral, *emotions]
+        conditions = {e: self._condition_for(e) if self._condition_for is not None else e for e in emotions}
         out = []
         for text_id, text in self.texts:
             for speaker in speakers:
                 for emotion in emotions:
-                    out.append(GridPrompt(text=text, voice=speaker, emotion=emotion,
+                    out.append(GridPrompt(text=text, voice=speaker, emotion=conditions[emotion],
                                           utt_id=f"{text_id}-{speaker}-{emotion}", text_id=text_id,
-                                          condition=f"prompt={emotion}", pair_key=f"{speaker}|{text_id}"))
+                                          condition=f"prompt={emotion}", pair_key=f"{speaker}|{text_id}",
+                                          label=emotion))
         return out
 
     def all_batches(self) -> list[PromptBatch]:

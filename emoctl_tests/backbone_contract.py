@@ -202,6 +202,18 @@ class BackboneContract:
         self._check_rows(backbone, prompts, out, rows, steer_hookpoint, decode_matches_teacher_forced, tf_atol)
 
     # ------------------------------------------------------------ refusals
+    def test_every_corpus_emotion_maps_to_a_condition_it_accepts(self, backbone: Backbone, prompts: list[Prompt]
+                                                                 ) -> None:
+        """Reports ask ``condition_for`` for ESD's five emotions; each answer must pass the backbone's own checks,
+        and different emotions must not collapse onto one condition."""
+        from emoctl.metrics.ser import ESD_EMOTIONS
+
+        conditions = [backbone.condition_for(e) for e in ESD_EMOTIONS]
+        backbone.check_prompts([prompts[0].with_emotion(c) for c in conditions])
+        assert len({c.key for c in conditions}) == len(ESD_EMOTIONS)
+        with pytest.raises(ConfigError, match="'Bored'"):
+            backbone.condition_for("Bored")
+
     def test_refused_conditions_raise_a_clear_error(self, backbone: Backbone, refused_prompts: list[Prompt]) -> None:
         assert refused_prompts, "give at least one condition kind the backbone refuses"
         for prompt in refused_prompts:

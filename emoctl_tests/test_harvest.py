@@ -102,6 +102,24 @@ def test_stored_rows_are_decode_states_equal_to_a_teacher_forced_pass(checkpoint
     assert 0 < truncated < checked  # both kinds of utterance were covered
 
 
+def test_grid_asks_the_backbone_for_conditions_and_files_utterances_under_the_corpus_name():
+    """A backbone asked by instruction (CosyVoice) gets its own condition in every prompt, while the store keeps
+    the corpus's emotion name, so selection pairs Angry with Neutral as it does on the mini TTS."""
+    from emoctl.backbones.conditions import EmotionLabel, InstructText
+
+    grid = _grid(TEXTS[:1], speakers=["0011"], emotions=["Angry"])
+    grid.bind_backbone(["0011"], ["Neutral", "Angry"], lambda e: InstructText(f"speak in a {e.lower()} tone"))
+    prompts = grid.prompts
+    assert [p.emotion for p in prompts] == [InstructText("speak in a neutral tone"),
+                                            InstructText("speak in a angry tone")]
+    assert [p.meta().emotion for p in prompts] == ["Neutral", "Angry"]
+    assert [p.utt_id for p in prompts] == ["t0000-0011-Neutral", "t0000-0011-Angry"]
+    plain = _grid(TEXTS[:1], speakers=["0011"], emotions=["Angry"])
+    plain.bind_backbone(["0011"], ["Neutral", "Angry"])  # labels: the mini TTS's way, unchanged
+    assert [p.emotion for p in plain.prompts] == [EmotionLabel("Neutral"), EmotionLabel("Angry")]
+    assert [p.meta().emotion for p in plain.prompts] == ["Neutral", "Angry"]
+
+
 def test_reader_gating_prefill_and_teacher_forced_passes_are_not_recorded(checkpoint):
     tts = load_backbone("mini_tts", str(checkpoint))
     grid = _grid(TEXTS[:2])

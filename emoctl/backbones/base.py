@@ -169,6 +169,20 @@ class Backbone(nn.Module, ABC):
         return None
 
     # ----------------------------------------------------------- conditions
+    def condition_for(self, emotion: str) -> EmotionCondition:
+        """How this backbone is asked for one of the corpus's emotions (ESD's names: Neutral, Angry, ...).
+
+        Reports and the prompt grid name emotions as the corpus does and ask the backbone for the condition.
+        A backbone conditioned by labels takes the name as it is; an adapter conditioned by emotion vectors,
+        reference clips or instruct text overrides this with its own mapping.
+        """
+        if EmotionLabel.kind in self.emotion_kinds and (not self.emotions or emotion in self.emotions):
+            return EmotionLabel(emotion)
+        known = f" (it knows {', '.join(self.emotions)})" if self.emotions else ""
+        raise ConfigError(f"the {self.kind} backbone has no condition for emotion {emotion!r}{known}; it takes "
+                          f"{', '.join(self.emotion_kinds)} conditions, and its adapter maps corpus emotions to "
+                          "them in condition_for().")
+
     def check_prompts(self, prompts: Sequence[Prompt]) -> None:
         """Refuse an empty batch, a condition kind this backbone does not take, or an unknown name."""
         if not prompts:

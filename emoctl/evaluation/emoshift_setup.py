@@ -83,6 +83,7 @@ def target_prompts(setup: SteeringSetup, emotions: list[str], texts: list[str], 
     for e in emotions:
         for i, text in enumerate(texts):
             for s in speakers:
-                prompts.append(Prompt(text, s, setup.condition_of(e), f"{tag}-{e}-t{i:02d}-{s}"))
+                prompts.append(Prompt(text, s, setup.backbone.condition_for(setup.condition_of(e)),
+                                      f"{tag}-{e}-t{i:02d}-{s}"))
                 targets.append(e)
     return prompts, targets

@@ -96,7 +96,12 @@ class HarvestModule(pl.LightningModule):
         """Check the data module's speakers, emotions and texts against the backbone, once, before generating."""
         if self._bound_to == id(datamodule) or not hasattr(datamodule, "bind_backbone"):
             return
-        datamodule.bind_backbone(self.backbone.speakers, self.backbone.emotions)
+        from emoctl.metrics.ser import ESD_EMOTIONS
+
+        # The grid names emotions as the corpus does (the backbone's labels, else ESD's five); the backbone
+        # says how it is asked for each.
+        datamodule.bind_backbone(self.backbone.speakers, self.backbone.emotions or list(ESD_EMOTIONS),
+                                 self.backbone.condition_for)
         # Reject an unknown name, a condition kind the backbone does not take or unreadable text now, not hours
         # into the harvest: every voice and condition once, and every distinct text once.
         distinct: dict[tuple, GridPrompt] = {}

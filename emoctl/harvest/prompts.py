@@ -17,11 +17,14 @@ class GridPrompt(Prompt):
     """How it is produced, e.g. ``prompt=Angry``."""
     pair_key: str = ""
     """Shared by the prompts of one text and speaker (``speaker|text_id``)."""
+    label: str = ""
+    """The corpus emotion the store files the utterance under (empty: the condition's key). A backbone asked by
+    vector or instruction still stores ESD's name, so selection pairs emotions the same way on every backbone."""
 
     def meta(self) -> UtteranceMeta:
         if not self.utt_id:
             raise ValueError("a GridPrompt needs an utt_id to be stored")
-        return UtteranceMeta(utt_id=self.utt_id, text_id=self.text_id, speaker=self.speaker, emotion=self.emotion_key,
+        return UtteranceMeta(utt_id=self.utt_id, text_id=self.text_id, speaker=self.speaker, emotion=self.label or self.emotion_key,
                              condition=self.condition, pair_key=self.pair_key)
 
 

@@ -255,7 +255,8 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
     settings += [(e, {e: 1.0}) for e in components]
     settings += [(mix_label(m), m) for m in mixtures]
     recognizer_model = load_recognizer(recognizer, recognizer_dir)
-    prompts = [Prompt(t, s, NEUTRAL, f"mix-t{i:02d}-{s}") for i, t in enumerate(texts) for s in speakers]
+    neutral = setup.backbone.condition_for(NEUTRAL)
+    prompts = [Prompt(t, s, neutral, f"mix-t{i:02d}-{s}") for i, t in enumerate(texts) for s in speakers]
     rows: list[dict] = []
     for label, mix in tqdm(settings, desc="EmoShift compound", unit="setting", disable=not progress):
         clips = setup.synthesize(prompts, [mix] * len(prompts) if mix else None, None if mix is None else alpha,

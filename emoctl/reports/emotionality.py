@@ -24,6 +24,7 @@ from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.texts import corpus_test_sentences
+from emoctl.metrics.ser import ESD_EMOTIONS
 from emoctl.synthesis import synthesize
 
 PAIRED_PROBES = ("f0_mean_hz", "rms", "duration_s")
@@ -83,7 +84,7 @@ def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: st
     seed, sampling = protocol.seed, protocol.sampling
     tts = backbone.load()
     speakers = protocol.voices(tts)
-    emotions = list(tts.emotions)
+    emotions = list(tts.emotions or ESD_EMOTIONS)  # the corpus's names; the backbone maps them (condition_for)
     if NEUTRAL not in emotions:
         raise ConfigError(f"the backbone has no {NEUTRAL!r} condition to pair against (it has {emotions}).")
     index = {text: first_test + i for i, text in enumerate(sentences)}
@@ -98,12 +99,11 @@ def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: st
     for key, profile in zip(keys, measure([w for w, _ in waves], [r for _, r in waves])):
         corpus_profiles[key] = profile
 
-    prompts = [Prompt(text, s, e, f"t{i:03d}-{s}-{e}") for i, text in enumerate(texts) for s in speakers
-               for e in emotions]
+    asked = [(i, s, e) for i in range(len(texts)) for s in speakers for e in emotions]
+    prompts = [Prompt(texts[i], s, tts.condition_for(e), f"t{i:03d}-{s}-{e}") for i, s, e in asked]
     generated = synthesize(tts, prompts, seed=seed, sampling=sampling, progress="generate" if progress else False)
     profiles = measure([c.wave for c in generated], [c.sample_rate for c in generated])
-    gen_profiles = {(c.prompt.speaker, c.prompt.emotion_label, int(c.prompt.utt_id[1:4])): p
-                    for c, p in zip(generated, profiles)}
+    gen_profiles = {(s, e, i): p for (i, s, e), p in zip(asked, profiles)}
     ser = load_recognizer(recognizer, recognizer_dir)([c.wave for c in generated], [c.sample_rate for c in generated])
     predicted = ser.predicted()
 
@@ -132,8 +132,8 @@ def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: st
 
     E = len(emotions)
     confusion = np.zeros((E, E), dtype=np.int64)
-    for clip, guess in zip(generated, predicted):
-        confusion[emotions.index(clip.prompt.emotion_label), emotions.index(guess)] += 1
+    for (_, _, asked_for), guess in zip(asked, predicted):
+        confusion[emotions.index(asked_for), emotions.index(guess)] += 1
     result = EmotionalityResult(emotions, direction, corpus_agree, gen_agree, confusion,
                                 float(np.trace(confusion) / confusion.sum()), len(pair_keys),
                                 extra={"backbone": tts.backbone_id, "recognizer": recognizer,

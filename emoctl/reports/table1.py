@@ -99,8 +99,9 @@ class SteeringMethods:
 
 # ----------------------------------------------------------------------------------------------- running
 
-def _cell_prompts(cell: Cell, texts: list[str], speakers: list[str], tag: str) -> list[Prompt]:
-    return [Prompt(text, s, cell.condition, f"{tag}-{cell.direction[:3]}-{cell.emotion}-t{i:02d}-{s}")
+def _cell_prompts(backbone: Backbone, cell: Cell, texts: list[str], speakers: list[str], tag: str) -> list[Prompt]:
+    condition = backbone.condition_for(cell.condition)
+    return [Prompt(text, s, condition, f"{tag}-{cell.direction[:3]}-{cell.emotion}-t{i:02d}-{s}")
             for i, text in enumerate(texts) for s in speakers]
 
 
@@ -118,7 +119,7 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
     unsteered: dict[tuple, MeasuredClips] = {}
     jobs = [(cell, method) for cell in cells for method in method_names]
     for cell, method in tqdm(jobs, desc=f"{tag}: steer + score", unit="cell", disable=not progress):
-        prompts = _cell_prompts(cell, texts, speakers, tag)
+        prompts = _cell_prompts(backbone, cell, texts, speakers, tag)
         alpha = cell.sign * alphas.get(method, 0.0)
         key = None
         if method in METHODS:
@@ -187,6 +188,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
         progress: Show progress bars.
     """
     from emoctl.evaluation.texts import split_sentences
+    from emoctl.metrics.ser import ESD_EMOTIONS
     from emoctl.sae.export import load_pretrained
     from emoctl.selection.feature_set import FeatureSet
     from emoctl.selection.select import feature_set_path
@@ -210,7 +212,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     evaluation_sentences, _ = split_sentences(root, "evaluation", sweep_texts)
     tts = backbone.load()
     sae_model = load_pretrained(sae)
-    emotions = list(emotions or [e for e in tts.emotions if e != NEUTRAL
+    emotions = list(emotions or [e for e in (tts.emotions or ESD_EMOTIONS) if e != NEUTRAL
                                  and feature_set_path(selection, e).is_file()])
     if not emotions:
         raise ConfigError(f"no feature sets in {selection} (features_<emotion>.json); run `emoctl select` first.")

@@ -70,10 +70,11 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
     scorers = Scorers.load(recognizer, recognizer_dir)
     refs = References(root, record["sentences"], speakers, scorers, split=protocol.split,
                       reference_clips=protocol.reference_clips)
-    emotion_prompts = [Prompt(t, s, e, f"t1-{e}-t{i:02d}-{s}") for e in emotions for i, t in enumerate(texts)
-                       for s in speakers]
-    targets = [p.emotion_label for p in emotion_prompts]
-    neutral_prompts = [p.with_emotion(NEUTRAL) for p in emotion_prompts]
+    backbone_model = full.backbone
+    emotion_prompts = [Prompt(t, s, backbone_model.condition_for(e), f"t1-{e}-t{i:02d}-{s}") for e in emotions
+                       for i, t in enumerate(texts) for s in speakers]
+    targets = [e for e in emotions for _ in texts for _ in speakers]
+    neutral_prompts = [p.with_emotion(backbone_model.condition_for(NEUTRAL)) for p in emotion_prompts]
 
     jobs: list[tuple[str, str, object]] = [("zero_shot", "Zero-shot (emotion condition)", None),
                                            ("neutral", "Neutral condition", None)]
