@@ -190,7 +190,7 @@ def test_training_moves_only_the_layer_and_leaves_the_backbone_bit_identical(tmp
     assert optimizer_params == {id(p) for p in module.emosteer.parameters()}
     assert all(p.grad is None for p in module.backbone.parameters())
     # Checkpoints hold the layer only; the export sits beside them and loads to the trained matrices.
-    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=False)
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)  # as a resume loads it
     assert set(ckpt["state_dict"]) == {"emosteer.weight"} and ckpt["emoshift_backbone_id"] == module.backbone_id
     exported = EmoSteer.load(tmp_path / "emosteer")
     assert torch.equal(exported.weight, module.emosteer.weight.detach())

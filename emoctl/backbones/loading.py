@@ -67,6 +67,11 @@ class BackboneSpec:
         return load_backbone(self.kind, self.path, self.device)
 
 
+# Training modules keep a BackboneSpec in their hyperparameters; resuming loads checkpoints with
+# torch.load(weights_only=True), which refuses classes it was not told are safe.
+torch.serialization.add_safe_globals([BackboneSpec])
+
+
 def load_backbone(kind: str = "mini_tts", path: str | None = None, device: str | torch.device = "cpu") -> Backbone:
     """A frozen backbone in eval mode on ``device``, ready for ``generate`` and hooks."""
     entry = _REGISTRY.get(kind)
