@@ -155,8 +155,18 @@ def _overview() -> str:
 
 
 def _print_error(command: str, message: str) -> None:
-    text = textwrap.fill(f"emoctl {command}: error: {message}", width=100, break_on_hyphens=False)
+    text = textwrap.fill(f"emoctl {command}: error: {_unwrap_worker_error(message)}", width=100,
+                         break_on_hyphens=False)
     print(text, file=sys.stderr)
+
+
+def _unwrap_worker_error(message: str) -> str:
+    """The error's own message where a DataLoader worker re-raised it with the worker's traceback prepended."""
+    if "in DataLoader worker process" not in message or "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]  # "emoctl.errors.StoreError: <the message>"
+    name, sep, own = last.partition(": ")
+    return own if sep and name.rsplit(".", 1)[-1].endswith("Error") else message
 
 
 def _explain_argument_error(err: argparse.ArgumentError, command: str) -> str:

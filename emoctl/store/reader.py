@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from emoctl.errors import ConfigError, StoreError
+from emoctl.errors import ConfigError, NonFiniteActivationError, StoreError
 from emoctl.store.manifest import ShardRecord, committed_shards, read_manifest, spec_from_manifest
+from emoctl.numerics import all_finite
 from emoctl.store.moments import RunningMoments
 from emoctl.store.npy_stream import crc32_of_rows
 from emoctl.store.spec import StoreSpec, rows_to_torch, torch_to_bits
@@ -139,6 +140,7 @@ class ActivationStore:
                 np.take(source, local, axis=0, out=out_bits[a:b], mode="clip")  # indices checked above
             else:
                 out_bits[order[a:b]] = np.take(source, local, axis=0, mode="clip")
+        self._refuse_non_finite(out, idx)
         return out
 
     def segment(self, utt_id: str) -> torch.Tensor:
@@ -152,7 +154,9 @@ class ActivationStore:
         first, count = self._segments[utt_id]
         shard = int(np.searchsorted(self.shard_starts, first, side="right") - 1)
         local = first - int(self.shard_starts[shard])
-        return rows_to_torch(np.array(self._shard_rows(shard)[local:local + count]), self.dtype)
+        rows = rows_to_torch(np.array(self._shard_rows(shard)[local:local + count]), self.dtype)
+        self._refuse_non_finite(rows, first + np.arange(count, dtype=np.int64))
+        return rows
 
     def iter_chunks(self, chunk_rows: int = 1 << 16, progress: bool = False) -> Iterator[torch.Tensor]:
         """All rows in global order, as (≤ chunk_rows, d) tensors that never span two shards."""
@@ -162,10 +166,43 @@ class ActivationStore:
         for i, shard in enumerate(self.shards):
             source = self._shard_rows(i)
             for a in range(0, shard.rows, chunk_rows):
-                chunk = np.array(source[a:a + chunk_rows])
+                chunk = rows_to_torch(np.array(source[a:a + chunk_rows]), self.dtype)
+                first = int(self.shard_starts[i]) + a
+                self._refuse_non_finite(chunk, np.arange(first, first + chunk.shape[0], dtype=np.int64))
                 bar.update(chunk.shape[0])
-                yield rows_to_torch(chunk, self.dtype)
+                yield chunk
         bar.close()
+
+    def _refuse_non_finite(self, rows: torch.Tensor, global_rows: np.ndarray) -> None:
+        """Raise, naming the shard and utterance, if any of ``rows`` (read at ``global_rows``) holds NaN or Inf.
+
+        Every reader of rows passes through here (training batches, selection, steering directions, segments):
+        one NaN row turns an SAE's weights into NaN and shifts a selection without a word. The writer never
+        stores such rows, so one found here means a damaged shard or a store written by other code.
+        """
+        if all_finite(rows):
+            return
+        bad = int(global_rows[int((~torch.isfinite(rows).all(dim=1)).nonzero()[0, 0])])
+        raise NonFiniteActivationError(
+            f"the store at {self.path} holds NaN or Inf in row {bad}: {self.describe_row(bad)}. emoctl refuses "
+            "non-finite activations everywhere (one NaN row makes an SAE's weights NaN). The harvest never writes "
+            "them, so the shard was damaged or written by other code: restore it from a backup, or harvest into a "
+            "new store."
+        )
+
+    def describe_row(self, row: int) -> str:
+        """Where a global row lives: its shard file, utterance and decode step (for error messages)."""
+        shard = int(np.searchsorted(self.shard_starts, row, side="right") - 1)
+        where = f"shard {self.shards[shard].path}, local row {row - int(self.shard_starts[shard])}"
+        try:
+            table = self.utterances
+            first = table["first_row"].to_numpy()
+            u = int(np.searchsorted(first, row, side="right") - 1)
+            if 0 <= u < table.num_rows:
+                where += f", utterance {table['utt_id'][u].as_py()!r} (step {row - int(first[u])})"
+        except (StoreError, OSError, pa.ArrowException):  # a damaged table: the shard and row still locate it
+            pass
+        return where
 
     # ---- statistics and splits ----------------------------------------------------------------
 
