@@ -135,3 +135,62 @@ def test_all_finite_finds_every_kind_of_non_finite_value_and_survives_an_overflo
     big = torch.full((64, 32), 6e4 if dtype == torch.float16 else 1e37).to(dtype)
     assert torch.isinf(big.sum()) or dtype == torch.float16  # the fast sum overflows ...
     assert all_finite(big)  # ... and the exact pass still says finite
+
+
+# ------------------------------------------------------------------ damaged stores: checksums nothing called
+
+@pytest.fixture()
+def store_copy(tmp_path) -> Path:
+    path = tmp_path / "store"
+    SyntheticSparseStore(d_model=16, n_atoms=32, k_active=3, n_utterances=60).build_atomically(path)
+    return path
+
+
+def _flip_a_mantissa_bit(store_path: Path) -> Path:
+    """Damage one float32 value's lowest bit: still finite, so only the checksum can tell."""
+    shard = store_path / ActivationStore(store_path).shards[0].path
+    data = bytearray(shard.read_bytes())
+    data[-4 * 16 * 3] ^= 0x01  # a value three rows from the end (little-endian low byte)
+    shard.write_bytes(bytes(data))
+    return shard
+
+
+def test_a_shard_with_flipped_bytes_is_refused_by_training_selection_and_store_verify(store_copy, tmp_path):
+    from data_modules import ActivationStoreDataModule
+    from emoctl.errors import StoreError
+
+    shard = _flip_a_mantissa_bit(store_copy)
+    ActivationStoreDataModule(str(store_copy), batch_size=8, verify=False).setup("fit")  # the switch: not checked
+    with pytest.raises(StoreError, match=f"shard {shard} fails its checksum"):
+        ActivationStoreDataModule(str(store_copy), batch_size=8).setup("fit")
+    result = run_emoctl("store", "verify", "--path", str(store_copy), "--progress", "false")
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 1 and f"{shard} fails its checksum" in message and "Traceback" not in message
+
+
+def test_store_info_and_verify_on_an_intact_store(store_copy):
+    import json
+
+    result = run_emoctl("store", "verify", "--path", str(store_copy), "--progress", "false")
+    assert result.returncode == 0 and "intact" in result.stdout, result.stderr[-2000:]
+    result = run_emoctl("store", "info", "--path", str(store_copy), "--as_json", "true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout)
+    store = ActivationStore(store_copy)
+    assert (info["rows"], info["utterances"], info["d_model"]) == (store.num_rows, 60, 16)
+    assert info["emotions"] == {"Angry": 12, "Happy": 12, "Neutral": 12, "Sad": 12, "Surprise": 12}
+
+
+def test_a_lost_rank_index_is_named_not_read_as_an_empty_store(store_copy):
+    from emoctl.errors import StoreError
+
+    (store_copy / "index-r0000.json").unlink()
+    with pytest.raises(StoreError, match=r"lost committed shards: .*index-r0000.json"):
+        ActivationStore(store_copy)
+
+
+def test_a_truncated_consolidated_table_falls_back_to_the_checksummed_shard_tables(store_copy):
+    expected = ActivationStore(store_copy).utterances
+    table = store_copy / "utterances.parquet"
+    table.write_bytes(table.read_bytes()[:100])
+    assert ActivationStore(store_copy).utterances.equals(expected)

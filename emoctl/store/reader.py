@@ -34,6 +34,7 @@ class ActivationStore:
         self.manifest: dict[str, Any] = read_manifest(self.path)
         self.spec: StoreSpec = spec_from_manifest(self.manifest, self.path)
         self.shards: list[ShardRecord] = committed_shards(self.path)
+        self._check_against_manifest()
         for shard in self.shards:
             self._check_size(shard)
         self.shard_starts = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
@@ -41,6 +42,22 @@ class ActivationStore:
         self._mmaps: dict[int, np.ndarray] = {}
         self._utterances: pa.Table | None = None
         self._segments: dict[str, tuple[int, int]] | None = None
+
+    def _check_against_manifest(self) -> None:
+        """A shard the manifest lists must still be committed: the rank indexes are the commit record, and a
+        missing or rolled-back index would otherwise read as a smaller (or empty) store."""
+        listed = [ShardRecord.from_json(e, self.path / "manifest.json") for e in self.manifest.get("shards") or []]
+        committed = set(self.shards)
+        lost = [s for s in listed if s not in committed]
+        if lost:
+            ranks = sorted({s.rank for s in lost})
+            files = ", ".join(f"index-r{r:04d}.json" for r in ranks)
+            raise StoreError(
+                f"the store at {self.path} lost committed shards: manifest.json lists {len(lost)} shard(s) "
+                f"({', '.join(s.path for s in lost[:3])}{' ...' if len(lost) > 3 else ''}) that {files} no longer "
+                "record(s); the rank index is missing, truncated or rolled back. Restore it from a backup, or "
+                "rebuild it from manifest.json (its 'shards' entries of that rank are the index entries)."
+            )
 
     def _check_size(self, shard: ShardRecord) -> None:
         path = self.path / shard.path
@@ -91,7 +108,10 @@ class ActivationStore:
         listed = self.manifest.get("shards") or []
         if not name or [ShardRecord.from_json(e, self.path) for e in listed] != self.shards:
             return None
-        table = pq.read_table(self.path / name)
+        try:
+            table = pq.read_table(self.path / name)
+        except (OSError, pa.ArrowException):
+            return None  # a damaged convenience copy: the per-shard tables (checksummed) are the truth
         if table.num_rows != self.num_utterances or table.schema.names != STORE_TABLE_SCHEMA.names:
             return None  # rewritten by a later consolidation since the manifest was read
         return table
@@ -249,8 +269,12 @@ class ActivationStore:
     # ---- integrity ----------------------------------------------------------------------------
 
     def verify(self, progress: bool = True) -> None:
-        """Re-read every shard and utterance table and compare CRC-32s with the index; raise on a mismatch."""
-        for shard in tqdm(self.shards, disable=not progress, desc="verifying shards", unit="shard"):
+        """Re-read every shard and utterance table and compare CRC-32s with the index; raise on a mismatch.
+
+        About a second per GB; commands that read a whole store (SAE training, selection, steering
+        directions) call it once before their first step unless told not to.
+        """
+        for shard in tqdm(self.shards, disable=not progress, desc=f"verifying {self.path.name}", unit="shard"):
             self._check_size(shard)
             crc = crc32_of_rows(self.path / shard.path)
             if crc != shard.crc32:
