@@ -25,7 +25,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from emoctl.errors import EmoctlError
+from emoctl.errors import ConfigError, EmoctlError
 
 TRAINER_COMMANDS: dict[str, str] = {
     "fit": "Train a model (an SAE, an EmoShift layer ...) from a recipe.",
@@ -136,7 +136,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmoctlError as err:
         _print_error(command, str(err))
         return 1
+    except Exception as err:  # a library (jsonargparse building the recipe's classes) wrapped our own error
+        cause = _emoctl_cause(err)
+        if cause is None:
+            raise
+        _print_error(command, str(cause))
+        return 2 if isinstance(cause, ConfigError) else 1
     return 0
+
+
+def _emoctl_cause(err: BaseException) -> EmoctlError | None:
+    """The EmoctlError an exception was raised from, following ``__cause__`` / ``__context__``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, EmoctlError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class _InputError(Exception):
