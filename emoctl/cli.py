@@ -25,7 +25,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from emoctl.errors import ConfigError, EmoctlError
+from emoctl.errors import EmoctlError
 
 TRAINER_COMMANDS: dict[str, str] = {
     "fit": "Train a model (an SAE, an EmoShift layer ...) from a recipe.",
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cause is None:
             raise
         _print_error(command, str(cause))
-        return 2 if isinstance(cause, ConfigError) else 1
+        return 1
     return 0
 
 
