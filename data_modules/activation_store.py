@@ -31,6 +31,7 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         num_workers: int = 1,
         seed: int = 0,
         build: StoreBuilder | None = None,
+        verify: bool = True,
     ) -> None:
         """
         Args:
@@ -43,6 +44,8 @@ class ActivationStoreDataModule(pl.LightningDataModule):
             seed: Seed of the split and of the shuffle.
             build: How to create the store when ``path`` holds none (e.g. SyntheticSparseStore); None means
                 a missing store is an error.
+            verify: Check every shard's and utterance table's CRC-32 once before training (about a second per
+                GB), so a shard damaged on disk is refused rather than trained on.
         """
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -57,6 +60,7 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.builder = build
+        self.verify = verify
         self.store: ActivationStore | None = None
 
     @property
@@ -78,6 +82,8 @@ class ActivationStoreDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.store is None:
             self.store = ActivationStore(self.path)
+            if self.verify:
+                self.store.verify(progress=True)
             self.train_rows, self.val_rows = self.store.split(self.val_fraction, seed=self.seed, by=self.split_by)
             if len(self.train_rows) < self.batch_size:
                 raise ConfigError(

@@ -76,6 +76,11 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "codec": Tool("emoctl.reports.codec_roundtrip:codec_roundtrip_report",
                       "Speech codec round trips of a corpus split: per-emotion F0, RMS, duration and WER."),
     },
+    "store": {
+        "info": Tool("emoctl.store.commands:store_info", "A store's attributes, size and labels."),
+        "verify": Tool("emoctl.store.commands:verify_store",
+                       "Check every shard's CRC-32 and every row for NaN/Inf; name the damaged file."),
+    },
     "select": {"": Tool("emoctl.selection.select:select_features", "Top-m SAE emotion features by paired Δ-score.")},
     "attribute": {"": Tool("emoctl.steering.attribute:attribute_features",
                            "Acoustic effect (ΔF0, ΔRMS, ...) of steering each selected feature alone.")},
@@ -95,6 +100,7 @@ TOOL_SUMMARIES: dict[str, str] = {
     "corpus": "The embedded ESD-shaped emotional speech corpus.",
     "report": "Reproduce the papers' tables (Markdown, CSV, PNG and TensorBoard).",
     "inspect": "Look inside trained artifacts.",
+    "store": "Inspect and verify an activation store.",
     "select": "Select each emotion's SAE features from paired activations (JSON + PNG + Markdown).",
     "attribute": "Steer one feature at a time and report the acoustic shifts (Markdown + CSV + PNG).",
     "steer": "Apply a trained steering layer: intensity sweeps and compound emotions.",
@@ -130,7 +136,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmoctlError as err:
         _print_error(command, str(err))
         return 1
+    except Exception as err:  # a library (jsonargparse building the recipe's classes) wrapped our own error
+        cause = _emoctl_cause(err)
+        if cause is None:
+            raise
+        _print_error(command, str(cause))
+        return 1
     return 0
+
+
+def _emoctl_cause(err: BaseException) -> EmoctlError | None:
+    """The EmoctlError an exception was raised from, following ``__cause__`` / ``__context__``, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, EmoctlError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class _InputError(Exception):
@@ -155,8 +179,18 @@ def _overview() -> str:
 
 
 def _print_error(command: str, message: str) -> None:
-    text = textwrap.fill(f"emoctl {command}: error: {message}", width=100, break_on_hyphens=False)
+    text = textwrap.fill(f"emoctl {command}: error: {_unwrap_worker_error(message)}", width=100,
+                         break_on_hyphens=False)
     print(text, file=sys.stderr)
+
+
+def _unwrap_worker_error(message: str) -> str:
+    """The error's own message where a DataLoader worker re-raised it with the worker's traceback prepended."""
+    if "in DataLoader worker process" not in message or "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]  # "emoctl.errors.StoreError: <the message>"
+    name, sep, own = last.partition(": ")
+    return own if sep and name.rsplit(".", 1)[-1].endswith("Error") else message
 
 
 def _explain_argument_error(err: argparse.ArgumentError, command: str) -> str:

@@ -25,4 +25,9 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 
 class NonFiniteActivationError(StoreError, ValueError):
-    """Rows with NaN or Inf were offered to the store writer."""
+    """Rows with NaN or Inf: offered to the store writer, or read from a store that was damaged or written by
+    other code."""
+
+
+class NonFiniteError(EmoctlError, ArithmeticError):
+    """A loss or a weight became NaN or Inf (training diverged, or it was fed non-finite data)."""

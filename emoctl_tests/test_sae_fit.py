@@ -135,3 +135,25 @@ def test_resume_continues_dead_latent_counters_and_b_pre(tmp_path):
     assert second.global_step == 20
     assert torch.equal(capture.at_start, counters)
     assert torch.equal(capture.b_pre_at_start, saved["sae.b_dec"])  # not re-initialized from the data
+
+
+def test_resume_refuses_a_missing_or_unreadable_checkpoint_and_a_recipe_that_disagrees_with_it(tmp_path):
+    base = ["fit", "--config", str(RECIPES / "sae_demo.yaml"), *_demo_overrides(tmp_path),
+            "--data.init_args.build.init_args.n_utterances=200", "--trainer.max_steps=10",
+            "--trainer.val_check_interval=5"]
+    assert run_emoctl(*base).returncode == 0
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    for extra, needles in (
+        (["--ckpt_path", str(tmp_path / "nope.ckpt")], ["nope.ckpt does not exist"]),
+        (["--ckpt_path", str(tmp_path / "garbage.ckpt")], ["garbage.ckpt is not a readable Lightning checkpoint"]),
+        (["--ckpt_path", str(ckpt), "--model.init_args.sae.k=4", "--model.init_args.lr=0.001"],
+         ["model.sae: checkpoint", "'k': 8", "'k': 4", "model.lr: checkpoint 0.002, recipe 0.001"]),
+    ):
+        (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+        result = run_emoctl(*base, "--trainer.max_steps=20", *extra)
+        message = " ".join(result.stderr.split())
+        assert result.returncode == 1 and "Traceback" not in message, message[-1500:]
+        for needle in needles:
+            assert needle in message, (needle, message[-1500:])
+    resumed = run_emoctl(*base, "--trainer.max_steps=20", "--ckpt_path", str(ckpt))  # the same recipe resumes
+    assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.errors import ConfigError
+from emoctl.numerics import refuse_non_finite_weights
 from emoctl.training import read_recipe, run_dir
 
 RECIPE_FILE = "recipe.yaml"
@@ -65,6 +66,9 @@ class ModelExport(pl.Callback):
         if not isinstance(pl_module, Exportable):
             raise ConfigError(f"ModelExport needs a module with export_name and export(folder, trainer); "
                               f"{type(pl_module).__name__} has neither. Remove the callback from the recipe.")
+        # On every rank (they hold the same weights), so none waits at the barrier for a rank that refused.
+        refuse_non_finite_weights(pl_module.state_dict(), f"{type(pl_module).__name__} at the end of fit "
+                                                          f"(step {trainer.global_step}; nothing was exported)")
         if trainer.is_global_zero:
             self.last_export = self.write(trainer, pl_module)
             pl_module.exported = self.last_export  # type: ignore[attr-defined]

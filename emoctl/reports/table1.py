@@ -217,7 +217,9 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     if not emotions:
         raise ConfigError(f"no feature sets in {selection} (features_<emotion>.json); run `emoctl select` first.")
     feature_sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in emotions}
-    means = mean_difference_directions(ActivationStore(store), NEUTRAL, emotions, progress=progress)
+    activations = ActivationStore(store)
+    activations.verify(progress=progress)  # the global baseline's means come from every row of it
+    means = mean_difference_directions(activations, NEUTRAL, emotions, progress=progress)
     seed, sampling = protocol.seed, protocol.sampling
     methods = SteeringMethods(sae_model, feature_sets, means, seed=seed)
     speakers = protocol.voices(tts)

@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from emoctl.errors import ConfigError
+from emoctl.numerics import refuse_non_finite_weights
 from emoctl.store.fsio import atomic_write_bytes
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.topk_sae import TopKSAE
@@ -54,7 +55,6 @@ def save_pretrained(sae: TopKSAE, directory: str | Path, extra_metadata: dict[st
         json.dumps(extra_metadata or {})
     except TypeError as err:
         raise ConfigError(f"extra_metadata for {directory / CONFIG_FILENAME} must be JSON-serializable: {err}.") from err
-    (directory / CONFIG_FILENAME).unlink(missing_ok=True)  # from here until the end the folder does not load
     cfg = sae.cfg
     weights = {
         "W_enc": sae.W_enc.detach().t(),  # SAELens: [d_in, d_sae]; ours is one row per latent
@@ -62,6 +62,8 @@ def save_pretrained(sae: TopKSAE, directory: str | Path, extra_metadata: dict[st
         "W_dec": sae.W_dec.detach(),
         "b_dec": sae.b_dec.detach(),
     }
+    refuse_non_finite_weights(weights, f"the SAE to be saved in {directory}")
+    (directory / CONFIG_FILENAME).unlink(missing_ok=True)  # from here until the end the folder does not load
     from safetensors.torch import save as save_bytes
 
     blob = save_bytes({name: t.contiguous().cpu() for name, t in weights.items()})
@@ -125,6 +127,7 @@ def load_pretrained(directory: str | Path, device: torch.device | str = "cpu") -
     if recorded is not None and hashlib.sha256(weights_path.read_bytes()).hexdigest() != recorded:
         raise ConfigError(f"{weights_path} is not the weights file {config_path} was written with (SHA-256 differs): "
                           "the folder mixes two exports or was damaged. Re-export the SAE.")
+    refuse_non_finite_weights({name: tensors[name] for name in expected}, f"the SAE in {directory}")
     sae = TopKSAE(cfg, device=device, dtype=tensors["W_dec"].dtype)
     with torch.no_grad():
         sae.W_enc.copy_(tensors["W_enc"].t())

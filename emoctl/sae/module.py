@@ -20,9 +20,12 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from emoctl.errors import ConfigError
+from emoctl.errors import ConfigError, NonFiniteError
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.topk_sae import TopKSAE
+
+NON_FINITE_CHECK_EVERY = 16
+"""Steps between looks at the non-finite-loss counter (a look is one device sync; counting costs none)."""
 
 # Lightning checkpoints keep the hyperparameters, this dataclass among them; resuming loads them with
 # torch.load(weights_only=True), which refuses classes it was not told are safe.
@@ -58,6 +61,8 @@ class SAEModule(pl.LightningModule):
             raise ConfigError(f"model.decay_fraction must be in [0, 1], got {decay_fraction}.")
         if warmup_steps < 0:
             raise ConfigError(f"model.warmup_steps must be >= 0, got {warmup_steps}.")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"model.lr must be a finite number > 0 (or null for the d_sae scaling), got {lr}.")
         self.save_hyperparameters()
         self.cfg = sae
         self.sae = TopKSAE(sae)
@@ -65,6 +70,7 @@ class SAEModule(pl.LightningModule):
         # Saved in checkpoints so a resumed run does not re-initialize b_pre.
         self.register_buffer("b_pre_initialized", torch.tensor(False))
         self._val_sums: dict[str, torch.Tensor] = {}
+        self._non_finite_losses: torch.Tensor | None = None  # (,) int64 on the SAE's device
 
     # ------------------------------------------------------------------ setup
     # ----------------------------------------------------------------- export
@@ -121,7 +127,31 @@ class SAEModule(pl.LightningModule):
             prog_bar=False,
         )
         self.log("fvu", out.fvu.detach(), prog_bar=True, logger=False)
+        self._count_non_finite(out.loss.detach(), batch_idx)
         return out.loss
+
+    def _count_non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Refuse a NaN or Inf loss within NON_FINITE_CHECK_EVERY steps, without a device sync every step.
+
+        Rows are checked finite when the store reads them, so a non-finite loss means training diverged;
+        the export would refuse its weights anyway, but stopping here saves the rest of the run.
+        """
+        bad = (~torch.isfinite(loss)).to(torch.int64)
+        self._non_finite_losses = bad if self._non_finite_losses is None else self._non_finite_losses + bad
+        if (batch_idx + 1) % NON_FINITE_CHECK_EVERY == 0:
+            self.check_finite_training()
+
+    def check_finite_training(self) -> None:
+        if self._non_finite_losses is not None and int(self._non_finite_losses) > 0:
+            raise NonFiniteError(
+                f"the SAE's training loss became NaN or Inf ({int(self._non_finite_losses)} steps, by step "
+                f"{self.global_step}) though every batch it read was finite: training diverged. Lower model.lr "
+                f"(now {self.lr:g}), lengthen model.warmup_steps, or train in float32 (trainer.precision); "
+                "nothing was exported."
+            )
+
+    def on_train_end(self) -> None:
+        self.check_finite_training()
 
     @property
     def dtype_for_math(self) -> torch.dtype:

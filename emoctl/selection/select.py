@@ -33,7 +33,7 @@ def feature_set_path(out_dir: str | Path, emotion: str) -> Path:
 def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral", emotions: list[str] | None = None,
                     m: int = 6, alpha: float | None = None, correction: Literal["bh", "none"] = "bh",
                     n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0, chunk_rows: int = 4096,
-                    device: str = "cpu", progress: bool = True) -> dict[str, FeatureSet]:
+                    device: str = "cpu", verify: bool = True, progress: bool = True) -> dict[str, FeatureSet]:
     """Select each emotion's top-m SAE latents by paired Δ-score; write JSON feature sets, PNGs and a summary.
 
     Args:
@@ -51,6 +51,7 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
         seed: Seed of the bootstrap.
         chunk_rows: Rows read from the store and encoded per step (bounds memory).
         device: Where the SAE encodes ("cpu", "cuda").
+        verify: Check the store's CRC-32s before reading it (about a second per GB).
         progress: Show a progress bar over the store.
     """
     if m < 1:
@@ -62,6 +63,8 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available here; use device=cpu.")
     activation_store = ActivationStore(store)
+    if verify:
+        activation_store.verify(progress=progress)
     model = load_pretrained(sae)
     ind = collect_indicators(activation_store, model, chunk_rows=chunk_rows, device=device, progress=progress)
     pairs = pair_utterances(ind.utt_id, ind.emotion, ind.pair_key, neutral=neutral, emotions=emotions,

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from emoctl.errors import ConfigError, StoreError
+from emoctl.errors import ConfigError, NonFiniteActivationError, StoreError
 from emoctl.store.manifest import ShardRecord, committed_shards, read_manifest, spec_from_manifest
+from emoctl.numerics import all_finite
 from emoctl.store.moments import RunningMoments
 from emoctl.store.npy_stream import crc32_of_rows
 from emoctl.store.spec import StoreSpec, rows_to_torch, torch_to_bits
@@ -33,6 +34,7 @@ class ActivationStore:
         self.manifest: dict[str, Any] = read_manifest(self.path)
         self.spec: StoreSpec = spec_from_manifest(self.manifest, self.path)
         self.shards: list[ShardRecord] = committed_shards(self.path)
+        self._check_against_manifest()
         for shard in self.shards:
             self._check_size(shard)
         self.shard_starts = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
@@ -40,6 +42,22 @@ class ActivationStore:
         self._mmaps: dict[int, np.ndarray] = {}
         self._utterances: pa.Table | None = None
         self._segments: dict[str, tuple[int, int]] | None = None
+
+    def _check_against_manifest(self) -> None:
+        """A shard the manifest lists must still be committed: the rank indexes are the commit record, and a
+        missing or rolled-back index would otherwise read as a smaller (or empty) store."""
+        listed = [ShardRecord.from_json(e, self.path / "manifest.json") for e in self.manifest.get("shards") or []]
+        committed = set(self.shards)
+        lost = [s for s in listed if s not in committed]
+        if lost:
+            ranks = sorted({s.rank for s in lost})
+            files = ", ".join(f"index-r{r:04d}.json" for r in ranks)
+            raise StoreError(
+                f"the store at {self.path} lost committed shards: manifest.json lists {len(lost)} shard(s) "
+                f"({', '.join(s.path for s in lost[:3])}{' ...' if len(lost) > 3 else ''}) that {files} no longer "
+                "record(s); the rank index is missing, truncated or rolled back. Restore it from a backup, or "
+                "rebuild it from manifest.json (its 'shards' entries of that rank are the index entries)."
+            )
 
     def _check_size(self, shard: ShardRecord) -> None:
         path = self.path / shard.path
@@ -90,7 +108,10 @@ class ActivationStore:
         listed = self.manifest.get("shards") or []
         if not name or [ShardRecord.from_json(e, self.path) for e in listed] != self.shards:
             return None
-        table = pq.read_table(self.path / name)
+        try:
+            table = pq.read_table(self.path / name)
+        except (OSError, pa.ArrowException):
+            return None  # a damaged convenience copy: the per-shard tables (checksummed) are the truth
         if table.num_rows != self.num_utterances or table.schema.names != STORE_TABLE_SCHEMA.names:
             return None  # rewritten by a later consolidation since the manifest was read
         return table
@@ -139,6 +160,7 @@ class ActivationStore:
                 np.take(source, local, axis=0, out=out_bits[a:b], mode="clip")  # indices checked above
             else:
                 out_bits[order[a:b]] = np.take(source, local, axis=0, mode="clip")
+        self._refuse_non_finite(out, idx)
         return out
 
     def segment(self, utt_id: str) -> torch.Tensor:
@@ -152,7 +174,9 @@ class ActivationStore:
         first, count = self._segments[utt_id]
         shard = int(np.searchsorted(self.shard_starts, first, side="right") - 1)
         local = first - int(self.shard_starts[shard])
-        return rows_to_torch(np.array(self._shard_rows(shard)[local:local + count]), self.dtype)
+        rows = rows_to_torch(np.array(self._shard_rows(shard)[local:local + count]), self.dtype)
+        self._refuse_non_finite(rows, first + np.arange(count, dtype=np.int64))
+        return rows
 
     def iter_chunks(self, chunk_rows: int = 1 << 16, progress: bool = False) -> Iterator[torch.Tensor]:
         """All rows in global order, as (≤ chunk_rows, d) tensors that never span two shards."""
@@ -162,10 +186,43 @@ class ActivationStore:
         for i, shard in enumerate(self.shards):
             source = self._shard_rows(i)
             for a in range(0, shard.rows, chunk_rows):
-                chunk = np.array(source[a:a + chunk_rows])
+                chunk = rows_to_torch(np.array(source[a:a + chunk_rows]), self.dtype)
+                first = int(self.shard_starts[i]) + a
+                self._refuse_non_finite(chunk, np.arange(first, first + chunk.shape[0], dtype=np.int64))
                 bar.update(chunk.shape[0])
-                yield rows_to_torch(chunk, self.dtype)
+                yield chunk
         bar.close()
+
+    def _refuse_non_finite(self, rows: torch.Tensor, global_rows: np.ndarray) -> None:
+        """Raise, naming the shard and utterance, if any of ``rows`` (read at ``global_rows``) holds NaN or Inf.
+
+        Every reader of rows passes through here (training batches, selection, steering directions, segments):
+        one NaN row turns an SAE's weights into NaN and shifts a selection without a word. The writer never
+        stores such rows, so one found here means a damaged shard or a store written by other code.
+        """
+        if all_finite(rows):
+            return
+        bad = int(global_rows[int((~torch.isfinite(rows).all(dim=1)).nonzero()[0, 0])])
+        raise NonFiniteActivationError(
+            f"the store at {self.path} holds NaN or Inf in row {bad}: {self.describe_row(bad)}. emoctl refuses "
+            "non-finite activations everywhere (one NaN row makes an SAE's weights NaN). The harvest never writes "
+            "them, so the shard was damaged or written by other code: restore it from a backup, or harvest into a "
+            "new store."
+        )
+
+    def describe_row(self, row: int) -> str:
+        """Where a global row lives: its shard file, utterance and decode step (for error messages)."""
+        shard = int(np.searchsorted(self.shard_starts, row, side="right") - 1)
+        where = f"shard {self.shards[shard].path}, local row {row - int(self.shard_starts[shard])}"
+        try:
+            table = self.utterances
+            first = table["first_row"].to_numpy()
+            u = int(np.searchsorted(first, row, side="right") - 1)
+            if 0 <= u < table.num_rows:
+                where += f", utterance {table['utt_id'][u].as_py()!r} (step {row - int(first[u])})"
+        except (StoreError, OSError, pa.ArrowException):  # a damaged table: the shard and row still locate it
+            pass
+        return where
 
     # ---- statistics and splits ----------------------------------------------------------------
 
@@ -212,8 +269,12 @@ class ActivationStore:
     # ---- integrity ----------------------------------------------------------------------------
 
     def verify(self, progress: bool = True) -> None:
-        """Re-read every shard and utterance table and compare CRC-32s with the index; raise on a mismatch."""
-        for shard in tqdm(self.shards, disable=not progress, desc="verifying shards", unit="shard"):
+        """Re-read every shard and utterance table and compare CRC-32s with the index; raise on a mismatch.
+
+        About a second per GB; commands that read a whole store (SAE training, selection, steering
+        directions) call it once before their first step unless told not to.
+        """
+        for shard in tqdm(self.shards, disable=not progress, desc=f"verifying {self.path.name}", unit="shard"):
             self._check_size(shard)
             crc = crc32_of_rows(self.path / shard.path)
             if crc != shard.crc32:
