@@ -230,3 +230,21 @@ def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp
         assert len(list(csv.DictReader(f))) == 3 * len(PROBES)
     assert "| 7 |" in (out / "attribution.md").read_text()
     assert (out / "attribution.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("bad, needle", [({"m": -1}, "m=-1"), ({"n_texts": 0}, "n_texts=0"),
+                                         ({"n_bootstrap": 0}, "n_bootstrap=0"), ({"top_k": 0}, "top_k=0"),
+                                         ({"alphas": {"Angry": float("nan")}}, "alphas=")])
+def test_attribute_refuses_nonsense_values_before_loading_anything(bad, needle, tmp_path):
+    from emoctl.steering.attribute import attribute_features
+
+    with pytest.raises(ConfigError, match=needle):
+        attribute_features(str(tmp_path / "no_sae"), str(tmp_path / "no_sel"), str(tmp_path / "out"), **bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_sae_refuses_an_empty_batch():
+    from emoctl.bench.sae import bench_sae
+
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        bench_sae(batch_size=0)

@@ -59,8 +59,11 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
     """
     if not 0.0 <= dead_fraction <= 1.0:
         raise ConfigError(f"dead_fraction={dead_fraction} must be in [0, 1].")
-    if steps < 1 or warmup < 0:
-        raise ConfigError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0.")
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise ConfigError(f"bench sae: need steps >= 1, warmup >= 0 and batch_size >= 1; got steps={steps}, "
+                          f"warmup={warmup}, batch_size={batch_size}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"bench sae: device={device!r} but CUDA is not available here; use device=cpu or auto.")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     generator = torch.Generator().manual_seed(seed)

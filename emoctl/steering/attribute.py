@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -77,6 +78,19 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
     """
     from emoctl.corpus.sentences import generate_sentences
 
+    bad = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (
+        ("m", m, m is None or m >= 1, ">= 1, or null for every feature"),
+        ("n_texts", n_texts, n_texts >= 1 or bool(texts), ">= 1"),
+        ("n_bootstrap", n_bootstrap, n_bootstrap >= 1, ">= 1"),
+        ("batch_size", batch_size, batch_size >= 1, ">= 1"),
+        ("max_new_tokens", max_new_tokens, max_new_tokens >= 1, ">= 1"),
+        ("temperature", temperature, math.isfinite(temperature) and temperature >= 0, ">= 0; 0 is greedy"),
+        ("top_k", top_k, top_k is None or top_k >= 1, ">= 1 or null"),
+        ("alpha", alpha, math.isfinite(alpha), "finite"),
+        ("alphas", alphas, all(math.isfinite(a) for a in (alphas or {}).values()), "finite values"),
+    ) if not ok]
+    if bad:
+        raise ConfigError("emoctl attribute: " + "; ".join(bad) + ".")
     model = backbone.load()
     sae_model = load_pretrained(sae, device=backbone.device)
     sets = _feature_sets(Path(selection), emotions)
