@@ -136,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmoctlError as err:
         _print_error(command, str(err))
         return 1
+    except (OSError, UnicodeDecodeError) as err:  # the file system said no: name the file, not the stack
+        _print_error(command, _explain_os_error(err))
+        return 1
     except Exception as err:  # a library (jsonargparse building the recipe's classes) wrapped our own error
         cause = _emoctl_cause(err)
         if cause is None:
@@ -182,6 +185,22 @@ def _print_error(command: str, message: str) -> None:
     text = textwrap.fill(f"emoctl {command}: error: {_unwrap_worker_error(message)}", width=100,
                          break_on_hyphens=False)
     print(text, file=sys.stderr)
+
+
+def _explain_os_error(err: OSError | UnicodeDecodeError) -> str:
+    if isinstance(err, UnicodeDecodeError):
+        return (f"a file that should be UTF-8 text is not ({err.reason} at byte {err.start}); re-save it as UTF-8 "
+                "or check that the path names the file you meant.")
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f) or "a file"
+    hints = {PermissionError: "check its permissions or choose another path",
+             FileExistsError: "something is already there; move it or choose another path",
+             NotADirectoryError: "a file stands where a folder is needed; move it or choose another path",
+             IsADirectoryError: "a folder stands where a file is needed; choose a file path",
+             FileNotFoundError: "check the path (and that its parent folders exist)"}
+    hint = next((h for kind, h in hints.items() if isinstance(err, kind)), None)
+    if hint is None and err.errno == 28:  # ENOSPC
+        hint = "the disk is full; free space and rerun (long jobs resume)"
+    return f"{err.strerror or err} ({type(err).__name__}): {where}; {hint or 'check the path and rerun'}."
 
 
 def _unwrap_worker_error(message: str) -> str:

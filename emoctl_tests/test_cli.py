@@ -92,3 +92,25 @@ def test_errors_raised_while_building_the_recipes_classes_are_one_paragraph(over
     """jsonargparse wraps a class's own ConfigError in its union-type error; the user sees ours, once."""
     _one_paragraph_error(run_emoctl("fit", "--config", str(RECIPES / "sae_demo.yaml"), override,
                                     f"--trainer.default_root_dir={tmp_path}"), needle)
+
+
+@pytest.mark.parametrize("command", [
+    ["select", "--store", "no_store", "--sae", "no_sae", "--out_dir"],
+    ["steer", "emoshift", "--layer", "no_layer", "--out_dir"],
+    ["report", "table1", "--sae", "x", "--store", "y", "--selection", "z", "--out_dir"],
+    ["inspect", "emotionality", "--out_dir"],
+    ["attribute", "--sae", "x", "--selection", "y", "--out_dir"],
+    ["evaluate", "--audio", ".", "--manifest", "m.csv", "--out"],
+], ids=lambda c: " ".join(c[:2]))
+def test_an_output_folder_blocked_by_a_file_fails_before_any_work(command, tmp_path):
+    """Checked first, so the error is about the folder even though every input here is missing too."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    _one_paragraph_error(run_emoctl(*command, str(blocker / "out")), f"{blocker} is a file, not a folder")
+
+
+def test_file_system_errors_are_one_paragraph_naming_the_file(tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    _one_paragraph_error(run_emoctl("corpus", "build", "--root", str(blocker / "corpus"), "--n_sentences", "5",
+                                    "--speakers", "1"), str(blocker))

@@ -52,6 +52,7 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.scoring import Utterance
 from emoctl.metrics.audio import prepare_clip
 from emoctl.metrics.stats import Estimate, mean_ci
+from emoctl.store.fsio import check_output_dir
 
 __all__ = ["ManifestRow", "evaluate", "read_manifest"]
 
@@ -138,6 +139,7 @@ def evaluate(audio: Path, manifest: Path, out: Path,
         threads: CPU threads of every model (torch, CTranslate2, onnxruntime); unset keeps each library's default.
             Use 1 on a machine shared with other jobs: spinning thread pools slow down badly when oversubscribed.
     """
+    check_output_dir(out, "out")  # before any work: a bad folder fails now, not after the compute
     audio, manifest, out = Path(audio), Path(manifest), Path(out)
     if not audio.is_dir():
         raise ConfigError(f"--audio {audio} is not a folder; give the folder the manifest's clip paths are under.")

@@ -23,6 +23,7 @@ import numpy as np
 
 from emoctl.corpus.esd import ESD_EMOTIONS
 from emoctl.errors import ConfigError
+from emoctl.store.fsio import check_output_dir
 
 PROBES = ("f0_mean_hz", "rms", "duration_s")
 TOLERANCE = {"f0_mean_hz": 0.05, "rms": 0.20, "duration_s": 0.05}
@@ -68,6 +69,7 @@ def codec_roundtrip_report(codec_dir: str | None = None, corpus_root: str = "run
         workers: Processes for the WORLD round trips.
         progress: Show progress bars.
     """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from emoctl.backbones.mini_tts.backbone import CODEC_DIR
     from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
     from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips

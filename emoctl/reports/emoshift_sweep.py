@@ -30,6 +30,7 @@ from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
 from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.evaluation.protocol import EvaluationProtocol
+from emoctl.store.fsio import check_output_dir
 
 DEFAULT_ALPHAS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
 UNSTEERED = "unsteered"
@@ -60,6 +61,7 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
         recognizer_dir: Recognizer folder; None for the embedded default.
         progress: Show progress bars.
     """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from tqdm.auto import tqdm
 
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
@@ -234,6 +236,7 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
         recognizer_dir: Recognizer folder; None for the embedded default.
         progress: Show progress bars.
     """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from tqdm.auto import tqdm
 
     from emoctl.metrics.loading import load_recognizer

@@ -26,6 +26,7 @@ from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.texts import corpus_test_sentences
 from emoctl.metrics.ser import ESD_EMOTIONS
 from emoctl.synthesis import synthesize
+from emoctl.store.fsio import check_output_dir
 
 PAIRED_PROBES = ("f0_mean_hz", "rms", "duration_s")
 NEUTRAL = "Neutral"
@@ -70,6 +71,7 @@ def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: st
         recognizer_dir: Recognizer model folder; None for the embedded default.
         progress: Show progress bars.
     """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
     from emoctl.metrics.loading import load_recognizer
     from emoctl.probes import measure

@@ -48,6 +48,7 @@ from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorer
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.synthesis import SamplingConfig
+from emoctl.store.fsio import check_output_dir
 
 METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
 DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [4.0, 8.0], "global": [4.0, 8.0], "sae_emotion": [4.0, 8.0],
@@ -187,6 +188,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
         recognizer_dir: Recognizer folder; None for the embedded default.
         progress: Show progress bars.
     """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from emoctl.evaluation.texts import split_sentences
     from emoctl.metrics.ser import ESD_EMOTIONS
     from emoctl.sae.export import load_pretrained

@@ -26,6 +26,7 @@ from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
 from emoctl.synthesis import synthesize
+from emoctl.store.fsio import check_output_dir
 
 METRICS = ["ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl", "finished"]
 
@@ -56,6 +57,7 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
         recognizer_dir: Recognizer folder; None for the embedded default.
         progress: Show progress bars.
     """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from tqdm.auto import tqdm
 
     from emoctl.backbones.loading import load_backbone

@@ -23,6 +23,7 @@ from emoctl.selection.pairs import EmotionPairs, pair_utterances
 from emoctl.selection.report import save_delta_histogram, write_summary
 from emoctl.selection.stats import benjamini_hochberg, bootstrap_delta_ci, delta_scores, mcnemar_exact
 from emoctl.store import ActivationStore
+from emoctl.store.fsio import check_output_dir
 
 
 def feature_set_path(out_dir: str | Path, emotion: str) -> Path:
@@ -54,6 +55,7 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
         verify: Check the store's CRC-32s before reading it (about a second per GB).
         progress: Show a progress bar over the store.
     """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     if m < 1:
         raise ConfigError(f"m={m} must be >= 1 (latents per emotion).")
     if alpha is not None and not 0.0 < alpha < 1.0:

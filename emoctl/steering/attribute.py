@@ -31,7 +31,7 @@ from emoctl.selection.select import feature_set_path
 from emoctl.steering.base import steer
 from emoctl.steering.sae_features import SAEFeatureSteering
 from emoctl.synthesis import SamplingConfig, synthesize
-from emoctl.store.fsio import atomic_write_bytes, save_figure_atomically
+from emoctl.store.fsio import atomic_write_bytes, check_output_dir, save_figure_atomically
 
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz", "duration_s")
 """ΔF0, ΔRMS, Δcentroid, Δduration: the acoustic probes of the SAE seed."""
@@ -76,6 +76,7 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
         n_bootstrap: Bootstrap resamples of each paired difference.
         progress: Show a progress bar over the steering passes.
     """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from emoctl.corpus.sentences import generate_sentences
 
     bad = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (

@@ -10,6 +10,23 @@ import os
 from pathlib import Path
 
 
+def check_output_dir(path: str | Path, key: str = "out_dir") -> Path:
+    """Refuse, before any work, an output folder that cannot be written: a file where it or a parent should be,
+    or a folder this user may not write (the folder itself or its nearest existing parent). Creates nothing."""
+    from emoctl.errors import ConfigError
+
+    target = Path(path)
+    probe = target
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}={path}: {probe} is a file, not a folder, so the outputs cannot go there; choose "
+                          f"another {key} or move the file away.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: this user may not write in {probe}; choose a writable {key}.")
+    return target
+
+
 def fsync_dir(path: Path) -> None:
     """Make renames and creations inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
