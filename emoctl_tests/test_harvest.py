@@ -334,3 +334,28 @@ def test_sae_mini_fit_goes_from_a_backbone_checkpoint_to_an_exported_sae(checkpo
     assert not list(tmp_path.glob(".store.building"))
     cfg = json.loads((tmp_path / "sae_mini" / "v0" / "sae" / "cfg.json").read_text())
     assert cfg["d_in"] == 32 and cfg["d_sae"] == 64 and cfg["k"] == 4 and cfg["metadata"]["hook_name"] == HOOK
+
+
+@pytest.mark.parametrize("commit_every_s", [0.0, 3600.0])
+def test_a_harvest_commits_by_time_so_a_kill_loses_a_bounded_amount(commit_every_s, tmp_path):
+    """With commit_every_s = 0 every generated batch is committed as it ends (what a kill would keep); with an
+    hour nothing is committed until the shard fills or the harvest closes."""
+    from emoctl.harvest.session import HarvestSession
+    from emoctl.store import ActivationStore
+
+    module = HarvestModule(BackboneSpec(), max_new_tokens=12)
+    grid = _grid(TEXTS[:1], batch_size=2, speakers=["0017", "0018"], emotions=["Angry"])
+    module.bind_prompts(grid)
+    settings = {"generation": module.generation_settings(), "prompts": grid.describe()}
+    session = HarvestSession(tmp_path / "store", module.backbone, HOOK, ["decode"], settings,
+                             commit_every_s=commit_every_s)
+    with session.recorder, torch.inference_mode():
+        for batch in grid.pending_batches():
+            session.recorder.start()
+            out = module.generate_batch(batch)
+            session.write(out.prompts, out.generation)
+    assert session.written == 4
+    before_close = ActivationStore(tmp_path / "store").num_utterances  # what a kill here would leave
+    assert before_close == (4 if commit_every_s == 0 else 0)
+    session.close()
+    assert ActivationStore(tmp_path / "store").num_utterances == 4

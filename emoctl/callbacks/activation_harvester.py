@@ -23,7 +23,7 @@ class ActivationHarvester(pl.Callback):
     """Reads ``hookpoint`` in the given phases and writes every finished utterance to the store at ``path``."""
 
     def __init__(self, path: str, hookpoint: str = "resid_pre.5", phases: tuple[str, ...] = ("decode",),
-                 dtype: str = "float32", shard_rows: int = 1 << 16) -> None:
+                 dtype: str = "float32", shard_rows: int = 1 << 16, commit_every_s: float = 60.0) -> None:
         """
         Args:
             path: Store directory (created, or resumed when it holds a harvest with the same settings).
@@ -31,9 +31,12 @@ class ActivationHarvester(pl.Callback):
             phases: Forward passes to read: decode (one row per generated token, the SAE paper's choice)
                 and/or prefill (one row per prompt position).
             dtype: Row dtype on disk: float32, bfloat16 or float16.
-            shard_rows: Rows per shard file; also how often a rank commits (a kill loses at most one shard).
+            shard_rows: Rows per shard file; a full shard is committed at once.
+            commit_every_s: Also commit the partial shard once this many seconds have passed since the last
+                commit, so a killed harvest loses at most about this much generation (0: every batch).
         """
         self.path, self.hookpoint, self.dtype, self.shard_rows = path, hookpoint, dtype, shard_rows
+        self.commit_every_s = commit_every_s
         self.phases = parse_phases(phases)
         self.session: HarvestSession | None = None
 
@@ -52,7 +55,8 @@ class ActivationHarvester(pl.Callback):
         pl_module.bind_prompts(datamodule)
         settings = {"generation": pl_module.generation_settings(), "prompts": datamodule.describe()}
         self.session = HarvestSession(self.path, pl_module.backbone, self.hookpoint, self.phases, settings,
-                                      dtype=self.dtype, rank=trainer.global_rank, shard_rows=self.shard_rows)
+                                      dtype=self.dtype, rank=trainer.global_rank, shard_rows=self.shard_rows,
+                                      commit_every_s=self.commit_every_s)
         datamodule.skip_utt_ids(self.session.committed)  # before predict asks for its dataloader
         total = len(datamodule.prompts)
         done = len(self.session.committed)

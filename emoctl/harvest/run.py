@@ -22,11 +22,12 @@ from emoctl.store import consolidate_store
 
 def harvest_into(path: str | Path, module: HarvestModule, datamodule, hookpoint: str,
                  phases: Iterable[str | Phase] = (Phase.DECODE,), dtype: str = "float32", shard_rows: int = 1 << 16,
-                 progress: bool = True) -> HarvestSession:
+                 progress: bool = True, commit_every_s: float = 60.0) -> HarvestSession:
     """Generate every pending batch of ``datamodule`` and store it at ``path`` (resumes a partial store)."""
     module.bind_prompts(datamodule)
     settings = {"generation": module.generation_settings(), "prompts": datamodule.describe()}
-    session = HarvestSession(path, module.backbone, hookpoint, phases, settings, dtype=dtype, shard_rows=shard_rows)
+    session = HarvestSession(path, module.backbone, hookpoint, phases, settings, dtype=dtype, shard_rows=shard_rows,
+                             commit_every_s=commit_every_s)
     try:
         datamodule.skip_utt_ids(session.committed)
         batches = datamodule.pending_batches()

@@ -7,6 +7,7 @@ committed, and turns each generated batch into store utterances.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,8 +28,15 @@ class HarvestSession:
     """Writes one rank's utterances; ``settings`` (JSON) must match the store's when it is reopened."""
 
     def __init__(self, path: str | Path, backbone: Backbone, hookpoint: str, phases: Iterable[str | Phase],
-                 settings: dict[str, Any], dtype: str = "float32", rank: int = 0, shard_rows: int = 1 << 16) -> None:
+                 settings: dict[str, Any], dtype: str = "float32", rank: int = 0, shard_rows: int = 1 << 16,
+                 commit_every_s: float = 60.0) -> None:
+        """``commit_every_s``: commit the partial shard when this long has passed since the last commit, so a
+        kill loses at most about that much generation (a full shard commits on its own)."""
+        if not commit_every_s >= 0:
+            raise ConfigError(f"commit_every_s={commit_every_s} must be >= 0 seconds (0 commits every batch).")
         self.path = Path(path)
+        self.commit_every_s = commit_every_s
+        self._last_commit = time.monotonic()
         self.recorder = ActivationRecorder(backbone, hookpoint, phases)
         self.settings = json.loads(json.dumps({**settings, "hookpoint": hookpoint,
                                                "phases": [p.value for p in self.recorder.phases]}))
@@ -71,6 +79,9 @@ class HarvestSession:
             n += 1
             self.rows += rows.shape[0]
         self.written += n
+        if n and time.monotonic() - self._last_commit >= self.commit_every_s:
+            self.writer.flush()  # a shorter shard: bounds what a kill can lose
+            self._last_commit = time.monotonic()
         return n
 
     def close(self) -> None:
