@@ -17,8 +17,15 @@ from emoctl.store import ActivationStore, ActivationWriter, StoreSpec, Utterance
 
 @pytest.fixture(scope="module")
 def nan_store(tmp_path_factory) -> tuple[Path, str, int]:
-    """A synthetic store with one NaN written straight into a shard (as a damaged disk or foreign code would);
-    returns its path, the damaged utterance's id and the global row."""
+    """A synthetic store with one NaN written into a shard by code other than emoctl's writer, which also recorded
+    the shard's new checksum (so only the finiteness check can catch it); returns its path, the damaged
+    utterance's id and the global row."""
+    import dataclasses
+    import json
+
+    from emoctl.store.manifest import read_rank_index, write_rank_index
+    from emoctl.store.npy_stream import crc32_of_rows
+
     path = tmp_path_factory.mktemp("nan") / "store"
     SyntheticSparseStore(d_model=16, n_atoms=32, k_active=3, n_utterances=60).build_atomically(path)
     store = ActivationStore(path)
@@ -30,6 +37,13 @@ def nan_store(tmp_path_factory) -> tuple[Path, str, int]:
     rows = np.load(path / store.shards[shard].path, mmap_mode="r+")
     rows[row - int(store.shard_starts[shard]), 5] = np.nan
     rows.flush()
+    del rows
+    records = [dataclasses.replace(r, crc32=crc32_of_rows(path / r.path)) for r in read_rank_index(path, 0)]
+    write_rank_index(path, 0, records)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["shards"] = [r.to_json() for r in records]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    ActivationStore(path).verify(progress=False)  # the checksums agree: a consistent store with a NaN in it
     return path, utt_id, row
 
 

@@ -137,10 +137,11 @@ def measure(utterances: Sequence[Utterance], scorers: Scorers, chunk: int | None
     if scorers.dnsmos is not None:
         mos = [s for part in run("DNSMOS", lambda w, r, n: scorers.dnsmos(w, r, names=n)) for s in part]
     if scorers.recognizer is not None:
+        from emoctl.metrics.ser import SERResult
+
         parts = run(f"SER ({scorers.recognizer.name})", lambda w, r, n: scorers.recognizer(w, r))
-        ser = parts[0] if len(parts) == 1 else type(parts[0])(torch.cat([p.probs for p in parts]),
-                                                              torch.cat([p.embeddings for p in parts]),
-                                                              parts[0].labels)
+        ser = parts[0] if len(parts) == 1 else SERResult(torch.cat([p.probs for p in parts]),
+                                                         torch.cat([p.embeddings for p in parts]), parts[0].labels)
     return Measured(utterances, ser, hyps, wers, spk, mos)
 
 
