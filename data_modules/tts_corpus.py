@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from emoctl.backbones.base import Prompt
+from emoctl.backbones.conditions import Voice, VoiceClip, VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.corpus.esd import FLAT_SPLIT, EsdUtterance, check_emotions, open_esd, read_transcripts
 from emoctl.errors import ConfigError
@@ -153,6 +154,7 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         flat_split: tuple[int, int] = FLAT_SPLIT,
         sample_rate: int = 16000,
         on_sample_rate: Literal["resample", "error"] = "resample",
+        voice: Literal["name", "clip"] = "name",
     ) -> None:
         """
         Args:
@@ -176,6 +178,9 @@ class TTSCorpusDataModule(pl.LightningDataModule):
             flat_split: Clips per speaker and emotion a flat copy gives to evaluation, then test (rest: train).
             sample_rate: Expected sample rate of the audio.
             on_sample_rate: Clips at another rate: "resample" them (with a warning) or refuse with an "error".
+            voice: How each prompt names its voice: the speaker's "name" (backbones that know the corpus's
+                speakers, like the mini TTS), or a reference "clip" of the speaker (zero-shot backbones such as
+                IndexTTS2 and CosyVoice): the speaker's first Neutral training clip, or its second for that clip.
         """
         super().__init__()
         if batch_size < 1 or max_speech_tokens < 1:
@@ -205,10 +210,34 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         self.flat_split = tuple(flat_split)
         self.sample_rate = sample_rate
         self.on_sample_rate = on_sample_rate
+        if voice not in ("name", "clip"):
+            raise ConfigError(f"data.voice must be 'name' or 'clip', got {voice!r}.")
+        self.voice = voice
         self.codec = None
         self.train_items: TTSItems | None = None
         self.val_items: TTSItems | None = None
         self.n_too_long = 0
+
+    def _voices(self, utterances: list[EsdUtterance]) -> Callable[[EsdUtterance], Voice]:
+        """Each utterance's voice condition: its speaker's name, or a reference clip of the speaker that is not
+        the utterance itself (teacher forcing must not hear the target it predicts)."""
+        if self.voice == "name":
+            return lambda utt: VoiceName(utt.speaker)
+        references: dict[str, list[EsdUtterance]] = {}
+        for utt in sorted(utterances, key=lambda u: u.utt_id):
+            if utt.split == "train" and utt.emotion == "Neutral" and utt.path is not None:
+                references.setdefault(utt.speaker, []).append(utt)
+        lacking = sorted({u.speaker for u in utterances} - {s for s, refs in references.items() if len(refs) >= 2})
+        if lacking:
+            raise ConfigError(f"data.voice: clip needs two Neutral training clips on disk per speaker in "
+                              f"{self.corpus_root}; speakers {lacking} lack them (a Hugging Face copy keeps audio as "
+                              "bytes: save it as an ESD folder first), or use data.voice: name.")
+
+        def voice_of(utt: EsdUtterance) -> Voice:
+            first, second = references[utt.speaker][:2]
+            return VoiceClip(str(second.path if first.utt_id == utt.utt_id else first.path))
+
+        return voice_of
 
     # --------------------------------------------------------------- files
     def utterances(self) -> list[EsdUtterance]:
@@ -298,13 +327,14 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         utterances = self._used(self.utterances())
         tokens = self._tokens(utterances, self.codec, progress=False)  # a cache hit after prepare_data
         splits: dict[str, tuple[list[Prompt], list[torch.Tensor]]] = {"train": ([], []), self.val_split: ([], [])}
+        voice_of = self._voices(utterances)
         self.n_too_long = 0
         for utt, clip_tokens in zip(utterances, tokens):  # _used: every clip is of one of the two splits
             if len(clip_tokens) > self.max_speech_tokens or len(clip_tokens) == 0:
                 self.n_too_long += 1
                 continue
             prompts, toks = splits[utt.split]
-            prompts.append(Prompt(utt.text, utt.speaker, utt.emotion, utt.utt_id))
+            prompts.append(Prompt(utt.text, voice_of(utt), utt.emotion, utt.utt_id))
             toks.append(clip_tokens)
         if self.n_too_long:
             rank_zero_warn(f"left out {self.n_too_long} clips longer than data.max_speech_tokens="
@@ -361,6 +391,6 @@ class TTSCorpusDataModule(pl.LightningDataModule):
             "codec_digest": self.codec.digest if self.codec is not None else None,
             "train_clips": len(self.train_items) if self.train_items else 0, "train_tokens": train_tokens,
             "speakers": sorted({p.speaker for p in self.prompts}), "emotions": self.emotions,
-            "val_split": self.val_split, "val_clips": len(self.val_items) if self.val_items else 0,
+            "voice": self.voice, "val_split": self.val_split, "val_clips": len(self.val_items) if self.val_items else 0,
             "left_out_too_long": self.n_too_long, "max_speech_tokens": self.max_speech_tokens,
         }

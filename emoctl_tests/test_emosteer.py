@@ -368,6 +368,33 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
     assert tuned.metadata["sft"]["global_step"] == 3
 
 
+def test_batches_can_carry_a_reference_clip_of_the_speaker_instead_of_its_name(tmp_path):
+    """For zero-shot backbones (IndexTTS2, CosyVoice): each prompt's voice is a Neutral training clip of its own
+    speaker on disk, never the utterance it teacher-forces."""
+    from data_modules.tts_corpus import TTSCorpusDataModule
+    from emoctl.backbones.conditions import VoiceClip
+    from emoctl.corpus.esd import open_esd
+    from test_mini_tts import random_codec
+
+    write_esd(tmp_path / "esd", flat=True, per_emotion=5, emotions=("Neutral", "Angry"), ascii_only=True)
+    random_codec().save(tmp_path / "codec")
+    data = TTSCorpusDataModule(str(tmp_path / "esd"), str(tmp_path / "codec"), batch_size=2, flat_split=(1, 1),
+                               speakers=["0011", "0012"], bucket_batches=1, voice="clip")
+    data.prepare_data()
+    data.setup("fit")
+    clips = {u.utt_id: u for u in open_esd(tmp_path / "esd", speakers=["0011", "0012"], flat_split=(1, 1))}
+    prompts = data.train_items.prompts + data.val_items.prompts
+    assert len(prompts) == 2 * 2 * 4  # train and evaluation splits (the test clip of each is left out)
+    for prompt in prompts:
+        assert isinstance(prompt.voice, VoiceClip)
+        reference = next(u for u in clips.values() if str(u.path) == prompt.voice.path)
+        assert reference.speaker == clips[prompt.utt_id].speaker and reference.emotion == "Neutral"
+        assert reference.split == "train" and reference.utt_id != prompt.utt_id
+    assert len({p.voice.path for p in prompts}) == 2 * 2  # each speaker's first clip, and its second for that one
+    with pytest.raises(ConfigError, match="data.voice must be"):
+        TTSCorpusDataModule(str(tmp_path / "esd"), str(tmp_path / "codec"), voice="speaker")
+
+
 @pytest.mark.parametrize("recipe, cls", [("emoshift_mini.yaml", "EmoShiftModule"),
                                          ("emoshift_cosyvoice.yaml", "EmoShiftModule"),
                                          ("sft_mini.yaml", "SFTModule")])

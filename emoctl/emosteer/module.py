@@ -148,11 +148,11 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
 
     # --------------------------------------------------------------- the math
     def backbone_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
-        """The prompts as the backbone hears them: unchanged, or all Neutral under ``condition: neutral``."""
-        if self.hparams.condition == "emotion":
-            return list(prompts)
-        name = self.hparams.neutral_name
-        return [p.with_emotion(name) for p in prompts]
+        """The prompts as the backbone hears them: each clip's own emotion, or Neutral for all under
+        ``condition: neutral``, in the backbone's own condition (a label, a vector, an instruction)."""
+        names = ([p.emotion_label for p in prompts] if self.hparams.condition == "emotion"
+                 else [self.hparams.neutral_name] * len(prompts))
+        return [p.with_emotion(self.backbone.condition_for(name)) for p, name in zip(prompts, names)]
 
     def _losses(self, batch: Any) -> dict[str, Any]:
         prompts, speech, lengths = batch

@@ -70,6 +70,7 @@ class SFTModule(ExportedAtFitEnd, pl.LightningModule):
 
     def _loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         prompts, speech, lengths = batch
+        prompts = [p.with_emotion(self.backbone.condition_for(p.emotion_label)) for p in prompts]  # its own condition
         out = teacher_forced_nll(self.backbone, prompts, speech, lengths)
         return out.mean(), out.valid.sum()
 
