@@ -368,6 +368,34 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
     assert tuned.metadata["sft"]["global_step"] == 3
 
 
+def test_emoshift_trains_and_exports_through_the_emoctl_command(tmp_path, backbone_dir):
+    """The path a user takes: LightningCLI builds the module from YAML (its hparams then hold the backbone as a
+    plain mapping, not a BackboneSpec), trains, and the export records the backbone it was trained on."""
+    from conftest import run_emoctl
+    from test_mini_tts import random_codec
+
+    write_esd(tmp_path / "esd", flat=True, per_emotion=5, emotions=("Neutral", "Angry", "Sad"), ascii_only=True)
+    random_codec().save(tmp_path / "codec")
+    recipe = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 3, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path / "run"), "num_sanity_val_steps": 0, "limit_val_batches": 1},
+        "model": {"class_path": "emoctl.emosteer.module.EmoShiftModule",
+                  "init_args": {"backbone": {"kind": "mini_tts", "path": str(backbone_dir)}, "condition": "neutral",
+                                "lr": 1.0, "warmup_steps": 0, "export_dir": str(tmp_path / "layer")}},
+        "data": {"class_path": "data_modules.tts_corpus.TTSCorpusDataModule",
+                 "init_args": {"corpus_root": str(tmp_path / "esd"), "codec_dir": str(tmp_path / "codec"),
+                               "batch_size": 4, "flat_split": [1, 1], "speakers": ["0011", "0012"],
+                               "bucket_batches": 1}},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = run_emoctl("fit", "--config", str(tmp_path / "recipe.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((tmp_path / "layer" / "emosteer.json").read_text())["metadata"]
+    assert meta["backbone_kind"] == "mini_tts" and meta["backbone_path"] == str(backbone_dir)
+    assert meta["training"]["global_step"] == 3
+
+
 def test_batches_can_carry_a_reference_clip_of_the_speaker_instead_of_its_name(tmp_path):
     """For zero-shot backbones (IndexTTS2, CosyVoice): each prompt's voice is a Neutral training clip of its own
     speaker on disk, never the utterance it teacher-forces."""

@@ -86,6 +86,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         if condition not in ("emotion", "neutral"):
             raise ConfigError(f"model.condition must be 'emotion' or 'neutral', got {condition!r}.")
         self.save_hyperparameters()
+        self.backbone_spec = backbone  # hparams keep it as a plain dict when LightningCLI builds the module
         self.backbone: Backbone = backbone.load()
         self.backbone.eval().requires_grad_(False)
         names = list(emotions) if emotions is not None else self.backbone.emotions
@@ -134,7 +135,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         model_digest = self.backbone.tokenizer_digest
         if data_digest is not None and model_digest is not None and data_digest != model_digest:
             raise ConfigError(f"the data module's speech tokens come from tokenizer {data_digest} but the backbone at "
-                              f"{self.hparams.backbone.path or self.hparams.backbone.kind} speaks {self.backbone.tokenizer_digest}: its target tokens "
+                              f"{self.backbone_spec.path or self.backbone_spec.kind} speaks {self.backbone.tokenizer_digest}: its target tokens "
                               "would mean other sounds. Point data.codec_dir at the backbone's codec/ folder.")
         report = self.parameter_report()
         rank_zero_info(f"EmoShift: {report['trainable']:,} trainable parameters (EmoSteer, "
@@ -236,7 +237,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         saved = checkpoint.get("emoshift_backbone_id")
         if saved is not None and saved != self.backbone_id:
             raise ConfigError(f"this checkpoint trained an EmoSteer layer on backbone {saved}, but "
-                              f"model.backbone.path={self.hparams.backbone.path} is {self.backbone_id}; "
+                              f"model.backbone.path={self.backbone_spec.path} is {self.backbone_id}; "
                               "point model.backbone.path at the original backbone.")
         missing = [k for k in self.emosteer.state_dict() if f"emosteer.{k}" not in checkpoint.get("state_dict", {})]
         if missing:
@@ -251,8 +252,8 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         datamodule = getattr(trainer, "datamodule", None)
         describe = getattr(datamodule, "describe", None)
         metadata = {
-            "backbone_id": self.backbone_id, "backbone_kind": self.hparams.backbone.kind,
-            "backbone_path": self.hparams.backbone.path, "hookpoint": self.hparams.hookpoint,
+            "backbone_id": self.backbone_id, "backbone_kind": self.backbone_spec.kind,
+            "backbone_path": self.backbone_spec.path, "hookpoint": self.hparams.hookpoint,
             "condition": self.hparams.condition, "parameters": self.parameter_report(),
             "data": describe() if callable(describe) else None,
             "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(trainer.global_step),
