@@ -49,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emoctl.errors import ConfigError
-from emoctl.evaluation.scoring import Utterance
+from emoctl.evaluation.scoring import ReferenceSet, Scorers, Utterance, measure, score
 from emoctl.metrics.audio import prepare_clip
 from emoctl.metrics.stats import Estimate, mean_ci
 from emoctl.store.fsio import check_output_dir
@@ -155,8 +155,6 @@ def evaluate(audio: Path, manifest: Path, out: Path,
         if wordless:
             raise ConfigError(f"{manifest}: the text of {', '.join(wordless[:5])} has no words after normalization, "
                               f"so WER is undefined; give the words each clip should say (or --asr none).")
-    from emoctl.evaluation.scoring import Scorers, measure, score
-
     if ser == "none" and ser_model_dir is not None:
         raise ConfigError("--ser_model_dir is set but --ser is none; add --ser emotion2vec or --ser mini.")
     scorers = Scorers.load(None if ser == "none" else ser, None if ser_model_dir is None else str(ser_model_dir),
@@ -204,7 +202,8 @@ def evaluate(audio: Path, manifest: Path, out: Path,
     if scorers.dnsmos is not None:
         notes.append(f"DNSMOS: {scorers.dnsmos.name} (speechmos ONNX models, 16 kHz).")
     if recognizer is not None:
-        notes.append(f"SER and Emo-SIM: {recognizer.name}. emo_sim_matched = cosine to the reference clip of the row's speaker, target emotion and text; "
+        notes.append(f"SER and Emo-SIM: {recognizer.name}. emo_sim_matched = cosine to the reference clip of the "
+                     "row's speaker, target emotion and text; "
                      f"emo_sim_prototype = cosine to the mean embedding of the reference clips of the target "
                      f"emotion (emotions with a prototype: {', '.join(refs.prototype) or 'none'}).")
 
@@ -233,8 +232,6 @@ def _manifest_references(rows: list[ManifestRow], references: dict[str, np.ndarr
                          matched_keys: dict[tuple[str, str, str], str]):
     """The manifest's reference clips as a :class:`ReferenceSet`: matched recordings, emotion prototypes (a reference
     carries the target emotion of the first row naming it) and each speaker's centroid of its references."""
-    from emoctl.evaluation.scoring import ReferenceSet, measure
-
     paths = list(references)
     if not paths:
         return ReferenceSet()

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from emoctl.errors import ConfigError, EmoctlError, NonFiniteActivationError, StoreError
+from emoctl.numerics import all_finite
 from emoctl.store.consolidate import consolidate_store
 from emoctl.store.fsio import create_once, fsync_dir, remove_dead_temps, write_durably
 from emoctl.store.manifest import (
@@ -277,8 +278,7 @@ class ActivationWriter:
             return self._stage_cuda(meta, acts)
         rows = acts.detach().to(device="cpu", dtype=self.spec.torch_dtype, memory_format=torch.contiguous_format,
                                 copy=True)  # (T, d): our own copy, so the caller may reuse its buffer
-        low, high = torch.aminmax(rows)  # NaN and ±Inf propagate; ~20x faster than isfinite().all() on CPU
-        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        if not all_finite(rows):  # the same one-pass check every store read makes
             bad = int((~torch.isfinite(rows)).any(dim=1).sum())
             raise NonFiniteActivationError(self._non_finite_message(meta.utt_id, bad, rows.shape[0]))
         return _Pending(meta, rows)
