@@ -281,8 +281,13 @@ def test_missing_mismatched_and_unsupported_checkpoints_are_clear_errors(checkpo
     save_file({k: v.contiguous() for k, v in other.lm.state_dict().items()}, str(mixed / "model.safetensors"))
     with pytest.raises(ConfigError, match="do not match the model described in"):
         load_backbone("mini_tts", str(mixed))
-    with pytest.raises(ConfigError, match=r"'indextts2'.*later.*gpt\.pth.*s2mel\.pth"):
+    with pytest.raises(ConfigError, match=r"IndexTTS2 checkpoint folder /models/IndexTTS-2 does not exist"):
         load_backbone("indextts2", "/models/IndexTTS-2")
+    (tmp_path / "release").mkdir()
+    (tmp_path / "release" / "gpt.pth").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"lacks 13 file\(s\).*config\.yaml \(from IndexTeam/IndexTTS-2\).*"
+                                          r"hf_cache/campplus_cn_common\.bin \(from funasr/campplus"):
+        load_backbone("indextts2", str(tmp_path / "release"))
     with pytest.raises(ConfigError, match=r"'cosyvoice'.*later.*llm\.pt"):
         load_backbone("cosyvoice")
     with pytest.raises(ConfigError, match="unknown backbone kind 'vits'"):

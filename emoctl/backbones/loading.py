@@ -10,8 +10,8 @@ which files belong in it.  A backbone family joins by registering a loader::
 
 after which ``load_backbone("my_tts", "/models/my-tts")``, every recipe's
 ``backbone: {kind: my_tts, path: ...}`` and every report accept it.  The
-embedded mini TTS loads today; the IndexTTS2 and CosyVoice adapters are
-announced with the checkpoint files they will read.
+embedded mini TTS and IndexTTS2 load today; the CosyVoice adapter is
+announced with the checkpoint files it will read.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class BackboneSpec:
     """Which TTS backbone to load, as a recipe names it."""
 
     kind: str = "mini_tts"
-    """Backbone family: mini_tts (embedded), indextts2 or cosyvoice (adapters to come), or a registered kind."""
+    """Backbone family: mini_tts (embedded), indextts2, cosyvoice (adapter to come), or a registered kind."""
     path: str | None = None
     """Checkpoint folder; None means the committed default (emoctl/assets/mini_tts for mini_tts)."""
     device: str = "cpu"
@@ -101,10 +101,18 @@ def _load_mini_tts(path: str | None, device: torch.device) -> Backbone:
 
 register_backbone("mini_tts", _load_mini_tts, files=("config.json", "model.safetensors", "codec/"),
                   description="embedded mini TTS (emoctl/assets/mini_tts)")
-# Files the adapters to come will read, from the upstream repositories (see REFERENCE.md).
-register_backbone("indextts2", None, description="IndexTTS2 (github index-tts/index-tts)",
+
+
+def _load_indextts2(path: str | None, device: torch.device) -> Backbone:
+    from emoctl.backbones.indextts2.backbone import load_indextts2
+
+    return load_indextts2(path, device)
+
+
+register_backbone("indextts2", _load_indextts2, description="IndexTTS2 (github index-tts/index-tts)",
                   files=("config.yaml", "bpe.model", "gpt.pth", "s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt",
-                         "feat2.pt", "qwen0.6bemo4-merge/"))
+                         "feat2.pt", "hf_cache/"))
+# Files the CosyVoice adapter will read, from the upstream repository (see REFERENCE.md).
 register_backbone("cosyvoice", None, description="CosyVoice-300M-Instruct (github FunAudioLLM/CosyVoice)",
                   files=("cosyvoice.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx",
                          "speech_tokenizer_v1.onnx", "spk2info.pt"))

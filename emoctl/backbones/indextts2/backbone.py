@@ -1,0 +1,470 @@
+"""``IndexTTS2``: the released IndexTTS2 GPT (upstream's ``UnifiedVoice``) behind emoctl's backbone contract.
+
+What the adapter adds to upstream, and why:
+
+* **Batched, KV-cached generation.**  Upstream generates one utterance at a time through Hugging Face's
+  ``generate``, whose cache hand-off broke in transformers 5.18+ (see :mod:`.upstream`).  The adapter runs its
+  own decode loop over upstream's modules: upstream's ``prepare_gpt_inputs`` left-pads the prompts, every
+  decode step feeds one token per row through the cache, and Hugging Face's own logits processors
+  (repetition penalty, temperature, top-k, top-p) choose the tokens, so a batch of one equals upstream's
+  ``inference_speech`` token for token.  Prompt b of a seeded call draws from its own generator seeded
+  ``seed + b``: a batch's tokens equal each prompt generated alone with its seed.
+* **Phases.**  The prefill, every decode step and the teacher-forced passes (``teacher_forced`` and the
+  latent pass of ``vocode``) declare their phase to the hook manager.
+* **Conditioning as data.**  The voice is a reference clip (``VoiceClip``); the emotion is upstream's
+  8-way emotion vector with its weight (``EmotionVector``, order happy, angry, sad, afraid, disgusted,
+  melancholic, surprised, calm) or an emotion reference clip (``EmotionClip``).
+
+Mel positions: upstream's cached decode puts generated token k at mel position k + 2, while training and the
+teacher-forced latent pass put it at k + 1 (the start token is at 0).  ``mel_positions="released"`` (the
+default) keeps the released behaviour; ``"training"`` decodes at the training positions, where recorded
+decode states equal a teacher-forced pass of the same tokens.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
+from emoctl.backbones.conditions import EmotionClip, EmotionCondition, EmotionVector, VoiceClip
+from emoctl.backbones.hooks import HookManager, Phase
+from emoctl.backbones.indextts2.features import MAX_REFERENCE_SECONDS, SemanticFeatures, SpeakerStyle
+from emoctl.backbones.indextts2.release import ReleaseFolder
+from emoctl.backbones.sampling import Sampling
+from emoctl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: upstream's emotion axes, in emo_vector order
+EMOTION_AXES = ("happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm")
+#: ESD's emotions on those axes; Neutral is the zero vector (upstream's "no emotion vector": the voice's own)
+ESD_AXES = {"Happy": "happy", "Angry": "angry", "Sad": "sad", "Surprise": "surprised"}
+#: weight of an ESD emotion's one-hot vector: upstream's web UI caps the summed emotion weight at 0.8
+DEFAULT_EMOTION_WEIGHT = 0.8
+#: upstream splits text into segments of at most this many BPE tokens; the adapter takes one segment
+MAX_TEXT_TOKENS_PER_SEGMENT = 120
+SAMPLE_RATE = 22050  # s2mel and BigVGAN
+_CACHE_SLOTS = 256
+
+
+def _gpt_cache_argument() -> str:
+    import inspect
+
+    from transformers import GPT2Model
+
+    return "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
+
+
+@dataclass(frozen=True)
+class _Clip:
+    """A reference recording's w2v-BERT features and CAMPPlus style (computed once per file)."""
+
+    features: torch.Tensor  # (1, T, 1024)
+    style: torch.Tensor  # (1, 192)
+
+
+class IndexTTS2(Backbone):
+    """IndexTTS2's GPT with its conditioners, text tokenizer, semantic tokenizer and vocoder chain."""
+
+    kind: ClassVar[str] = "indextts2"
+    voice_kinds: ClassVar[tuple[str, ...]] = (VoiceClip.kind,)
+    emotion_kinds: ClassVar[tuple[str, ...]] = (EmotionVector.kind, EmotionClip.kind)
+    sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "repetition_penalty")
+
+    def __init__(self, release: ReleaseFolder, device: str | torch.device = "cpu", *,
+                 emotion_weight: float = DEFAULT_EMOTION_WEIGHT,
+                 mel_positions: Literal["released", "training"] = "released") -> None:
+        super().__init__()
+        from indextts.gpt.model_v2 import UnifiedVoice
+        from indextts.utils.front import TextTokenizer
+
+        if mel_positions not in ("released", "training"):
+            raise ConfigError(f"mel_positions must be 'released' or 'training', got {mel_positions!r}.")
+        self.release, self.mel_positions = release, mel_positions
+        self.emotion_weight = float(emotion_weight)
+        cfg = release.config
+        self.gpt = UnifiedVoice(**cfg.gpt)
+        self._load_gpt_weights(release.path(cfg.get("gpt_checkpoint", "gpt.pth")))
+        self.gpt.eval().requires_grad_(False)
+        device = torch.device(device)
+        self.text_tokenizer = TextTokenizer(str(release.path(cfg.dataset["bpe_model"])), None)
+        self.features = SemanticFeatures(release.path("hf_cache/w2v-bert-2.0"), release.path(cfg.w2v_stat), device)
+        self.style = SpeakerStyle(release.path("hf_cache/campplus_cn_common.bin"), device)
+        emo_num = [int(n) for n in cfg.emo_num]
+        emo_matrix = self._load_table(release.path(cfg.emo_matrix), (sum(emo_num), self.gpt.model_dim))
+        spk_matrix = self._load_table(release.path(cfg.spk_matrix), (sum(emo_num), None))
+        if len(emo_num) != len(EMOTION_AXES):
+            raise ConfigError(f"{release.path('config.yaml')}: emo_num has {len(emo_num)} entries; IndexTTS2 has "
+                              f"{len(EMOTION_AXES)} emotion axes ({', '.join(EMOTION_AXES)}).")
+        self.register_buffer("emo_matrix", emo_matrix, persistent=False)
+        self.register_buffer("spk_matrix", spk_matrix, persistent=False)
+        self.emo_num = emo_num
+        self.hidden_size = int(self.gpt.model_dim)
+        self.num_layers = len(self.gpt.gpt.h)
+        self.vocab_size = int(self.gpt.number_mel_codes)
+        self.sample_rate = SAMPLE_RATE
+        self.max_text_tokens = min(int(self.gpt.max_text_tokens), MAX_TEXT_TOKENS_PER_SEGMENT)
+        hookpoints: dict[str, nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(self.gpt.gpt.h)}
+        hookpoints["lm_out"] = self.gpt.mel_head
+        self.hooks = HookManager(hookpoints)
+        self._cache_argument = _gpt_cache_argument()
+        self._clips: OrderedDict[tuple, _Clip] = OrderedDict()
+        self._tokenizer: Any = None
+        self._vocoder: Any = None
+        self.to(device)
+
+    # ------------------------------------------------------------- loading
+    def _load_gpt_weights(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle, zip and torch errors differ by damage
+            raise ConfigError(f"cannot read the GPT checkpoint {path}: {err}. Copy gpt.pth again from the "
+                              "IndexTeam/IndexTTS-2 release.") from None
+        state = state["model"] if isinstance(state, dict) and "model" in state else state
+        result = self.gpt.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ConfigError(
+                f"{path} does not fit the UnifiedVoice that config.yaml describes: "
+                f"{len(result.missing_keys)} missing key(s) (e.g. {result.missing_keys[:3]}), "
+                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}). Use the config.yaml "
+                "that was released with this gpt.pth.")
+        if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+            raise ConfigError(f"{path} holds NaN or Inf weights; the file is damaged.")
+
+    @staticmethod
+    def _load_table(path: Path, shape: tuple[int, int | None]) -> torch.Tensor:
+        table = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(table, torch.Tensor) or table.ndim != 2 or table.shape[0] != shape[0] or (
+                shape[1] is not None and table.shape[1] != shape[1]):
+            got = tuple(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__
+            raise ConfigError(f"{path} should be a ({shape[0]}, {shape[1] or 'd'}) tensor (one row per emotion "
+                              f"entry of config.yaml's emo_num), got {got}.")
+        return table.float()
+
+    # ------------------------------------------------------------ identity
+    @property
+    def device(self) -> torch.device:
+        return self.gpt.mel_head.weight.device
+
+    @property
+    def backbone_id(self) -> str:
+        return f"indextts2@{self.release.digest[:12]}"
+
+    @property
+    def neutral_emotion(self) -> EmotionCondition:
+        """The zero emotion vector: upstream then conditions on the voice clip's own emotion."""
+        return EmotionVector((0.0,) * len(EMOTION_AXES), 1.0)
+
+    def condition_for(self, emotion: str) -> EmotionCondition:
+        """ESD's Neutral is the zero vector; Happy, Angry, Sad and Surprise are one-hot on upstream's axes at
+        weight ``emotion_weight`` (0.8 unless the loader was told otherwise)."""
+        if emotion == "Neutral":
+            return self.neutral_emotion
+        axis = ESD_AXES.get(emotion)
+        if axis is None:
+            raise ConfigError(f"the indextts2 backbone has no condition for emotion {emotion!r}; it maps "
+                              f"Neutral, {', '.join(ESD_AXES)} to emotion vectors (axes {', '.join(EMOTION_AXES)}); "
+                              "give other emotions as an EmotionVector or an EmotionClip.")
+        values = tuple(1.0 if a == axis else 0.0 for a in EMOTION_AXES)
+        return EmotionVector(values, self.emotion_weight)
+
+    @property
+    def speech_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from emoctl.backbones.indextts2.vocoder import SemanticTokenizer
+
+            self._tokenizer = SemanticTokenizer(self.release, self.device)
+        return self._tokenizer
+
+    # ---------------------------------------------------------- conditions
+    def check_prompts(self, prompts: Sequence[Prompt]) -> None:
+        super().check_prompts(prompts)
+        for prompt in prompts:
+            if isinstance(prompt.emotion, EmotionVector) and len(prompt.emotion.values) != len(EMOTION_AXES):
+                raise ConfigError(f"IndexTTS2's emotion vector has {len(EMOTION_AXES)} weights ("
+                                  f"{', '.join(EMOTION_AXES)}), got {len(prompt.emotion.values)} in "
+                                  f"{prompt.utt_id or prompt.text[:30]!r}.")
+            for path in (prompt.voice.path, getattr(prompt.emotion, "path", None)):
+                if path is not None and not os.path.isfile(path):
+                    raise ConfigError(f"reference clip {path} does not exist (prompt "
+                                      f"{prompt.utt_id or prompt.text[:30]!r}).")
+
+    def _clip(self, path: str, rate: int | None) -> _Clip:
+        """Features and style of a reference clip, loaded as upstream loads it: voice clips through librosa at
+        its default 22050 Hz, emotion clips at 16 kHz, both cut to 15 s."""
+        import librosa
+
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, rate)
+        if key not in self._clips:
+            try:
+                wave, sr = librosa.load(path, sr=rate) if rate else librosa.load(path)
+            except Exception as err:
+                raise ConfigError(f"cannot read reference clip {path}: {err}") from None
+            wave = wave[:int(MAX_REFERENCE_SECONDS * sr)]
+            self._clips[key] = _Clip(self.features(wave, sr).to(self.device), self.style(wave, sr).to(self.device))
+            while len(self._clips) > _CACHE_SLOTS:
+                self._clips.popitem(last=False)
+        else:
+            self._clips.move_to_end(key)
+        return self._clips[key]
+
+    def _emotion_vector(self, prompt: Prompt, speaker: _Clip) -> torch.Tensor:
+        """(1, d) ``emovec`` exactly as upstream's ``infer_generator`` builds it."""
+        spk = speaker.features
+        spk_len = torch.tensor([spk.shape[-1]], device=self.device)  # upstream passes the feature width here
+        emotion = prompt.emotion
+        if isinstance(emotion, EmotionClip):
+            emo = self._clip(emotion.path, 16000).features
+            alpha = emotion.weight
+            return self.gpt.merge_emovec(spk, emo, spk_len, torch.tensor([emo.shape[-1]], device=self.device),
+                                         alpha=alpha)
+        assert isinstance(emotion, EmotionVector)
+        base = self.gpt.merge_emovec(spk, spk, spk_len, spk_len, alpha=1.0)
+        scale = max(0.0, min(1.0, emotion.weight))
+        values = list(emotion.values)
+        if scale != 1.0:  # upstream scales and truncates to 4 decimals
+            values = [int(x * scale * 10000) / 10000 for x in values]
+        weights = torch.tensor(values, device=self.device)
+        rows = []
+        for i, (emo_rows, spk_rows) in enumerate(zip(self.emo_matrix.split(self.emo_num),
+                                                     self.spk_matrix.split(self.emo_num))):
+            nearest = torch.argmax(nn.functional.cosine_similarity(speaker.style.float(), spk_rows.float(), dim=1))
+            rows.append(emo_rows[nearest].unsqueeze(0))
+        mixed = (weights.unsqueeze(1) * torch.cat(rows, 0)).sum(0, keepdim=True)
+        return mixed + (1 - weights.sum()) * base
+
+    def _conditioning(self, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1, 34, d) prompt latents (speaker latents + emotion, two speed slots), the (1, 32, d) speaker
+        latents and the (1, d) emotion vector, as ``inference_speech`` and the latent pass use them."""
+        speaker = self._clip(prompt.voice.path, None)
+        emovec = self._emotion_vector(prompt, speaker)
+        spk = speaker.features
+        latent = self.gpt.get_conditioning(spk.transpose(1, 2), torch.tensor([spk.shape[-1]], device=self.device))
+        zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        conds = torch.cat([latent + emovec.unsqueeze(1), self.gpt.speed_emb(zero + 1).unsqueeze(1),
+                           self.gpt.speed_emb(zero).unsqueeze(1)], dim=1)
+        return conds, latent, emovec
+
+    def text_ids(self, text: str) -> list[int]:
+        """BPE ids of one segment (upstream upper-cases and tokenizes; text normalization is not applied: give
+        numbers and abbreviations spelled out, as ESD's sentences are)."""
+        ids = self.text_tokenizer.convert_tokens_to_ids(self.text_tokenizer.tokenize(text))
+        if not ids:
+            raise ConfigError(f"text {text!r} has no tokens.")
+        if len(ids) > self.max_text_tokens:
+            raise ConfigError(f"text {text[:40]!r}... has {len(ids)} BPE tokens; IndexTTS2 takes at most "
+                              f"{self.max_text_tokens} per segment. Split it into sentences.")
+        unknown = self.text_tokenizer.unk_token_id
+        if unknown in ids:
+            log.warning("text %r has %d unknown BPE token(s)", text, ids.count(unknown))
+        return ids
+
+    def _prompt_inputs(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Upstream's left-padded ``[pad][conditioning][text]`` embeddings (B, s, d) and mask (B, s + 1)."""
+        conds = torch.cat([self._conditioning(p)[0] for p in prompts])
+        texts = [torch.tensor(self.text_ids(p.text), dtype=torch.long) for p in prompts]
+        padded = nn.utils.rnn.pad_sequence(texts, batch_first=True, padding_value=self.gpt.stop_text_token)
+        _, embeds, mask = self.gpt.prepare_gpt_inputs(conds, padded.to(self.device))
+        return embeds, mask
+
+    # ----------------------------------------------------------- generation
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Speech-token logits of GPT states, through upstream's final norm and head (``lm_out`` fires)."""
+        return self.gpt.mel_head(self.gpt.final_norm(hidden))
+
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor, cache: Any = None) -> Any:
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1]:]
+        return self.gpt.gpt(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                            return_dict=True, **{self._cache_argument: cache})
+
+    def _processors(self, settings: Sampling, mask: torch.Tensor) -> Any:
+        """Hugging Face's own logits processors, in the order ``generate`` builds them (so a batch of one
+        chooses exactly what upstream's ``inference_speech`` would)."""
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                  TopKLogitsWarper, TopPLogitsWarper)
+
+        processors = LogitsProcessorList()
+        if settings.repetition_penalty != 1.0:
+            padding = (mask != 0).int().argmax(dim=1)
+            processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty,
+                                                               prompt_ignore_length=padding))
+        if not settings.greedy:
+            if settings.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k:
+                processors.append(TopKLogitsWarper(top_k=settings.top_k, min_tokens_to_keep=1))
+            if settings.top_p is not None and settings.top_p < 1.0:
+                processors.append(TopPLogitsWarper(top_p=settings.top_p, min_tokens_to_keep=1))
+        return processors
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling | None = None, **overrides: object
+                 ) -> Generation:
+        """Speech tokens for a batch, KV-cached: prefill over the left-padded prompts, then one token a row
+        per decode step, until every row has drawn the stop token or ``max_new_tokens`` (at most the model's
+        ``max_mel_tokens``) is reached."""
+        settings = self.sampling(sampling, **overrides)
+        self.check_prompts(prompts)
+        if settings.num_beams > 1:
+            raise ConfigError(f"indextts2 does not implement the sampling setting(s) num_beams="
+                              f"{settings.num_beams} yet; use num_beams=1 (sampling or greedy).")
+        B, stop, start = len(prompts), int(self.gpt.stop_mel_token), int(self.gpt.start_mel_token)
+        embeds, mask = self._prompt_inputs(prompts)
+        s = embeds.shape[1]
+        start_embed = self.gpt.mel_embedding(torch.tensor([[start]], device=self.device)) + \
+            self.gpt.mel_pos_embedding(torch.zeros(1, 1, device=self.device))  # mel position 0
+        embeds = torch.cat([embeds, start_embed.expand(B, 1, -1)], dim=1)
+        with self.hooks.phase(Phase.PREFILL):
+            out = self._run(embeds, mask)
+        logits = self._logits(out.last_hidden_state)[:, -1].float()
+        cache = getattr(out, self._cache_argument)
+        ids = torch.ones(B, s + 1, dtype=torch.long, device=self.device)  # upstream's fake prompt ids
+        ids[:, -1] = start
+        processors = self._processors(settings, mask)
+        generators = None
+        if settings.seed is not None:
+            generators = [torch.Generator(device=self.device).manual_seed(settings.seed + b) for b in range(B)]
+        budget = min(settings.max_new_tokens, int(self.gpt.max_mel_tokens))
+        offset = 2 if self.mel_positions == "released" else 1
+        tokens = torch.full((B, budget), stop, dtype=torch.long, device=self.device)
+        lengths = torch.full((B,), budget, dtype=torch.long, device=self.device)
+        active = torch.ones(B, dtype=torch.bool, device=self.device)
+        for step in range(budget):
+            scores = processors(ids, logits)
+            if settings.greedy:
+                choice = scores.argmax(-1)
+            else:
+                probs = torch.softmax(scores, dim=-1)
+                if generators is None:
+                    choice = torch.multinomial(probs, 1).squeeze(1)
+                else:
+                    choice = torch.cat([torch.multinomial(probs[b:b + 1], 1, generator=g).squeeze(1)
+                                        for b, g in enumerate(generators)])
+            choice = torch.where(active, choice, stop)  # finished rows are fed the pad (= stop) token
+            stopped = active & (choice == stop)
+            lengths[stopped] = step
+            active &= ~stopped
+            tokens[:, step] = choice
+            ids = torch.cat([ids, choice[:, None]], dim=1)
+            if step == budget - 1 or not bool(active.any()):
+                break
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            feed = self.gpt.mel_embedding(choice[:, None]) + \
+                self.gpt.mel_pos_embedding.get_fixed_embedding(step + offset, self.device)
+            with self.hooks.phase(Phase.DECODE, step=step, active=active.clone()):
+                out = self._run(feed, mask, cache)
+            logits = self._logits(out.last_hidden_state)[:, -1].float()
+        finished = (~active).tolist()
+        n = lengths.tolist()
+        prefill = (mask[:, :s + 1] != 0).sum(1).tolist()
+        return Generation(tokens=[tokens[b, :n[b]].cpu() for b in range(B)], prefill_lengths=prefill,
+                          finished=finished, decode_rows=lockstep_decode_rows(n, finished))
+
+    # -------------------------------------------------------- teacher forcing
+    @torch.no_grad()
+    def _teacher_forced_inputs(self, prompts: Sequence[Prompt], targets: Sequence[torch.Tensor]
+                               ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """``[pad][conditioning][text][start, targets][pad]`` embeddings, mask, prefix width and targets."""
+        g = self.gpt
+        prefixes, mels, wanted = [], [], []
+        for prompt, target in zip(prompts, targets):
+            conds = self._conditioning(prompt)[0][0]  # (34, d)
+            text = torch.tensor([g.start_text_token, *self.text_ids(prompt.text), g.stop_text_token],
+                                device=self.device)
+            text_emb = g.text_embedding(text) + g.text_pos_embedding.emb(torch.arange(len(text), device=self.device))
+            prefixes.append(torch.cat([conds, text_emb]))
+            target = torch.as_tensor(target, dtype=torch.long, device=self.device).reshape(-1)
+            if target.numel() and (int(target.min()) < 0 or int(target.max()) >= g.start_mel_token):
+                raise ConfigError(f"speech tokens must lie in [0, {g.start_mel_token}), got "
+                                  f"[{int(target.min())}, {int(target.max())}].")
+            if target.numel() + 1 > g.max_mel_tokens:
+                raise ConfigError(f"{target.numel()} speech tokens exceed the model's max_mel_tokens="
+                                  f"{g.max_mel_tokens}.")
+            inputs = torch.cat([torch.tensor([g.start_mel_token], device=self.device), target])
+            mels.append(g.mel_embedding(inputs) + g.mel_pos_embedding.emb(torch.arange(len(inputs),
+                                                                                       device=self.device)))
+            wanted.append(torch.cat([target, torch.tensor([g.stop_mel_token], device=self.device)]))
+        P, M, B, d = max(len(p) for p in prefixes), max(len(m) for m in mels), len(prompts), self.hidden_size
+        embeds = torch.zeros(B, P + M, d, device=self.device)
+        mask = torch.zeros(B, P + M, dtype=torch.long, device=self.device)
+        out_targets = torch.full((B, M), -100, dtype=torch.long, device=self.device)
+        for b, (prefix, mel, target) in enumerate(zip(prefixes, mels, wanted)):
+            embeds[b, P - len(prefix):P], embeds[b, P:P + len(mel)] = prefix, mel
+            mask[b, P - len(prefix):P + len(mel)] = 1
+            out_targets[b, :len(target)] = target
+        return embeds, mask, P, out_targets
+
+    def teacher_forced(self, prompts: Sequence[Prompt], targets: Sequence[torch.Tensor]) -> TeacherForcedOutput:
+        """Logits (B, T + 1, V) of ``targets`` then stop, in the training layout (mel positions from 0), in
+        phase ``teacher_forced``."""
+        self.check_prompts(prompts)
+        if len(prompts) != len(targets):
+            raise ConfigError(f"teacher_forced got {len(prompts)} prompts but {len(targets)} targets.")
+        with torch.no_grad():
+            embeds, mask, P, out_targets = self._teacher_forced_inputs(prompts, targets)
+        with self.hooks.phase(Phase.TEACHER_FORCED):
+            hidden = self.gpt.gpt(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                                  return_dict=True).last_hidden_state
+            logits = self._logits(hidden[:, P:])
+        return TeacherForcedOutput(logits.float(), out_targets)
+
+    # --------------------------------------------------------------- vocoder
+    @property
+    def vocoder(self) -> Any:
+        if self._vocoder is None:
+            from emoctl.backbones.indextts2.vocoder import S2MelVocoder
+
+            self._vocoder = S2MelVocoder(self.release, self.device)
+        return self._vocoder
+
+    @torch.no_grad()
+    def latent(self, tokens: torch.Tensor, prompt: Prompt) -> torch.Tensor:
+        """(1, T, d) GPT latents of one utterance's tokens: upstream's teacher-forced latent pass (its
+        ``UnifiedVoice.forward``, training positions), declared phase ``teacher_forced``."""
+        conds, speaker_latent, emovec = self._conditioning(prompt)
+        spk = self._clip(prompt.voice.path, None).features
+        text = torch.tensor([self.text_ids(prompt.text)], device=self.device)
+        codes = torch.as_tensor(tokens, dtype=torch.long, device=self.device).reshape(1, -1)
+        lengths = torch.tensor([spk.shape[-1]], device=self.device)
+        with self.hooks.phase(Phase.TEACHER_FORCED):
+            return self.gpt(speaker_latent, text, torch.tensor([text.shape[1]], device=self.device), codes,
+                            torch.tensor([codes.shape[1]], device=self.device), spk, cond_mel_lengths=lengths,
+                            emo_cond_mel_lengths=lengths, emo_vec=emovec,
+                            use_speed=torch.zeros(1, dtype=torch.long, device=self.device))
+
+    def vocode(self, tokens: torch.Tensor, prompt: Prompt) -> tuple[np.ndarray, int]:
+        """Waveform at 22050 Hz: the latent pass, then upstream's s2mel (conditioned on the voice clip) and
+        BigVGAN."""
+        self.check_prompts([prompt])
+        tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
+        if tokens.numel() == 0:
+            raise ConfigError("vocode needs at least one speech token.")
+        import librosa
+
+        latent = self.latent(tokens, prompt)
+        wave, rate = librosa.load(prompt.voice.path)
+        reference = self.vocoder.reference(wave[:int(MAX_REFERENCE_SECONDS * rate)], rate)
+        audio = self.vocoder.synthesize(tokens.to(self.device), latent, reference)
+        return np.asarray(audio, dtype=np.float32), self.sample_rate
+
+
+def load_indextts2(path: str | None, device: torch.device) -> IndexTTS2:
+    """``load_backbone("indextts2", folder)``: check the release folder, then build on ``device``."""
+    from emoctl.backbones.indextts2.upstream import require_indextts
+
+    if path is None:
+        raise ConfigError("the indextts2 backbone has no embedded default; set backbone.path to the folder of the "
+                          "IndexTeam/IndexTTS-2 release (config.yaml, gpt.pth, ..., hf_cache/).")
+    require_indextts()
+    release = ReleaseFolder.open(path)
+    return IndexTTS2(release, device)

@@ -1,0 +1,131 @@
+"""w2v-BERT 2.0 semantic features of a recording, as IndexTTS2 computes them (``IndexTTS2.get_emb``).
+
+Everything IndexTTS2 hears goes through these features: the speaker and emotion
+conditioners of the GPT read them, and the MaskGCT semantic codec quantizes them
+into the GPT's speech tokens.  Upstream takes ``hidden_states[17]`` of
+``Wav2Vec2BertModel`` and standardizes it with the release's
+``wav2vec2bert_stats.pt``; recordings are cut to 15 s (as upstream does) and
+resampled to 16 kHz.
+
+The object is picklable and loads its models on first use, so data-module
+workers can hold one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emoctl.errors import ConfigError
+
+W2V_SAMPLE_RATE = 16000
+MAX_REFERENCE_SECONDS = 15.0  # upstream's _load_and_cut_audio
+HIDDEN_STATE = 17
+
+
+def resample(wave: np.ndarray, rate: int, target: int) -> torch.Tensor:
+    """(1, T') float32 at ``target`` Hz, with torchaudio's resampler (upstream's)."""
+    import torchaudio
+
+    x = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(1, -1)
+    if rate == target:
+        return x
+    return torchaudio.transforms.Resample(rate, target)(x)
+
+
+def check_wave(wave: np.ndarray, rate: int, what: str) -> np.ndarray:
+    """A mono, finite, non-empty float recording, cut to upstream's 15 s; refused loudly otherwise."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1 or wave.size == 0:
+        raise ConfigError(f"{what}: expected a non-empty mono recording (1-D samples), got shape {wave.shape}.")
+    if not np.isfinite(wave).all():
+        raise ConfigError(f"{what}: the recording has NaN or Inf samples.")
+    if rate <= 0:
+        raise ConfigError(f"{what}: sample rate must be positive, got {rate}.")
+    return wave[:int(MAX_REFERENCE_SECONDS * rate)]
+
+
+class SemanticFeatures:
+    """``features(wave, rate)`` -> (1, T, 1024) standardized w2v-BERT features (about 50 frames a second)."""
+
+    def __init__(self, w2v_dir: str | Path, stats_path: str | Path, device: str | torch.device = "cpu") -> None:
+        self.w2v_dir, self.stats_path, self.device = str(w2v_dir), str(stats_path), torch.device(device)
+        self._loaded: tuple[Any, Any, torch.Tensor, torch.Tensor] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaded": None}
+
+    def to(self, device: str | torch.device) -> SemanticFeatures:
+        self.device = torch.device(device)
+        if self._loaded is not None:
+            extractor, model, mean, std = self._loaded
+            self._loaded = (extractor, model.to(self.device), mean.to(self.device), std.to(self.device))
+        return self
+
+    def _models(self) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+        if self._loaded is None:
+            from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel
+
+            extractor = SeamlessM4TFeatureExtractor.from_pretrained(self.w2v_dir, local_files_only=True)
+            model = Wav2Vec2BertModel.from_pretrained(self.w2v_dir, local_files_only=True).eval().to(self.device)
+            if model.config.num_hidden_layers < HIDDEN_STATE:
+                raise ConfigError(f"{self.w2v_dir} holds a w2v-BERT of {model.config.num_hidden_layers} layers; "
+                                  f"IndexTTS2 reads hidden state {HIDDEN_STATE}, so it needs at least that many.")
+            stats = torch.load(self.stats_path, map_location="cpu", weights_only=True)
+            mean, std = stats["mean"].float(), torch.sqrt(stats["var"].float())
+            self._loaded = (extractor, model.requires_grad_(False), mean.to(self.device), std.to(self.device))
+        return self._loaded
+
+    @torch.no_grad()
+    def __call__(self, wave: np.ndarray, rate: int) -> torch.Tensor:
+        extractor, model, mean, std = self._models()
+        audio = resample(check_wave(wave, rate, "w2v-BERT input"), rate, W2V_SAMPLE_RATE)
+        inputs = extractor(audio, sampling_rate=W2V_SAMPLE_RATE, return_tensors="pt")
+        out = model(input_features=inputs["input_features"].to(self.device),
+                    attention_mask=inputs["attention_mask"].to(self.device), output_hidden_states=True)
+        return (out.hidden_states[HIDDEN_STATE] - mean) / std  # (1, T, 1024)
+
+
+class SpeakerStyle:
+    """``style(wave, rate)`` -> (1, 192) CAMPPlus speaker embedding, as upstream computes s2mel's ``style``.
+
+    The GPT adapter needs it too: for an emotion vector, upstream picks, per emotion, the row of the release's
+    emotion table (``feat2.pt``) whose speaker style (``feat1.pt``) is nearest this voice's style."""
+
+    def __init__(self, campplus_path: str | Path, device: str | torch.device = "cpu") -> None:
+        self.campplus_path, self.device = str(campplus_path), torch.device(device)
+        self._model: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
+
+    def to(self, device: str | torch.device) -> SpeakerStyle:
+        self.device = torch.device(device)
+        if self._model is not None:
+            self._model = self._model.to(self.device)
+        return self
+
+    def _campplus(self) -> Any:
+        if self._model is None:
+            from indextts.s2mel.modules.campplus.DTDNN import CAMPPlus
+
+            model = CAMPPlus(feat_dim=80, embedding_size=192)
+            state = torch.load(self.campplus_path, map_location="cpu", weights_only=True)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                raise ConfigError(f"{self.campplus_path} is not a CAMPPlus (feat_dim 80, 192-d) state dict: "
+                                  f"{str(err).splitlines()[0]}") from None
+            self._model = model.eval().requires_grad_(False).to(self.device)
+        return self._model
+
+    @torch.no_grad()
+    def __call__(self, wave: np.ndarray, rate: int) -> torch.Tensor:
+        import torchaudio
+
+        audio = resample(check_wave(wave, rate, "CAMPPlus input"), rate, W2V_SAMPLE_RATE).to(self.device)
+        feat = torchaudio.compliance.kaldi.fbank(audio, num_mel_bins=80, dither=0, sample_frequency=W2V_SAMPLE_RATE)
+        feat = feat - feat.mean(dim=0, keepdim=True)
+        return self._campplus()(feat.unsqueeze(0))  # (1, 192)

@@ -1,0 +1,101 @@
+"""The IndexTTS2 release folder: which files the adapter reads, where each comes from, and their digest.
+
+The layout is upstream's own offline layout (``indextts/utils/model_download.py``
+puts the auxiliary models under ``hf_cache/``), so a folder that runs upstream
+``IndexTTS2(model_dir=...)`` without a network runs here too::
+
+    config.yaml  bpe.model  gpt.pth  s2mel.pth  wav2vec2bert_stats.pt  feat1.pt  feat2.pt
+    hf_cache/w2v-bert-2.0/                       (config.json, model.safetensors, preprocessor_config.json)
+    hf_cache/semantic_codec_model.safetensors    (MaskGCT semantic codec)
+    hf_cache/campplus_cn_common.bin              (CAMPPlus speaker encoder)
+    hf_cache/bigvgan/                            (config.json, bigvgan_generator.pt)
+
+Nothing is fetched: a missing file is reported, with every other missing file and where each comes from, in
+one error.  The Qwen text-to-emotion model (``qwen0.6bemo4-merge/``) is not needed: emotion vectors come from
+the recipe.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from emoctl.errors import ConfigError
+
+RELEASE_REPO = "IndexTeam/IndexTTS-2"
+
+# name in the folder -> where it comes from (for the error that lists what is missing)
+RELEASE_FILES: dict[str, str] = {
+    "config.yaml": RELEASE_REPO,
+    "bpe.model": RELEASE_REPO,
+    "gpt.pth": RELEASE_REPO,
+    "s2mel.pth": RELEASE_REPO,
+    "wav2vec2bert_stats.pt": RELEASE_REPO,
+    "feat1.pt": RELEASE_REPO,
+    "feat2.pt": RELEASE_REPO,
+    "hf_cache/w2v-bert-2.0/config.json": "facebook/w2v-bert-2.0",
+    "hf_cache/w2v-bert-2.0/model.safetensors": "facebook/w2v-bert-2.0",
+    "hf_cache/w2v-bert-2.0/preprocessor_config.json": "facebook/w2v-bert-2.0",
+    "hf_cache/semantic_codec_model.safetensors": "amphion/MaskGCT (semantic_codec/model.safetensors)",
+    "hf_cache/campplus_cn_common.bin": "funasr/campplus (campplus_cn_common.bin)",
+    "hf_cache/bigvgan/config.json": "nvidia/bigvgan_v2_22khz_80band_256x",
+    "hf_cache/bigvgan/bigvgan_generator.pt": "nvidia/bigvgan_v2_22khz_80band_256x",
+}
+
+_DIGEST_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class ReleaseFolder:
+    """A checked IndexTTS2 checkpoint folder (``ReleaseFolder.open(path)``)."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> ReleaseFolder:
+        """Refuse a folder that lacks any file the adapter reads, naming all of them and their sources."""
+        root = Path(path).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"IndexTTS2 checkpoint folder {root} does not exist; set backbone.path to the folder "
+                              f"that holds the {RELEASE_REPO} release (config.yaml, gpt.pth, ...).")
+        missing = [name for name in RELEASE_FILES if not (root / name).is_file()]
+        if missing:
+            lines = "; ".join(f"{name} (from {RELEASE_FILES[name]})" for name in missing)
+            raise ConfigError(
+                f"IndexTTS2 checkpoint folder {root} lacks {len(missing)} file(s) the adapter reads: {lines}. "
+                "emoctl never downloads; copy them there (upstream's tools/download or "
+                "indextts.utils.model_download.ensure_models_available writes this hf_cache/ layout).")
+        return cls(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @cached_property
+    def config(self) -> Any:
+        """config.yaml as upstream reads it (an OmegaConf DictConfig)."""
+        from omegaconf import OmegaConf
+
+        try:
+            cfg = OmegaConf.load(self.path("config.yaml"))
+        except Exception as err:  # yaml and omegaconf raise their own types
+            raise ConfigError(f"cannot read {self.path('config.yaml')}: {err}") from None
+        for key in ("gpt", "s2mel", "semantic_codec", "emo_num"):
+            if key not in cfg:
+                raise ConfigError(f"{self.path('config.yaml')} has no '{key}' section; it is not an IndexTTS2 "
+                                  "config (IndexTTS 1.x and 2.5 use other layouts).")
+        return cfg
+
+    @cached_property
+    def digest(self) -> str:
+        """blake2b over the weights the GPT's behaviour depends on (config, text model, GPT, emotion tables),
+        hashed once per load so backbone_id stays cheap."""
+        h = hashlib.blake2b(digest_size=16)
+        for name in ("config.yaml", "bpe.model", "gpt.pth", "feat1.pt", "feat2.pt", "wav2vec2bert_stats.pt",
+                     "hf_cache/w2v-bert-2.0/model.safetensors", "hf_cache/campplus_cn_common.bin"):
+            h.update(name.encode())
+            with open(self.path(name), "rb") as f:
+                while chunk := f.read(_DIGEST_CHUNK):
+                    h.update(chunk)
+        return h.hexdigest()
