@@ -23,7 +23,6 @@ decode states equal a teacher-forced pass of the same tokens.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -78,7 +77,8 @@ class IndexTTS2(Backbone):
     kind: ClassVar[str] = "indextts2"
     voice_kinds: ClassVar[tuple[str, ...]] = (VoiceClip.kind,)
     emotion_kinds: ClassVar[tuple[str, ...]] = (EmotionVector.kind, EmotionClip.kind)
-    sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "repetition_penalty")
+    sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "repetition_penalty",
+                                                    "num_beams", "length_penalty")
 
     def __init__(self, release: ReleaseFolder, device: str | torch.device = "cpu", *,
                  emotion_weight: float = DEFAULT_EMOTION_WEIGHT,
@@ -287,7 +287,7 @@ class IndexTTS2(Backbone):
         return self.gpt.gpt(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True,
                             return_dict=True, **{self._cache_argument: cache})
 
-    def _processors(self, settings: Sampling, mask: torch.Tensor) -> Any:
+    def _processors(self, settings: Sampling, mask: torch.Tensor, min_tokens_to_keep: int = 1) -> Any:
         """Hugging Face's own logits processors, in the order ``generate`` builds them (so a batch of one
         chooses exactly what upstream's ``inference_speech`` would)."""
         from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
@@ -302,9 +302,9 @@ class IndexTTS2(Backbone):
             if settings.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(settings.temperature))
             if settings.top_k:
-                processors.append(TopKLogitsWarper(top_k=settings.top_k, min_tokens_to_keep=1))
+                processors.append(TopKLogitsWarper(top_k=settings.top_k, min_tokens_to_keep=min_tokens_to_keep))
             if settings.top_p is not None and settings.top_p < 1.0:
-                processors.append(TopPLogitsWarper(top_p=settings.top_p, min_tokens_to_keep=1))
+                processors.append(TopPLogitsWarper(top_p=settings.top_p, min_tokens_to_keep=min_tokens_to_keep))
         return processors
 
     @torch.no_grad()
@@ -312,30 +312,60 @@ class IndexTTS2(Backbone):
                  ) -> Generation:
         """Speech tokens for a batch, KV-cached: prefill over the left-padded prompts, then one token a row
         per decode step, until every row has drawn the stop token or ``max_new_tokens`` (at most the model's
-        ``max_mel_tokens``) is reached."""
+        ``max_mel_tokens``) is reached.  ``num_beams > 1`` runs Hugging Face's beam search (beam sampling when
+        temperature > 0, upstream's default with 3 beams)."""
         settings = self.sampling(sampling, **overrides)
         self.check_prompts(prompts)
-        if settings.num_beams > 1:
-            raise ConfigError(f"indextts2 does not implement the sampling setting(s) num_beams="
-                              f"{settings.num_beams} yet; use num_beams=1 (sampling or greedy).")
-        B, stop, start = len(prompts), int(self.gpt.stop_mel_token), int(self.gpt.start_mel_token)
         embeds, mask = self._prompt_inputs(prompts)
-        s = embeds.shape[1]
-        start_embed = self.gpt.mel_embedding(torch.tensor([[start]], device=self.device)) + \
-            self.gpt.mel_pos_embedding(torch.zeros(1, 1, device=self.device))  # mel position 0
-        embeds = torch.cat([embeds, start_embed.expand(B, 1, -1)], dim=1)
-        with self.hooks.phase(Phase.PREFILL):
-            out = self._run(embeds, mask)
-        logits = self._logits(out.last_hidden_state)[:, -1].float()
-        cache = getattr(out, self._cache_argument)
-        ids = torch.ones(B, s + 1, dtype=torch.long, device=self.device)  # upstream's fake prompt ids
-        ids[:, -1] = start
-        processors = self._processors(settings, mask)
         generators = None
         if settings.seed is not None:
-            generators = [torch.Generator(device=self.device).manual_seed(settings.seed + b) for b in range(B)]
-        budget = min(settings.max_new_tokens, int(self.gpt.max_mel_tokens))
+            generators = [torch.Generator(device=self.device).manual_seed(settings.seed + b)
+                          for b in range(len(prompts))]
+        if settings.num_beams > 1:
+            return self._beam_generate(embeds, mask, settings, generators)
+        return self._sample_generate(embeds, mask, settings, generators)
+
+    def _prefill(self, embeds: torch.Tensor, mask: torch.Tensor, beams: int = 1) -> tuple[torch.Tensor, Any]:
+        """Append the start-of-speech token (mel position 0) and run the prompt: last logits and the cache."""
+        start = self.gpt.mel_embedding(torch.tensor([[self.gpt.start_mel_token]], device=self.device)) + \
+            self.gpt.mel_pos_embedding(torch.zeros(1, 1, device=self.device))
+        embeds = torch.cat([embeds, start.expand(embeds.shape[0], 1, -1)], dim=1)
+        with self.hooks.phase(Phase.PREFILL, beams=beams):
+            out = self._run(embeds, mask)
+        return self._logits(out.last_hidden_state)[:, -1].float(), getattr(out, self._cache_argument)
+
+    def _decode(self, tokens: torch.Tensor, mask: torch.Tensor, cache: Any, step: int, active: torch.Tensor | None,
+                beams: int = 1) -> torch.Tensor:
+        """Feed generated token ``step`` of every row (R,) through the cache; the next logits (R, V)."""
         offset = 2 if self.mel_positions == "released" else 1
+        feed = self.gpt.mel_embedding(tokens[:, None]) + \
+            self.gpt.mel_pos_embedding.get_fixed_embedding(step + offset, self.device)
+        with self.hooks.phase(Phase.DECODE, step=step, active=active, beams=beams):
+            out = self._run(feed, mask, cache)
+        return self._logits(out.last_hidden_state)[:, -1].float()
+
+    def _budget(self, settings: Sampling) -> int:
+        return min(settings.max_new_tokens, int(self.gpt.max_mel_tokens))
+
+    @staticmethod
+    def _draw(probs: torch.Tensor, n: int, generators: list[torch.Generator] | None) -> torch.Tensor:
+        """``n`` draws without replacement per row; row b from its own generator when seeded."""
+        if generators is None:
+            return torch.multinomial(probs, n)
+        return torch.cat([torch.multinomial(probs[b:b + 1], n, generator=g) for b, g in enumerate(generators)])
+
+    def _sample_generate(self, embeds: torch.Tensor, mask: torch.Tensor, settings: Sampling,
+                         generators: list[torch.Generator] | None) -> Generation:
+        """Sampling or greedy decoding, as Hugging Face's ``_sample`` does it (finished rows are fed the pad
+        token, which upstream sets to the stop token)."""
+        B, s = embeds.shape[:2]
+        stop = int(self.gpt.stop_mel_token)
+        prefill = (mask[:, :s + 1] != 0).sum(1).tolist()
+        logits, cache = self._prefill(embeds, mask)
+        ids = torch.ones(B, s + 1, dtype=torch.long, device=self.device)  # upstream's fake prompt ids
+        ids[:, -1] = self.gpt.start_mel_token
+        processors = self._processors(settings, mask)
+        budget = self._budget(settings)
         tokens = torch.full((B, budget), stop, dtype=torch.long, device=self.device)
         lengths = torch.full((B,), budget, dtype=torch.long, device=self.device)
         active = torch.ones(B, dtype=torch.bool, device=self.device)
@@ -344,13 +374,8 @@ class IndexTTS2(Backbone):
             if settings.greedy:
                 choice = scores.argmax(-1)
             else:
-                probs = torch.softmax(scores, dim=-1)
-                if generators is None:
-                    choice = torch.multinomial(probs, 1).squeeze(1)
-                else:
-                    choice = torch.cat([torch.multinomial(probs[b:b + 1], 1, generator=g).squeeze(1)
-                                        for b, g in enumerate(generators)])
-            choice = torch.where(active, choice, stop)  # finished rows are fed the pad (= stop) token
+                choice = self._draw(torch.softmax(scores, dim=-1), 1, generators).squeeze(1)
+            choice = torch.where(active, choice, stop)
             stopped = active & (choice == stop)
             lengths[stopped] = step
             active &= ~stopped
@@ -359,16 +384,87 @@ class IndexTTS2(Backbone):
             if step == budget - 1 or not bool(active.any()):
                 break
             mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-            feed = self.gpt.mel_embedding(choice[:, None]) + \
-                self.gpt.mel_pos_embedding.get_fixed_embedding(step + offset, self.device)
-            with self.hooks.phase(Phase.DECODE, step=step, active=active.clone()):
-                out = self._run(feed, mask, cache)
-            logits = self._logits(out.last_hidden_state)[:, -1].float()
+            logits = self._decode(choice, mask, cache, step, active.clone())
         finished = (~active).tolist()
         n = lengths.tolist()
-        prefill = (mask[:, :s + 1] != 0).sum(1).tolist()
         return Generation(tokens=[tokens[b, :n[b]].cpu() for b in range(B)], prefill_lengths=prefill,
                           finished=finished, decode_rows=lockstep_decode_rows(n, finished))
+
+    def _beam_generate(self, embeds: torch.Tensor, mask: torch.Tensor, settings: Sampling,
+                       generators: list[torch.Generator] | None) -> Generation:
+        """Hugging Face's beam search (transformers 5.x ``_beam_search``, ``early_stopping=False``) over B x K
+        rows, prompt-major, so that a batch of one returns what upstream's ``inference_speech`` returns.
+
+        Each prompt keeps 2K candidates a step (sampled without replacement from its accumulated scores, or
+        the top 2K when greedy); the best K that did not stop keep running, and stopped ones among the top K
+        join its finished hypotheses, scored by summed log-probability / length ** length_penalty.  Every
+        hypothesis carries the hooked row of each of its decode steps, so ``decode_rows`` follow the returned
+        one through the reorderings."""
+        K, (B, s) = settings.num_beams, embeds.shape[:2]
+        R, V, stop = B * K, self.vocab_size, int(self.gpt.stop_mel_token)
+        prefill = (mask[:, :s + 1] != 0).sum(1).tolist()
+        mask = mask.repeat_interleave(K, dim=0)
+        logits, cache = self._prefill(embeds.repeat_interleave(K, dim=0), mask, beams=K)
+        prompt_ids = torch.ones(R, s + 1, dtype=torch.long, device=self.device)
+        prompt_ids[:, -1] = self.gpt.start_mel_token
+        processors = self._processors(settings, mask, min_tokens_to_keep=2)
+        L, lp, big = self._budget(settings), settings.length_penalty, -1.0e9
+        run_tokens = torch.full((B, K, L), stop, dtype=torch.long, device=self.device)
+        run_rows = torch.full((B, K, L), -1, dtype=torch.long, device=self.device)
+        run_scores = torch.zeros(B, K, device=self.device)
+        run_scores[:, 1:] = big  # all beams start equal: expand from the first only
+        done_tokens, done_rows = run_tokens.clone(), run_rows.clone()
+        done_scores = torch.full((B, K), big, device=self.device)
+        done = torch.zeros(B, K, dtype=torch.bool, device=self.device)
+        improvable = torch.ones(B, 1, dtype=torch.bool, device=self.device)
+        top_k_mask = torch.arange(2 * K, device=self.device) < K
+        gather = lambda t, i: t.gather(1, i.view(*i.shape, *([1] * (t.ndim - 2))).expand(*i.shape, *t.shape[2:]))  # noqa: E731
+        for step in range(L):
+            logp = processors(torch.cat([prompt_ids, run_tokens.view(R, L)[:, :step]], dim=1),
+                              torch.log_softmax(logits, dim=-1))
+            total = (logp.view(B, K, V) + run_scores[:, :, None]).view(B, K * V)
+            if settings.greedy:
+                cand_scores, cand = total.topk(2 * K, dim=1)
+            else:
+                cand = self._draw(torch.softmax(total, dim=-1), 2 * K, generators)
+                cand_scores, order = total.gather(1, cand).sort(dim=1, descending=True)
+                cand = cand.gather(1, order)
+            parent, token = cand // V, cand % V  # (B, 2K)
+            cand_tokens, cand_rows = gather(run_tokens, parent), gather(run_rows, parent)
+            cand_tokens[:, :, step] = token
+            hits = (token == stop) | (step + 1 >= L)
+            # the best K that did not stop keep running
+            running = cand_scores + hits.float() * big
+            keep = running.topk(K, dim=1).indices
+            run_tokens, run_rows, run_scores = gather(cand_tokens, keep), gather(cand_rows, keep), gather(running, keep)
+            run_parent = gather(parent, keep)
+            # stopped candidates among the top K join the finished ones
+            finished_now = hits & top_k_mask
+            scored = cand_scores / ((step + 1) ** lp) + (~improvable).float() * big + (~finished_now).float() * big
+            best = torch.cat([done_scores, scored], dim=1).topk(K, dim=1).indices
+            done_tokens = gather(torch.cat([done_tokens, cand_tokens], dim=1), best)
+            done_rows = gather(torch.cat([done_rows, cand_rows], dim=1), best)
+            done_scores = gather(torch.cat([done_scores, scored], dim=1), best)
+            done = gather(torch.cat([done, finished_now], dim=1), best)
+            worst = torch.where(done, done_scores.min(dim=1, keepdim=True).values, big)
+            improvable &= (run_scores[:, :1] / ((step + 1) ** lp) > worst).any(dim=1, keepdim=True)
+            if not bool(improvable.any()) or bool(hits.all()):
+                break
+            flat_parent = (run_parent + torch.arange(B, device=self.device)[:, None] * K).view(R)
+            cache.reorder_cache(flat_parent)
+            run_rows[:, :, step] = torch.arange(R, device=self.device).view(B, K)  # decode step `step` runs here
+            mask = torch.cat([mask, mask.new_ones(R, 1)], dim=1)
+            logits = self._decode(run_tokens[:, :, step].reshape(R), mask, cache, step, None, beams=K)
+        tokens, decode_rows, finished = [], [], []
+        for b in range(B):
+            hyp = done_tokens[b, 0]
+            stops = (hyp == stop).nonzero()
+            n = int(stops[0, 0]) if stops.numel() else L
+            tokens.append(hyp[:n].cpu())
+            finished.append(bool(stops.numel()))
+            decode_rows.append(done_rows[b, 0, :n if stops.numel() else max(n - 1, 0)].cpu())
+        return Generation(tokens=tokens, prefill_lengths=prefill, finished=finished, decode_rows=decode_rows,
+                          beams=K)
 
     # -------------------------------------------------------- teacher forcing
     @torch.no_grad()

@@ -26,8 +26,10 @@ INSTALL_HINT = (f"install it with `make indextts2` (pip install --no-deps {UPSTR
 
 def require_indextts() -> None:
     """Fail with the install command when upstream's package is missing."""
+    import importlib
+
     try:
-        import indextts.gpt.model_v2  # noqa: F401
+        importlib.import_module("indextts.gpt.model_v2")
     except ImportError as err:
         raise ConfigError(f"the IndexTTS2 backbone needs upstream's `indextts` package ({err}); {INSTALL_HINT}"
                           ) from None
