@@ -120,6 +120,7 @@ class IndexTTS2(Backbone):
         self._clips: OrderedDict[tuple, _Clip] = OrderedDict()
         self._tokenizer: Any = None
         self._vocoder: Any = None
+        self.vocode_seed: int | None = 0  # s2mel's sampler starts from noise: a fixed seed makes audio repeatable
         self.to(device)
 
     # ------------------------------------------------------------- loading
@@ -182,7 +183,7 @@ class IndexTTS2(Backbone):
         if self._tokenizer is None:
             from emoctl.backbones.indextts2.vocoder import SemanticTokenizer
 
-            self._tokenizer = SemanticTokenizer(self.release, self.device)
+            self._tokenizer = SemanticTokenizer.from_release(self.release, self.device)
         return self._tokenizer
 
     # ---------------------------------------------------------- conditions
@@ -332,7 +333,8 @@ class IndexTTS2(Backbone):
         embeds = torch.cat([embeds, start.expand(embeds.shape[0], 1, -1)], dim=1)
         with self.hooks.phase(Phase.PREFILL, beams=beams):
             out = self._run(embeds, mask)
-        return self._logits(out.last_hidden_state)[:, -1].float(), getattr(out, self._cache_argument)
+            logits = self._logits(out.last_hidden_state)[:, -1].float()
+        return logits, getattr(out, self._cache_argument)
 
     def _decode(self, tokens: torch.Tensor, mask: torch.Tensor, cache: Any, step: int, active: torch.Tensor | None,
                 beams: int = 1) -> torch.Tensor:
@@ -342,7 +344,7 @@ class IndexTTS2(Backbone):
             self.gpt.mel_pos_embedding.get_fixed_embedding(step + offset, self.device)
         with self.hooks.phase(Phase.DECODE, step=step, active=active, beams=beams):
             out = self._run(feed, mask, cache)
-        return self._logits(out.last_hidden_state)[:, -1].float()
+            return self._logits(out.last_hidden_state)[:, -1].float()
 
     def _budget(self, settings: Sampling) -> int:
         return min(settings.max_new_tokens, int(self.gpt.max_mel_tokens))
@@ -520,7 +522,7 @@ class IndexTTS2(Backbone):
         if self._vocoder is None:
             from emoctl.backbones.indextts2.vocoder import S2MelVocoder
 
-            self._vocoder = S2MelVocoder(self.release, self.device)
+            self._vocoder = S2MelVocoder(self.release, self.device, tokenizer=self.speech_tokenizer)
         return self._vocoder
 
     @torch.no_grad()
@@ -550,7 +552,7 @@ class IndexTTS2(Backbone):
         latent = self.latent(tokens, prompt)
         wave, rate = librosa.load(prompt.voice.path)
         reference = self.vocoder.reference(wave[:int(MAX_REFERENCE_SECONDS * rate)], rate)
-        audio = self.vocoder.synthesize(tokens.to(self.device), latent, reference)
+        audio = self.vocoder.synthesize(tokens.to(self.device), latent, reference, seed=self.vocode_seed)
         return np.asarray(audio, dtype=np.float32), self.sample_rate
 
 

@@ -37,6 +37,8 @@ class RandomReleaseSize:
     cond_heads: int = 4
     cond_blocks: int = 1
     emo_cond_blocks: int = 1
+    emo_cond_units: int = 256
+    emo_cond_heads: int = 4
     w2v_layers: int = 17  # upstream reads hidden_states[17]
     w2v_heads: int = 4
     w2v_units: int = 64
@@ -52,7 +54,8 @@ class RandomReleaseSize:
     @classmethod
     def full(cls) -> RandomReleaseSize:
         return cls(gpt_layers=24, gpt_heads=20, text_vocab=12000, max_text_tokens=600, max_mel_tokens=1815,
-                   cond_size=512, cond_units=2048, cond_heads=8, cond_blocks=6, emo_cond_blocks=4, w2v_layers=24,
+                   cond_size=512, cond_units=2048, cond_heads=8, cond_blocks=6, emo_cond_blocks=4, emo_cond_units=1024,
+                   emo_cond_heads=4, w2v_layers=24,
                    w2v_heads=16, w2v_units=4096, dit_depth=13, wavenet_layers=8, codec_layers=12)
 
 
@@ -71,8 +74,8 @@ def release_config(size: RandomReleaseSize) -> dict[str, Any]:
             "condition_module": {"output_size": size.cond_size, "linear_units": size.cond_units,
                                  "attention_heads": size.cond_heads, "num_blocks": size.cond_blocks,
                                  "input_layer": "conv2d2", "perceiver_mult": 2},
-            "emo_condition_module": {"output_size": size.cond_size, "linear_units": size.cond_units,
-                                     "attention_heads": size.cond_heads, "num_blocks": size.emo_cond_blocks,
+            "emo_condition_module": {"output_size": size.cond_size, "linear_units": size.emo_cond_units,
+                                     "attention_heads": size.emo_cond_heads, "num_blocks": size.emo_cond_blocks,
                                      "input_layer": "conv2d2", "perceiver_mult": 2},
         },
         "semantic_codec": {"codebook_size": 8192, "hidden_size": 1024, "codebook_dim": 8, "vocos_dim": 384,
@@ -162,7 +165,7 @@ def _write_gpt(root: Path, cfg: dict[str, Any]) -> None:
     torch.save(gpt.state_dict(), root / "gpt.pth")
 
 
-def _make_utterances_end(gpt: Any, spread: float = 1.4) -> None:
+def _make_utterances_end(gpt: Any, spread: float = 1.8) -> None:
     """Give the stop token a state-dependent logit of mean 0 and std ``spread``.
 
     A random head almost never picks the stop token, so random-weight utterances would all run to the budget

@@ -24,7 +24,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from emoctl.backbones.indextts2.features import W2V_SAMPLE_RATE, SemanticFeatures, check_wave, resample
+from emoctl.backbones.indextts2.features import (HIDDEN_STATE, MAX_REFERENCE_SECONDS, W2V_SAMPLE_RATE,
+                                                 SemanticFeatures, check_wave, resample)
 from emoctl.backbones.indextts2.release import RELEASE_FILES, ReleaseFolder
 from emoctl.errors import ConfigError
 
@@ -92,8 +93,14 @@ def write_random_vocoder_chain(root: Path, cfg: dict[str, Any]) -> None:
 
     shutil.copyfile(_bigvgan_package_config(), root / BIGVGAN_DIR / "config.json")
     vocoder = bigvgan.BigVGAN(bigvgan.load_hparams_from_json(root / BIGVGAN_DIR / "config.json"))
-    _perturb_(vocoder)  # BigVGAN's own init then gives audio of RMS about 0.05 from a speech-like log-mel
+    _perturb_(vocoder)  # with BigVGAN's own init this gives audio of RMS 0.03-0.05 from a speech-like log-mel
     torch.save({"generator": vocoder.state_dict()}, root / BIGVGAN_DIR / "bigvgan_generator.pt")
+
+
+def _private_rng() -> contextlib.AbstractContextManager[None]:
+    """Build models without drawing from the caller's CPU RNG: their random init is overwritten by the
+    checkpoint anyway, and loading lazily on the first ``synthesize`` must not shift the noise it draws."""
+    return torch.random.fork_rng(devices=[])
 
 
 def _hash_files(paths: list[Path], extra: bytes = b"") -> str:
@@ -159,8 +166,6 @@ class SemanticTokenizer:
         feature extractor, and the hidden state read.  Hashed once per object (the w2v-BERT file is GBs)."""
         if self._digest is None:
             w2v = Path(self.features.w2v_dir)
-            from emoctl.backbones.indextts2.features import HIDDEN_STATE
-
             extra = json.dumps({"codec": self.codec_config, "hidden_state": HIDDEN_STATE}, sort_keys=True).encode()
             self._digest = _hash_files([Path(self.codec_path), Path(self.features.stats_path),
                                         w2v / "model.safetensors", w2v / "config.json",
@@ -179,7 +184,8 @@ class SemanticTokenizer:
             if not path.is_file():
                 raise ConfigError(f"the IndexTTS2 semantic codec {path} is missing; copy semantic_codec/"
                                   "model.safetensors of amphion/MaskGCT there (hf_cache/ of the checkpoint folder).")
-            codec = build_semantic_codec(OmegaConf.create(self.codec_config))
+            with _private_rng():
+                codec = build_semantic_codec(OmegaConf.create(self.codec_config))
             try:
                 safetensors.torch.load_model(codec, str(path))
             except Exception as err:  # safetensors raises its own error type for a corrupt file
@@ -199,14 +205,25 @@ class SemanticTokenizer:
         return emb, codes, quantized
 
     def encode(self, wave: np.ndarray, sample_rate: int) -> torch.Tensor:
-        """(T,) int64 semantic codes of one mono recording, on the CPU."""
+        """(T,) int64 semantic codes of one mono recording, on the CPU.
+
+        Upstream cuts every clip it hears to 15 s (right for a speaker reference); tokens of a training target
+        cut short would no longer match its text, so a longer recording is refused instead."""
+        if sample_rate > 0 and np.asarray(wave).size > MAX_REFERENCE_SECONDS * sample_rate:
+            raise ConfigError(f"IndexTTS2 speech tokens: the recording lasts {np.asarray(wave).size / sample_rate:.1f}"
+                              f" s and the w2v-BERT front end reads at most {MAX_REFERENCE_SECONDS:g} s (upstream "
+                              "cuts longer clips); split it or leave it out of the corpus.")
         _, codes, _ = self.quantize(wave, sample_rate)
         return codes.reshape(-1).to("cpu", torch.int64)
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    """The gist of a library's error for a one-paragraph message: its first line, first sentence if long."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    if len(text) > 160 and ". " in text:
+        text = text.split(". ", 1)[0]
+    return text.rstrip(". ")
 
 
 @dataclass(frozen=True)
@@ -263,6 +280,10 @@ class S2MelVocoder:
         self.inference_cfg_rate = float(inference_cfg_rate)
         # the speaker side needs the codec and w2v-BERT too: share the GPT adapter's tokenizer where it has one
         self.tokenizer = tokenizer if tokenizer is not None else SemanticTokenizer.from_release(release, device)
+        mine, theirs = self.device, self.tokenizer.device
+        if mine.type != theirs.type or (None not in (mine.index, theirs.index) and mine.index != theirs.index):
+            raise ConfigError(f"the shared SemanticTokenizer runs on {self.tokenizer.device} and the vocoder on "
+                              f"{self.device}; build both on one device (tokenizer.to(device) moves it).")
         self._s2mel: Any = None
         self._campplus: Any = None
         self._bigvgan: Any = None
@@ -278,7 +299,8 @@ class S2MelVocoder:
             from indextts.s2mel.modules.commons import MyModel, load_checkpoint2
 
             path = self.release.path(S2MEL)
-            model = MyModel(self.release.config.s2mel, use_gpt_latent=True)
+            with _private_rng():
+                model = MyModel(self.release.config.s2mel, use_gpt_latent=True)
             _check_s2mel_checkpoint(path, model)
             model, _, _, _ = load_checkpoint2(model, None, str(path), load_only_params=True, ignore_modules=[],
                                               is_distributed=False)
@@ -294,7 +316,8 @@ class S2MelVocoder:
             from indextts.s2mel.modules.campplus.DTDNN import CAMPPlus
 
             path = self.release.path(CAMPPLUS)
-            model = CAMPPlus(feat_dim=80, embedding_size=192)
+            with _private_rng():
+                model = CAMPPlus(feat_dim=80, embedding_size=192)
             try:
                 model.load_state_dict(torch.load(path, map_location="cpu"))
             except Exception as err:  # missing file, bad pickle or mismatched keys
@@ -311,7 +334,8 @@ class S2MelVocoder:
 
             folder = self.release.path(BIGVGAN_DIR)
             try:
-                model = bigvgan.BigVGAN.from_pretrained(str(folder), use_cuda_kernel=False)
+                with _private_rng():
+                    model = bigvgan.BigVGAN.from_pretrained(str(folder), use_cuda_kernel=False)
             except Exception as err:  # missing/corrupt generator file or a config that does not match it
                 raise ConfigError(
                     f"cannot load BigVGAN from {folder}: {_first_line(err)}. The folder must hold config.json and "
@@ -408,7 +432,7 @@ class S2MelVocoder:
         dev = self.device
         codes = codes.to(dev, torch.long).unsqueeze(0)  # (1, T) as upstream's codes
         code_lens = torch.LongTensor([codes.shape[1]]).to(dev)
-        latent = s2mel.models["gpt_layer"](latent.to(dev, torch.float32))
+        latent = s2mel.models["gpt_layer"](latent.to(dev, torch.float32))  # upstream: autocast off here
         s_infer = codec.quantizer.vq2emb(codes.unsqueeze(1)).transpose(1, 2)
         s_infer = s_infer + latent
         target_lengths = (code_lens * CODES_TO_MEL).long()

@@ -1,0 +1,215 @@
+"""The backbone contract suite on IndexTTS2 (upstream's real classes, random weights in the release layout),
+plus what only IndexTTS2 has to prove: the KV cache is used, a batch equals each prompt alone, tokens equal
+upstream's own ``inference_speech``, and recorded rows are the returned hypothesis's states."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emoctl.backbones import Phase, Prompt
+from emoctl.backbones.conditions import EmotionClip, EmotionLabel, EmotionVector, InstructText, VoiceClip, VoiceName
+from emoctl.backbones.loading import load_backbone
+from emoctl.backbones.sampling import Sampling
+from emoctl.errors import ConfigError
+from emoctl_tests.backbone_contract import BackboneContract
+
+pytest.importorskip("indextts", reason="make indextts2 installs upstream's package")
+
+TEXTS = ["Kids are talking by the door.", "The birch canoe slid on the smooth planks today.", "Go now."]
+# upstream's infer() defaults, with a short budget
+UPSTREAM = dict(temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0)
+
+
+def _clip(release, i: int) -> VoiceClip:
+    return VoiceClip(str(release.parent / "clips" / f"ref{i}.wav"))
+
+
+@pytest.fixture(scope="module")
+def backbone(indextts2_release):
+    return load_backbone("indextts2", str(indextts2_release))
+
+
+@pytest.fixture(scope="module")
+def prompts(indextts2_release, backbone):
+    return [Prompt(TEXTS[0], _clip(indextts2_release, 0), backbone.condition_for("Angry")),
+            Prompt(TEXTS[1], _clip(indextts2_release, 1), backbone.condition_for("Neutral")),
+            Prompt(TEXTS[2], _clip(indextts2_release, 2), EmotionClip(_clip(indextts2_release, 1).path, 0.6))]
+
+
+@pytest.fixture(scope="module")
+def sampling():
+    return Sampling(**UPSTREAM, max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def beam_sampling():
+    return Sampling(**UPSTREAM, num_beams=3, length_penalty=0.0, max_new_tokens=24, seed=4)
+
+
+@pytest.fixture(scope="module")
+def refused_prompts(indextts2_release):
+    voice = _clip(indextts2_release, 0)
+    return [Prompt(TEXTS[0], VoiceName("0011"), EmotionVector((0.0,) * 8)),
+            Prompt(TEXTS[0], voice, EmotionLabel("Angry")),
+            Prompt(TEXTS[0], voice, InstructText("speak angrily"))]
+
+
+@pytest.fixture(scope="module")
+def refused_sampling():
+    return {"ras_window": 10}
+
+
+@pytest.fixture(scope="module")
+def steer_hookpoint():
+    return "resid_pre.1"
+
+
+@pytest.fixture(scope="module")
+def decode_matches_teacher_forced():
+    return False  # released mel positions: decode token k sits at k + 2, teacher forcing at k + 1
+
+
+@pytest.fixture(scope="module")
+def tf_atol():
+    return 1e-4
+
+
+class TestIndexTTS2Contract(BackboneContract):
+    """Every contract check, on upstream's UnifiedVoice loaded from a release folder."""
+
+
+# ------------------------------------------------------------------ IndexTTS2's own proofs
+def test_decode_rows_equal_teacher_forced_states_at_training_positions(backbone, prompts, sampling, beam_sampling):
+    """With training mel positions, the cached decode and a teacher-forced pass place every token alike, so the
+    recorded rows of the returned hypothesis (batched, and under beams after reorderings) must equal the
+    teacher-forced states of its tokens."""
+    contract = BackboneContract()
+    seeded = Sampling(**{**vars(sampling), "seed": 11})
+    backbone.mel_positions = "training"
+    try:
+        for settings in (seeded, beam_sampling):
+            out, rows = contract._recorded(backbone, prompts, settings, "resid_pre.1")
+            assert any(r.shape[0] > 3 for r in rows)
+            contract._check_rows(backbone, prompts, out, rows, "resid_pre.1", True, 1e-4)
+    finally:
+        backbone.mel_positions = "released"
+    # and with the released positions they differ, so the check above can fail: the longest utterance of the
+    # batch, generated alone with its own seed
+    out, rows = contract._recorded(backbone, prompts, seeded, "resid_pre.1")
+    b = max(range(len(rows)), key=lambda i: rows[i].shape[0])
+    alone = Sampling(**{**vars(sampling), "seed": 11 + b})
+    out, rows = contract._recorded(backbone, [prompts[b]], alone, "resid_pre.1")
+    assert rows[0].shape[0] > 1
+    with pytest.raises(AssertionError):
+        contract._check_rows(backbone, [prompts[b]], out, rows, "resid_pre.1", True, 1e-4)
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(UPSTREAM), dict(UPSTREAM, num_beams=3)],
+                         ids=["greedy", "sampling", "beam-sampling"])
+def test_a_batch_equals_each_prompt_alone(backbone, prompts, settings):
+    """Left padding, attention and positions are right: prompt b of a seeded batch draws what it draws alone
+    with seed + b."""
+    together = backbone.generate(prompts, seed=7, max_new_tokens=16, **settings)
+    for b, prompt in enumerate(prompts):
+        alone = backbone.generate([prompt], seed=7 + b, max_new_tokens=16, **settings)
+        assert torch.equal(alone.tokens[0], together.tokens[b]), (b, settings)
+    assert len({tuple(t.tolist()) for t in together.tokens}) == len(prompts)
+
+
+@pytest.mark.parametrize("settings", [dict(do_sample=False), dict(UPSTREAM, do_sample=True),
+                                      dict(UPSTREAM, do_sample=True, num_beams=3)],
+                         ids=["greedy", "sampling", "beam-sampling"])
+def test_tokens_equal_upstreams_inference_speech(indextts2_release, backbone, prompts, settings):
+    """Fidelity: upstream's own ``UnifiedVoice.inference_speech`` (Hugging Face ``generate``, cache repaired)
+    on the same weights, conditioning, settings and seed returns the adapter's tokens, token for token; and
+    unrepaired under this transformers version, it recomputes the whole sequence at every step."""
+    from indextts.gpt.model_v2 import UnifiedVoice
+
+    from emoctl.backbones.indextts2.upstream import repair_cached_generate
+
+    upstream = UnifiedVoice(**backbone.release.config.gpt)
+    upstream.load_state_dict(torch.load(indextts2_release / "gpt.pth", weights_only=True))
+    upstream.eval().post_init_gpt2_config(kv_cache=True)
+    lengths: list[int] = []
+    upstream.gpt.h[0].register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
+    do_sample = settings.pop("do_sample")
+    beams = settings.pop("num_beams", 1)
+    ours = Sampling(**{**settings, "temperature": settings.get("temperature", 0.8) if do_sample else 0.0},
+                    num_beams=beams, length_penalty=0.0, max_new_tokens=40, seed=5)
+
+    def upstream_tokens(prompt: Prompt, **extra: object) -> torch.Tensor:
+        features = backbone._clip(prompt.voice.path, None).features
+        emovec = backbone._conditioning(prompt)[2]
+        width = torch.tensor([features.shape[-1]])
+        torch.manual_seed(5)
+        with torch.no_grad():
+            codes, _ = upstream.inference_speech(
+                features, torch.tensor([backbone.text_ids(prompt.text)], dtype=torch.int32), features,
+                cond_lengths=width, emo_cond_lengths=width, emo_vec=emovec, do_sample=do_sample, num_beams=beams,
+                length_penalty=0.0, max_generate_length=40, num_return_sequences=1, **settings, **extra)
+        codes = codes[0]
+        stops = (codes == backbone.gpt.stop_mel_token).nonzero()
+        return codes[:int(stops[0, 0])] if stops.numel() else codes
+
+    if beams == 1:  # the trap: transformers 5.24's generate never hands upstream its cache
+        upstream_tokens(prompts[0], min_new_tokens=4)
+        assert lengths[1:4] == [lengths[0] + 1, lengths[0] + 2, lengths[0] + 3], lengths[:4]
+    repair_cached_generate(upstream.inference_model)
+    compared = []
+    for prompt in prompts:
+        lengths.clear()
+        expected = upstream_tokens(prompt)
+        assert set(lengths[1:]) <= {1}, "the repaired upstream decodes through its cache"
+        got = backbone.generate([prompt], ours).tokens[0]
+        assert torch.equal(got, expected), (got.tolist()[:10], expected.tolist()[:10])
+        compared.append(got.numel())
+    assert max(compared) >= 8, compared  # long enough that equality means something
+
+
+def test_emotion_conditions_follow_upstreams_rules(backbone, prompts, indextts2_release):
+    """Neutral is the voice's own emotion (the zero vector mixes nothing in); a weight scales like upstream's
+    emo_alpha; a vector of the wrong length and a missing clip are refused by name."""
+    voice = prompts[0]
+    speaker = backbone._clip(voice.voice.path, None)
+    own = backbone.gpt.merge_emovec(speaker.features, speaker.features, torch.tensor([1024]), torch.tensor([1024]))
+    neutral = backbone._emotion_vector(voice.with_emotion(backbone.condition_for("Neutral")), speaker)
+    torch.testing.assert_close(neutral, own, atol=0, rtol=0)
+    angry = backbone._emotion_vector(voice.with_emotion(backbone.condition_for("Angry")), speaker)
+    full = backbone._emotion_vector(voice.with_emotion(EmotionVector((0, 1, 0, 0, 0, 0, 0, 0), 1.0)), speaker)
+    torch.testing.assert_close(angry, 0.8 * full + 0.2 * own, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(angry, own)
+    assert [backbone.condition_for(e).key for e in ("Happy", "Sad", "Surprise")] == [
+        "vector[1,0,0,0,0,0,0,0]*0.8", "vector[0,0,1,0,0,0,0,0]*0.8", "vector[0,0,0,0,0,0,1,0]*0.8"]
+    with pytest.raises(ConfigError, match="8 weights"):
+        backbone.generate([voice.with_emotion(EmotionVector((1.0, 0.0)))], max_new_tokens=2)
+    with pytest.raises(ConfigError, match="reference clip .*nowhere.wav does not exist"):
+        backbone.generate([Prompt(TEXTS[0], VoiceClip("/nowhere.wav"), backbone.neutral_emotion)], max_new_tokens=2)
+
+
+def test_a_release_with_the_wrong_gpt_weights_is_refused(indextts2_release, tmp_path):
+    """A gpt.pth that does not fit config.yaml names the file and the keys; so does a damaged one."""
+    import shutil
+
+    from emoctl.backbones.indextts2.backbone import IndexTTS2
+    from emoctl.backbones.indextts2.release import ReleaseFolder
+
+    copy = tmp_path / "release"
+    shutil.copytree(indextts2_release, copy, ignore=shutil.ignore_patterns("gpt.pth"))
+    state = torch.load(indextts2_release / "gpt.pth", weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("gpt.h.1.")}, copy / "gpt.pth")
+    with pytest.raises(ConfigError, match=r"gpt\.pth does not fit the UnifiedVoice .* missing key\(s\)"):
+        IndexTTS2(ReleaseFolder.open(copy))
+    (copy / "gpt.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"cannot read the GPT checkpoint .*gpt\.pth"):
+        IndexTTS2(ReleaseFolder.open(copy))
+
+
+def test_phases_gate_the_latent_pass(backbone, prompts):
+    """The latent pass vocode runs after generation is phase teacher_forced: decode-only readers stay silent."""
+    seen = []
+    with backbone.hooks.add_reader("resid_pre.0", lambda x, ctx: seen.append(ctx.phase)):
+        latent = backbone.latent(torch.tensor([5, 6, 7, 8]), prompts[0])
+    assert latent.shape == (1, 4, backbone.hidden_size) and seen == []
+    with backbone.hooks.add_reader("resid_pre.0", lambda x, ctx: seen.append(ctx.phase), phases=None):
+        backbone.latent(torch.tensor([5, 6, 7, 8]), prompts[0])
+    assert seen == [Phase.TEACHER_FORCED]
