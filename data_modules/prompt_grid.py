@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
-from emoctl.backbones.conditions import EmotionCondition
+from emoctl.backbones.conditions import EmotionCondition, VoiceClip
 from emoctl.errors import ConfigError
 from emoctl.harvest.prompts import GridPrompt, PromptBatch
 
@@ -61,6 +61,41 @@ class CorpusTexts:
         return [(f"s{i:04d}", sentences[i]) for i in chosen]
 
 
+@dataclass
+class EsdTexts:
+    """Texts, speakers and reference clips from an ESD folder (ESD's own, or the embedded ESD-shaped corpus).
+
+    ESD speaks the same sentences in every emotion and English speaker; a text's id is ``esd`` plus the
+    number of its first Neutral clip (``esd000021``).  With ``voice: clip`` each speaker is voiced by a
+    reference clip chosen by :mod:`emoctl.corpus.references`."""
+
+    root: str = "runs/corpus/esd_espeak"
+    """The ESD folder (speaker folders 0011 ... 0020, each with emotion folders and a transcript)."""
+    split: Literal["train", "evaluation", "test", "held_out", "all"] = "held_out"
+    """Which sentences: ESD's split (held_out = evaluation + test, never in a reference clip)."""
+    limit: int | None = None
+    """Keep only the first ``limit`` texts of the split."""
+
+    def read(self, speakers: Sequence[str] | None = None) -> tuple[list[tuple[str, str]], list[str], Any]:
+        """(text_id, text) pairs, the folder's speakers (in ``speakers`` when given) and their ReferenceClips."""
+        from emoctl.corpus.esd import open_esd
+        from emoctl.corpus.references import ReferenceClips
+
+        utterances = open_esd(self.root, speakers=list(speakers) if speakers else None)
+        wanted = {"held_out": ("evaluation", "test"), "all": ("train", "evaluation", "test")}.get(
+            self.split, (self.split,))
+        texts: dict[str, str] = {}
+        for utt in sorted(utterances, key=lambda u: u.utt_id.rsplit("_", 1)[-1]):
+            if utt.emotion == "Neutral" and utt.split in wanted:
+                texts.setdefault(utt.text.strip(), f"esd{utt.utt_id.rsplit('_', 1)[-1]}")
+        pairs = [(text_id, text) for text, text_id in texts.items()][: self.limit]
+        if not pairs:
+            raise ConfigError(f"data.esd: {self.root} has no Neutral clip in split {self.split!r} "
+                              f"(limit {self.limit}); choose another split.")
+        found = sorted({u.speaker for u in utterances})
+        return pairs, found, ReferenceClips(utterances, self.root)
+
+
 class _Batches(Dataset):
     def __init__(self, batches: Sequence[PromptBatch]) -> None:
         self.batches = list(batches)
@@ -88,6 +123,8 @@ class PromptGridDataModule(pl.LightningDataModule):
         emotions: list[str] | None = None,
         neutral: str = "Neutral",
         batch_size: int = 16,
+        esd: EsdTexts | None = None,
+        voice: Literal["name", "clip"] = "name",
     ) -> None:
         """
         Args:
@@ -101,17 +138,26 @@ class PromptGridDataModule(pl.LightningDataModule):
             neutral: The backbone's neutral emotion name.
             batch_size: Prompts generated together. Part of an utterance's identity: its tokens depend on
                 the batch it is sampled in, so a resumed harvest must keep the same batch size.
+            esd: Texts (and, with voice: clip, speakers and reference clips) from an ESD folder.
+            voice: How a speaker is voiced: by "name" (the mini TTS), or by a reference "clip" of the speaker
+                from the ESD folder (zero-shot backbones: IndexTTS2); the store still files the ESD speaker id.
         """
         super().__init__()
-        given = [name for name, v in (("texts", texts), ("texts_file", texts_file), ("corpus", corpus)) if v is not None]
+        given = [name for name, v in (("texts", texts), ("texts_file", texts_file), ("corpus", corpus),
+                                      ("esd", esd)) if v is not None]
         if len(given) != 1:
-            raise ConfigError(f"give exactly one of data.texts, data.texts_file and data.corpus; got "
+            raise ConfigError(f"give exactly one of data.texts, data.texts_file, data.corpus and data.esd; got "
                               f"{', '.join(given) or 'none'}.")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
-        self.texts_spec, self.texts_file, self.corpus = texts, texts_file, corpus
+        if voice not in ("name", "clip"):
+            raise ConfigError(f"data.voice must be 'name' or 'clip', got {voice!r}.")
+        if voice == "clip" and esd is None:
+            raise ConfigError("data.voice: clip takes its reference clips from an ESD folder; give data.esd.")
+        self.texts_spec, self.texts_file, self.corpus, self.esd = texts, texts_file, corpus, esd
         self.speakers, self.emotions, self.neutral = speakers, emotions, neutral
-        self.batch_size = batch_size
+        self.batch_size, self.voice = batch_size, voice
+        self._references: Any = None
         self.texts = self._read_texts()
         self._skip: frozenset[str] = frozenset()
         self._bound = False
@@ -130,6 +176,12 @@ class PromptGridDataModule(pl.LightningDataModule):
             except UnicodeDecodeError as err:
                 raise ConfigError(f"data.texts_file {path} is not UTF-8 ({err}); re-save it as UTF-8.") from None
             pairs, where = [(f"L{n:04d}", line.strip()) for n, line in enumerate(lines, 1) if line.strip()], str(path)
+        elif self.esd is not None:
+            pairs, found, self._references = self.esd.read(self.speakers)
+            where = f"data.esd ({self.esd.root})"
+            if self.voice == "clip":  # the folder's speakers are the voices
+                self.speakers = self.speakers or found
+                self._references.check(self.speakers)
         else:
             assert self.corpus is not None
             pairs, where = self.corpus.texts(), "data.corpus"
@@ -147,7 +199,10 @@ class PromptGridDataModule(pl.LightningDataModule):
 
         ``condition_for`` (the backbone's): how it is asked for each emotion name; None keeps the name as a label.
         """
-        for kind, wanted, known in (("speaker", self.speakers, speakers), ("emotion", self.emotions, emotions)):
+        checks = [("emotion", self.emotions, emotions)]
+        if self.voice == "name":  # clips voice the folder's speakers; a named voice must be the backbone's
+            checks.append(("speaker", self.speakers, speakers))
+        for kind, wanted, known in checks:
             for name in wanted or ():
                 if name not in known:
                     raise ConfigError(f"unknown {kind} {name!r} in data.{kind}s; the backbone knows: "
@@ -178,11 +233,14 @@ class PromptGridDataModule(pl.LightningDataModule):
         out = []
         for text_id, text in self.texts:
             for speaker in speakers:
+                voice: Any = speaker
+                if self.voice == "clip":
+                    voice = VoiceClip(str(self._references.for_text(speaker, text)))
                 for emotion in emotions:
-                    out.append(GridPrompt(text=text, voice=speaker, emotion=conditions[emotion],
+                    out.append(GridPrompt(text=text, voice=voice, emotion=conditions[emotion],
                                           utt_id=f"{text_id}-{speaker}-{emotion}", text_id=text_id,
                                           condition=f"prompt={emotion}", pair_key=f"{speaker}|{text_id}",
-                                          label=emotion))
+                                          label=emotion, speaker_label=speaker))
         return out
 
     def all_batches(self) -> list[PromptBatch]:
@@ -204,11 +262,13 @@ class PromptGridDataModule(pl.LightningDataModule):
 
     def fingerprint(self) -> str:
         """SHA-256 of the grid and its batching: a store resumed under another grid would mix two harvests."""
-        payload = json.dumps({"prompts": [(p.utt_id, p.text) for p in self.prompts], "batch_size": self.batch_size})
+        prompts = [(p.utt_id, p.text) + ((p.voice.key,) if self.voice == "clip" else ()) for p in self.prompts]
+        payload = json.dumps({"prompts": prompts, "batch_size": self.batch_size})
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def describe(self) -> dict[str, Any]:
         source = ({"corpus": asdict(self.corpus)} if self.corpus is not None else
+                  {"esd": asdict(self.esd), "voice": self.voice} if self.esd is not None else
                   {"texts_file": self.texts_file} if self.texts_file is not None else {"texts": len(self.texts)})
         return {**source, "speakers": self.speakers, "emotions": self.emotions, "batch_size": self.batch_size,
                 "utterances": len(self.prompts), "grid_sha256": self.fingerprint()}

@@ -33,6 +33,7 @@ from emoctl.backbones.base import Prompt
 from emoctl.backbones.conditions import Voice, VoiceClip, VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.corpus.esd import FLAT_SPLIT, EsdUtterance, check_emotions, open_esd, read_transcripts
+from emoctl.corpus.references import ReferenceClips
 from emoctl.errors import ConfigError
 
 __all__ = ["CodecFit", "LengthBucketSampler", "TTSBatch", "TTSCorpusDataModule", "TTSItems", "collate",
@@ -180,7 +181,8 @@ class TTSCorpusDataModule(pl.LightningDataModule):
             on_sample_rate: Clips at another rate: "resample" them (with a warning) or refuse with an "error".
             voice: How each prompt names its voice: the speaker's "name" (backbones that know the corpus's
                 speakers, like the mini TTS), or a reference "clip" of the speaker (zero-shot backbones such as
-                IndexTTS2 and CosyVoice): the speaker's first Neutral training clip, or its second for that clip.
+                IndexTTS2 and CosyVoice), chosen by emoctl.corpus.references (the speaker's first Neutral training
+                clip, or its second when the first speaks the same sentence).
         """
         super().__init__()
         if batch_size < 1 or max_speech_tokens < 1:
@@ -223,19 +225,11 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         the utterance itself (teacher forcing must not hear the target it predicts)."""
         if self.voice == "name":
             return lambda utt: VoiceName(utt.speaker)
-        references: dict[str, list[EsdUtterance]] = {}
-        for utt in sorted(utterances, key=lambda u: u.utt_id):
-            if utt.split == "train" and utt.emotion == "Neutral" and utt.path is not None:
-                references.setdefault(utt.speaker, []).append(utt)
-        lacking = sorted({u.speaker for u in utterances} - {s for s, refs in references.items() if len(refs) >= 2})
-        if lacking:
-            raise ConfigError(f"data.voice: clip needs two Neutral training clips on disk per speaker in "
-                              f"{self.corpus_root}; speakers {lacking} lack them (a Hugging Face copy keeps audio as "
-                              "bytes: save it as an ESD folder first), or use data.voice: name.")
+        references = ReferenceClips(utterances, self.corpus_root)
+        references.check(sorted({u.speaker for u in utterances}))
 
         def voice_of(utt: EsdUtterance) -> Voice:
-            first, second = references[utt.speaker][:2]
-            return VoiceClip(str(second.path if first.utt_id == utt.utt_id else first.path))
+            return VoiceClip(str(references.for_text(utt.speaker, utt.text)))
 
         return voice_of
 

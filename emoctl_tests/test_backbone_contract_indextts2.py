@@ -213,3 +213,64 @@ def test_phases_gate_the_latent_pass(backbone, prompts):
     with backbone.hooks.add_reader("resid_pre.0", lambda x, ctx: seen.append(ctx.phase), phases=None):
         backbone.latent(torch.tensor([5, 6, 7, 8]), prompts[0])
     assert seen == [Phase.TEACHER_FORCED]
+
+
+def test_harvest_fit_select_and_steer_on_indextts2(indextts2_release, corpus_root, backbone, tmp_path):
+    """The SAE pipeline through emoctl's own commands on IndexTTS2: harvest an ESD folder with reference clips
+    and emotion vectors (the IndexTTS2 recipe, shrunk), fit the SAE recipe on CPU, select, then steer: α = 0
+    leaves the tokens bit-identical and α ≠ 0 changes them."""
+    import json
+
+    from conftest import RECIPES, run_emoctl
+    from emoctl.sae.export import load_pretrained
+    from emoctl.selection.select import select_features
+    from emoctl.steering import SAEFeatureSteering, steer
+    from emoctl.store.reader import ActivationStore
+
+    store, runs = tmp_path / "store", tmp_path / "runs"
+    overrides = tmp_path / "small.yaml"
+    overrides.write_text(json.dumps({
+        "trainer": {"accelerator": "cpu", "callbacks": [{"class_path": "emoctl.callbacks.ActivationHarvester",
+                                                         "init_args": {"path": str(store), "hookpoint": "resid_pre.1",
+                                                                       "phases": ["decode"]}}]},
+        "model": {"init_args": {"backbone": {"kind": "indextts2", "path": str(indextts2_release), "device": "cpu"},
+                                "max_new_tokens": 24, "num_beams": 1}},
+        "data": {"init_args": {"esd": {"root": str(corpus_root), "split": "held_out", "limit": 3},
+                               "speakers": ["0011", "0012"], "batch_size": 10}}}))
+    result = run_emoctl("harvest", "--config", str(RECIPES / "harvest_indextts2.yaml"), "--config", str(overrides),
+                        timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    opened = ActivationStore(str(store))
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert backbone.backbone_id in json.dumps(manifest) and "resid_pre.1" in json.dumps(manifest)
+    utterances = opened.utterances.to_pydict()
+    stored = len(utterances["utt_id"])  # an utterance that drew the stop token first has no row to store
+    assert 20 <= stored <= 3 * 2 * 5 and set(utterances["speaker"]) == {"0011", "0012"}
+    assert stored == 30 or f"{30 - stored} empty (STOP first), not stored" in result.stdout + result.stderr
+    assert set(utterances["emotion"]) == {"Neutral", "Angry", "Happy", "Sad", "Surprise"}
+    assert max(utterances["num_rows"]) <= 23  # one row per fed token: at most max_new_tokens - 1
+    assert 0 < opened.num_rows == sum(utterances["num_rows"]) and opened.d_model == backbone.hidden_size
+
+    result = run_emoctl(
+        "fit", "--config", str(RECIPES / "sae_indextts2.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.strategy=auto", "--trainer.precision=32-true", "--trainer.max_steps=30",
+        "--trainer.val_check_interval=15", f"--trainer.default_root_dir={runs}",
+        f"--trainer.logger.init_args.save_dir={runs}", "--trainer.logger.init_args.version=v0",
+        "--model.init_args.sae.d_sae=256", "--model.init_args.sae.k=8", "--model.init_args.sae.k_aux=64",
+        "--model.init_args.sae.hook_name=resid_pre.1", "--model.init_args.warmup_steps=5",
+        f"--data.init_args.path={store}", "--data.init_args.batch_size=64", "--data.init_args.num_workers=0",
+        timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sae_dir = runs / "sae_indextts2" / "v0" / "sae"
+    sets = select_features(str(store), str(sae_dir), str(tmp_path / "select"), m=4, progress=False)
+    assert set(sets) == {"Angry", "Happy", "Sad", "Surprise"}
+
+    sae = load_pretrained(sae_dir)
+    prompts = [Prompt(TEXTS[0], _clip(indextts2_release, 0), backbone.condition_for("Angry"))]
+    settings = dict(UPSTREAM, max_new_tokens=16, seed=3)
+    base = backbone.generate(prompts, **settings).tokens[0]
+    with steer(backbone, SAEFeatureSteering(sae, sets["Angry"].feature_ids, 0.0)):
+        zero = backbone.generate(prompts, **settings).tokens[0]
+    with steer(backbone, SAEFeatureSteering(sae, sets["Angry"].feature_ids, 50.0)):
+        pushed = backbone.generate(prompts, **settings).tokens[0]
+    assert torch.equal(base, zero) and not torch.equal(base, pushed)

@@ -52,6 +52,8 @@ class HarvestModule(pl.LightningModule):
         seed: int = 0,
         top_p: float | None = None,
         num_beams: int = 1,
+        repetition_penalty: float = 1.0,
+        length_penalty: float = 1.0,
     ) -> None:
         """
         Args:
@@ -62,6 +64,8 @@ class HarvestModule(pl.LightningModule):
             seed: Run seed; each batch's generator seed is derived from it and the batch's identity.
             top_p: Nucleus sampling (None: off).
             num_beams: Beam width (IndexTTS2 decodes with 3); the store keeps the states of the returned beam.
+            repetition_penalty: Hugging Face's repetition penalty (IndexTTS2's release uses 10; 1 is off).
+            length_penalty: Beam scores are divided by length ** length_penalty (IndexTTS2's release: 0).
         """
         super().__init__()
         if max_new_tokens < 1:
@@ -71,19 +75,21 @@ class HarvestModule(pl.LightningModule):
         self.spec = backbone
         self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
         self.top_p, self.num_beams = top_p, num_beams
+        self.repetition_penalty, self.length_penalty = repetition_penalty, length_penalty
         self.backbone: Backbone = backbone.load()
         self.backbone.requires_grad_(False).eval()
         # checked now (an unsupported setting is refused by name before any prompt is read)
         self.sampling_settings = self.backbone.sampling(Sampling(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams))
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
+            repetition_penalty=repetition_penalty, length_penalty=length_penalty))
         self._bound_to: int | None = None
 
     def generation_settings(self) -> dict[str, Any]:
         settings = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
                     "seed": self.seed, "backbone_id": self.backbone.backbone_id}
         # settings added later join a store's identity only when used, so earlier stores still resume
-        settings.update({k: v for k, v in (("top_p", self.top_p), ("num_beams", self.num_beams))
-                         if v != {"top_p": None, "num_beams": 1}[k]})
+        defaults = {"top_p": None, "num_beams": 1, "repetition_penalty": 1.0, "length_penalty": 1.0}
+        settings.update({k: getattr(self, k) for k, default in defaults.items() if getattr(self, k) != default})
         return settings
 
     # ----------------------------------------------------------------- setup
