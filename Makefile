@@ -17,7 +17,7 @@ EMOSHIFT := runs/emoshift_mini/demo
 # `make reproduce-table1 EMOSHIFT_LAYER=$(EMOSHIFT)/emosteer` trains one in the run instead.
 EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 
-.PHONY: install test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift clean corpus mini-tts ser-mini emoshift-mini
+.PHONY: install indextts2 test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift clean corpus mini-tts ser-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -27,7 +27,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
-test: install
+# Upstream's IndexTTS2 inference package: its metadata pulls nemo-text-processing (pynini) and accelerate, which
+# the GPT and the vocoder chain do not use, and a pip extra cannot say --no-deps; so it is installed here, pinned,
+# with the modules its import needs (see emoctl/backbones/indextts2/upstream.py).
+INDEXTTS2_PIN   := indextts2-inference==2.1.1
+INDEXTTS2_STAMP := $(VENV)/.indextts2-installed
+
+indextts2: $(INDEXTTS2_STAMP)
+
+$(INDEXTTS2_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps '$(INDEXTTS2_PIN)'
+	$(PY) -m pip install --quiet einops omegaconf sentencepiece munch
+	@touch $@
+
+test: install indextts2
 	$(PY) -m pytest emoctl_tests -q
 
 demo: $(SELECT)/selection.md

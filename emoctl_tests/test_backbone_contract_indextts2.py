@@ -13,8 +13,6 @@ from emoctl.backbones.sampling import Sampling
 from emoctl.errors import ConfigError
 from emoctl_tests.backbone_contract import BackboneContract
 
-pytest.importorskip("indextts", reason="make indextts2 installs upstream's package")
-
 TEXTS = ["Kids are talking by the door.", "The birch canoe slid on the smooth planks today.", "Go now."]
 # upstream's infer() defaults, with a short budget
 UPSTREAM = dict(temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0)
