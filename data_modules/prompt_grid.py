@@ -235,12 +235,12 @@ class PromptGridDataModule(pl.LightningDataModule):
             for speaker in speakers:
                 voice: Any = speaker
                 if self.voice == "clip":
-                    voice = VoiceClip(str(self._references.for_text(speaker, text)))
+                    voice = VoiceClip(str(self._references.for_text(speaker, text)), speaker)
                 for emotion in emotions:
                     out.append(GridPrompt(text=text, voice=voice, emotion=conditions[emotion],
                                           utt_id=f"{text_id}-{speaker}-{emotion}", text_id=text_id,
                                           condition=f"prompt={emotion}", pair_key=f"{speaker}|{text_id}",
-                                          label=emotion, speaker_label=speaker))
+                                          label=emotion))
         return out
 
     def all_batches(self) -> list[PromptBatch]:

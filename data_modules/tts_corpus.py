@@ -229,7 +229,7 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         references.check(sorted({u.speaker for u in utterances}))
 
         def voice_of(utt: EsdUtterance) -> Voice:
-            return VoiceClip(str(references.for_text(utt.speaker, utt.text)))
+            return VoiceClip(str(references.for_text(utt.speaker, utt.text)), utt.speaker)
 
         return voice_of
 

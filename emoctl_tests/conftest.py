@@ -72,17 +72,11 @@ def corpus_root():
 def indextts2_release(tmp_path_factory):
     """A complete IndexTTS2 release folder of random weights in upstream's formats (tiny: 2 GPT blocks at the
     released width 1280), written once per session (about 40 s, 1 GB), with two reference clips beside it."""
-    import numpy as np
-    import soundfile as sf
-
-    from emoctl.backbones.indextts2.random_release import write_random_release
+    from emoctl.backbones.indextts2.random_release import write_random_release, write_voice_clip
 
     root = write_random_release(tmp_path_factory.mktemp("indextts2") / "release")
-    rate = 22050
-    t = np.arange(int(rate * 2.0)) / rate
     clips = root.parent / "clips"
     clips.mkdir()
     for i, f0 in enumerate((140.0, 220.0, 180.0)):
-        wave = 0.3 * np.sin(2 * np.pi * (f0 + 40 * t) * t) + 0.02 * np.random.default_rng(i).standard_normal(t.size)
-        sf.write(clips / f"ref{i}.wav", wave.astype(np.float32), rate)
+        write_voice_clip(clips / f"ref{i}.wav", seconds=2.0, f0=f0, seed=i)
     return root

@@ -272,3 +272,50 @@ def test_harvest_fit_select_and_steer_on_indextts2(indextts2_release, corpus_roo
     with steer(backbone, SAEFeatureSteering(sae, sets["Angry"].feature_ids, 50.0)):
         pushed = backbone.generate(prompts, **settings).tokens[0]
     assert torch.equal(base, zero) and not torch.equal(base, pushed)
+
+
+def test_reports_voice_indextts2_by_each_speakers_reference_clip(backbone, corpus_root):
+    """Reports name speakers as the corpus does; a backbone that clones clips gets each speaker's reference
+    clip (its first Neutral training clip), labelled with the speaker, and Table 1's prompts pass its checks."""
+    from emoctl.evaluation.protocol import EvaluationProtocol
+    from emoctl.reports.table1 import Cell, _cell_prompts
+
+    protocol = EvaluationProtocol(speakers=["0019", "0020"])
+    assert protocol.voices(backbone, corpus_root) == ["0019", "0020"]
+    assert EvaluationProtocol().voices(backbone, corpus_root) == ["0017", "0018", "0019", "0020"]
+    voice = protocol.voice_for(backbone, corpus_root)
+    texts, _ = protocol.texts(corpus_root)
+    clip = voice("0019", texts[0])
+    first_neutral = sorted((corpus_root / "0019" / "Neutral" / "train").glob("*.wav"))[0]
+    assert isinstance(clip, VoiceClip) and clip.speaker == "0019" and clip.path == str(first_neutral)
+    prompts = _cell_prompts(backbone, Cell("induction", "Angry"), texts, ["0019", "0020"], "table", voice)
+    backbone.check_prompts(prompts)
+    assert [p.speaker for p in prompts] == ["0019", "0020"] * len(texts)
+    assert all(p.emotion == backbone.condition_for("Neutral") for p in prompts)  # induction starts from Neutral
+    with pytest.raises(ConfigError, match=r"protocol.speakers \['0042'\] are not speakers of"):
+        EvaluationProtocol(speakers=["0042"]).voices(backbone, corpus_root)
+
+
+@pytest.mark.slow
+def test_the_released_gpt_shape_loads_and_decodes_in_bounded_memory(tmp_path):
+    """Random weights at the released size (24 blocks x 1280, 20 heads, 12000 text tokens, 1815 mel positions):
+    the adapter loads upstream's key layout, every hookpoint has the real shape, and decoding stays cached."""
+    import resource
+
+    from emoctl.backbones.indextts2.random_release import (RandomReleaseSize, write_random_release,
+                                                           write_voice_clip)
+
+    root = write_random_release(tmp_path / "release", RandomReleaseSize.released_gpt())
+    tts = load_backbone("indextts2", str(root))
+    assert (tts.num_layers, tts.hidden_size, tts.vocab_size) == (24, 1280, 8194)
+    assert round(sum(p.numel() for p in tts.gpt.parameters()) / 1e6, 1) == 866.0  # REFERENCE.md's count
+    assert tts.hookpoints[16] == "resid_pre.16" and len(tts.hookpoints) == 25
+    voice = VoiceClip(str(write_voice_clip(tmp_path / "voice.wav")))
+    shapes = []
+    with tts.hooks.add_reader("resid_pre.16", lambda x, ctx: shapes.append(tuple(x.shape))):
+        out = tts.generate([Prompt(TEXTS[0], voice, tts.condition_for("Sad")),
+                            Prompt(TEXTS[1], voice, tts.neutral_emotion)], **UPSTREAM, max_new_tokens=6, seed=0)
+    fed = max(len(t) if done else len(t) - 1 for t, done in zip(out.tokens, out.finished))
+    assert fed > 0 and len(shapes) == fed and set(shapes) == {(2, 1, 1280)}  # one cached position per step
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    assert peak_gb < 12, f"peak resident memory {peak_gb:.1f} GB"

@@ -70,8 +70,9 @@ class Prompt:
 
     @property
     def speaker(self) -> str:
-        """The voice's key: its name, or ``clip:<file name>`` (what stores and reports label a row with)."""
-        return self.voice.key
+        """What stores and reports label a row with: the voice's name, the corpus speaker a reference clip
+        stands for, or else ``clip:<file name>``."""
+        return getattr(self.voice, "speaker", None) or self.voice.key
 
     @property
     def emotion_key(self) -> str:

@@ -40,9 +40,13 @@ class VoiceName:
 
 @dataclass(frozen=True)
 class VoiceClip:
-    """A reference recording whose voice the backbone clones (IndexTTS2's ``spk_audio_prompt``)."""
+    """A reference recording whose voice the backbone clones (IndexTTS2's ``spk_audio_prompt``).
+
+    ``speaker`` names the corpus speaker the clip stands for (ESD's ``0011``), when it does: stores and reports
+    then file the utterance under that speaker rather than under the clip's file name."""
 
     path: str
+    speaker: str | None = None
     kind: ClassVar[str] = "voice_clip"
 
     def __post_init__(self) -> None:

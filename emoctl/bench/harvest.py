@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -44,18 +44,30 @@ def _random_mini_tts(seed: int) -> Backbone:
     return MiniTTS(lm, tokenizer, speakers, emotions).eval().requires_grad_(False)
 
 
-def bench_harvest(batch_size: int = 8, max_new_tokens: int = 200, repeats: int = 5, hookpoint: str = "resid_pre.5",
-                  checkpoint: str | None = None, seed: int = 0) -> list[dict]:
+def bench_harvest(batch_size: int = 8, max_new_tokens: int | None = None, repeats: int | None = None,
+                  hookpoint: str | None = None, checkpoint: str | None = None, seed: int = 0,
+                  backbone: Literal["mini_tts", "indextts2"] = "mini_tts") -> list[dict]:
     """Time generation without and with the harvester; print a Markdown table and return its rows.
 
     Args:
         batch_size: Prompts generated together.
-        max_new_tokens: Speech tokens per utterance at most.
-        repeats: Timed rounds; each round runs every row once, and the table reports medians.
-        hookpoint: Where the harvester reads.
-        checkpoint: MiniTTS folder; None uses emoctl/assets/mini_tts, or a random model of its shape if absent.
+        max_new_tokens: Speech tokens per utterance at most (None: 200 for mini_tts, 32 for indextts2).
+        repeats: Timed rounds; each round runs every row once (None: 5 for mini_tts, 1 for indextts2).
+        hookpoint: Where the harvester reads (None: resid_pre.5 for mini_tts, resid_pre.16 for indextts2).
+        checkpoint: MiniTTS folder (None: emoctl/assets/mini_tts, or a random model of its shape if absent), or
+            an IndexTTS2 release folder (None: random weights at the released GPT shape).
         seed: Sampling seed (the same in every row and round).
+        backbone: mini_tts (hooks and store writer against plain generation) or indextts2 (the adapter,
+            batched and not, against upstream's one-at-a-time inference_speech; see bench/harvest_indextts2.py).
     """
+    if backbone == "indextts2":
+        from emoctl.bench.harvest_indextts2 import bench_harvest_indextts2
+
+        return bench_harvest_indextts2(batch_size, max_new_tokens or 32, repeats or 1, hookpoint or "resid_pre.16",
+                                       release=checkpoint, seed=seed)
+    if backbone != "mini_tts":
+        raise ConfigError(f"bench harvest --backbone takes mini_tts or indextts2, got {backbone!r}.")
+    max_new_tokens, repeats, hookpoint = max_new_tokens or 200, repeats or 5, hookpoint or "resid_pre.5"
     if repeats < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"repeats, batch_size and max_new_tokens must be >= 1, got {repeats}, {batch_size}, "
                           f"{max_new_tokens}.")

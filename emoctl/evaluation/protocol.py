@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from emoctl.backbones.base import Backbone
+from emoctl.backbones.conditions import Voice, VoiceClip, VoiceName
 from emoctl.errors import ConfigError
 from emoctl.synthesis import SamplingConfig
 
@@ -58,14 +60,38 @@ class EvaluationProtocol:
         if bad:
             raise ConfigError("invalid evaluation protocol: " + "; ".join(bad) + ".")
 
-    def voices(self, backbone: Backbone) -> list[str]:
-        """The speakers to synthesize, each one the backbone knows."""
-        speakers = list(self.speakers or backbone.speakers[-self.held_out_speakers:])
-        unknown = [s for s in speakers if s not in backbone.speakers]
+    def voices(self, backbone: Backbone, corpus_root: str | Path | None = None) -> list[str]:
+        """The speakers to synthesize: voices the backbone knows by name, or, for a backbone that clones
+        reference clips (IndexTTS2), speakers of the corpus (``voice_for`` gives their clips)."""
+        if not clones_voices(backbone):
+            speakers = list(self.speakers or backbone.speakers[-self.held_out_speakers:])
+            unknown = [s for s in speakers if s not in backbone.speakers]
+            if unknown:
+                raise ConfigError(f"protocol.speakers {unknown} are not voices of this backbone; it voices "
+                                  f"{backbone.speakers}.")
+            return speakers
+        if corpus_root is None:
+            raise ConfigError("a backbone that clones reference clips needs the corpus to take them from.")
+        found = sorted(p.name for p in Path(corpus_root).iterdir() if p.is_dir() and p.name.isdigit())
+        speakers = list(self.speakers or found[-self.held_out_speakers:])
+        unknown = [s for s in speakers if s not in found]
         if unknown:
-            raise ConfigError(f"protocol.speakers {unknown} are not voices of this backbone; it voices "
-                              f"{backbone.speakers}.")
+            raise ConfigError(f"protocol.speakers {unknown} are not speakers of {corpus_root} (it has {found}).")
         return speakers
+
+    def voice_for(self, backbone: Backbone, corpus_root: str | Path | None = None) -> Callable[[str, str], Voice]:
+        """``voice(speaker, text)``: the speaker's name, or, for a backbone that clones reference clips, the
+        speaker's reference clip in the corpus by emoctl's one rule (:mod:`emoctl.corpus.references`)."""
+        if not clones_voices(backbone):
+            return lambda speaker, text: VoiceName(speaker)
+        from emoctl.corpus.esd import open_esd
+        from emoctl.corpus.references import ReferenceClips
+
+        speakers = self.voices(backbone, corpus_root)
+        assert corpus_root is not None
+        references = ReferenceClips(open_esd(corpus_root, speakers=speakers, emotions=["Neutral"]), corpus_root)
+        references.check(speakers)
+        return lambda speaker, text: VoiceClip(str(references.for_text(speaker, text)), speaker)
 
     def texts(self, corpus_root: str | Path) -> tuple[list[str], dict]:
         """The protocol's sentences (``n_texts`` of ``split`` from ``text_offset``) and the corpus record."""
@@ -81,3 +107,8 @@ class EvaluationProtocol:
     def describe(self) -> dict:
         """The protocol as plain data, for a report's ``_info.json``."""
         return asdict(self)
+
+
+def clones_voices(backbone: Backbone) -> bool:
+    """True for a zero-shot backbone: it takes reference clips and knows no voice by name."""
+    return VoiceName.kind not in backbone.voice_kinds and VoiceClip.kind in backbone.voice_kinds

@@ -20,14 +20,11 @@ class GridPrompt(Prompt):
     label: str = ""
     """The corpus emotion the store files the utterance under (empty: the condition's key). A backbone asked by
     vector or instruction still stores ESD's name, so selection pairs emotions the same way on every backbone."""
-    speaker_label: str = ""
-    """The corpus speaker the store files it under (empty: the voice's key). A voice cloned from a reference
-    clip still stores the ESD speaker id."""
 
     def meta(self) -> UtteranceMeta:
         if not self.utt_id:
             raise ValueError("a GridPrompt needs an utt_id to be stored")
-        return UtteranceMeta(utt_id=self.utt_id, text_id=self.text_id, speaker=self.speaker_label or self.speaker,
+        return UtteranceMeta(utt_id=self.utt_id, text_id=self.text_id, speaker=self.speaker,
                              emotion=self.label or self.emotion_key, condition=self.condition,
                              pair_key=self.pair_key)
 

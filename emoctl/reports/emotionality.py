@@ -85,7 +85,7 @@ def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: st
     texts, _ = protocol.texts(root)
     seed, sampling = protocol.seed, protocol.sampling
     tts = backbone.load()
-    speakers = protocol.voices(tts)
+    speakers, voice = protocol.voices(tts, root), protocol.voice_for(tts, root)
     emotions = list(tts.emotions or ESD_EMOTIONS)  # the corpus's names; the backbone maps them (condition_for)
     if NEUTRAL not in emotions:
         raise ConfigError(f"the backbone has no {NEUTRAL!r} condition to pair against (it has {emotions}).")
@@ -102,7 +102,7 @@ def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: st
         corpus_profiles[key] = profile
 
     asked = [(i, s, e) for i in range(len(texts)) for s in speakers for e in emotions]
-    prompts = [Prompt(texts[i], s, tts.condition_for(e), f"t{i:03d}-{s}-{e}") for i, s, e in asked]
+    prompts = [Prompt(texts[i], voice(s, texts[i]), tts.condition_for(e), f"t{i:03d}-{s}-{e}") for i, s, e in asked]
     generated = synthesize(tts, prompts, seed=seed, sampling=sampling, progress="generate" if progress else False)
     profiles = measure([c.wave for c in generated], [c.sample_rate for c in generated])
     gen_profiles = {(s, e, i): p for (i, s, e), p in zip(asked, profiles)}

@@ -40,6 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.conditions import Voice, VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.alpha import choose_alpha
@@ -100,16 +101,18 @@ class SteeringMethods:
 
 # ----------------------------------------------------------------------------------------------- running
 
-def _cell_prompts(backbone: Backbone, cell: Cell, texts: list[str], speakers: list[str], tag: str) -> list[Prompt]:
+def _cell_prompts(backbone: Backbone, cell: Cell, texts: list[str], speakers: list[str], tag: str,
+                  voice: Callable[[str, str], Voice] | None = None) -> list[Prompt]:
     condition = backbone.condition_for(cell.condition)
-    return [Prompt(text, s, condition, f"{tag}-{cell.direction[:3]}-{cell.emotion}-t{i:02d}-{s}")
+    voice = voice or (lambda speaker, text: VoiceName(speaker))
+    return [Prompt(text, voice(s, text), condition, f"{tag}-{cell.direction[:3]}-{cell.emotion}-t{i:02d}-{s}")
             for i, text in enumerate(texts) for s in speakers]
 
 
 def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequence[str], cells: Sequence[Cell],
               texts: list[str], speakers: list[str], alphas: dict[str, float], scorers: Scorers, refs: References,
               seed: int, sampling: SamplingConfig, tag: str, extra_method: Callable | None = None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, voice: Callable[[str, str], Voice] | None = None) -> list[dict]:
     """Synthesize and score every (cell, method); one row per clip with its method, cell and α.
 
     Cells with no intervention are synthesized and measured once per distinct prompt list: induction
@@ -120,7 +123,7 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
     unsteered: dict[tuple, MeasuredClips] = {}
     jobs = [(cell, method) for cell in cells for method in method_names]
     for cell, method in tqdm(jobs, desc=f"{tag}: steer + score", unit="cell", disable=not progress):
-        prompts = _cell_prompts(backbone, cell, texts, speakers, tag)
+        prompts = _cell_prompts(backbone, cell, texts, speakers, tag, voice)
         alpha = cell.sign * alphas.get(method, 0.0)
         key = None
         if method in METHODS:
@@ -224,7 +227,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     means = mean_difference_directions(activations, NEUTRAL, emotions, progress=progress)
     seed, sampling = protocol.seed, protocol.sampling
     methods = SteeringMethods(sae_model, feature_sets, means, seed=seed)
-    speakers = protocol.voices(tts)
+    speakers, voice = protocol.voices(tts, root), protocol.voice_for(tts, root)
     scorers = Scorers.load(recognizer, recognizer_dir)
     refs = References(root, record["sentences"], speakers, scorers, used=test_sentences + evaluation_sentences,
                       reference_clips=protocol.reference_clips)
@@ -239,11 +242,12 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     sweep_rows: list[dict] = []
     sweep_cells = [Cell("induction", e) for e in emotions]
     sweep_rows += run_cells(tts, methods, ["unsteered"], sweep_cells, evaluation_sentences,
-                            speakers, {}, sweep_scorers, refs, seed, sampling, "sweep", progress=progress)
+                            speakers, {}, sweep_scorers, refs, seed, sampling, "sweep", progress=progress, voice=voice)
     for method in method_names[1:]:
         for alpha in sweep_alphas[method]:
             rows = run_cells(tts, methods, [method], sweep_cells, evaluation_sentences, speakers,
-                             {method: alpha}, sweep_scorers, refs, seed, sampling, "sweep", extra, progress=progress)
+                             {method: alpha}, sweep_scorers, refs, seed, sampling, "sweep", extra, progress=progress,
+                             voice=voice)
             for r in rows:
                 r["method"] = f"{method}@{alpha:g}"
             sweep_rows += rows
@@ -253,11 +257,11 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     cells = [Cell(d, e) for d in ("induction", "suppression") for e in emotions]
     rows = run_cells(tts, methods, [m for m in method_names if m != "emoshift"], cells,
                      test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table",
-                     progress=progress)
+                     progress=progress, voice=voice)
     if emoshift is not None:
         rows += run_cells(tts, methods, ["emoshift"], [c for c in cells if c.direction == "induction"],
                           test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table", extra,
-                          progress=progress)
+                          progress=progress, voice=voice)
     metrics = ["emo_sim_matched", "emo_sim_prototype", "ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl"]
     summary = summarize(rows, metrics)
     info = {"backbone": tts.backbone_id, "sae": sae, "hookpoint": sae_model.cfg.hook_name,

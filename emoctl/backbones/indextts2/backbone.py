@@ -118,6 +118,7 @@ class IndexTTS2(Backbone):
         self.hooks = HookManager(hookpoints)
         self._cache_argument = _gpt_cache_argument()
         self._clips: OrderedDict[tuple, _Clip] = OrderedDict()
+        self._conditions: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self._tokenizer: Any = None
         self._vocoder: Any = None
         self.vocode_seed: int | None = 0  # s2mel's sampler starts from noise: a fixed seed makes audio repeatable
@@ -205,7 +206,7 @@ class IndexTTS2(Backbone):
         import librosa
 
         stat = os.stat(path)
-        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, rate)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, rate, str(self.device))
         if key not in self._clips:
             try:
                 wave, sr = librosa.load(path, sr=rate) if rate else librosa.load(path)
@@ -246,7 +247,14 @@ class IndexTTS2(Backbone):
 
     def _conditioning(self, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(1, 34, d) prompt latents (speaker latents + emotion, two speed slots), the (1, 32, d) speaker
-        latents and the (1, d) emotion vector, as ``inference_speech`` and the latent pass use them."""
+        latents and the (1, d) emotion vector, as ``inference_speech`` and the latent pass use them; kept per
+        (voice clip, emotion condition), since a harvest asks for each pair once per text."""
+        stat = os.stat(prompt.voice.path)
+        key = (os.path.realpath(prompt.voice.path), stat.st_size, stat.st_mtime_ns, prompt.emotion.key,
+               str(self.device))
+        if key in self._conditions:
+            self._conditions.move_to_end(key)
+            return self._conditions[key]
         speaker = self._clip(prompt.voice.path, None)
         emovec = self._emotion_vector(prompt, speaker)
         spk = speaker.features
@@ -254,6 +262,9 @@ class IndexTTS2(Backbone):
         zero = torch.zeros(1, dtype=torch.long, device=self.device)
         conds = torch.cat([latent + emovec.unsqueeze(1), self.gpt.speed_emb(zero + 1).unsqueeze(1),
                            self.gpt.speed_emb(zero).unsqueeze(1)], dim=1)
+        self._conditions[key] = (conds, latent, emovec)
+        while len(self._conditions) > _CACHE_SLOTS:
+            self._conditions.popitem(last=False)
         return conds, latent, emovec
 
     def text_ids(self, text: str) -> list[int]:

@@ -11,6 +11,7 @@ vocoder chain fixes (GPT width 1280, w2v-BERT width 1024 and its 17th hidden sta
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,15 @@ class RandomReleaseSize:
     @classmethod
     def tiny(cls) -> RandomReleaseSize:
         return cls()
+
+    @classmethod
+    def released_gpt(cls) -> RandomReleaseSize:
+        """The released GPT and conditioners (what decoding costs), with the tiny feature extractor and
+        vocoder chain (which do not run while decoding): the benchmark's and the full-size test's shape."""
+        full = cls.full()
+        return dataclasses.replace(cls.tiny(), **{k: getattr(full, k) for k in (
+            "gpt_layers", "gpt_heads", "text_vocab", "max_text_tokens", "max_mel_tokens", "cond_size", "cond_units",
+            "cond_heads", "cond_blocks", "emo_cond_blocks", "emo_cond_units", "emo_cond_heads")})
 
     @classmethod
     def full(cls) -> RandomReleaseSize:
@@ -114,6 +124,18 @@ _BPE_TEXT = [
     "FOUR HOURS OF STEADY WORK FACED US.", "A LARGE SIZE IN STOCKINGS IS HARD TO SELL.",
     "KIDS ARE TALKING BY THE DOOR.", "GO NOW, WE WAIT HERE QUIETLY.", "VIVIAN JUDGED THE JAZZ QUIZ.",
 ]
+
+
+def write_voice_clip(path: Path, seconds: float = 3.0, f0: float = 150.0, seed: int = 0) -> Path:
+    """A gliding tone with a little noise at 22050 Hz: a reference clip for w2v-BERT and CAMPPlus to hear."""
+    import numpy as np
+    import soundfile as sf
+
+    rate = 22050
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * (f0 + 30 * t) * t) + 0.02 * np.random.default_rng(seed).standard_normal(t.size)
+    sf.write(path, wave.astype(np.float32), rate)
+    return path
 
 
 def write_bpe(path: Path, vocab: int) -> None:
