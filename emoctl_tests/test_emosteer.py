@@ -481,3 +481,23 @@ def test_committed_layer_fits_the_committed_backbone_and_lowers_held_out_nll(cor
         with steer(backbone, layer, [c.emotion for c in clips], 1.0, phases=[Phase.TEACHER_FORCED]):
             steered = teacher_forced_nll(backbone, prompts, speech, lengths).mean()
     assert steered < plain - 0.05, (float(plain), float(steered))
+
+
+def test_reports_read_an_esd_folder_without_a_corpus_record(tmp_path):
+    """Reports index sentences by split; a real ESD folder has no corpus.json, so its sentences and split sizes
+    come from its transcripts and split folders, and a folder out of ESD's order is refused."""
+    from emoctl.corpus.build import read_corpus_record
+    from emoctl.evaluation.texts import split_sentences
+
+    texts = write_esd(tmp_path / "esd", flat=False, per_emotion=4, emotions=("Neutral", "Sad"), ascii_only=True)
+    record = read_corpus_record(tmp_path / "esd")
+    assert record["splits"] == {"evaluation": 1, "test": 1, "train": 2}
+    assert record["sentences"] == [texts[f"0011_{k:06d}"] for k in range(1, 5)]
+    assert split_sentences(tmp_path / "esd", "test", 5)[0] == [texts["0011_000002"]]
+    moved = tmp_path / "esd" / "0011" / "Neutral"
+    (moved / "evaluation" / "0011_000001.wav").rename(moved / "train" / "0011_000001.wav")
+    with pytest.raises(ConfigError, match="not split as evaluation, then test, then train"):
+        read_corpus_record(tmp_path / "esd")
+    with pytest.raises(ConfigError, match="no finished corpus at .*nothing"):
+        (tmp_path / "nothing").mkdir()
+        read_corpus_record(tmp_path / "nothing")

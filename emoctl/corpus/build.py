@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 import emoctl
 from emoctl.corpus.emotions import EMOTIONS, JITTER, PROFILES, utterance_prosody
+from emoctl.corpus.esd import ESD_BLOCK
 from emoctl.corpus.espeak import SAMPLE_RATE as SOURCE_RATE
 from emoctl.corpus.espeak import espeak_ng_version, synthesize
 from emoctl.corpus.sentences import generate_sentences
@@ -46,8 +47,6 @@ from emoctl.errors import ConfigError
 __all__ = ["ESD_BLOCK", "SPLITS", "Utterance", "build_corpus", "plan_corpus", "read_corpus_record", "split_sizes",
            "trim_silence"]
 
-ESD_BLOCK = 350
-"""Ids per emotion in ESD: Neutral 1-350, Angry 351-700, and so on."""
 SPLITS = ("evaluation", "test", "train")
 """ESD's split folders, in id order within an emotion: the first 20, the next 30, the remaining 300."""
 FORMAT_VERSION = 1
@@ -78,12 +77,18 @@ class Utterance:
 
 
 def read_corpus_record(root: str | os.PathLike) -> dict:
-    """The ``corpus.json`` of a finished corpus; ``ConfigError`` with the build command when there is none."""
+    """The ``corpus.json`` of a finished corpus, or, for an ESD folder (which has none), the same record
+    derived from its transcripts and split folders; ``ConfigError`` with the build command otherwise."""
     path = Path(root) / CORPUS_JSON
-    if not path.is_file():
-        raise ConfigError(f"no finished corpus at {root} ({CORPUS_JSON} missing). Build it with `make corpus` or "
-                          f"`emoctl corpus build --root {root}`.")
-    return json.loads(path.read_text())
+    if path.is_file():
+        return json.loads(path.read_text())
+    from emoctl.corpus.esd import esd_sentence_record
+
+    record = esd_sentence_record(root)
+    if record is None:
+        raise ConfigError(f"no finished corpus at {root} ({CORPUS_JSON} missing, and no ESD speaker folders). "
+                          f"Build it with `make corpus` or `emoctl corpus build --root {root}`.")
+    return record
 
 
 def split_sizes(n_sentences: int) -> dict[str, int]:

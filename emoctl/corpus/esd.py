@@ -36,6 +36,9 @@ from typing import Any, Iterable, Literal, Sequence
 
 from emoctl.errors import ConfigError
 
+ESD_BLOCK = 350
+"""Ids per emotion in ESD: Neutral 1-350, Angry 351-700, and so on."""
+
 ESD_ENGLISH_SPEAKERS: tuple[str, ...] = tuple(f"{i:04d}" for i in range(11, 21))
 ESD_EMOTIONS: tuple[str, ...] = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
 SPLITS: tuple[str, ...] = ("train", "evaluation", "test")
@@ -225,6 +228,32 @@ def read_esd(root: str | os.PathLike, *, speakers: Sequence[str] | None = None,
     if flat == {True}:
         return assign_flat_splits(utterances, flat_split)
     return sorted(utterances, key=lambda u: u.utt_id)
+
+
+def esd_sentence_record(root: str | os.PathLike) -> dict | None:
+    """What reports read of a corpus (its sentences in ESD order and the split sizes), for an ESD folder.
+
+    ESD speaks the same 350 sentences in every emotion; clip ``<spk>_<n>`` speaks sentence (n - 1) % 350.
+    The splits are the folder's own (evaluation, test, train in sentence order, 20/30/300 in ESD); a folder
+    whose splits are not in that order is refused, since reports index sentences by split.  None when the
+    folder has no speaker folders (not ESD)."""
+    root = Path(root)
+    if not root.is_dir() or not any(p.is_dir() and p.name.isdigit() for p in root.iterdir()):
+        return None
+    utterances = read_esd(root, emotions=["Neutral"])
+    first = min(u.speaker for u in utterances)
+    own = sorted((u for u in utterances if u.speaker == first), key=lambda u: u.utt_id)
+    index = [(int(u.utt_id.rsplit("_", 1)[-1]) - 1) % ESD_BLOCK for u in own]
+    if index != list(range(len(own))):
+        raise ConfigError(f"{root}: speaker {first}'s Neutral clips do not number the sentences 1..{len(own)} "
+                          "without gaps; reports need every sentence once.")
+    order = [u.split for u in own]
+    sizes = {split: order.count(split) for split in ("evaluation", "test", "train")}
+    expected = ["evaluation"] * sizes["evaluation"] + ["test"] * sizes["test"] + ["train"] * sizes["train"]
+    if order != expected:
+        raise ConfigError(f"{root}: the Neutral clips of speaker {first} are not split as evaluation, then test, then "
+                          "train in sentence order (ESD's layout); reports index sentences by split.")
+    return {"sentences": [u.text.strip() for u in own], "splits": sizes, "source": "esd_folder"}
 
 
 def _emotion_folder_wavs(folder: Path) -> list[tuple[Path, str | None]]:
