@@ -47,6 +47,7 @@ class RandomReleaseSize:
     wavenet_layers: int = 2
     codec_layers: int = 2
     seed: int = 0
+    stop_spread: float = 1.8  # std of the stop token's logit: larger ends random utterances sooner
 
     @classmethod
     def tiny(cls) -> RandomReleaseSize:
@@ -162,7 +163,7 @@ def write_random_release(folder: str | Path, size: RandomReleaseSize | None = No
     cfg = release_config(size)
     OmegaConf.save(OmegaConf.create(cfg), root / "config.yaml")
     write_bpe(root / "bpe.model", min(size.text_vocab, 256))
-    _write_gpt(root, cfg)
+    _write_gpt(root, cfg, size)
     _write_conditioning_tables(root)
     _write_w2v_bert(root / "hf_cache" / "w2v-bert-2.0", size)
     _write_campplus(root / "hf_cache" / "campplus_cn_common.bin")
@@ -171,7 +172,7 @@ def write_random_release(folder: str | Path, size: RandomReleaseSize | None = No
     return root
 
 
-def _write_gpt(root: Path, cfg: dict[str, Any]) -> None:
+def _write_gpt(root: Path, cfg: dict[str, Any], size: RandomReleaseSize) -> None:
     from indextts.gpt.model_v2 import UnifiedVoice
 
     gpt = UnifiedVoice(**cfg["gpt"])
@@ -183,7 +184,7 @@ def _write_gpt(root: Path, cfg: dict[str, Any]) -> None:
                 p.normal_(std=0.02)
             elif p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.02)
-        _make_utterances_end(gpt)
+        _make_utterances_end(gpt, size.stop_spread)
     torch.save(gpt.state_dict(), root / "gpt.pth")
 
 
