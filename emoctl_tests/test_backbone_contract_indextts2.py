@@ -165,11 +165,13 @@ def test_tokens_equal_upstreams_inference_speech(indextts2_release, backbone, pr
 
 
 def test_emotion_conditions_follow_upstreams_rules(backbone, prompts, indextts2_release):
-    """Neutral is the voice's own emotion (the zero vector mixes nothing in); a weight scales like upstream's
-    emo_alpha; a vector of the wrong length and a missing clip are refused by name."""
+    """Neutral is the voice's own emotion (the zero vector mixes nothing in: upstream's merge of the voice with
+    itself read at 16 kHz); a weight scales like upstream's emo_alpha; a vector of the wrong length and a
+    missing clip are refused by name."""
     voice = prompts[0]
     speaker = backbone._clip(voice.voice.path, None)
-    own = backbone.gpt.merge_emovec(speaker.features, speaker.features, torch.tensor([1024]), torch.tensor([1024]))
+    at_16k = backbone._clip(voice.voice.path, 16000).features
+    own = backbone.gpt.merge_emovec(speaker.features, at_16k, torch.tensor([1024]), torch.tensor([at_16k.shape[-1]]))
     neutral = backbone._emotion_vector(voice.with_emotion(backbone.condition_for("Neutral")), speaker)
     torch.testing.assert_close(neutral, own, atol=0, rtol=0)
     angry = backbone._emotion_vector(voice.with_emotion(backbone.condition_for("Angry")), speaker)
@@ -319,3 +321,92 @@ def test_the_released_gpt_shape_loads_and_decodes_in_bounded_memory(tmp_path):
     assert fed > 0 and len(shapes) == fed and set(shapes) == {(2, 1, 1280)}  # one cached position per step
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     assert peak_gb < 12, f"peak resident memory {peak_gb:.1f} GB"
+
+
+def test_upstreams_own_infer_runs_on_the_release_and_the_adapter_reproduces_it(indextts2_release, backbone,
+                                                                             tmp_path, monkeypatch):
+    """End-to-end fidelity: upstream's ``IndexTTS2(...).infer()``, offline on the release folder (its hub
+    downloads pointed at the folder's hf_cache/, and only the Qwen text-to-emotion model and the nemo text
+    normalizer, which cannot be had here and which infer() does not use for these inputs, replaced), with
+    its default 3-beam sampling: the adapter's tokens for the same clip, emotion vector and seed equal the
+    codes upstream generated, and its audio equals upstream's int16 samples given the same s2mel noise."""
+    import shutil
+
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    import indextts.infer_v2 as infer_v2
+    import indextts.utils.maskgct_utils as maskgct_utils
+    from emoctl.backbones.indextts2.upstream import repair_cached_generate
+    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel
+
+    cache = indextts2_release / "hf_cache"
+    local = {("amphion/MaskGCT", "semantic_codec/model.safetensors"): cache / "semantic_codec_model.safetensors",
+             ("funasr/campplus", "campplus_cn_common.bin"): cache / "campplus_cn_common.bin"}
+    w2v = str(cache / "w2v-bert-2.0")
+
+    class _Offline:
+        def __init__(self, real):
+            self.real = real
+
+        def from_pretrained(self, name, **kwargs):
+            assert name == "facebook/w2v-bert-2.0", name
+            return self.real.from_pretrained(w2v, local_files_only=True)
+
+    class _NoNormalizer:  # nemo-text-processing is not installed; the test texts need no normalization
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def load(self):
+            pass
+
+        def normalize(self, text):
+            return text
+
+    monkeypatch.setattr(infer_v2, "hf_hub_download", lambda repo, filename: str(local[(repo, filename)]))
+    monkeypatch.setattr(infer_v2, "SeamlessM4TFeatureExtractor", _Offline(SeamlessM4TFeatureExtractor))
+    monkeypatch.setattr(maskgct_utils, "Wav2Vec2BertModel", _Offline(Wav2Vec2BertModel))
+    monkeypatch.setattr(infer_v2, "QwenEmotion", lambda path: None)
+    monkeypatch.setattr(infer_v2, "TextNormalizer", _NoNormalizer)
+    cfg = OmegaConf.load(indextts2_release / "config.yaml")
+    cfg.vocoder.name = str(cache / "bigvgan")  # BigVGAN.from_pretrained reads a local folder as is
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    upstream = infer_v2.IndexTTS2(model_dir=str(indextts2_release), cfg_path=str(tmp_path / "config.yaml"),
+                                  device="cpu")
+    repair_cached_generate(upstream.gpt.inference_model)
+    seen: dict = {}
+    generate, cfm = upstream.gpt.inference_speech, upstream.s2mel.models["cfm"]
+    sample = cfm.inference
+
+    def spy_generate(*args, **kwargs):
+        seen["codes"], latent = generate(*args, **kwargs)
+        return seen["codes"], latent
+
+    def spy_sample(*args, **kwargs):
+        seen["rng"] = torch.get_rng_state()
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(upstream.gpt, "inference_speech", spy_generate)
+    monkeypatch.setattr(cfm, "inference", spy_sample)
+    clip = _clip(indextts2_release, 1)
+    torch.manual_seed(21)
+    rate, upstream_wav = upstream.infer(clip.path, TEXTS[1], None, emo_vector=[0, 1, 0, 0, 0, 0, 0, 0],
+                                       emo_alpha=0.8, max_mel_tokens=24, interval_silence=0)
+    codes = seen["codes"][0]
+    stops = (codes == backbone.gpt.stop_mel_token).nonzero()
+    codes = codes[:int(stops[0, 0])] if stops.numel() else codes
+
+    prompt = Prompt(TEXTS[1], clip, backbone.condition_for("Angry"))  # one-hot angry at weight 0.8
+    ours = backbone.generate([prompt], **UPSTREAM, num_beams=3, length_penalty=0.0, max_new_tokens=24, seed=21)
+    assert codes.numel() >= 3 and torch.equal(ours.tokens[0], codes), (ours.tokens[0].tolist(), codes.tolist())
+    torch.set_rng_state(seen["rng"])
+    backbone.vocode_seed = None  # s2mel's noise from the global RNG, as upstream draws it
+    try:
+        wave, our_rate = backbone.vocode(ours.tokens[0], prompt)
+    finally:
+        backbone.vocode_seed = 0
+    ours_int16 = (torch.from_numpy(wave) * 32767).clamp(-32767, 32767).to(torch.int16).numpy()
+    assert our_rate == rate == 22050 and ours_int16.shape == upstream_wav[:, 0].shape
+    assert np.abs(ours_int16.astype(np.int32) - upstream_wav[:, 0]).max() <= 2
+    assert np.abs(upstream_wav).max() > 100  # not silence
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -184,7 +184,7 @@ class IndexTTS2(Backbone):
         if self._tokenizer is None:
             from emoctl.backbones.indextts2.vocoder import SemanticTokenizer
 
-            self._tokenizer = SemanticTokenizer.from_release(self.release, self.device)
+            self._tokenizer = SemanticTokenizer.from_release(self.release, self.device, self.features)
         return self._tokenizer
 
     # ---------------------------------------------------------- conditions
@@ -221,29 +221,34 @@ class IndexTTS2(Backbone):
         return self._clips[key]
 
     def _emotion_vector(self, prompt: Prompt, speaker: _Clip) -> torch.Tensor:
-        """(1, d) ``emovec`` exactly as upstream's ``infer_generator`` builds it."""
+        """(1, d) ``emovec`` exactly as upstream's ``infer_generator`` builds it.
+
+        Upstream always has an emotion reference: the EmotionClip, or else the voice clip itself, read again at
+        16 kHz (so its features differ slightly from the voice's, which come through a 22050 Hz read); it
+        merges the two conditioners' outputs by the clip's weight (1 for the voice), then mixes an emotion
+        vector's table rows in by their weights."""
         spk = speaker.features
         spk_len = torch.tensor([spk.shape[-1]], device=self.device)  # upstream passes the feature width here
         emotion = prompt.emotion
+        reference = emotion.path if isinstance(emotion, EmotionClip) else prompt.voice.path
+        emo = self._clip(reference, 16000).features
+        alpha = emotion.weight if isinstance(emotion, EmotionClip) else 1.0
+        merged = self.gpt.merge_emovec(spk, emo, spk_len, torch.tensor([emo.shape[-1]], device=self.device),
+                                       alpha=alpha)
         if isinstance(emotion, EmotionClip):
-            emo = self._clip(emotion.path, 16000).features
-            alpha = emotion.weight
-            return self.gpt.merge_emovec(spk, emo, spk_len, torch.tensor([emo.shape[-1]], device=self.device),
-                                         alpha=alpha)
+            return merged
         assert isinstance(emotion, EmotionVector)
-        base = self.gpt.merge_emovec(spk, spk, spk_len, spk_len, alpha=1.0)
         scale = max(0.0, min(1.0, emotion.weight))
         values = list(emotion.values)
         if scale != 1.0:  # upstream scales and truncates to 4 decimals
             values = [int(x * scale * 10000) / 10000 for x in values]
         weights = torch.tensor(values, device=self.device)
         rows = []
-        for i, (emo_rows, spk_rows) in enumerate(zip(self.emo_matrix.split(self.emo_num),
-                                                     self.spk_matrix.split(self.emo_num))):
+        for emo_rows, spk_rows in zip(self.emo_matrix.split(self.emo_num), self.spk_matrix.split(self.emo_num)):
             nearest = torch.argmax(nn.functional.cosine_similarity(speaker.style.float(), spk_rows.float(), dim=1))
             rows.append(emo_rows[nearest].unsqueeze(0))
         mixed = (weights.unsqueeze(1) * torch.cat(rows, 0)).sum(0, keepdim=True)
-        return mixed + (1 - weights.sum()) * base
+        return mixed + (1 - weights.sum()) * merged
 
     def _conditioning(self, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(1, 34, d) prompt latents (speaker latents + emotion, two speed slots), the (1, 32, d) speaker

@@ -12,6 +12,7 @@ workers can hold one.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ from emoctl.errors import ConfigError
 W2V_SAMPLE_RATE = 16000
 MAX_REFERENCE_SECONDS = 15.0  # upstream's _load_and_cut_audio
 HIDDEN_STATE = 17
+
+
+def private_rng() -> contextlib.AbstractContextManager[None]:
+    """Build models without drawing from the caller's CPU RNG: their random init is overwritten by the
+    checkpoint anyway, and a model loaded lazily (on the first clip, or the first ``vocode``) must not shift
+    the random numbers the caller draws next (s2mel's noise, a sampling step)."""
+    return torch.random.fork_rng(devices=[])
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> torch.Tensor:
@@ -69,7 +77,8 @@ class SemanticFeatures:
             from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel
 
             extractor = SeamlessM4TFeatureExtractor.from_pretrained(self.w2v_dir, local_files_only=True)
-            model = Wav2Vec2BertModel.from_pretrained(self.w2v_dir, local_files_only=True).eval().to(self.device)
+            with private_rng():
+                model = Wav2Vec2BertModel.from_pretrained(self.w2v_dir, local_files_only=True).eval().to(self.device)
             if model.config.num_hidden_layers < HIDDEN_STATE:
                 raise ConfigError(f"{self.w2v_dir} holds a w2v-BERT of {model.config.num_hidden_layers} layers; "
                                   f"IndexTTS2 reads hidden state {HIDDEN_STATE}, so it needs at least that many.")
@@ -111,7 +120,8 @@ class SpeakerStyle:
         if self._model is None:
             from indextts.s2mel.modules.campplus.DTDNN import CAMPPlus
 
-            model = CAMPPlus(feat_dim=80, embedding_size=192)
+            with private_rng():
+                model = CAMPPlus(feat_dim=80, embedding_size=192)
             state = torch.load(self.campplus_path, map_location="cpu", weights_only=True)
             try:
                 model.load_state_dict(state)

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from emoctl.backbones.indextts2.features import (HIDDEN_STATE, MAX_REFERENCE_SECONDS, W2V_SAMPLE_RATE,
+from emoctl.backbones.indextts2.features import (HIDDEN_STATE, MAX_REFERENCE_SECONDS, W2V_SAMPLE_RATE, private_rng,
                                                  SemanticFeatures, check_wave, resample)
 from emoctl.backbones.indextts2.release import RELEASE_FILES, ReleaseFolder
 from emoctl.errors import ConfigError
@@ -97,12 +97,6 @@ def write_random_vocoder_chain(root: Path, cfg: dict[str, Any]) -> None:
     torch.save({"generator": vocoder.state_dict()}, root / BIGVGAN_DIR / "bigvgan_generator.pt")
 
 
-def _private_rng() -> contextlib.AbstractContextManager[None]:
-    """Build models without drawing from the caller's CPU RNG: their random init is overwritten by the
-    checkpoint anyway, and loading lazily on the first ``synthesize`` must not shift the noise it draws."""
-    return torch.random.fork_rng(devices=[])
-
-
 def _hash_files(paths: list[Path], extra: bytes = b"") -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(extra)
@@ -133,22 +127,25 @@ class SemanticTokenizer:
     so corpora tokenized with it can teacher-force the GPT.  Picklable; the models load on first use."""
 
     def __init__(self, codec_path: str | Path, codec_config: Mapping[str, Any], w2v_dir: str | Path,
-                 stats_path: str | Path, device: str | torch.device = "cpu") -> None:
+                 stats_path: str | Path, device: str | torch.device = "cpu",
+                 features: SemanticFeatures | None = None) -> None:
+        """``features``: share a loaded w2v-BERT front end (the backbone's) instead of loading another."""
         from omegaconf import DictConfig, OmegaConf
 
         if isinstance(codec_config, DictConfig):
             codec_config = OmegaConf.to_container(codec_config, resolve=True)
         self.codec_path = str(codec_path)
         self.codec_config: dict[str, Any] = dict(codec_config)
-        self.features = SemanticFeatures(w2v_dir, stats_path, device)
+        self.features = features if features is not None else SemanticFeatures(w2v_dir, stats_path, device)
         self.device = torch.device(device)
         self._codec: Any = None
         self._digest: str | None = None
 
     @classmethod
-    def from_release(cls, release: ReleaseFolder, device: str | torch.device = "cpu") -> SemanticTokenizer:
+    def from_release(cls, release: ReleaseFolder, device: str | torch.device = "cpu",
+                     features: SemanticFeatures | None = None) -> SemanticTokenizer:
         return cls(release.path(CODEC), release.config.semantic_codec, release.path(W2V_DIR),
-                   release.path(W2V_STATS), device)
+                   release.path(W2V_STATS), device, features)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_codec": None}
@@ -184,7 +181,7 @@ class SemanticTokenizer:
             if not path.is_file():
                 raise ConfigError(f"the IndexTTS2 semantic codec {path} is missing; copy semantic_codec/"
                                   "model.safetensors of amphion/MaskGCT there (hf_cache/ of the checkpoint folder).")
-            with _private_rng():
+            with private_rng():
                 codec = build_semantic_codec(OmegaConf.create(self.codec_config))
             try:
                 safetensors.torch.load_model(codec, str(path))
@@ -299,7 +296,7 @@ class S2MelVocoder:
             from indextts.s2mel.modules.commons import MyModel, load_checkpoint2
 
             path = self.release.path(S2MEL)
-            with _private_rng():
+            with private_rng():
                 model = MyModel(self.release.config.s2mel, use_gpt_latent=True)
             _check_s2mel_checkpoint(path, model)
             model, _, _, _ = load_checkpoint2(model, None, str(path), load_only_params=True, ignore_modules=[],
@@ -316,7 +313,7 @@ class S2MelVocoder:
             from indextts.s2mel.modules.campplus.DTDNN import CAMPPlus
 
             path = self.release.path(CAMPPLUS)
-            with _private_rng():
+            with private_rng():
                 model = CAMPPlus(feat_dim=80, embedding_size=192)
             try:
                 model.load_state_dict(torch.load(path, map_location="cpu"))
@@ -334,7 +331,7 @@ class S2MelVocoder:
 
             folder = self.release.path(BIGVGAN_DIR)
             try:
-                with _private_rng():
+                with private_rng():
                     model = bigvgan.BigVGAN.from_pretrained(str(folder), use_cuda_kernel=False)
             except Exception as err:  # missing/corrupt generator file or a config that does not match it
                 raise ConfigError(
