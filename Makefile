@@ -1,6 +1,6 @@
 # emoctl: every target creates .venv and installs what is missing, so on a fresh machine
 #   make demo              -> corpus, harvest from the committed mini TTS, SAE, emotion features, summary
-#   make test              -> runs the test suite
+#   make test              -> runs the test suite (installs upstream's IndexTTS2 package first: make indextts2)
 #   make reproduce-table1  -> the SAE seed's Table 1 (and EmoShift's) on the mini backbone
 PYTHON ?= python3
 VENV   ?= .venv
@@ -74,10 +74,11 @@ mini-tts: corpus
 	$(EMOCTL) fit --config recipes/mini_tts.yaml --trainer.logger.init_args.version=make
 	rm -rf emoctl/assets/mini_tts && cp -r runs/mini_tts/make/mini_tts emoctl/assets/mini_tts
 
-bench: install
+bench: install indextts2
 	$(EMOCTL) bench sae
 	$(EMOCTL) bench probes
 	$(EMOCTL) bench harvest
+	$(EMOCTL) bench harvest --backbone indextts2
 
 # ser-mini: retrain the embedded speech-emotion recognizer (emoctl.metrics.ser_mini) on the eSpeak corpus and
 # its codec round trips, then replace the committed checkpoint in emoctl/assets/ser_mini with the export
