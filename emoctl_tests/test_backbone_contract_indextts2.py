@@ -199,6 +199,10 @@ def test_a_release_with_the_wrong_gpt_weights_is_refused(indextts2_release, tmp_
     torch.save({k: v for k, v in state.items() if not k.startswith("gpt.h.1.")}, copy / "gpt.pth")
     with pytest.raises(ConfigError, match=r"gpt\.pth does not fit the UnifiedVoice .* missing key\(s\)"):
         IndexTTS2(ReleaseFolder.open(copy))
+    state["mel_head.bias"] = state["mel_head.bias"][:-1]
+    torch.save(state, copy / "gpt.pth")
+    with pytest.raises(ConfigError, match=r"gpt\.pth does not fit the UnifiedVoice .*mel_head\.bias"):
+        IndexTTS2(ReleaseFolder.open(copy))
     (copy / "gpt.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match=r"cannot read the GPT checkpoint .*gpt\.pth"):
         IndexTTS2(ReleaseFolder.open(copy))

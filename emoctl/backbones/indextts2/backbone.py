@@ -132,7 +132,12 @@ class IndexTTS2(Backbone):
             raise ConfigError(f"cannot read the GPT checkpoint {path}: {err}. Copy gpt.pth again from the "
                               "IndexTeam/IndexTTS-2 release.") from None
         state = state["model"] if isinstance(state, dict) and "model" in state else state
-        result = self.gpt.load_state_dict(state, strict=False)
+        try:
+            result = self.gpt.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shapes that differ from config.yaml's
+            raise ConfigError(f"{path} does not fit the UnifiedVoice that config.yaml describes: "
+                              f"{str(err).splitlines()[-1].strip()}. Use the config.yaml that was released with "
+                              "this gpt.pth.") from None
         if result.missing_keys or result.unexpected_keys:
             raise ConfigError(
                 f"{path} does not fit the UnifiedVoice that config.yaml describes: "
@@ -205,6 +210,9 @@ class IndexTTS2(Backbone):
         its default 22050 Hz, emotion clips at 16 kHz, both cut to 15 s."""
         import librosa
 
+        if self.features.device != self.device:  # the module was moved (a Lightning trainer does that)
+            self.features.to(self.device)
+            self.style.to(self.device)
         stat = os.stat(path)
         key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, rate, str(self.device))
         if key not in self._clips:
