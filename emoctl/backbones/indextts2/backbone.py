@@ -546,7 +546,8 @@ class IndexTTS2(Backbone):
         if self._vocoder is None:
             from emoctl.backbones.indextts2.vocoder import S2MelVocoder
 
-            self._vocoder = S2MelVocoder(self.release, self.device, tokenizer=self.speech_tokenizer)
+            self._vocoder = S2MelVocoder(self.release, self.device, tokenizer=self.speech_tokenizer,
+                                         style=self.style)
         return self._vocoder
 
     @torch.no_grad()

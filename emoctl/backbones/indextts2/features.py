@@ -116,26 +116,32 @@ class SpeakerStyle:
             self._model = self._model.to(self.device)
         return self
 
-    def _campplus(self) -> Any:
+    @property
+    def campplus(self) -> Any:
+        """Upstream's CAMPPlus with the release's weights (loaded on first use, weights only)."""
         if self._model is None:
             from indextts.s2mel.modules.campplus.DTDNN import CAMPPlus
 
             with private_rng():
                 model = CAMPPlus(feat_dim=80, embedding_size=192)
-            state = torch.load(self.campplus_path, map_location="cpu", weights_only=True)
             try:
-                model.load_state_dict(state)
-            except RuntimeError as err:
-                raise ConfigError(f"{self.campplus_path} is not a CAMPPlus (feat_dim 80, 192-d) state dict: "
-                                  f"{str(err).splitlines()[0]}") from None
+                model.load_state_dict(torch.load(self.campplus_path, map_location="cpu", weights_only=True))
+            except Exception as err:  # a missing file, a damaged pickle or other keys
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ConfigError(f"cannot load the CAMPPlus speaker encoder {self.campplus_path}: {first}. It must "
+                                  "be campplus_cn_common.bin of funasr/campplus; copy that file there again.") from None
             self._model = model.eval().requires_grad_(False).to(self.device)
         return self._model
 
     @torch.no_grad()
-    def __call__(self, wave: np.ndarray, rate: int) -> torch.Tensor:
+    def from_16k(self, audio_16k: torch.Tensor) -> torch.Tensor:
+        """(1, 192) style of (1, T) audio at 16 kHz: mean-normalized Kaldi fbank into CAMPPlus, as upstream."""
         import torchaudio
 
-        audio = resample(check_wave(wave, rate, "CAMPPlus input"), rate, W2V_SAMPLE_RATE).to(self.device)
-        feat = torchaudio.compliance.kaldi.fbank(audio, num_mel_bins=80, dither=0, sample_frequency=W2V_SAMPLE_RATE)
+        feat = torchaudio.compliance.kaldi.fbank(audio_16k.to(self.device), num_mel_bins=80, dither=0,
+                                                 sample_frequency=W2V_SAMPLE_RATE)
         feat = feat - feat.mean(dim=0, keepdim=True)
-        return self._campplus()(feat.unsqueeze(0))  # (1, 192)
+        return self.campplus(feat.unsqueeze(0))
+
+    def __call__(self, wave: np.ndarray, rate: int) -> torch.Tensor:
+        return self.from_16k(resample(check_wave(wave, rate, "CAMPPlus input"), rate, W2V_SAMPLE_RATE))

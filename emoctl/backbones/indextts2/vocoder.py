@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from emoctl.backbones.indextts2.features import (HIDDEN_STATE, MAX_REFERENCE_SECONDS, W2V_SAMPLE_RATE, private_rng,
-                                                 SemanticFeatures, check_wave, resample)
+                                                 SemanticFeatures, SpeakerStyle, check_wave, resample)
 from emoctl.backbones.indextts2.release import RELEASE_FILES, ReleaseFolder
 from emoctl.errors import ConfigError
 
@@ -264,7 +264,7 @@ class S2MelVocoder:
 
     def __init__(self, release: ReleaseFolder, device: str | torch.device = "cpu", *,
                  diffusion_steps: int = DIFFUSION_STEPS, inference_cfg_rate: float = INFERENCE_CFG_RATE,
-                 tokenizer: SemanticTokenizer | None = None) -> None:
+                 tokenizer: SemanticTokenizer | None = None, style: SpeakerStyle | None = None) -> None:
         if int(diffusion_steps) < 1:
             raise ConfigError(f"diffusion_steps must be at least 1, got {diffusion_steps} (upstream uses "
                               f"{DIFFUSION_STEPS}).")
@@ -281,12 +281,13 @@ class S2MelVocoder:
         if mine.type != theirs.type or (None not in (mine.index, theirs.index) and mine.index != theirs.index):
             raise ConfigError(f"the shared SemanticTokenizer runs on {self.tokenizer.device} and the vocoder on "
                               f"{self.device}; build both on one device (tokenizer.to(device) moves it).")
+        # CAMPPlus too: share the GPT adapter's (it picks emotion-table rows by the same style)
+        self.speaker_style = style if style is not None else SpeakerStyle(release.path(CAMPPLUS), device)
         self._s2mel: Any = None
-        self._campplus: Any = None
         self._bigvgan: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_s2mel": None, "_campplus": None, "_bigvgan": None}
+        return {**self.__dict__, "_s2mel": None, "_bigvgan": None}
 
     # ------------------------------------------------------------------ models
     @property
@@ -309,19 +310,7 @@ class S2MelVocoder:
     @property
     def campplus(self) -> Any:
         """Upstream's CAMPPlus speaker encoder (the s2mel style) with the release's weights."""
-        if self._campplus is None:
-            from indextts.s2mel.modules.campplus.DTDNN import CAMPPlus
-
-            path = self.release.path(CAMPPLUS)
-            with private_rng():
-                model = CAMPPlus(feat_dim=80, embedding_size=192)
-            try:
-                model.load_state_dict(torch.load(path, map_location="cpu"))
-            except Exception as err:  # missing file, bad pickle or mismatched keys
-                raise ConfigError(f"cannot load the CAMPPlus speaker encoder {path}: {_first_line(err)}. It must be "
-                                  "campplus_cn_common.bin of funasr/campplus; copy that file there again.") from None
-            self._campplus = model.to(self.device).eval().requires_grad_(False)
-        return self._campplus
+        return self.speaker_style.campplus
 
     @property
     def bigvgan(self) -> Any:
@@ -354,14 +343,6 @@ class S2MelVocoder:
                                fmax=None if spect.get("fmax", "None") == "None" else 8000, center=False)
 
     # ----------------------------------------------------------------- speaker
-    def _style_16k(self, audio_16k: torch.Tensor) -> torch.Tensor:
-        import torchaudio
-
-        feat = torchaudio.compliance.kaldi.fbank(audio_16k, num_mel_bins=80, dither=0,
-                                                 sample_frequency=W2V_SAMPLE_RATE)
-        feat = feat - feat.mean(dim=0, keepdim=True)
-        return self.campplus(feat.unsqueeze(0))
-
     @staticmethod
     def _check_reference(wave: np.ndarray, rate: int) -> np.ndarray:
         wave = check_wave(wave, rate, "IndexTTS2 speaker reference")
@@ -374,7 +355,7 @@ class S2MelVocoder:
     def style(self, wave: np.ndarray, sample_rate: int) -> torch.Tensor:
         """(1, 192) CAMPPlus style of a speaker clip (the GPT adapter picks emotion-matrix rows by it)."""
         wave = self._check_reference(wave, sample_rate)
-        return self._style_16k(resample(wave, sample_rate, W2V_SAMPLE_RATE).to(self.device))
+        return self.speaker_style.from_16k(resample(wave, sample_rate, W2V_SAMPLE_RATE))
 
     @torch.no_grad()
     def reference(self, wave: np.ndarray, sample_rate: int) -> SpeakerReference:
@@ -385,7 +366,7 @@ class S2MelVocoder:
         _, _, s_ref = self.tokenizer.quantize(wave, sample_rate)
         ref_mel = self._mel(audio_22k.float())
         ref_target_lengths = torch.LongTensor([ref_mel.size(2)]).to(self.device)
-        style = self._style_16k(audio_16k)
+        style = self.speaker_style.from_16k(audio_16k)
         prompt_condition = self.s2mel.models["length_regulator"](s_ref, ylens=ref_target_lengths, n_quantizers=3,
                                                                  f0=None)[0]
         return SpeakerReference(style=style, prompt_condition=prompt_condition, ref_mel=ref_mel)
