@@ -129,7 +129,8 @@ class IndexTTS2(Backbone):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle, zip and torch errors differ by damage
-            raise ConfigError(f"cannot read the GPT checkpoint {path}: {err}. Copy gpt.pth again from the "
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"cannot read the GPT checkpoint {path}: {first}. Copy gpt.pth again from the "
                               "IndexTeam/IndexTTS-2 release.") from None
         state = state["model"] if isinstance(state, dict) and "model" in state else state
         try:
@@ -149,7 +150,12 @@ class IndexTTS2(Backbone):
 
     @staticmethod
     def _load_table(path: Path, shape: tuple[int, int | None]) -> torch.Tensor:
-        table = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            table = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # damaged, or a pickle that is not plain tensors
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"cannot read {path} as a tensor file: {first}. Copy it again from the "
+                              "IndexTeam/IndexTTS-2 release.") from None
         if not isinstance(table, torch.Tensor) or table.ndim != 2 or table.shape[0] != shape[0] or (
                 shape[1] is not None and table.shape[1] != shape[1]):
             got = tuple(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__

@@ -82,8 +82,13 @@ class SemanticFeatures:
             if model.config.num_hidden_layers < HIDDEN_STATE:
                 raise ConfigError(f"{self.w2v_dir} holds a w2v-BERT of {model.config.num_hidden_layers} layers; "
                                   f"IndexTTS2 reads hidden state {HIDDEN_STATE}, so it needs at least that many.")
-            stats = torch.load(self.stats_path, map_location="cpu", weights_only=True)
-            mean, std = stats["mean"].float(), torch.sqrt(stats["var"].float())
+            try:
+                stats = torch.load(self.stats_path, map_location="cpu", weights_only=True)
+                mean, std = stats["mean"].float(), torch.sqrt(stats["var"].float())
+            except Exception as err:  # damaged, another layout, or a pickle that is not plain tensors
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ConfigError(f"cannot read the w2v-BERT statistics {self.stats_path} ({{'mean', 'var'}} "
+                                  f"tensors): {first}. Copy wav2vec2bert_stats.pt again from the release.") from None
             self._loaded = (extractor, model.requires_grad_(False), mean.to(self.device), std.to(self.device))
         return self._loaded
 
