@@ -57,7 +57,10 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "bench": {
         "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
         "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
-        "harvest": Tool("emoctl.bench.harvest:bench_harvest", "Mini TTS generation with the harvester vs without."),
+        "harvest": Tool("emoctl.bench.harvest:bench_harvest",
+                        "Generation with the harvester vs without (mini TTS), or the IndexTTS2 adapter vs upstream."),
+        "loader": Tool("emoctl.bench.loader:bench_loader",
+                       "SAE training batches from an activation store vs a plain copy of its bytes."),
     },
     "corpus": {
         "build": Tool("emoctl.corpus.build:build_corpus", "Synthesize the ESD-shaped eSpeak NG corpus (resumable)."),
