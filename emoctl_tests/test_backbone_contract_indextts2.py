@@ -414,3 +414,13 @@ def test_upstreams_own_infer_runs_on_the_release_and_the_adapter_reproduces_it(i
     assert np.abs(ours_int16.astype(np.int32) - upstream_wav[:, 0]).max() <= 2
     assert np.abs(upstream_wav).max() > 100  # not silence
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_bench_harvest_indextts2_compares_equal_work_with_upstream(capsys):
+    """The benchmark's rows generate the same tokens (it refuses to print otherwise) and the table names them."""
+    from emoctl.bench.harvest_indextts2 import bench_harvest_indextts2
+
+    rows = bench_harvest_indextts2(batch_size=2, max_new_tokens=4, full_size=False)
+    assert [r["row"] for r in rows][0].startswith("upstream inference_speech") and len(rows) == 5
+    assert rows[0]["ratio"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
+    assert "8 tokens in every row" in capsys.readouterr().out  # 2 prompts x 4 tokens, the stop token disabled

@@ -499,3 +499,19 @@ def test_synthetic_store_rows_are_sparse_positive_combinations_of_its_dictionary
     np.testing.assert_array_equal(ActivationStore(tmp_path / "b").rows(np.arange(store.num_rows)).numpy(), rows)
     other = write_sparse_dictionary_store(tmp_path / "c", **{**kw, "seed": 5})
     assert not np.array_equal(other, dictionary)
+
+
+def test_bench_loader_delivers_every_batch_and_prints_its_table(capsys):
+    """The loader benchmark times real batches of the training split (rows per batch x batches) against a copy of
+    every row of the store, and refuses sizes that leave nothing to time."""
+    from emoctl.bench.loader import bench_loader
+    from emoctl.errors import ConfigError
+
+    rows = bench_loader(rows=4096, d_model=64, batch_size=256, workers=[0], dtypes=["float32"])
+    floor, loader = rows
+    assert floor["ratio"] == 1.0 and floor["rows_per_s"] > 0 and loader["rows_per_s"] > 0
+    assert loader["ratio"] == pytest.approx(loader["gb_per_s"] / floor["gb_per_s"])
+    out = capsys.readouterr().out
+    assert "| float32 | ActivationStoreDataModule, 0 worker(s) |" in out and "Store of 4,096 rows x 64" in out
+    with pytest.raises(ConfigError, match="rows must be at least 4 x batch_size"):
+        bench_loader(rows=100, batch_size=256)
