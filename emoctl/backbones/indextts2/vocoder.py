@@ -254,6 +254,20 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _quiet_sampler() -> Iterator[None]:
+    """Upstream's flow-matching sampler prints a 25-step progress bar for every clip; a report that vocodes
+    hundreds of clips shows its own bar, so the sampler's is silenced while it runs (its steps are unchanged)."""
+    import indextts.s2mel.modules.flow_matching as flow_matching
+
+    original = flow_matching.tqdm
+    flow_matching.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        flow_matching.tqdm = original
+
+
 class S2MelVocoder:
     """Semantic codes and GPT latents to a 22.05 kHz waveform, with upstream's s2mel, CAMPPlus and BigVGAN.
 
@@ -416,7 +430,7 @@ class S2MelVocoder:
         target_lengths = (code_lens * CODES_TO_MEL).long()
         cond = s2mel.models["length_regulator"](s_infer, ylens=target_lengths, n_quantizers=3, f0=None)[0]
         cat_condition = torch.cat([reference.prompt_condition, cond], dim=1)
-        with _seeded(seed, dev):
+        with _seeded(seed, dev), _quiet_sampler():
             vc_target = s2mel.models["cfm"].inference(
                 cat_condition, torch.LongTensor([cat_condition.size(1)]).to(dev), reference.ref_mel,
                 reference.style, None, self.diffusion_steps, inference_cfg_rate=self.inference_cfg_rate)
