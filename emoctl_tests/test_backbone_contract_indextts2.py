@@ -279,6 +279,19 @@ def test_harvest_fit_select_and_steer_on_indextts2(indextts2_release, corpus_roo
         pushed = backbone.generate(prompts, **settings).tokens[0]
     assert torch.equal(base, zero) and not torch.equal(base, pushed)
 
+    # and acoustic attribution of a selected feature, the speaker voiced by its reference clip
+    from emoctl.backbones.loading import BackboneSpec
+    from emoctl.steering.attribute import attribute_features
+
+    spec = BackboneSpec("indextts2", str(indextts2_release))
+    with pytest.raises(ConfigError, match="give --corpus_root"):
+        attribute_features(str(sae_dir), str(tmp_path / "select"), str(tmp_path / "attr"), backbone=spec)
+    rows = attribute_features(str(sae_dir), str(tmp_path / "select"), str(tmp_path / "attr"), backbone=spec,
+                              emotions=["Angry"], m=1, n_texts=1, speakers=["0019"], corpus_root=str(corpus_root),
+                              temperature=0.8, top_k=30, max_new_tokens=12, n_bootstrap=20, progress=False)
+    assert len(rows) >= 1 and rows[0]["feature"] == sets["Angry"].feature_ids[0]
+    assert (tmp_path / "attr" / "attribution.md").is_file()
+
 
 def test_reports_voice_indextts2_by_each_speakers_reference_clip(backbone, corpus_root):
     """Reports name speakers as the corpus does; a backbone that clones clips gets each speaker's reference

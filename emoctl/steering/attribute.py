@@ -21,8 +21,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.conditions import VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
+from emoctl.evaluation.protocol import EvaluationProtocol, clones_voices
 from emoctl.probes import AcousticProfile, compare_profiles, measure
 from emoctl.probes.paired import PROBE_LABELS, format_p
 from emoctl.sae.export import load_pretrained
@@ -51,7 +53,8 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
                        texts: list[str] | None = None, n_texts: int = 10, speakers: list[str] | None = None,
                        prompt_emotion: str = "Neutral", seed: int = 0, temperature: float = 1.0,
                        top_k: int | None = None, max_new_tokens: int = 400, batch_size: int = 10,
-                       n_bootstrap: int = 2000, progress: bool = True) -> list[dict]:
+                       n_bootstrap: int = 2000, progress: bool = True, corpus_root: str | None = None
+                       ) -> list[dict]:
     """Steer each selected feature alone and report ΔF0, ΔRMS, Δcentroid and Δduration with CIs and p-values.
 
     Args:
@@ -66,7 +69,8 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
         mode: "sae" (error-preserving SAE edit) or "closed_form" (x + α·d_j).
         texts: Prompt texts; default ``n_texts`` sentences of the corpus grammar (seed 1234).
         n_texts: Number of default texts.
-        speakers: Speakers; default the backbone's first two.
+        speakers: Speakers; default the backbone's first two (a backbone that clones reference clips: the
+            corpus's last two, voiced by their reference clips).
         prompt_emotion: Emotion condition of every prompt (Neutral: steering must do the work).
         seed: Sampling seed of the first batch (batch b uses seed + b).
         temperature: Sampling temperature (0 is greedy).
@@ -75,6 +79,8 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
         batch_size: Prompts per generate() call.
         n_bootstrap: Bootstrap resamples of each paired difference.
         progress: Show a progress bar over the steering passes.
+        corpus_root: ESD folder whose reference clips voice the speakers, for a backbone that clones voices
+            (IndexTTS2); unused by backbones that know their voices by name.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from emoctl.corpus.sentences import generate_sentences
@@ -100,8 +106,16 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
     if unknown:
         raise ConfigError(f"alphas names emotions {unknown} that have no feature set in {selection}.")
     texts = list(texts) if texts else generate_sentences(n_texts, seed=1234)
-    speakers = list(speakers) if speakers else model.speakers[:2]
-    prompts = [Prompt(text, spk, prompt_emotion, utt_id=f"{spk}_{i:03d}") for i, text in enumerate(texts)
+    if clones_voices(model):
+        if corpus_root is None:
+            raise ConfigError(f"emoctl attribute on the {model.kind} backbone voices speakers by reference clips; "
+                              "give --corpus_root, the ESD folder whose speakers' clips voice the prompts.")
+        protocol = EvaluationProtocol(speakers=list(speakers) if speakers else None, held_out_speakers=2)
+        speakers, voice = protocol.voices(model, corpus_root), protocol.voice_for(model, corpus_root)
+    else:
+        speakers, voice = (list(speakers) if speakers else model.speakers[:2]), (lambda s, text: VoiceName(s))
+    condition = model.condition_for(prompt_emotion)  # the corpus's name, asked of the backbone
+    prompts = [Prompt(text, voice(spk, text), condition, utt_id=f"{spk}_{i:03d}") for i, text in enumerate(texts)
                for spk in speakers]
     runs = [(emotion, fid) for emotion, fs in sets.items() for fid in fs.feature_ids[:m]]
     if not runs:
