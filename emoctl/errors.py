@@ -31,3 +31,12 @@ class NonFiniteActivationError(StoreError, ValueError):
 
 class NonFiniteError(EmoctlError, ArithmeticError):
     """A loss or a weight became NaN or Inf (training diverged, or it was fed non-finite data)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The gist of a library's error for a one-paragraph message: its first line, first sentence if long."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    if len(text) > 160 and ". " in text:
+        text = text.split(". ", 1)[0]
+    return text.rstrip(". ")

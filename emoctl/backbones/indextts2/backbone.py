@@ -39,7 +39,7 @@ from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.indextts2.features import MAX_REFERENCE_SECONDS, SemanticFeatures, SpeakerStyle
 from emoctl.backbones.indextts2.release import ReleaseFolder
 from emoctl.backbones.sampling import Sampling
-from emoctl.errors import ConfigError
+from emoctl.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ class IndexTTS2(Backbone):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle, zip and torch errors differ by damage
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ConfigError(f"cannot read the GPT checkpoint {path}: {first}. Copy gpt.pth again from the "
+            raise ConfigError(f"cannot read the GPT checkpoint {path}: {first_line(err)}. Copy gpt.pth again from the "
                               "IndexTeam/IndexTTS-2 release.") from None
         state = state["model"] if isinstance(state, dict) and "model" in state else state
         try:
@@ -153,8 +152,7 @@ class IndexTTS2(Backbone):
         try:
             table = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # damaged, or a pickle that is not plain tensors
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ConfigError(f"cannot read {path} as a tensor file: {first}. Copy it again from the "
+            raise ConfigError(f"cannot read {path} as a tensor file: {first_line(err)}. Copy it again from the "
                               "IndexTeam/IndexTTS-2 release.") from None
         if not isinstance(table, torch.Tensor) or table.ndim != 2 or table.shape[0] != shape[0] or (
                 shape[1] is not None and table.shape[1] != shape[1]):

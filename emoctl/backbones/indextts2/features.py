@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoctl.errors import ConfigError
+from emoctl.errors import ConfigError, first_line
 
 W2V_SAMPLE_RATE = 16000
 MAX_REFERENCE_SECONDS = 15.0  # upstream's _load_and_cut_audio
@@ -86,9 +86,8 @@ class SemanticFeatures:
                 stats = torch.load(self.stats_path, map_location="cpu", weights_only=True)
                 mean, std = stats["mean"].float(), torch.sqrt(stats["var"].float())
             except Exception as err:  # damaged, another layout, or a pickle that is not plain tensors
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ConfigError(f"cannot read the w2v-BERT statistics {self.stats_path} ({{'mean', 'var'}} "
-                                  f"tensors): {first}. Copy wav2vec2bert_stats.pt again from the release.") from None
+                                  f"tensors): {first_line(err)}. Copy wav2vec2bert_stats.pt again from the release.") from None
             self._loaded = (extractor, model.requires_grad_(False), mean.to(self.device), std.to(self.device))
         return self._loaded
 
@@ -132,8 +131,7 @@ class SpeakerStyle:
             try:
                 model.load_state_dict(torch.load(self.campplus_path, map_location="cpu", weights_only=True))
             except Exception as err:  # a missing file, a damaged pickle or other keys
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise ConfigError(f"cannot load the CAMPPlus speaker encoder {self.campplus_path}: {first}. It must "
+                raise ConfigError(f"cannot load the CAMPPlus speaker encoder {self.campplus_path}: {first_line(err)}. It must "
                                   "be campplus_cn_common.bin of funasr/campplus; copy that file there again.") from None
             self._model = model.eval().requires_grad_(False).to(self.device)
         return self._model

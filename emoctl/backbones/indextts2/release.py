@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from emoctl.errors import ConfigError
 
@@ -91,11 +91,31 @@ class ReleaseFolder:
     def digest(self) -> str:
         """blake2b over the weights the GPT's behaviour depends on (config, text model, GPT, emotion tables),
         hashed once per load so backbone_id stays cheap."""
-        h = hashlib.blake2b(digest_size=16)
-        for name in ("config.yaml", "bpe.model", "gpt.pth", "feat1.pt", "feat2.pt", "wav2vec2bert_stats.pt",
-                     "hf_cache/w2v-bert-2.0/model.safetensors", "hf_cache/campplus_cn_common.bin"):
-            h.update(name.encode())
-            with open(self.path(name), "rb") as f:
+        return digest_files((name, self.path(name)) for name in (
+            "config.yaml", "bpe.model", "gpt.pth", "feat1.pt", "feat2.pt", "wav2vec2bert_stats.pt",
+            "hf_cache/w2v-bert-2.0/model.safetensors", "hf_cache/campplus_cn_common.bin"))
+
+
+def source_of(path: Path) -> str:
+    """Where a release file comes from, for error messages."""
+    for name, source in RELEASE_FILES.items():
+        if str(path).endswith(name):
+            return source
+    return RELEASE_REPO
+
+
+def digest_files(named: Iterable[tuple[str, Path]], extra: bytes = b"") -> str:
+    """blake2b of ``extra`` then, per file, its label and bytes (read in 4 MB chunks); an unreadable file is one
+    error naming it and where it comes from."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(extra)
+    for label, path in named:
+        h.update(label.encode())
+        try:
+            with open(path, "rb") as f:
                 while chunk := f.read(_DIGEST_CHUNK):
                     h.update(chunk)
-        return h.hexdigest()
+        except OSError as err:
+            raise ConfigError(f"cannot read {path} to digest it: {err}. Copy it from {source_of(path)} into the "
+                              "checkpoint folder.") from None
+    return h.hexdigest()

@@ -14,7 +14,6 @@ Everything loads on first use, so the objects are cheap to build and picklable (
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ import torch
 
 from emoctl.backbones.indextts2.features import (HIDDEN_STATE, MAX_REFERENCE_SECONDS, W2V_SAMPLE_RATE, private_rng,
                                                  SemanticFeatures, SpeakerStyle, check_wave, resample)
-from emoctl.backbones.indextts2.release import RELEASE_FILES, ReleaseFolder
-from emoctl.errors import ConfigError
+from emoctl.backbones.indextts2.release import RELEASE_FILES, ReleaseFolder, digest_files
+from emoctl.errors import ConfigError, first_line
 
 SAMPLE_RATE = 22050  # upstream's s2mel/BigVGAN rate (infer_generator's sampling_rate)
 DIFFUSION_STEPS = 25  # upstream's infer_generator constants
@@ -43,7 +42,6 @@ BIGVGAN_DIR = "hf_cache/bigvgan"
 W2V_DIR = "hf_cache/w2v-bert-2.0"
 W2V_STATS = "wav2vec2bert_stats.pt"
 
-_DIGEST_CHUNK = 1 << 22
 
 
 def _bigvgan_package_config() -> Path:
@@ -97,29 +95,6 @@ def write_random_vocoder_chain(root: Path, cfg: dict[str, Any]) -> None:
     torch.save({"generator": vocoder.state_dict()}, root / BIGVGAN_DIR / "bigvgan_generator.pt")
 
 
-def _hash_files(paths: list[Path], extra: bytes = b"") -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(extra)
-    for path in paths:
-        h.update(path.name.encode())
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(_DIGEST_CHUNK):
-                    h.update(chunk)
-        except OSError as err:
-            raise ConfigError(f"cannot read {path} to digest the IndexTTS2 speech tokenizer: {err}. "
-                              f"Copy it from {_source(path)} into the checkpoint folder.") from None
-    return h.hexdigest()
-
-
-def _source(path: Path) -> str:
-    """Where a release file comes from, for error messages."""
-    for name, source in RELEASE_FILES.items():
-        if str(path).endswith(name):
-            return source
-    return "the IndexTTS2 release"
-
-
 class SemanticTokenizer:
     """A recording to IndexTTS2's speech tokens: ``RepCodec.quantize`` codes of its w2v-BERT features.
 
@@ -164,9 +139,9 @@ class SemanticTokenizer:
         if self._digest is None:
             w2v = Path(self.features.w2v_dir)
             extra = json.dumps({"codec": self.codec_config, "hidden_state": HIDDEN_STATE}, sort_keys=True).encode()
-            self._digest = _hash_files([Path(self.codec_path), Path(self.features.stats_path),
-                                        w2v / "model.safetensors", w2v / "config.json",
-                                        w2v / "preprocessor_config.json"], extra)
+            files = [Path(self.codec_path), Path(self.features.stats_path), w2v / "model.safetensors",
+                     w2v / "config.json", w2v / "preprocessor_config.json"]
+            self._digest = digest_files(((f.name, f) for f in files), extra)
         return self._digest
 
     @property
@@ -187,7 +162,7 @@ class SemanticTokenizer:
                 safetensors.torch.load_model(codec, str(path))
             except Exception as err:  # safetensors raises its own error type for a corrupt file
                 raise ConfigError(
-                    f"cannot load the IndexTTS2 semantic codec {path}: {_first_line(err)}. It must be "
+                    f"cannot load the IndexTTS2 semantic codec {path}: {first_line(err)}. It must be "
                     "semantic_codec/model.safetensors of amphion/MaskGCT, matching config.yaml's semantic_codec "
                     "section; copy that file there again.") from None
             self._codec = codec.eval().requires_grad_(False).to(self.device)
@@ -212,15 +187,6 @@ class SemanticTokenizer:
                               "cuts longer clips); split it or leave it out of the corpus.")
         _, codes, _ = self.quantize(wave, sample_rate)
         return codes.reshape(-1).to("cpu", torch.int64)
-
-
-def _first_line(err: BaseException) -> str:
-    """The gist of a library's error for a one-paragraph message: its first line, first sentence if long."""
-    lines = str(err).strip().splitlines()
-    text = lines[0] if lines else type(err).__name__
-    if len(text) > 160 and ". " in text:
-        text = text.split(". ", 1)[0]
-    return text.rstrip(". ")
 
 
 @dataclass(frozen=True)
@@ -338,7 +304,7 @@ class S2MelVocoder:
                     model = bigvgan.BigVGAN.from_pretrained(str(folder), use_cuda_kernel=False)
             except Exception as err:  # missing/corrupt generator file or a config that does not match it
                 raise ConfigError(
-                    f"cannot load BigVGAN from {folder}: {_first_line(err)}. The folder must hold config.json and "
+                    f"cannot load BigVGAN from {folder}: {first_line(err)}. The folder must hold config.json and "
                     "bigvgan_generator.pt of nvidia/bigvgan_v2_22khz_80band_256x; copy both there again.") from None
             model = model.to(self.device)
             model.remove_weight_norm()
@@ -457,7 +423,7 @@ def _check_s2mel_checkpoint(path: Path, model: Any) -> None:
         except Exception as err:  # torch raises several types for truncated or foreign files
             error = err
     if state is None:
-        raise ConfigError(f"cannot read the IndexTTS2 s2mel checkpoint {path}: {_first_line(error)}. {fix}")
+        raise ConfigError(f"cannot read the IndexTTS2 s2mel checkpoint {path}: {first_line(error)}. {fix}")
     net = state.get("net") if isinstance(state, dict) else None
     if not isinstance(net, dict):
         raise ConfigError(f"the IndexTTS2 s2mel checkpoint {path} has no 'net' dict of module weights, so it is "
