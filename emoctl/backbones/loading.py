@@ -112,7 +112,12 @@ def _load_indextts2(path: str | None, device: torch.device) -> Backbone:
 register_backbone("indextts2", _load_indextts2, description="IndexTTS2 (github index-tts/index-tts)",
                   files=("config.yaml", "bpe.model", "gpt.pth", "s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt",
                          "feat2.pt", "hf_cache/"))
-# Files the CosyVoice adapter will read, from the upstream repository (see REFERENCE.md).
-register_backbone("cosyvoice", None, description="CosyVoice-300M-Instruct (github FunAudioLLM/CosyVoice)",
+def _load_cosyvoice(path: str | None, device: torch.device) -> Backbone:
+    from emoctl.backbones.cosyvoice_instruct import load_cosyvoice
+
+    return load_cosyvoice(path, device)
+
+
+register_backbone("cosyvoice", _load_cosyvoice, description="CosyVoice-300M-Instruct (github FunAudioLLM/CosyVoice)",
                   files=("cosyvoice.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx",
                          "speech_tokenizer_v1.onnx", "spk2info.pt"))

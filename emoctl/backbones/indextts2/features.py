@@ -12,47 +12,24 @@ workers can hold one.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from emoctl.backbones.audio_input import mono_recording, private_rng, resample
 from emoctl.errors import ConfigError, first_line
 
 W2V_SAMPLE_RATE = 16000
 MAX_REFERENCE_SECONDS = 15.0  # upstream's _load_and_cut_audio
 HIDDEN_STATE = 17
-
-
-def private_rng() -> contextlib.AbstractContextManager[None]:
-    """Build models without drawing from the caller's CPU RNG: their random init is overwritten by the
-    checkpoint anyway, and a model loaded lazily (on the first clip, or the first ``vocode``) must not shift
-    the random numbers the caller draws next (s2mel's noise, a sampling step)."""
-    return torch.random.fork_rng(devices=[])
-
-
-def resample(wave: np.ndarray, rate: int, target: int) -> torch.Tensor:
-    """(1, T') float32 at ``target`` Hz, with torchaudio's resampler (upstream's)."""
-    import torchaudio
-
-    x = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(1, -1)
-    if rate == target:
-        return x
-    return torchaudio.transforms.Resample(rate, target)(x)
+__all__ = ["SemanticFeatures", "SpeakerStyle", "check_wave", "private_rng", "resample"]
 
 
 def check_wave(wave: np.ndarray, rate: int, what: str) -> np.ndarray:
     """A mono, finite, non-empty float recording, cut to upstream's 15 s; refused loudly otherwise."""
-    wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim != 1 or wave.size == 0:
-        raise ConfigError(f"{what}: expected a non-empty mono recording (1-D samples), got shape {wave.shape}.")
-    if not np.isfinite(wave).all():
-        raise ConfigError(f"{what}: the recording has NaN or Inf samples.")
-    if rate <= 0:
-        raise ConfigError(f"{what}: sample rate must be positive, got {rate}.")
-    return wave[:int(MAX_REFERENCE_SECONDS * rate)]
+    return mono_recording(wave, rate, what, MAX_REFERENCE_SECONDS)
 
 
 class SemanticFeatures:

@@ -16,12 +16,12 @@ the recipe.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
+from emoctl.backbones.checkpoint_files import digest_files as _digest_files
 from emoctl.errors import ConfigError
 
 RELEASE_REPO = "IndexTeam/IndexTTS-2"
@@ -43,9 +43,6 @@ RELEASE_FILES: dict[str, str] = {
     "hf_cache/bigvgan/config.json": "nvidia/bigvgan_v2_22khz_80band_256x",
     "hf_cache/bigvgan/bigvgan_generator.pt": "nvidia/bigvgan_v2_22khz_80band_256x",
 }
-
-_DIGEST_CHUNK = 1 << 22
-
 
 @dataclass(frozen=True)
 class ReleaseFolder:
@@ -105,17 +102,6 @@ def source_of(path: Path) -> str:
 
 
 def digest_files(named: Iterable[tuple[str, Path]], extra: bytes = b"") -> str:
-    """blake2b of ``extra`` then, per file, its label and bytes (read in 4 MB chunks); an unreadable file is one
-    error naming it and where it comes from."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(extra)
-    for label, path in named:
-        h.update(label.encode())
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(_DIGEST_CHUNK):
-                    h.update(chunk)
-        except OSError as err:
-            raise ConfigError(f"cannot read {path} to digest it: {err}. Copy it from {source_of(path)} into the "
-                              "checkpoint folder.") from None
-    return h.hexdigest()
+    """The shared digest (:func:`emoctl.backbones.checkpoint_files.digest_files`) with IndexTTS2's sources in
+    its errors."""
+    return _digest_files(named, extra, source_of)

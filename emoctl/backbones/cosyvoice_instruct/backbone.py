@@ -1,0 +1,404 @@
+"""``CosyVoiceInstruct``: the released CosyVoice-300M-Instruct LLM (upstream's ``TransformerLM``) behind emoctl's
+backbone contract.
+
+What the adapter adds to upstream, and why:
+
+* **The sequence inference sees, in training too.**  Upstream's ``TransformerLM.forward`` (its training pass)
+  puts a speaker embedding after ``sos`` and has no instruction; its instruct inference
+  (``frontend_instruct``) drops the speaker embedding and prepends ``instruction<endofprompt>`` to the text.
+  :meth:`teacher_forced` builds the inference layout ``[sos][enc(instruction + text)][task][speech]``, so an
+  EmoSteer layer trained on it meets the same states when it steers generation.
+* **Batched, KV-cached decoding** over upstream's modules (its embedding, encoder layers and final norm are
+  called directly): left-padded prompts with per-row masks, one cached position per row and step, and
+  upstream's repetition-aware sampling per row with the row's own generator (:mod:`.ras`), so prompt b of a
+  seeded batch equals that prompt decoded alone with seed + b, and a batch of one equals upstream's
+  ``TransformerLM.inference`` under ``torch.manual_seed(seed)``.
+* **Conditioning as data.**  Emotion is an :class:`InstructText` (ESD's emotions map to the instructions the
+  loader was given, :data:`DEFAULT_INSTRUCTIONS` otherwise); the voice is a ``spk2info`` name or a reference
+  clip (CAMPPlus x-vector).  The LLM hears no voice in instruct mode; the flow does.
+* **Steering from outside.**  ``llm.pt`` loads strictly into the unmodified LLM; steering layers act through
+  hooks on ``llm.encoders[L]`` (``resid_pre.L``) and ``llm_decoder`` (``lm_out``: (B, T, d) when teacher
+  forced, (B, d) at every generation step, as upstream calls it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from emoctl.backbones.audio_input import private_rng
+from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
+from emoctl.backbones.conditions import EmotionCondition, InstructText, VoiceClip, VoiceName
+from emoctl.backbones.cosyvoice_instruct import ras
+from emoctl.backbones.cosyvoice_instruct.config import build, section
+from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease
+from emoctl.backbones.cosyvoice_instruct.speech_models import CampPlus, OnnxSpeechTokenizer
+from emoctl.backbones.hooks import HookManager, Phase
+from emoctl.backbones.sampling import Sampling
+from emoctl.errors import ConfigError, first_line
+
+log = logging.getLogger(__name__)
+
+#: the marker upstream's instruct front end (``frontend_instruct``) appends to the instruction
+END_OF_PROMPT = "<endofprompt>"
+#: how ESD's emotions are asked for unless the recipe gives its own (backbone.options.instructions)
+DEFAULT_INSTRUCTIONS: dict[str, str] = {
+    "Neutral": "A speaker reads the sentence in a calm, neutral tone.",
+    "Angry": "A speaker reads the sentence angrily, in a furious tone.",
+    "Happy": "A speaker reads the sentence happily, in a cheerful tone.",
+    "Sad": "A speaker reads the sentence sadly, in a sorrowful tone.",
+    "Surprise": "A speaker reads the sentence in a surprised, astonished tone.",
+}
+MIN_TOKEN_TEXT_RATIO = 2  # upstream's inference: at least 2 speech tokens per text token ...
+MAX_TOKEN_TEXT_RATIO = 20  # ... and at most 20
+SAMPLE_RATE = 22050  # flow and HiFT
+_CACHE_SLOTS = 256
+
+
+def _load_state(path: Any, what: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors differ by damage
+        raise ConfigError(f"cannot read the {what} checkpoint {path}: {first_line(err)}. Copy it again from the "
+                          "CosyVoice-300M-Instruct release.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path} is not a state dict of tensors (the {what} checkpoint of the release).")
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+        raise ConfigError(f"{path} holds NaN or Inf weights; the file is damaged.")
+    return state
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Any) -> None:
+    """``load_state_dict(strict=True)`` with one error naming the file and the keys that do not fit."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(f"{path} does not fit the {type(module).__name__} that cosyvoice.yaml describes: "
+                          f"{' '.join(lines[1:4])[:600]}. Use the cosyvoice.yaml released with these weights."
+                          ) from None
+
+
+class CosyVoiceInstruct(Backbone):
+    """CosyVoice-300M-Instruct's LLM with its text tokenizer, speech tokenizer, CAMPPlus, flow and HiFT."""
+
+    kind: ClassVar[str] = "cosyvoice"
+    voice_kinds: ClassVar[tuple[str, ...]] = (VoiceClip.kind, VoiceName.kind)
+    corpus_voice_kind: ClassVar[str] = VoiceClip.kind
+    emotion_kinds: ClassVar[tuple[str, ...]] = (InstructText.kind,)
+    sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "ras_window", "ras_tau")
+
+    def __init__(self, release: CosyVoiceRelease, device: str | torch.device = "cpu", *,
+                 instructions: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.release = release
+        cfg, yaml_path = release.config, release.path("cosyvoice.yaml")
+        llm_section = section(cfg, "llm", yaml_path)
+        with private_rng():
+            self.llm = build(llm_section, "llm")
+        if type(self.llm).__name__ != "TransformerLM":
+            raise ConfigError(f"{yaml_path}: llm builds a {type(self.llm).__name__}; the adapter reads "
+                              "CosyVoice-300M's TransformerLM (CosyVoice2's Qwen2LM is another model).")
+        load_strict(self.llm, _load_state(release.path("llm.pt"), "LLM"), release.path("llm.pt"))
+        self.llm.eval().requires_grad_(False)
+        self.upstream_sampling = self._sampling_from(llm_section)
+        self.text_tokenizer = build(section(cfg, "get_tokenizer", yaml_path), "get_tokenizer")()
+        self.allowed_special = cfg.get("allowed_special", "all")
+        self.instructions = self._check_instructions(instructions)
+        self.spk2info = self._load_spk2info()
+        self.hidden_size = int(self.llm.llm_decoder.in_features)
+        self.num_layers = len(self.llm.llm.encoders)
+        self.stop_token = int(self.llm.speech_token_size)
+        self.vocab_size = self.stop_token + 1
+        self.sample_rate = SAMPLE_RATE
+        hookpoints: dict[str, nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(self.llm.llm.encoders)}
+        hookpoints["lm_out"] = self.llm.llm_decoder
+        self.hooks = HookManager(hookpoints)
+        self._tokenizer = OnnxSpeechTokenizer(release.path("speech_tokenizer_v1.onnx"),
+                                              self._tokenizer_digest(), self.stop_token, device)
+        self.campplus = CampPlus(release.path("campplus.onnx"))
+        self._xvectors: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._vocoder: Any = None
+        self.vocode_seed: int | None = 0  # the flow starts from noise: a fixed seed makes audio repeatable
+        self.to(device)
+
+    # ------------------------------------------------------------- loading
+    @staticmethod
+    def _sampling_from(llm_section: Any) -> Sampling:
+        """The release's own sampling (its ``ras_sampling`` arguments), as a Sampling."""
+        rule = llm_section.args.get("sampling") if isinstance(llm_section.args, dict) else None
+        args = dict(getattr(rule, "args", None) or {})
+        return Sampling(temperature=1.0, top_p=float(args.get("top_p", 0.8)), top_k=int(args.get("top_k", 25)),
+                        ras_window=int(args.get("win_size", 10)), ras_tau=float(args.get("tau_r", 0.1)))
+
+    @staticmethod
+    def _check_instructions(instructions: Mapping[str, str] | None) -> dict[str, str]:
+        chosen = dict(DEFAULT_INSTRUCTIONS if instructions is None else instructions)
+        for emotion, text in chosen.items():
+            if not isinstance(text, str) or not text.strip() or END_OF_PROMPT in text:
+                raise ConfigError(f"backbone.options.instructions[{emotion!r}] must be a non-empty instruction "
+                                  f"without {END_OF_PROMPT} (the adapter appends it), got {text!r}.")
+        if "Neutral" not in chosen:
+            raise ConfigError("backbone.options.instructions needs a Neutral instruction: it is the twin of "
+                              "every emotional prompt and EmoShift's condition: neutral.")
+        return chosen
+
+    def _load_spk2info(self) -> dict[str, torch.Tensor]:
+        path = self.release.path("spk2info.pt")
+        try:
+            info = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ConfigError(f"cannot read {path}: {first_line(err)}. Copy it again from the release.") from None
+        voices = {}
+        for name, entry in (info.items() if isinstance(info, dict) else ()):
+            embedding = entry.get("embedding") if isinstance(entry, dict) else None
+            if not isinstance(embedding, torch.Tensor) or embedding.numel() != 192:
+                raise ConfigError(f"{path}: speaker {name!r} has no 192-d 'embedding' (the CAMPPlus x-vector).")
+            voices[str(name)] = embedding.reshape(1, 192).float()
+        if not voices:
+            raise ConfigError(f"{path} holds no speakers; it should map speaker ids to {{'embedding': (1, 192)}}.")
+        return voices
+
+    def _tokenizer_digest(self) -> str:
+        from emoctl.backbones.cosyvoice_instruct.release import digest_files
+
+        return digest_files([("speech_tokenizer_v1.onnx", self.release.path("speech_tokenizer_v1.onnx"))])
+
+    # ------------------------------------------------------------ identity
+    @property
+    def device(self) -> torch.device:
+        return self.llm.llm_decoder.weight.device
+
+    @property
+    def backbone_id(self) -> str:
+        return f"cosyvoice@{self.release.digest[:12]}"
+
+    @property
+    def speakers(self) -> list[str]:
+        return list(self.spk2info)
+
+    @property
+    def neutral_emotion(self) -> EmotionCondition:
+        return InstructText(self.instructions["Neutral"])
+
+    def condition_for(self, emotion: str) -> EmotionCondition:
+        """The instruction the loader was given for a corpus emotion."""
+        if emotion not in self.instructions:
+            raise ConfigError(f"the cosyvoice backbone has no instruction for emotion {emotion!r}; it has "
+                              f"{', '.join(self.instructions)}. Add one under backbone.options.instructions.")
+        return InstructText(self.instructions[emotion])
+
+    @property
+    def speech_tokenizer(self) -> OnnxSpeechTokenizer:
+        return self._tokenizer
+
+    # ---------------------------------------------------------- conditions
+    def check_prompts(self, prompts: Sequence[Prompt]) -> None:
+        super().check_prompts(prompts)
+        for prompt in prompts:
+            if isinstance(prompt.voice, VoiceClip) and not os.path.isfile(prompt.voice.path):
+                raise ConfigError(f"reference clip {prompt.voice.path} does not exist (prompt "
+                                  f"{prompt.utt_id or prompt.text[:30]!r}).")
+
+    def text_ids(self, text: str) -> list[int]:
+        """Whisper BPE ids, as upstream's front end encodes (text normalization is not applied: give numbers
+        spelled out, as ESD's sentences are)."""
+        ids = self.text_tokenizer.encode(text, allowed_special=self.allowed_special)
+        if not ids:
+            raise ConfigError(f"text {text!r} has no tokens.")
+        return ids
+
+    def _prompt_ids(self, prompt: Prompt) -> tuple[list[int], int]:
+        """``instruction<endofprompt>`` ids then the text's (encoded apart, as upstream does), and the number
+        of text ids (upstream's length limits count only those)."""
+        assert isinstance(prompt.emotion, InstructText)
+        text = self.text_ids(prompt.text)
+        return self.text_ids(prompt.emotion.text + END_OF_PROMPT) + text, len(text)
+
+    def xvector(self, voice: VoiceName | VoiceClip) -> torch.Tensor:
+        """(1, 192) x-vector of the voice: its spk2info entry, or CAMPPlus on the reference clip (kept per file)."""
+        if isinstance(voice, VoiceName):
+            return self.spk2info[voice.name]
+        stat = os.stat(voice.path)
+        key = (os.path.realpath(voice.path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._xvectors:
+            import soundfile
+
+            try:
+                wave, rate = soundfile.read(voice.path, dtype="float32", always_2d=True)
+            except Exception as err:
+                raise ConfigError(f"cannot read reference clip {voice.path}: {first_line(err)}") from None
+            self._xvectors[key] = self.campplus(wave.mean(axis=1), rate)
+            while len(self._xvectors) > _CACHE_SLOTS:
+                self._xvectors.popitem(last=False)
+        return self._xvectors[key]
+
+    # ----------------------------------------------------------- LLM passes
+    def _prefixes(self, prompts: Sequence[Prompt]) -> tuple[list[torch.Tensor], list[int]]:
+        """Per prompt, ``[sos][enc(instruction<endofprompt> text)][task]`` (P_b, d) and its text-token count.
+
+        The text encoder runs once over the right-padded batch: it is causal (chunk size 1, as upstream's
+        ``encode`` calls it), so padding never reaches a real position."""
+        llm = self.llm
+        ids, text_lengths = zip(*(self._prompt_ids(p) for p in prompts))
+        lengths = torch.tensor([len(i) for i in ids], dtype=torch.int32, device=self.device)
+        padded = nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], batch_first=True).to(self.device)
+        encoded, encoded_lengths = llm.encode(llm.text_embedding(padded), lengths)
+        sos = llm.llm_embedding.weight[llm.sos_eos].reshape(1, -1)
+        task = llm.llm_embedding.weight[llm.task_id].reshape(1, -1)
+        prefixes = [torch.cat([sos, encoded[b, :int(encoded_lengths[b])], task]) for b in range(len(prompts))]
+        return prefixes, list(text_lengths)
+
+    def _run(self, x: torch.Tensor, mask: torch.Tensor, caches: list[torch.Tensor] | None
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Upstream's LLM (embed, encoder layers, final norm) over ``x`` (B, T, d) with attention ``mask``
+        (B, T, K) and per-layer KV caches (B, heads, K - T, 2 d_k); returns hidden states and the new caches."""
+        llm = self.llm.llm
+        ones = torch.ones(x.shape[0], 1, x.shape[1], dtype=torch.bool, device=x.device)
+        x, _, _ = llm.embed(x, ones, 0)
+        pos_emb = llm.embed.position_encoding(offset=0, size=mask.shape[2])
+        empty = torch.zeros(0, 0, 0, 0, device=x.device)
+        new_caches = []
+        for i, layer in enumerate(llm.encoders):
+            x, _, cache, _ = layer(x, mask, pos_emb, att_cache=caches[i] if caches is not None else empty)
+            new_caches.append(cache)
+        if llm.normalize_before:
+            x = llm.after_norm(x)
+        return x, new_caches
+
+    def _logp(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Log-probabilities of the next token from the last position's state (``lm_out`` fires on (B, d))."""
+        logits = self.llm.llm_decoder(hidden[:, -1])
+        if temperature not in (0.0, 1.0):
+            logits = logits / temperature
+        return logits.float().log_softmax(dim=-1)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling | None = None, **overrides: object
+                 ) -> Generation:
+        """Speech tokens for a batch: prefill over the left-padded prompts, then one cached token per row and
+        step until every row has drawn the stop token or reached its limit (``max_new_tokens`` and upstream's
+        20 tokens per text token).  Temperature 1 with top-p/top-k/RAS is upstream's sampler (the release's
+        settings are ``upstream_sampling``); temperature 0 is greedy."""
+        settings = self.sampling(sampling, **overrides)
+        if settings.num_beams != 1:
+            raise ConfigError("cosyvoice does not implement the sampling setting(s) num_beams="
+                              f"{settings.num_beams}; upstream decodes one hypothesis per prompt.")
+        self.check_prompts(prompts)
+        B = len(prompts)
+        prefixes, text_lengths = self._prefixes(prompts)
+        P = max(len(p) for p in prefixes)
+        x = torch.zeros(B, P, self.hidden_size, device=self.device)
+        valid = torch.zeros(B, P, dtype=torch.bool, device=self.device)
+        for b, prefix in enumerate(prefixes):
+            x[b, P - len(prefix):], valid[b, P - len(prefix):] = prefix, True
+        causal = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()
+        generators = None
+        if settings.seed is not None:
+            generators = [torch.Generator(device=self.device).manual_seed(settings.seed + b) for b in range(B)]
+        limits = [min(settings.max_new_tokens, int(n * MAX_TOKEN_TEXT_RATIO)) for n in text_lengths]
+        minimum = [int(n * MIN_TOKEN_TEXT_RATIO) for n in text_lengths]
+        rules = ras.RasSettings(settings.top_p, settings.top_k, settings.ras_window, settings.ras_tau)
+        histories: list[list[int]] = [[] for _ in range(B)]
+        finished = [False] * B
+        active = torch.ones(B, dtype=torch.bool, device=self.device)
+        with self.hooks.phase(Phase.PREFILL):
+            hidden, caches = self._run(x, causal[None] & valid[:, None, :], None)
+            logp = self._logp(hidden, settings.temperature)
+        for step in range(max(limits)):
+            if step == 0:
+                logp[:, self.stop_token] = -float("inf")  # upstream forces a first token
+            rows = [b for b in range(B) if bool(active[b])]
+            if settings.greedy:
+                chosen = ras.greedy(logp, histories, self.stop_token, minimum, rows)
+            else:
+                chosen = ras.draw(logp, histories, self.stop_token, minimum, rules, generators, rows)
+            for b, token in chosen.items():
+                if token == self.stop_token:
+                    finished[b] = True
+                    active[b] = False
+                    continue
+                histories[b].append(token)
+                if len(histories[b]) >= limits[b]:
+                    active[b] = False  # cut at its limit, like upstream's loop: the last token is never fed
+            if not bool(active.any()):
+                break
+            feed = torch.tensor([h[-1] if h else 0 for h in histories], device=self.device)
+            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=self.device)], dim=1)
+            with self.hooks.phase(Phase.DECODE, step=step, active=active.clone()):
+                hidden, caches = self._run(self.llm.speech_embedding(feed)[:, None], valid[:, None, :], caches)
+                logp = self._logp(hidden, settings.temperature)
+        tokens = [torch.tensor(h, dtype=torch.long) for h in histories]
+        lengths = [len(h) for h in histories]
+        return Generation(tokens=tokens, prefill_lengths=[len(p) for p in prefixes], finished=finished,
+                          decode_rows=lockstep_decode_rows(lengths, finished))
+
+    # -------------------------------------------------------- teacher forcing
+    def teacher_forced(self, prompts: Sequence[Prompt], targets: Sequence[torch.Tensor]) -> TeacherForcedOutput:
+        """Logits (B, T + 1, V) of ``targets`` then stop, over the sequence instruct inference runs
+        (``[sos][enc(instruction + text)][task][targets]``, no speaker embedding), in phase ``teacher_forced``.
+        Gradients flow through the hooks (EmoShift trains through them); upstream's weights stay frozen."""
+        self.check_prompts(prompts)
+        if len(prompts) != len(targets):
+            raise ConfigError(f"teacher_forced got {len(prompts)} prompts but {len(targets)} targets.")
+        B = len(prompts)
+        with torch.no_grad():
+            prefixes, _ = self._prefixes(prompts)
+            speech = []
+            for target in targets:
+                target = torch.as_tensor(target, dtype=torch.long, device=self.device).reshape(-1)
+                if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.stop_token):
+                    raise ConfigError(f"speech tokens must lie in [0, {self.stop_token}), got "
+                                      f"[{int(target.min())}, {int(target.max())}].")
+                speech.append(target)
+            P, M = max(len(p) for p in prefixes), max(len(s) for s in speech)
+            x = torch.zeros(B, P + M, self.hidden_size, device=self.device)
+            valid = torch.zeros(B, P + M, dtype=torch.bool, device=self.device)
+            out_targets = torch.full((B, M + 1), -100, dtype=torch.long, device=self.device)
+            for b, (prefix, tokens) in enumerate(zip(prefixes, speech)):
+                x[b, P - len(prefix):P], valid[b, P - len(prefix):P + len(tokens)] = prefix, True
+                x[b, P:P + len(tokens)] = self.llm.speech_embedding(tokens)
+                out_targets[b, :len(tokens)] = tokens
+                out_targets[b, len(tokens)] = self.stop_token
+            causal = torch.ones(P + M, P + M, dtype=torch.bool, device=self.device).tril()
+        with self.hooks.phase(Phase.TEACHER_FORCED):
+            hidden, _ = self._run(x, causal[None] & valid[:, None, :], None)
+            logits = self.llm.llm_decoder(hidden[:, P - 1:P + M])
+        return TeacherForcedOutput(logits.float(), out_targets)
+
+    # --------------------------------------------------------------- vocoder
+    @property
+    def vocoder(self) -> Any:
+        if self._vocoder is None:
+            from emoctl.backbones.cosyvoice_instruct.vocoder import FlowHiftVocoder
+
+            self._vocoder = FlowHiftVocoder(self.release, self.device)
+        return self._vocoder
+
+    def vocode(self, tokens: torch.Tensor, prompt: Prompt) -> tuple[np.ndarray, int]:
+        """Waveform at 22050 Hz: upstream's flow (conditioned on the voice's x-vector, no prompt speech, as in
+        instruct mode) then HiFT."""
+        self.check_prompts([prompt])
+        tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
+        if tokens.numel() == 0:
+            raise ConfigError("vocode needs at least one speech token.")
+        audio = self.vocoder.synthesize(tokens.to(self.device), self.xvector(prompt.voice).to(self.device),
+                                        seed=self.vocode_seed)
+        return np.asarray(audio, dtype=np.float32), self.sample_rate
+
+
+def load_cosyvoice(path: str | None, device: torch.device, instructions: Mapping[str, str] | None = None
+                   ) -> CosyVoiceInstruct:
+    """``load_backbone("cosyvoice", folder)``: check the release folder, then build on ``device``."""
+    from emoctl.backbones.cosyvoice_instruct.upstream import require_cosyvoice
+
+    if path is None:
+        raise ConfigError("the cosyvoice backbone has no embedded default; set backbone.path to the folder of the "
+                          "FunAudioLLM/CosyVoice-300M-Instruct release (cosyvoice.yaml, llm.pt, ...).")
+    require_cosyvoice()
+    return CosyVoiceInstruct(CosyVoiceRelease.open(path), device, instructions=instructions)

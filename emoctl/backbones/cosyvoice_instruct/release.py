@@ -1,0 +1,61 @@
+"""The CosyVoice-300M-Instruct release folder: which files the adapter reads, and their digest.
+
+The folder is the released model folder as it is published (FunAudioLLM/CosyVoice-300M-Instruct)::
+
+    cosyvoice.yaml  llm.pt  flow.pt  hift.pt  campplus.onnx  speech_tokenizer_v1.onnx  spk2info.pt
+
+Nothing is fetched: a missing file is reported, with every other missing file, in one error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+from emoctl.backbones.checkpoint_files import digest_files as _digest_files
+from emoctl.backbones.cosyvoice_instruct.config import read_config
+from emoctl.errors import ConfigError
+
+RELEASE_REPO = "FunAudioLLM/CosyVoice-300M-Instruct"
+RELEASE_FILES = ("cosyvoice.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v1.onnx",
+                 "spk2info.pt")
+
+
+@dataclass(frozen=True)
+class CosyVoiceRelease:
+    """A checked CosyVoice-300M(-Instruct) checkpoint folder (``CosyVoiceRelease.open(path)``)."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> CosyVoiceRelease:
+        """Refuse a folder that lacks any file the adapter reads, naming all of them."""
+        root = Path(path).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"CosyVoice checkpoint folder {root} does not exist; set backbone.path to the folder "
+                              f"that holds the {RELEASE_REPO} release ({', '.join(RELEASE_FILES)}).")
+        missing = [name for name in RELEASE_FILES if not (root / name).is_file()]
+        if missing:
+            raise ConfigError(f"CosyVoice checkpoint folder {root} lacks {len(missing)} file(s) the adapter reads: "
+                              f"{', '.join(missing)} (all from the {RELEASE_REPO} release). emoctl never "
+                              "downloads; copy them there.")
+        return cls(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """cosyvoice.yaml as data (tags recorded, nothing constructed: see :mod:`.config`)."""
+        return read_config(self.path("cosyvoice.yaml"))
+
+    @cached_property
+    def digest(self) -> str:
+        """blake2b over what the LLM's behaviour depends on (config and weights), hashed once per load."""
+        return digest_files((name, self.path(name)) for name in ("cosyvoice.yaml", "llm.pt"))
+
+
+def digest_files(named: Iterable[tuple[str, Path]], extra: bytes = b"") -> str:
+    """The shared digest with this release named in its errors."""
+    return _digest_files(named, extra, lambda path: f"the {RELEASE_REPO} release")

@@ -1,0 +1,57 @@
+"""CosyVoice's vocoder chain: speech tokens -> flow matching (``MaskedDiffWithXvec``) -> mel -> HiFT -> 22050 Hz.
+
+Upstream's ``CosyVoiceModel.token2wav`` in non-streaming instruct mode: no prompt tokens or prompt mel, the
+voice's x-vector as the flow's speaker condition, ten Euler steps, then HiFT on the whole mel.  The flow starts
+from Gaussian noise and HiFT's source adds noise, so a seed makes audio repeatable without touching the
+caller's RNG.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from emoctl.backbones.audio_input import private_rng
+from emoctl.backbones.cosyvoice_instruct.config import build, section
+from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease
+from emoctl.errors import ConfigError
+
+
+class FlowHiftVocoder:
+    """Upstream's flow and HiFT, built from cosyvoice.yaml and loaded strictly from flow.pt and hift.pt."""
+
+    def __init__(self, release: CosyVoiceRelease, device: torch.device) -> None:
+        from emoctl.backbones.cosyvoice_instruct.backbone import _load_state, load_strict
+
+        cfg, yaml_path = release.config, release.path("cosyvoice.yaml")
+        with private_rng():
+            self.flow: Any = build(section(cfg, "flow", yaml_path), "flow")
+            self.hift: Any = build(section(cfg, "hift", yaml_path), "hift")
+        load_strict(self.flow, _load_state(release.path("flow.pt"), "flow"), release.path("flow.pt"))
+        hift_state = {k.replace("generator.", "", 1) if k.startswith("generator.") else k: v
+                      for k, v in _load_state(release.path("hift.pt"), "HiFT").items()}
+        load_strict(self.hift, hift_state, release.path("hift.pt"))
+        self.flow.to(device).eval().requires_grad_(False)
+        self.hift.to(device).eval().requires_grad_(False)
+        self.device = device
+
+    @torch.inference_mode()
+    def synthesize(self, tokens: torch.Tensor, xvector: torch.Tensor, seed: int | None = 0) -> Any:
+        """(N,) float32 numpy waveform of one utterance's tokens (T,) under the (1, 192) x-vector."""
+        token = tokens.reshape(1, -1).to(self.device)
+        empty_tokens = torch.zeros(1, 0, dtype=torch.int32, device=self.device)
+        zero = torch.zeros(1, dtype=torch.int32, device=self.device)
+        with private_rng():
+            if seed is not None:
+                torch.manual_seed(seed)
+            mel, _ = self.flow.inference(token=token, token_len=torch.tensor([token.shape[1]], dtype=torch.int32,
+                                                                             device=self.device),
+                                         prompt_token=empty_tokens, prompt_token_len=zero,
+                                         prompt_feat=torch.zeros(1, 0, 80, device=self.device), prompt_feat_len=zero,
+                                         embedding=xvector.to(self.device),
+                                         flow_cache=torch.zeros(1, 80, 0, 2, device=self.device))
+            speech, _ = self.hift.inference(speech_feat=mel, cache_source=torch.zeros(1, 1, 0, device=self.device))
+        audio = speech.reshape(-1).float().cpu()
+        if not bool(torch.isfinite(audio).all()):
+            raise ConfigError("the CosyVoice vocoder produced NaN or Inf samples; flow.pt or hift.pt is damaged.")
+        return audio.numpy()
