@@ -1,6 +1,6 @@
 # emoctl: every target creates .venv and installs what is missing, so on a fresh machine
 #   make demo              -> corpus, harvest from the committed mini TTS, SAE, emotion features, summary
-#   make test              -> runs the test suite (installs upstream's IndexTTS2 package first: make indextts2)
+#   make test              -> runs the test suite (installs upstream's IndexTTS2 and CosyVoice packages first)
 #   make reproduce-table1  -> the SAE seed's Table 1 (and EmoShift's) on the mini backbone
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,7 +17,7 @@ EMOSHIFT := runs/emoshift_mini/demo
 # `make reproduce-table1 EMOSHIFT_LAYER=$(EMOSHIFT)/emosteer` trains one in the run instead.
 EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 
-.PHONY: install indextts2 test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift clean corpus mini-tts ser-mini emoshift-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift clean corpus mini-tts ser-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -41,7 +41,23 @@ $(INDEXTTS2_STAMP): $(STAMP)
 	@echo "(pip's complaint that nemo-text-processing is not installed is expected: emoctl leaves it out on purpose)"
 	@touch $@
 
-test: install indextts2
+# Upstream's CosyVoice package (FunAudioLLM's `cosyvoice` on PyPI as cosyvoice-minicpmo): its metadata pulls
+# onnxruntime-gpu and modelscope, which the LLM, flow and HiFT do not use; installed here, pinned, --no-deps, with
+# the modules its imports need (whisper's tokenizer, matcha's imports) and onnx, which writes the test releases'
+# ONNX front ends (see emoctl/backbones/cosyvoice_instruct/upstream.py).
+COSYVOICE_PIN   := cosyvoice-minicpmo==0.1.0
+COSYVOICE_STAMP := $(VENV)/.cosyvoice-installed
+
+cosyvoice: $(COSYVOICE_STAMP)
+
+$(COSYVOICE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps '$(COSYVOICE_PIN)'
+	$(PY) -m pip install --quiet 'openai-whisper==20250625' 'onnxruntime>=1.16' 'onnx>=1.16' 'conformer==0.3.2' \
+		'diffusers>=0.30' 'hydra-core>=1.3' 'gdown>=5' 'wget==3.2' einops omegaconf
+	@echo "(pip's complaint that modelscope and onnxruntime-gpu are not installed is expected: emoctl leaves them out on purpose)"
+	@touch $@
+
+test: install indextts2 cosyvoice
 	$(PY) -m pytest emoctl_tests -q
 
 demo: $(SELECT)/selection.md
@@ -75,11 +91,12 @@ mini-tts: corpus
 	$(EMOCTL) fit --config recipes/mini_tts.yaml --trainer.logger.init_args.version=make
 	rm -rf emoctl/assets/mini_tts && cp -r runs/mini_tts/make/mini_tts emoctl/assets/mini_tts
 
-bench: install indextts2
+bench: install indextts2 cosyvoice
 	$(EMOCTL) bench sae
 	$(EMOCTL) bench probes
 	$(EMOCTL) bench harvest
 	$(EMOCTL) bench harvest --backbone indextts2
+	$(EMOCTL) bench cosyvoice
 
 # ser-mini: retrain the embedded speech-emotion recognizer (emoctl.metrics.ser_mini) on the eSpeak corpus and
 # its codec round trips, then replace the committed checkpoint in emoctl/assets/ser_mini with the export

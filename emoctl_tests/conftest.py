@@ -80,3 +80,19 @@ def indextts2_release(tmp_path_factory):
     for i, f0 in enumerate((140.0, 220.0, 180.0)):
         write_voice_clip(clips / f"ref{i}.wav", seconds=2.0, f0=f0, seed=i)
     return root
+
+
+@pytest.fixture(scope="session")
+def cosyvoice_release(tmp_path_factory):
+    """A complete CosyVoice-300M-Instruct release folder of random weights in upstream's formats (tiny: 2 + 2
+    blocks at d = 128, released vocabularies), written once per session (about 10 s, 23 MB), with three
+    reference clips beside it."""
+    from emoctl.backbones.cosyvoice_instruct.random_release import write_random_release
+    from emoctl.backbones.indextts2.random_release import write_voice_clip
+
+    root = write_random_release(tmp_path_factory.mktemp("cosyvoice") / "release")
+    clips = root.parent / "clips"
+    clips.mkdir()
+    for i, f0 in enumerate((140.0, 220.0, 180.0)):
+        write_voice_clip(clips / f"ref{i}.wav", seconds=2.0, f0=f0, seed=i)
+    return root

@@ -501,3 +501,15 @@ def test_reports_read_an_esd_folder_without_a_corpus_record(tmp_path):
     with pytest.raises(ConfigError, match="no finished corpus at .*nothing"):
         (tmp_path / "nothing").mkdir()
         read_corpus_record(tmp_path / "nothing")
+
+
+def test_one_prompt_is_steered_as_it_is_inside_a_batch():
+    """A single prompt's emotion mix is one row of coefficients; it must reach the hooked rows as a batch's do."""
+    tts = random_tts()
+    layer = random_layer(scale=30.0)
+    with steer(tts, layer, ["Angry"], alpha=1.0):
+        one = tts.generate(PROMPTS[:1], max_new_tokens=25, temperature=0)
+    with steer(tts, layer, ["Angry", "Sad", "Angry"], alpha=1.0):
+        many = tts.generate(PROMPTS, max_new_tokens=25, temperature=0)
+    base = tts.generate(PROMPTS[:1], max_new_tokens=25, temperature=0)
+    assert torch.equal(one.tokens[0], many.tokens[0]) and not torch.equal(one.tokens[0], base.tokens[0])

@@ -134,6 +134,9 @@ class Backbone(nn.Module, ABC):
     #: Condition kinds a prompt may carry (see emoctl.backbones.conditions).
     voice_kinds: ClassVar[tuple[str, ...]] = (VoiceName.kind,)
     emotion_kinds: ClassVar[tuple[str, ...]] = (EmotionLabel.kind,)
+    #: How a corpus speaker (ESD's 0011) is voiced in reports and corpus-driven jobs: by name (the mini TTS
+    #: knows ESD's speakers) or by a reference clip of the speaker (IndexTTS2, CosyVoice).
+    corpus_voice_kind: ClassVar[str] = VoiceName.kind
     #: Sampling settings ``generate`` implements beyond max_new_tokens and seed.
     sampling_settings: ClassVar[tuple[str, ...]] = ("temperature",)
 

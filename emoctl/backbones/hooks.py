@@ -51,7 +51,7 @@ class HookContext:
         repeated over its beams (rows are reordered within a prompt at every beam step, never across)."""
         n = values.shape[0]
         if n == 1:
-            return values.expand(batch)
+            return values.expand(batch, *values.shape[1:])
         if n * self.beams == batch:
             return values.repeat_interleave(self.beams) if self.beams > 1 else values
         raise ConfigError(f"{what} has {n} entries but hookpoint {self.hookpoint} runs {batch} rows "

@@ -10,14 +10,13 @@ which files belong in it.  A backbone family joins by registering a loader::
 
 after which ``load_backbone("my_tts", "/models/my-tts")``, every recipe's
 ``backbone: {kind: my_tts, path: ...}`` and every report accept it.  The
-embedded mini TTS and IndexTTS2 load today; the CosyVoice adapter is
-announced with the checkpoint files it will read.
+embedded mini TTS, IndexTTS2 and CosyVoice-300M-Instruct load today.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -27,8 +26,9 @@ from emoctl.errors import ConfigError
 DEFAULT_MINI_TTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "mini_tts"
 """Where the trained mini TTS checkpoint is committed (``MiniTTS.save`` layout)."""
 
-Loader = Callable[[str | None, torch.device], Backbone]
-"""``loader(path, device)``: a frozen backbone in eval mode; path None means the kind's default, if any."""
+Loader = Callable[..., Backbone]
+"""``loader(path, device, **options)``: a frozen backbone in eval mode; path None means the kind's default, if
+any; ``options`` are the kind's own settings (``BackboneSpec.options``), refused by name where unknown."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,16 @@ class BackboneSpec:
     """Which TTS backbone to load, as a recipe names it."""
 
     kind: str = "mini_tts"
-    """Backbone family: mini_tts (embedded), indextts2, cosyvoice (adapter to come), or a registered kind."""
+    """Backbone family: mini_tts (embedded), indextts2, cosyvoice, or a registered kind."""
     path: str | None = None
     """Checkpoint folder; None means the committed default (emoctl/assets/mini_tts for mini_tts)."""
     device: str = "cpu"
     """Device the backbone is loaded onto (a Lightning trainer moves it to its own device anyway)."""
+    options: dict[str, Any] | None = None
+    """The kind's own settings (cosyvoice: ``instructions``, the instruct text per corpus emotion)."""
 
     def load(self) -> Backbone:
-        return load_backbone(self.kind, self.path, self.device)
+        return load_backbone(self.kind, self.path, self.device, **(self.options or {}))
 
 
 # Training modules keep a BackboneSpec in their hyperparameters; resuming loads checkpoints with
@@ -72,8 +74,10 @@ class BackboneSpec:
 torch.serialization.add_safe_globals([BackboneSpec])
 
 
-def load_backbone(kind: str = "mini_tts", path: str | None = None, device: str | torch.device = "cpu") -> Backbone:
-    """A frozen backbone in eval mode on ``device``, ready for ``generate`` and hooks."""
+def load_backbone(kind: str = "mini_tts", path: str | None = None, device: str | torch.device = "cpu",
+                  **options: Any) -> Backbone:
+    """A frozen backbone in eval mode on ``device``, ready for ``generate`` and hooks; ``options`` go to the
+    kind's loader (see :class:`BackboneSpec`)."""
     entry = _REGISTRY.get(kind)
     if entry is None:
         raise ConfigError(f"unknown backbone kind {kind!r}; choose one of: {', '.join(_REGISTRY)}.")
@@ -82,13 +86,22 @@ def load_backbone(kind: str = "mini_tts", path: str | None = None, device: str |
             f"backbone kind {kind!r}: the {entry.description} adapter is not part of emoctl yet (it comes in a later "
             f"release); its checkpoint folder will need {', '.join(entry.files)}. Use kind: mini_tts for now."
         )
-    backbone = entry.loader(None if path is None else str(path), torch.device(device))
+    backbone = entry.loader(None if path is None else str(path), torch.device(device), **options)
     return backbone.to(device).eval().requires_grad_(False)
 
 
-def _load_mini_tts(path: str | None, device: torch.device) -> Backbone:
+def refuse_options(kind: str, options: dict[str, Any], known: tuple[str, ...] = ()) -> None:
+    """A loader's check that every backbone option is one it reads (none are ignored silently)."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"it takes {', '.join(known)}" if known else "it takes none"
+        raise ConfigError(f"backbone.options {unknown} mean nothing to the {kind} backbone; {takes}.")
+
+
+def _load_mini_tts(path: str | None, device: torch.device, **options: Any) -> Backbone:
     from emoctl.backbones.mini_tts import MiniTTS
 
+    refuse_options("mini_tts", options)
     folder = Path(path) if path is not None else DEFAULT_MINI_TTS_DIR
     if path is None and not (folder / "config.json").is_file():
         raise ConfigError(
@@ -103,19 +116,21 @@ register_backbone("mini_tts", _load_mini_tts, files=("config.json", "model.safet
                   description="embedded mini TTS (emoctl/assets/mini_tts)")
 
 
-def _load_indextts2(path: str | None, device: torch.device) -> Backbone:
+def _load_indextts2(path: str | None, device: torch.device, **options: Any) -> Backbone:
     from emoctl.backbones.indextts2.backbone import load_indextts2
 
+    refuse_options("indextts2", options)
     return load_indextts2(path, device)
 
 
 register_backbone("indextts2", _load_indextts2, description="IndexTTS2 (github index-tts/index-tts)",
                   files=("config.yaml", "bpe.model", "gpt.pth", "s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt",
                          "feat2.pt", "hf_cache/"))
-def _load_cosyvoice(path: str | None, device: torch.device) -> Backbone:
+def _load_cosyvoice(path: str | None, device: torch.device, **options: Any) -> Backbone:
     from emoctl.backbones.cosyvoice_instruct import load_cosyvoice
 
-    return load_cosyvoice(path, device)
+    refuse_options("cosyvoice", options, ("instructions",))
+    return load_cosyvoice(path, device, **options)
 
 
 register_backbone("cosyvoice", _load_cosyvoice, description="CosyVoice-300M-Instruct (github FunAudioLLM/CosyVoice)",

@@ -129,8 +129,8 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         if missing:
             raise ConfigError(f"the corpus has emotions {missing} that the EmoSteer layer does not serve "
                               f"({self.emosteer.emotions}); add them to model.emotions or to data.emotions' filter.")
-        if prompts:
-            self.backbone.check_prompts(prompts)  # names, condition kinds and text, before the first step
+        if prompts:  # names, condition kinds and text, as the backbone will hear them, before the first step
+            self.backbone.check_prompts(self.backbone_prompts(prompts))
         data_digest = getattr(datamodule, "tokenizer_digest", None)
         model_digest = self.backbone.tokenizer_digest
         if data_digest is not None and model_digest is not None and data_digest != model_digest:

@@ -110,5 +110,6 @@ class EvaluationProtocol:
 
 
 def clones_voices(backbone: Backbone) -> bool:
-    """True for a zero-shot backbone: it takes reference clips and knows no voice by name."""
-    return VoiceName.kind not in backbone.voice_kinds and VoiceClip.kind in backbone.voice_kinds
+    """True where corpus speakers are voiced by their reference clips (IndexTTS2; CosyVoice, whose spk2info
+    voices are not the corpus's speakers)."""
+    return backbone.corpus_voice_kind == VoiceClip.kind and VoiceClip.kind in backbone.voice_kinds

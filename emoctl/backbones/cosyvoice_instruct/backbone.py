@@ -183,6 +183,11 @@ class CosyVoiceInstruct(Backbone):
         return list(self.spk2info)
 
     @property
+    def emotions(self) -> list[str]:
+        """The corpus emotions it has an instruction for (EmoShift serves these unless told otherwise)."""
+        return list(self.instructions)
+
+    @property
     def neutral_emotion(self) -> EmotionCondition:
         return InstructText(self.instructions["Neutral"])
 
@@ -285,10 +290,7 @@ class CosyVoiceInstruct(Backbone):
         step until every row has drawn the stop token or reached its limit (``max_new_tokens`` and upstream's
         20 tokens per text token).  Temperature 1 with top-p/top-k/RAS is upstream's sampler (the release's
         settings are ``upstream_sampling``); temperature 0 is greedy."""
-        settings = self.sampling(sampling, **overrides)
-        if settings.num_beams != 1:
-            raise ConfigError("cosyvoice does not implement the sampling setting(s) num_beams="
-                              f"{settings.num_beams}; upstream decodes one hypothesis per prompt.")
+        settings = self.sampling(sampling, **overrides)  # refuses num_beams: upstream decodes one hypothesis
         self.check_prompts(prompts)
         B = len(prompts)
         prefixes, text_lengths = self._prefixes(prompts)

@@ -76,6 +76,7 @@ class IndexTTS2(Backbone):
 
     kind: ClassVar[str] = "indextts2"
     voice_kinds: ClassVar[tuple[str, ...]] = (VoiceClip.kind,)
+    corpus_voice_kind: ClassVar[str] = VoiceClip.kind
     emotion_kinds: ClassVar[tuple[str, ...]] = (EmotionVector.kind, EmotionClip.kind)
     sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "repetition_penalty",
                                                     "num_beams", "length_penalty")
