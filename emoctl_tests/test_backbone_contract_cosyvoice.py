@@ -272,9 +272,9 @@ def test_emoshift_trains_on_cosyvoice_from_an_esd_tree_and_llm_pt_still_loads_st
     from emoctl.emosteer import steer
     from test_emosteer import write_esd
 
-    write_esd(tmp_path / "esd", flat=True, per_emotion=6, emotions=("Neutral", "Angry"), ascii_only=True)
+    write_esd(tmp_path / "esd", flat=False, per_emotion=6, emotions=("Neutral", "Angry"), ascii_only=True)
     spec = BackboneSpec("cosyvoice", str(cosyvoice_release))
-    data = TTSCorpusDataModule(str(tmp_path / "esd"), backbone=spec, batch_size=8, flat_split=(1, 1),
+    data = TTSCorpusDataModule(str(tmp_path / "esd"), backbone=spec, batch_size=8,
                                speakers=["0011", "0012"], bucket_batches=1, voice="clip", emotions=["Neutral", "Angry"],
                                tokenize_workers=0)
     pl.seed_everything(0, verbose=False)
@@ -306,6 +306,20 @@ def test_emoshift_trains_on_cosyvoice_from_an_esd_tree_and_llm_pt_still_loads_st
     with steer(backbone, layer, ["Angry"], alpha=3000.0):
         strong = backbone.generate([prompt], Sampling(**UPSTREAM, max_new_tokens=30, seed=4))
     assert torch.equal(base.tokens[0], zero.tokens[0]) and not torch.equal(base.tokens[0], strong.tokens[0])
+    # The sweep report runs on CosyVoice as on the mini TTS: ESD speakers voiced by their reference clips.
+    from emoctl.evaluation.protocol import EvaluationProtocol
+    from emoctl.reports.emoshift_sweep import emoshift_sweep
+    from emoctl.synthesis import SamplingConfig
+
+    protocol = EvaluationProtocol(speakers=["0011", "0012"], split="evaluation", n_texts=1, reference_clips=1,
+                                  sampling=SamplingConfig(temperature=1.0, **UPSTREAM, max_new_tokens=30, batch_size=4))
+    summary = emoshift_sweep(str(tmp_path / "layer"), spec, corpus_root=str(tmp_path / "esd"), alphas=[0.0, 1.0],
+                             out_dir=str(tmp_path / "sweep"), protocol=protocol, progress=False)
+    overall = {r["method"]: r for r in summary if r["emotion"] == "all"}
+    assert set(overall) == {"unsteered", "alpha=0", "alpha=1"}, set(overall)
+    same = lambda row: {k: v for k, v in row.items() if k not in ("method", "alpha")}  # noqa: E731
+    assert same(overall["alpha=0"]) == same(overall["unsteered"])  # the layer at α = 0 changes no clip
+    assert (tmp_path / "sweep" / "emoshift_sweep.md").is_file()
     released = torch.load(cosyvoice_release / "llm.pt", weights_only=True)
     assert list(backbone.llm.state_dict()) == list(released)
     assert all(torch.equal(v, released[k]) for k, v in backbone.llm.state_dict().items())

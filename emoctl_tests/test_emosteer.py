@@ -434,7 +434,8 @@ def test_recipes_load_through_the_cli(recipe, cls):
     assert resolved["model"]["class_path"].endswith(cls)
     assert resolved["data"]["class_path"].endswith("TTSCorpusDataModule")
     if recipe == "emoshift_mini.yaml":
-        assert args["backbone"] == {"kind": "mini_tts", "path": "emoctl/assets/mini_tts", "device": "cpu"}
+        assert args["backbone"] == {"kind": "mini_tts", "path": "emoctl/assets/mini_tts", "device": "cpu",
+                                    "options": None}
         assert args["condition"] == "neutral"
         assert resolved["data"]["init_args"]["corpus_root"] == "runs/corpus/esd_espeak"
         assert resolved["data"]["init_args"]["backbone"] == args["backbone"]  # tokens of its own model
@@ -446,7 +447,7 @@ def test_recipes_load_through_the_cli(recipe, cls):
         mini = yaml.safe_load((RECIPES / "emoshift_mini.yaml").read_text())
         assert resolved["trainer"]["max_steps"] == mini["trainer"]["max_steps"]
         data, mini_data = resolved["data"]["init_args"], mini["data"]["init_args"]
-        assert data["backbone"] == {"device": "cpu", **mini_data["backbone"]}  # the same backbone's tokenizer
+        assert data["backbone"] == {"device": "cpu", "options": None, **mini_data["backbone"]}  # its tokenizer
         assert data == {**data, **mini_data, "backbone": data["backbone"]}
 
 

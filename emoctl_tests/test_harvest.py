@@ -288,8 +288,10 @@ def test_missing_mismatched_and_unsupported_checkpoints_are_clear_errors(checkpo
     with pytest.raises(ConfigError, match=r"lacks 13 file\(s\).*config\.yaml \(from IndexTeam/IndexTTS-2\).*"
                                           r"hf_cache/campplus_cn_common\.bin \(from funasr/campplus"):
         load_backbone("indextts2", str(tmp_path / "release"))
-    with pytest.raises(ConfigError, match=r"'cosyvoice'.*later.*llm\.pt"):
+    with pytest.raises(ConfigError, match=r"cosyvoice backbone has no embedded default.*CosyVoice-300M-Instruct"):
         load_backbone("cosyvoice")
+    with pytest.raises(ConfigError, match=r"lacks 7 file\(s\).*cosyvoice\.yaml, llm\.pt, .*spk2info\.pt"):
+        load_backbone("cosyvoice", str(tmp_path / "release"))
     with pytest.raises(ConfigError, match="unknown backbone kind 'vits'"):
         load_backbone("vits")
     # A store harvested from one backbone is not resumed with another.

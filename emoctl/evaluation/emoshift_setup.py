@@ -6,9 +6,10 @@ a layer the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from emoctl.backbones.base import Backbone, Prompt
+from emoctl.backbones.conditions import Voice, VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.scoring import NEUTRAL
@@ -76,14 +77,18 @@ class SteeringSetup:
         return emotions
 
 
-def target_prompts(setup: SteeringSetup, emotions: list[str], texts: list[str], speakers: list[str], tag: str
-                   ) -> tuple[list[Prompt], list[str]]:
-    """One prompt per (emotion, text, speaker) with the backbone's condition; the row's target emotion."""
+def target_prompts(setup: SteeringSetup, emotions: list[str], texts: list[str], speakers: list[str], tag: str,
+                   voice: Callable[[str, str], Voice] | None = None) -> tuple[list[Prompt], list[str]]:
+    """One prompt per (emotion, text, speaker) with the backbone's condition; the row's target emotion.
+
+    ``voice(speaker, text)`` voices each speaker (``EvaluationProtocol.voice_for``: a reference clip for a
+    backbone that clones corpus speakers); None names the speaker."""
+    voice = voice or (lambda speaker, text: VoiceName(speaker))
     prompts, targets = [], []
     for e in emotions:
         for i, text in enumerate(texts):
             for s in speakers:
-                prompts.append(Prompt(text, s, setup.backbone.condition_for(setup.condition_of(e)),
+                prompts.append(Prompt(text, voice(s, text), setup.backbone.condition_for(setup.condition_of(e)),
                                       f"{tag}-{e}-t{i:02d}-{s}"))
                 targets.append(e)
     return prompts, targets

@@ -69,12 +69,13 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
         raise ConfigError(f"alphas must be finite and >= 0 (EmoShift's intensity), got {alphas}.")
     root = Path(corpus_root)
     setup = SteeringSetup.load(layer, backbone)
-    emotions, speakers = setup.targets(emotions), protocol.voices(setup.backbone)
+    emotions = setup.targets(emotions)
+    speakers, voice = protocol.voices(setup.backbone, root), protocol.voice_for(setup.backbone, root)
     texts, record = protocol.texts(root)
     scorers = Scorers.load(recognizer, recognizer_dir, dnsmos=False)
     refs = References(root, record["sentences"], speakers, scorers, split=protocol.split,
                       reference_clips=protocol.reference_clips)
-    prompts, targets = target_prompts(setup, emotions, texts, speakers, "sweep")
+    prompts, targets = target_prompts(setup, emotions, texts, speakers, "sweep", voice)
     rows: list[dict] = []
     for alpha in tqdm([None, *alphas], desc="EmoShift α sweep", unit="α", disable=not progress):
         clips = setup.synthesize(prompts, targets, alpha, protocol.seed, protocol.sampling)
@@ -248,7 +249,7 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
         if not mix or any(w < 0 for w in mix.values()):
             raise ConfigError(f"each mixture needs emotions with weights >= 0, got {mix}.")
         setup.targets(list(mix))
-    speakers = protocol.voices(setup.backbone)
+    speakers, voice = protocol.voices(setup.backbone, corpus_root), protocol.voice_for(setup.backbone, corpus_root)
     if setup.condition != "neutral":
         raise ConfigError(f"{layer} was trained under condition 'emotion'; a mixture has no single condition to "
                           "give the backbone. Use a layer trained with model.condition=neutral.")
@@ -259,7 +260,7 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
     settings += [(mix_label(m), m) for m in mixtures]
     recognizer_model = load_recognizer(recognizer, recognizer_dir)
     neutral = setup.backbone.condition_for(NEUTRAL)
-    prompts = [Prompt(t, s, neutral, f"mix-t{i:02d}-{s}") for i, t in enumerate(texts) for s in speakers]
+    prompts = [Prompt(t, voice(s, t), neutral, f"mix-t{i:02d}-{s}") for i, t in enumerate(texts) for s in speakers]
     rows: list[dict] = []
     for label, mix in tqdm(settings, desc="EmoShift compound", unit="setting", disable=not progress):
         clips = setup.synthesize(prompts, [mix] * len(prompts) if mix else None, None if mix is None else alpha,

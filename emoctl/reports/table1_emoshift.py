@@ -64,7 +64,8 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
 
     root = Path(corpus_root)
     full = SteeringSetup.load(layer, backbone)
-    emotions, speakers = full.targets(emotions), protocol.voices(full.backbone)
+    emotions = full.targets(emotions)
+    speakers, voice = protocol.voices(full.backbone, root), protocol.voice_for(full.backbone, root)
     if best is None and sweep_csv is not None:
         best = best_alpha(read_summary_csv(sweep_csv), max_wer_increase)
     texts, record = protocol.texts(root)
@@ -73,7 +74,7 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
     refs = References(root, record["sentences"], speakers, scorers, split=protocol.split,
                       reference_clips=protocol.reference_clips)
     backbone_model = full.backbone
-    emotion_prompts = [Prompt(t, s, backbone_model.condition_for(e), f"t1-{e}-t{i:02d}-{s}") for e in emotions
+    emotion_prompts = [Prompt(t, voice(s, t), backbone_model.condition_for(e), f"t1-{e}-t{i:02d}-{s}") for e in emotions
                        for i, t in enumerate(texts) for s in speakers]
     targets = [e for e in emotions for _ in texts for _ in speakers]
     neutral_prompts = [p.with_emotion(backbone_model.condition_for(NEUTRAL)) for p in emotion_prompts]
@@ -103,7 +104,7 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
             del tuned
         else:
             setup, alpha = steering
-            prompts, _ = target_prompts(setup, emotions, texts, speakers, "t1")
+            prompts, _ = target_prompts(setup, emotions, texts, speakers, "t1", voice)
             prompts = [Prompt(p.text, p.voice, p.emotion, q.utt_id) for p, q in zip(prompts, emotion_prompts)]
             clips = setup.synthesize(prompts, targets, alpha, seed, sampling)
             params[key] = int(setup.layer.num_parameters())
