@@ -17,7 +17,7 @@ EMOSHIFT := runs/emoshift_mini/demo
 # `make reproduce-table1 EMOSHIFT_LAYER=$(EMOSHIFT)/emosteer` trains one in the run instead.
 EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift clean corpus mini-tts ser-mini emoshift-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench tensorboard reproduce-table1 reproduce-emoshift reproduce-emoshift-cosyvoice clean corpus mini-tts ser-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -142,6 +142,22 @@ reproduce-emoshift: $(EMOSHIFT_LAYER)/emosteer.json $(EMOSHIFT_LR)/emosteer/emos
 	$(EMOCTL) report emoshift --config recipes/evaluation/report_emoshift_mini.yaml --layer $(EMOSHIFT_LAYER) \
 	    --low_rank $(EMOSHIFT_LR)/emosteer --sft $(SFT_RUN)/sft_backbone \
 	    --sweep_csv reports/emoshift_sweep/emoshift_sweep.csv
+
+# EmoShift on the released CosyVoice-300M-Instruct (your model folder and ESD copy; training wants GPUs, see
+# recipes/emoshift_cosyvoice.yaml):
+#   make reproduce-emoshift-cosyvoice COSYVOICE_DIR=/models/CosyVoice-300M-Instruct ESD_DIR=/data/ESD \
+#       EMOTION2VEC_DIR=/models/emotion2vec_plus_large
+EMOSHIFT_CV := runs/emoshift_cosyvoice/reproduce
+CV_ARGS = --backbone.path $(COSYVOICE_DIR) --corpus_root $(ESD_DIR) --recognizer_dir $(EMOTION2VEC_DIR)
+
+reproduce-emoshift-cosyvoice: install cosyvoice
+	@test -n "$(COSYVOICE_DIR)" -a -n "$(ESD_DIR)" -a -n "$(EMOTION2VEC_DIR)" || { echo "set COSYVOICE_DIR (the CosyVoice-300M-Instruct folder), ESD_DIR (ESD) and EMOTION2VEC_DIR (emotion2vec_plus_large)"; exit 2; }
+	$(EMOCTL) fit --config recipes/emoshift_cosyvoice.yaml --model.init_args.backbone.path $(COSYVOICE_DIR) \
+	    --data.init_args.backbone.path $(COSYVOICE_DIR) --data.init_args.corpus_root $(ESD_DIR) \
+	    --model.init_args.export_dir $(EMOSHIFT_CV)/emosteer
+	$(EMOCTL) steer emoshift --config recipes/evaluation/steer_emoshift_cosyvoice.yaml --layer $(EMOSHIFT_CV)/emosteer $(CV_ARGS)
+	$(EMOCTL) report emoshift --config recipes/evaluation/report_emoshift_cosyvoice.yaml --layer $(EMOSHIFT_CV)/emosteer \
+	    $(CV_ARGS) --sweep_csv reports/emoshift_sweep_cosyvoice/emoshift_sweep.csv
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

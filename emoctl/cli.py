@@ -59,6 +59,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
         "harvest": Tool("emoctl.bench.harvest:bench_harvest",
                         "Generation with the harvester vs without (mini TTS), or the IndexTTS2 adapter vs upstream."),
+        "cosyvoice": Tool("emoctl.bench.cosyvoice:bench_cosyvoice",
+                          "CosyVoice adapter decoding vs upstream's loop; EmoShift step vs a frozen forward."),
         "loader": Tool("emoctl.bench.loader:bench_loader",
                        "SAE training batches from an activation store vs a plain copy of its bytes."),
     },

@@ -273,7 +273,8 @@ def test_emoshift_trains_on_cosyvoice_from_an_esd_tree_and_llm_pt_still_loads_st
     from test_emosteer import write_esd
 
     write_esd(tmp_path / "esd", flat=False, per_emotion=6, emotions=("Neutral", "Angry"), ascii_only=True)
-    spec = BackboneSpec("cosyvoice", str(cosyvoice_release))
+    instructions = {"Neutral": "A calm voice.", "Angry": "A furious voice."}
+    spec = BackboneSpec("cosyvoice", str(cosyvoice_release), options={"instructions": instructions})
     data = TTSCorpusDataModule(str(tmp_path / "esd"), backbone=spec, batch_size=8,
                                speakers=["0011", "0012"], bucket_batches=1, voice="clip", emotions=["Neutral", "Angry"],
                                tokenize_workers=0)
@@ -313,7 +314,14 @@ def test_emoshift_trains_on_cosyvoice_from_an_esd_tree_and_llm_pt_still_loads_st
 
     protocol = EvaluationProtocol(speakers=["0011", "0012"], split="evaluation", n_texts=1, reference_clips=1,
                                   sampling=SamplingConfig(temperature=1.0, **UPSTREAM, max_new_tokens=30, batch_size=4))
-    summary = emoshift_sweep(str(tmp_path / "layer"), spec, corpus_root=str(tmp_path / "esd"), alphas=[0.0, 1.0],
+    from emoctl.evaluation.emoshift_setup import SteeringSetup
+
+    plain = BackboneSpec("cosyvoice", str(cosyvoice_release))  # no options: the layer's instructions are used
+    assert SteeringSetup.load(str(tmp_path / "layer"), plain).backbone.instructions == instructions
+    with pytest.raises(ConfigError, match="trained with backbone.options"):
+        SteeringSetup.load(str(tmp_path / "layer"), BackboneSpec("cosyvoice", str(cosyvoice_release),
+                                                                 options={"instructions": {"Neutral": "Hi."}}))
+    summary = emoshift_sweep(str(tmp_path / "layer"), plain, corpus_root=str(tmp_path / "esd"), alphas=[0.0, 1.0],
                              out_dir=str(tmp_path / "sweep"), protocol=protocol, progress=False)
     overall = {r["method"]: r for r in summary if r["emotion"] == "all"}
     assert set(overall) == {"unsteered", "alpha=0", "alpha=1"}, set(overall)
@@ -345,3 +353,30 @@ def test_full_size_llm_loads_strictly_decodes_and_matches_upstream(tmp_path):
         assert torch.equal(batch.tokens[b], alone.tokens[0])
     expected, _ = _upstream_inference(backbone, prompts[1], 3)
     assert backbone.generate([prompts[1]], backbone.upstream_sampling, seed=3).tokens[0].tolist() == expected
+
+
+def test_the_emoshift_recipe_trains_through_the_emoctl_command(cosyvoice_release, tmp_path):
+    """recipes/emoshift_cosyvoice.yaml as a user runs it, with the GPU settings swapped for this CPU and the tiny
+    release and an ESD-layout tree as the folders: it trains, exports, and the export names the backbone."""
+    import json
+
+    from conftest import REPO, run_emoctl
+    from test_emosteer import write_esd
+
+    write_esd(tmp_path / "esd", flat=False, per_emotion=4, emotions=("Neutral", "Angry"), ascii_only=True)
+    release = str(cosyvoice_release)
+    result = run_emoctl(
+        "fit", "--config", str(REPO / "recipes" / "emoshift_cosyvoice.yaml"),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+        "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--model.init_args.backbone.path", release, "--model.init_args.emotions", "[Neutral, Angry]",
+        "--model.init_args.warmup_steps", "0", "--model.init_args.export_dir", str(tmp_path / "layer"),
+        "--data.init_args.backbone.path", release, "--data.init_args.corpus_root", str(tmp_path / "esd"),
+        "--data.init_args.emotions", "[Neutral, Angry]", "--data.init_args.speakers", "[\"0011\", \"0012\"]",
+        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+        "--data.init_args.tokenize_workers", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((tmp_path / "layer" / "emosteer.json").read_text())["metadata"]
+    assert meta["backbone_kind"] == "cosyvoice" and meta["backbone_path"] == release
+    assert meta["training"]["global_step"] == 2 and meta["condition"] == "emotion"

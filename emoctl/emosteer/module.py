@@ -253,7 +253,8 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         describe = getattr(datamodule, "describe", None)
         metadata = {
             "backbone_id": self.backbone_id, "backbone_kind": self.backbone_spec.kind,
-            "backbone_path": self.backbone_spec.path, "hookpoint": self.hparams.hookpoint,
+            "backbone_path": self.backbone_spec.path, "backbone_options": self.backbone_spec.options,
+            "hookpoint": self.hparams.hookpoint,
             "condition": self.hparams.condition, "parameters": self.parameter_report(),
             "data": describe() if callable(describe) else None,
             "training": {"hparams": _jsonable(dict(self.hparams)), "global_step": int(trainer.global_step),

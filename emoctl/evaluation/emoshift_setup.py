@@ -5,6 +5,7 @@ a layer the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -38,10 +39,17 @@ class SteeringSetup:
             raise ConfigError(f"{layer_dir}/emosteer.json has no metadata.condition ('neutral' or 'emotion'), got "
                               f"{condition!r}; re-export the layer with EmoShiftModule.")
         kind = meta.get("backbone_kind", "mini_tts")
+        trained_options = meta.get("backbone_options")  # e.g. CosyVoice's instructions: the condition it learnt on
         spec = backbone if backbone is not None else BackboneSpec(kind=kind)
         if spec.kind != kind:
             raise ConfigError(f"the layer in {layer_dir} was trained on a {kind} backbone but backbone.kind is "
                               f"{spec.kind!r}; name the backbone it was trained on.")
+        if spec.options is None and trained_options:
+            spec = dataclasses.replace(spec, options=trained_options)
+        elif trained_options is not None and spec.options != trained_options:
+            raise ConfigError(f"the layer in {layer_dir} was trained with backbone.options {trained_options} but "
+                              f"backbone.options is {spec.options}; the backbone would be conditioned otherwise than "
+                              "in training. Leave backbone.options out (the layer's are used) or give the same.")
         loaded = spec.load()
         if meta.get("backbone_id") not in (None, loaded.backbone_id):
             raise ConfigError(f"the layer in {layer_dir} was trained on backbone {meta['backbone_id']} but "
