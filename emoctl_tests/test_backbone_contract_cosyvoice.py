@@ -258,8 +258,10 @@ def test_cosyvoice_yaml_is_read_as_data_and_builds_only_upstream_classes(cosyvoi
         load_backbone("cosyvoice", str(folder))
 
 
-def test_emoshift_trains_on_cosyvoice_from_an_esd_tree_and_llm_pt_still_loads_strictly(cosyvoice_release, tmp_path):
-    """EmoShift end to end on the reduced model: clips tokenized by the release's ONNX tokenizer, prompts
+def test_emoshift_trains_on_cosyvoice_from_the_embedded_corpus_and_llm_pt_still_loads_strictly(
+        cosyvoice_release, corpus_root, tmp_path):
+    """EmoShift end to end on the reduced model: the embedded corpus's clips (two speakers, Neutral and Angry)
+    tokenized by the release's ONNX tokenizer into a cache keyed by its digest, prompts
     voiced by reference clips, the layer on ``lm_out`` (the input of ``llm_decoder``); a short fit lowers the
     steered loss below the unsteered one, the layer exports and reloads, α = 0 generates bit-identically, and
     the LLM's weights are untouched and load strictly."""
@@ -270,12 +272,10 @@ def test_emoshift_trains_on_cosyvoice_from_an_esd_tree_and_llm_pt_still_loads_st
     from emoctl.emosteer.module import EmoShiftModule
     from emoctl.emosteer.objective import teacher_forced_nll
     from emoctl.emosteer import steer
-    from test_emosteer import write_esd
 
-    write_esd(tmp_path / "esd", flat=False, per_emotion=6, emotions=("Neutral", "Angry"), ascii_only=True)
     instructions = {"Neutral": "A calm voice.", "Angry": "A furious voice."}
     spec = BackboneSpec("cosyvoice", str(cosyvoice_release), options={"instructions": instructions})
-    data = TTSCorpusDataModule(str(tmp_path / "esd"), backbone=spec, batch_size=8,
+    data = TTSCorpusDataModule(str(corpus_root), backbone=spec, batch_size=8, cache_dir=str(tmp_path / "cache"),
                                speakers=["0011", "0012"], bucket_batches=1, voice="clip", emotions=["Neutral", "Angry"],
                                tokenize_workers=0)
     pl.seed_everything(0, verbose=False)
@@ -304,7 +304,7 @@ def test_emoshift_trains_on_cosyvoice_from_an_esd_tree_and_llm_pt_still_loads_st
     base = backbone.generate([prompt], Sampling(**UPSTREAM, max_new_tokens=30, seed=4))
     with steer(backbone, layer, ["Angry"], alpha=0.0):
         zero = backbone.generate([prompt], Sampling(**UPSTREAM, max_new_tokens=30, seed=4))
-    with steer(backbone, layer, ["Angry"], alpha=3000.0):
+    with steer(backbone, layer, ["Angry"], alpha=3.0):  # the paper's strongest useful intensity
         strong = backbone.generate([prompt], Sampling(**UPSTREAM, max_new_tokens=30, seed=4))
     assert torch.equal(base.tokens[0], zero.tokens[0]) and not torch.equal(base.tokens[0], strong.tokens[0])
     # The sweep report runs on CosyVoice as on the mini TTS: ESD speakers voiced by their reference clips.
@@ -321,7 +321,7 @@ def test_emoshift_trains_on_cosyvoice_from_an_esd_tree_and_llm_pt_still_loads_st
     with pytest.raises(ConfigError, match="trained with backbone.options"):
         SteeringSetup.load(str(tmp_path / "layer"), BackboneSpec("cosyvoice", str(cosyvoice_release),
                                                                  options={"instructions": {"Neutral": "Hi."}}))
-    summary = emoshift_sweep(str(tmp_path / "layer"), plain, corpus_root=str(tmp_path / "esd"), alphas=[0.0, 1.0],
+    summary = emoshift_sweep(str(tmp_path / "layer"), plain, corpus_root=str(corpus_root), alphas=[0.0, 1.0],
                              out_dir=str(tmp_path / "sweep"), protocol=protocol, progress=False)
     overall = {r["method"]: r for r in summary if r["emotion"] == "all"}
     assert set(overall) == {"unsteered", "alpha=0", "alpha=1"}, set(overall)

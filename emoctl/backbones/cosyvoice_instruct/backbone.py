@@ -289,7 +289,8 @@ class CosyVoiceInstruct(Backbone):
         """Speech tokens for a batch: prefill over the left-padded prompts, then one cached token per row and
         step until every row has drawn the stop token or reached its limit (``max_new_tokens`` and upstream's
         20 tokens per text token).  Temperature 1 with top-p/top-k/RAS is upstream's sampler (the release's
-        settings are ``upstream_sampling``); temperature 0 is greedy."""
+        settings are ``upstream_sampling``); temperature 0 is greedy; other temperatures scale the logits before
+        that sampler (upstream has no temperature)."""
         settings = self.sampling(sampling, **overrides)  # refuses num_beams: upstream decodes one hypothesis
         self.check_prompts(prompts)
         B = len(prompts)

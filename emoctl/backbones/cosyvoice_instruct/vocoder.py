@@ -41,7 +41,7 @@ class FlowHiftVocoder:
         token = tokens.reshape(1, -1).to(self.device)
         empty_tokens = torch.zeros(1, 0, dtype=torch.int32, device=self.device)
         zero = torch.zeros(1, dtype=torch.int32, device=self.device)
-        with private_rng():
+        with private_rng(self.device):  # the seed below must not reseed the caller's generators
             if seed is not None:
                 torch.manual_seed(seed)
             mel, _ = self.flow.inference(token=token, token_len=torch.tensor([token.shape[1]], dtype=torch.int32,
