@@ -325,8 +325,9 @@ def test_emoshift_trains_on_cosyvoice_from_the_embedded_corpus_and_llm_pt_still_
                              out_dir=str(tmp_path / "sweep"), protocol=protocol, progress=False)
     overall = {r["method"]: r for r in summary if r["emotion"] == "all"}
     assert set(overall) == {"unsteered", "alpha=0", "alpha=1"}, set(overall)
-    same = lambda row: {k: v for k, v in row.items() if k not in ("method", "alpha")}  # noqa: E731
-    assert same(overall["alpha=0"]) == same(overall["unsteered"])  # the layer at α = 0 changes no clip
+    for key, value in overall["unsteered"].items():  # the layer at α = 0 changes no clip (scores to float noise)
+        if key not in ("method", "alpha") and isinstance(value, float):
+            assert overall["alpha=0"][key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
     assert (tmp_path / "sweep" / "emoshift_sweep.md").is_file()
     released = torch.load(cosyvoice_release / "llm.pt", weights_only=True)
     assert list(backbone.llm.state_dict()) == list(released)

@@ -17,9 +17,15 @@ count as a correct prediction by accident.
 
 Utterance embedding.  The mean over emotion2vec's 50 Hz frame features
 (granularity="frame"), the representation both papers' Emo-SIM uses.
+
+Loading.  The folder is checked before funasr reads it (:func:`~emoctl.metrics.emotion2vec_folder.check_folder`:
+files, an Emotion2vec config, a feature-encoder spec funasr may evaluate safely), funasr is told the caller's
+thread count (it would set 4 for the whole process), and the loaded weights are compared with ``model.pt``
+key by key: funasr only warns about missing or mis-shaped keys and would run with random weights.
 """
 from __future__ import annotations
 
+import importlib.util
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
@@ -69,16 +75,17 @@ class Emotion2Vec(EmotionRecognizer):
     sample_rate = 16000
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu") -> None:
+        from emoctl.metrics.emotion2vec_folder import check_folder
+
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ConfigError(f"emotion2vec model folder {self.model_dir} does not exist. Copy a local "
                               f"emotion2vec_plus_large (or plus_base) folder there (config.yaml, model.pt, "
                               f"tokens.txt); emoctl never downloads models.")
-        try:
-            import funasr  # noqa: F401
-        except ImportError as err:
+        if importlib.util.find_spec("funasr") is None:
             raise ConfigError(f"Emotion2Vec({self.model_dir}) loads the model through funasr, which is not "
-                              f"installed: `pip install funasr`.") from err
+                              f"installed: `pip install funasr==1.4.16` (`make install` does it).")
+        check_folder(self.model_dir)
         self.device = device
         self.name = self.model_dir.name
 
@@ -86,7 +93,37 @@ class Emotion2Vec(EmotionRecognizer):
     def model(self) -> Any:
         from funasr import AutoModel
 
-        return AutoModel(model=str(self.model_dir), disable_update=True, device=self.device)
+        threads = torch.get_num_threads()
+        model = AutoModel(model=str(self.model_dir), disable_update=True, device=self.device, ncpu=threads)
+        torch.set_num_threads(threads)
+        self._check_weights(model.model)
+        return model
+
+    def _check_weights(self, module: torch.nn.Module) -> None:
+        """Every tensor of model.pt loaded into its parameter, and no parameter left at its random init."""
+        path = self.model_dir / "model.pt"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # damaged file
+            raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+        state = state["model"] if isinstance(state, dict) and "model" in state else state
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        loaded = module.state_dict()
+        missing = [k for k in loaded if k not in state]
+        unfit = [k for k in loaded if k in state and (state[k].shape != loaded[k].shape or
+                                                       not torch.equal(state[k].to(loaded[k]), loaded[k]))]
+        if missing or unfit:
+            raise ConfigError(f"{path} does not fit the model config.yaml describes: {len(missing)} parameter(s) "
+                              f"missing (e.g. {missing[:3]}), {len(unfit)} of another shape or not loaded (e.g. "
+                              f"{unfit[:3]}); funasr would run them with random weights. Use the config.yaml "
+                              "released with this model.pt.")
+
+    def frame_features(self, wave: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """(frames at 50 Hz, D) features of one clip, the frames the utterance embedding averages."""
+        clip = prepare_clips([wave], sample_rate, target_rate=self.sample_rate)[0]
+        result = self.model.generate(clip, fs=self.sample_rate, granularity="frame", extract_embedding=True,
+                                     disable_pbar=True)[0]
+        return torch.as_tensor(np.asarray(result["feats"], dtype=np.float32))
 
     @torch.no_grad()
     def __call__(self, waves: Sequence[np.ndarray | torch.Tensor], sample_rate: int | Sequence[int]) -> SERResult:
