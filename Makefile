@@ -97,6 +97,7 @@ bench: install indextts2 cosyvoice
 	$(EMOCTL) bench harvest
 	$(EMOCTL) bench harvest --backbone indextts2
 	$(EMOCTL) bench cosyvoice
+	$(EMOCTL) bench ser
 
 # ser-mini: retrain the embedded speech-emotion recognizer (emoctl.metrics.ser_mini) on the eSpeak corpus and
 # its codec round trips, then replace the committed checkpoint in emoctl/assets/ser_mini with the export

@@ -178,3 +178,14 @@ def test_probe_callback_and_emoshift_sweep_score_with_emotion2vec(folder, corpus
                    out_dir=str(tmp_path / "sweep"), protocol=protocol, recognizer="emotion2vec",
                    recognizer_dir=str(folder), progress=False)
     assert "ecognizer `emotion2vec_tiny`" in (tmp_path / "sweep" / "emoshift_sweep.md").read_text(encoding="utf-8")
+
+
+def test_bench_ser_times_both_recognizers_on_the_same_clips(folder):
+    from emoctl.bench.ser import TABLE1_CLIPS, bench_ser
+
+    rows = bench_ser(n_clips=2, seconds=0.5, repeats=1, emotion2vec_dir=str(folder))
+    assert [r["row"] for r in rows] == ["embedded mini SER", "emotion2vec (emotion2vec_tiny)"]
+    assert rows[0]["ratio"] == 1.0 and all(r["s_per_clip"] > 0 for r in rows)
+    assert rows[1]["table1_min"] == pytest.approx(rows[1]["s_per_clip"] * TABLE1_CLIPS / 60)
+    with pytest.raises(ConfigError, match="n_clips"):
+        bench_ser(n_clips=0)
