@@ -121,11 +121,11 @@ def test_folder_errors_name_the_files_and_refuse_code_in_the_config(folder, tmp_
     assert check_feature_encoder_spec("[(512, 10, 5)] + [(512, 3, 2)] * 4", "x") == [(512, 10, 5)] + [(512, 3, 2)] * 4
 
 
-def test_the_evaluate_command_scores_with_emotion2vec_and_says_so(folder, tmp_path):
-
+def test_evaluate_scores_with_emotion2vec_and_says_so(folder, tmp_path):
+    """``emoctl evaluate --ser emotion2vec --ser_model_dir DIR`` (the function the command runs)."""
     import soundfile as sf
 
-    from conftest import run_emoctl
+    from emoctl.metrics.evaluate import evaluate
 
     audio = tmp_path / "audio"
     audio.mkdir()
@@ -133,13 +133,10 @@ def test_the_evaluate_command_scores_with_emotion2vec_and_says_so(folder, tmp_pa
         sf.write(audio / f"c{i}.wav", wave, 16000)
     (tmp_path / "manifest.csv").write_text("clip,text,speaker,target_emotion\nc0.wav,Hello there.,0011,Angry\n"
                                            "c1.wav,Hello there.,0011,Neutral\n")
-    result = run_emoctl("evaluate", "--audio", str(audio), "--manifest", str(tmp_path / "manifest.csv"), "--out",
-                        str(tmp_path / "out"), "--ser", "emotion2vec", "--ser_model_dir", str(folder), "--asr", "none",
-                        "--speaker", "none", "--dnsmos", "false")
-    assert result.returncode == 0, result.stderr[-3000:]
-    written = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "out").iterdir() if p.suffix in
-                      (".md", ".json"))
-    assert "emotion2vec_tiny" in written
+    evaluate(audio, tmp_path / "manifest.csv", tmp_path / "out", asr="none", speaker="none", dnsmos=False,
+             ser="emotion2vec", ser_model_dir=folder)
+    assert "SER and Emo-SIM: emotion2vec_tiny" in (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+    assert "ser_hit" in (tmp_path / "out" / "clips.csv").read_text(encoding="utf-8").splitlines()[0]
 
 
 @pytest.mark.slow
