@@ -178,7 +178,75 @@ def test_select_end_to_end_through_the_cli(store_and_sae, tmp_path):
     assert angry["feature_ids"][0] == PLANTED and angry["selection"]["n_pairs"] == 40
     assert angry["sae"]["d_sae"] == D_SAE and angry["store"]["hookpoint"] == "resid_pre.1"
     assert "| 1 | 5 | +1.000 |" in (out / "selection.md").read_text()
-    assert (out / "selection.csv").read_text().splitlines()[0].startswith("emotion,rank,id,delta")
+    assert (out / "selection.csv").read_text().splitlines()[0].startswith("emotion,score,rank,id,delta")
     assert not list(out.glob(".*tmp"))
     bad = run_emoctl("select", "--config", str(config), "--neutral=Calm")
     assert bad.returncode == 1 and "'Calm'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------- per-step scores against the any-step indicator
+RATE_D, RATE_K, STEPS = 64, 4, 150
+PLANTED_RATES = {"Angry": (10, 11), "Happy": (20,)}  # latents that fire more often under their emotion
+P_EMOTION, P_NEUTRAL = 0.73, 0.12  # per decode step
+
+
+def write_rate_store(path: Path, n_texts: int = 12, speakers: int = 2, seed: int = 0) -> Path:
+    """Rows of uniform(0, 1) background (each latent is in the top 4 on about 6% of steps, so in almost every
+    150-step utterance) plus planted latents at 5.0 on a share of steps: P_EMOTION of their emotion's steps,
+    P_NEUTRAL of every other utterance's.  Utterances are long enough that every planted latent fires
+    somewhere in nearly every utterance of both conditions: the any-step indicator saturates."""
+    rng = np.random.default_rng(seed)
+    spec = StoreSpec(d_model=RATE_D, dtype="float32", hookpoint="resid_pre.1", layer=1, backbone="test")
+    with ActivationWriter(path, spec, shard_rows=1000) as writer:
+        for t in range(n_texts):
+            for s in range(speakers):
+                for emotion in EMOTIONS:
+                    n = STEPS + int(rng.integers(-20, 20))
+                    rows = rng.uniform(0, 1, size=(n, RATE_D)).astype(np.float32)
+                    for owner, latents in PLANTED_RATES.items():
+                        rate = P_EMOTION if emotion == owner else P_NEUTRAL
+                        for latent in latents:
+                            rows[rng.random(n) < rate, latent] = 5.0
+                    spk = f"{11 + s:04d}"
+                    writer.append(UtteranceMeta(f"{spk}_{emotion}_{t:03d}", f"t{t:03d}", spk, emotion,
+                                                condition=f"prompt={emotion}"), rows)
+    return path
+
+
+def identity_sae() -> TopKSAE:
+    sae = TopKSAE(SAEConfig(d_in=RATE_D, d_sae=RATE_D, k=RATE_K, hook_name="resid_pre.1", aux_coef=0.0))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(RATE_D))
+        sae.W_dec.copy_(torch.eye(RATE_D))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_rate_and_mass_scores_find_planted_latents_that_the_any_step_score_misses(tmp_path):
+    store = write_rate_store(tmp_path / "store")
+    save_pretrained(identity_sae(), tmp_path / "sae")
+    chosen = {}
+    for score in ("any_step", "rate", "mass"):
+        chosen[score] = select_features(str(store), str(tmp_path / "sae"), str(tmp_path / score), m=3, score=score,
+                                        n_bootstrap=200, n_stability=100, progress=False)
+    report = {score: {e: [(f.id, round(f.delta, 3), round(f.delta_any_step, 3)) for f in fs.features]
+                      for e, fs in sets.items()} for score, sets in chosen.items()}
+    print(report)
+    for emotion, latents in PLANTED_RATES.items():
+        for score in ("rate", "mass"):
+            fs = chosen[score][emotion]
+            assert fs.feature_ids[:len(latents)] == sorted(latents, key=lambda i: -next(
+                f.delta for f in fs.features if f.id == i)), report
+            for f in fs.features[:len(latents)]:
+                assert f.p_value < 1e-4 and f.stability == 1.0 and f.delta_any_step <= 0.05, report
+            assert fs.selection["score"] == score and fs.selection["test"] == "Wilcoxon signed-rank"
+        rate = chosen["rate"][emotion].features[0]
+        assert rate.delta == pytest.approx(P_EMOTION - P_NEUTRAL, abs=0.08), report
+        # the seed's indicator saturates: the planted latents fire in (nearly) every utterance of both conditions
+        assert not set(latents) & set(chosen["any_step"][emotion].feature_ids), report
+        held = chosen["rate"][emotion].selection["held_out"]["features"]
+        assert {h["id"] for h in held[:len(latents)]} == set(latents)
+        assert all(h["delta_held_out"] > 0.4 for h in held[:len(latents)]), held
+    md = (tmp_path / "rate" / "selection.md").read_text(encoding="utf-8")
+    assert "Wilcoxon signed-rank" in md and "Δ held out" in md and "stability" in md

@@ -26,7 +26,9 @@ class SelectedFeature:
     id: int
     """Latent index in the SAE (0 .. d_sae - 1)."""
     delta: float
-    """Δ-score: mean over pairs of 1(fires in the emotional utterance) - 1(fires in its neutral twin)."""
+    """Δ of the selecting score (``selection.score``): mean over pairs of the emotional minus the neutral
+    utterance's value (any_step: 1(fires at any step); rate: share of steps it fires on; mass: summed
+    activation per step)."""
     ci_low: float
     """Lower end of the bootstrap percentile interval of Δ."""
     ci_high: float
@@ -49,6 +51,10 @@ class SelectedFeature:
     mean_act_emotion: float | None
     """Mean latent value over the emotion's rows where it fired (None if it never fired there)."""
     mean_act_neutral: float | None
+    delta_any_step: float | None = None
+    """The seed's any-step Δ of this latent, whatever score selected it (saturation shows as a small value)."""
+    stability: float | None = None
+    """Share of bootstrap resamples of the pairs in which it lands in the top m by the selecting score."""
 
 
 @dataclass

@@ -16,7 +16,8 @@ from emoctl.selection.feature_set import FeatureSet, SelectedFeature
 from emoctl.store.fsio import atomic_write_bytes, save_figure_atomically
 
 
-def save_delta_histogram(path: Path, delta: np.ndarray, selected: Sequence[int], emotion: str, neutral: str) -> Path:
+def save_delta_histogram(path: Path, delta: np.ndarray, selected: Sequence[int], emotion: str, neutral: str,
+                         score: str = "any_step") -> Path:
     """Histogram of every latent's Δ-score, the selected ones marked, as a PNG."""
     import matplotlib
 
@@ -24,11 +25,14 @@ def save_delta_histogram(path: Path, delta: np.ndarray, selected: Sequence[int],
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-    ax.hist(delta, bins=np.linspace(-1, 1, 81), color="0.6", log=True)
+    span = 1.0 if score in ("any_step", "rate") else max(float(np.abs(delta).max()), 1e-6)
+    ax.hist(delta, bins=np.linspace(-span, span, 81), color="0.6", log=True)
     for i in selected:
         ax.axvline(delta[i], color="tab:red", lw=0.8)
-    ax.set_xlabel(f"Δ-score ({emotion} − {neutral}): share of pairs where the latent fires only with {emotion}, "
-                  "minus the reverse", fontsize=7)
+    what = {"any_step": f"share of pairs where the latent fires only with {emotion}, minus the reverse",
+            "rate": "mean paired difference of the share of decode steps it fires on",
+            "mass": "mean paired difference of its summed activation per decode step"}[score]
+    ax.set_xlabel(f"Δ ({score}, {emotion} − {neutral}): {what}", fontsize=7)
     ax.set_ylabel("latents")
     ax.set_title(f"{emotion}: Δ-scores of {delta.size} latents, {len(selected)} selected (red)")
     fig.tight_layout()
@@ -36,13 +40,15 @@ def save_delta_histogram(path: Path, delta: np.ndarray, selected: Sequence[int],
     return path
 
 
-SUMMARY_COLUMNS = ("emotion", "rank", "id", "delta", "ci_low", "ci_high", "p_value", "q_value", "emotion_only",
-                   "neutral_only", "both", "neither", "mean_act_emotion", "mean_act_neutral")
+SUMMARY_COLUMNS = ("emotion", "score", "rank", "id", "delta", "ci_low", "ci_high", "p_value", "q_value", "stability",
+                   "delta_any_step", "emotion_only", "neutral_only", "both", "neither", "row_fire_rate_emotion",
+                   "row_fire_rate_neutral", "mean_act_emotion", "mean_act_neutral")
 
 
 def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet]) -> tuple[Path, Path]:
     """``selection.csv`` (one row per selected latent) and ``selection.md`` (the same as tables)."""
-    rows = [{"emotion": fs.emotion, "rank": rank, **{k: getattr(f, k) for k in SUMMARY_COLUMNS[2:]}}
+    rows = [{"emotion": fs.emotion, "score": fs.selection.get("score", "any_step"), "rank": rank,
+             **{k: getattr(f, k) for k in SUMMARY_COLUMNS[3:]}}
             for fs in feature_sets for rank, f in enumerate(fs.features, 1)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
@@ -53,13 +59,26 @@ def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet]) -> tuple[Pa
     lines = ["# SAE emotion features", ""]
     for fs in feature_sets:
         sel = fs.selection
+        score, test = sel.get("score", "any_step"), sel.get("test", "exact McNemar")
         lines += [f"## {fs.emotion} vs {fs.neutral}", "",
                   f"{sel.get('n_pairs')} pairs ({sel.get('unpaired', 0)} unpaired utterances left out); top "
-                  f"{sel.get('m')} by Δ, alpha={sel.get('alpha')} ({sel.get('correction')}). "
+                  f"{sel.get('m')} by the `{score}` Δ ({test} test), alpha={sel.get('alpha')} "
+                  f"({sel.get('correction')}). Stability: share of {sel.get('stability', {}).get('n')} bootstrap "
+                  f"resamples of the pairs in which the latent stays in the top {sel.get('m')}. "
                   f"{sel.get('note', '')}".rstrip(), "",
-                  "| rank | latent | Δ | 95% CI | p (McNemar) | q (BH) | b / c | mean act. emo / neu |",
-                  "|---:|---:|---:|---|---:|---:|---:|---:|"]
+                  f"| rank | latent | Δ ({score}) | 95% CI | p ({test}) | q (BH) | stability | any-step Δ | "
+                  "steps fired emo / neu | mean act. emo / neu |",
+                  "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         lines += [_md_row(rank, f) for rank, f in enumerate(fs.features, 1)]
+        held = sel.get("held_out", {})
+        if held.get("features") is not None:
+            lines += ["", f"Held out: selected on the pairs of {held['texts_select']} texts ({held['pairs_select']} "
+                      f"pairs, seed {held['seed']}), Δ measured on the other {held['texts_held_out']} texts "
+                      f"({held['pairs_held_out']} pairs); a drop is the winner's curse.", "",
+                      "| latent | Δ where selected | Δ held out |", "|---:|---:|---:|"]
+            lines += [f"| {h['id']} | {h['delta_select']:+.3f} | {h['delta_held_out']:+.3f} |" for h in held["features"]]
+        elif held.get("note"):
+            lines += ["", f"Held out: {held['note']}"]
         lines.append("")
     atomic_write_bytes(md_path, "\n".join(lines).encode())
     return md_path, csv_path
@@ -72,5 +91,6 @@ def _md_row(rank: int, f: SelectedFeature) -> str:
         return "–" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
     return (f"| {rank} | {f.id} | {f.delta:+.3f} | [{f.ci_low:+.3f}, {f.ci_high:+.3f}] | {format_p(f.p_value)} | "
-            f"{format_p(f.q_value)} | {f.emotion_only} / {f.neutral_only} | {num(f.mean_act_emotion)} / "
+            f"{format_p(f.q_value)} | {num(f.stability)} | {num(f.delta_any_step)} | "
+            f"{f.row_fire_rate_emotion:.1%} / {f.row_fire_rate_neutral:.1%} | {num(f.mean_act_emotion)} / "
             f"{num(f.mean_act_neutral)} |")

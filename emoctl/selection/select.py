@@ -1,9 +1,18 @@
-"""``emoctl select``: the SAE seed's emotion features, with exact tests and bootstrap intervals.
+"""``emoctl select``: the SAE seed's emotion features, with paired tests, bootstrap intervals, a held-out Δ and
+the ranking's stability.
 
-For each emotion e and latent i, Δ_i^(e) is the mean over (e, neutral) pairs of
-the difference of "fired at any decode step" indicators (see
-:mod:`emoctl.selection.stats`).  The top ``m`` latents by Δ (Δ > 0, and
-optionally q < alpha, or p < alpha without correction) form e's feature set.
+For each emotion e and latent i, Δ_i^(e) is the mean over (e, neutral) pairs of the difference of a
+per-utterance value (see :mod:`emoctl.selection.stats`), by one of three scores:
+
+* ``any_step`` (the seed's, the default): 1 if the latent fires at any decode step; exact McNemar test.  It
+  saturates: a latent that fires somewhere in most utterances of both conditions scores Δ near 0 however
+  much more often it fires under the emotion.
+* ``rate``: the share of the utterance's decode steps on which the latent fires; Wilcoxon signed-rank test.
+* ``mass``: the latent's summed activation per decode step; Wilcoxon signed-rank test.
+
+The top ``m`` latents by Δ (Δ > 0, and optionally q < alpha) form e's feature set.  Beside it: the pairs are
+split by text (seeded), latents are selected on one half and their Δ is measured on the other (winner's curse
+shows as a drop), and each selected latent's share of bootstrap resamples in which it stays in the top m.
 """
 from __future__ import annotations
 
@@ -21,7 +30,11 @@ from emoctl.selection.feature_set import FeatureSet, SelectedFeature
 from emoctl.selection.indicators import FiringIndicators, collect_indicators
 from emoctl.selection.pairs import EmotionPairs, pair_utterances
 from emoctl.selection.report import save_delta_histogram, write_summary
-from emoctl.selection.stats import benjamini_hochberg, bootstrap_delta_ci, delta_scores, mcnemar_exact
+from emoctl.selection.stats import (benjamini_hochberg, bootstrap_delta_ci, delta_scores, mcnemar_exact,
+                                   top_m_stability, wilcoxon_signed_rank)
+
+SCORES = ("any_step", "rate", "mass")
+TESTS = {"any_step": "exact McNemar", "rate": "Wilcoxon signed-rank", "mass": "Wilcoxon signed-rank"}
 from emoctl.store import ActivationStore
 from emoctl.store.fsio import check_output_dir
 
@@ -34,7 +47,9 @@ def feature_set_path(out_dir: str | Path, emotion: str) -> Path:
 def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral", emotions: list[str] | None = None,
                     m: int = 6, alpha: float | None = None, correction: Literal["bh", "none"] = "bh",
                     n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0, chunk_rows: int = 4096,
-                    device: str = "cpu", verify: bool = True, progress: bool = True) -> dict[str, FeatureSet]:
+                    device: str = "cpu", verify: bool = True, progress: bool = True,
+                    score: Literal["any_step", "rate", "mass"] = "any_step", n_stability: int = 200
+                    ) -> dict[str, FeatureSet]:
     """Select each emotion's top-m SAE latents by paired Δ-score; write JSON feature sets, PNGs and a summary.
 
     Args:
@@ -54,6 +69,9 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
         device: Where the SAE encodes ("cpu", "cuda").
         verify: Check the store's CRC-32s before reading it (about a second per GB).
         progress: Show a progress bar over the store.
+        score: "any_step" (the seed's Δ, McNemar), "rate" (share of decode steps fired) or "mass" (summed
+            activation per step), both with the Wilcoxon signed-rank test.
+        n_stability: Bootstrap resamples of the pairs for each selected latent's top-m stability.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     if m < 1:
@@ -62,13 +80,18 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
         raise ConfigError(f"alpha={alpha} must be in (0, 1), or null to select by Δ alone.")
     if correction not in ("bh", "none"):
         raise ConfigError(f"correction={correction!r} must be 'bh' or 'none'.")
+    if score not in SCORES:
+        raise ConfigError(f"score={score!r} must be one of {', '.join(SCORES)}.")
+    if n_stability < 1 or n_bootstrap < 1:
+        raise ConfigError(f"n_stability={n_stability} and n_bootstrap={n_bootstrap} must be >= 1.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available here; use device=cpu.")
     activation_store = ActivationStore(store)
     if verify:
         activation_store.verify(progress=progress)
     model = load_pretrained(sae)
-    ind = collect_indicators(activation_store, model, chunk_rows=chunk_rows, device=device, progress=progress)
+    ind = collect_indicators(activation_store, model, chunk_rows=chunk_rows, device=device, progress=progress,
+                             per_step=score != "any_step")
     pairs = pair_utterances(ind.utt_id, ind.emotion, ind.pair_key, neutral=neutral, emotions=emotions,
                             source=f"the store at {store}")
     out = Path(out_dir)
@@ -82,9 +105,10 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
     }
     results = {}
     for emotion, emotion_pairs in pairs.items():
-        fs, delta = _select_one(ind, emotion_pairs, m, alpha, correction, n_bootstrap, confidence, seed, provenance)
+        fs, delta = _select_one(ind, emotion_pairs, m, alpha, correction, n_bootstrap, confidence, seed, provenance,
+                                score, n_stability)
         fs.save(feature_set_path(out, emotion))
-        save_delta_histogram(out / f"delta_hist_{_safe(emotion)}.png", delta, fs.feature_ids, emotion, neutral)
+        save_delta_histogram(out / f"delta_hist_{_safe(emotion)}.png", delta, fs.feature_ids, emotion, neutral, score)
         results[emotion] = fs
     md, _ = write_summary(out, list(results.values()))
     for fs in results.values():
@@ -94,23 +118,59 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
     return results
 
 
-def _select_one(ind: FiringIndicators, pairs: EmotionPairs, m: int, alpha: float | None, correction: str,
-                n_bootstrap: int, confidence: float, seed: int, provenance: dict) -> tuple[FeatureSet, np.ndarray]:
-    emo_bits, neu_bits = ind.dense(pairs.emotional), ind.dense(pairs.neutral_twin)  # (n_pairs, d_sae) each
-    counts = delta_scores(emo_bits, neu_bits)
-    delta = counts.delta
-    p = mcnemar_exact(counts.emotion_only, counts.neutral_only)
+def _differences(ind: FiringIndicators, pairs: EmotionPairs, score: str) -> np.ndarray:
+    """(n_pairs, d_sae) emotional minus neutral values of ``score`` (int8 for any_step, float32 otherwise)."""
+    if score == "any_step":
+        return ind.dense(pairs.emotional).astype(np.int8) - ind.dense(pairs.neutral_twin).astype(np.int8)
+    return ind.per_step(pairs.emotional, score) - ind.per_step(pairs.neutral_twin, score)
+
+
+def _ranked(diff: np.ndarray, score: str, m: int, alpha: float | None, correction: str
+            ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """The top-m latents of paired differences by Δ (Δ > 0, q < alpha when set), with Δ, p and q of all."""
+    delta = diff.mean(axis=0, dtype=np.float64)
+    if score == "any_step":
+        p = mcnemar_exact((diff > 0).sum(0), (diff < 0).sum(0))
+    else:
+        p = wilcoxon_signed_rank(diff)
     q = benjamini_hochberg(p) if correction == "bh" else p
     eligible = delta > 0
     if alpha is not None:
         eligible &= q < alpha
     ranked = np.lexsort((np.arange(delta.size), p, -delta))  # Δ descending; ties: smaller p, then lower id
-    chosen = [int(i) for i in ranked if eligible[i]][:m]
-    diffs = emo_bits[:, chosen].astype(np.int8) - neu_bits[:, chosen].astype(np.int8)  # (n_pairs, |chosen|)
+    return [int(i) for i in ranked if eligible[i]][:m], delta, p, q
+
+
+def _held_out(ind: FiringIndicators, pairs: EmotionPairs, diff: np.ndarray, score: str, m: int,
+              alpha: float | None, correction: str, seed: int) -> dict:
+    """Select on the pairs of a seeded half of the texts, measure Δ on the other half."""
+    texts = (ind.text_id if ind.text_id is not None else ind.pair_key)[pairs.emotional].astype(str)
+    unique = np.unique(texts)
+    if unique.size < 2:
+        return {"note": f"only {unique.size} text: no held-out half."}
+    order = np.random.default_rng(seed).permutation(unique.size)
+    select_texts = set(unique[order[:unique.size // 2]])
+    mask = np.isin(texts, list(select_texts))
+    chosen, delta_a, _, _ = _ranked(diff[mask], score, m, alpha, correction)
+    delta_b = diff[~mask][:, chosen].mean(axis=0, dtype=np.float64) if chosen else np.empty(0)
+    return {"seed": seed, "texts_select": int(len(select_texts)), "texts_held_out": int(unique.size - len(select_texts)),
+            "pairs_select": int(mask.sum()), "pairs_held_out": int((~mask).sum()),
+            "features": [{"id": i, "delta_select": float(delta_a[i]), "delta_held_out": float(d)}
+                         for i, d in zip(chosen, delta_b)]}
+
+
+def _select_one(ind: FiringIndicators, pairs: EmotionPairs, m: int, alpha: float | None, correction: str,
+                n_bootstrap: int, confidence: float, seed: int, provenance: dict, score: str = "any_step",
+                n_stability: int = 200) -> tuple[FeatureSet, np.ndarray]:
+    emo_bits, neu_bits = ind.dense(pairs.emotional), ind.dense(pairs.neutral_twin)  # (n_pairs, d_sae) each
+    counts = delta_scores(emo_bits, neu_bits)
+    diff = _differences(ind, pairs, score)
+    chosen, delta, p, q = _ranked(diff, score, m, alpha, correction)
     if chosen:
-        low, high = bootstrap_delta_ci(diffs, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+        low, high = bootstrap_delta_ci(diff[:, chosen], n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+        stability = top_m_stability(diff, chosen, m, n_bootstrap=n_stability, seed=seed)
     else:
-        low = high = np.empty(0)
+        low = high = stability = np.empty(0)
     n = counts.n_pairs
     mean_e, mean_n = ind.mean_value_when_firing(pairs.emotion), ind.mean_value_when_firing(pairs.neutral)
     rate_e, rate_n = ind.row_firing_rate(pairs.emotion), ind.row_firing_rate(pairs.neutral)
@@ -121,10 +181,14 @@ def _select_one(ind: FiringIndicators, pairs: EmotionPairs, m: int, alpha: float
         utt_fire_rate_neutral=float(counts.neutral_only[i] + counts.both[i]) / n,
         row_fire_rate_emotion=float(rate_e[i]), row_fire_rate_neutral=float(rate_n[i]),
         mean_act_emotion=_float(mean_e[i]), mean_act_neutral=_float(mean_n[i]),
-    ) for i, lo, hi in zip(chosen, low, high)]
-    selection = {"m": m, "alpha": alpha, "correction": correction, "n_pairs": n, "unpaired": pairs.unpaired,
+        delta_any_step=float(counts.delta[i]), stability=float(st),
+    ) for i, lo, hi, st in zip(chosen, low, high, stability)]
+    selection = {"score": score, "test": TESTS[score], "m": m, "alpha": alpha, "correction": correction,
+                 "n_pairs": n, "unpaired": pairs.unpaired,
                  "ranking": "delta descending among delta > 0" + (f" and q < {alpha}" if alpha is not None else ""),
-                 "bootstrap": {"n": n_bootstrap, "confidence": confidence, "seed": seed, "method": "percentile"}}
+                 "bootstrap": {"n": n_bootstrap, "confidence": confidence, "seed": seed, "method": "percentile"},
+                 "stability": {"n": n_stability, "seed": seed, "rule": f"top {m} by delta among delta > 0"},
+                 "held_out": _held_out(ind, pairs, diff, score, m, alpha, correction, seed)}
     if len(chosen) < m:
         selection["note"] = f"only {len(chosen)} of {m} latents qualified."
     return FeatureSet(pairs.emotion, pairs.neutral, features, selection=selection, **provenance), delta

@@ -104,3 +104,47 @@ def bootstrap_delta_ci(differences: np.ndarray, n_bootstrap: int = 2000, confide
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(means, [tail, 1.0 - tail], axis=0)
     return low, high
+
+
+def wilcoxon_signed_rank(differences: np.ndarray, block: int = 256) -> np.ndarray:
+    """Two-sided Wilcoxon signed-rank p-values of each column of (n_pairs, d_sae) paired differences (the test
+    of the ``rate`` and ``mass`` scores; zero differences are dropped, as Wilcoxon's original rule has it).
+    A column with no non-zero difference gets p = 1.  Columns go in blocks to bound memory."""
+    from scipy.stats import wilcoxon
+
+    diff = np.asarray(differences, dtype=np.float64)
+    if diff.ndim != 2 or diff.shape[0] == 0:
+        raise ConfigError(f"wilcoxon_signed_rank needs (n_pairs >= 1, d_sae) differences, got {diff.shape}.")
+    p = np.ones(diff.shape[1])
+    nonzero = (diff != 0).any(axis=0)
+    columns = np.flatnonzero(nonzero)
+    for a in range(0, columns.size, block):
+        cols = columns[a:a + block]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = wilcoxon(diff[:, cols], zero_method="wilcox", axis=0, nan_policy="propagate")
+        p[cols] = np.nan_to_num(np.asarray(result.pvalue, dtype=np.float64), nan=1.0)
+    return p
+
+
+def top_m_stability(differences: np.ndarray, chosen: list[int], m: int, n_bootstrap: int = 200, seed: int = 0,
+                    block: int = 32) -> np.ndarray:
+    """How often each chosen latent is among the top ``m`` (by Δ, Δ > 0) over bootstrap resamples of the pairs:
+    (len(chosen),) shares in [0, 1], from (n_pairs, d_sae) paired differences.  The significance filter is not
+    re-run per resample: this measures the ranking's stability."""
+    diff = np.asarray(differences, dtype=np.float32)
+    n = diff.shape[0]
+    if n == 0 or n_bootstrap < 1:
+        raise ConfigError(f"top_m_stability needs pairs and n_bootstrap >= 1, got {n} and {n_bootstrap}.")
+    rng = np.random.default_rng(seed)
+    uniform = np.full(n, 1.0 / n)
+    hits = np.zeros(len(chosen))
+    chosen_arr = np.asarray(chosen, dtype=np.int64)
+    for a in range(0, n_bootstrap, block):
+        counts = rng.multinomial(n, uniform, size=min(block, n_bootstrap - a)).astype(np.float32)
+        deltas = counts @ diff / n  # (block, d_sae)
+        deltas[deltas <= 0] = -np.inf
+        top = np.argpartition(-deltas, kth=min(m, deltas.shape[1]) - 1, axis=1)[:, :m]  # (block, m), unordered
+        valid = np.take_along_axis(deltas, top, axis=1) > -np.inf
+        for row, ok in zip(top, valid):
+            hits += np.isin(chosen_arr, row[ok])
+    return hits / n_bootstrap
