@@ -3,9 +3,10 @@
 It only generates; reading activations is the ``ActivationHarvester``
 callback's job, so the same module serves a plain ``emoctl predict`` too.
 
-Seeding: ``Backbone.generate`` samples a whole batch from one generator, so an
-utterance's tokens depend on the batch it is in (its row and its batch-mates'
-padding).  A batch's seed is therefore derived from its identity, the first
+Seeding: the mini TTS samples a whole batch from one generator, so an utterance's
+tokens depend on the batch it is in (its row and its batch-mates' padding); the
+IndexTTS2 and CosyVoice adapters draw prompt b from its own generator seeded
+seed + b, so there only its row matters.  A batch's seed is therefore derived from its identity, the first
 utterance id of the data module's fixed partition, and the partition never
 changes with the number of ranks or with resuming.  Results are thus
 independent of rank and restart, but not of ``data.batch_size``; greedy

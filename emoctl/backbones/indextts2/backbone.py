@@ -35,6 +35,7 @@ from torch import nn
 
 from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
 from emoctl.backbones.conditions import EmotionClip, EmotionCondition, EmotionVector, VoiceClip
+from emoctl.backbones.hf_compat import gpt2_cache_argument
 from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.indextts2.features import MAX_REFERENCE_SECONDS, SemanticFeatures, SpeakerStyle
 from emoctl.backbones.indextts2.release import ReleaseFolder
@@ -53,14 +54,6 @@ DEFAULT_EMOTION_WEIGHT = 0.8
 MAX_TEXT_TOKENS_PER_SEGMENT = 120
 SAMPLE_RATE = 22050  # s2mel and BigVGAN
 _CACHE_SLOTS = 256
-
-
-def _gpt_cache_argument() -> str:
-    import inspect
-
-    from transformers import GPT2Model
-
-    return "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -117,7 +110,7 @@ class IndexTTS2(Backbone):
         hookpoints: dict[str, nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(self.gpt.gpt.h)}
         hookpoints["lm_out"] = self.gpt.mel_head
         self.hooks = HookManager(hookpoints)
-        self._cache_argument = _gpt_cache_argument()
+        self._cache_argument = gpt2_cache_argument()
         self._clips: OrderedDict[tuple, _Clip] = OrderedDict()
         self._conditions: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self._tokenizer: Any = None

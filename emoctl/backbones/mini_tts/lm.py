@@ -27,7 +27,6 @@ the main carrier of emotion, be learned from every voiced frame.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,13 +34,14 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
+from emoctl.backbones.hf_compat import gpt2_cache_argument
 from emoctl.errors import ConfigError
 
 IGNORE_INDEX = -100  # targets where nothing is predicted (padding), as in torch's cross_entropy
 
 # transformers 5.x renames GPT2Model's ``past_key_values`` argument and output field to ``cache`` (the old
-# name warns and goes in 5.40); use whichever this version has.
-_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
+# name warns and goes in 5.40); use whichever this version has (emoctl.backbones.hf_compat).
+_CACHE_ARGUMENT = gpt2_cache_argument()
 
 
 @dataclass
