@@ -61,6 +61,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
                         "Generation with the harvester vs without (mini TTS), or the IndexTTS2 adapter vs upstream."),
         "cosyvoice": Tool("emoctl.bench.cosyvoice:bench_cosyvoice",
                           "CosyVoice adapter decoding vs upstream's loop; EmoShift step vs a frozen forward."),
+        "gpu": Tool("emoctl.bench.gpu:bench_gpu",
+                    "The GPU checks (SAE step, loader, CosyVoice, IndexTTS2) in one run and one Markdown file."),
         "ser": Tool("emoctl.bench.ser:bench_ser", "Scoring with emotion2vec (plus_base size) vs the embedded mini SER."),
         "loader": Tool("emoctl.bench.loader:bench_loader",
                        "SAE training batches from an activation store vs a plain copy of its bytes."),

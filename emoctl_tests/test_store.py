@@ -515,3 +515,22 @@ def test_bench_loader_delivers_every_batch_and_prints_its_table(capsys):
     assert "| float32 | ActivationStoreDataModule, 0 worker(s) |" in out and "Store of 4,096 rows x 64" in out
     with pytest.raises(ConfigError, match="rows must be at least 4 x batch_size"):
         bench_loader(rows=100, batch_size=256)
+
+
+def test_bench_gpu_writes_one_report_and_refuses_what_it_cannot_run(tmp_path):
+    """The GPU check script, run on its reduced shapes on this CPU (the full run needs a GPU)."""
+    import torch
+
+    from emoctl.bench.gpu import bench_gpu
+
+    out = bench_gpu(out=str(tmp_path / "r" / "bench_gpu.md"), device="cpu", quick=True, sections=["sae", "loader"])
+    text = out.read_text(encoding="utf-8")
+    assert "| sae |" in text and "| loader |" in text and "| ddp |" in text and "failed" not in text
+    assert "emoctl TopKSAE step" in text and "x fp32 matmul floor" in text  # the benchmark's own table survives
+    with pytest.raises(ConfigError, match="--quick true"):
+        bench_gpu(out=str(tmp_path / "x.md"), device="cpu")
+    with pytest.raises(ConfigError, match="not among"):
+        bench_gpu(out=str(tmp_path / "x.md"), device="cpu", quick=True, sections=["ddp"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            bench_gpu(out=str(tmp_path / "x.md"))

@@ -1,0 +1,115 @@
+"""``emoctl bench gpu`` (``make bench-gpu``): the GPU checks in one run and one Markdown file.
+
+Meant for anyone with a GPU machine and a fresh clone: ``make bench-gpu`` installs what it needs and runs
+
+1. the SAE training step at the paper's shape (1280 -> 4096, k = 32, batch 4096; fp32 and bf16 autocast,
+   against sparsify's step, which uses its Triton kernels on a GPU) (``emoctl bench sae``);
+2. the activation-store loader against a plain copy of the same bytes (``emoctl bench loader``);
+3. the CosyVoice adapter's decoding against upstream's loop, and one EmoShift step against a frozen forward,
+   on the released LLM shape (``emoctl bench cosyvoice``);
+4. the IndexTTS2 adapter's batched generation against upstream's ``inference_speech`` on the released GPT
+   shape (``emoctl bench harvest --backbone indextts2``).
+
+Each section's own table is kept as it prints it, with the section's wall time; a section that fails is
+reported with its error and the others still run.  Two-GPU DDP is not measured by this script yet (its row
+says so, with the number of GPUs visible).  ``--device cpu --quick true`` runs reduced shapes, to check the
+script itself on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+from emoctl.errors import ConfigError, first_line
+
+SECTIONS = ("sae", "loader", "cosyvoice", "indextts2")
+
+
+def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], object]]]:
+    from emoctl.bench.cosyvoice import bench_cosyvoice
+    from emoctl.bench.harvest_indextts2 import bench_harvest_indextts2
+    from emoctl.bench.loader import bench_loader
+    from emoctl.bench.sae import bench_sae
+
+    if quick:
+        return {
+            "sae": ("SAE step (reduced: 256 -> 512, k 8, batch 256)",
+                    lambda: bench_sae(batch_size=256, d_in=256, d_sae=512, k=8, steps=2, warmup=1, device=device)),
+            "loader": ("Store loader (reduced: 16,384 rows x 256)",
+                       lambda: bench_loader(rows=16_384, d_model=256, batch_size=1024, workers=[0])),
+            "cosyvoice": ("CosyVoice decoding and EmoShift step (test shape)",
+                          lambda: bench_cosyvoice(batch_size=2, max_new_tokens=4, train_tokens=16, full_size=False,
+                                                  device=device)),
+            "indextts2": ("IndexTTS2 generation (test shape)",
+                          lambda: bench_harvest_indextts2(batch_size=2, max_new_tokens=4, full_size=False,
+                                                          device=device)),
+        }
+    return {
+        "sae": ("SAE training step at the paper's shape (1280 -> 4096, k 32, batch 4096)",
+                lambda: bench_sae(device=device)),
+        "loader": ("Activation-store loader (d 1280, fp32 and bf16, 0-2 workers)", lambda: bench_loader()),
+        "cosyvoice": ("CosyVoice-300M LLM: decoding vs upstream, EmoShift step vs frozen forward",
+                      lambda: bench_cosyvoice(device=device)),
+        "indextts2": ("IndexTTS2 GPT: batched generation vs upstream inference_speech",
+                      lambda: bench_harvest_indextts2(device=device)),
+    }
+
+
+def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bool = False,
+              sections: list[str] | None = None) -> Path:
+    """Run the GPU checks and write one Markdown report to ``out`` (written whole, at the end).
+
+    Args:
+        out: The Markdown file to write.
+        device: "cuda" (the point of it) or "cpu" (with ``quick``, to check the script).
+        quick: Reduced shapes (minutes on a CPU) instead of the papers' and the released models'.
+        sections: Which of sae, loader, cosyvoice, indextts2 to run (default: all).
+    """
+    import torch
+
+    from emoctl.store.fsio import atomic_write_bytes, check_output_dir
+
+    chosen = list(SECTIONS if sections is None else sections)
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown or not chosen:
+        raise ConfigError(f"sections {unknown or chosen} are not among {', '.join(SECTIONS)}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("bench gpu: CUDA is not available on this machine. Run it on a GPU machine, or check the "
+                          "script itself here with --device cpu --quick true.")
+    if device == "cpu" and not quick:
+        raise ConfigError("bench gpu on the CPU runs only the reduced shapes: add --quick true (the full shapes "
+                          "are `emoctl bench sae`, `bench cosyvoice` ... one at a time).")
+    out_path = Path(out)
+    check_output_dir(out_path.parent, "out's folder")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    name = torch.cuda.get_device_name(0) if gpus else platform.processor() or platform.machine()
+    lines = ["# emoctl GPU checks", "",
+             f"Device `{device}` ({name}; {gpus} GPU(s) visible), torch {torch.__version__}, "
+             f"{'reduced shapes (--quick)' if quick else 'full shapes'}. Each section is the table its "
+             "benchmark prints, ratios against a baseline measured in the same run.", ""]
+    summary = ["| section | wall s | result |", "|---|---:|---|"]
+    for key, (title, run) in ((k, v) for k, v in _sections(device, quick).items() if k in chosen):
+        buffer = io.StringIO()
+        start = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(buffer):
+                run()
+            result = "ok"
+        except Exception as err:  # one failing section must not cost the others
+            result = f"failed: {type(err).__name__}: {first_line(err)}"
+        wall = time.perf_counter() - start
+        summary.append(f"| {key} | {wall:.0f} | {result} |")
+        tables = "\n".join(line for line in buffer.getvalue().splitlines()
+                           if line.startswith("|") or (line and not line.startswith(("\r", " "))))
+        lines += [f"## {title}", "", tables or "(no table)", "", f"Wall time {wall:.0f} s; {result}.", ""]
+        print(f"bench gpu: {key} {result} in {wall:.0f} s", flush=True)
+    summary.append(f"| ddp | – | not measured by this script yet ({gpus} GPU(s) visible; a two-GPU step needs two) |")
+    text = "\n".join(lines[:4] + summary + [""] + lines[4:]) + "\n"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_path, text.encode())
+    print(f"bench gpu: wrote {out_path}")
+    return out_path
