@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from emoctl.bench.rounds import equal_work_rows
 from emoctl.errors import ConfigError
 
 
@@ -73,7 +74,6 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
     with torch.no_grad():
         tts.llm.llm_decoder.bias[tts.stop_token] = -1.0e4  # every utterance decodes max_new_tokens tokens
     sampling = tts.upstream_sampling
-    counts: dict[str, int] = {}
 
     def upstream_one_at_a_time() -> int:
         made = 0
@@ -105,20 +105,9 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
     cases = [("upstream TransformerLM.inference, one at a time", upstream_one_at_a_time),
              ("adapter, one at a time", adapter(False)),
              (f"adapter, batch {batch_size}", adapter(True))]
-    best: dict[str, float] = {}
     with torch.inference_mode():
         adapter(True)()  # warm-up
-        for _ in tqdm(range(repeats), desc="bench cosyvoice decoding", unit="round"):
-            for name, fn in cases:
-                t0 = time.perf_counter()
-                counts[name] = fn()
-                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
-    if len(set(counts.values())) != 1:
-        raise RuntimeError(f"rows generated different token counts {counts}; the timings are not comparable")
-    tokens = next(iter(counts.values()))
-    base = tokens / best[cases[0][0]]
-    rows = [{"row": name, "seconds": best[name], "tokens_per_s": tokens / best[name],
-             "ratio": tokens / best[name] / base} for name, _ in cases]
+        rows, tokens = equal_work_rows(cases, repeats, "bench cosyvoice decoding")
 
     # ---- EmoShift: one training step against one frozen teacher-forced forward, same batch
     g = torch.Generator().manual_seed(seed)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
+from emoctl.bench.rounds import equal_work_rows
 from emoctl.errors import ConfigError
 
 UPSTREAM_SAMPLING = dict(temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0)
@@ -80,7 +80,6 @@ def bench_harvest_indextts2(batch_size: int = 8, max_new_tokens: int = 32, repea
     # utterances at random lengths (the same in every row, but mostly short)
     for model in (tts.gpt, upstream):
         model.mel_head.bias.data[tts.gpt.stop_mel_token] = -1.0e4
-    counts: dict[str, int] = {}
 
     def upstream_one_at_a_time() -> int:
         made = 0
@@ -122,21 +121,10 @@ def bench_harvest_indextts2(batch_size: int = 8, max_new_tokens: int = 32, repea
              (f"adapter, one at a time + recorder on {hookpoint}", adapter(False, True)),
              (f"adapter, batch {batch_size}", adapter(True, False)),
              (f"adapter, batch {batch_size} + recorder", adapter(True, True))]
-    best: dict[str, float] = {}
     with torch.inference_mode():
         adapter(True, False)()  # warm-up
-        for _ in tqdm(range(repeats), desc="bench harvest indextts2", unit="round"):
-            for name, fn in cases:
-                t0 = time.perf_counter()
-                counts[name] = fn()
-                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+        rows, tokens = equal_work_rows(cases, repeats, "bench harvest indextts2")
     tmp.cleanup()
-    if len(set(counts.values())) != 1:
-        raise RuntimeError(f"rows generated different token counts {counts}; the timings are not comparable")
-    tokens = next(iter(counts.values()))
-    base = tokens / best[cases[0][0]]
-    rows = [{"row": name, "seconds": best[name], "tokens_per_s": tokens / best[name],
-             "ratio": tokens / best[name] / base} for name, _ in cases]
     print(f"\nIndexTTS2 GPT {tts.num_layers} x {tts.hidden_size} ({sum(p.numel() for p in tts.gpt.parameters()) / 1e6:.1f} M"
           f" parameters, random weights, built and loaded in {built_s:.0f} s) on {device}, torch threads "
           f"{torch.get_num_threads()}; {batch_size} prompts, {tokens} tokens in every row, best of {repeats} "

@@ -1,0 +1,29 @@
+"""Timing rows that must do equal work, interleaved over rounds: what the generation benchmarks share.
+
+Each case returns how many tokens it produced; every case must produce the same number (otherwise the
+timings compare different work and the benchmark stops).  Rounds interleave the cases, so a slower stretch
+of a shared machine hits all of them, and each case keeps its best round.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+
+def equal_work_rows(cases: Sequence[tuple[str, Callable[[], int]]], repeats: int, desc: str) -> tuple[list[dict], int]:
+    """Rows ``{row, seconds, tokens_per_s, ratio}`` (ratio to the first case's tokens/s) and the token count."""
+    best: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for _ in tqdm(range(repeats), desc=desc, unit="round"):
+        for name, fn in cases:
+            start = time.perf_counter()
+            counts[name] = fn()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    if len(set(counts.values())) != 1:
+        raise RuntimeError(f"rows generated different token counts {counts}; the timings are not comparable")
+    tokens = next(iter(counts.values()))
+    base = tokens / best[cases[0][0]]
+    return [{"row": name, "seconds": best[name], "tokens_per_s": tokens / best[name],
+             "ratio": tokens / best[name] / base} for name, _ in cases], tokens
