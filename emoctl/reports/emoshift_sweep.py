@@ -133,7 +133,10 @@ def _trend(summary: list[dict], alphas: list[float]) -> str:
         return ""
     peak = max(xs, key=lambda a: (overall[a], -a))
     last = xs[-1]
-    text = (f"Overall accuracy peaks at α = {peak:g} ({overall[peak]:.3f}, α = 0: {overall.get(0.0, math.nan):.3f})")
+    unsteered = next((r["ser_hit"] for r in summary if r["emotion"] == "all" and r["method"] == UNSTEERED), None)
+    base = f"α = 0: {overall[0.0]:.3f}" if 0.0 in overall else \
+        f"unsteered: {unsteered:.3f}" if unsteered is not None else "no α = 0 row"
+    text = f"Overall accuracy peaks at α = {peak:g} ({overall[peak]:.3f}, {base})"
     if peak < last:
         text += f" and falls to {overall[last]:.3f} at α = {last:g}."
     else:
