@@ -118,10 +118,12 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
     return results
 
 
-def _differences(ind: FiringIndicators, pairs: EmotionPairs, score: str) -> np.ndarray:
-    """(n_pairs, d_sae) emotional minus neutral values of ``score`` (int8 for any_step, float32 otherwise)."""
+def _differences(ind: FiringIndicators, pairs: EmotionPairs, score: str, emo_bits: np.ndarray,
+                 neu_bits: np.ndarray) -> np.ndarray:
+    """(n_pairs, d_sae) emotional minus neutral values of ``score`` (int8 for any_step, from the pairs' already
+    unpacked indicators; float32 otherwise)."""
     if score == "any_step":
-        return ind.dense(pairs.emotional).astype(np.int8) - ind.dense(pairs.neutral_twin).astype(np.int8)
+        return emo_bits.astype(np.int8) - neu_bits.astype(np.int8)
     return ind.per_step(pairs.emotional, score) - ind.per_step(pairs.neutral_twin, score)
 
 
@@ -164,7 +166,7 @@ def _select_one(ind: FiringIndicators, pairs: EmotionPairs, m: int, alpha: float
                 n_stability: int = 200) -> tuple[FeatureSet, np.ndarray]:
     emo_bits, neu_bits = ind.dense(pairs.emotional), ind.dense(pairs.neutral_twin)  # (n_pairs, d_sae) each
     counts = delta_scores(emo_bits, neu_bits)
-    diff = _differences(ind, pairs, score)
+    diff = _differences(ind, pairs, score, emo_bits, neu_bits)
     chosen, delta, p, q = _ranked(diff, score, m, alpha, correction)
     if chosen:
         low, high = bootstrap_delta_ci(diff[:, chosen], n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)

@@ -309,14 +309,14 @@ class CosyVoiceInstruct(Backbone):
         rules = ras.RasSettings(settings.top_p, settings.top_k, settings.ras_window, settings.ras_tau)
         histories: list[list[int]] = [[] for _ in range(B)]
         finished = [False] * B
-        active = torch.ones(B, dtype=torch.bool, device=self.device)
+        active = [True] * B  # a Python list: reading it per row never waits on the device
         with self.hooks.phase(Phase.PREFILL):
             hidden, caches = self._run(x, causal[None] & valid[:, None, :], None)
             logp = self._logp(hidden, settings.temperature)
         for step in range(max(limits)):
             if step == 0:
                 logp[:, self.stop_token] = -float("inf")  # upstream forces a first token
-            rows = [b for b in range(B) if bool(active[b])]
+            rows = [b for b in range(B) if active[b]]
             if settings.greedy:
                 chosen = ras.greedy(logp, histories, self.stop_token, minimum, rows)
             else:
@@ -329,11 +329,11 @@ class CosyVoiceInstruct(Backbone):
                 histories[b].append(token)
                 if len(histories[b]) >= limits[b]:
                     active[b] = False  # cut at its limit, like upstream's loop: the last token is never fed
-            if not bool(active.any()):
+            if not any(active):
                 break
             feed = torch.tensor([h[-1] if h else 0 for h in histories], device=self.device)
             valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=self.device)], dim=1)
-            with self.hooks.phase(Phase.DECODE, step=step, active=active.clone()):
+            with self.hooks.phase(Phase.DECODE, step=step, active=torch.tensor(active, device=self.device)):
                 hidden, caches = self._run(self.llm.speech_embedding(feed)[:, None], valid[:, None, :], caches)
                 logp = self._logp(hidden, settings.temperature)
         tokens = [torch.tensor(h, dtype=torch.long) for h in histories]
