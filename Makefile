@@ -16,8 +16,14 @@ EMOSHIFT := runs/emoshift_mini/demo
 # the SER, a trained model that ships with emoctl); `make emoshift-mini` retrains it, and
 # `make reproduce-table1 EMOSHIFT_LAYER=$(EMOSHIFT)/emosteer` trains one in the run instead.
 EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
+# The SAE and the feature sets that README's Table 1 and attribution table were made with, committed like the
+# layer above: a retrained SAE differs from machine to machine (float kernels differ by CPU and thread count) and
+# with 8 clips per cell that moves Table 1's cells. `make sae-mini` retrains and replaces them;
+# `make reproduce-table1 SAE=$(SAE_RUN)/sae FEATURES=$(SELECT)` trains and selects inside the run instead.
+SAE      ?= emoctl/assets/sae_mini
+FEATURES ?= emoctl/assets/select_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu tensorboard reproduce-table1 reproduce-emoshift reproduce-emoshift-cosyvoice clean corpus mini-tts ser-mini emoshift-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu tensorboard reproduce-table1 reproduce-attribution reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -127,9 +133,31 @@ emoshift-mini: corpus
 	$(EMOCTL) fit --config recipes/emoshift_mini.yaml --trainer.logger.init_args.version=make
 	rm -rf emoctl/assets/emoshift_mini && cp -r runs/emoshift_mini/make/emosteer emoctl/assets/emoshift_mini
 
-reproduce-table1: $(SELECT)/selection.md $(EMOSHIFT_LAYER)/emosteer.json
+reproduce-table1: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/manifest.json $(EMOSHIFT_LAYER)/emosteer.json
 	$(EMOCTL) report table1 --config recipes/evaluation/report_table1_mini.yaml \
-	    --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) --emoshift $(EMOSHIFT_LAYER) --out_dir reports
+	    --sae $(SAE) --store $(STORE) --selection $(FEATURES) --emoshift $(EMOSHIFT_LAYER) --out_dir reports
+
+# The seed's latent table: each emotion's top 2 features steered alone (README, "Per-feature acoustic attribution").
+reproduce-attribution: $(SAE)/cfg.json $(FEATURES)/selection.md | install
+	$(EMOCTL) attribute --sae $(SAE) --selection $(FEATURES) --out_dir reports/attribution --m 2 --n_texts 4
+
+# The training store alone (Table 1's global mean-difference direction reads it): the SAE recipe's harvest, run by
+# `validate` (which prepares the recipe's data, then checks one batch against an untrained SAE; nothing is saved).
+store-mini: $(STORE)/manifest.json
+$(STORE)/manifest.json: | corpus
+	$(EMOCTL) validate --config recipes/sae_mini.yaml --trainer.logger=false --trainer.limit_val_batches=1
+
+# sae-mini: retrain the committed SAE and its feature sets and replace emoctl/assets/sae_mini and select_mini.
+sae-mini: corpus
+	$(EMOCTL) fit --config recipes/sae_mini.yaml --trainer.logger.init_args.version=make
+	$(EMOCTL) select --store $(STORE) --sae runs/sae_mini/make/sae --out_dir runs/select_mini_make
+	rm -rf emoctl/assets/sae_mini emoctl/assets/select_mini
+	cp -r runs/sae_mini/make/sae emoctl/assets/sae_mini && cp -r runs/select_mini_make emoctl/assets/select_mini
+
+# README's result tables are copies of the committed reports' tables: rewrite them from the reports (the test
+# suite checks that they are equal).
+readme-tables: install
+	$(EMOCTL) report readme
 
 # The EmoShift seed's Table 1, its α sweep (Figure 3) and compound emotions: low-rank layer and SFT baseline
 # trained first (same data and step budget as recipes/emoshift_mini.yaml).

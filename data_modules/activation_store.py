@@ -3,7 +3,8 @@
 Rows come from a sharded store (:mod:`emoctl.store`); the train/validation
 split is by pair group or utterance, never by row, so held-out FVU is measured
 on utterances the SAE never saw.  Batches are whole (B, d) tensors read with
-one indexed gather per batch, shuffled across shards with bounded memory.
+one indexed gather per batch, shuffled across shards with bounded memory, gathered ahead by threads of the
+training process (:class:`~emoctl.store.prefetch.ThreadPrefetcher`) or by DataLoader worker processes.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 from data_modules.store_builders import StoreBuilder
 from emoctl.errors import ConfigError, StoreNotFoundError
 from emoctl.store import ActivationDataset, ActivationStore, ShuffledBatchSampler
+from emoctl.store.prefetch import ThreadPrefetcher
 
 
 class ActivationStoreDataModule(pl.LightningDataModule):
@@ -28,7 +30,8 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         val_fraction: float = 0.02,
         split_by: Literal["pair_key", "utt_id"] = "pair_key",
         window_rows: int = 1 << 20,
-        num_workers: int = 1,
+        num_workers: int = 0,
+        prefetch_threads: int = 2,
         seed: int = 0,
         build: StoreBuilder | None = None,
         verify: bool = True,
@@ -40,7 +43,11 @@ class ActivationStoreDataModule(pl.LightningDataModule):
             val_fraction: Fraction of groups held out for validation.
             split_by: Hold out whole pair groups (same text and speaker across emotions) or whole utterances.
             window_rows: Rows shuffled together in memory; bounds the reader's working set.
-            num_workers: DataLoader worker processes per rank (0 reads in the training process).
+            num_workers: DataLoader worker processes per rank; 0 (the default) reads in the training process,
+                where ``prefetch_threads`` gather ahead (a worker process hands each batch over through fresh
+                shared memory, which costs more than the gather: ``emoctl bench loader``).
+            prefetch_threads: Threads of the training process that gather batches ahead when num_workers is 0
+                (0: gather each batch when it is asked for). The batch order does not depend on it.
             seed: Seed of the split and of the shuffle.
             build: How to create the store when ``path`` holds none (e.g. SyntheticSparseStore); None means
                 a missing store is an error.
@@ -52,12 +59,16 @@ class ActivationStoreDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}.")
         if batch_size <= 0:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}.")
+        if num_workers < 0 or prefetch_threads < 0:
+            raise ConfigError(f"data.num_workers and data.prefetch_threads must be >= 0, got {num_workers} and "
+                              f"{prefetch_threads}.")
         self.path = Path(path)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_by = split_by
         self.window_rows = window_rows
         self.num_workers = num_workers
+        self.prefetch_threads = prefetch_threads
         self.seed = seed
         self.builder = build
         self.verify = verify
@@ -108,13 +119,18 @@ class ActivationStoreDataModule(pl.LightningDataModule):
                                        window_rows=self.window_rows, drop_last=True)
         return self._loader(sampler)
 
-    def _loader(self, sampler: ShuffledBatchSampler) -> DataLoader:
+    def _loader(self, sampler: ShuffledBatchSampler) -> DataLoader | ThreadPrefetcher:
         assert self.store is not None, "setup() must run first"
+        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        dataset = ActivationDataset(self.store, None)
+        if self.num_workers == 0 and self.prefetch_threads > 0:
+            return ThreadPrefetcher(dataset, sampler, threads=self.prefetch_threads, depth=2 * self.prefetch_threads,
+                                    pin_memory=pin)
         return DataLoader(
-            ActivationDataset(self.store, None),
+            dataset,
             sampler=sampler,
             batch_size=None,  # the sampler yields whole batches of row indices
             num_workers=self.num_workers,
-            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
+            pin_memory=pin,
             persistent_workers=self.num_workers > 0,
         )

@@ -47,6 +47,7 @@ class Tool:
 
     target: str  # "module:function"
     summary: str
+    positional: bool = False  # required arguments without --names (`emoctl report diff A B`)
 
     def load(self) -> Callable[..., Any]:
         module, _, name = self.target.partition(":")
@@ -76,6 +77,11 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "table1": Tool("emoctl.reports.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),
         "emoshift": Tool("emoctl.reports.table1_emoshift:emoshift_table1",
                          "The EmoShift seed's Table 1: zero-shot, Neutral, SFT, EmoShift full and low rank."),
+        "diff": Tool("emoctl.reports.provenance:report_diff",
+                     "Which inputs (models, protocol, seeds, packages, machine) and results of two reports differ.",
+                     positional=True),
+        "readme": Tool("emoctl.reports.readme_tables:readme_tables",
+                       "Copy the report tables README quotes into README, or check that they are equal."),
     },
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
@@ -269,7 +275,7 @@ def _run_tool(group: str, rest: list[str]) -> None:
     function = tools[name].load()
     parser = ArgumentParser(prog=f"emoctl {group} {name}".rstrip(), description=function.__doc__, exit_on_error=False)
     parser.add_argument("-c", "--config", action="config", help="YAML file of arguments (repeatable).")
-    parser.add_function_arguments(function, as_group=False)
+    parser.add_function_arguments(function, as_group=False, as_positional=tools[name].positional)
     config = parser.parse_args(rest)
     kwargs = parser.instantiate_classes(config).as_dict()
     kwargs.pop("config", None)

@@ -9,6 +9,7 @@ the identity, so they would cost forward passes and teach the layer nothing.
 from __future__ import annotations
 
 import csv
+import json
 import dataclasses
 import time
 from pathlib import Path
@@ -75,7 +76,13 @@ def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_ro
                    protocol=protocol, progress=False)
     timings["sweep"] = time.perf_counter() - start
     assert {p.name for p in tmp_path.iterdir()} >= {"emoshift_sweep.md", "emoshift_sweep.csv", "emoshift_sweep.png",
-                                                    "emoshift_sweep_clips.csv"}
+                                                    "emoshift_sweep_clips.csv", "emoshift_sweep_info.json"}
+    from emoctl.reports.provenance import digest_path
+
+    record = json.loads((tmp_path / "emoshift_sweep_info.json").read_text())["provenance"]
+    assert set(record["inputs"]) == {"backbone", "layer", "corpus", "recognizer"}
+    assert record["inputs"]["layer"]["digest"] == digest_path(layer)
+    assert record["protocol"]["alphas"] == [0.0, 2.0]
     summary = {(r["emotion"], r["method"]): r for r in _rows(tmp_path / "emoshift_sweep.csv")}
     assert set(summary) == {(e, m) for e in [*EMOTIONS, "all"] for m in ("unsteered", "alpha=0", "alpha=2")}
     # α = 0 attaches the layer at zero intensity: every clip's every score equals the no-hook row's, as written.
@@ -96,8 +103,6 @@ def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_ro
     texts = list(dict.fromkeys(r["text"] for r in unsteered))
     prompts, targets = target_prompts(setup, EMOTIONS, texts, SPEAKERS, "cond")
     scorers = Scorers.load("mini", None, asr=None, speaker=None, dnsmos=False)
-    import json
-
     record = json.loads((root / "corpus.json").read_text())
     refs = References(root, record["sentences"], SPEAKERS, scorers, split="test")
     emotion_condition = {}

@@ -37,6 +37,18 @@ def report(corpus_root, tmp_path_factory):
     return result, out
 
 
+def test_report_records_what_made_it(report, corpus_root):
+    import json
+
+    _, out = report
+    info = json.loads((out / "emotionality_info.json").read_text())
+    inputs = info["provenance"]["inputs"]
+    assert set(inputs) == {"backbone", "corpus", "recognizer"}
+    assert inputs["corpus"]["digest"] == json.loads((corpus_root / "corpus.json").read_text())["checksum"]["value"][:32]
+    assert info["provenance"]["protocol"]["speakers"] == list(SPEAKERS)
+    assert (out / "summary.md").read_text().splitlines()[2].startswith("*Made with* backbone `")
+
+
 def test_generated_emotions_move_probes_the_corpus_way(report):
     result, out = report
     deltas = list(csv.DictReader((out / "pairs.csv").read_text().splitlines()))  # no handle left open

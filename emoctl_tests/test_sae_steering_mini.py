@@ -110,3 +110,16 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
     assert (out / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
     info = json.loads((out / "table1_info.json").read_text())
     assert info["alphas"] == {"random_sae": 8.0, "global": 8.0, "sae_emotion": 8.0}
+    # What made it: every input by content digest, under the title and in the record.
+    from emoctl.reports.provenance import digest_path
+
+    inputs = info["provenance"]["inputs"]
+    assert set(inputs) == {"backbone", "sae", "feature_sets", "store", "corpus", "recognizer"}
+    assert inputs["sae"]["digest"] == digest_path(sae_dir)
+    assert inputs["backbone"]["id"] == load_backbone("mini_tts").backbone_id
+    from emoctl.metrics.ser_mini import DEFAULT_MINI_SER_DIR
+
+    assert inputs["recognizer"]["digest"] == digest_path(DEFAULT_MINI_SER_DIR)
+    assert info["provenance"]["protocol"]["speakers"] == ["0017"] and info["provenance"]["seeds"]["sampling"] == 0
+    assert table.splitlines()[2].startswith("*Made with* backbone `") and "table1_info.json" in table.splitlines()[2]
+    assert set(info["outputs"]) == {"table1.csv", "table1_clips.csv", "alpha_sweep.csv"}

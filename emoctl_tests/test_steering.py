@@ -1,6 +1,8 @@
 """Steering interventions on a tiny random MiniTTS: exact changes, α = 0 bit-identity, baselines, composition."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -230,6 +232,15 @@ def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp
         assert len(list(csv.DictReader(f))) == 3 * len(PROBES)
     assert "| 7 |" in (out / "attribution.md").read_text()
     assert (out / "attribution.png").read_bytes()[:4] == b"\x89PNG"
+    # The first table lists every feature; α = 0 moves nothing, so no Sad shift is bold (its interval is [0, 0]).
+    from emoctl.reports.readme_tables import markdown_tables
+
+    summary = markdown_tables((out / "attribution.md").read_text())[0]
+    assert [line.split(" | ")[:2] for line in summary[2:]] == [["| Angry", str(NEVER)], ["| Angry", str(ALWAYS)],
+                                                               ["| Sad", str(ALWAYS)]]
+    assert "**" not in summary[4] and "+0 [+0, +0]" in summary[4]
+    record = json.loads((out / "attribution_info.json").read_text())["provenance"]
+    assert set(record["inputs"]) == {"backbone", "sae", "feature_sets"}
 
 
 @pytest.mark.parametrize("bad, needle", [({"m": -1}, "m=-1"), ({"n_texts": 0}, "n_texts=0"),

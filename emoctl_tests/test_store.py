@@ -470,6 +470,40 @@ def test_dataloader_yields_whole_batches_from_worker_processes(labelled_store):
         np.testing.assert_array_equal(got.numpy(), labelled_store.rows(rows).numpy())
 
 
+@pytest.mark.parametrize("threads, depth", [(1, 1), (2, 4), (3, 3)])
+def test_thread_prefetcher_yields_the_samplers_batches_in_order(labelled_store, threads, depth):
+    """Threads gather ahead, but batch i is still the sampler's i-th array whatever the thread count."""
+    from emoctl.store.prefetch import ThreadPrefetcher
+
+    train, _ = labelled_store.split(0.1, seed=0)
+    sampler = ShuffledBatchSampler(train, 8, seed=3)
+    loader = ThreadPrefetcher(ActivationDataset(labelled_store, train), sampler, threads=threads, depth=depth)
+    batches = list(loader)
+    assert len(batches) == len(loader) == len(sampler) > depth
+    for rows, got in zip(sampler, batches):
+        np.testing.assert_array_equal(got.numpy(), labelled_store.rows(rows).numpy())
+    sampler.set_epoch(1)  # the next pass follows the sampler's new order
+    again = next(iter(loader))
+    np.testing.assert_array_equal(again.numpy(), labelled_store.rows(next(iter(sampler))).numpy())
+    early = iter(loader)
+    next(early)
+    early.close()  # stopping early shuts the threads down without gathering the rest
+
+
+def test_thread_prefetcher_raises_the_gathers_error_and_refuses_bad_sizes(labelled_store):
+    from emoctl.store.prefetch import ThreadPrefetcher
+
+    def sampler():
+        yield np.arange(4)
+        yield np.array([labelled_store.num_rows + 5])  # outside the store
+
+    loader = ThreadPrefetcher(ActivationDataset(labelled_store), sampler(), threads=2, depth=2)
+    with pytest.raises(IndexError, match="outside the store"):
+        list(loader)
+    with pytest.raises(ConfigError, match="depth >= threads"):
+        ThreadPrefetcher(ActivationDataset(labelled_store), [], threads=2, depth=1)
+
+
 # ---- synthetic store ---------------------------------------------------------------------------
 
 

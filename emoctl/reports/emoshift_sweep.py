@@ -30,6 +30,7 @@ from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
 from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.evaluation.protocol import EvaluationProtocol
+from emoctl.reports.provenance import collect, stamp, write_report_info
 from emoctl.store.fsio import check_output_dir
 
 DEFAULT_ALPHAS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
@@ -87,7 +88,11 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
             "rank": setup.layer.config.rank, "recognizer": getattr(scorers.recognizer, "name", recognizer),
             "speakers": speakers, "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
             "alphas": alphas, "max_new_tokens": protocol.sampling.max_new_tokens, "protocol": protocol.describe()}
-    _write_sweep(Path(out_dir), summary, rows, info, emotions)
+    record = collect(backbone=setup.backbone, paths={"layer": layer}, corpus=corpus_root,
+                     recognizer=(recognizer, recognizer_dir),
+                     seeds={"sampling": protocol.seed}, protocol={**protocol.describe(), "alphas": alphas,
+                                                                  "emotions": emotions})
+    _write_sweep(Path(out_dir), summary, rows, info, emotions, record)
     return summary
 
 
@@ -195,19 +200,22 @@ def sweep_figure(summary: list[dict], emotions: list[str], alphas: list[float]):
     return fig
 
 
-def _write_sweep(out: Path, summary: list[dict], rows: list[dict], info: dict, emotions: list[str]) -> None:
+def _write_sweep(out: Path, summary: list[dict], rows: list[dict], info: dict, emotions: list[str],
+                 record: dict) -> None:
     from emoctl.store.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    markdown = sweep_markdown(summary, info, emotions)
+    markdown = stamp(sweep_markdown(summary, info, emotions), record, "emoshift_sweep_info.json")
     buffer = io.BytesIO()
     sweep_figure(summary, emotions, info["alphas"]).savefig(buffer, format="png")
     atomic_write_bytes(out / "emoshift_sweep_clips.csv", csv_bytes(rows))
     atomic_write_bytes(out / "emoshift_sweep.csv", csv_bytes(summary))
     atomic_write_bytes(out / "emoshift_sweep.png", buffer.getvalue())
     atomic_write_bytes(out / "emoshift_sweep.md", markdown.encode())
+    write_report_info(out / "emoshift_sweep_info.json", info, record,
+                      [out / "emoshift_sweep.csv", out / "emoshift_sweep_clips.csv"])
     print(markdown)
-    print(f"written to {out}/ (emoshift_sweep.md, .csv, .png, emoshift_sweep_clips.csv)")
+    print(f"written to {out}/ (emoshift_sweep.md, .csv, .png, emoshift_sweep_clips.csv, _info.json)")
 
 
 # ------------------------------------------------------------------------------------------ compound emotions
@@ -284,7 +292,11 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
     info = {"layer": layer, "backbone": setup.backbone.backbone_id, "alpha": alpha, "speakers": speakers,
             "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
             "recognizer": getattr(recognizer_model, "name", recognizer), "protocol": protocol.describe()}
-    _write_compound(Path(out_dir), summary, rows, info, mixtures, components)
+    record = collect(backbone=setup.backbone, paths={"layer": layer}, corpus=corpus_root,
+                     recognizer=(recognizer, recognizer_dir),
+                     seeds={"sampling": protocol.seed}, protocol={**protocol.describe(), "alpha": alpha,
+                                                                  "mixtures": mixtures})
+    _write_compound(Path(out_dir), summary, rows, info, mixtures, components, record)
     return summary
 
 
@@ -310,13 +322,15 @@ def compound_markdown(summary: list[dict], info: dict, mixtures: list[dict[str, 
 
 
 def _write_compound(out: Path, summary: list[dict], rows: list[dict], info: dict, mixtures: list[dict[str, float]],
-                    components: list[str]) -> None:
+                    components: list[str], record: dict) -> None:
     from emoctl.store.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    markdown = compound_markdown(summary, info, mixtures, components)
+    markdown = stamp(compound_markdown(summary, info, mixtures, components), record, "emoshift_compound_info.json")
     atomic_write_bytes(out / "emoshift_compound_clips.csv", csv_bytes(rows))
     atomic_write_bytes(out / "emoshift_compound.csv", csv_bytes(summary))
     atomic_write_bytes(out / "emoshift_compound.md", markdown.encode())
+    write_report_info(out / "emoshift_compound_info.json", info, record,
+                      [out / "emoshift_compound.csv", out / "emoshift_compound_clips.csv"])
     print(markdown)
-    print(f"written to {out}/ (emoshift_compound.md, .csv, emoshift_compound_clips.csv)")
+    print(f"written to {out}/ (emoshift_compound.md, .csv, emoshift_compound_clips.csv, _info.json)")

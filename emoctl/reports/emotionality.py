@@ -25,6 +25,7 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.texts import corpus_test_sentences
 from emoctl.metrics.ser import ESD_EMOTIONS
+from emoctl.reports.provenance import collect, stamp, write_report_info
 from emoctl.synthesis import synthesize
 from emoctl.store.fsio import check_output_dir
 
@@ -142,7 +143,9 @@ def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: st
                                        "speakers": speakers, "n_texts": len(texts), "seed": seed,
                                        "protocol": protocol.describe(),
                                        "unfinished": sum(not c.finished for c in generated)})
-    _write_outputs(Path(out_dir), result, rows)
+    record = collect(backbone=tts, corpus=root, recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed},
+                     protocol={**protocol.describe(), "emotions": emotions})
+    _write_outputs(Path(out_dir), result, rows, record)
     return result
 
 
@@ -195,18 +198,21 @@ def _confusion_png(result: EmotionalityResult) -> bytes:
     return buffer.getvalue()
 
 
-def _write_outputs(out: Path, result: EmotionalityResult, rows: list[dict]) -> None:
+def _write_outputs(out: Path, result: EmotionalityResult, rows: list[dict], record: dict) -> None:
     from emoctl.store.fsio import atomic_write_bytes as write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "summary.md", _summary_markdown(result).encode())
+    markdown = stamp(_summary_markdown(result), record, "emotionality_info.json")
+    write_atomic(out / "summary.md", markdown.encode())
     write_atomic(out / "pairs.csv", _csv(rows).encode())
     confusion_rows = [{"requested": e, **{r: int(v) for r, v in zip(result.emotions, result.confusion[i])}}
                       for i, e in enumerate(result.emotions)]
     write_atomic(out / "confusion.csv", _csv(confusion_rows).encode())
     write_atomic(out / "confusion.png", _confusion_png(result))
-    print(_summary_markdown(result))
-    print(f"written to {out}/ (summary.md, pairs.csv, confusion.csv, confusion.png)")
+    info = {**result.extra, "ser_accuracy": result.ser_accuracy, "n_pairs": result.n_pairs}
+    write_report_info(out / "emotionality_info.json", info, record, [out / "pairs.csv", out / "confusion.csv"])
+    print(markdown)
+    print(f"written to {out}/ (summary.md, pairs.csv, confusion.csv, confusion.png, emotionality_info.json)")
 
 
 def _csv(rows: list[dict]) -> str:

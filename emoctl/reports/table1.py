@@ -28,7 +28,6 @@ TensorBoard under ``<out_dir>/tensorboard``.
 from __future__ import annotations
 
 import io
-import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -48,6 +47,7 @@ from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorers, measure_clips, score_clips
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
+from emoctl.reports.provenance import collect, stamp, write_report_info
 from emoctl.synthesis import SamplingConfig
 from emoctl.store.fsio import check_output_dir
 
@@ -195,7 +195,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     from emoctl.evaluation.texts import split_sentences
     from emoctl.metrics.ser import ESD_EMOTIONS
     from emoctl.sae.export import load_pretrained
-    from emoctl.selection.feature_set import FeatureSet
+    from emoctl.selection.feature_set import FeatureSet, check_selected_with
     from emoctl.selection.select import feature_set_path
     from emoctl.steering import mean_difference_directions
     from emoctl.store import ActivationStore
@@ -222,6 +222,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     if not emotions:
         raise ConfigError(f"no feature sets in {selection} (features_<emotion>.json); run `emoctl select` first.")
     feature_sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in emotions}
+    check_selected_with(feature_sets, sae, selection)
     activations = ActivationStore(store)
     activations.verify(progress=progress)  # the global baseline's means come from every row of it
     means = mean_difference_directions(activations, NEUTRAL, emotions, progress=progress)
@@ -270,7 +271,12 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
             "sweep_alphas": sweep_alphas, "max_wer_increase": max_wer_increase,
             "features": {e: fs.feature_ids for e, fs in feature_sets.items()},
             "phases": method_phases(methods, emotions[0], method_names)}
-    _write_table1(Path(out_dir), summary, rows, sweep_rows, info, method_names)
+    record = collect(backbone=tts, paths={"sae": sae, "feature_sets": [feature_set_path(selection, e) for e in emotions],
+                                          "layer": emoshift}, stores={"store": store}, corpus=root,
+                     recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed, "random_features": seed},
+                     protocol={**protocol.describe(), "sweep_alphas": sweep_alphas, "sweep_texts": sweep_texts,
+                               "max_wer_increase": max_wer_increase, "emotions": emotions})
+    _write_table1(Path(out_dir), summary, rows, sweep_rows, info, method_names, record)
     return summary
 
 
@@ -380,20 +386,21 @@ def sweep_figure(sweep_rows: list[dict]):
 
 
 def _write_table1(out: Path, summary: list[dict], rows: list[dict], sweep_rows: list[dict], info: dict,
-                  method_names: Sequence[str]) -> None:
+                  method_names: Sequence[str], record: dict) -> None:
     from emoctl.store.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    markdown = table1_markdown(summary, info, method_names)
+    markdown = stamp(table1_markdown(summary, info, method_names), record, "table1_info.json")
     atomic_write_bytes(out / "table1.md", markdown.encode())
     atomic_write_bytes(out / "table1.csv", csv_bytes(summary))
     atomic_write_bytes(out / "table1_clips.csv", csv_bytes(rows))
     atomic_write_bytes(out / "alpha_sweep.csv", csv_bytes(sweep_rows))
-    atomic_write_bytes(out / "table1_info.json", (json.dumps(info, indent=1) + "\n").encode())
     figure = sweep_figure(sweep_rows)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(out / "alpha_sweep.png", buffer.getvalue())
+    write_report_info(out / "table1_info.json", info, record,
+                      [out / name for name in ("table1.csv", "table1_clips.csv", "alpha_sweep.csv")])
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(out / "tensorboard")) as writer:

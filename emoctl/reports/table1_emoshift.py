@@ -15,7 +15,6 @@ Outputs in ``out_dir``: ``table1_emoshift.md``, ``table1_emoshift.csv`` (per met
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from emoctl.backbones.base import Prompt
@@ -25,6 +24,7 @@ from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
+from emoctl.reports.provenance import collect, stamp, write_report_info
 from emoctl.synthesis import synthesize
 from emoctl.store.fsio import check_output_dir
 
@@ -120,7 +120,11 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
             "texts": texts, "text_offset": protocol.text_offset, "seed": seed, "parameters": params,
             "protocol": protocol.describe(),
             "backbone_parameters": sum(p.numel() for p in full.backbone.parameters())}
-    _write(Path(out_dir), summary, rows, info, jobs, emotions)
+    record = collect(backbone=full.backbone, paths={"layer": layer, "low_rank": low_rank, "sft": sft,
+                                                    "sweep_csv": sweep_csv},
+                     corpus=corpus_root, recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed},
+                     protocol={**protocol.describe(), "emotions": emotions, "best_alpha": best})
+    _write(Path(out_dir), summary, rows, info, jobs, emotions, record)
     return summary
 
 
@@ -146,14 +150,15 @@ def table_markdown(summary: list[dict], info: dict, jobs: list[tuple], emotions:
 
 
 def _write(out: Path, summary: list[dict], rows: list[dict], info: dict, jobs: list[tuple],
-           emotions: list[str]) -> None:
+           emotions: list[str], record: dict) -> None:
     from emoctl.store.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    markdown = table_markdown(summary, info, jobs, emotions)
+    markdown = stamp(table_markdown(summary, info, jobs, emotions), record, "table1_emoshift_info.json")
     atomic_write_bytes(out / "table1_emoshift_clips.csv", csv_bytes(rows))
     atomic_write_bytes(out / "table1_emoshift.csv", csv_bytes(summary))
-    atomic_write_bytes(out / "table1_emoshift_info.json", (json.dumps(info, indent=1, default=str) + "\n").encode())
     atomic_write_bytes(out / "table1_emoshift.md", markdown.encode())
+    write_report_info(out / "table1_emoshift_info.json", info, record,
+                      [out / "table1_emoshift.csv", out / "table1_emoshift_clips.csv"])
     print(markdown)
     print(f"written to {out}/ (table1_emoshift.md, .csv, _clips.csv, _info.json)")

@@ -78,10 +78,14 @@ class SAEModule(pl.LightningModule):
 
     def export(self, folder, trainer: pl.Trainer) -> None:
         """The SAE in SAELens' layout, with where its activations came from (written by ModelExport)."""
+        from emoctl.reports.provenance import machine, package_versions
         from emoctl.training import store_provenance
 
+        # Where it was trained: float kernels differ by CPU, thread count and GPU, so a retrained SAE is not
+        # bit-identical across machines (README, "What reproduces exactly").
+        trained_on = {**machine(self.device), "world_size": trainer.world_size, "packages": package_versions()}
         self.sae.save_pretrained(folder, extra_metadata={"global_step": trainer.global_step,
-                                                         **store_provenance(trainer)})
+                                                         **store_provenance(trainer), "trained_on": trained_on})
 
     def setup(self, stage: str) -> None:
         """Check that the data's width matches the SAE before any step runs."""

@@ -104,3 +104,24 @@ class FeatureSet:
                        raw.get("selection", {}))
         except (KeyError, TypeError) as err:
             raise ConfigError(f"{path} has a missing or malformed entry ({err}); rerun `emoctl select`.") from None
+
+
+def check_selected_with(feature_sets: dict[str, FeatureSet] | list[FeatureSet], sae: str | Path, folder: str | Path
+                        ) -> None:
+    """Refuse feature sets selected on another SAE than ``sae``: their latent ids would index the wrong
+    dictionary and steer something else without a word. Sets written before digests were recorded pass."""
+    from emoctl.reports.provenance import digest_path
+
+    sets = list(feature_sets.values()) if isinstance(feature_sets, dict) else list(feature_sets)
+    digest = None
+    for fs in sets:
+        recorded = fs.sae.get("digest")
+        if recorded is None:
+            continue
+        digest = digest or digest_path(sae)
+        if recorded != digest:
+            raise ConfigError(f"the {fs.emotion} feature set in {folder} was selected on the SAE {fs.sae.get('path')} "
+                              f"(digest {recorded[:12]}), but --sae {sae} has digest {digest[:12]}: its latent ids "
+                              "would index another dictionary. Pass the SAE it was selected on, or rerun "
+                              f"`emoctl select --sae {sae}`.")
+

@@ -45,8 +45,10 @@ SUMMARY_COLUMNS = ("emotion", "score", "rank", "id", "delta", "ci_low", "ci_high
                    "row_fire_rate_neutral", "mean_act_emotion", "mean_act_neutral")
 
 
-def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet]) -> tuple[Path, Path]:
-    """``selection.csv`` (one row per selected latent) and ``selection.md`` (the same as tables)."""
+def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet], record: dict | None = None
+                  ) -> tuple[Path, Path]:
+    """``selection.csv`` (one row per selected latent) and ``selection.md`` (the same as tables); with a
+    provenance ``record``, its line under the title and ``selection_info.json``."""
     rows = [{"emotion": fs.emotion, "score": fs.selection.get("score", "any_step"), "rank": rank,
              **{k: getattr(f, k) for k in SUMMARY_COLUMNS[3:]}}
             for fs in feature_sets for rank, f in enumerate(fs.features, 1)]
@@ -80,7 +82,16 @@ def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet]) -> tuple[Pa
         elif held.get("note"):
             lines += ["", f"Held out: {held['note']}"]
         lines.append("")
-    atomic_write_bytes(md_path, "\n".join(lines).encode())
+    markdown = "\n".join(lines)
+    if record is not None:
+        from emoctl.reports.provenance import stamp, write_report_info
+        from emoctl.selection.select import feature_set_path
+
+        markdown = stamp(markdown, record, "selection_info.json")
+    atomic_write_bytes(md_path, markdown.encode())
+    if record is not None:
+        write_report_info(out_dir / "selection_info.json", {"emotions": [fs.emotion for fs in feature_sets]}, record,
+                          [csv_path, *(feature_set_path(out_dir, fs.emotion) for fs in feature_sets)])
     return md_path, csv_path
 
 

@@ -35,6 +35,7 @@ from emoctl.selection.stats import (benjamini_hochberg, bootstrap_delta_ci, delt
 
 SCORES = ("any_step", "rate", "mass")
 TESTS = {"any_step": "exact McNemar", "rate": "Wilcoxon signed-rank", "mass": "Wilcoxon signed-rank"}
+from emoctl.reports.provenance import digest_path
 from emoctl.store import ActivationStore
 from emoctl.store.fsio import check_output_dir
 
@@ -97,7 +98,7 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     provenance = {
-        "sae": {"path": str(sae), "d_in": model.cfg.d_in, "d_sae": model.cfg.d_sae, "k": model.cfg.k,
+        "sae": {"path": str(sae), "digest": digest_path(sae), "d_in": model.cfg.d_in, "d_sae": model.cfg.d_sae, "k": model.cfg.k,
                 "hook_name": model.cfg.hook_name},
         "store": {"path": str(store), "hookpoint": activation_store.spec.hookpoint,
                   "backbone": activation_store.spec.backbone, "num_rows": activation_store.num_rows,
@@ -110,7 +111,13 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
         fs.save(feature_set_path(out, emotion))
         save_delta_histogram(out / f"delta_hist_{_safe(emotion)}.png", delta, fs.feature_ids, emotion, neutral, score)
         results[emotion] = fs
-    md, _ = write_summary(out, list(results.values()))
+    from emoctl.reports.provenance import collect
+
+    record = collect(paths={"sae": sae}, stores={"store": store}, seeds={"bootstrap": seed, "held_out_split": seed},
+                     protocol={"score": score, "m": m, "alpha": alpha, "correction": correction, "neutral": neutral,
+                               "n_bootstrap": n_bootstrap, "confidence": confidence, "n_stability": n_stability,
+                               "emotions": list(results)}, device=device)
+    md, _ = write_summary(out, list(results.values()), record)
     for fs in results.values():
         ids = ", ".join(f"{f.id} (Δ={f.delta:+.2f})" for f in fs.features) or "none"
         print(f"{fs.emotion}: {ids}")

@@ -28,7 +28,7 @@ from emoctl.evaluation.protocol import EvaluationProtocol, clones_voices
 from emoctl.probes import AcousticProfile, compare_profiles, measure
 from emoctl.probes.paired import PROBE_LABELS, format_p
 from emoctl.sae.export import load_pretrained
-from emoctl.selection.feature_set import FeatureSet
+from emoctl.selection.feature_set import FeatureSet, check_selected_with
 from emoctl.selection.select import feature_set_path
 from emoctl.steering.base import steer
 from emoctl.steering.sae_features import SAEFeatureSteering
@@ -101,6 +101,7 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
     model = backbone.load()
     sae_model = load_pretrained(sae, device=backbone.device)
     sets = _feature_sets(Path(selection), emotions)
+    check_selected_with(sets, sae, selection)
     alphas = dict(alphas or {})
     unknown = sorted(set(alphas) - set(sets))
     if unknown:
@@ -137,9 +138,20 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
     bar.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from emoctl.reports.provenance import collect, stamp, write_report_info
+
+    record = collect(backbone=model, paths={"sae": sae, "feature_sets": [feature_set_path(selection, e) for e in sets]},
+                     corpus=corpus_root, seeds={"sampling": seed, "bootstrap": seed},
+                     protocol={"texts": texts, "speakers": speakers, "prompt_emotion": prompt_emotion, "m": m,
+                               "alpha": alpha, "alphas": alphas, "mode": mode, "temperature": temperature,
+                               "top_k": top_k, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                               "n_bootstrap": n_bootstrap})
     _write_csv(out / "attribution.csv", rows)
-    atomic_write_bytes(out / "attribution.md", _markdown(rows, len(prompts), prompt_emotion).encode())
+    markdown = stamp(_markdown(rows, len(prompts), prompt_emotion), record, "attribution_info.json")
+    atomic_write_bytes(out / "attribution.md", markdown.encode())
     _plot(out / "attribution.png", rows)
+    write_report_info(out / "attribution_info.json", {"features": [[e, f] for e, f in runs]}, record,
+                      [out / "attribution.csv"])
     print(f"wrote attribution.md, attribution.csv and attribution.png for {len(runs)} features to {out}")
     return rows
 
@@ -171,6 +183,12 @@ def _markdown(rows: list[dict], n_prompts: int, prompt_emotion: str) -> str:
              "(same text, speaker and seed), 95% t interval, paired-t p.", ""]
     header = " | ".join(f"Δ{PROBE_LABELS[p][0]}" + (f" ({PROBE_LABELS[p][1]})" if PROBE_LABELS[p][1] else "")
                         for p in PROBES)
+    # Every feature in one table first (a shift in bold when its 95% interval excludes 0), then one per emotion.
+    lines += [f"| emotion | latent | {header} |", "|---|---:|" + "---|" * len(PROBES)]
+    for emotion, fid in dict.fromkeys((r["emotion"], r["feature"]) for r in rows):
+        cells = {r["probe"]: r for r in rows if r["emotion"] == emotion and r["feature"] == fid}
+        lines.append(f"| {emotion} | {fid} | " + " | ".join(_cell(cells[p], bold=True) for p in PROBES) + " |")
+    lines.append("")
     for emotion in dict.fromkeys(r["emotion"] for r in rows):
         mine = [r for r in rows if r["emotion"] == emotion]
         lines += [f"## {emotion} (α = {mine[0]['alpha']:g}, {mine[0]['mode']})", "",
@@ -183,10 +201,14 @@ def _markdown(rows: list[dict], n_prompts: int, prompt_emotion: str) -> str:
     return "\n".join(lines)
 
 
-def _cell(row: dict) -> str:
+def _cell(row: dict, bold: bool = False) -> str:
+    """``+5 [-3.1, +13], p=0.19``; with ``bold``, the shift is bold when its interval excludes 0."""
     if not np.isfinite(row["mean_diff"]):
         return "–"
-    return f"{row['mean_diff']:+.3g} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}], p={format_p(row['p_t'])}"
+    mean = f"{row['mean_diff']:+.3g}"
+    if bold and (row["ci_low"] > 0 or row["ci_high"] < 0):
+        mean = f"**{mean}**"
+    return f"{mean} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}], p={format_p(row['p_t'])}"
 
 
 def _plot(path: Path, rows: list[dict]) -> None:

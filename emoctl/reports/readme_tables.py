@@ -1,0 +1,137 @@
+"""README's result tables are copies of the committed reports' tables, kept equal by a marker and a check.
+
+A table in README that comes from a report sits between
+
+    <!-- table: reports/table1.md #2 -->
+    | ... the 2nd Markdown table of reports/table1.md, verbatim ... |
+    <!-- /table -->
+
+``emoctl report readme`` rewrites every such block from its report; ``--check true`` (and the test suite) only
+compares, and names the first differing cell, so README cannot drift from the reports it quotes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from emoctl.errors import ConfigError
+
+OPEN = re.compile(r"^<!-- table: (?P<path>\S+) #(?P<index>\d+) -->$")
+CLOSE = "<!-- /table -->"
+
+
+@dataclass(frozen=True)
+class QuotedTable:
+    """One marked block of README: which report table it quotes and where it sits (0-based line numbers)."""
+
+    report: str
+    index: int          # 1-based: the index-th Markdown table of the report
+    first_line: int     # the marker line
+    last_line: int      # the closing marker line
+    lines: tuple[str, ...]
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """Every run of consecutive lines starting with ``|``, in order."""
+    tables: list[list[str]] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    if current:
+        tables.append(current)
+    return tables
+
+
+def quoted_tables(readme_text: str, readme: str = "README.md") -> list[QuotedTable]:
+    """The marked blocks of a README; an unclosed or nested marker is an error naming its line."""
+    lines = readme_text.splitlines()
+    blocks: list[QuotedTable] = []
+    i = 0
+    while i < len(lines):
+        match = OPEN.match(lines[i].strip())
+        if match:
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == CLOSE
+                        or OPEN.match(lines[j].strip())), None)
+            if end is None or lines[end].strip() != CLOSE:
+                raise ConfigError(f"{readme}:{i + 1}: the table marker `{lines[i].strip()}` has no `{CLOSE}` "
+                                  "before the next marker or the end of the file; add it after the table.")
+            blocks.append(QuotedTable(match["path"], int(match["index"]), i, end, tuple(lines[i + 1:end])))
+            i = end
+        i += 1
+    return blocks
+
+
+def report_table(root: Path, report: str, index: int, where: str) -> list[str]:
+    path = root / report
+    try:
+        tables = markdown_tables(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{where} quotes {report}, which cannot be read ({err.strerror}); rerun the report that "
+                          "writes it or fix the marker.") from None
+    if not 1 <= index <= len(tables):
+        raise ConfigError(f"{where} quotes table #{index} of {report}, which has {len(tables)} table(s); fix the "
+                          "marker's number.")
+    return tables[index - 1]
+
+
+def check_readme(readme: str | Path = "README.md", root: str | Path | None = None) -> list[str]:
+    """One message per quoted table that differs from its report (empty when README is in sync)."""
+    readme = Path(readme)
+    root = Path(root) if root is not None else readme.parent
+    problems = []
+    for block in quoted_tables(readme.read_text(), str(readme)):
+        where = f"{readme}:{block.first_line + 1}"
+        expected = report_table(root, block.report, block.index, where)
+        if list(block.lines) == expected:
+            continue
+        first = next((k for k, (a, b) in enumerate(zip(block.lines, expected)) if a != b),
+                     min(len(block.lines), len(expected)))
+        shown = block.lines[first] if first < len(block.lines) else "(missing)"
+        wanted = expected[first] if first < len(expected) else "(no such row)"
+        problems.append(f"{where}: table #{block.index} of {block.report} differs at its row {first + 1} "
+                        f"(README line {block.first_line + 2 + first}): README has `{shown}`, the report `{wanted}`")
+    return problems
+
+
+def sync_readme(readme: str | Path = "README.md", root: str | Path | None = None) -> int:
+    """Rewrite every quoted table from its report; returns how many changed."""
+    readme = Path(readme)
+    root = Path(root) if root is not None else readme.parent
+    text = readme.read_text()
+    lines = text.splitlines()
+    changed = 0
+    for block in reversed(quoted_tables(text, str(readme))):
+        expected = report_table(root, block.report, block.index, f"{readme}:{block.first_line + 1}")
+        if list(block.lines) != expected:
+            lines[block.first_line + 1:block.last_line] = expected
+            changed += 1
+    if changed:
+        from emoctl.store.fsio import atomic_write_bytes
+
+        atomic_write_bytes(readme, ("\n".join(lines) + ("\n" if text.endswith("\n") else "")).encode())
+    return changed
+
+
+def readme_tables(readme: str = "README.md", check: bool = False) -> None:
+    """Copy each report table that README quotes (``<!-- table: reports/X.md #N -->`` ... ``<!-- /table -->``)
+    from the report into README, or with ``--check true`` only say which differ (exit status 1 if any).
+
+    Args:
+        readme: The README to update or check; report paths in its markers are relative to its folder.
+        check: Compare only; change nothing.
+    """
+    if check:
+        problems = check_readme(readme)
+        for problem in problems:
+            print(problem)
+        if problems:
+            raise SystemExit(1)
+        print(f"{readme}: {len(quoted_tables(Path(readme).read_text(), readme))} quoted tables equal their reports")
+        return
+    changed = sync_readme(readme)
+    print(f"{readme}: {changed} quoted table(s) updated from their reports")
