@@ -541,12 +541,13 @@ def test_bench_loader_delivers_every_batch_and_prints_its_table(capsys):
     from emoctl.bench.loader import bench_loader
     from emoctl.errors import ConfigError
 
-    rows = bench_loader(rows=4096, d_model=64, batch_size=256, workers=[0], dtypes=["float32"])
-    floor, loader = rows
-    assert floor["ratio"] == 1.0 and floor["rows_per_s"] > 0 and loader["rows_per_s"] > 0
-    assert loader["ratio"] == pytest.approx(loader["gb_per_s"] / floor["gb_per_s"])
+    rows = bench_loader(rows=4096, d_model=64, batch_size=256, workers=[], threads=[2, 0], dtypes=["float32"])
+    floor, threaded, plain = rows
+    assert floor["ratio"] == 1.0 and floor["rows_per_s"] > 0 and threaded["rows_per_s"] > 0
+    assert threaded["ratio"] == pytest.approx(threaded["gb_per_s"] / floor["gb_per_s"])
     out = capsys.readouterr().out
-    assert "| float32 | ActivationStoreDataModule, 0 worker(s) |" in out and "Store of 4,096 rows x 64" in out
+    assert "| float32 | ActivationStoreDataModule, in-process, 2 prefetch thread(s) (default) |" in out
+    assert "| float32 | ActivationStoreDataModule, in-process, no prefetch |" in out and "Store of 4,096 rows x 64" in out
     with pytest.raises(ConfigError, match="rows must be at least 4 x batch_size"):
         bench_loader(rows=100, batch_size=256)
 

@@ -40,7 +40,7 @@ def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], obj
             "sae": ("SAE step (reduced: 256 -> 512, k 8, batch 256)",
                     lambda: bench_sae(batch_size=256, d_in=256, d_sae=512, k=8, steps=2, warmup=1, device=device)),
             "loader": ("Store loader (reduced: 16,384 rows x 256)",
-                       lambda: bench_loader(rows=16_384, d_model=256, batch_size=1024, workers=[0])),
+                       lambda: bench_loader(rows=16_384, d_model=256, batch_size=1024, workers=[], threads=[2])),
             "cosyvoice": ("CosyVoice decoding and EmoShift step (test shape)",
                           lambda: bench_cosyvoice(batch_size=2, max_new_tokens=4, train_tokens=16, full_size=False,
                                                   device=device)),
@@ -51,7 +51,7 @@ def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], obj
     return {
         "sae": ("SAE training step at the paper's shape (1280 -> 4096, k 32, batch 4096)",
                 lambda: bench_sae(device=device)),
-        "loader": ("Activation-store loader (d 1280, fp32 and bf16, 0-2 workers)", lambda: bench_loader()),
+        "loader": ("Activation-store loader (d 1280, fp32 and bf16; 0-2 prefetch threads, 1-2 worker processes)", lambda: bench_loader()),
         "cosyvoice": ("CosyVoice-300M LLM: decoding vs upstream, EmoShift step vs frozen forward",
                       lambda: bench_cosyvoice(device=device)),
         "indextts2": ("IndexTTS2 GPT: batched generation vs upstream inference_speech",

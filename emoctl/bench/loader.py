@@ -3,7 +3,8 @@
 An H100 takes a bf16 SAE step at the paper's shape (1280 -> 4096, k = 32, batch 4096) in a few
 milliseconds, so the store must hand it on the order of a million rows a second.  This measures what
 ``ActivationStoreDataModule`` delivers as ready training batches (the training split, shuffled as in
-training, with 0, 1 and 2 worker processes) from page-cached shards, for float32 and bfloat16 stores of
+training: gathered ahead by 2, 1 or 0 threads of the training process, or by 1 or 2 worker processes) from
+page-cached shards, for float32 and bfloat16 stores of
 d = 1280; and, in the same run, the floor: a sequential copy of the same bytes out of the same
 memory-mapped shard files, in batch-sized chunks, into one reused buffer.
 
@@ -57,13 +58,13 @@ def _floor(path: Path, batch_size: int) -> tuple[float, int]:
     return time.perf_counter() - start, copied
 
 
-def _loader(path: Path, batch_size: int, workers: int, max_batches: int) -> tuple[float, int, int]:
+def _loader(path: Path, batch_size: int, workers: int, threads: int, max_batches: int) -> tuple[float, int, int]:
     """Seconds, rows and bytes of ``max_batches`` training batches from the data module (first batch untimed:
     it pays the worker start-up, which a training run pays once)."""
     from data_modules.activation_store import ActivationStoreDataModule
 
     data = ActivationStoreDataModule(str(path), batch_size=batch_size, val_fraction=0.02, num_workers=workers,
-                                     verify=False)
+                                     prefetch_threads=threads, verify=False)
     data.setup("fit")
     loader = iter(data.train_dataloader())
     next(loader)
@@ -82,22 +83,28 @@ def _loader(path: Path, batch_size: int, workers: int, max_batches: int) -> tupl
 
 
 def bench_loader(rows: int = 262_144, d_model: int = 1280, batch_size: int = 4096, workers: list[int] | None = None,
-                 dtypes: list[str] | None = None, seed: int = 0) -> list[dict]:
+                 threads: list[int] | None = None, dtypes: list[str] | None = None, seed: int = 0) -> list[dict]:
     """Rows/s and GB/s of training batches from the store, against a sequential copy of its bytes.
 
     Args:
         rows: Rows in the temporary store (262,144 x 1280 is 1.34 GB at float32, 0.67 GB at bfloat16).
         d_model: Row width (IndexTTS2's GPT: 1280).
         batch_size: Rows per training batch (the SAE recipes' 4096).
-        workers: DataLoader worker counts to time (default 0, 1, 2; the recipes use 1 on CPU).
+        workers: DataLoader worker-process counts to time (default 1, 2).
+        threads: Prefetch-thread counts to time in the training process, with 0 workers (default 2, 1, 0;
+            2 is the data module's default setting).
         dtypes: Store dtypes to time (default float32 and bfloat16).
         seed: Seed of the random rows.
     """
-    workers = [0, 1, 2] if workers is None else list(workers)
+    workers = [1, 2] if workers is None else list(workers)
+    threads = [2, 1, 0] if threads is None else list(threads)
     dtypes = ["float32", "bfloat16"] if dtypes is None else list(dtypes)
-    if rows < 4 * batch_size or d_model < 1 or batch_size < 1 or any(w < 0 for w in workers):
-        raise ConfigError(f"rows must be at least 4 x batch_size and d_model, batch_size and workers positive; got "
-                          f"rows={rows}, d_model={d_model}, batch_size={batch_size}, workers={workers}.")
+    if (rows < 4 * batch_size or d_model < 1 or batch_size < 1 or any(w < 0 for w in workers)
+            or any(t < 0 for t in threads)):
+        raise ConfigError(f"rows must be at least 4 x batch_size, d_model and batch_size positive, workers and "
+                          f"threads >= 0; got rows={rows}, d_model={d_model}, batch_size={batch_size}, "
+                          f"workers={workers}, threads={threads}.")
+    settings = [(0, t) for t in threads] + [(w, 0) for w in workers if w > 0]
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="emoctl-bench-loader-") as tmp:
         for dtype in dtypes:
@@ -111,14 +118,17 @@ def bench_loader(rows: int = 262_144, d_model: int = 1280, batch_size: int = 409
                                                                             else np.uint16).itemsize) / floor_s,
                             "gb_per_s": floor_gbs, "ratio": 1.0})
             batches = rows // batch_size - 2
-            for w in tqdm(workers, desc=f"bench loader {dtype}", unit="setting"):
-                seconds, got_rows, got_bytes = _loader(path, batch_size, w, batches)
+            for w, t in tqdm(settings, desc=f"bench loader {dtype}", unit="setting"):
+                seconds, got_rows, got_bytes = _loader(path, batch_size, w, t, batches)
                 gbs = got_bytes / seconds / 1e9
-                results.append({"dtype": dtype, "row": f"ActivationStoreDataModule, {w} worker(s)",
+                label = (f"{w} worker process(es)" if w else
+                         f"in-process, {t} prefetch thread(s)" + (" (default)" if t == 2 else "") if t else
+                         "in-process, no prefetch")
+                results.append({"dtype": dtype, "row": f"ActivationStoreDataModule, {label}",
                                 "rows_per_s": got_rows / seconds, "gb_per_s": gbs, "ratio": gbs / floor_gbs})
     print(f"\nStore of {rows:,} rows x {d_model}, batches of {batch_size} (training split, shuffled as in "
           f"training), page-cached; torch threads {torch.get_num_threads()}. Target: the default setting "
-          "(1 worker) at >= 50% of the floor.\n")
+          "(in-process, 2 prefetch threads) at >= 50% of the floor.\n")
     print("| dtype | row | rows/s | GB/s | x floor |")
     print("|---|---|---:|---:|---:|")
     for r in results:
