@@ -51,7 +51,8 @@ def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], obj
     return {
         "sae": ("SAE training step at the paper's shape (1280 -> 4096, k 32, batch 4096)",
                 lambda: bench_sae(device=device)),
-        "loader": ("Activation-store loader (d 1280, fp32 and bf16; 0-2 prefetch threads, 1-2 worker processes)", lambda: bench_loader()),
+        "loader": ("Activation-store loader (d 1280, fp32 and bf16; 0-2 prefetch threads, 1-2 worker processes)",
+                   lambda: bench_loader()),
         "cosyvoice": ("CosyVoice-300M LLM: decoding vs upstream, EmoShift step vs frozen forward",
                       lambda: bench_cosyvoice(device=device)),
         "indextts2": ("IndexTTS2 GPT: batched generation vs upstream inference_speech",
