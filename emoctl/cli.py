@@ -65,6 +65,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "gpu": Tool("emoctl.bench.gpu:bench_gpu",
                     "The GPU checks (SAE step, loader, CosyVoice, IndexTTS2) in one run and one Markdown file."),
         "ser": Tool("emoctl.bench.ser:bench_ser", "Scoring with emotion2vec (plus_base size) vs the embedded mini SER."),
+        "ddp": Tool("emoctl.bench.ddp:bench_ddp",
+                    "The SAE demo recipe on 1 vs 2 DDP processes (CPU, gloo): time per step and loss curves."),
         "loader": Tool("emoctl.bench.loader:bench_loader",
                        "SAE training batches from an activation store vs a plain copy of its bytes."),
     },

@@ -33,3 +33,21 @@ def test_two_process_ddp_fit_uses_disjoint_rows(tmp_path):
 
     sae = load_pretrained(tmp_path / "sae_demo" / "ddp" / "sae")
     assert sae.cfg.d_in == 64
+
+
+@pytest.mark.slow
+def test_bench_ddp_compares_one_and_two_processes_on_the_same_global_batch(tmp_path, capsys):
+    """Two real fits (1 process; 2 gloo processes with half the batch each): both train the same global batch,
+    so their loss curves agree within batch noise; the table and the loss figure are written."""
+    from emoctl.bench.ddp import bench_ddp
+    from emoctl.errors import ConfigError
+
+    rows = bench_ddp(steps=100, batch_size=512, figure=str(tmp_path / "ddp.png"))
+    assert [r["processes"] for r in rows] == [1, 2] and [r["threads_per_process"] for r in rows] == [2, 1]
+    assert all(r["ms_per_step"] > 0 and r["rows_per_s"] > 0 for r in rows)
+    assert rows[0]["late_loss_gap"] == 0.0 and rows[1]["late_loss_gap"] < 0.25, rows
+    assert abs(rows[0]["val_fvu"] - rows[1]["val_fvu"]) < 0.1 * rows[0]["val_fvu"] + 0.02, rows
+    assert (tmp_path / "ddp.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 2 | 1 |" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="divisible"):
+        bench_ddp(batch_size=1001)
