@@ -93,6 +93,7 @@ class ActivationStoreDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.store is None:
             self.store = ActivationStore(self.path)
+            self.store.require_finished("train on")
             if self.verify:
                 self.store.verify(progress=True)
             self.train_rows, self.val_rows = self.store.split(self.val_fraction, seed=self.seed, by=self.split_by)

@@ -34,6 +34,14 @@ class EmoctlLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(**kwargs)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as err:
+            if subcommand == "fit" and getattr(self, "trainer", None) is not None and self.trainer.is_global_zero:
+                settle_failed_run(self.trainer, err)
+            raise
+
     def _parse_ckpt_path(self) -> None:
         """Lightning replaces the recipe's model arguments with the checkpoint's without a word; refuse a
         disagreement (and a missing or unreadable checkpoint) first, so a resume continues the run it names."""
@@ -44,6 +52,52 @@ class EmoctlLightningCLI(LightningCLI):
             init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
             check_resume(section.get("ckpt_path"), init_args.as_dict() if init_args is not None else {})
         super()._parse_ckpt_path()
+
+
+LEFT_BY_EVERY_RUN = {"config.yaml", "hparams.yaml"}
+FAILED_NOTE = "FAILED.md"
+
+
+def settle_failed_run(trainer: Any, err: BaseException) -> None:
+    """After a failed fit, leave nothing that looks like a result: a run folder holding only the recipe echo
+    is removed; one with logs or checkpoints keeps them (to debug, or to resume) under a FAILED.md that says
+    what happened and how to resume."""
+    import shutil
+
+    logger = trainer.logger
+    folder = Path(logger.log_dir) if logger is not None and getattr(logger, "log_dir", None) else None
+    if folder is None or not folder.is_dir():
+        return
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if all(p.name in LEFT_BY_EVERY_RUN or _logs_nothing(p) for p in files):
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # the logger's name folder, if this run was all it held
+        except OSError:
+            pass
+        return
+    checkpoints = sorted(p for p in files if p.suffix == ".ckpt")
+    resume = (f"Resume from the last checkpoint: add `--ckpt_path {checkpoints[-1]}` to the same command."
+              if checkpoints else "No checkpoint was written; rerun the command after fixing the cause.")
+    message = " ".join(str(err).split()) or type(err).__name__
+    note = (f"# This run failed at step {trainer.global_step}\n\n{type(err).__name__}: {message}\n\n"
+            f"Nothing here was exported. {resume}\n")
+    try:
+        (folder / FAILED_NOTE).write_text(note)
+    except OSError:
+        pass  # the original error matters more than the note
+
+
+def _logs_nothing(path: Path) -> bool:
+    """A TensorBoard event file that holds no logged value (only the header every writer starts with)."""
+    if not path.name.startswith("events.out.tfevents") or path.stat().st_size > 1 << 20:
+        return False
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    try:
+        return not any(event.HasField("summary") for event in EventFileLoader(str(path)).Load())
+    except Exception:  # an unreadable log is kept: it may be what explains the failure
+        return False
 
 
 def check_resume(ckpt_path: str | None, recipe_args: dict[str, Any]) -> None:

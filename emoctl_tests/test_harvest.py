@@ -24,7 +24,7 @@ from emoctl.backbones import Phase
 from emoctl.backbones import loading
 from emoctl.backbones.loading import BackboneSpec, load_backbone
 from emoctl.backbones.mini_tts import MiniTTS
-from emoctl.errors import ConfigError
+from emoctl.errors import ConfigError, StoreError
 from emoctl.harvest import ActivationRecorder, HarvestModule
 from emoctl.harvest.run import harvest_into
 from emoctl.store import ActivationStore
@@ -230,6 +230,11 @@ def test_harvest_killed_and_restarted_equals_an_uninterrupted_one(checkpoint, tm
         if proc.poll() is None:
             proc.kill()
     assert 0 < committed < len(expected), f"kill landed at {committed} of {len(expected)}: {proc.stderr.read()[-2000:]}"
+    # The killed store looks whole to a reader but is refused for what it lacks, until the resume finishes it.
+    killed = ActivationStore(store)
+    assert not killed.finished and ActivationStore(reference).finished
+    with pytest.raises(StoreError, match="unfinished: its harvest has not marked it complete"):
+        killed.require_finished("train on")
 
     resumed = run_emoctl(*_harvest_cli_args(checkpoint, store), cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -239,6 +244,7 @@ def test_harvest_killed_and_restarted_equals_an_uninterrupted_one(checkpoint, tm
     for utt_id, rows in expected.items():
         assert np.array_equal(got[utt_id], rows), utt_id  # bit-identical
     assert json.loads((store / "manifest.json").read_text())["num_utterances"] == len(expected)  # consolidated
+    assert ActivationStore(store).finished
 
 
 # ------------------------------------------------------------------------------ bad input

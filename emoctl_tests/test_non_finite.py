@@ -75,6 +75,22 @@ def test_sae_fit_on_a_nan_store_stops_in_one_paragraph_and_exports_nothing(nan_s
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and utt_id in result.stderr, result.stderr[-2000:]
     assert not list(tmp_path.rglob("cfg.json")) and not list(tmp_path.rglob("sae_weights.safetensors"))
+    # The run folder keeps its logs under a note saying it failed, or is gone when it held nothing else.
+    run = tmp_path / "sae_demo" / "v0"
+    assert not run.exists() or "NonFiniteActivationError" in (run / "FAILED.md").read_text(), \
+        sorted(p.name for p in run.rglob("*"))
+
+
+def test_a_fit_that_fails_before_logging_leaves_no_run_folder(tmp_path):
+    """Refused at setup (batch larger than the store): the run folder held only an empty event file, so it goes,
+    and no empty `sae_demo/v0` suggests a run happened."""
+    result = run_emoctl("fit", "--config", str(RECIPES / "sae_demo.yaml"), f"--trainer.default_root_dir={tmp_path}",
+                        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.version=v0",
+                        f"--data.init_args.path={tmp_path / 'store'}", "--data.init_args.build.init_args.n_utterances=20",
+                        "--data.init_args.batch_size=100000")
+    assert result.returncode != 0 and "fewer than data.batch_size=100000" in " ".join(result.stderr.split())
+    assert (tmp_path / "store" / "manifest.json").is_file()  # the store it built is kept (it is complete)
+    assert not (tmp_path / "sae_demo").exists(), sorted(str(p) for p in tmp_path.rglob("*") if "store" not in str(p))
 
 
 def test_selection_on_a_nan_store_is_refused(nan_store, tmp_path):

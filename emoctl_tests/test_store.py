@@ -535,6 +535,39 @@ def test_synthetic_store_rows_are_sparse_positive_combinations_of_its_dictionary
     assert not np.array_equal(other, dictionary)
 
 
+def test_a_killed_synthetic_build_is_rebuilt_and_readers_refuse_an_unfinished_store(tmp_path):
+    """A build killed after its first shards leaves a manifest and committed rows, so it looks like a store:
+    readers refuse it by its missing finish mark, and a rerun rebuilds it to the same rows as a clean build."""
+    from data_modules.activation_store import ActivationStoreDataModule
+
+    kw = dict(d_model=8, n_atoms=16, k_active=2, n_utterances=40, rows_per_utterance=(3, 5), seed=1,
+              shard_rows=32, progress=False)
+    clean = write_sparse_dictionary_store(tmp_path / "clean", **kw)
+    assert ActivationStore(tmp_path / "clean").finished
+    spec = StoreSpec(d_model=8, dtype="float32", hookpoint="synthetic", backbone="synthetic-sparse-dictionary")
+    with ActivationWriter(tmp_path / "killed", spec, shard_rows=32, producer="synthetic") as writer:
+        for i in range(10):  # the part written before the kill
+            writer.append(UtteranceMeta(f"u{i}", f"t{i}", "s", "Neutral"), np.ones((4, 8), np.float32))
+    killed = ActivationStore(tmp_path / "killed")
+    assert killed.num_utterances == 10 and not killed.finished
+    killed.verify(progress=False)  # every checksum is fine: only the finish mark tells
+    data = ActivationStoreDataModule(str(tmp_path / "killed"), batch_size=4, verify=False)
+    with pytest.raises(StoreError, match="unfinished: its synthetic has not marked it complete .* 10 utterances"):
+        data.setup("fit")
+    with pytest.warns(UserWarning, match="unfinished synthetic store"):
+        again = write_sparse_dictionary_store(tmp_path / "killed", **kw)
+    np.testing.assert_array_equal(again, clean)
+    rebuilt, reference = ActivationStore(tmp_path / "killed"), ActivationStore(tmp_path / "clean")
+    assert rebuilt.finished and rebuilt.num_rows == reference.num_rows
+    np.testing.assert_array_equal(rebuilt.rows(np.arange(rebuilt.num_rows)).numpy(),
+                                  reference.rows(np.arange(reference.num_rows)).numpy())
+    with pytest.raises(StoreError, match="already holds a store"):  # a finished one is never overwritten
+        write_sparse_dictionary_store(tmp_path / "clean", **kw)
+    # Reopening for writing clears the mark: the producer is writing again.
+    ActivationWriter(tmp_path / "clean", ActivationStore(tmp_path / "clean").spec, producer="synthetic").close()
+    assert not ActivationStore(tmp_path / "clean").finished
+
+
 def test_bench_loader_delivers_every_batch_and_prints_its_table(capsys):
     """The loader benchmark times real batches of the training split (rows per batch x batches) against a copy of
     every row of the store, and refuses sizes that leave nothing to time."""

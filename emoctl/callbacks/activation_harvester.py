@@ -17,6 +17,7 @@ from emoctl.errors import ConfigError
 from emoctl.harvest.recorder import parse_phases
 from emoctl.harvest.session import HarvestSession
 from emoctl.store import consolidate_store
+from emoctl.store.manifest import mark_finished
 
 
 class ActivationHarvester(pl.Callback):
@@ -84,6 +85,8 @@ class ActivationHarvester(pl.Callback):
         trainer.strategy.barrier("activation_harvester")  # every rank's shards are committed
         if trainer.is_global_zero:
             consolidate_store(self.path)
+            if trainer.limit_predict_batches in (None, 1.0):  # every prompt of the grid went through
+                mark_finished(self.path)
         rank_zero_info(f"Harvest (rank {trainer.global_rank}): {session.summary()}")
         if session.truncated:
             rank_zero_warn(f"{session.truncated} utterances hit max_new_tokens before STOP; raise "

@@ -44,7 +44,8 @@ class HarvestSession:
                          layer=hookpoint_layer(hookpoint), backbone=backbone.backbone_id,
                          extra={"harvest": self.settings})
         self._check_resumable()
-        self.writer = ActivationWriter(self.path, spec, rank=rank, shard_rows=shard_rows, consolidate=False)
+        self.writer = ActivationWriter(self.path, spec, rank=rank, shard_rows=shard_rows, consolidate=False,
+                                       producer="harvest")
         self.committed = self.writer.committed_utt_ids
         self.written = self.rows = self.empty = self.truncated = 0
 

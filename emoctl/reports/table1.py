@@ -224,6 +224,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     feature_sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in emotions}
     check_selected_with(feature_sets, sae, selection)
     activations = ActivationStore(store)
+    activations.require_finished("estimate the global steering direction from")
     activations.verify(progress=progress)  # the global baseline's means come from every row of it
     means = mean_difference_directions(activations, NEUTRAL, emotions, progress=progress)
     seed, sampling = protocol.seed, protocol.sampling

@@ -88,6 +88,7 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available here; use device=cpu.")
     activation_store = ActivationStore(store)
+    activation_store.require_finished("select features from")
     if verify:
         activation_store.verify(progress=progress)
     model = load_pretrained(sae)

@@ -21,6 +21,7 @@ def store_info(path: str, as_json: bool = False) -> dict:
     info = {
         "path": str(store.path), "hookpoint": store.spec.hookpoint, "layer": store.spec.layer,
         "backbone": store.spec.backbone, "d_model": store.d_model, "dtype": store.dtype,
+        "finished": store.finished if store.manifest.get("producer") else "not recorded (no named producer)",
         "rows": store.num_rows, "utterances": store.num_utterances, "shards": len(store.shards),
         "ranks": sorted({s.rank for s in store.shards}),
         "bytes_on_disk": sum((store.path / s.path).stat().st_size for s in store.shards),

@@ -79,8 +79,9 @@ class ShardRecord:
             ) from err
 
 
-def new_manifest(spec: StoreSpec) -> dict[str, Any]:
-    """The manifest of a store with no shards yet."""
+def new_manifest(spec: StoreSpec, producer: str | None = None) -> dict[str, Any]:
+    """The manifest of a store with no shards yet; a named ``producer`` (harvest, synthetic) marks the store
+    finished when it has written everything (:func:`mark_finished`), and readers refuse it until then."""
     return {
         "format_version": FORMAT_VERSION,
         **spec.attributes(),
@@ -95,7 +96,21 @@ def new_manifest(spec: StoreSpec) -> dict[str, Any]:
         "num_utterances": 0,
         "shards": [],
         "utterances": None,
+        **({"producer": {"name": producer, "finished": None}} if producer else {}),
     }
+
+
+def mark_finished(root: Path, finished: bool = True) -> None:
+    """Record that the store's producer wrote everything it meant to (or, ``finished=False``, that it is
+    writing again); a store without a named producer is left as it is."""
+    manifest = read_manifest(root)
+    producer = manifest.get("producer")
+    if not producer:
+        return
+    producer["finished"] = ({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             "num_rows": manifest.get("num_rows"), "num_utterances": manifest.get("num_utterances")}
+                            if finished else None)
+    write_manifest(root, manifest)
 
 
 def _user() -> str:

@@ -88,6 +88,24 @@ class ActivationStore:
         return int(self.shard_starts[-1])
 
     @property
+    def finished(self) -> bool:
+        """False while the job that fills the store (a harvest, a synthetic build) has not marked it finished:
+        it was killed or is still running. Stores written without a named producer count as finished."""
+        producer = self.manifest.get("producer")
+        return not producer or producer.get("finished") is not None
+
+    def require_finished(self, purpose: str) -> None:
+        """Refuse to ``purpose`` on a store its producer never finished (it looks whole but lacks utterances)."""
+        if self.finished:
+            return
+        name = self.manifest["producer"].get("name", "producer")
+        raise StoreError(
+            f"the store at {self.path} is unfinished: its {name} has not marked it complete (it was killed, or is "
+            f"still running; {self.num_utterances} utterances so far), so it cannot be used to {purpose}. Rerun the "
+            f"same {name} command: it resumes from the committed utterances and marks the store finished."
+        )
+
+    @property
     def num_utterances(self) -> int:
         return sum(s.num_utterances for s in self.shards)
 

@@ -9,13 +9,15 @@ code run unchanged; the labels carry no signal.
 """
 from __future__ import annotations
 
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from emoctl.errors import ConfigError, StoreError
-from emoctl.store.manifest import MANIFEST_NAME
+from emoctl.store.manifest import MANIFEST_NAME, mark_finished, read_manifest
 from emoctl.store.spec import StoreSpec, UtteranceMeta
 from emoctl.store.writer import ActivationWriter
 
@@ -52,7 +54,13 @@ def write_sparse_dictionary_store(
         )
     root = Path(path)
     if (root / MANIFEST_NAME).exists():
-        raise StoreError(f"{root} already holds a store; give the synthetic store a new directory or delete it.")
+        existing = read_manifest(root)
+        if (existing.get("producer") or {}).get("name") != "synthetic" or existing["producer"].get("finished"):
+            raise StoreError(f"{root} already holds a store; give the synthetic store a new directory or delete it.")
+        # A synthetic build killed part-way: its rows are a function of the seed, so it starts again.
+        warnings.warn(f"{root} holds an unfinished synthetic store (a killed build); rebuilding it from the seed.",
+                      stacklevel=2)
+        shutil.rmtree(root)
     rng = np.random.default_rng(seed)
     dictionary = rng.standard_normal((n_atoms, d_model))
     dictionary = (dictionary / np.linalg.norm(dictionary, axis=1, keepdims=True)).astype(np.float32)
@@ -61,7 +69,7 @@ def write_sparse_dictionary_store(
     spec = StoreSpec(d_model=d_model, dtype=dtype, hookpoint="synthetic", layer=None,
                      backbone="synthetic-sparse-dictionary", extra={"synthetic": settings})
     starts = np.concatenate([[0], np.cumsum(lengths)])  # (n_utterances + 1,) first row of each utterance
-    with ActivationWriter(root, spec, shard_rows=shard_rows) as writer, \
+    with ActivationWriter(root, spec, shard_rows=shard_rows, producer="synthetic") as writer, \
             tqdm(total=n_utterances, disable=not progress, desc="synthetic store", unit="utt") as bar:
         first = 0
         while first < n_utterances:  # draw the rows of whole utterances ~64k rows at a time
@@ -73,6 +81,7 @@ def write_sparse_dictionary_store(
             bar.update(last - first)
             first = last
     np.save(root / DICTIONARY_NAME, dictionary)
+    mark_finished(root)  # last: a store without the mark is a killed build
     return dictionary
 
 

@@ -39,8 +39,8 @@ from emoctl.numerics import all_finite
 from emoctl.store.consolidate import consolidate_store
 from emoctl.store.fsio import create_once, fsync_dir, remove_dead_temps, write_durably
 from emoctl.store.manifest import (
-    MANIFEST_NAME, SHARD_DIR, UTTERANCES_NAME, ShardRecord, committed_shards, index_path, new_manifest, read_manifest,
-    read_rank_index, shard_stem, write_rank_index,
+    MANIFEST_NAME, SHARD_DIR, UTTERANCES_NAME, ShardRecord, committed_shards, index_path, mark_finished, new_manifest,
+    read_manifest, read_rank_index, shard_stem, write_rank_index,
 )
 from emoctl.store.npy_stream import StreamingNpyWriter
 from emoctl.store.spec import StoreSpec, UtteranceMeta, torch_to_bits
@@ -93,6 +93,7 @@ class ActivationWriter:
         shard_rows: int = 1 << 18,
         max_pending: int = 64,
         consolidate: bool | None = None,
+        producer: str | None = None,
     ) -> None:
         """
         Args:
@@ -104,6 +105,9 @@ class ActivationWriter:
             max_pending: Utterances queued for the writer thread before ``append`` blocks (bounds memory).
             consolidate: Refresh manifest.json and utterances.parquet on close; default: only rank 0.
                 With several ranks, call ``consolidate_store`` once after all have closed.
+            producer: Name of the job that fills the store (``harvest``, ``synthetic``) when it will call
+                :func:`~emoctl.store.manifest.mark_finished` at its end: readers then refuse the store until it
+                has (a killed job leaves a store that looks whole but is not). Reopening clears the mark.
         """
         if not isinstance(rank, int) or rank < 0:
             raise ConfigError(f"ActivationWriter rank must be a non-negative integer, got {rank!r}.")
@@ -114,6 +118,7 @@ class ActivationWriter:
         self.rank = rank
         self.shard_rows = shard_rows
         self.consolidate = rank == 0 if consolidate is None else consolidate
+        self.producer = producer
         (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         self._lock_file = self._lock_rank()
         try:
@@ -156,8 +161,10 @@ class ActivationWriter:
     def _create_or_check_manifest(self) -> None:
         manifest_path = self.path / MANIFEST_NAME
         if not manifest_path.exists():
-            create_once(manifest_path, json.dumps(new_manifest(self.spec), indent=1).encode())
+            create_once(manifest_path, json.dumps(new_manifest(self.spec, self.producer), indent=1).encode())
         stored = read_manifest(self.path)
+        if (stored.get("producer") or {}).get("finished") and self.producer:
+            mark_finished(self.path, False)  # the producer writes again: unfinished until it says otherwise
         wanted = self.spec.attributes()
         differ = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
         if differ:
