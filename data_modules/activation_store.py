@@ -111,7 +111,20 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         rank, world = self._rank_and_world()
         sampler = ShuffledBatchSampler(self.train_rows, self.batch_size, seed=self.seed, rank=rank,
                                        world_size=world, window_rows=self.window_rows, drop_last=True)
+        done = self._batches_done_this_epoch()
+        if done:  # resumed mid-epoch: Lightning restarts the loader at its first batch; continue where it was
+            sampler.resume_after(done)
         return self._loader(sampler)
+
+    def _batches_done_this_epoch(self) -> int:
+        """Training batches the fit loop completed in its current epoch before a checkpoint it resumes from
+        (0 for a fresh run or when resuming at an epoch's end)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting:
+            return 0
+        # processed, not completed: a checkpoint written in on_train_batch_end (ModelCheckpoint) has processed
+        # and stepped on the batch before Lightning counts it completed.
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 import numpy as np
 import pytest
 import torch
@@ -135,6 +136,32 @@ def test_resume_continues_dead_latent_counters_and_b_pre(tmp_path):
     assert second.global_step == 20
     assert torch.equal(capture.at_start, counters)
     assert torch.equal(capture.b_pre_at_start, saved["sae.b_dec"])  # not re-initialized from the data
+
+
+class _RecordRows(pl.Callback):
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append(batch.detach().clone())
+
+
+def test_a_run_resumed_mid_epoch_sees_the_rows_an_uninterrupted_one_would(tmp_path):
+    """Lightning restarts a loader at its first batch on resume; the data module continues the epoch instead,
+    so the resumed steps train on exactly the uninterrupted run's batches (no repeats, none skipped)."""
+    whole = _RecordRows()
+    _small_run(tmp_path / "whole", max_steps=10, callbacks=[whole])
+    first = _RecordRows()  # a run killed after step 7 that checkpointed at step 5 (during training, as runs do)
+    saver = ModelCheckpoint(dirpath=tmp_path / "parts" / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    interrupted = _small_run(tmp_path / "parts", max_steps=7, callbacks=[first, saver])
+    assert interrupted.num_training_batches > 10  # the cut falls inside the first epoch
+    rest = _RecordRows()
+    _small_run(tmp_path / "parts", max_steps=10, callbacks=[rest],
+               ckpt_path=tmp_path / "parts" / "ckpt" / "epoch=0-step=5.ckpt")
+    first.batches = first.batches[:5]
+    assert len(rest.batches) == 5
+    for step, (want, got) in enumerate(zip(whole.batches, first.batches + rest.batches), 1):
+        assert torch.equal(want, got), f"step {step} trained on other rows"
 
 
 def test_resume_refuses_a_missing_or_unreadable_checkpoint_and_a_recipe_that_disagrees_with_it(tmp_path):

@@ -67,6 +67,13 @@ class ShuffledBatchSampler:
         """Lightning calls this at each epoch start; the order depends on (seed, epoch)."""
         self.epoch = epoch
 
+    def resume_after(self, batches: int) -> None:
+        """Make the next pass start after its first ``batches`` batches: a run resumed mid-epoch then sees the
+        rows an uninterrupted one would (the same order, nothing repeated); later passes start at 0."""
+        if batches < 0:
+            raise ConfigError(f"resume_after needs batches >= 0, got {batches}.")
+        self._skip = batches
+
     @property
     def _rows_per_step(self) -> int:
         return self.batch_size * self.world_size
@@ -93,6 +100,12 @@ class ShuffledBatchSampler:
             yield positions[rng.permutation(len(positions))]
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        skip, self._skip = getattr(self, "_skip", 0), 0
+        for i, batch in enumerate(self._batches()):
+            if i >= skip:
+                yield batch
+
+    def _batches(self) -> Iterator[np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
         step = self._rows_per_step
         full_steps = len(self.rows) // step
