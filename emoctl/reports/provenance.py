@@ -107,14 +107,17 @@ def package_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def _emoctl_commit() -> str | None:
-    """The git commit of an emoctl checkout (``+dirty`` when its tracked files differ); None outside git."""
+    """The git commit of an emoctl checkout (``+dirty`` when its tracked code or recipes differ); None outside
+    git. Read when this module is imported, i.e. when the command starts: the code that ran, not the checkout
+    at the report's end."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "emoctl", "data_modules", "recipes", "pyproject.toml"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -321,3 +324,6 @@ def write_report_info(path: Path, info: Mapping[str, Any], record: Mapping[str, 
     body = {**info, "provenance": dict(record),
             "outputs": {p.name: digest_path(p) for p in outputs}}
     atomic_write_bytes(path, (json.dumps(body, indent=1, default=str) + "\n").encode())
+
+
+_emoctl_commit()  # at start-up (see its docstring)

@@ -27,6 +27,7 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.protocol import EvaluationProtocol, clones_voices
 from emoctl.probes import AcousticProfile, compare_profiles, measure
 from emoctl.probes.paired import PROBE_LABELS, format_p
+from emoctl.reports.provenance import collect, stamp, write_report_info
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import FeatureSet, check_selected_with
 from emoctl.selection.select import feature_set_path
@@ -138,8 +139,6 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
     bar.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from emoctl.reports.provenance import collect, stamp, write_report_info
-
     record = collect(backbone=model, paths={"sae": sae, "feature_sets": [feature_set_path(selection, e) for e in sets]},
                      corpus=corpus_root, seeds={"sampling": seed, "bootstrap": seed},
                      protocol={"texts": texts, "speakers": speakers, "prompt_emotion": prompt_emotion, "m": m,
