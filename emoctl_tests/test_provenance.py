@@ -111,3 +111,31 @@ def test_diff_records_ignores_paths_but_not_digests():
 def test_collect_refuses_a_missing_input(tmp_path):
     with pytest.raises(ConfigError, match="missing"):
         collect(paths={"sae": tmp_path / "missing"})
+
+
+def test_readme_tables_are_the_committed_reports_tables(tmp_path):
+    """Every quoted table in README equals its report's; a changed cell, a wrong table number or an unclosed
+    marker is named with its README line."""
+    from conftest import REPO
+    from emoctl.reports.readme_tables import check_readme, quoted_tables, sync_readme
+
+    readme = REPO / "README.md"
+    blocks = quoted_tables(readme.read_text())
+    assert len(blocks) >= 10 and {b.report for b in blocks} >= {"reports/table1.md", "reports/table1_emoshift.md",
+                                                                 "reports/attribution/attribution.md"}
+    assert check_readme(readme) == []
+
+    copy = tmp_path / "README.md"
+    shutil.copytree(REPO / "reports", tmp_path / "reports", ignore=shutil.ignore_patterns("tensorboard"))
+    text = readme.read_text()
+    block = next(b for b in blocks if b.report == "reports/table1.md")
+    row = block.lines[2]
+    edited = row[:-2] + "X |"  # one cell changed
+    copy.write_text(text.replace(row, edited, 1))
+    problems = check_readme(copy)
+    assert len(problems) == 1 and "reports/table1.md" in problems[0] and edited in problems[0]
+    assert sync_readme(copy) == 1 and check_readme(copy) == []  # rewritten from the report
+    copy.write_text(text.replace(f"<!-- table: {block.report} #{block.index} -->",
+                                 f"<!-- table: {block.report} #9 -->", 1))
+    with pytest.raises(ConfigError, match=r"quotes table #9 of reports/table1.md, which has \d+ table"):
+        check_readme(copy)
