@@ -8,6 +8,7 @@ training process (:class:`~emoctl.store.prefetch.ThreadPrefetcher`) or by DataLo
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -114,6 +115,9 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         done = self._batches_done_this_epoch()
         if done:  # resumed mid-epoch: Lightning restarts the loader at its first batch; continue where it was
             sampler.resume_after(done)
+            # Lightning then warns that the loader is not resumable and rows may repeat; here they do not.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the "
+                                    "epoch ended")
         return self._loader(sampler)
 
     def _batches_done_this_epoch(self) -> int:

@@ -18,6 +18,7 @@ from emoctl.backbones.hooks import Phase
 from emoctl.harvest.module import HarvestModule
 from emoctl.harvest.session import HarvestSession
 from emoctl.store import consolidate_store
+from emoctl.store.manifest import mark_finished
 
 
 def harvest_into(path: str | Path, module: HarvestModule, datamodule, hookpoint: str,
@@ -41,4 +42,5 @@ def harvest_into(path: str | Path, module: HarvestModule, datamodule, hookpoint:
         raise
     session.close()
     consolidate_store(path)
+    mark_finished(Path(path))  # every pending batch went through: readers may use the store
     return session

@@ -40,15 +40,6 @@ class ThreadPrefetcher:
         self.depth = depth
         self.pin_memory = pin_memory
 
-    def state_dict(self) -> dict:
-        """Lightning treats a loader with state_dict/load_state_dict as resumable (and stops warning that a
-        mid-epoch resume repeats rows). The position needs no state of its own: the data module reads the fit
-        loop's restored progress and starts the sampler after the batches already trained on."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Nothing to restore here (see :meth:`state_dict`)."""
-
     def __len__(self) -> int:
         return len(self.sampler)  # type: ignore[arg-type]
 

@@ -62,6 +62,7 @@ class ShuffledBatchSampler:
         self.blocks_per_window = max(1, window_rows // self.block_rows)
         self.drop_last = drop_last
         self.epoch = 0
+        self._skip = 0  # batches the next pass leaves out (resume_after)
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at each epoch start; the order depends on (seed, epoch)."""
@@ -100,7 +101,7 @@ class ShuffledBatchSampler:
             yield positions[rng.permutation(len(positions))]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        skip, self._skip = getattr(self, "_skip", 0), 0
+        skip, self._skip = self._skip, 0
         for i, batch in enumerate(self._batches()):
             if i >= skip:
                 yield batch
