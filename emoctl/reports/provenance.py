@@ -107,7 +107,8 @@ def package_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def _emoctl_commit() -> str | None:
-    """The git commit of an emoctl checkout (``+dirty`` when its tracked code or recipes differ); None outside
+    """The git commit of an emoctl checkout (``+dirty`` when its tracked code or recipes differ; committed models
+    under emoctl/assets are named by their own digests); None outside
     git. Read when this module is imported, i.e. when the command starts: the code that ran, not the checkout
     at the report's end."""
     root = Path(__file__).resolve().parents[2]
@@ -117,7 +118,7 @@ def _emoctl_commit() -> str | None:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                "emoctl", "data_modules", "recipes", "pyproject.toml"],
+                                "emoctl", "data_modules", "recipes", "pyproject.toml", ":(exclude)emoctl/assets"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
