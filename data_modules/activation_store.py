@@ -121,7 +121,7 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         return self._loader(sampler)
 
     def _batches_done_this_epoch(self) -> int:
-        """Training batches the fit loop completed in its current epoch before a checkpoint it resumes from
+        """Training batches the fit loop processed in its current epoch before the checkpoint it resumes from
         (0 for a fresh run or when resuming at an epoch's end)."""
         trainer = self.trainer
         if trainer is None or not trainer.fit_loop.restarting:
