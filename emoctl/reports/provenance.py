@@ -255,9 +255,10 @@ def diff_records(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 def diff_reports(a: str, b: str) -> int:
     """Print which inputs of two report folders (or two ``_info.json`` files) differ; 0 if none, 1 otherwise."""
-    files_a, files_b = info_files(Path(a)), info_files(Path(b))
-    if Path(a).is_file() and Path(b).is_file():
+    if Path(a).is_file() and Path(b).is_file():  # two records: compare them whatever their names
         files_a, files_b = {"report": Path(a)}, {"report": Path(b)}
+    else:
+        files_a, files_b = info_files(Path(a)), info_files(Path(b))
     if not files_a and not files_b:
         raise ConfigError(f"neither {a} nor {b} holds a report record (*_info.json); reports written by emoctl "
                           "record what made them there.")
