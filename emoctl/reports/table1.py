@@ -43,6 +43,7 @@ from emoctl.backbones.conditions import Voice, VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.alpha import choose_alpha
+from emoctl.evaluation.paired import paired_comparisons, paired_markdown
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorers, measure_clips, score_clips
 from emoctl.evaluation.steered import synthesize_steered
@@ -78,17 +79,41 @@ class Cell:
         return 1.0 if self.direction == "induction" else -1.0
 
 
-class SteeringMethods:
-    """Builds each method's interventions for an emotion from one SAE, its feature sets and the store's means."""
+def variant_method(score: str) -> str:
+    """Method name of SAE-Emotion steering with the features another selection score chose."""
+    return f"sae_emotion:{score}"
 
-    def __init__(self, sae, feature_sets: dict, mean_differences: dict, seed: int = 0) -> None:
+
+def method_label(method: str) -> str:
+    """A method's column title: ``sae_emotion:rate`` is "SAE-Emotion (rate)"."""
+    base, _, score = method.partition(":")
+    return f"{METHOD_LABELS.get(base, base)} ({score})" if score else METHOD_LABELS.get(method, method)
+
+
+class SteeringMethods:
+    """Builds each method's interventions for an emotion from one SAE, its feature sets and the store's means.
+
+    ``variants`` holds further feature sets of the same SAE (selected by another score, keyed by it); each is the
+    method ``sae_emotion:<score>``, steered exactly like SAE-Emotion. Global and Random steering stay matched to
+    the main feature sets.
+    """
+
+    def __init__(self, sae, feature_sets: dict, mean_differences: dict, seed: int = 0,
+                 variants: dict[str, dict] | None = None) -> None:
         self.sae, self.feature_sets, self.mean_differences, self.seed = sae, feature_sets, mean_differences, seed
+        self.variants = dict(variants or {})
 
     def interventions(self, method: str, emotion: str, alpha: float) -> list:
         from emoctl.steering import SAEFeatureSteering, global_steering, random_feature_steering
 
         if method == "unsteered" or alpha == 0:
             return []
+        base, _, score = method.partition(":")
+        if base == "sae_emotion" and score:
+            if score not in self.variants:
+                raise ConfigError(f"method {method!r} has no feature sets; selections are "
+                                  f"{', '.join(self.variants) or 'none'}.")
+            return [SAEFeatureSteering(self.sae, self.variants[score][emotion].feature_ids, alpha)]
         features = self.feature_sets[emotion].feature_ids
         if method == "sae_emotion":
             return [SAEFeatureSteering(self.sae, features, alpha)]
@@ -126,7 +151,7 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
         prompts = _cell_prompts(backbone, cell, texts, speakers, tag, voice)
         alpha = cell.sign * alphas.get(method, 0.0)
         key = None
-        if method in METHODS:
+        if method in METHODS or method.startswith("sae_emotion:"):
             interventions = methods.interventions(method, cell.emotion, alpha)
             steering = partial(_steer_all, backbone, interventions)
             key = None if interventions else tuple((p.text, p.speaker, p.emotion_key) for p in prompts)
@@ -169,7 +194,8 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
            corpus_root: str = "runs/corpus/esd_espeak", out_dir: str = "reports", emotions: list[str] | None = None,
            protocol: EvaluationProtocol = EvaluationProtocol(), sweep_alphas: dict[str, list[float]] | None = None,
            sweep_texts: int = 2, max_wer_increase: float = 0.15, emoshift: str | None = None,
-           recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
+           recognizer: str = "mini", recognizer_dir: str | None = None, selections: dict[str, str] | None = None,
+           n_bootstrap: int = 2000, progress: bool = True) -> list[dict]:
     """Run the SAE seed's Table 1 protocol and write table1.md / .csv, the α sweep CSV and figure.
 
     Args:
@@ -189,6 +215,10 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
         emoshift: Optional folder of a trained EmoShift layer, added as a method (induction only).
         recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
         recognizer_dir: Recognizer folder; None for the embedded default.
+        selections: Further feature-set folders of the same SAE, keyed by the score that selected them
+            (``{"rate": ..., "mass": ...}`` from ``emoctl select --score``): each becomes the method
+            ``sae_emotion:<score>``, swept and run like SAE-Emotion, and the report compares the scores.
+        n_bootstrap: Resamples of the paired bootstrap behind the Emo-SIM comparisons between methods.
         progress: Show progress bars.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
@@ -204,6 +234,13 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     if protocol.split != "test":
         raise ConfigError(f"Table 1 reports on test sentences and sweeps α on evaluation sentences; "
                           f"protocol.split={protocol.split!r} must be 'test'.")
+    selections = dict(selections or {})
+    if n_bootstrap < 1:
+        raise ConfigError(f"n_bootstrap={n_bootstrap} must be >= 1 (resamples of the paired Emo-SIM bootstrap).")
+    bad = {score: folder for score, folder in selections.items() if not score or ":" in score or "@" in score}
+    if bad:
+        raise ConfigError(f"selections keys name the score that selected a feature-set folder (e.g. rate, mass); "
+                          f"{sorted(bad)} cannot be a method suffix (empty, ':' or '@').")
     if sweep_texts < 1:
         raise ConfigError(f"sweep_texts={sweep_texts} must be >= 1 (evaluation sentences per α-sweep cell).")
     unknown = sorted(set(sweep_alphas or {}) - set(DEFAULT_SWEEP))
@@ -223,18 +260,19 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
         raise ConfigError(f"no feature sets in {selection} (features_<emotion>.json); run `emoctl select` first.")
     feature_sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in emotions}
     check_selected_with(feature_sets, sae, selection)
+    variants = {score: _load_variant(folder, emotions, sae) for score, folder in selections.items()}
     activations = ActivationStore(store)
     activations.require_finished("estimate the global steering direction from")
     activations.verify(progress=progress)  # the global baseline's means come from every row of it
     means = mean_difference_directions(activations, NEUTRAL, emotions, progress=progress)
     seed, sampling = protocol.seed, protocol.sampling
-    methods = SteeringMethods(sae_model, feature_sets, means, seed=seed)
+    methods = SteeringMethods(sae_model, feature_sets, means, seed=seed, variants=variants)
     speakers, voice = protocol.voices(tts, root), protocol.voice_for(tts, root)
     scorers = Scorers.load(recognizer, recognizer_dir)
     refs = References(root, record["sentences"], speakers, scorers, used=test_sentences + evaluation_sentences,
                       reference_clips=protocol.reference_clips)
     extra = None
-    method_names = list(METHODS)
+    method_names = list(METHODS) + [variant_method(score) for score in variants]
     if emoshift is not None:
         extra = _emoshift_method(tts, emoshift)
         method_names.append("emoshift")
@@ -246,7 +284,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     sweep_rows += run_cells(tts, methods, ["unsteered"], sweep_cells, evaluation_sentences,
                             speakers, {}, sweep_scorers, refs, seed, sampling, "sweep", progress=progress, voice=voice)
     for method in method_names[1:]:
-        for alpha in sweep_alphas[method]:
+        for alpha in sweep_alphas[method.partition(":")[0]]:
             rows = run_cells(tts, methods, [method], sweep_cells, evaluation_sentences, speakers,
                              {method: alpha}, sweep_scorers, refs, seed, sampling, "sweep", extra, progress=progress,
                              voice=voice)
@@ -266,19 +304,97 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
                           progress=progress, voice=voice)
     metrics = ["emo_sim_matched", "emo_sim_prototype", "ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl"]
     summary = summarize(rows, metrics)
+    paired = paired_comparisons(rows, method_comparisons(method_names), n_bootstrap=n_bootstrap, seed=seed)
     info = {"backbone": tts.backbone_id, "sae": sae, "hookpoint": sae_model.cfg.hook_name,
             "recognizer": getattr(scorers.recognizer, "name", recognizer), "speakers": speakers,
             "n_texts": len(test_sentences), "alphas": alphas, "seed": seed, "protocol": protocol.describe(),
             "sweep_alphas": sweep_alphas, "max_wer_increase": max_wer_increase,
             "features": {e: fs.feature_ids for e, fs in feature_sets.items()},
+            "selection_score": _score_of(feature_sets),
+            "selections": {score: {"path": folder, "features": {e: fs.feature_ids for e, fs in variants[score].items()}}
+                           for score, folder in selections.items()},
             "phases": method_phases(methods, emotions[0], method_names)}
-    record = collect(backbone=tts, paths={"sae": sae, "feature_sets": [feature_set_path(selection, e) for e in emotions],
-                                          "layer": emoshift}, stores={"store": store}, corpus=root,
+    paths = {"sae": sae, "feature_sets": [feature_set_path(selection, e) for e in emotions], "layer": emoshift,
+             **{f"feature_sets_{score}": [feature_set_path(folder, e) for e in emotions]
+                for score, folder in selections.items()}}
+    record = collect(backbone=tts, paths=paths, stores={"store": store}, corpus=root,
                      recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed, "random_features": seed},
                      protocol={**protocol.describe(), "sweep_alphas": sweep_alphas, "sweep_texts": sweep_texts,
-                               "max_wer_increase": max_wer_increase, "emotions": emotions})
-    _write_table1(Path(out_dir), summary, rows, sweep_rows, info, method_names, record)
+                               "max_wer_increase": max_wer_increase, "emotions": emotions,
+                               "n_bootstrap": n_bootstrap})
+    sections = selection_scores_markdown(summary, {_score_of(feature_sets): feature_sets, **variants}, alphas,
+                                         main=_score_of(feature_sets)) if variants else []
+    _write_table1(Path(out_dir), summary, rows, sweep_rows, info, method_names, record, paired, sections)
     return summary
+
+
+def _load_variant(folder: str, emotions: list[str], sae: str) -> dict:
+    """One further selection's feature sets, every emotion present and selected on this SAE."""
+    from emoctl.selection.feature_set import FeatureSet, check_selected_with
+    from emoctl.selection.select import feature_set_path
+
+    missing = [e for e in emotions if not feature_set_path(folder, e).is_file()]
+    if missing:
+        raise ConfigError(f"selection folder {folder} has no feature set for {missing} "
+                          f"(features_<emotion>.json); run `emoctl select --out_dir {folder}` with the same SAE.")
+    sets = {e: FeatureSet.load(feature_set_path(folder, e)) for e in emotions}
+    check_selected_with(sets, sae, folder)
+    return sets
+
+
+def _score_of(feature_sets: dict) -> str:
+    """The selection score the feature sets record (files written before scores existed used any_step)."""
+    scores = {fs.selection.get("score", "any_step") for fs in feature_sets.values()}
+    if len(scores) != 1:
+        raise ConfigError(f"one selection folder mixes scores {sorted(scores)}; select every emotion with one score.")
+    return scores.pop()
+
+
+def method_comparisons(method_names: Sequence[str]) -> list[tuple[str, str]]:
+    """The method pairs Table 1 tests: SAE-Emotion, Global and Random against each other, SAE-Emotion against
+    unsteered, each further selection score and EmoShift against SAE-Emotion."""
+    pairs = [("sae_emotion", "global"), ("sae_emotion", "random_sae"), ("global", "random_sae"),
+             ("sae_emotion", "unsteered")]
+    pairs += [(m, "sae_emotion") for m in method_names if m.startswith("sae_emotion:") or m == "emoshift"]
+    return [(a, b) for a, b in pairs if a in method_names and b in method_names]
+
+
+def selection_scores_markdown(summary: list[dict], sets_by_score: dict[str, dict], alphas: dict[str, float],
+                              main: str) -> list[str]:
+    """The section comparing selection scores: overlap of their feature sets, held-out Δ, steering per score."""
+    scores = list(sets_by_score)
+    method = {score: "sae_emotion" if score == main else variant_method(score) for score in scores}
+    emotions = list(next(iter(sets_by_score.values())))
+    index = {(r["direction"], r["emotion"], r["method"]): r for r in summary}
+    lines = ["## Selection scores", "",
+             f"SAE-Emotion steering with the latents each selection score chose (`{main}` is the main SAE-Emotion "
+             "column). Overlap: latents two scores' top-m share. Held-out Δ: mean over the set's latents of its own "
+             "score's Δ on the half of the texts the selection did not see (selected-half Δ beside it; a drop is "
+             "the winner's curse). Max any-step Δ: the largest seed Δ in the set (the seed's paper reports Δ = 1 "
+             "for its top 6). Steering: SER accuracy with its α.", "",
+             "| emotion | " + " | ".join(f"{a} ∩ {b}" for i, a in enumerate(scores) for b in scores[i + 1:]) + " | "
+             + " | ".join(f"{s}: latents" for s in scores) + " |",
+             "|---|" + "---:|" * (len(scores) * (len(scores) - 1) // 2) + "---|" * len(scores)]
+    for e in emotions:
+        ids = {s: sets_by_score[s][e].feature_ids for s in scores}
+        overlap = [str(len(set(ids[a]) & set(ids[b]))) for i, a in enumerate(scores) for b in scores[i + 1:]]
+        lines.append(f"| {e} | " + " | ".join(overlap) + " | "
+                     + " | ".join(", ".join(map(str, ids[s])) for s in scores) + " |")
+    lines += ["", "| score | α | emotion | Δ selected half | Δ held out | max any-step Δ | induction SER | "
+              "suppression SER |", "|---|---:|---|---:|---:|---:|---|---|"]
+    for s in scores:
+        for e in emotions:
+            fs = sets_by_score[s][e]
+            held = fs.selection.get("held_out", {}).get("features", [])
+            sel = np.mean([f["delta_select"] for f in held]) if held else math.nan
+            out = np.mean([f["delta_held_out"] for f in held]) if held else math.nan
+            any_step = max((f.delta_any_step for f in fs.features if f.delta_any_step is not None), default=math.nan)
+            cells = [format_estimate(index[(d, e, method[s])], "ser_hit") if (d, e, method[s]) in index else "–"
+                     for d in ("induction", "suppression")]
+            lines.append(f"| {s} | {alphas.get(method[s], math.nan):g} | {e} | {sel:+.3f} | {out:+.3f} | "
+                         f"{any_step:.2f} | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    return lines
 
 
 def method_phases(methods: SteeringMethods, emotion: str, method_names: Sequence[str]) -> dict[str, list[str]]:
@@ -332,17 +448,17 @@ def table1_markdown(summary: list[dict], info: dict, method_names: Sequence[str]
         f"{info['n_texts']} held-out test sentences x speakers {', '.join(info['speakers'])} per cell, sampling "
         f"seed {info['seed']} shared by all methods of a cell. α per method (chosen on evaluation sentences, "
         f"WER increase ≤ {info['max_wer_increase']}): "
-        + ", ".join(f"{METHOD_LABELS.get(m, m)} {a:g}" for m, a in info["alphas"].items()) + ".",
+        + ", ".join(f"{method_label(m)} {a:g}" for m, a in info["alphas"].items()) + ".",
         "Induction: Neutral condition steered toward the emotion (target = emotion). Suppression: emotion "
         "condition steered away (target = Neutral). Emo-SIM: cosine of recognizer embeddings to the matched corpus "
         "recording (same text, speaker, target emotion). Values are means ± half the 95% t interval; SER accuracy "
         "shows its 95% Wilson interval.",
-        "Steered passes: " + "; ".join(f"{METHOD_LABELS.get(m, m)} {' + '.join(p)}"
+        "Steered passes: " + "; ".join(f"{method_label(m)} {' + '.join(p)}"
                                        for m, p in info.get("phases", {}).items())
         + " (the SAE-seed methods steer the decode steps their features were found in; EmoShift's layer also "
         "steers the prefill's last state, which predicts the first speech token).", ""]
     for metric, label in shown:
-        lines += [f"## {label}", "", "| direction | emotion | " + " | ".join(METHOD_LABELS.get(m, m)
+        lines += [f"## {label}", "", "| direction | emotion | " + " | ".join(method_label(m)
                                                                           for m in method_names) + " |",
                   "|---|---|" + "---|" * len(method_names)]
         for direction in ("induction", "suppression"):
@@ -373,7 +489,7 @@ def sweep_figure(sweep_rows: list[dict]):
         xs = sorted(points)
         for ax, metric in zip(axes, ("ser_hit", "wer")):
             ax.plot(xs, [np.mean([m.get(metric, np.nan) for m in points[x]]) for x in xs], marker="o",
-                    label=METHOD_LABELS.get(method, method))
+                    label=method_label(method))
     for ax, metric, label in zip(axes, ("ser_hit", "wer"), ("induction SER accuracy", "WER")):
         if base and metric in base[0]:
             ax.axhline(np.mean([b[metric] for b in base]), color="grey", ls="--", label="unsteered")
@@ -387,21 +503,25 @@ def sweep_figure(sweep_rows: list[dict]):
 
 
 def _write_table1(out: Path, summary: list[dict], rows: list[dict], sweep_rows: list[dict], info: dict,
-                  method_names: Sequence[str], record: dict) -> None:
+                  method_names: Sequence[str], record: dict, paired: list[dict], sections: list[str]) -> None:
     from emoctl.store.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    markdown = stamp(table1_markdown(summary, info, method_names), record, "table1_info.json")
+    body = "\n".join([table1_markdown(summary, info, method_names), *sections,
+                      *paired_markdown(paired, {m: method_label(m) for m in method_names})])
+    markdown = stamp(body, record, "table1_info.json")
     atomic_write_bytes(out / "table1.md", markdown.encode())
     atomic_write_bytes(out / "table1.csv", csv_bytes(summary))
     atomic_write_bytes(out / "table1_clips.csv", csv_bytes(rows))
+    atomic_write_bytes(out / "table1_paired.csv", csv_bytes(paired))
     atomic_write_bytes(out / "alpha_sweep.csv", csv_bytes(sweep_rows))
     figure = sweep_figure(sweep_rows)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(out / "alpha_sweep.png", buffer.getvalue())
     write_report_info(out / "table1_info.json", info, record,
-                      [out / name for name in ("table1.csv", "table1_clips.csv", "alpha_sweep.csv")])
+                      [out / name for name in ("table1.csv", "table1_clips.csv", "table1_paired.csv",
+                                               "alpha_sweep.csv")])
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(out / "tensorboard")) as writer:
@@ -413,5 +533,5 @@ def _write_table1(out: Path, summary: list[dict], rows: list[dict], sweep_rows: 
                     writer.add_scalar(f"table1/{record['direction']}/{record['emotion']}/{record['method']}/{metric}",
                                       record[metric], 0)
     print(markdown)
-    print(f"written to {out}/ (table1.md, table1.csv, table1_clips.csv, alpha_sweep.csv, alpha_sweep.png, "
-          f"tensorboard/)")
+    print(f"written to {out}/ (table1.md, table1.csv, table1_clips.csv, table1_paired.csv, alpha_sweep.csv, "
+          f"alpha_sweep.png, tensorboard/)")
