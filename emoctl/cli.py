@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from emoctl.errors import EmoctlError
+from emoctl.errors import EmoctlError, first_line
 
 TRAINER_COMMANDS: dict[str, str] = {
     "fit": "Train a model (an SAE, an EmoShift layer ...) from a recipe.",
@@ -57,6 +59,8 @@ class Tool:
 TOOLS: dict[str, dict[str, Tool]] = {
     "bench": {
         "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
+        "topk": Tool("emoctl.bench.topk:bench_topk", "Exact top-k of SAE pre-activations: torch.topk vs block "
+                     "maxima and a sampled threshold."),
         "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
         "harvest": Tool("emoctl.bench.harvest:bench_harvest",
                         "Generation with the harvester vs without (mini TTS), or the IndexTTS2 adapter vs upstream."),
@@ -132,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     try:
+        _check_config_files(rest)
         if command in TRAINER_COMMANDS:
             _run_lightning_cli(command, rest, from_argv=argv is None)
         elif command in TRAINER_ALIASES:
@@ -157,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as err:  # a library (jsonargparse building the recipe's classes) wrapped our own error
         cause = _emoctl_cause(err)
+        if cause is None and _is_lightning_misconfiguration(err):  # the Trainer refused a setting, in words
+            said = " ".join(str(err).split()).rstrip(".")
+            _print_error(command, f"Lightning refused the trainer settings: {said}. Fix that trainer key in the "
+                                  f"recipe or on the command line (`emoctl {command} --help` lists them).")
+            return 2
         if cause is None:
             raise
         _print_error(command, str(cause))
@@ -174,6 +184,13 @@ def _emoctl_cause(err: BaseException) -> EmoctlError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def _is_lightning_misconfiguration(err: BaseException) -> bool:
+    """Lightning's MisconfigurationException (accelerator="cuda" without a GPU, devices=0, max_steps=-5): its
+    message names the setting and the allowed values, so it is a user's input error, not a crash."""
+    fabric = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return fabric is not None and isinstance(err, fabric.MisconfigurationException)
 
 
 class _InputError(Exception):
@@ -199,14 +216,16 @@ def _overview() -> str:
 
 def _print_error(command: str, message: str) -> None:
     text = textwrap.fill(f"emoctl {command}: error: {_unwrap_worker_error(message)}", width=100,
-                         break_on_hyphens=False)
+                         break_on_hyphens=False, break_long_words=False)  # a long path stays whole, to copy
     print(text, file=sys.stderr)
 
 
 def _explain_os_error(err: OSError | UnicodeDecodeError) -> str:
     if isinstance(err, UnicodeDecodeError):
-        return (f"a file that should be UTF-8 text is not ({err.reason} at byte {err.start}); re-save it as UTF-8 "
-                "or check that the path names the file you meant.")
+        where = _file_being_read(err)
+        what = f"{where} is not UTF-8 text" if where else "a file that should be UTF-8 text is not"
+        return (f"{what} ({err.reason} at byte {err.start}); re-save it as UTF-8 or check that the path names the "
+                "file you meant.")
     where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f) or "a file"
     hints = {PermissionError: "check its permissions or choose another path",
              FileExistsError: "something is already there; move it or choose another path",
@@ -217,6 +236,49 @@ def _explain_os_error(err: OSError | UnicodeDecodeError) -> str:
     if hint is None and err.errno == 28:  # ENOSPC
         hint = "the disk is full; free space and rerun (long jobs resume)"
     return f"{err.strerror or err} ({type(err).__name__}): {where}; {hint or 'check the path and rerun'}."
+
+
+def _file_being_read(err: BaseException) -> str | None:
+    """The file a decoding error came from, which the error itself does not say: the innermost frame of its
+    traceback that holds a path (``Path.read_text``'s ``self``, a reader's ``path``) to an existing file."""
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for name in ("self", "path", "fpath", "filename", "file"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)) or type(value).__name__ == "Path":
+                candidate = str(value)
+                if len(candidate) < 4096 and os.path.isfile(candidate):
+                    return candidate
+    return None
+
+
+def _check_config_files(args: Sequence[str]) -> None:
+    """Read each ``--config`` file first, so a recipe that is not UTF-8, not YAML or not a mapping is named (the
+    parser reports only the problem, and with several recipes merged the user cannot tell which one)."""
+    import yaml
+
+    paths = [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue  # a folder, a missing file or inline YAML: the parser's own message names it
+        try:
+            content = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise _InputError(f"the recipe {path} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it "
+                              "as UTF-8.") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or first_line(err)
+            raise _InputError(f"the recipe {path} is not valid YAML ({problem}{at}); fix it there.") from None
+        if content is not None and not isinstance(content, dict):
+            raise _InputError(f"the recipe {path} holds a YAML {type(content).__name__}, not a mapping of keys "
+                              "(trainer:, model:, data: ...); see recipes/*.yaml for the layout.")
 
 
 def _unwrap_worker_error(message: str) -> str:

@@ -92,8 +92,11 @@ def test_induction_with_positive_alpha_raises_p_target(angry_runs):
 def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp_path):
     root, sae_dir, _ = trained
     out = tmp_path / "reports"
+    rate_sets = select_features(str(root / "store"), str(sae_dir), str(tmp_path / "select_rate"), score="rate",
+                                n_bootstrap=200, n_stability=20, progress=False)
     result = run_emoctl("report", "table1", "--sae", str(sae_dir), "--store", str(root / "store"),
                         "--selection", str(root / "select"), "--corpus_root", str(corpus_root),
+                        "--selections", json.dumps({"rate": str(tmp_path / "select_rate")}),
                         "--out_dir", str(out), "--emotions", '["Sad"]', "--protocol.speakers", '["0017"]',
                         "--protocol.n_texts", "2",
                         "--sweep_texts", "1",
@@ -101,20 +104,39 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
                         "--progress", "false", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "table1.md").read_text()
-    for label in ("Unsteered", "Random SAE", "Global steering", "SAE-Emotion", "Emo-SIM", "DNSMOS"):
+    for label in ("Unsteered", "Random SAE", "Global steering", "SAE-Emotion", "SAE-Emotion (rate)", "Emo-SIM",
+                  "DNSMOS", "## Selection scores", "## Paired comparisons"):
         assert label in table
     rows = (out / "table1.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 4  # header + (induction, suppression) x 4 methods
+    assert len(rows) == 1 + 2 * 5  # header + (induction, suppression) x 5 methods (the rate variant included)
     clips = (out / "table1_clips.csv").read_text().splitlines()
-    assert len(clips) == 1 + 2 * 4 * 2
+    assert len(clips) == 1 + 2 * 5 * 2
     assert (out / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
     info = json.loads((out / "table1_info.json").read_text())
-    assert info["alphas"] == {"random_sae": 8.0, "global": 8.0, "sae_emotion": 8.0}
+    assert info["alphas"] == {"random_sae": 8.0, "global": 8.0, "sae_emotion": 8.0, "sae_emotion:rate": 8.0}
+    assert info["selection_score"] == "any_step"
+    assert info["selections"]["rate"]["features"]["Sad"] == rate_sets["Sad"].feature_ids
+    # The selection-score section: overlap of the two sets, as the files say.
+    overlap = len(set(rate_sets["Sad"].feature_ids) & set(info["features"]["Sad"]))
+    assert f"| Sad | {overlap} | " in table
+    # Paired comparisons: one row per (direction, pair) on the 2 shared clips; Emo-SIM difference from the clips.
+    import csv
+
+    paired = list(csv.DictReader((out / "table1_paired.csv").open()))
+    pairs = {(r["direction"], r["method_a"], r["method_b"]) for r in paired}
+    assert ("induction", "sae_emotion", "global") in pairs and ("suppression", "sae_emotion:rate", "sae_emotion") in pairs
+    by_method = {}
+    for clip in csv.DictReader((out / "table1_clips.csv").open()):
+        by_method.setdefault((clip["direction"], clip["method"]), []).append(float(clip["emo_sim_matched"]))
+    row = next(r for r in paired if (r["direction"], r["method_a"], r["method_b"]) == ("induction", "sae_emotion", "global"))
+    assert int(row["n"]) == 2 and float(row["emo_sim_p"]) >= 0.5  # two clips: a sign-flip p cannot go below 0.5
+    assert float(row["emo_sim_diff"]) == pytest.approx(np.mean(by_method[("induction", "sae_emotion")])
+                                                       - np.mean(by_method[("induction", "global")]), abs=1e-9)
     # What made it: every input by content digest, under the title and in the record.
     from emoctl.reports.provenance import digest_path
 
     inputs = info["provenance"]["inputs"]
-    assert set(inputs) == {"backbone", "sae", "feature_sets", "store", "corpus", "recognizer"}
+    assert set(inputs) == {"backbone", "sae", "feature_sets", "feature_sets_rate", "store", "corpus", "recognizer"}
     assert inputs["sae"]["digest"] == digest_path(sae_dir)
     assert inputs["backbone"]["id"] == load_backbone("mini_tts").backbone_id
     from emoctl.metrics.ser_mini import DEFAULT_MINI_SER_DIR
@@ -122,4 +144,4 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
     assert inputs["recognizer"]["digest"] == digest_path(DEFAULT_MINI_SER_DIR)
     assert info["provenance"]["protocol"]["speakers"] == ["0017"] and info["provenance"]["seeds"]["sampling"] == 0
     assert table.splitlines()[2].startswith("*Made with* backbone `") and "table1_info.json" in table.splitlines()[2]
-    assert set(info["outputs"]) == {"table1.csv", "table1_clips.csv", "alpha_sweep.csv"}
+    assert set(info["outputs"]) == {"table1.csv", "table1_clips.csv", "table1_paired.csv", "alpha_sweep.csv"}

@@ -250,3 +250,15 @@ def test_rate_and_mass_scores_find_planted_latents_that_the_any_step_score_misse
         assert all(h["delta_held_out"] > 0.4 for h in held[:len(latents)]), held
     md = (tmp_path / "rate" / "selection.md").read_text(encoding="utf-8")
     assert "Wilcoxon signed-rank" in md and "Δ held out" in md and "stability" in md
+    # The CSVs carry the same numbers: stability per selected latent, the split-half Δ per half-selected latent.
+    import csv
+
+    summary = list(csv.DictReader((tmp_path / "rate" / "selection.csv").open()))
+    assert {float(r["stability"]) for r in summary if int(r["id"]) in PLANTED_RATES["Angry"]} == {1.0}
+    held_rows = list(csv.DictReader((tmp_path / "rate" / "selection_held_out.csv").open()))
+    angry = [r for r in held_rows if r["emotion"] == "Angry"]
+    expected = chosen["rate"]["Angry"].selection["held_out"]["features"]
+    assert [int(r["id"]) for r in angry] == [h["id"] for h in expected]
+    assert [float(r["delta_held_out"]) for r in angry] == pytest.approx([h["delta_held_out"] for h in expected])
+    assert {r["score"] for r in held_rows} == {"rate"}
+    assert [r["in_full_selection"] for r in angry[:2]] == ["True", "True"]

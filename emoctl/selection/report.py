@@ -45,10 +45,14 @@ SUMMARY_COLUMNS = ("emotion", "score", "rank", "id", "delta", "ci_low", "ci_high
                    "row_fire_rate_neutral", "mean_act_emotion", "mean_act_neutral")
 
 
+HELD_OUT_COLUMNS = ("emotion", "score", "rank", "id", "delta_select", "delta_held_out", "in_full_selection")
+
+
 def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet], record: dict | None = None
                   ) -> tuple[Path, Path]:
-    """``selection.csv`` (one row per selected latent) and ``selection.md`` (the same as tables); with a
-    provenance ``record``, its line under the title and ``selection_info.json``."""
+    """``selection.csv`` (one row per selected latent), ``selection_held_out.csv`` (the split-half check: the
+    latents chosen on half the texts, their Δ there and on the other half) and ``selection.md`` (both as
+    tables); with a provenance ``record``, its line under the title and ``selection_info.json``."""
     rows = [{"emotion": fs.emotion, "score": fs.selection.get("score", "any_step"), "rank": rank,
              **{k: getattr(f, k) for k in SUMMARY_COLUMNS[3:]}}
             for fs in feature_sets for rank, f in enumerate(fs.features, 1)]
@@ -58,6 +62,8 @@ def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet], record: dic
     writer.writerows(rows)
     csv_path, md_path = out_dir / "selection.csv", out_dir / "selection.md"
     atomic_write_bytes(csv_path, buffer.getvalue().encode())
+    held_path = out_dir / "selection_held_out.csv"
+    atomic_write_bytes(held_path, _held_out_csv(feature_sets))
     lines = ["# SAE emotion features", ""]
     for fs in feature_sets:
         sel = fs.selection
@@ -91,8 +97,23 @@ def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet], record: dic
     atomic_write_bytes(md_path, markdown.encode())
     if record is not None:
         write_report_info(out_dir / "selection_info.json", {"emotions": [fs.emotion for fs in feature_sets]}, record,
-                          [csv_path, *(feature_set_path(out_dir, fs.emotion) for fs in feature_sets)])
+                          [csv_path, held_path, *(feature_set_path(out_dir, fs.emotion) for fs in feature_sets)])
     return md_path, csv_path
+
+
+def _held_out_csv(feature_sets: Sequence[FeatureSet]) -> bytes:
+    rows = []
+    for fs in feature_sets:
+        full = set(fs.feature_ids)
+        for rank, h in enumerate(fs.selection.get("held_out", {}).get("features") or [], 1):
+            rows.append({"emotion": fs.emotion, "score": fs.selection.get("score", "any_step"), "rank": rank,
+                         "id": h["id"], "delta_select": h["delta_select"], "delta_held_out": h["delta_held_out"],
+                         "in_full_selection": h["id"] in full})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HELD_OUT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
 
 
 def _md_row(rank: int, f: SelectedFeature) -> str:
