@@ -126,9 +126,12 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.fit_loop.restarting:
             return 0
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:  # checkpointed after the epoch's last batch: the loop resumes with the next
+            return 0                # epoch, whose first pass must not skip anything
         # processed, not completed: a checkpoint written in on_train_batch_end (ModelCheckpoint) has processed
         # and stepped on the batch before Lightning counts it completed.
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return int(progress.current.processed)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()

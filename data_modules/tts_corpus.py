@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
@@ -106,9 +107,17 @@ class LengthBucketSampler:
         self.rank, self.world_size = rank, world_size
         self.bucket_batches, self.drop_last = bucket_batches, drop_last
         self.epoch = 0
+        self._skip = 0  # batches the next pass leaves out (resume_after)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_after(self, batches: int) -> None:
+        """Make the next pass start after its first ``batches`` batches: a run resumed mid-epoch then sees the
+        batches an uninterrupted one would (the same order, nothing repeated); later passes start at 0."""
+        if batches < 0:
+            raise ConfigError(f"resume_after needs batches >= 0, got {batches}.")
+        self._skip = batches
 
     def _all_batches(self) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -127,7 +136,8 @@ class LengthBucketSampler:
         return batches[:len(batches) // self.world_size * self.world_size]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        yield from self._all_batches()[self.rank::self.world_size]
+        skip, self._skip = self._skip, 0
+        yield from self._all_batches()[self.rank::self.world_size][skip:]
 
     def __len__(self) -> int:
         return len(self._all_batches()) // self.world_size
@@ -349,18 +359,37 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, items: TTSItems | None, shuffle: bool) -> DataLoader:
+    def _loader(self, items: TTSItems | None, shuffle: bool, resume_after: int = 0) -> DataLoader:
         if items is None:
             raise RuntimeError("setup() must run before the data loaders are built")
         rank, world = self._rank_and_world()
         sampler = LengthBucketSampler([len(t) for t in items.tokens], self.batch_size, shuffle=shuffle, seed=self.seed,
                                       rank=rank, world_size=world, bucket_batches=self.bucket_batches,
                                       drop_last=shuffle)
+        sampler.resume_after(resume_after)
         return DataLoader(items, sampler=sampler, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_items, shuffle=True)
+        done = self._batches_done_this_epoch()
+        if done:  # resumed mid-epoch: Lightning restarts the loader at its first batch; continue where it was
+            # Lightning then warns that the loader is not resumable and batches may repeat; here they do not.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the "
+                                    "epoch ended")
+        return self._loader(self.train_items, shuffle=True, resume_after=done)
+
+    def _batches_done_this_epoch(self) -> int:
+        """Training batches the fit loop processed in its current epoch before the checkpoint it resumes from
+        (0 for a fresh run or when resuming at an epoch's end), as ActivationStoreDataModule counts them."""
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting:
+            return 0
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:  # checkpointed after the epoch's last batch: the loop resumes with the next
+            return 0                # epoch, whose first pass must not skip anything
+        # processed, not completed: a checkpoint written in on_train_batch_end (ModelCheckpoint) has processed
+        # and stepped on the batch before Lightning counts it completed.
+        return int(progress.current.processed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_items, shuffle=False)

@@ -164,6 +164,25 @@ def test_a_run_resumed_mid_epoch_sees_the_rows_an_uninterrupted_one_would(tmp_pa
         assert torch.equal(want, got), f"step {step} trained on other rows"
 
 
+def test_a_run_resumed_at_an_epoch_end_sees_the_rows_an_uninterrupted_one_would(tmp_path):
+    """A checkpoint written after an epoch's last batch resumes with the next epoch from its first batch. (It used
+    to skip as many of the next epoch's batches as the finished epoch had: a run killed there trained on other
+    rows than an uninterrupted one; found by emoctl_tests/kill_campaign.py.)"""
+    probe = _small_run(tmp_path / "probe", max_steps=1)
+    n = probe.num_training_batches  # steps of one epoch
+    whole = _RecordRows()
+    _small_run(tmp_path / "whole", max_steps=n + 4, callbacks=[whole])
+    first = _RecordRows()  # a run killed after step n + 1 that checkpointed at step n, the epoch's last
+    saver = ModelCheckpoint(dirpath=tmp_path / "parts" / "ckpt", every_n_train_steps=n, save_top_k=-1)
+    _small_run(tmp_path / "parts", max_steps=n + 1, callbacks=[first, saver])
+    rest = _RecordRows()
+    _small_run(tmp_path / "parts", max_steps=n + 4, callbacks=[rest],
+               ckpt_path=tmp_path / "parts" / "ckpt" / f"epoch=0-step={n}.ckpt")
+    assert len(rest.batches) == 4
+    for step, (want, got) in enumerate(zip(whole.batches, first.batches[:n] + rest.batches), 1):
+        assert torch.equal(want, got), f"step {step} trained on other rows"
+
+
 def test_resume_refuses_a_missing_or_unreadable_checkpoint_and_a_recipe_that_disagrees_with_it(tmp_path):
     base = ["fit", "--config", str(RECIPES / "sae_demo.yaml"), *_demo_overrides(tmp_path),
             "--data.init_args.build.init_args.n_utterances=200", "--trainer.max_steps=10",
