@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from emoctl.errors import ConfigError
+from emoctl.errors import ConfigError, first_line
 
 import data_modules  # noqa: F401  (registers emoctl's data modules for short names)
 import emoctl.sae.module  # noqa: F401  (registers SAEModule for short names)
@@ -113,8 +113,13 @@ def check_resume(ckpt_path: str | None, recipe_args: dict[str, Any]) -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises pickle, zip and runtime errors alike for a bad file
         raise ConfigError(f"--ckpt_path {path} is not a readable Lightning checkpoint ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200]}). Point at a .ckpt a fit wrote.") from None
-    saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+                          f"{first_line(err)[:200]}). Point at a .ckpt a fit wrote.") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:  # torch.load also reads bare tensors
+        found = (f"keys {sorted(map(str, checkpoint))[:4]}" if isinstance(checkpoint, dict)
+                 else type(checkpoint).__name__)
+        raise ConfigError(f"--ckpt_path {path} is not a Lightning checkpoint (it holds {found}, no state_dict), so "
+                          "the run cannot resume from it. Point at a .ckpt a fit wrote (checkpoints/last.ckpt).")
+    saved = checkpoint.get("hyper_parameters")
     if not isinstance(saved, dict):
         return  # no recorded arguments to compare
     keys = sorted(k for k in saved.keys() & recipe_args.keys() if not k.startswith("_"))

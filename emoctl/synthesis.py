@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
 from emoctl.backbones.sampling import Sampling
+from emoctl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class SamplingConfig(Sampling):
     """Hard cap on speech tokens per utterance (12 s at 50 Hz)."""
     batch_size: int = 25
     """Prompts generated together (part of a clip's identity: it sets the batch seed)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 1:  # checked with the rest, before any model is loaded
+            raise ConfigError(f"invalid sampling settings: batch_size={self.batch_size} (>= 1).")
 
     def for_batch(self, seed: int) -> Sampling:
         """The backbone's settings for one batch: these, with the batch's seed."""

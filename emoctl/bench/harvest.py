@@ -63,11 +63,14 @@ def bench_harvest(batch_size: int = 8, max_new_tokens: int | None = None, repeat
     if backbone == "indextts2":
         from emoctl.bench.harvest_indextts2 import bench_harvest_indextts2
 
-        return bench_harvest_indextts2(batch_size, max_new_tokens or 32, repeats or 1, hookpoint or "resid_pre.16",
+        return bench_harvest_indextts2(batch_size, 32 if max_new_tokens is None else max_new_tokens,
+                                       1 if repeats is None else repeats, hookpoint or "resid_pre.16",
                                        release=checkpoint, seed=seed)
     if backbone != "mini_tts":
         raise ConfigError(f"bench harvest --backbone takes mini_tts or indextts2, got {backbone!r}.")
-    max_new_tokens, repeats, hookpoint = max_new_tokens or 200, repeats or 5, hookpoint or "resid_pre.5"
+    # None takes the default; 0 is refused below, not silently replaced by it
+    max_new_tokens = 200 if max_new_tokens is None else max_new_tokens
+    repeats, hookpoint = 5 if repeats is None else repeats, hookpoint or "resid_pre.5"
     if repeats < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"repeats, batch_size and max_new_tokens must be >= 1, got {repeats}, {batch_size}, "
                           f"{max_new_tokens}.")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from emoctl.errors import ConfigError
+from emoctl.numerics import refuse_non_finite_weights
 
 FORMAT_NAME = "emoctl.emosteer"
 FORMAT_VERSION = 1
@@ -161,11 +162,12 @@ class EmoSteer(nn.Module):
         from safetensors.torch import save_file
 
         target = Path(directory)
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+        refuse_non_finite_weights(tensors, f"the EmoSteer layer to be saved in {target}")  # before any file
         staging = target.with_name(f".{target.name}.partial")
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
-        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(staging / WEIGHTS_FILE))
         record = {**self.config_dict(), "metadata": dict(metadata or {})}
         (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -196,6 +198,7 @@ class EmoSteer(nn.Module):
         try:
             state = load_file(str(weights_path))
             layer.load_state_dict(state, strict=True)
+            refuse_non_finite_weights(state, f"the EmoSteer layer in {folder}")  # a NaN layer makes NaN speech
         except (SafetensorError, OSError, RuntimeError) as err:
             summary = " ".join(str(err).split())[:300]
             raise ConfigError(f"the weights in {weights_path} do not fit {config_path}: {summary}") from None

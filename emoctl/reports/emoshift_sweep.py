@@ -66,8 +66,9 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
     from tqdm.auto import tqdm
 
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
-    if any(a < 0 or not math.isfinite(a) for a in alphas):
-        raise ConfigError(f"alphas must be finite and >= 0 (EmoShift's intensity), got {alphas}.")
+    if not alphas or any(a < 0 or not math.isfinite(a) for a in alphas):  # an empty sweep measures nothing
+        raise ConfigError(f"alphas must be a non-empty list of finite values >= 0 (EmoShift's intensity), got "
+                          f"{alphas}.")
     root = Path(corpus_root)
     setup = SteeringSetup.load(layer, backbone)
     emotions = setup.targets(emotions)
@@ -255,10 +256,15 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
     from emoctl.probes import measure
 
     mixtures = [dict(m) for m in (DEFAULT_MIXTURES if mixtures is None else mixtures)]
+    if not mixtures or not math.isfinite(alpha) or alpha < 0:  # before loading anything: nothing to compare
+        raise ConfigError(f"need at least one mixture and a finite alpha >= 0, got mixtures={mixtures}, "
+                          f"alpha={alpha}.")
+    for mix in mixtures:
+        if not mix or any(not math.isfinite(w) or w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ConfigError(f"each mixture needs emotions with finite weights >= 0 and a positive sum, got "
+                              f"mixtures={mixtures}.")
     setup = SteeringSetup.load(layer, backbone)
     for mix in mixtures:
-        if not mix or any(w < 0 for w in mix.values()):
-            raise ConfigError(f"each mixture needs emotions with weights >= 0, got {mix}.")
         setup.targets(list(mix))
     speakers, voice = protocol.voices(setup.backbone, corpus_root), protocol.voice_for(setup.backbone, corpus_root)
     if setup.condition != "neutral":
