@@ -7,6 +7,7 @@ Lightning must not wrap their samplers in a ``DistributedSampler``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,9 @@ def check_resume(ckpt_path: str | None, recipe_args: dict[str, Any]) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises pickle, zip and runtime errors alike for a bad file
+        said = re.sub(r"\x1b\[[0-9;]*m", "", first_line(err))[:200] if str(err).strip() else "the file ends early"
         raise ConfigError(f"--ckpt_path {path} is not a readable Lightning checkpoint ({type(err).__name__}: "
-                          f"{first_line(err)[:200]}). Point at a .ckpt a fit wrote.") from None
+                          f"{said}). Point at a .ckpt a fit wrote.") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:  # torch.load also reads bare tensors
         found = (f"keys {sorted(map(str, checkpoint))[:4]}" if isinstance(checkpoint, dict)
                  else type(checkpoint).__name__)

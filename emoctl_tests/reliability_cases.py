@@ -863,7 +863,7 @@ def ckpt_variants(case_dir: Path, fx: dict[str, str]) -> dict[str, str]:
 
 case("5", "--ckpt_path is a folder", (*RESUME, "--ckpt_path", "{tmp}"), ("--ckpt_path {tmp} does not exist",))
 case("5", "--ckpt_path is an empty file", (*RESUME, "--ckpt_path", "{empty}"),
-     ("{empty} is not a readable Lightning checkpoint",), setup=ckpt_variants)
+     ("{empty} is not a readable Lightning checkpoint", "the file ends early"), setup=ckpt_variants)
 case("5", "--ckpt_path is a truncated checkpoint", (*RESUME, "--ckpt_path", "{half}"),
      ("{half} is not a readable Lightning checkpoint",), setup=ckpt_variants)
 case("5", "--ckpt_path is an SAE export, not a checkpoint", (*RESUME, "--ckpt_path", "{sae_file}"),
@@ -1218,7 +1218,8 @@ ALSO_TESTED: dict[str, list[tuple[str, str]]] = {
           ("test_cli.py", "test_missing_config_file_names_the_path")],
     "4": [("test_cli.py", "test_an_output_folder_blocked_by_a_file_fails_before_any_work"),
           ("test_cli.py", "test_file_system_errors_are_one_paragraph_naming_the_file")],
-    "5": [("test_sae_fit.py", "test_resume_refuses_a_missing_or_unreadable_checkpoint_and_a_recipe_that_disagrees_with_it"),
+    "5": [("test_sae_fit.py",
+           "test_resume_refuses_a_missing_or_unreadable_checkpoint_and_a_recipe_that_disagrees_with_it"),
           ("test_sae_fit.py", "test_a_run_resumed_mid_epoch_sees_the_rows_an_uninterrupted_one_would"),
           ("test_sae_fit.py", "test_a_run_resumed_at_an_epoch_end_sees_the_rows_an_uninterrupted_one_would"),
           ("test_sae_fit.py", "test_resume_continues_dead_latent_counters_and_b_pre"),
@@ -1236,7 +1237,8 @@ ALSO_TESTED: dict[str, list[tuple[str, str]]] = {
           ("test_steering.py", "test_bench_sae_refuses_an_empty_batch"),
           ("test_corpus.py", "test_bad_build_arguments_are_config_errors")],
     "security": [("test_crafted_files.py", "test_crafted_lightning_checkpoint_is_refused_without_running_it"),
-                 ("test_crafted_files.py", "test_crafted_files_in_an_indextts2_release_are_refused_without_running_them"),
+                 ("test_crafted_files.py",
+                  "test_crafted_files_in_an_indextts2_release_are_refused_without_running_them"),
                  ("test_crafted_files.py", "test_a_token_cache_with_pickled_objects_is_ignored_not_run"),
                  ("test_crafted_files.py", "test_the_payload_really_runs_when_pickle_is_allowed")],
     "concurrency": [("test_store.py", "test_two_ranks_write_concurrently_and_the_reader_sees_the_union"),

@@ -56,7 +56,8 @@ def test_case(case: Case, shared: dict[str, str], tmp_path: Path) -> None:
         paragraph = outcome.error_paragraph
         assert paragraph, f"no `emoctl ...: error:` paragraph on stderr:\n{outcome.stderr[-4000:]}"
         after = outcome.stderr[outcome.stderr.rindex(paragraph) + len(paragraph):]
-        stray = [line for line in after.split("\n") if line.strip() and "\r" not in line and not PROGRESS_BAR.search(line)]
+        stray = [line for line in after.split("\n")
+                 if line.strip() and "\r" not in line and not PROGRESS_BAR.search(line)]
         assert stray == [], f"the error is not one closing paragraph; after it came:\n{after[:2000]}"
         message = " ".join(paragraph.split())
         assert [f for f in expected if " ".join(f.split()) not in message] == [], message
