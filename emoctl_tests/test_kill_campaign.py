@@ -39,9 +39,9 @@ def _campaign(out: Path, kills: int, timeout: float, *extra: str) -> list[dict]:
         assert r["checks"]["one_changed_value_is_detected"], r["producer"]
         fresh = r["checks"].get("fresh_process_equals_reference")
         assert fresh is None or fresh["identical"], (r["producer"], fresh)
-        attempts = [a for t in r["trials"] for a in t["attempts"] if a["kill"]]
-        assert sum(a["landed"] for a in attempts) >= min(kills, 3), (r["producer"], attempts)
         assert len(r["trials"]) >= kills
+        for t in r["trials"]:  # every trial's first kill landed (a second one may find the resumed run done)
+            assert t["attempts"][0]["landed"], (r["producer"], t)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return results
 
