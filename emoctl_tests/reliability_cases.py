@@ -835,8 +835,7 @@ case("4", "feature set not UTF-8: attribute",
      ("{bad}/features_Angry.json",), setup=features_latin1)
 case("4", "feature set is a JSON list: attribute",
      ("attribute", "--sae", "{sae_mini}", "--selection", "{bad}", "--out_dir", "{tmp}/attr"),
-     ("{bad}/features_Angry.json",), setup=features_list,
-     xfail="emoctl/selection/feature_set.py FeatureSet.load calls raw.get on a JSON list: AttributeError traceback")
+     ("{bad}/features_Angry.json", "JSON list"), setup=features_list)
 case("4", "selection folder missing: attribute",
      ("attribute", "--sae", "{sae_mini}", "--selection", "{tmp}/no_sel", "--out_dir", "{tmp}/attr"),
      ("no selection folder at {tmp}/no_sel",))
@@ -1058,9 +1057,7 @@ for args, needles in [
 case("7", "report table1 --max_wer_increase -1 (checked before the corpus is read)",
      ("report", "table1", "--sae", "{sae_mini}", "--store", "{store}", "--selection", "{select_mini}",
       "--out_dir", "{tmp}/t", "--corpus_root", "{tmp}/no_corpus", "--max_wer_increase", "-1"),
-     ("max_wer_increase",),
-     xfail="emoctl/reports/table1.py table1 never checks max_wer_increase (a negative bound silently rejects every "
-           "α); it reads the corpus first")
+     ("max_wer_increase",))
 
 
 # ------------------------------------------------------------------- security: crafted files, escaping paths

@@ -235,6 +235,9 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
         raise ConfigError(f"Table 1 reports on test sentences and sweeps α on evaluation sentences; "
                           f"protocol.split={protocol.split!r} must be 'test'.")
     selections = dict(selections or {})
+    if not math.isfinite(max_wer_increase) or max_wer_increase < 0:
+        raise ConfigError(f"max_wer_increase={max_wer_increase} must be a finite number >= 0 (the largest mean WER "
+                          f"increase over unsteered that the α choice accepts; a negative bound rejects every α).")
     if n_bootstrap < 1:
         raise ConfigError(f"n_bootstrap={n_bootstrap} must be >= 1 (resamples of the paired Emo-SIM bootstrap).")
     bad = {score: folder for score, folder in selections.items() if not score or ":" in score or "@" in score}

@@ -95,6 +95,9 @@ class FeatureSet:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path} is not valid JSON ({err}); rerun `emoctl select`.") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} holds a JSON {type(raw).__name__}, not a {FORMAT_NAME} object; rerun "
+                              f"`emoctl select`.")
         if raw.get("format") != FORMAT_NAME or raw.get("version") != FORMAT_VERSION:
             raise ConfigError(f"{path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file (format="
                               f"{raw.get('format')!r}, version={raw.get('version')!r}).")
