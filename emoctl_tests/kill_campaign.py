@@ -158,9 +158,8 @@ def install_tracing(tracer: Tracer) -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.core.optimizer import LightningOptimizer
     from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
-    from emoctl.callbacks.export import ModelExport
-
     from lightning.pytorch.loops.fit_loop import _FitLoop
+    from emoctl.callbacks.export import ModelExport
 
     _wrap(pl.Trainer, "fit", "fit: start", tracer)
     _wrap(_FitLoop, "on_advance_start", "fit: epoch start", tracer)
