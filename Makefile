@@ -23,7 +23,7 @@ EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 SAE      ?= emoctl/assets/sae_mini
 FEATURES ?= emoctl/assets/select_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -65,6 +65,13 @@ $(COSYVOICE_STAMP): $(STAMP)
 
 test: install indextts2 cosyvoice
 	$(PY) -m pytest emoctl_tests -q
+
+# The 20-kill campaign of docs/kill_campaign.md (about 8 min): harvest, store writes, SAE and EmoShift fits killed
+# at seeded random points, resumed, compared bit for bit with uninterrupted runs. `make test` runs 3 kills each.
+kill-campaign: install
+	EMOCTL_KILL_CAMPAIGN=1 $(PY) -m pytest emoctl_tests/test_kill_campaign.py -q -k twenty
+	$(PY) -m emoctl_tests.kill_campaign --producer all --kills 20 --seed 0 --out runs/kill_campaign
+	cp runs/kill_campaign/kill_campaign.md docs/kill_campaign.md
 
 demo: $(SELECT)/selection.md
 	$(EMOCTL) inspect emotionality --config recipes/evaluation/inspect_emotionality_mini.yaml
