@@ -112,6 +112,7 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
     clips = (out / "table1_clips.csv").read_text().splitlines()
     assert len(clips) == 1 + 2 * 5 * 2
     assert (out / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / ".partial").exists()  # the blocks kept for a resume go once the report is written
     info = json.loads((out / "table1_info.json").read_text())
     assert info["alphas"] == {"random_sae": 8.0, "global": 8.0, "sae_emotion": 8.0, "sae_emotion:rate": 8.0}
     assert info["selection_score"] == "any_step"

@@ -62,3 +62,52 @@ def test_shared_unsteered_cells_are_generated_once_and_scored_per_target(setup, 
     suppression = by_cell[("suppression", "Sad")]
     assert [r["condition"] for r in suppression] == ["Sad"] * 4
     assert torch.tensor([r["duration_s"] for r in suppression]).ne(torch.tensor([r["duration_s"] for r in sad])).any()
+
+
+def _record(seed: int = 0) -> dict:
+    return {"inputs": {"sae": {"path": "/a", "digest": "d1"}}, "protocol": {"n_texts": 2}, "seeds": {"sampling": seed},
+            "packages": {"torch": "x"}}
+
+
+def test_an_interrupted_report_resumes_from_its_finished_blocks_and_only_those(setup, tmp_path, monkeypatch):
+    from emoctl.evaluation.cell_cache import CellCache
+    from emoctl.evaluation.summary import csv_bytes
+
+    backbone, texts, scorers, refs = setup
+    methods = SteeringMethods(sae=None, feature_sets={}, mean_differences={})
+    cells = [Cell("induction", "Angry"), Cell("suppression", "Sad")]
+    sampling = SamplingConfig(batch_size=4, max_new_tokens=300)
+    first = run_cells(backbone, methods, ["unsteered"], cells, texts, SPEAKERS, {}, scorers, refs, seed=3,
+                      sampling=sampling, tag="t", progress=False, cache=CellCache(tmp_path, _record()))
+    kept = sorted((tmp_path / ".partial").glob("*.json"))
+    assert len(kept) == 2  # one block per (cell, method)
+
+    # The rerun generates nothing and gives the same rows, to the byte of the CSV.
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a finished block was generated again")
+
+    monkeypatch.setattr(backbone, "generate", no_generation)
+    cache = CellCache(tmp_path, _record())
+    again = run_cells(backbone, methods, ["unsteered"], cells, texts, SPEAKERS, {}, scorers, refs, seed=3,
+                      sampling=sampling, tag="t", progress=False, cache=cache)
+    assert cache.reused == 2 and csv_bytes(again) == csv_bytes(first)
+
+    # Anything that decides the rows is in the key: another input digest, seed, sampling or cell is recomputed.
+    changed = _record()
+    changed["inputs"]["sae"]["digest"] = "d2"
+    for other, kwargs in ((CellCache(tmp_path, changed), {}), (CellCache(tmp_path, _record(seed=1)), {}),
+                          (CellCache(tmp_path, _record()), {"seed": 4}),
+                          (CellCache(tmp_path, _record()), {"sampling": SamplingConfig(batch_size=4, max_new_tokens=200)})):
+        with pytest.raises(AssertionError, match="generated again"):
+            run_cells(backbone, methods, ["unsteered"], cells[:1], texts, SPEAKERS, {}, scorers, refs,
+                      **{"seed": 3, "sampling": sampling, **kwargs}, tag="t", progress=False, cache=other)
+    # A moved input (same content, other path) is the same input; a damaged block is recomputed, not trusted.
+    moved = _record()
+    moved["inputs"]["sae"]["path"] = "/elsewhere"
+    assert CellCache(tmp_path, moved).key({"a": 1}) == CellCache(tmp_path, _record()).key({"a": 1})
+    kept[0].write_text("{not json")
+    with pytest.raises(AssertionError, match="generated again"):
+        run_cells(backbone, methods, ["unsteered"], cells, texts, SPEAKERS, {}, scorers, refs, seed=3,
+                  sampling=sampling, tag="t", progress=False, cache=CellCache(tmp_path, _record()))
+    CellCache(tmp_path, _record()).clear()
+    assert not (tmp_path / ".partial").exists()

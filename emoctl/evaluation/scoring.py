@@ -61,6 +61,11 @@ class Scorers:
         ser = load_recognizer(recognizer, recognizer_dir) if recognizer is not None else None
         return cls(ser, asr_model, spk, mos)
 
+    def names(self) -> list[str]:
+        """The metrics' models present, by role and class: part of what decides a report's rows."""
+        return [f"{k}={type(getattr(self, k)).__name__}:{getattr(getattr(self, k), 'name', '')}"
+                for k in ("recognizer", "asr", "speaker", "dnsmos") if getattr(self, k) is not None]
+
     def without(self, *metrics: str) -> Scorers:
         """The same models less some ("recognizer", "asr", "speaker", "dnsmos"): a cheaper pass."""
         return Scorers(**{k: None if k in metrics else getattr(self, k) for k in ("recognizer", "asr", "speaker",

@@ -43,6 +43,7 @@ from emoctl.backbones.conditions import Voice, VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.alpha import choose_alpha
+from emoctl.evaluation.cell_cache import CellCache
 from emoctl.evaluation.paired import paired_comparisons, paired_markdown
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorers, measure_clips, score_clips
@@ -137,12 +138,14 @@ def _cell_prompts(backbone: Backbone, cell: Cell, texts: list[str], speakers: li
 def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequence[str], cells: Sequence[Cell],
               texts: list[str], speakers: list[str], alphas: dict[str, float], scorers: Scorers, refs: References,
               seed: int, sampling: SamplingConfig, tag: str, extra_method: Callable | None = None,
-              progress: bool = True, voice: Callable[[str, str], Voice] | None = None) -> list[dict]:
+              progress: bool = True, voice: Callable[[str, str], Voice] | None = None,
+              cache: CellCache | None = None) -> list[dict]:
     """Synthesize and score every (cell, method); one row per clip with its method, cell and α.
 
     Cells with no intervention are synthesized and measured once per distinct prompt list: induction
     cells of different emotions share the Neutral prompts, seed and batches, so their unsteered clips
-    are the same clips, scored against each cell's target.
+    are the same clips, scored against each cell's target. With a ``cache``, each finished (cell, method)
+    block is kept, and blocks an interrupted run finished are taken from it.
     """
     rows: list[dict] = []
     unsteered: dict[tuple, MeasuredClips] = {}
@@ -150,6 +153,13 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
     for cell, method in tqdm(jobs, desc=f"{tag}: steer + score", unit="cell", disable=not progress):
         prompts = _cell_prompts(backbone, cell, texts, speakers, tag, voice)
         alpha = cell.sign * alphas.get(method, 0.0)
+        block = {"tag": tag, "direction": cell.direction, "emotion": cell.emotion, "method": method, "alpha": alpha,
+                 "prompts": [(p.text, p.speaker, p.emotion_key, p.utt_id) for p in prompts], "seed": seed,
+                 "sampling": sampling, "scorers": scorers.names()}
+        kept = cache.get(block) if cache is not None else None
+        if kept is not None:
+            rows += kept
+            continue
         key = None
         if method in METHODS or method.startswith("sae_emotion:"):
             interventions = methods.interventions(method, cell.emotion, alpha)
@@ -164,9 +174,11 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
                 unsteered[key] = measured
         else:  # the same clips under this cell's prompt ids
             measured = replace(measured, clips=[replace(c, prompt=p) for p, c in zip(prompts, measured.clips)])
-        for row in score_clips(measured, [cell.target] * len(prompts), scorers, refs):
-            rows.append({"direction": cell.direction, "emotion": cell.emotion, "method": method, "alpha": alpha,
-                         **row})
+        block_rows = [{"direction": cell.direction, "emotion": cell.emotion, "method": method, "alpha": alpha, **row}
+                      for row in score_clips(measured, [cell.target] * len(prompts), scorers, refs)]
+        if cache is not None:
+            cache.put(block, block_rows)
+        rows += block_rows
     return rows
 
 
@@ -195,7 +207,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
            protocol: EvaluationProtocol = EvaluationProtocol(), sweep_alphas: dict[str, list[float]] | None = None,
            sweep_texts: int = 2, max_wer_increase: float = 0.15, emoshift: str | None = None,
            recognizer: str = "mini", recognizer_dir: str | None = None, selections: dict[str, str] | None = None,
-           n_bootstrap: int = 2000, progress: bool = True) -> list[dict]:
+           n_bootstrap: int = 2000, resume: bool = True, progress: bool = True) -> list[dict]:
     """Run the SAE seed's Table 1 protocol and write table1.md / .csv, the α sweep CSV and figure.
 
     Args:
@@ -219,6 +231,8 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
             (``{"rate": ..., "mass": ...}`` from ``emoctl select --score``): each becomes the method
             ``sae_emotion:<score>``, swept and run like SAE-Emotion, and the report compares the scores.
         n_bootstrap: Resamples of the paired bootstrap behind the Emo-SIM comparisons between methods.
+        resume: Keep each finished (cell, method) block under ``out_dir/.partial`` and take the blocks an
+            interrupted run of the same inputs and settings finished (removed once the report is written).
         progress: Show progress bars.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
@@ -280,17 +294,30 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
         extra = _emoshift_method(tts, emoshift)
         method_names.append("emoshift")
 
+    # What makes every row (inputs by content, protocol, seeds, code): the report's record and the key of the
+    # blocks kept for a resumed run.
+    paths = {"sae": sae, "feature_sets": [feature_set_path(selection, e) for e in emotions], "layer": emoshift,
+             **{f"feature_sets_{score}": [feature_set_path(folder, e) for e in emotions]
+                for score, folder in selections.items()}}
+    made_with = collect(backbone=tts, paths=paths, stores={"store": store}, corpus=root,
+                        recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed, "random_features": seed},
+                        protocol={**protocol.describe(), "sweep_alphas": sweep_alphas, "sweep_texts": sweep_texts,
+                                  "max_wer_increase": max_wer_increase, "emotions": emotions,
+                                  "n_bootstrap": n_bootstrap})
+    cache = CellCache(out_dir, made_with, enabled=resume)
+
     # 1. α sweep on evaluation sentences (SER + WER only).
     sweep_scorers = scorers.without("speaker", "dnsmos")
     sweep_rows: list[dict] = []
     sweep_cells = [Cell("induction", e) for e in emotions]
     sweep_rows += run_cells(tts, methods, ["unsteered"], sweep_cells, evaluation_sentences,
-                            speakers, {}, sweep_scorers, refs, seed, sampling, "sweep", progress=progress, voice=voice)
+                            speakers, {}, sweep_scorers, refs, seed, sampling, "sweep", progress=progress, voice=voice,
+                            cache=cache)
     for method in method_names[1:]:
         for alpha in sweep_alphas[method.partition(":")[0]]:
             rows = run_cells(tts, methods, [method], sweep_cells, evaluation_sentences, speakers,
                              {method: alpha}, sweep_scorers, refs, seed, sampling, "sweep", extra, progress=progress,
-                             voice=voice)
+                             voice=voice, cache=cache)
             for r in rows:
                 r["method"] = f"{method}@{alpha:g}"
             sweep_rows += rows
@@ -300,11 +327,14 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     cells = [Cell(d, e) for d in ("induction", "suppression") for e in emotions]
     rows = run_cells(tts, methods, [m for m in method_names if m != "emoshift"], cells,
                      test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table",
-                     progress=progress, voice=voice)
+                     progress=progress, voice=voice, cache=cache)
     if emoshift is not None:
         rows += run_cells(tts, methods, ["emoshift"], [c for c in cells if c.direction == "induction"],
                           test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table", extra,
-                          progress=progress, voice=voice)
+                          progress=progress, voice=voice, cache=cache)
+    if cache.reused:
+        print(f"took {cache.reused} finished blocks of clips from {cache.folder} (an interrupted run of the same "
+              f"inputs and settings)")
     metrics = ["emo_sim_matched", "emo_sim_prototype", "ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl"]
     summary = summarize(rows, metrics)
     paired = paired_comparisons(rows, method_comparisons(method_names), n_bootstrap=n_bootstrap, seed=seed)
@@ -317,17 +347,10 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
             "selections": {score: {"path": folder, "features": {e: fs.feature_ids for e, fs in variants[score].items()}}
                            for score, folder in selections.items()},
             "phases": method_phases(methods, emotions[0], method_names)}
-    paths = {"sae": sae, "feature_sets": [feature_set_path(selection, e) for e in emotions], "layer": emoshift,
-             **{f"feature_sets_{score}": [feature_set_path(folder, e) for e in emotions]
-                for score, folder in selections.items()}}
-    record = collect(backbone=tts, paths=paths, stores={"store": store}, corpus=root,
-                     recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed, "random_features": seed},
-                     protocol={**protocol.describe(), "sweep_alphas": sweep_alphas, "sweep_texts": sweep_texts,
-                               "max_wer_increase": max_wer_increase, "emotions": emotions,
-                               "n_bootstrap": n_bootstrap})
     sections = selection_scores_markdown(summary, {_score_of(feature_sets): feature_sets, **variants}, alphas,
                                          main=_score_of(feature_sets)) if variants else []
-    _write_table1(Path(out_dir), summary, rows, sweep_rows, info, method_names, record, paired, sections)
+    _write_table1(Path(out_dir), summary, rows, sweep_rows, info, method_names, made_with, paired, sections)
+    cache.clear()
     return summary
 
 
