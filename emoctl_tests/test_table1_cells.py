@@ -111,3 +111,17 @@ def test_an_interrupted_report_resumes_from_its_finished_blocks_and_only_those(s
                   sampling=sampling, tag="t", progress=False, cache=CellCache(tmp_path, _record()))
     CellCache(tmp_path, _record()).clear()
     assert not (tmp_path / ".partial").exists()
+
+
+def test_the_block_key_follows_the_code_not_the_commit(tmp_path, monkeypatch):
+    from emoctl.evaluation import cell_cache
+    from emoctl.evaluation.cell_cache import CellCache
+
+    record = _record()
+    base = CellCache(tmp_path, record).key({"a": 1})
+    other_commit = {**record, "packages": {**record["packages"], "emoctl_commit": "abc+dirty"}}
+    assert CellCache(tmp_path, other_commit).key({"a": 1}) == base
+    other_torch = {**record, "packages": {"torch": "y"}}
+    assert CellCache(tmp_path, other_torch).key({"a": 1}) != base
+    monkeypatch.setattr(cell_cache, "source_digest", lambda: "edited")
+    assert CellCache(tmp_path, record).key({"a": 1}) != base

@@ -4,11 +4,11 @@ A report like Table 1 at 40 clips per cell runs for an hour or more on a CPU; a 
 must not cost the whole run. Every block of rows is written atomically to ``<out_dir>/.partial/<key>.json`` as
 soon as it is scored, and a rerun of the same command takes finished blocks from there.
 
-The key is a digest of everything that decides the rows: the block itself (cell, method, α, texts, speakers,
-seed, sampling) and the report's context: the content digests of every input (backbone weights, SAE, feature
+The key is a digest of everything that decides the rows: the block itself (cell, method, α, prompts, seed,
+sampling, scorers) and the report's context: the content digests of every input (backbone weights, SAE, feature
 sets, store, corpus, recognizer), its protocol and seeds, the package versions and a digest of emoctl's own
-source. Change any of them and the block is recomputed, never reused. The folder is removed once the report's
-files are written.
+source (not its commit: a commit that changes no code keeps the blocks). Change any of them and the block is
+recomputed, never reused. The folder is removed once the report's files are written.
 """
 from __future__ import annotations
 
@@ -43,7 +43,10 @@ class CellCache:
         self.enabled = enabled
         context = {"inputs": {role: {k: v for k, v in entry.items() if k != "path"}
                               for role, entry in record["inputs"].items()},
-                   "protocol": record["protocol"], "seeds": record["seeds"], "packages": record["packages"],
+                   "protocol": record["protocol"], "seeds": record["seeds"],
+                   # the code is keyed by its source digest, so a commit that changes no code (a README edit)
+                   # keeps the finished blocks
+                   "packages": {k: v for k, v in record["packages"].items() if k != "emoctl_commit"},
                    "source": source_digest()}
         self._context = _canonical(context)
         self.reused = 0

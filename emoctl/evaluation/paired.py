@@ -145,8 +145,9 @@ def paired_markdown(records: list[dict], labels: dict[str, str]) -> list[str]:
     lines = ["## Paired comparisons", "",
              "Each pair of methods on the same clips (same prompt, voice and sampling seed). SER: accuracy of A "
              "and B, clips only A / only B got right, exact McNemar p. Emo-SIM: mean A − B with its paired "
-             "bootstrap 95% interval and sign-flip permutation p. q: Benjamini-Hochberg over every row of this section (both tables), "
-             "per metric; bold where q < 0.05.", ""]
+             "bootstrap 95% interval and sign-flip permutation p (every sign pattern up to 16 clips, else random ones: "
+             "then the smallest p is 1 / (patterns + 1)). q: Benjamini-Hochberg over every row of this section (both "
+             "tables), per metric; bold where q < 0.05.", ""]
     pooled = [r for r in records if r["emotion"] == POOLED]
     single = [r for r in records if r["emotion"] != POOLED]
     for title, chosen in (("Pooled over emotions", pooled), ("Per emotion", single)):
