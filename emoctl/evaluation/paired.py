@@ -140,8 +140,8 @@ def paired_markdown(records: list[dict], labels: dict[str, str]) -> list[str]:
     """Markdown lines: the comparisons pooled over emotions, then per emotion (same columns)."""
     if not records:
         return []
-    header = ["| direction | A vs B | emotion | n | SER A | SER B | only A / only B | p (McNemar) | q | Emo-SIM A − B "
-              "| p (sign-flip) | q |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    header = ["| direction | A vs B | emotion | n | SER A | SER B | only A / only B | p (McNemar) | q "
+              "| Emo-SIM A − B | p (sign-flip) | q |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     lines = ["## Paired comparisons", "",
              "Each pair of methods on the same clips (same prompt, voice and sampling seed). SER: accuracy of A "
              "and B, clips only A / only B got right, exact McNemar p. Emo-SIM: mean A − B with its paired "
