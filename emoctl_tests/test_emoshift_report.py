@@ -122,7 +122,7 @@ def test_sweep_and_compound_refuse_bad_input(trained, tmp_path):
     from emoctl.reports.emoshift_sweep import emoshift_compound, emoshift_sweep
 
     root, layer, _ = trained
-    with pytest.raises(ConfigError, match="alphas must be finite and >= 0"):
+    with pytest.raises(ConfigError, match="alphas must be a non-empty list of finite values >= 0"):
         emoshift_sweep(str(layer), corpus_root=str(root), out_dir=str(tmp_path), alphas=[-1.0])
     with pytest.raises(ConfigError, match=r"protocol.speakers \['9999'\] are not voices of this backbone"):
         emoshift_sweep(str(layer), corpus_root=str(root), out_dir=str(tmp_path),

@@ -66,7 +66,8 @@ def test_selection_records_its_inputs_and_report_diff_names_what_changed(tmp_pat
     assert record["protocol"]["m"] == 3 and record["seeds"] == {"bootstrap": 0, "held_out_split": 0}
     assert torch.__version__.startswith(record["packages"]["torch"].split("+")[0])
     assert record["machine"]["torch_threads"] == torch.get_num_threads()
-    assert set(info["outputs"]) == {"selection.csv", "features_Angry.json", "features_Happy.json"}
+    assert set(info["outputs"]) == {"selection.csv", "selection_held_out.csv", "features_Angry.json",
+                                    "features_Happy.json"}
     md = (tmp_path / "one" / "selection.md").read_text().splitlines()
     assert md[0] == "# SAE emotion features" and md[2].startswith("*Made with* SAE `")
 
