@@ -15,6 +15,7 @@ from typing import Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from data_modules.resume import batches_done_this_epoch
 from data_modules.store_builders import StoreBuilder
 from emoctl.errors import ConfigError, StoreNotFoundError
 from emoctl.store import ActivationDataset, ActivationStore, ShuffledBatchSampler
@@ -112,26 +113,13 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         rank, world = self._rank_and_world()
         sampler = ShuffledBatchSampler(self.train_rows, self.batch_size, seed=self.seed, rank=rank,
                                        world_size=world, window_rows=self.window_rows, drop_last=True)
-        done = self._batches_done_this_epoch()
+        done = batches_done_this_epoch(self.trainer)
         if done:  # resumed mid-epoch: Lightning restarts the loader at its first batch; continue where it was
             sampler.resume_after(done)
             # Lightning then warns that the loader is not resumable and rows may repeat; here they do not.
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the "
                                     "epoch ended")
         return self._loader(sampler)
-
-    def _batches_done_this_epoch(self) -> int:
-        """Training batches the fit loop processed in its current epoch before the checkpoint it resumes from
-        (0 for a fresh run or when resuming at an epoch's end)."""
-        trainer = self.trainer
-        if trainer is None or not trainer.fit_loop.restarting:
-            return 0
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch:  # checkpointed after the epoch's last batch: the loop resumes with the next
-            return 0                # epoch, whose first pass must not skip anything
-        # processed, not completed: a checkpoint written in on_train_batch_end (ModelCheckpoint) has processed
-        # and stepped on the batch before Lightning counts it completed.
-        return int(progress.current.processed)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()

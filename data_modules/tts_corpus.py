@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from data_modules.resume import batches_done_this_epoch
 from emoctl.backbones.base import Prompt
 from emoctl.backbones.conditions import Voice, VoiceClip, VoiceName
 from emoctl.backbones.loading import BackboneSpec
@@ -371,25 +372,12 @@ class TTSCorpusDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        done = self._batches_done_this_epoch()
+        done = batches_done_this_epoch(self.trainer)
         if done:  # resumed mid-epoch: Lightning restarts the loader at its first batch; continue where it was
             # Lightning then warns that the loader is not resumable and batches may repeat; here they do not.
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the "
                                     "epoch ended")
         return self._loader(self.train_items, shuffle=True, resume_after=done)
-
-    def _batches_done_this_epoch(self) -> int:
-        """Training batches the fit loop processed in its current epoch before the checkpoint it resumes from
-        (0 for a fresh run or when resuming at an epoch's end), as ActivationStoreDataModule counts them."""
-        trainer = self.trainer
-        if trainer is None or not trainer.fit_loop.restarting:
-            return 0
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch:  # checkpointed after the epoch's last batch: the loop resumes with the next
-            return 0                # epoch, whose first pass must not skip anything
-        # processed, not completed: a checkpoint written in on_train_batch_end (ModelCheckpoint) has processed
-        # and stepped on the batch before Lightning counts it completed.
-        return int(progress.current.processed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_items, shuffle=False)

@@ -346,7 +346,20 @@ def _corrupt_store(store: Path) -> None:
     shard.write_bytes(bytes(data))
 
 
-class HarvestProducer(Producer):
+class StoreResultProducer(Producer):
+    """A producer whose result is the store under ``work/store``: progress, comparison and the negative control."""
+
+    def progress(self, work: Path) -> str:
+        return f"{_committed_utts(work / 'store')} utts committed"
+
+    def compare(self, ref: Path, got: Path) -> Comparison:
+        return compare_stores(ref / "store", got / "store")
+
+    def corrupt(self, work: Path) -> None:
+        _corrupt_store(work / "store")
+
+
+class HarvestProducer(StoreResultProducer):
     name = "harvest"
     result = "store"
     TEXTS = ["hello there", "good day to you", "no way", "what a nice cat", "we sat by the sea", "it is late",
@@ -368,31 +381,15 @@ class HarvestProducer(Producer):
                 f"--data.init_args.texts=[{', '.join(self.TEXTS)}]", "--data.init_args.batch_size=4"]
         return {"kind": "emoctl", "args": args}
 
-    def progress(self, work: Path) -> str:
-        return f"{_committed_utts(work / 'store')} utts committed"
-
-    def compare(self, ref: Path, got: Path) -> Comparison:
-        return compare_stores(ref / "store", got / "store")
-
-    def corrupt(self, work: Path) -> None:
-        _corrupt_store(work / "store")
 
 
-class StoreProducer(Producer):
+class StoreProducer(StoreResultProducer):
     name = "store"
     result = "store"
 
     def command(self, work: Path) -> dict[str, Any]:
         return {"kind": "store", "args": {"n_utts": STORE_UTTS, "shard_rows": STORE_SHARD_ROWS}}
 
-    def progress(self, work: Path) -> str:
-        return f"{_committed_utts(work / 'store')} utts committed"
-
-    def compare(self, ref: Path, got: Path) -> Comparison:
-        return compare_stores(ref / "store", got / "store")
-
-    def corrupt(self, work: Path) -> None:
-        _corrupt_store(work / "store")
 
 
 # --------------------------------------------------------------------------------------- fits
@@ -875,7 +872,7 @@ NOTES = """
 * **Defects this campaign found (fixed).** (1) `ActivationStoreDataModule` resumed from a checkpoint written after
   an epoch's last step skipped that many batches of the *next* epoch (the SAE then trained on other rows, and one
   epoch more); (2) `TTSCorpusDataModule` restarted a resumed epoch at its first batch, so an EmoShift fit resumed
-  mid-epoch repeated batches. Both in `data_modules/` (`_batches_done_this_epoch`, `LengthBucketSampler`).
+  mid-epoch repeated batches. Both in `data_modules/` (`data_modules/resume.py`, `LengthBucketSampler`).
 * **Leftovers.** A fit killed before its first checkpoint is rerun with the same command into its leftover run
   folder (`settle_failed_run` never runs on SIGKILL); that works and gives the reference's result. With the
   recipes' default logger version the rerun goes to a new `version_N` instead and the killed one stays, holding
