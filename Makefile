@@ -23,7 +23,7 @@ EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 SAE      ?= emoctl/assets/sae_mini
 FEATURES ?= emoctl/assets/select_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -114,8 +114,32 @@ bench: install indextts2 cosyvoice
 
 # The GPU checks in one run (issue 17): on a GPU machine, from a fresh clone, `make bench-gpu` writes
 # reports/bench_gpu.md (about 8 minutes on one H100-class GPU, estimated: not yet run on one).
+BENCH_GPU_OUT ?= reports/bench_gpu.md
 bench-gpu: install indextts2 cosyvoice
-	$(EMOCTL) bench gpu --out reports/bench_gpu.md
+	$(EMOCTL) bench gpu --out $(BENCH_GPU_OUT)
+
+# The same checks on an offline GPU machine whose python3 already has torch, lightning and transformers (as
+# the CUDA images of lent H200s do): `make gpu-wheels` on a connected machine fills .whl/ with what such an
+# image lacks (GPU_WHEELS: emoctl's CLI, upstream's two packages and their imports, sparsify), the folder
+# travels with the clone, and `make bench-gpu-offline` there installs it into GPU_SITE and runs with python3.
+GPU_SITE ?= /tmp/emoctl-site
+GPU_WHEELS := jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0 eai-sparsify==1.3.3 \
+	datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 natsort==8.4.0 schedulefree==1.4.1 simple-parsing==0.1.9 \
+	$(INDEXTTS2_PIN) munch==4.0.0 omegaconf==2.3.1 hydra-core==1.3.8 $(COSYVOICE_PIN) conformer==0.3.2 \
+	diffusers==0.42.1 gdown==6.5.1 beautifulsoup4==4.15.0 soupsieve==4.1.4 PySocks==1.7.1 librosa==0.11.0 \
+	audioread==3.1.0 decorator==5.3.1 pooch==1.9.0 platformdirs==4.14.9 soundfile==0.14.0 soxr==1.1.0 \
+	cffi==2.1.1 pycparser==3.12
+GPU_SDISTS := antlr4-python3-runtime==4.9.3 openai-whisper==20250625 wget==3.2
+GPU_PLATFORM := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-wheels: install
+	mkdir -p .whl
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: $(GPU_PLATFORM) -d .whl $(GPU_WHEELS)
+	$(PY) -m pip wheel --quiet --no-deps -w .whl $(GPU_SDISTS)
+
+bench-gpu-offline:
+	$(PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) .whl/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) PYTHONUNBUFFERED=1 $(PYTHON) -m emoctl.cli bench gpu --out $(BENCH_GPU_OUT)
 
 # ser-mini: retrain the embedded speech-emotion recognizer (emoctl.metrics.ser_mini) on the eSpeak corpus and
 # its codec round trips, then replace the committed checkpoint in emoctl/assets/ser_mini with the export

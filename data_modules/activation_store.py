@@ -37,6 +37,7 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         seed: int = 0,
         build: StoreBuilder | None = None,
         verify: bool = True,
+        pin_memory: bool | None = None,
     ) -> None:
         """
         Args:
@@ -55,6 +56,8 @@ class ActivationStoreDataModule(pl.LightningDataModule):
                 a missing store is an error.
             verify: Check every shard's and utterance table's CRC-32 once before training (about a second per
                 GB), so a shard damaged on disk is refused rather than trained on.
+            pin_memory: Hand batches over in page-locked memory, so the copy to the GPU can overlap compute.
+                None (the default): pin when the trainer runs on CUDA.
         """
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -74,6 +77,7 @@ class ActivationStoreDataModule(pl.LightningDataModule):
         self.seed = seed
         self.builder = build
         self.verify = verify
+        self.pin_memory = pin_memory
         self.store: ActivationStore | None = None
 
     @property
@@ -130,7 +134,9 @@ class ActivationStoreDataModule(pl.LightningDataModule):
 
     def _loader(self, sampler: ShuffledBatchSampler) -> DataLoader | ThreadPrefetcher:
         assert self.store is not None, "setup() must run first"
-        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        pin = self.pin_memory
+        if pin is None:
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         dataset = ActivationDataset(self.store, None)
         if self.num_workers == 0 and self.prefetch_threads > 0:
             return ThreadPrefetcher(dataset, sampler, threads=self.prefetch_threads, depth=2 * self.prefetch_threads,

@@ -4,6 +4,7 @@ teacher-forced logits equal the inference loop's at every position, a batch equa
 ONNX front ends run through onnxruntime, and EmoShift trains on it while ``llm.pt`` still loads strictly."""
 from __future__ import annotations
 
+import logging
 import pickle
 import shutil
 
@@ -381,3 +382,20 @@ def test_the_emoshift_recipe_trains_through_the_emoctl_command(cosyvoice_release
     meta = json.loads((tmp_path / "layer" / "emosteer.json").read_text())["metadata"]
     assert meta["backbone_kind"] == "cosyvoice" and meta["backbone_path"] == release
     assert meta["training"]["global_step"] == 2 and meta["condition"] == "emotion"
+
+
+def test_importing_upstream_leaves_the_process_logging_as_it_was():
+    """Upstream's file_utils calls logging.basicConfig(level=DEBUG) on import (numba then logs ~34,000 lines per
+    run); the adapter's imports put the root logger back. A fresh process, so the import really runs."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys\n"
+            "from emoctl.backbones.cosyvoice_instruct.upstream import require_cosyvoice\n"
+            "require_cosyvoice()\n"
+            "assert 'cosyvoice.utils.file_utils' in sys.modules, sorted(m for m in sys.modules if 'cosyvoice' in m)\n"
+            "root = logging.getLogger()\n"
+            "print(root.level, len(root.handlers))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(logging.WARNING), "0"]

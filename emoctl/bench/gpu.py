@@ -21,6 +21,7 @@ import contextlib
 import io
 import platform
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +41,8 @@ def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], obj
             "sae": ("SAE step (reduced: 256 -> 512, k 8, batch 256)",
                     lambda: bench_sae(batch_size=256, d_in=256, d_sae=512, k=8, steps=2, warmup=1, device=device)),
             "loader": ("Store loader (reduced: 16,384 rows x 256)",
-                       lambda: bench_loader(rows=16_384, d_model=256, batch_size=1024, workers=[], threads=[2])),
+                       lambda: bench_loader(rows=16_384, d_model=256, batch_size=1024, workers=[], threads=[2],
+                                                  device=device)),
             "cosyvoice": ("CosyVoice decoding and EmoShift step (test shape)",
                           lambda: bench_cosyvoice(batch_size=2, max_new_tokens=4, train_tokens=16, full_size=False,
                                                   device=device)),
@@ -50,9 +52,10 @@ def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], obj
         }
     return {
         "sae": ("SAE training step at the paper's shape (1280 -> 4096, k 32, batch 4096)",
-                lambda: bench_sae(device=device)),
-        "loader": ("Activation-store loader (d 1280, fp32 and bf16; 0-2 prefetch threads, 1-2 worker processes)",
-                   lambda: bench_loader()),
+                lambda: bench_sae(device=device, steps=20, warmup=5)),
+        "loader": ("Activation-store loader to the GPU (524,288 rows x 1280, fp32 and bf16; 0-2 prefetch threads, "
+                   "1-2 worker processes; pinned batches copied to the device)",
+                   lambda: bench_loader(rows=524_288, device=device)),
         "cosyvoice": ("CosyVoice-300M LLM: decoding vs upstream, EmoShift step vs frozen forward",
                       lambda: bench_cosyvoice(device=device)),
         "indextts2": ("IndexTTS2 GPT: batched generation vs upstream inference_speech",
@@ -93,7 +96,19 @@ def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bo
              f"{'reduced shapes (--quick)' if quick else 'full shapes'}. Each section is the table its "
              "benchmark prints, ratios against a baseline measured in the same run.", ""]
     summary = ["| section | wall s | result |", "|---|---:|---|"]
-    for key, (title, run) in ((k, v) for k, v in _sections(device, quick).items() if k in chosen):
+    ddp_row = f"| ddp | – | not measured by this script yet ({gpus} GPU(s) visible; a two-GPU step needs two) |"
+    sections_text: list[str] = []
+    selected = [(k, v) for k, v in _sections(device, quick).items() if k in chosen]
+
+    def write(done: int) -> None:
+        # Rewritten whole after every section: a run cut short (a lease ending, a kill) keeps what it measured.
+        state = [] if done == len(selected) else [
+            f"**Partial: {done} of {len(selected)} sections done; the run is still going or was cut short.**", ""]
+        text = "\n".join(lines[:4] + state + summary + [ddp_row, ""] + sections_text) + "\n"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_path, text.encode())
+
+    for done, (key, (title, run)) in enumerate(selected, start=1):
         buffer = io.StringIO()
         start = time.perf_counter()
         try:
@@ -102,15 +117,13 @@ def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bo
             result = "ok"
         except Exception as err:  # one failing section must not cost the others
             result = f"failed: {type(err).__name__}: {first_line(err)}"
+            traceback.print_exc()  # the report keeps one line; the log keeps where it failed
         wall = time.perf_counter() - start
         summary.append(f"| {key} | {wall:.0f} | {result} |")
         tables = "\n".join(line for line in buffer.getvalue().splitlines()
                            if line.startswith("|") or (line and not line.startswith(("\r", " "))))
-        lines += [f"## {title}", "", tables or "(no table)", "", f"Wall time {wall:.0f} s; {result}.", ""]
-        print(f"bench gpu: {key} {result} in {wall:.0f} s", flush=True)
-    summary.append(f"| ddp | – | not measured by this script yet ({gpus} GPU(s) visible; a two-GPU step needs two) |")
-    text = "\n".join(lines[:4] + summary + [""] + lines[4:]) + "\n"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_path, text.encode())
+        sections_text += [f"## {title}", "", tables or "(no table)", "", f"Wall time {wall:.0f} s; {result}.", ""]
+        write(done)
+        print(f"bench gpu: {key} {result} in {wall:.0f} s\n{tables}", flush=True)
     print(f"bench gpu: wrote {out_path}")
     return out_path

@@ -58,13 +58,15 @@ def _floor(path: Path, batch_size: int) -> tuple[float, int]:
     return time.perf_counter() - start, copied
 
 
-def _loader(path: Path, batch_size: int, workers: int, threads: int, max_batches: int) -> tuple[float, int, int]:
+def _loader(path: Path, batch_size: int, workers: int, threads: int, max_batches: int,
+            device: torch.device) -> tuple[float, int, int]:
     """Seconds, rows and bytes of ``max_batches`` training batches from the data module (first batch untimed:
-    it pays the worker start-up, which a training run pays once)."""
+    it pays the worker start-up, which a training run pays once); on a GPU each batch is pinned and copied to
+    it, as a training step receives it."""
     from data_modules.activation_store import ActivationStoreDataModule
 
     data = ActivationStoreDataModule(str(path), batch_size=batch_size, val_fraction=0.02, num_workers=workers,
-                                     prefetch_threads=threads, verify=False)
+                                     prefetch_threads=threads, verify=False, pin_memory=device.type == "cuda")
     data.setup("fit")
     loader = iter(data.train_dataloader())
     next(loader)
@@ -75,15 +77,20 @@ def _loader(path: Path, batch_size: int, workers: int, threads: int, max_batches
             batch = next(loader)
         except StopIteration:
             break
+        if device.type == "cuda":
+            batch = batch.to(device, non_blocking=True)
         rows += batch.shape[0]
         nbytes += batch.numel() * batch.element_size()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     del loader
     return seconds, rows, nbytes
 
 
 def bench_loader(rows: int = 262_144, d_model: int = 1280, batch_size: int = 4096, workers: list[int] | None = None,
-                 threads: list[int] | None = None, dtypes: list[str] | None = None, seed: int = 0) -> list[dict]:
+                 threads: list[int] | None = None, dtypes: list[str] | None = None, seed: int = 0,
+                 device: str = "cpu") -> list[dict]:
     """Rows/s and GB/s of training batches from the store, against a sequential copy of its bytes.
 
     Args:
@@ -95,6 +102,8 @@ def bench_loader(rows: int = 262_144, d_model: int = 1280, batch_size: int = 409
             2 is the data module's default setting).
         dtypes: Store dtypes to time (default float32 and bfloat16).
         seed: Seed of the random rows.
+        device: "cpu" (batches in host memory) or "cuda" (pinned batches copied to the GPU, timed until the
+            last copy lands).
     """
     workers = [1, 2] if workers is None else list(workers)
     threads = [2, 1, 0] if threads is None else list(threads)
@@ -104,6 +113,9 @@ def bench_loader(rows: int = 262_144, d_model: int = 1280, batch_size: int = 409
         raise ConfigError(f"rows must be at least 4 x batch_size, d_model and batch_size positive, workers and "
                           f"threads >= 0; got rows={rows}, d_model={d_model}, batch_size={batch_size}, "
                           f"workers={workers}, threads={threads}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"bench loader: device={device!r} but CUDA is not available here; use device=cpu.")
+    dev = torch.device(device)
     settings = [(0, t) for t in threads] + [(w, 0) for w in workers if w > 0]
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="emoctl-bench-loader-") as tmp:
@@ -119,11 +131,11 @@ def bench_loader(rows: int = 262_144, d_model: int = 1280, batch_size: int = 409
                             "gb_per_s": floor_gbs, "ratio": 1.0})
             batches = rows // batch_size - 2
             for w, t in tqdm(settings, desc=f"bench loader {dtype}", unit="setting"):
-                seconds, got_rows, got_bytes = _loader(path, batch_size, w, t, batches)
+                seconds, got_rows, got_bytes = _loader(path, batch_size, w, t, batches, dev)
                 gbs = got_bytes / seconds / 1e9
                 label = (f"{w} worker process(es)" if w else
                          f"in-process, {t} prefetch thread(s)" + (" (default)" if t == 2 else "") if t else
-                         "in-process, no prefetch")
+                         "in-process, no prefetch") + (", pinned -> cuda" if dev.type == "cuda" else "")
                 results.append({"dtype": dtype, "row": f"ActivationStoreDataModule, {label}",
                                 "rows_per_s": got_rows / seconds, "gb_per_s": gbs, "ratio": gbs / floor_gbs})
     print(f"\nStore of {rows:,} rows x {d_model}, batches of {batch_size} (training split, shuffled as in "

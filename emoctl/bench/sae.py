@@ -184,7 +184,9 @@ def _import_sparsify():
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints which decoder it picked
             from sparsify import SparseCoder, SparseCoderConfig
-    except ImportError:
+    except Exception as err:  # not installed, or installed against other versions than this machine's
+        if not isinstance(err, ImportError) or "sparsify" not in str(err):
+            print(f"(sparsify's row left out: importing it failed with {type(err).__name__}: {err})")
         return None
     return SparseCoder, SparseCoderConfig
 

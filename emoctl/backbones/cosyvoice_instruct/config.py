@@ -11,7 +11,7 @@ refused with the key that names it.
 from __future__ import annotations
 
 import functools
-import importlib
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from emoctl.backbones.cosyvoice_instruct.upstream import import_upstream
 from emoctl.errors import ConfigError
 
 #: module prefixes (or exact names) a cosyvoice.yaml may construct from: upstream's packages and the two
@@ -121,7 +122,7 @@ def _import(target: str, where: str) -> Any:
                           "release.")
     module_name, _, attribute = target.rpartition(".")
     try:
-        return getattr(importlib.import_module(module_name), attribute)
+        return getattr(import_upstream(module_name), attribute)
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"cosyvoice.yaml {where} names {target!r}, which upstream's installed package does not "
                           f"have ({err}).") from None

@@ -8,6 +8,8 @@ package is ``emoctl.backbones.cosyvoice_instruct`` so nothing shadows them.
 from __future__ import annotations
 
 import importlib
+import logging
+from types import ModuleType
 
 from emoctl.errors import ConfigError
 
@@ -23,7 +25,24 @@ def require_cosyvoice() -> None:
     for module in ("cosyvoice.llm.llm", "cosyvoice.flow.flow", "cosyvoice.hifigan.generator", "whisper.tokenizer",
                    "onnxruntime"):
         try:
-            importlib.import_module(module)
+            import_upstream(module)
         except ImportError as err:
             raise ConfigError(f"the CosyVoice backbone needs upstream's `cosyvoice` package and its modules "
                               f"({module}: {err}); {INSTALL_HINT}") from None
+
+
+def import_upstream(module: str) -> ModuleType:
+    """``importlib.import_module``, undoing what importing upstream does to the process's logging.
+
+    ``cosyvoice.utils.file_utils`` calls ``logging.basicConfig(level=logging.DEBUG)`` when imported, which turns
+    every library's debug logging on (numba's alone prints tens of thousands of lines per run); the root
+    logger's level and handlers are put back as they were.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        return importlib.import_module(module)
+    finally:
+        root.setLevel(level)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
