@@ -437,3 +437,22 @@ def test_bench_harvest_indextts2_compares_equal_work_with_upstream(capsys):
     assert [r["row"] for r in rows][0].startswith("upstream inference_speech") and len(rows) == 5
     assert rows[0]["ratio"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
     assert "8 tokens in every row" in capsys.readouterr().out  # 2 prompts x 4 tokens, the stop token disabled
+
+
+def test_row_repetition_penalty_is_hugging_faces_arithmetic_with_per_row_padding():
+    """The adapter's own penalty (transformers 5.17 refuses a per-row ignore length) against transformers'
+    processor: per row, Hugging Face's result on that row with its padding cut off."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from emoctl.backbones.indextts2.backbone import RowRepetitionPenalty
+
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 4, 12, 50
+    ids = torch.randint(0, V + 3, (B, T), generator=g)  # a few ids beyond the head's vocabulary, as HF allows
+    scores = torch.randn(B, V, generator=g) * 3
+    padding = torch.tensor([0, 3, 7, 11])
+    ours = RowRepetitionPenalty(1.3, padding)(ids, scores.clone())
+    for b in range(B):
+        theirs = RepetitionPenaltyLogitsProcessor(1.3)(ids[b:b + 1, int(padding[b]):], scores[b:b + 1].clone())
+        assert torch.equal(ours[b:b + 1], theirs)
+    assert not torch.equal(ours, scores)  # the penalty did something

@@ -43,7 +43,8 @@ Step = Callable[[], None]
 
 
 def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: int = 32, dead_fraction: float = 0.1,
-              steps: int = 5, warmup: int = 2, device: str = "auto", seed: int = 0) -> list[dict]:
+              steps: int = 5, warmup: int = 2, device: str = "auto", seed: int = 0, profile: bool = False
+              ) -> list[dict]:
     """Time one SAE training step; print a Markdown table and return its rows.
 
     Args:
@@ -56,6 +57,8 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
         warmup: Untimed steps before timing each row.
         device: "cpu", "cuda", or "auto" (CUDA when available).
         seed: Seed of the batch, the weights and the dead set.
+        profile: Also print torch.profiler's table of the emoctl steps' most costly kernels (where the time
+            goes, for the next optimization).
     """
     if not 0.0 <= dead_fraction <= 1.0:
         raise ConfigError(f"dead_fraction={dead_fraction} must be in [0, 1].")
@@ -118,7 +121,28 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
     print(_markdown(rows, f"Top-k SAE training step on {_device_name(dev)} ({torch.get_num_threads()} threads): "
                           f"batch {batch_size}, {d_in} -> {d_sae} -> {d_in}, k {k}, "
                           f"{dead.sum().item()} dead latents (AuxK on), median of {steps} steps after {warmup}."))
+    if profile:
+        for autocast in [None] + ([torch.bfloat16] if _has_fast_bf16(dev) else []):
+            _print_profile(_emoctl_step(template, x, _fast, autocast), dev,
+                           f"emoctl TopKSAE step, {'bf16 autocast' if autocast else 'fp32'}", steps)
     return rows
+
+
+def _print_profile(step: Step, device: torch.device, label: str, steps: int) -> None:
+    """torch.profiler's table of one step's ops, most costly first (device time on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for _ in range(2):
+        step()  # warm
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nProfile of {label}, {steps} steps, by {sort}:\n")
+    print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
 
 # ------------------------------------------------------------------ the steps

@@ -313,14 +313,12 @@ class IndexTTS2(Backbone):
     def _processors(self, settings: Sampling, mask: torch.Tensor, min_tokens_to_keep: int = 1) -> Any:
         """Hugging Face's own logits processors, in the order ``generate`` builds them (so a batch of one
         chooses exactly what upstream's ``inference_speech`` would)."""
-        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                  TopKLogitsWarper, TopPLogitsWarper)
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         processors = LogitsProcessorList()
         if settings.repetition_penalty != 1.0:
             padding = (mask != 0).int().argmax(dim=1)
-            processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty,
-                                                               prompt_ignore_length=padding))
+            processors.append(RowRepetitionPenalty(settings.repetition_penalty, padding))
         if not settings.greedy:
             if settings.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(settings.temperature))
@@ -589,3 +587,29 @@ def load_indextts2(path: str | None, device: torch.device) -> IndexTTS2:
     require_indextts()
     release = ReleaseFolder.open(path)
     return IndexTTS2(release, device)
+
+
+class RowRepetitionPenalty:
+    """Hugging Face's repetition penalty (a seen token's logit divided by the penalty when positive, multiplied
+    when negative), ignoring each row's own number of leading ids: a batch's left padding.
+
+    transformers' ``RepetitionPenaltyLogitsProcessor`` takes a per-row ``prompt_ignore_length`` only from 5.2x
+    on (5.17 refuses a tensor); this is the same arithmetic for any version, so a batch of one chooses what
+    upstream's ``inference_speech`` chooses and a padded row what it would choose alone.
+    """
+
+    def __init__(self, penalty: float, ignore: torch.Tensor) -> None:
+        if not penalty > 0:
+            raise ValueError(f"repetition_penalty must be positive, got {penalty}")
+        self.penalty = float(penalty)
+        self.ignore = ignore
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        ids = input_ids.clamp(max=vocab).masked_fill(positions[None, :] < self.ignore.to(input_ids.device)[:, None],
+                                                     vocab)  # ignored or out-of-vocabulary ids land in column V
+        seen = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
+        seen = seen.scatter_(1, ids, True)[:, :vocab]
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(seen, penalised, scores)
