@@ -113,7 +113,7 @@ bench: install indextts2 cosyvoice
 	$(EMOCTL) bench ser
 
 # The GPU checks in one run (issue 17): on a GPU machine, from a fresh clone, `make bench-gpu` writes
-# reports/bench_gpu.md (about 8 minutes on one H100-class GPU, estimated: not yet run on one).
+# reports/bench_gpu.md (1 min 51 s of sections on one H200, 2026-12-04, plus the install).
 BENCH_GPU_OUT ?= reports/bench_gpu.md
 bench-gpu: install indextts2 cosyvoice
 	$(EMOCTL) bench gpu --out $(BENCH_GPU_OUT)

@@ -23,7 +23,7 @@ import platform
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from emoctl.errors import ConfigError, first_line
 
@@ -120,10 +120,20 @@ def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bo
             traceback.print_exc()  # the report keeps one line; the log keeps where it failed
         wall = time.perf_counter() - start
         summary.append(f"| {key} | {wall:.0f} | {result} |")
-        tables = "\n".join(line for line in buffer.getvalue().splitlines()
-                           if line.startswith("|") or (line and not line.startswith(("\r", " "))))
+        tables = _paragraphs(line for line in buffer.getvalue().splitlines()
+                             if line.startswith("|") or (line and not line.startswith(("\r", " "))))
         sections_text += [f"## {title}", "", tables or "(no table)", "", f"Wall time {wall:.0f} s; {result}.", ""]
         write(done)
         print(f"bench gpu: {key} {result} in {wall:.0f} s\n{tables}", flush=True)
     print(f"bench gpu: wrote {out_path}")
     return out_path
+
+
+def _paragraphs(lines: Iterable[str]) -> str:
+    """The kept lines with a blank line wherever a table starts or ends (Markdown renders a table only then)."""
+    out: list[str] = []
+    for line in lines:
+        if out and out[-1] and out[-1].startswith("|") != line.startswith("|"):
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
