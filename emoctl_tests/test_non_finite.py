@@ -152,7 +152,7 @@ def test_nan_weights_are_neither_saved_over_a_good_export_nor_loaded(tmp_path):
         load_pretrained(tmp_path / "sae")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_all_finite_finds_every_kind_of_non_finite_value_and_survives_an_overflowing_sum(dtype):
     from emoctl.numerics import all_finite
 
@@ -162,9 +162,19 @@ def test_all_finite_finds_every_kind_of_non_finite_value_and_survives_an_overflo
         y = x.clone()
         y[5, 7] = value
         assert not all_finite(y), value
-    big = torch.full((64, 32), 6e4 if dtype == torch.float16 else 1e37).to(dtype)
+    big = torch.full((64, 32), 6e4 if dtype == torch.float16 else torch.finfo(dtype).max / 8, dtype=dtype)
     assert torch.isinf(big.sum()) or dtype == torch.float16  # the fast sum overflows ...
     assert all_finite(big)  # ... and the exact pass still says finite
+    # the largest finite values and subnormals are finite; a NaN in the last chunk of a long tensor is found
+    edge = torch.tensor([torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).tiny / 4, 0.0],
+                        dtype=dtype)
+    assert all_finite(edge)
+    long = torch.randn(3 * (1 << 18) + 5).to(dtype)
+    assert all_finite(long)
+    long[-1] = float("nan")
+    assert not all_finite(long)
+    assert not all_finite(long.view(-1, 1)[::2].t())  # non-contiguous views are checked too
+    assert all_finite(long[:-1].view(-1, 2)[:, 0])
 
 
 # ------------------------------------------------------------------ damaged stores: checksums nothing called
@@ -224,3 +234,14 @@ def test_a_truncated_consolidated_table_falls_back_to_the_checksummed_shard_tabl
     table = store_copy / "utterances.parquet"
     table.write_bytes(table.read_bytes()[:100])
     assert ActivationStore(store_copy).utterances.equals(expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_all_finite_agrees_with_isfinite_on_every_16_bit_pattern(dtype):
+    """The CPU check reads 16-bit floats' exponent bits: all 65,536 patterns, one at a time and all at once."""
+    from emoctl.numerics import all_finite
+
+    patterns = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    finite = torch.isfinite(patterns.float())
+    assert [all_finite(patterns[i:i + 1]) for i in range(patterns.numel())] == finite.tolist()
+    assert not all_finite(patterns) and all_finite(patterns[finite])
