@@ -73,6 +73,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
                     "The SAE demo recipe on 1 vs 2 DDP processes (CPU, gloo): time per step and loss curves."),
         "loader": Tool("emoctl.bench.loader:bench_loader",
                        "SAE training batches from an activation store vs a plain copy of its bytes."),
+        "fit": Tool("emoctl.bench.fit:bench_fit",
+                    "SAE training end to end (emoctl fit on a synthetic store at the paper's shape): ms/step, tokens/s."),
     },
     "corpus": {
         "build": Tool("emoctl.corpus.build:build_corpus", "Synthesize the ESD-shaped eSpeak NG corpus (resumable)."),

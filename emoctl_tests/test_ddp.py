@@ -51,3 +51,23 @@ def test_bench_ddp_compares_one_and_two_processes_on_the_same_global_batch(tmp_p
     assert "| 2 | 1 |" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="divisible"):
         bench_ddp(batch_size=1001)
+
+
+def test_bench_fit_times_a_real_fit_and_refuses_what_it_cannot_run():
+    """``emoctl bench fit`` on a tiny shape here: a real fit process trains (held-out FVU well below 1) and its
+    throughput is read from the logged steps."""
+    import torch
+
+    from emoctl.bench.fit import bench_fit
+    from emoctl.errors import ConfigError
+
+    (row,) = bench_fit(steps=60, batch_size=256, d_in=64, d_sae=256, k=8, rows=20_000, dtype="float32",
+                       accelerator="cpu")
+    assert row["devices"] == 1 and row["ms_per_step"] > 0
+    assert abs(row["tokens_per_s"] - 256 / (row["ms_per_step"] / 1e3)) < 1e-6 * row["tokens_per_s"]
+    assert 0 < row["val_fvu"] < 0.8 and 0 < row["final_loss"] < 0.8  # 60 steps of Adam already explain most
+    with pytest.raises(ConfigError, match="steps >= 60"):
+        bench_fit(steps=10)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            bench_fit(accelerator="gpu")
