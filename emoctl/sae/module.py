@@ -69,6 +69,7 @@ class SAEModule(pl.LightningModule):
         self.lr = lr if lr is not None else 2e-4 / math.sqrt(sae.d_sae / 2**14)
         # Saved in checkpoints so a resumed run does not re-initialize b_pre.
         self.register_buffer("b_pre_initialized", torch.tensor(False))
+        self._b_pre_ready = False  # the buffer, read once per process (a GPU read is a sync)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._non_finite_losses: torch.Tensor | None = None  # (,) int64 on the SAE's device
 
@@ -99,7 +100,9 @@ class SAEModule(pl.LightningModule):
             )
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=self.betas)
+        # fused Adam on a GPU: one kernel for all parameters (the CPU keeps the default implementation)
+        fused = True if self.sae.W_dec.is_cuda else None
+        optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=self.betas, fused=fused)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(self.hparams.warmup_steps,
                                                                                    self.hparams.decay_fraction, total))
@@ -111,28 +114,39 @@ class SAEModule(pl.LightningModule):
 
     # --------------------------------------------------------------- training
     def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
-        if not bool(self.b_pre_initialized):
-            self._init_b_pre(batch)
+        if not self._b_pre_ready:  # a Python flag: reading the buffer would be a device sync every step
+            if not bool(self.b_pre_initialized):
+                self._init_b_pre(batch)
+            self._b_pre_ready = True
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x = batch.to(self.dtype_for_math)  # (B, d_in)
         out = self.sae(x)
         self._update_dead_counters(out.top_idx, out.top_vals, n_tokens=x.shape[0])
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log_dict(
-            {
-                "train/loss": out.loss.detach(),
-                "train/fvu": out.fvu.detach(),
-                "train/aux_fvu": out.aux_fvu.detach(),
-                "train/l0": (out.top_vals > 0).sum(-1).float().mean(),
-                "train/dead_fraction": self.sae.dead_mask.float().mean(),
-                "train/lr": torch.tensor(lr),
-            },
-            prog_bar=False,
-        )
-        self.log("fvu", out.fvu.detach(), prog_bar=True, logger=False)
+        if self._logs_this_step():
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log_dict(
+                {
+                    "train/loss": out.loss.detach(),
+                    "train/fvu": out.fvu.detach(),
+                    "train/aux_fvu": out.aux_fvu.detach(),
+                    "train/l0": (out.top_vals > 0).sum(-1).float().mean(),
+                    "train/dead_fraction": self.sae.dead_mask.float().mean(),
+                    "train/lr": torch.tensor(lr),
+                },
+                prog_bar=False,
+            )
+            self.log("fvu", out.fvu.detach(), prog_bar=True, logger=False)
         self._count_non_finite(out.loss.detach(), batch_idx)
         return out.loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes the logs after this batch (every ``trainer.log_every_n_steps`` steps and the
+        last). Only then are the training scalars computed and logged: every ``self.log`` costs Lightning
+        Python work on each call, and a progress-bar value a device sync, which on a GPU cost more than the
+        SAE step itself (``emoctl bench fit``)."""
+        connector = getattr(self.trainer, "_logger_connector", None)  # Lightning's own rule, where it has one
+        return bool(getattr(connector, "should_update_logs", True)) or bool(self.trainer.fast_dev_run)
 
     def _count_non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Refuse a NaN or Inf loss within NON_FINITE_CHECK_EVERY steps, without a device sync every step.
