@@ -111,9 +111,13 @@ bench: install indextts2 cosyvoice
 	$(EMOCTL) bench harvest --backbone indextts2
 	$(EMOCTL) bench cosyvoice
 	$(EMOCTL) bench ser
+	$(EMOCTL) bench loader
+	$(EMOCTL) bench topk
+	$(EMOCTL) bench ddp --figure reports/bench_ddp.png
 
 # The GPU checks in one run (issue 17): on a GPU machine, from a fresh clone, `make bench-gpu` writes
-# reports/bench_gpu.md (1 min 51 s of sections on one H200, 2026-12-04, plus the install).
+# reports/bench_gpu.md (about 3 min of sections on one H200, 2026-12-04: 1 min 51 s without the end-to-end
+# fit, which took 71 s alone; plus the install).
 BENCH_GPU_OUT ?= reports/bench_gpu.md
 bench-gpu: install indextts2 cosyvoice
 	$(EMOCTL) bench gpu --out $(BENCH_GPU_OUT)
