@@ -65,6 +65,8 @@ def bench_fit(steps: int = 600, batch_size: int = 4096, d_in: int = 1280, d_sae:
     if steps < 60 or batch_size < 1 or rows < 4 * batch_size:
         raise ConfigError(f"bench fit needs steps >= 60 (three logged points), batch_size >= 1 and rows >= 4 x "
                           f"batch_size; got steps={steps}, batch_size={batch_size}, rows={rows}.")
+    if accelerator not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"bench fit: accelerator={accelerator!r} is not one of auto, cpu, gpu.")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if accelerator == "auto":
         accelerator = "gpu" if gpus else "cpu"
