@@ -46,7 +46,7 @@ def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], obj
                     lambda: bench_sae(batch_size=256, d_in=256, d_sae=512, k=8, steps=2, warmup=1, device=device)),
             "loader": ("Store loader (reduced: 16,384 rows x 256)",
                        lambda: bench_loader(rows=16_384, d_model=256, batch_size=1024, workers=[], threads=[2],
-                                                  device=device)),
+                                            device=device)),
             "fit": ("emoctl fit end to end (reduced: 64 -> 256, k 8, batch 256)",
                     lambda: bench_fit(steps=60, batch_size=256, d_in=64, d_sae=256, k=8, rows=20_000,
                                       dtype="float32", accelerator="gpu" if device.startswith("cuda") else "cpu")),

@@ -593,9 +593,9 @@ class RowRepetitionPenalty:
     """Hugging Face's repetition penalty (a seen token's logit divided by the penalty when positive, multiplied
     when negative), ignoring each row's own number of leading ids: a batch's left padding.
 
-    transformers' ``RepetitionPenaltyLogitsProcessor`` takes a per-row ``prompt_ignore_length`` only from 5.2x
-    on (5.17 refuses a tensor); this is the same arithmetic for any version, so a batch of one chooses what
-    upstream's ``inference_speech`` chooses and a padded row what it would choose alone.
+    transformers' ``RepetitionPenaltyLogitsProcessor`` takes a per-row ``prompt_ignore_length`` in 5.24 but
+    refuses a tensor in 5.17 (the H200 image's); this is the same arithmetic for any version, so a batch of one
+    chooses what upstream's ``inference_speech`` chooses and a padded row what it would choose alone.
     """
 
     def __init__(self, penalty: float, ignore: torch.Tensor) -> None:
