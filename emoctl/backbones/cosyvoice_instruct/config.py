@@ -11,7 +11,6 @@ refused with the key that names it.
 from __future__ import annotations
 
 import functools
-
 import re
 from dataclasses import dataclass
 from pathlib import Path
