@@ -36,6 +36,8 @@ def _fit(root: Path, version: str, devices: int, accelerator: str, precision: st
             f"{build}n_utterances={max(1, rows // ROWS_PER_UTTERANCE)}", f"{build}dtype={dtype}"]
     if devices > 1:
         args.append("--trainer.strategy=ddp")
+    print(f"bench fit: emoctl fit on {devices} {accelerator} device(s), {steps} steps (the first run also builds the "
+          "synthetic store) ...", file=sys.stderr, flush=True)
     result = subprocess.run(args, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-3:] if result.stderr.strip() else ["no output"]
