@@ -221,7 +221,7 @@ class _CountingSAEModule(SAEModule):
 def test_training_scalars_are_computed_and_logged_only_on_the_steps_lightning_writes(tmp_path):
     """Each self.log costs Lightning Python work and a progress-bar value a device sync (on a GPU the loop was
     2.6x slower than the step): the module logs only on the steps Lightning writes, and those are all there."""
-    from emoctl.bench.ddp import _scalars
+    from emoctl.bench.ddp import scalars
     from lightning.pytorch.loggers import TensorBoardLogger
 
     dm = ActivationStoreDataModule(str(tmp_path / "store"), batch_size=256, num_workers=0,
@@ -236,5 +236,5 @@ def test_training_scalars_are_computed_and_logged_only_on_the_steps_lightning_wr
     logged_steps = sorted(set(model.logged_at))
     assert logged_steps == [9, 19, 29, 39]  # not all 47 steps
     assert len(model.logged_at) == 4 * 6  # six training scalars each time
-    steps, losses, _ = _scalars(tmp_path / "tb" / "v", "train/loss")
+    steps, losses, _ = scalars(tmp_path / "tb" / "v", "train/loss")
     assert steps.tolist() == logged_steps and np.isfinite(losses).all()

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from emoctl.bench.rounds import equal_work_rows
+from emoctl.bench.rounds import equal_work_rows, sync
 from emoctl.errors import ConfigError
 
 
@@ -132,10 +132,10 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
     emoshift_step()  # warm-up
     for _ in tqdm(range(max(repeats, 2)), desc="bench cosyvoice EmoShift", unit="round"):
         for name, fn in train:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)  # CUDA runs ahead of Python: time until the step's kernels finish
+            sync(device)
             train_best[name] = min(train_best.get(name, float("inf")), time.perf_counter() - t0)
     tmp.cleanup()
     forward_s = train_best[train[0][0]]
@@ -158,8 +158,3 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
     for r in rows[3:]:
         print(f"| {r['row']} | {r['seconds']:.3f} | {r['tokens_per_s']:.0f} | {r['ratio']:.2f} |")
     return rows
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize(device)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from emoctl.errors import ConfigError
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sae_demo.yaml"
 
 
-def _scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(steps, values, wall times) of one scalar from a run's TensorBoard event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -34,20 +35,22 @@ def _scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
             np.array([p.wall_time for p in points]))
 
 
-def _fit(root: Path, processes: int, steps: int, batch_size: int, threads: int) -> Path:
-    version = f"p{processes}"
+def fit_demo_recipe(root: Path, version: str, steps: int, batch_size: int, devices: int, log_every: int,
+                    overrides: Sequence[str] = (), env: dict[str, str] | None = None) -> Path:
+    """Run ``emoctl fit`` of the demo recipe in a fresh process, its store and logs under ``root``; return the
+    run's TensorBoard folder. ``batch_size`` is per device; more than one device trains with DDP."""
     args = [sys.executable, "-m", "emoctl", "fit", "--config", str(RECIPE), f"--trainer.default_root_dir={root}",
             f"--trainer.logger.init_args.save_dir={root}", f"--trainer.logger.init_args.version={version}",
             f"--data.init_args.path={root / 'store'}", f"--trainer.max_steps={steps}",
-            f"--trainer.val_check_interval={steps}", "--trainer.log_every_n_steps=10",
-            f"--data.init_args.batch_size={batch_size // processes}", f"--trainer.devices={processes}"]
-    if processes > 1:
+            f"--trainer.val_check_interval={steps}", f"--trainer.log_every_n_steps={log_every}",
+            f"--data.init_args.batch_size={batch_size}", f"--trainer.devices={devices}", *overrides]
+    if devices > 1:
         args.append("--trainer.strategy=ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                            text=True)
     if result.returncode != 0:
-        raise ConfigError(f"the {processes}-process fit failed (exit {result.returncode}): "
-                          f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}")
+        tail = result.stderr.strip().splitlines()[-3:] if result.stderr.strip() else ["no output"]
+        raise ConfigError(f"the {devices}-device fit failed (exit {result.returncode}): {' | '.join(tail)}")
     return root / "sae_demo" / version
 
 
@@ -71,9 +74,10 @@ def bench_ddp(steps: int = 600, batch_size: int = 2048, processes: list[int] | N
     with tempfile.TemporaryDirectory(prefix="emoctl-bench-ddp-") as tmp:
         root = Path(tmp)
         for p in processes:
-            run = _fit(root, p, steps, batch_size, threads // p)
-            step, loss, wall = _scalars(run, "train/loss")
-            _, fvu, _ = _scalars(run, "val/fvu")
+            run = fit_demo_recipe(root, f"p{p}", steps, batch_size // p, p, log_every=10,
+                                  env={"OMP_NUM_THREADS": str(threads // p)})
+            step, loss, wall = scalars(run, "train/loss")
+            _, fvu, _ = scalars(run, "val/fvu")
             curves[p] = (step, loss)
             seconds_per_step = (wall[-1] - wall[0]) / (step[-1] - step[0])
             rows.append({"processes": p, "threads_per_process": threads // p, "ms_per_step": 1e3 * seconds_per_step,

@@ -11,12 +11,11 @@ per-GPU batch.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from emoctl.bench.ddp import RECIPE, _scalars
+from emoctl.bench.ddp import fit_demo_recipe, scalars
 from emoctl.errors import ConfigError
 
 ROWS_PER_UTTERANCE = 40  # the synthetic store's mean segment length, (20 + 60) / 2
@@ -25,24 +24,14 @@ ROWS_PER_UTTERANCE = 40  # the synthetic store's mean segment length, (20 + 60) 
 def _fit(root: Path, version: str, devices: int, accelerator: str, precision: str, steps: int, batch_size: int,
          d_in: int, d_sae: int, k: int, rows: int, dtype: str) -> Path:
     build = "--data.init_args.build.init_args."
-    args = [sys.executable, "-m", "emoctl", "fit", "--config", str(RECIPE),
-            f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
-            f"--trainer.logger.init_args.version={version}", f"--trainer.max_steps={steps}",
-            f"--trainer.val_check_interval={steps}", "--trainer.log_every_n_steps=20",
-            f"--trainer.accelerator={accelerator}", f"--trainer.devices={devices}", f"--trainer.precision={precision}",
-            f"--model.init_args.sae.d_in={d_in}", f"--model.init_args.sae.d_sae={d_sae}", f"--model.init_args.sae.k={k}",
-            f"--data.init_args.path={root / 'store'}", f"--data.init_args.batch_size={batch_size}",
-            f"{build}d_model={d_in}", f"{build}n_atoms={d_sae}", f"{build}k_active=4",  # the build's cost grows with it
-            f"{build}n_utterances={max(1, rows // ROWS_PER_UTTERANCE)}", f"{build}dtype={dtype}"]
-    if devices > 1:
-        args.append("--trainer.strategy=ddp")
+    overrides = [f"--trainer.accelerator={accelerator}", f"--trainer.precision={precision}",
+                 f"--model.init_args.sae.d_in={d_in}", f"--model.init_args.sae.d_sae={d_sae}",
+                 f"--model.init_args.sae.k={k}", f"{build}d_model={d_in}", f"{build}n_atoms={d_sae}",
+                 f"{build}k_active=4",  # the build's cost grows with it
+                 f"{build}n_utterances={max(1, rows // ROWS_PER_UTTERANCE)}", f"{build}dtype={dtype}"]
     print(f"bench fit: emoctl fit on {devices} {accelerator} device(s), {steps} steps (the first run also builds the "
           "synthetic store) ...", file=sys.stderr, flush=True)
-    result = subprocess.run(args, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = result.stderr.strip().splitlines()[-3:] if result.stderr.strip() else ["no output"]
-        raise ConfigError(f"the {devices}-device fit failed (exit {result.returncode}): {' | '.join(tail)}")
-    return root / "sae_demo" / version
+    return fit_demo_recipe(root, version, steps, batch_size, devices, log_every=20, overrides=overrides)
 
 
 def bench_fit(steps: int = 600, batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: int = 32,
@@ -83,8 +72,8 @@ def bench_fit(steps: int = 600, batch_size: int = 4096, d_in: int = 1280, d_sae:
         root = Path(tmp)
         for n in devices:
             run = _fit(root, f"d{n}", n, accelerator, precision, steps, batch_size, d_in, d_sae, k, rows, dtype)
-            step, loss, wall = _scalars(run, "train/loss")
-            _, fvu, _ = _scalars(run, "val/fvu")
+            step, loss, wall = scalars(run, "train/loss")
+            _, fvu, _ = scalars(run, "val/fvu")
             seconds = (wall[-1] - wall[0]) / (step[-1] - step[0])
             results.append({"devices": n, "ms_per_step": 1e3 * seconds, "tokens_per_s": n * batch_size / seconds,
                             "tokens_per_s_per_device": batch_size / seconds, "final_loss": float(loss[-1]),

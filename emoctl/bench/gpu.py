@@ -101,7 +101,7 @@ def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bo
     check_output_dir(out_path.parent, "out's folder")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     name = torch.cuda.get_device_name(0) if gpus else platform.processor() or platform.machine()
-    lines = ["# emoctl GPU checks", "",
+    header = ["# emoctl GPU checks", "",
              f"Device `{device}` ({name}; {gpus} GPU(s) visible), torch {torch.__version__}, "
              f"{'reduced shapes (--quick)' if quick else 'full shapes'}. Each section is the table its "
              "benchmark prints, ratios against a baseline measured in the same run.", ""]
@@ -115,7 +115,7 @@ def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bo
         # Rewritten whole after every section: a run cut short (a lease ending, a kill) keeps what it measured.
         state = [] if done == len(selected) else [
             f"**Partial: {done} of {len(selected)} sections done; the run is still going or was cut short.**", ""]
-        text = "\n".join(lines[:4] + state + summary + [ddp_row, ""] + sections_text) + "\n"
+        text = "\n".join(header + state + summary + [ddp_row, ""] + sections_text) + "\n"
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_path, text.encode())
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from emoctl.bench.rounds import sync
 from emoctl.errors import ConfigError
 
 ROWS_PER_UTTERANCE = 250  # about 5 s of speech tokens: a harvest's utterance
@@ -81,8 +82,7 @@ def _loader(path: Path, batch_size: int, workers: int, threads: int, max_batches
             batch = batch.to(device, non_blocking=True)
         rows += batch.shape[0]
         nbytes += batch.numel() * batch.element_size()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     seconds = time.perf_counter() - start
     del loader
     return seconds, rows, nbytes

@@ -32,6 +32,7 @@ import torch
 import torchaudio
 from tqdm.auto import tqdm
 
+from emoctl.bench.rounds import sync
 from emoctl.errors import ConfigError
 from emoctl.probes.acoustic import measure
 
@@ -122,12 +123,10 @@ def _speech(count: int, seconds: float) -> tuple[list[np.ndarray], int]:
 
 
 def _timed(function: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     start = time.perf_counter()
     result = function()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - start, result
 
 
@@ -144,8 +143,7 @@ def _crepe(clips16: list[np.ndarray], device: torch.device) -> tuple[float, list
     run(clips16[0][:ANALYSIS_RATE // 2])  # load the model
     start = time.perf_counter()
     f0s = [run(clip) for clip in tqdm(clips16, desc="torchcrepe tiny", leave=False)]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - start, f0s
 
 

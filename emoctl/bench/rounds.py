@@ -9,7 +9,16 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+import torch
 from tqdm.auto import tqdm
+
+
+def sync(device: str | torch.device) -> None:
+    """Wait for a CUDA device's queued kernels (nothing on the CPU): CUDA runs ahead of Python, so a timing
+    must end when the work does."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def equal_work_rows(cases: Sequence[tuple[str, Callable[[], int]]], repeats: int, desc: str) -> tuple[list[dict], int]:

@@ -35,6 +35,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from emoctl.bench.rounds import sync
 from emoctl.errors import ConfigError
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.topk_sae import SAEOutput, TopKSAE, reference_forward
@@ -138,8 +139,7 @@ def _print_profile(step: Step, device: torch.device, label: str, steps: int) -> 
     with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\nProfile of {label}, {steps} steps, by {sort}:\n")
     print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
@@ -246,18 +246,14 @@ def _interleaved_median_seconds(step_fns: dict[str, Step], steps: int, warmup: i
     row to the same conditions, so the ratios stay meaningful even when absolute
     times drift.
     """
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     seconds: dict[str, list[float]] = {name: [] for name in step_fns}
     with tqdm(total=len(step_fns) * (steps + warmup), desc="bench sae", unit="step", leave=False) as bar:
         for repeat in range(warmup + steps):
             for name, step in step_fns.items():
-                sync()
+                sync(device)
                 start = time.perf_counter()
                 step()
-                sync()
+                sync(device)
                 if repeat >= warmup:
                     seconds[name].append(time.perf_counter() - start)
                 bar.update()
