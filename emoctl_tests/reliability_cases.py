@@ -42,6 +42,8 @@ CLASSES: dict[str, str] = {
     "7": "Quiet nonsense values",
     "security": "Security: crafted files and escaping paths",
     "concurrency": "Concurrency: a store being written while it is read",
+    "backbone folders": "Real-backbone folders: IndexTTS2 and CosyVoice releases a user brings",
+    "evaluation folders": "Evaluation folders and audio: emotion2vec folders, clips, manifests",
 }
 """The issue's classes (issue 15), in the order the document lists them."""
 
@@ -90,6 +92,7 @@ class Case:
     check: Callable[[Path, dict[str, str]], None] | None = None  # asserts on what the command left behind
     skip_if_root: bool = False  # the fault is one root does not see (file permissions)
     xfail: str = ""  # a known defect in a file this change could not touch: why, and where
+    needs: tuple[str, ...] = ()  # pytest fixtures the case uses, each given to the command as {name}
 
     @property
     def id(self) -> str:
@@ -1200,6 +1203,39 @@ case("concurrency", "SAE fit while the store's producer has reopened it to appen
      ("@FIT_STORE", "--data.init_args.path={bad}"), ("{bad} is unfinished",), setup=reopened_by_producer)
 
 
+# ---------------------------------------------------------------------- cases kept in files of their own
+
+SURFACES = ("reliability_indextts2", "reliability_cosyvoice", "reliability_evaluation", "reliability_silent",
+            "reliability_inputs")
+"""Sibling modules that hold the cases of one surface each. Each defines ``register(case)``, which adds its cases
+through :func:`case`, and may define ``PLACEHOLDERS`` and ``ALSO_TESTED`` (merged into this module's). A case that
+needs a session fixture (a random release folder, say) names it in ``needs``; the test supplies it as
+``{fixture_name}``."""
+
+
+def _load_surface(name: str):
+    """A sibling module by file, so this works whether this module is imported as ``reliability_cases`` (the
+    tests) or ``emoctl_tests.reliability_cases`` (``python -m``)."""
+    import importlib.util
+
+    path = Path(__file__).with_name(f"{name}.py")
+    if not path.is_file():
+        return None
+    key = f"_emoctl_reliability.{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+_SURFACE_MODULES = [m for m in (_load_surface(n) for n in SURFACES) if m is not None]
+for _module in _SURFACE_MODULES:
+    _module.register(case)
+    PLACEHOLDERS.update(getattr(_module, "PLACEHOLDERS", {}))
+
+
 # ------------------------------------------------------------------------------ tested elsewhere in the suite
 
 ALSO_TESTED: dict[str, list[tuple[str, str]]] = {
@@ -1247,6 +1283,10 @@ ALSO_TESTED: dict[str, list[tuple[str, str]]] = {
                     ("test_store.py", "test_writer_input_errors_are_clear")],
 }
 """Tests elsewhere in emoctl_tests that cover a class with code of their own (kills, threads, crafted pickles)."""
+
+for _module in _SURFACE_MODULES:
+    for _key, _listed in getattr(_module, "ALSO_TESTED", {}).items():
+        ALSO_TESTED.setdefault(_key, []).extend(_listed)
 
 
 # ------------------------------------------------------------------------------------------ the document

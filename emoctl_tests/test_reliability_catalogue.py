@@ -36,8 +36,9 @@ def _params():
 
 
 @pytest.mark.parametrize("case", list(_params()))
-def test_case(case: Case, shared: dict[str, str], tmp_path: Path) -> None:
+def test_case(case: Case, shared: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> None:
     values = {**shared, "tmp": str(tmp_path)}
+    values.update({name: str(request.getfixturevalue(name)) for name in case.needs})
     try:
         if case.setup is not None:
             values.update(case.setup(tmp_path, values))
@@ -77,7 +78,7 @@ def test_tests_named_as_also_covering_a_class_exist():
     here = Path(__file__).parent
     for listed in catalogue.ALSO_TESTED.values():
         for file, name in listed:
-            assert re.search(rf"^def {name}\(", (here / file).read_text(), re.M), f"{file}::{name} is gone"
+            assert re.search(rf"^(async )?def {name}\(", (here / file).read_text(), re.M), f"{file}::{name} is gone"
 
 
 def test_docs_reliability_md_is_the_catalogue():
