@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from emoctl.bench.rounds import equal_work_rows, sync
+from emoctl.bench.rounds import equal_work_rows, resolve_device, sync
 from emoctl.errors import ConfigError
 
 
@@ -52,6 +52,7 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
     if repeats < 1 or batch_size < 1 or max_new_tokens < 1 or train_tokens < 1:
         raise ConfigError(f"repeats, batch_size, max_new_tokens and train_tokens must be >= 1, got {repeats}, "
                           f"{batch_size}, {max_new_tokens}, {train_tokens}.")
+    device = str(resolve_device(device, "bench cosyvoice", auto=False))
     from emoctl.backbones import Prompt
     from emoctl.backbones.conditions import VoiceName
     from emoctl.backbones.cosyvoice_instruct.random_release import RandomReleaseSize, write_random_release

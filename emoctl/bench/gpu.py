@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable
 
+from emoctl.bench.rounds import resolve_device
 from emoctl.errors import ConfigError, first_line
 
 SECTIONS = ("sae", "loader", "fit", "cosyvoice", "indextts2")
@@ -94,6 +95,7 @@ def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bo
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("bench gpu: CUDA is not available on this machine. Run it on a GPU machine, or check the "
                           "script itself here with --device cpu --quick true.")
+    resolve_device(device, "bench gpu", auto=False)  # an unknown name, or a GPU index this machine lacks
     if device == "cpu" and not quick:
         raise ConfigError("bench gpu on the CPU runs only the reduced shapes: add --quick true (the full shapes "
                           "are `emoctl bench sae`, `bench cosyvoice` ... one at a time).")

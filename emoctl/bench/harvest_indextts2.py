@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from emoctl.bench.rounds import equal_work_rows
+from emoctl.bench.rounds import equal_work_rows, resolve_device
 from emoctl.errors import ConfigError
 
 UPSTREAM_SAMPLING = dict(temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0)
@@ -47,6 +47,7 @@ def bench_harvest_indextts2(batch_size: int = 8, max_new_tokens: int = 32, repea
     if repeats < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"repeats, batch_size and max_new_tokens must be >= 1, got {repeats}, {batch_size}, "
                           f"{max_new_tokens}.")
+    device = str(resolve_device(device, "bench harvest", auto=False))
     from indextts.gpt.model_v2 import UnifiedVoice
 
     from emoctl.backbones import Prompt

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emoctl.bench.rounds import sync
+from emoctl.bench.rounds import resolve_device, sync
 from emoctl.errors import ConfigError
 
 ROWS_PER_UTTERANCE = 250  # about 5 s of speech tokens: a harvest's utterance
@@ -113,9 +113,7 @@ def bench_loader(rows: int = 262_144, d_model: int = 1280, batch_size: int = 409
         raise ConfigError(f"rows must be at least 4 x batch_size, d_model and batch_size positive, workers and "
                           f"threads >= 0; got rows={rows}, d_model={d_model}, batch_size={batch_size}, "
                           f"workers={workers}, threads={threads}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"bench loader: device={device!r} but CUDA is not available here; use device=cpu.")
-    dev = torch.device(device)
+    dev = resolve_device(device, "bench loader", auto=False)
     settings = [(0, t) for t in threads] + [(w, 0) for w in workers if w > 0]
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="emoctl-bench-loader-") as tmp:

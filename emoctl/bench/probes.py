@@ -32,7 +32,7 @@ import torch
 import torchaudio
 from tqdm.auto import tqdm
 
-from emoctl.bench.rounds import sync
+from emoctl.bench.rounds import resolve_device, sync
 from emoctl.errors import ConfigError
 from emoctl.probes.acoustic import measure
 
@@ -56,8 +56,7 @@ def bench_probes(n_utterances: int = 8, seconds: float = 3.0, device: str = "aut
     """
     if n_utterances < 1 or seconds <= 0:
         raise ConfigError(f"bench_probes: n_utterances={n_utterances} must be >= 1 and seconds={seconds} > 0.")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = resolve_device(device, "bench probes")
     clips, native_rate = _speech(n_utterances, seconds)
     clips16 = [torchaudio.functional.resample(torch.from_numpy(c), native_rate, ANALYSIS_RATE).numpy() for c in clips]
     audio_seconds = sum(c.size for c in clips) / native_rate

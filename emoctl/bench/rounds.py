@@ -12,6 +12,31 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from emoctl.errors import ConfigError
+
+
+def resolve_device(device: str, command: str, auto: bool = True) -> torch.device:
+    """The torch device a benchmark's ``--device`` names, or a one-paragraph refusal before any work: an unknown
+    name, or CUDA on a machine without it (torch would fail later, with its driver's traceback). ``auto`` (where
+    ``auto`` is allowed) is CUDA when available, else the CPU."""
+    choices = "cpu, cuda, cuda:N or auto" if auto else "cpu, cuda or cuda:N"
+    if auto and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{command} --device {device!r} is not a device; use {choices}.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{command} --device {device!r}: the benchmark runs on {choices}.")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{command} --device {device!r}, but CUDA is not available on this machine (no GPU or "
+                              "no driver torch can use); use --device cpu" + (" or auto." if auto else "."))
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{command} --device {device!r}, but this machine has {torch.cuda.device_count()} "
+                              "GPU(s) (cuda:0 ...); pick one of them.")
+    return dev
+
 
 def sync(device: str | torch.device) -> None:
     """Wait for a CUDA device's queued kernels (nothing on the CPU): CUDA runs ahead of Python, so a timing

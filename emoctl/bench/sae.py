@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from emoctl.bench.rounds import sync
+from emoctl.bench.rounds import resolve_device, sync
 from emoctl.errors import ConfigError
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.topk_sae import SAEOutput, TopKSAE, reference_forward
@@ -66,10 +66,7 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise ConfigError(f"bench sae: need steps >= 1, warmup >= 0 and batch_size >= 1; got steps={steps}, "
                           f"warmup={warmup}, batch_size={batch_size}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"bench sae: device={device!r} but CUDA is not available here; use device=cpu or auto.")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = resolve_device(device, "bench sae")
     generator = torch.Generator().manual_seed(seed)
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, k=k, hook_name="bench")
     torch.manual_seed(seed)

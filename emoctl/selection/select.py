@@ -26,7 +26,7 @@ import torch
 
 from emoctl.errors import ConfigError
 from emoctl.sae.export import load_pretrained
-from emoctl.selection.feature_set import FeatureSet, SelectedFeature
+from emoctl.selection.feature_set import FeatureSet, SelectedFeature, feature_file_name
 from emoctl.selection.indicators import FiringIndicators, collect_indicators
 from emoctl.selection.pairs import EmotionPairs, pair_utterances
 from emoctl.selection.report import save_delta_histogram, write_summary
@@ -42,7 +42,7 @@ from emoctl.store.fsio import check_output_dir
 
 def feature_set_path(out_dir: str | Path, emotion: str) -> Path:
     """Where ``emoctl select`` writes an emotion's feature set: ``<out_dir>/features_<emotion>.json``."""
-    return Path(out_dir) / f"features_{_safe(emotion)}.json"
+    return Path(out_dir) / feature_file_name(emotion)
 
 
 def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral", emotions: list[str] | None = None,
@@ -85,6 +85,9 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
         raise ConfigError(f"score={score!r} must be one of {', '.join(SCORES)}.")
     if n_stability < 1 or n_bootstrap < 1:
         raise ConfigError(f"n_stability={n_stability} and n_bootstrap={n_bootstrap} must be >= 1.")
+    if seed < 0:
+        raise ConfigError(f"--seed {seed}: the seed must be an integer >= 0 (the bootstrap's and the held-out "
+                          "split's numpy generators take no negative seed).")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available here; use device=cpu.")
     activation_store = ActivationStore(store)
