@@ -32,7 +32,7 @@ from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import FeatureSet, check_selected_with
 from emoctl.selection.select import feature_set_path
 from emoctl.steering.base import steer
-from emoctl.steering.sae_features import SAEFeatureSteering
+from emoctl.steering.sae_features import LATENT_ALPHA_RULE, SAEFeatureSteering, latent_alpha_ok
 from emoctl.synthesis import SamplingConfig, synthesize
 from emoctl.store.fsio import atomic_write_bytes, check_output_dir, save_figure_atomically
 
@@ -54,8 +54,8 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
                        texts: list[str] | None = None, n_texts: int = 10, speakers: list[str] | None = None,
                        prompt_emotion: str = "Neutral", seed: int = 0, temperature: float = 1.0,
                        top_k: int | None = None, max_new_tokens: int = 400, batch_size: int = 10,
-                       n_bootstrap: int = 2000, progress: bool = True, corpus_root: str | None = None
-                       ) -> list[dict]:
+                       n_bootstrap: int = 2000, progress: bool = True, corpus_root: str | None = None,
+                       allow_unverified_features: bool = False) -> list[dict]:
     """Steer each selected feature alone and report ΔF0, ΔRMS, Δcentroid and Δduration with CIs and p-values.
 
     Args:
@@ -82,6 +82,8 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
         progress: Show a progress bar over the steering passes.
         corpus_root: ESD folder whose reference clips voice the speakers, for a backbone that clones voices
             (IndexTTS2); unused by backbones that know their voices by name.
+        allow_unverified_features: Apply feature sets that record no SAE digest (nothing then shows that their
+            latent ids index this SAE); without it they are refused.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from emoctl.corpus.sentences import generate_sentences
@@ -94,19 +96,21 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
         ("max_new_tokens", max_new_tokens, max_new_tokens >= 1, ">= 1"),
         ("temperature", temperature, math.isfinite(temperature) and temperature >= 0, ">= 0; 0 is greedy"),
         ("top_k", top_k, top_k is None or top_k >= 1, ">= 1 or null"),
-        ("alpha", alpha, math.isfinite(alpha), "finite"),
-        ("alphas", alphas, all(math.isfinite(a) for a in (alphas or {}).values()), "finite values"),
+        ("alpha", alpha, latent_alpha_ok(alpha), LATENT_ALPHA_RULE),
+        ("alphas", alphas, all(latent_alpha_ok(a) for a in (alphas or {}).values()), LATENT_ALPHA_RULE),
+        ("seed", seed, seed >= 0, ">= 0"),
     ) if not ok]
     if bad:
         raise ConfigError("emoctl attribute: " + "; ".join(bad) + ".")
-    model = backbone.load()
-    sae_model = load_pretrained(sae, device=backbone.device)
+    # Everything read from files is checked before the backbone loads or anything is generated.
     sets = _feature_sets(Path(selection), emotions)
-    check_selected_with(sets, sae, selection)
+    sae_model = load_pretrained(sae, device=backbone.device)
+    check_selected_with(sets, sae, selection, allow_unverified=allow_unverified_features, d_sae=sae_model.cfg.d_sae)
     alphas = dict(alphas or {})
     unknown = sorted(set(alphas) - set(sets))
     if unknown:
         raise ConfigError(f"alphas names emotions {unknown} that have no feature set in {selection}.")
+    model = backbone.load()
     texts = list(texts) if texts else generate_sentences(n_texts, seed=1234)
     if clones_voices(model):
         if corpus_root is None:

@@ -29,6 +29,7 @@ norm of another feature set's direction).
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Literal, Sequence
 
 import torch
@@ -41,6 +42,21 @@ from emoctl.sae.topk_sae import TopKSAE
 from emoctl.steering.base import Alpha, Intervention, Schedule
 
 SAEMode = Literal["sae", "closed_form"]
+
+LATENT_ALPHA_LIMIT = 1000.0
+"""The largest |α| (latent units) a command accepts. The reports steer with α from 4 to 40 (Table 1's sweep 4
+and 8, the attribution 40, README's example 30-40). On the mini TTS, one latent at α = 1000 still speaks, with
+larger shifts than at 40; at 1e5 and 1e8 the shifts are identical (the stream is saturated, so α means nothing
+more), and 1e30 makes the logits infinite, which sampling reports only as a failed probability tensor."""
+
+LATENT_ALPHA_RULE = (f"finite, |α| <= {LATENT_ALPHA_LIMIT:g} latent units; the reports steer with α from 4 to 40, "
+                     "Table 1's sweep at 4 and 8 and the attribution at 40")
+"""What a refusal of α says is right."""
+
+
+def latent_alpha_ok(alpha: float) -> bool:
+    """Whether α is a strength a latent can be steered by: finite and within :data:`LATENT_ALPHA_LIMIT`."""
+    return math.isfinite(alpha) and abs(alpha) <= LATENT_ALPHA_LIMIT
 
 
 class SAEFeatureSteering(Intervention):
