@@ -39,9 +39,14 @@ def test_five_esd_probabilities_from_the_nine_and_embeddings_of_the_model_width(
     assert out.probs.shape == (3, 5) and out.labels == ESD_EMOTIONS
     torch.testing.assert_close(out.probs.sum(1), torch.ones(3))
     assert out.embeddings.shape == (3, release_config(Emotion2VecSize.tiny())["model_conf"]["embed_dim"])
-    # the five are funasr's nine scores renormalized over the mapped classes, read from funasr itself
-    raw = recognizer.model.generate(waves[0], fs=16000, granularity="utterance", extract_embedding=True,
-                                    disable_pbar=True)[0]
+    # the five are funasr's nine scores renormalized over the mapped classes, read from funasr's own AutoModel
+    # on the same (clean) folder: emoctl builds the model itself, and gets the numbers funasr's loader gets
+    from funasr import AutoModel
+
+    threads = torch.get_num_threads()
+    auto = AutoModel(model=str(folder), disable_update=True, device="cpu", ncpu=threads, disable_log=True)
+    raw = auto.generate(waves[0], fs=16000, granularity="utterance", extract_embedding=True, disable_pbar=True)[0]
+    torch.set_num_threads(threads)
     nine = torch.tensor([raw["scores"]], dtype=torch.float32)
     torch.testing.assert_close(out.probs[:1], map_to_esd(nine, raw["labels"]))
     # the utterance embedding is the mean of the 50 Hz frame features (what funasr's "utterance" gives)

@@ -1,7 +1,7 @@
 """emotion2vec (plus_large, plus_base, base_finetuned) as an :class:`EmotionRecognizer`, from a local folder.
 
-The model loads through funasr ``AutoModel(model=local_dir, disable_update=True)``
-and is never downloaded: the folder (``config.yaml``, ``model.pt``, ``tokens.txt``)
+The model is funasr's own ``Emotion2vec`` class, built by emoctl from the folder's checked
+config (see Loading below), and is never downloaded: the folder (``config.yaml``, ``model.pt``, ``tokens.txt``)
 must already be on disk.  funasr is an optional dependency; without it, or
 without the folder, construction raises a ``ConfigError`` saying which.
 
@@ -18,10 +18,14 @@ count as a correct prediction by accident.
 Utterance embedding.  The mean over emotion2vec's 50 Hz frame features
 (granularity="frame"), the representation both papers' Emo-SIM uses.
 
-Loading.  The folder is checked before funasr reads it (:func:`~emoctl.metrics.emotion2vec_folder.check_folder`:
-files, an Emotion2vec config, a feature-encoder spec funasr may evaluate safely), funasr is told the caller's
-thread count (it would set 4 for the whole process), and the loaded weights are compared with ``model.pt``
-key by key: funasr only warns about missing or mis-shaped keys and would run with random weights.
+Loading.  Nothing of the folder but data reaches funasr: :func:`~emoctl.metrics.emotion2vec_folder.read_folder`
+reads config.yaml, tokens.txt and configuration.json as data and refuses any key that asks for code or names
+another file, :func:`~emoctl.metrics.emotion2vec_folder.read_weights` reads model.pt weights-only, and this
+class builds funasr's own ``Emotion2vec`` module from the checked ``model_conf`` and loads those weights itself
+(every parameter must be in model.pt at its shape: funasr would only warn and run with random weights).
+funasr's ``AutoModel`` is never called: it imports ``remote_code`` files and follows the paths of
+``configuration.json``.  Inference is funasr's own ``Emotion2vec.inference``, so the scores are the ones
+``AutoModel(...).generate`` gives on the same folder.
 """
 from __future__ import annotations
 
@@ -75,7 +79,7 @@ class Emotion2Vec(EmotionRecognizer):
     sample_rate = 16000
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu") -> None:
-        from emoctl.metrics.emotion2vec_folder import check_folder
+        from emoctl.metrics.emotion2vec_folder import read_folder, read_weights
 
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -83,58 +87,66 @@ class Emotion2Vec(EmotionRecognizer):
                               f"emotion2vec_plus_large (or plus_base) folder there (config.yaml, model.pt, "
                               f"tokens.txt); emoctl never downloads models.")
         if importlib.util.find_spec("funasr") is None:
-            raise ConfigError(f"Emotion2Vec({self.model_dir}) loads the model through funasr, which is not "
-                              f"installed: `pip install funasr==1.4.16` (`make install` does it).")
-        check_folder(self.model_dir)
+            raise ConfigError(f"Emotion2Vec({self.model_dir}) builds the model with funasr's Emotion2vec class, "
+                              f"and funasr is not installed: `pip install funasr==1.4.16` (`make install` does it).")
+        self.folder = read_folder(self.model_dir)
+        self._state = read_weights(self.folder.weights)  # memory-mapped: cheap until the model is built
         self.device = device
         self.name = self.model_dir.name
 
     @cached_property
-    def model(self) -> Any:
-        from funasr import AutoModel
+    def model(self) -> torch.nn.Module:
+        """funasr's Emotion2vec module, built from the checked model_conf, with model.pt's weights."""
+        from funasr.models.emotion2vec.model import Emotion2vec
 
-        threads = torch.get_num_threads()
-        model = AutoModel(model=str(self.model_dir), disable_update=True, device=self.device, ncpu=threads)
-        torch.set_num_threads(threads)
-        self._check_weights(model.model)
-        return model
+        module = Emotion2vec(model_conf=self.folder.model_conf, vocab_size=len(self.folder.labels))
+        self._load_weights(module)
+        return module.to(self.device).eval()
 
-    def _check_weights(self, module: torch.nn.Module) -> None:
-        """Every tensor of model.pt loaded into its parameter, and no parameter left at its random init."""
-        path = self.model_dir / "model.pt"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # damaged file
-            raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
-        state = state["model"] if isinstance(state, dict) and "model" in state else state
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-        loaded = module.state_dict()
-        missing = [k for k in loaded if k not in state]
-        unfit = [k for k in loaded if k in state and (state[k].shape != loaded[k].shape or
-                                                       not torch.equal(state[k].to(loaded[k]), loaded[k]))]
+    @cached_property
+    def tokenizer(self) -> Any:
+        """funasr's CharTokenizer over tokens.txt's labels (inference reads its token_list as the class names)."""
+        from funasr.tokenizer.char_tokenizer import CharTokenizer
+
+        return CharTokenizer(token_list=list(self.folder.labels), unk_symbol=self.folder.unk_symbol,
+                             split_with_space=self.folder.split_with_space)
+
+    def _load_weights(self, module: torch.nn.Module) -> None:
+        """Every parameter of the module from model.pt at its shape, or a ConfigError naming what does not fit."""
+        state, path = self._state, self.folder.weights
+        expected = module.state_dict()
+        missing = [k for k in expected if k not in state]
+        unfit = [k for k in expected if k in state and state[k].shape != expected[k].shape]
         if missing or unfit:
             raise ConfigError(f"{path} does not fit the model config.yaml describes: {len(missing)} parameter(s) "
-                              f"missing (e.g. {missing[:3]}), {len(unfit)} of another shape or not loaded (e.g. "
+                              f"missing (e.g. {missing[:3]}), {len(unfit)} of another shape (e.g. "
                               f"{unfit[:3]}); funasr would run them with random weights. Use the config.yaml "
                               "released with this model.pt.")
+        module.load_state_dict({k: state[k] for k in expected}, strict=True)
+        self._state = {}  # the parameters hold the weights now
+
+    @torch.no_grad()
+    def _recognize(self, clip: np.ndarray) -> dict[str, Any]:
+        """funasr's result for one validated 16 kHz clip: labels, nine scores and the (T, D) frame features."""
+        results, _ = self.model.inference([clip], key=["clip"], tokenizer=self.tokenizer, frontend=None,
+                                          device=self.device, fs=self.sample_rate, granularity="frame",
+                                          extract_embedding=True)
+        return results[0]
 
     def frame_features(self, wave: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
         """(frames at 50 Hz, D) features of one clip, the frames the utterance embedding averages."""
         clip = prepare_clips([wave], sample_rate, target_rate=self.sample_rate)[0]
-        result = self.model.generate(clip, fs=self.sample_rate, granularity="frame", extract_embedding=True,
-                                     disable_pbar=True)[0]
-        return torch.as_tensor(np.asarray(result["feats"], dtype=np.float32))
+        return torch.as_tensor(np.asarray(self._recognize(clip)["feats"], dtype=np.float32))
 
     @torch.no_grad()
     def __call__(self, waves: Sequence[np.ndarray | torch.Tensor], sample_rate: int | Sequence[int]) -> SERResult:
         clips = prepare_clips(waves, sample_rate, target_rate=self.sample_rate)
         probs, embeddings, classes = [], [], None
         for clip in clips:
-            result = self.model.generate(clip, fs=self.sample_rate, granularity="frame", extract_embedding=True,
-                                         disable_pbar=True)[0]
+            result = self._recognize(clip)
             classes = classes or list(result["labels"])
             probs.append(torch.as_tensor(np.asarray(result["scores"], dtype=np.float32)))  # (9,)
-            feats = torch.as_tensor(np.asarray(result["feats"], dtype=np.float32))  # (T, D) or (D,)
+            feats = torch.as_tensor(np.asarray(result["feats"], dtype=np.float32))  # (T, D)
             embeddings.append(feats.mean(dim=0) if feats.ndim == 2 else feats)
         return SERResult(probs=map_to_esd(torch.stack(probs), classes), embeddings=torch.stack(embeddings),
                          labels=ESD_EMOTIONS)
