@@ -216,10 +216,31 @@ def stamp(markdown: str, record: Mapping[str, Any], info_file: str) -> str:
 # --------------------------------------------------------------------------------------------------- diffing
 
 def read_info(path: Path) -> dict[str, Any]:
+    """A report record, checked for the shape ``write_report_info`` gives it: an object whose ``provenance`` and
+    ``outputs`` (when present) are objects too, so a hand-edited record is named rather than half-compared."""
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read the report record {path}: {err}.") from None
+    if not isinstance(info, dict):
+        raise ConfigError(f"the report record {path} holds a JSON {_json_kind(info)}, not an object with "
+                          "`provenance` and `outputs`; rerun the report that writes it, or undo the edit.")
+    for key in ("provenance", "outputs"):
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            raise ConfigError(f"the report record {path}: `{key}` is a JSON {_json_kind(info[key])}, not an "
+                              "object; rerun the report that writes it, or undo the edit.")
+    for name, digest in (info.get("outputs") or {}).items():
+        if not isinstance(digest, str) or Path(name).name != name:
+            raise ConfigError(f"the report record {path}: `outputs` maps {name!r} to {json.dumps(digest)}; each "
+                              "entry must be a file name beside the record and its digest string. Rerun the report "
+                              "that writes it, or undo the edit.")
+    return info
+
+
+def _json_kind(value: Any) -> str:
+    """JSON's name for a decoded value's type (a Python ``str`` is a JSON string)."""
+    return {str: "string", bool: "boolean", int: "number", float: "number", list: "list", type(None): "null"}.get(
+        type(value), type(value).__name__)
 
 
 def info_files(folder: Path) -> dict[str, Path]:

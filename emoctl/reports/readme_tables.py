@@ -19,6 +19,9 @@ from emoctl.errors import ConfigError
 
 OPEN = re.compile(r"^<!-- table: (?P<path>\S+) #(?P<index>\d+) -->$")
 CLOSE = "<!-- /table -->"
+NEAR_MARKER = re.compile(r"^<!?-*\s*/?\s*(?P<word>[A-Za-z]{3,7})\b", re.IGNORECASE)
+"""A line that starts like an HTML comment whose first word may be a mistyped ``table`` (tested by
+:func:`_near_miss`): two spaces, a missing colon, ``Table`` or ``tabel`` would otherwise leave the check silently."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ def markdown_tables(text: str) -> list[list[str]]:
 def quoted_tables(readme_text: str, readme: str = "README.md") -> list[QuotedTable]:
     """The marked blocks of a README; an unclosed or nested marker is an error naming its line."""
     lines = readme_text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if _near_miss(line.strip()):
+            raise ConfigError(f"{readme}:{number}: `{line.strip()}` looks like a table marker but is not one, so "
+                              "the table after it would leave the check without a word. Write it exactly as "
+                              "`<!-- table: reports/<file>.md #<n> -->` (one space each side, lower case, a colon) "
+                              f"or `{CLOSE}`, or rephrase the comment.")
     blocks: list[QuotedTable] = []
     i = 0
     while i < len(lines):
@@ -64,6 +73,31 @@ def quoted_tables(readme_text: str, readme: str = "README.md") -> list[QuotedTab
             i = end
         i += 1
     return blocks
+
+
+def _near_miss(line: str) -> bool:
+    """Whether a stripped line is a mistyped marker: not an exact opening or closing marker, but a comment (or
+    something close to ``<!--``) whose first word is ``table`` give or take one letter, in any case."""
+    if OPEN.match(line) or line == CLOSE:
+        return False
+    match = NEAR_MARKER.match(line)
+    if match is None or "-" not in line[:match.start("word")]:
+        return False
+    return _within_one_edit(match["word"].lower(), "table")
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    """Levenshtein distance at most 1 (one letter added, dropped, changed or two swapped)."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [k for k in range(len(a)) if a[k] != b[k]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:k] + long[k + 1:] == short for k in range(len(long)))
 
 
 def report_table(root: Path, report: str, index: int, where: str) -> list[str]:
