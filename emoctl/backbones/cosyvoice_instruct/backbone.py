@@ -35,7 +35,6 @@ from emoctl.backbones.audio_input import private_rng
 from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
 from emoctl.backbones.conditions import EmotionCondition, InstructText, VoiceClip, VoiceName
 from emoctl.backbones.cosyvoice_instruct import ras
-from emoctl.backbones.cosyvoice_instruct.config import build, section
 from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease
 from emoctl.backbones.cosyvoice_instruct.speech_models import CampPlus, OnnxSpeechTokenizer
 from emoctl.backbones.hooks import HookManager, Phase
@@ -97,18 +96,16 @@ class CosyVoiceInstruct(Backbone):
                  instructions: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.release = release
-        cfg, yaml_path = release.config, release.path("cosyvoice.yaml")
-        llm_section = section(cfg, "llm", yaml_path)
+        cfg = release.config
+        for key in ("flow", "hift"):  # the vocoder builds them later: check them now, so errors come first
+            cfg.plan(key)
         with private_rng():
-            self.llm = build(llm_section, "llm")
-        if type(self.llm).__name__ != "TransformerLM":
-            raise ConfigError(f"{yaml_path}: llm builds a {type(self.llm).__name__}; the adapter reads "
-                              "CosyVoice-300M's TransformerLM (CosyVoice2's Qwen2LM is another model).")
+            self.llm = cfg.build("llm")  # only upstream's TransformerLM, every argument checked first
         load_strict(self.llm, _load_state(release.path("llm.pt"), "LLM"), release.path("llm.pt"))
         self.llm.eval().requires_grad_(False)
-        self.upstream_sampling = self._sampling_from(llm_section)
-        self.text_tokenizer = build(section(cfg, "get_tokenizer", yaml_path), "get_tokenizer")()
-        self.allowed_special = cfg.get("allowed_special", "all")
+        self.upstream_sampling = self._sampling_from(cfg.sampling())
+        self.text_tokenizer = cfg.text_tokenizer()
+        self.allowed_special = cfg.allowed_special
         self.instructions = self._check_instructions(instructions)
         self.spk2info = self._load_spk2info()
         self.hidden_size = int(self.llm.llm_decoder.in_features)
@@ -129,12 +126,10 @@ class CosyVoiceInstruct(Backbone):
 
     # ------------------------------------------------------------- loading
     @staticmethod
-    def _sampling_from(llm_section: Any) -> Sampling:
-        """The release's own sampling (its ``ras_sampling`` arguments), as a Sampling."""
-        rule = llm_section.args.get("sampling") if isinstance(llm_section.args, dict) else None
-        args = dict(getattr(rule, "args", None) or {})
-        return Sampling(temperature=1.0, top_p=float(args.get("top_p", 0.8)), top_k=int(args.get("top_k", 25)),
-                        ras_window=int(args.get("win_size", 10)), ras_tau=float(args.get("tau_r", 0.1)))
+    def _sampling_from(args: Mapping[str, Any]) -> Sampling:
+        """The release's own sampling (its checked ``ras_sampling`` arguments), as a Sampling."""
+        return Sampling(temperature=1.0, top_p=args["top_p"], top_k=args["top_k"], ras_window=args["win_size"],
+                        ras_tau=args["tau_r"])
 
     @staticmethod
     def _check_instructions(instructions: Mapping[str, str] | None) -> dict[str, str]:

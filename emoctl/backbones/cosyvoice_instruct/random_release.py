@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from emoctl.backbones.audio_input import private_rng
-from emoctl.backbones.cosyvoice_instruct.config import build, read_config, section
+from emoctl.backbones.cosyvoice_instruct.config import CosyVoiceConfig
 
 SPEAKERS = ("英文女", "英文男")  # the release's English voices
 
@@ -190,14 +190,14 @@ def write_random_release(folder: str | Path, size: RandomReleaseSize | None = No
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     (root / "cosyvoice.yaml").write_text(_YAML.format(**vars(size)), encoding="utf-8")
-    cfg, path = read_config(root / "cosyvoice.yaml"), root / "cosyvoice.yaml"
+    cfg = CosyVoiceConfig.read(root / "cosyvoice.yaml")
     with private_rng():
         torch.manual_seed(seed)
-        llm = build(section(cfg, "llm", path), "llm")
+        llm = cfg.build("llm")
         _make_utterances_end(llm, size.stop_spread)
         torch.save(llm.state_dict(), root / "llm.pt")
-        torch.save(build(section(cfg, "flow", path), "flow").state_dict(), root / "flow.pt")
-        hift = build(section(cfg, "hift", path), "hift")
+        torch.save(cfg.build("flow").state_dict(), root / "flow.pt")
+        hift = cfg.build("hift")
         torch.save({f"generator.{k}": v for k, v in hift.state_dict().items()}, root / "hift.pt")  # as released
         torch.save({name: {"embedding": torch.randn(1, 192)} for name in SPEAKERS}, root / "spk2info.pt")
     rng = np.random.default_rng(seed)

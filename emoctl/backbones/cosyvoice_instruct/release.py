@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from emoctl.backbones.checkpoint_files import digest_files as _digest_files
-from emoctl.backbones.cosyvoice_instruct.config import read_config
+from emoctl.backbones.cosyvoice_instruct.config import CosyVoiceConfig
 from emoctl.errors import ConfigError
 
 RELEASE_REPO = "FunAudioLLM/CosyVoice-300M-Instruct"
@@ -46,9 +46,9 @@ class CosyVoiceRelease:
         return self.root / name
 
     @cached_property
-    def config(self) -> dict[str, Any]:
-        """cosyvoice.yaml as data (tags recorded, nothing constructed: see :mod:`.config`)."""
-        return read_config(self.path("cosyvoice.yaml"))
+    def config(self) -> CosyVoiceConfig:
+        """cosyvoice.yaml as data (tags recorded, nothing constructed until asked: see :mod:`.config`)."""
+        return CosyVoiceConfig.read(self.path("cosyvoice.yaml"))
 
     @cached_property
     def digest(self) -> str:

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from emoctl.backbones.audio_input import private_rng
-from emoctl.backbones.cosyvoice_instruct.config import build, section
 from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease
 from emoctl.errors import ConfigError
 
@@ -23,10 +22,9 @@ class FlowHiftVocoder:
     def __init__(self, release: CosyVoiceRelease, device: torch.device) -> None:
         from emoctl.backbones.cosyvoice_instruct.backbone import _load_state, load_strict
 
-        cfg, yaml_path = release.config, release.path("cosyvoice.yaml")
         with private_rng():
-            self.flow: Any = build(section(cfg, "flow", yaml_path), "flow")
-            self.hift: Any = build(section(cfg, "hift", yaml_path), "hift")
+            self.flow: Any = release.config.build("flow")
+            self.hift: Any = release.config.build("hift")
         load_strict(self.flow, _load_state(release.path("flow.pt"), "flow"), release.path("flow.pt"))
         hift_state = {k.replace("generator.", "", 1) if k.startswith("generator.") else k: v
                       for k, v in _load_state(release.path("hift.pt"), "HiFT").items()}
