@@ -79,26 +79,27 @@ class IndexTTS2(Backbone):
                  mel_positions: Literal["released", "training"] = "released") -> None:
         super().__init__()
         from indextts.gpt.model_v2 import UnifiedVoice
-        from indextts.utils.front import TextTokenizer
 
         if mel_positions not in ("released", "training"):
             raise ConfigError(f"mel_positions must be 'released' or 'training', got {mel_positions!r}.")
         self.release, self.mel_positions = release, mel_positions
         self.emotion_weight = float(emotion_weight)
-        cfg = release.config
-        self.gpt = UnifiedVoice(**cfg.gpt)
-        self._load_gpt_weights(release.path(cfg.get("gpt_checkpoint", "gpt.pth")))
-        self.gpt.eval().requires_grad_(False)
+        settings = release.settings  # config.yaml checked as data: types, keys, files inside the folder
         device = torch.device(device)
-        self.text_tokenizer = TextTokenizer(str(release.path(cfg.dataset["bpe_model"])), None)
-        self.features = SemanticFeatures(release.path("hf_cache/w2v-bert-2.0"), release.path(cfg.w2v_stat), device)
+        self.features = SemanticFeatures(release.path("hf_cache/w2v-bert-2.0"), release.file("w2v_stat"), device)
+        self.features.check_files()  # a damaged w2v-BERT folder is refused before the GPT is built
+        self.text_tokenizer = release.text_tokenizer()
+        try:
+            self.gpt = UnifiedVoice(**settings.gpt)
+        except Exception as err:  # a combination of checked values upstream still refuses
+            raise ConfigError(f"{release.path('config.yaml')}: upstream's UnifiedVoice refuses the gpt section: "
+                              f"{first_line(err)}. Use the config.yaml that was released with gpt.pth.") from None
+        self._load_gpt_weights(release.file("gpt_checkpoint"))
+        self.gpt.eval().requires_grad_(False)
         self.style = SpeakerStyle(release.path("hf_cache/campplus_cn_common.bin"), device)
-        emo_num = [int(n) for n in cfg.emo_num]
-        emo_matrix = self._load_table(release.path(cfg.emo_matrix), (sum(emo_num), self.gpt.model_dim))
-        spk_matrix = self._load_table(release.path(cfg.spk_matrix), (sum(emo_num), None))
-        if len(emo_num) != len(EMOTION_AXES):
-            raise ConfigError(f"{release.path('config.yaml')}: emo_num has {len(emo_num)} entries; IndexTTS2 has "
-                              f"{len(EMOTION_AXES)} emotion axes ({', '.join(EMOTION_AXES)}).")
+        emo_num = list(settings.emo_num)
+        emo_matrix = self._load_table(release.file("emo_matrix"), (sum(emo_num), self.gpt.model_dim))
+        spk_matrix = self._load_table(release.file("spk_matrix"), (sum(emo_num), None))
         self.register_buffer("emo_matrix", emo_matrix, persistent=False)
         self.register_buffer("spk_matrix", spk_matrix, persistent=False)
         self.emo_num = emo_num

@@ -27,6 +27,47 @@ HIDDEN_STATE = 17
 __all__ = ["SemanticFeatures", "SpeakerStyle", "check_wave", "private_rng", "resample"]
 
 
+W2V_FIX = ("The folder must hold config.json, model.safetensors and preprocessor_config.json of "
+           "facebook/w2v-bert-2.0; copy them there again.")
+
+
+def _check_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"cannot read the w2v-BERT file {path} as JSON: {first_line(err)}. {W2V_FIX}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the w2v-BERT file {path} holds {type(data).__name__}, not a JSON object. {W2V_FIX}")
+    return data
+
+
+def check_w2v_folder(folder: Path) -> None:
+    """config.json and preprocessor_config.json are JSON objects (config.json of a w2v-BERT model with at least
+    HIDDEN_STATE layers), and model.safetensors has a whole safetensors header whose tensors fit the file."""
+    from safetensors import safe_open
+
+    config = _check_json(folder / "config.json")
+    _check_json(folder / "preprocessor_config.json")
+    if config.get("model_type") != "wav2vec2-bert":
+        raise ConfigError(f"{folder / 'config.json'} describes model_type {config.get('model_type')!r}, not "
+                          f"'wav2vec2-bert'. {W2V_FIX}")
+    layers = config.get("num_hidden_layers")
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < HIDDEN_STATE:
+        raise ConfigError(f"{folder / 'config.json'}: num_hidden_layers = {layers!r}; IndexTTS2 reads hidden state "
+                          f"{HIDDEN_STATE}, so it must be an integer of at least {HIDDEN_STATE}. {W2V_FIX}")
+    weights = folder / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            names = list(f.keys())
+    except Exception as err:  # SafetensorError for a truncated or foreign file, OSError when unreadable
+        raise ConfigError(f"cannot read the w2v-BERT weights {weights} as safetensors: {first_line(err)}. "
+                          f"{W2V_FIX}") from None
+    if not names:
+        raise ConfigError(f"the w2v-BERT weights {weights} hold no tensors. {W2V_FIX}")
+
+
 def check_wave(wave: np.ndarray, rate: int, what: str) -> np.ndarray:
     """A mono, finite, non-empty float recording, cut to upstream's 15 s; refused loudly otherwise."""
     return mono_recording(wave, rate, what, MAX_REFERENCE_SECONDS)
@@ -49,13 +90,24 @@ class SemanticFeatures:
             self._loaded = (extractor, model.to(self.device), mean.to(self.device), std.to(self.device))
         return self
 
+    def check_files(self) -> None:
+        """Refuse a w2v-BERT folder whose JSON files or safetensors header are damaged, naming the file, without
+        loading the weights (a header read: milliseconds, where the model itself takes seconds)."""
+        check_w2v_folder(Path(self.w2v_dir))
+
     def _models(self) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
         if self._loaded is None:
             from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel
 
-            extractor = SeamlessM4TFeatureExtractor.from_pretrained(self.w2v_dir, local_files_only=True)
-            with private_rng():
-                model = Wav2Vec2BertModel.from_pretrained(self.w2v_dir, local_files_only=True).eval().to(self.device)
+            self.check_files()
+            try:
+                extractor = SeamlessM4TFeatureExtractor.from_pretrained(self.w2v_dir, local_files_only=True)
+                with private_rng():
+                    model = Wav2Vec2BertModel.from_pretrained(self.w2v_dir, local_files_only=True,
+                                                              use_safetensors=True)
+            except Exception as err:  # transformers raises OSError, ValueError or safetensors' own error
+                raise ConfigError(f"cannot load w2v-BERT from {self.w2v_dir}: {first_line(err)}. {W2V_FIX}") from None
+            model = model.eval().to(self.device)
             if model.config.num_hidden_layers < HIDDEN_STATE:
                 raise ConfigError(f"{self.w2v_dir} holds a w2v-BERT of {model.config.num_hidden_layers} layers; "
                                   f"IndexTTS2 reads hidden state {HIDDEN_STATE}, so it needs at least that many.")

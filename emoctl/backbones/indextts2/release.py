@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from emoctl.backbones.checkpoint_files import digest_files as _digest_files
-from emoctl.errors import ConfigError
+from emoctl.backbones.indextts2.release_config import ReleaseConfig, read_release_config
+from emoctl.errors import ConfigError, first_line
 
 RELEASE_REPO = "IndexTeam/IndexTTS-2"
 
@@ -52,7 +53,8 @@ class ReleaseFolder:
 
     @classmethod
     def open(cls, path: str | Path) -> ReleaseFolder:
-        """Refuse a folder that lacks any file the adapter reads, naming all of them and their sources."""
+        """Refuse a folder that lacks any file the adapter reads, naming all of them and their sources, or whose
+        config.yaml is not a checked IndexTTS2 config (:attr:`settings`)."""
         root = Path(path).expanduser()
         if not root.is_dir():
             raise ConfigError(f"IndexTTS2 checkpoint folder {root} does not exist; set backbone.path to the folder "
@@ -64,25 +66,63 @@ class ReleaseFolder:
                 f"IndexTTS2 checkpoint folder {root} lacks {len(missing)} file(s) the adapter reads: {lines}. "
                 "emoctl never downloads; copy them there (upstream's tools/download or "
                 "indextts.utils.model_download.ensure_models_available writes this hf_cache/ layout).")
-        return cls(root)
+        folder = cls(root)
+        folder.settings  # noqa: B018 - config.yaml is checked before anything else reads it
+        return folder
 
     def path(self, name: str) -> Path:
+        """A file of the folder by its fixed name in upstream's layout (``hf_cache/...``, ``config.yaml``)."""
         return self.root / name
+
+    def file(self, key: str) -> Path:
+        """The file a path key of config.yaml names (``dataset.bpe_model``, ``gpt_checkpoint``, ``w2v_stat``,
+        ``s2mel_checkpoint``, ``emo_matrix``, ``spk_matrix``): checked to lie inside the folder and to exist."""
+        return self.root / self.settings.files[key]
+
+    @cached_property
+    def settings(self) -> ReleaseConfig:
+        """config.yaml read as checked data (:mod:`.release_config`): no interpolation, the gpt section's keys
+        and types those of upstream's UnifiedVoice, every path key a file inside the folder."""
+        return read_release_config(self.path("config.yaml"))
 
     @cached_property
     def config(self) -> Any:
-        """config.yaml as upstream reads it (an OmegaConf DictConfig)."""
+        """config.yaml as upstream's classes take it (an OmegaConf DictConfig), built from :attr:`settings`,
+        so nothing in it is interpolated or resolved."""
         from omegaconf import OmegaConf
 
         try:
-            cfg = OmegaConf.load(self.path("config.yaml"))
-        except Exception as err:  # yaml and omegaconf raise their own types
-            raise ConfigError(f"cannot read {self.path('config.yaml')}: {err}") from None
-        for key in ("gpt", "s2mel", "semantic_codec", "emo_num"):
-            if key not in cfg:
-                raise ConfigError(f"{self.path('config.yaml')} has no '{key}' section; it is not an IndexTTS2 "
-                                  "config (IndexTTS 1.x and 2.5 use other layouts).")
-        return cfg
+            return OmegaConf.create(self.settings.data, flags={"allow_objects": False})
+        except Exception as err:  # omegaconf refuses some key types
+            raise ConfigError(f"{self.path('config.yaml')} cannot be read as upstream's config: "
+                              f"{first_line(err)}. Use the config.yaml of the {RELEASE_REPO} release.") from None
+
+    def text_tokenizer(self) -> Any:
+        """Upstream's ``TextTokenizer`` on the folder's sentencepiece model (config.yaml's dataset.bpe_model),
+        with sentencepiece's own errors ("could not parse ModelProto", "unk is not defined") turned into one
+        naming the file, and a model whose pieces exceed the GPT's text vocabulary refused."""
+        from indextts.utils.front import TextTokenizer
+
+        path = self.file("dataset.bpe_model")
+        fix = f"Copy bpe.model of the {RELEASE_REPO} release there again (config.yaml's dataset.bpe_model names it)."
+        if path.stat().st_size == 0:
+            raise ConfigError(f"the IndexTTS2 text model {path} is empty; it must be a sentencepiece model. {fix}")
+        try:
+            tokenizer = TextTokenizer(str(path), None)
+            pieces = int(tokenizer.sp_model.get_piece_size())
+            unk = tokenizer.sp_model.unk_id()
+        except Exception as err:  # sentencepiece raises RuntimeError/OSError with C++ text
+            raise ConfigError(f"cannot read the IndexTTS2 text model {path} as a sentencepiece model: "
+                              f"{first_line(err)}. {fix}") from None
+        if pieces == 0 or not 0 <= unk < pieces:
+            raise ConfigError(f"the IndexTTS2 text model {path} has {pieces} pieces and no unknown-word piece; "
+                              f"upstream's tokenizer needs one. {fix}")
+        vocab = int(self.settings.gpt.get("number_text_tokens", 256))
+        if pieces > vocab:
+            raise ConfigError(f"the IndexTTS2 text model {path} has {pieces} pieces but config.yaml's "
+                              f"gpt.number_text_tokens is {vocab}; text ids beyond it have no embedding. Use the "
+                              "bpe.model and config.yaml of the same release.")
+        return tokenizer
 
     @cached_property
     def digest(self) -> str:

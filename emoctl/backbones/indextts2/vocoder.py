@@ -40,7 +40,6 @@ CODEC = "hf_cache/semantic_codec_model.safetensors"
 CAMPPLUS = "hf_cache/campplus_cn_common.bin"
 BIGVGAN_DIR = "hf_cache/bigvgan"
 W2V_DIR = "hf_cache/w2v-bert-2.0"
-W2V_STATS = "wav2vec2bert_stats.pt"
 
 
 
@@ -120,7 +119,7 @@ class SemanticTokenizer:
     def from_release(cls, release: ReleaseFolder, device: str | torch.device = "cpu",
                      features: SemanticFeatures | None = None) -> SemanticTokenizer:
         return cls(release.path(CODEC), release.config.semantic_codec, release.path(W2V_DIR),
-                   release.path(W2V_STATS), device, features)
+                   release.file("w2v_stat"), device, features)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_codec": None}
@@ -272,16 +271,16 @@ class S2MelVocoder:
     # ------------------------------------------------------------------ models
     @property
     def s2mel(self) -> Any:
-        """Upstream's ``MyModel(cfg.s2mel, use_gpt_latent=True)`` loaded by ``load_checkpoint2``, caches set up."""
+        """Upstream's ``MyModel(cfg.s2mel, use_gpt_latent=True)``, loaded as ``load_checkpoint2`` loads it but
+        weights-only, caches set up."""
         if self._s2mel is None:
-            from indextts.s2mel.modules.commons import MyModel, load_checkpoint2
+            from indextts.s2mel.modules.commons import MyModel
 
-            path = self.release.path(S2MEL)
+            path = self.release.file("s2mel_checkpoint")
             with private_rng():
                 model = MyModel(self.release.config.s2mel, use_gpt_latent=True)
-            _check_s2mel_checkpoint(path, model)
-            model, _, _, _ = load_checkpoint2(model, None, str(path), load_only_params=True, ignore_modules=[],
-                                              is_distributed=False)
+            net = _check_s2mel_checkpoint(path, model)
+            _load_s2mel_weights(model, net)
             model = model.to(self.device)
             model.models["cfm"].estimator.setup_caches(max_batch_size=1, max_seq_length=8192)
             self._s2mel = model.eval().requires_grad_(False)
@@ -300,8 +299,10 @@ class S2MelVocoder:
 
             folder = self.release.path(BIGVGAN_DIR)
             try:
+                hparams = bigvgan.load_hparams_from_json(folder / "config.json")
                 with private_rng():
-                    model = bigvgan.BigVGAN.from_pretrained(str(folder), use_cuda_kernel=False)
+                    model = bigvgan.BigVGAN(hparams, use_cuda_kernel=False)
+                _load_bigvgan_weights(model, folder / "bigvgan_generator.pt")
             except Exception as err:  # missing/corrupt generator file or a config that does not match it
                 raise ConfigError(
                     f"cannot load BigVGAN from {folder}: {first_line(err)}. The folder must hold config.json and "
@@ -406,11 +407,40 @@ class S2MelVocoder:
         return wav.reshape(-1).to("cpu", torch.float32).numpy()
 
 
-def _check_s2mel_checkpoint(path: Path, model: Any) -> None:
+def _load_bigvgan_weights(model: Any, path: Path) -> None:
+    """What upstream's ``BigVGAN.from_pretrained`` does with a local folder's generator file, but read
+    weights-only (upstream calls ``torch.load`` with torch's default, which an environment variable can turn
+    into full unpickling)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("generator"), dict):
+        raise ValueError(f"{path.name} has no 'generator' state dict")
+    try:
+        model.load_state_dict(checkpoint["generator"])
+    except RuntimeError:  # upstream's fallback: a generator saved with weight norm already removed
+        model.remove_weight_norm()
+        model.load_state_dict(checkpoint["generator"])
+
+
+def _load_s2mel_weights(model: Any, net: dict[str, Any]) -> None:
+    """Upstream's ``load_checkpoint2(model, None, path, load_only_params=True)`` on the ``net`` dict that
+    :func:`_check_s2mel_checkpoint` read weights-only: DDP's ``module.`` prefix stripped, every key of the
+    module's state of the same shape loaded (``strict=False``), then eval mode."""
+    for name, module in model.models.items():
+        if name not in net:
+            continue
+        stored = {k.removeprefix("module."): v for k, v in net[name].items()}
+        own = module.state_dict()
+        module.load_state_dict({k: v for k, v in stored.items() if k in own and v.shape == own[k].shape},
+                               strict=False)
+    model.eval()
+
+
+def _check_s2mel_checkpoint(path: Path, model: Any) -> dict[str, Any]:
     """Refuse an s2mel.pth that upstream's ``load_checkpoint2`` would load only in part.
 
     ``load_checkpoint2`` silently skips missing modules, missing keys and shape mismatches (``strict=False``),
-    which leaves random weights in the DiT and yields noise; this names the file and what does not match."""
+    which leaves random weights in the DiT and yields noise; this names the file and what does not match.
+    Returns the file's ``net`` dict (read weights-only), for :func:`_load_s2mel_weights`."""
     fix = (f"Copy s2mel.pth of {RELEASE_FILES['s2mel.pth']} there again, next to the config.yaml of the same "
            "release (its s2mel section fixes the model's shapes).")
     if not path.is_file():
@@ -444,3 +474,4 @@ def _check_s2mel_checkpoint(path: Path, model: Any) -> None:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ConfigError(f"the IndexTTS2 s2mel checkpoint {path} does not match config.yaml's s2mel section: "
                           f"{shown}. {fix}")
+    return net
