@@ -201,6 +201,7 @@ def test_bad_inputs_are_clear_errors(tts, sae, store, tmp_path):
 def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp_path, sae):
     import csv
 
+    from emoctl.reports.provenance import digest_path
     from emoctl.sae import save_pretrained
     from emoctl.selection import FeatureSet, SelectedFeature
     from emoctl.steering.attribute import PROBES, attribute_features
@@ -212,8 +213,9 @@ def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp
     stats = dict(delta=1.0, ci_low=1.0, ci_high=1.0, p_value=1e-9, q_value=1e-8, emotion_only=9, neutral_only=0,
                  both=0, neither=0, utt_fire_rate_emotion=1.0, utt_fire_rate_neutral=0.0, row_fire_rate_emotion=0.5,
                  row_fire_rate_neutral=0.0, mean_act_emotion=2.0, mean_act_neutral=None)
+    digest = {"digest": digest_path(tmp_path / "sae")}  # the SAE the sets index, as `emoctl select` records it
     for emotion, ids in (("Angry", [NEVER, ALWAYS]), ("Sad", [ALWAYS])):
-        FeatureSet(emotion, "Neutral", [SelectedFeature(id=i, **stats) for i in ids]).save(
+        FeatureSet(emotion, "Neutral", [SelectedFeature(id=i, **stats) for i in ids], sae=digest).save(
             tmp_path / "sel" / f"features_{emotion}.json")
     rows = attribute_features(str(tmp_path / "sae"), str(tmp_path / "sel"), str(tmp_path / "out"),
                               backbone=BackboneSpec(path=str(tmp_path / "tts")), alphas={"Angry": 60.0, "Sad": 0.0}, texts=["hi there", "no.", "a red cup"],
