@@ -66,6 +66,12 @@ $(COSYVOICE_STAMP): $(STAMP)
 test: install indextts2 cosyvoice
 	$(PY) -m pytest emoctl_tests -q
 
+# The docs site (mkdocs.yml, docs/) into runs/site; --strict fails on a broken link or anchor and on a page missing
+# from the nav (emoctl_tests/test_docs.py runs the same build).
+.PHONY: docs
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir runs/site
+
 # The 20-kill campaign of docs/kill_campaign.md (about 8 min): harvest, store writes, SAE and EmoShift fits killed
 # at seeded random points, resumed, compared bit for bit with uninterrupted runs; exit 1 if any differs. `make test`
 # runs 3 kills each (and `EMOCTL_KILL_CAMPAIGN=1 pytest -m slow` the 20).
