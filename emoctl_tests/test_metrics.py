@@ -180,6 +180,39 @@ def test_bad_audio_gives_a_clear_error_in_every_metric(case, whisper, encoder, d
             metric([wave], rate, names=["bad.wav"])
 
 
+def test_a_dc_only_clip_counts_as_silence_in_every_metric(whisper, encoder, dnsmos):
+    """A constant offset holds no sound however far from zero it sits: silence is judged after removing the
+    clip's mean, so a stuck vocoder's DC output is refused as an all-zero one is, while quiet speech is kept."""
+    dc = np.full(16000, 0.25, np.float32)
+    dithered = dc + np.float32(1e-6) * np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    pcm = np.full(16000, -3000, np.int16)  # a DC offset in 16-bit PCM
+    for wave in (dc, dithered, pcm):
+        for metric in (whisper.transcribe, encoder.embed, dnsmos):
+            with pytest.raises(ConfigError, match=r"dc.wav: every sample is within one 16-bit step of the clip's "
+                                                  r"mean -?0\.\d+ \(a constant DC offset: silence\)"):
+                metric([wave], 16000, names=["dc.wav"])
+    quiet = (0.25 + 0.001 * np.sin(np.arange(16000) / 3)).astype(np.float32)  # -60 dBFS of signal on the offset
+    assert prepare_clip(quiet, 16000).shape == (16000,)
+
+
+def test_whisper_transcribes_a_clip_longer_than_its_window_in_windows(whisper, speech):
+    """A clip longer than Whisper's 30 s window is decoded window by window with a budget per window: 70 s of
+    speech is transcribed to its end, and no clip length asks for more tokens than Whisper's context holds."""
+    from emoctl.metrics.wer import MAX_WINDOW_TOKENS
+
+    gap = np.zeros(11025, np.float32)  # 0.5 s at 22050 Hz
+    block = np.concatenate([np.r_[w, gap] for w in speech["en-us+m3"]])
+    repeats = int(np.ceil(70 * 22050 / block.size))
+    long_clip = np.concatenate([block] * repeats)
+    assert long_clip.size / 22050 > 60  # 16 + 8 tokens a second of it is more than Whisper's 448
+    assert whisper.max_new_tokens(10 * 60 * 16000) == MAX_WINDOW_TOKENS  # a 10-minute clip: 224 per window
+    hypothesis = whisper.transcribe([long_clip], 22050)[0]
+    reference = " ".join(SENTENCES * repeats)
+    assert corpus_wer([hypothesis], [reference]) < 0.5, hypothesis
+    last_words = normalize_text(SENTENCES[-1]).split()[-3:]
+    assert " ".join(last_words) in normalize_text(hypothesis)[-200:], hypothesis  # the last window was decoded
+
+
 def test_prepare_clip_accepts_column_vectors_and_pcm():
     pcm = (np.sin(np.arange(8000) / 5) * 16384).astype(np.int16)
     out = prepare_clip(pcm[:, None], 8000, target_rate=16000)
@@ -300,6 +333,23 @@ def test_evaluate_end_to_end_through_the_cli(tmp_path):
                                  if r["target_emotion"] == row["target_emotion"]]).mean(0)
         expected = torch.nn.functional.cosine_similarity(embedding[row["clip"]], prototype, dim=0)
         assert float(written["emo_sim_prototype"]) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Spreadsheet programs save CSV with a UTF-8 byte order mark; it must not rename the first column."""
+    from emoctl.metrics.evaluate import read_manifest
+
+    csv_path, jsonl_path = tmp_path / "manifest.csv", tmp_path / "manifest.jsonl"
+    csv_path.write_bytes("clip,text,speaker,target_emotion\nc0.wav,Hello there.,0011,Angry\n".encode("utf-8-sig"))
+    jsonl_path.write_bytes((json.dumps({"clip": "c0.wav", "text": "Hello there.", "speaker": "0011",
+                                        "target_emotion": "Angry"}) + "\n").encode("utf-8-sig"))
+    for path in (csv_path, jsonl_path):
+        rows = read_manifest(path)
+        assert [(r.clip, r.text, r.speaker, r.target_emotion) for r in rows] == [
+            ("c0.wav", "Hello there.", "0011", "Angry")], path
+    csv_path.write_bytes(b"clip,text\n\xff\xfe,x\n")
+    with pytest.raises(ConfigError, match="manifest.csv is not UTF-8 text"):
+        read_manifest(csv_path)
 
 
 def test_evaluate_rejects_bad_input_before_loading_models(tmp_path):

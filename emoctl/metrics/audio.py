@@ -9,7 +9,12 @@ its C++ feature code).  Checking once, here, turns every such case into a
 * shape: a 1-D array, or (1, n) / (n, 1) which is squeezed; anything with more
   than one channel is refused (mix down first: metrics must not guess how);
 * sample rate: an integer in [8000, 192000] Hz (a 1 kHz "clip" is a bug);
-* content: at least 0.1 s long, every sample finite, not all zeros.
+* content: at least 0.1 s long, every sample finite, and not silent.
+
+Silence is a clip whose samples never depart from the clip's own mean by more than
+:data:`SILENCE_PEAK` (one 16-bit step): all zeros, and also a constant DC offset
+(a vocoder stuck at one value), which holds no sound either, however far from zero.
+The mean is removed only for this test; the samples are scored as they are.
 
 Integer samples (int16/int32 PCM) are scaled to [-1, 1]; everything comes back
 as float32.  Resampling to a model's rate uses librosa's soxr backend.
@@ -23,12 +28,21 @@ import torch
 
 from emoctl.errors import ConfigError
 
-__all__ = ["MAX_SAMPLE_RATE", "MIN_DURATION_S", "MIN_SAMPLE_RATE", "prepare_clip", "prepare_clips", "resample"]
+__all__ = ["MAX_SAMPLE_RATE", "MIN_DURATION_S", "MIN_SAMPLE_RATE", "SILENCE_PEAK", "is_silent", "prepare_clip",
+           "prepare_clips", "resample"]
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 MIN_DURATION_S = 0.1
 """Shortest clip scored; shorter ones hold no word and no speaker information."""
+SILENCE_PEAK = 2.0 ** -15
+"""Largest departure from the clip's mean (full scale 1.0) that still counts as silence: one 16-bit step."""
+
+
+def is_silent(array: np.ndarray) -> bool:
+    """True when no sample of the (n,) clip departs from the clip's mean by more than :data:`SILENCE_PEAK`."""
+    centered = array.astype(np.float64) - float(np.mean(array, dtype=np.float64))
+    return float(np.max(np.abs(centered))) <= SILENCE_PEAK
 
 
 def prepare_clip(wave: np.ndarray | torch.Tensor, sample_rate: int, *, name: str = "clip",
@@ -64,6 +78,10 @@ def prepare_clip(wave: np.ndarray | torch.Tensor, sample_rate: int, *, name: str
                           f"produced invalid audio.")
     if not np.any(array):
         raise ConfigError(f"{name}: every sample is zero (silence); there is no speech to score.")
+    if is_silent(array):
+        mean = float(np.mean(array, dtype=np.float64))
+        raise ConfigError(f"{name}: every sample is within one 16-bit step of the clip's mean {mean:.4g} (a "
+                          f"constant DC offset: silence); there is no speech to score.")
     if target_rate is not None and target_rate != sample_rate:
         array = resample(array, sample_rate, target_rate)
     return array

@@ -301,19 +301,20 @@ def read_weights(path: Path) -> dict[str, Any]:
                 raise
             state = load(False)  # the legacy (non-zip) format cannot be memory-mapped
     except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler error" in line), "")
-        if "Weights only load failed" not in str(err):  # not an archive torch recognizes at all
-            raise ConfigError(f"{path} is not a torch weights file ({' '.join(str(err).split())[:160]}); it is "
-                              f"damaged or something else. Copy model.pt from the emotion2vec release "
-                              "again.") from None
+        text = str(err)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+        detail = " ".join(detail.split()).split(". Please use")[0][:200]
+        if "Unsupported global" not in text:  # not a pickle of tensors: garbage, or another format
+            reason = detail or " ".join(text.split())[:160]
+            raise ConfigError(f"{path} is not a torch weights file (torch's weights-only loader: {reason}); it is "
+                              "damaged or something else. Copy model.pt from the emotion2vec release again.") from None
         raise ConfigError(f"{path} holds pickled Python objects besides tensors, which torch's weights-only loader "
-                          f"refuses ({detail[:200] or 'unsupported global'}); loading it could run code, so emoctl "
-                          f"does not. Use the model.pt of the emotion2vec release.") from None
+                          f"refuses ({detail}); loading it could run code, so emoctl does not. Use the model.pt of "
+                          f"the emotion2vec release.") from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         reason = " ".join(str(err).split(". ")[0].split())[:200]
         raise ConfigError(f"{path} is truncated or damaged and cannot be read as a torch weights file ({reason}); "
-                          f"copy model.pt from the emotion2vec release again (the plus_large one is about "
-                          f"1.1 GB).") from None
+                          "copy model.pt from the emotion2vec release again.") from None
     if isinstance(state, dict):
         for wrapper in ("state_dict", "model_state_dict", "model"):  # the wrappings funasr unwraps
             if isinstance(state.get(wrapper), dict):

@@ -1,6 +1,7 @@
 """``emoctl evaluate``: score a folder of generated clips against a manifest.
 
-Manifest: CSV (header row) or JSONL (one object a line) with the columns
+Manifest: CSV (header row) or JSONL (one object a line), UTF-8 with or without a byte order mark, with the
+columns
 
 * ``clip``: audio file, relative to ``--audio`` (or absolute);
 * ``text``: what the clip should say (for WER);
@@ -74,7 +75,11 @@ def read_manifest(path: Path) -> list[ManifestRow]:
     if not path.is_file():
         raise ConfigError(f"manifest {path} does not exist; give a CSV or JSONL file with columns "
                           f"{', '.join(REQUIRED_COLUMNS)} and optionally reference.")
-    text = path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: spreadsheet programs start a CSV with a byte order mark, which would rename the first column
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"manifest {path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 "
+                          "CSV or JSONL.") from None
     if path.suffix.lower() in (".jsonl", ".json"):
         records = []
         for number, line in enumerate(text.splitlines(), 1):

@@ -51,6 +51,10 @@ __all__ = ["ASR_KINDS", "FasterWhisperASR", "PocketSphinxASR", "SpeechRecognizer
            "normalize_text", "number_to_words", "word_error_rate"]
 
 ASR_KINDS = ("whisper", "pocketsphinx")
+WINDOW_S = 30.0
+"""Whisper's input window: faster-whisper transcribes longer clips window by window."""
+MAX_WINDOW_TOKENS = 224
+"""Most tokens decoded in one window: half of Whisper's 448-token context, as openai-whisper samples."""
 
 # ---------------------------------------------------------------------------------------------- normalization
 
@@ -210,6 +214,12 @@ class FasterWhisperASR(SpeechRecognizer):
     that many (fast English is about 4 words, 6 tokens, a second), so only a hypothesis that has started
     to loop, as Whisper does on degraded speech, is cut.  A loop then costs its clip a bounded number of
     insertions instead of up to 224 tokens of beam search, most of the ASR time on vocoded speech.
+
+    Clips of any length: faster-whisper decodes a clip in Whisper's 30 s windows, one after another, and the
+    token budget applies to each window, so it is computed from the window's length (at most
+    :data:`WINDOW_S`) and capped at :data:`MAX_WINDOW_TOKENS`, half of Whisper's 448-token context (the other
+    half is the prompt's room).  A 10-minute clip is twenty windows of at most 224 tokens each, never one
+    request for more tokens than Whisper can hold.
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, compute_type: str = "int8", beam_size: int = 5,
@@ -238,10 +248,12 @@ class FasterWhisperASR(SpeechRecognizer):
                             cpu_threads=self.cpu_threads, local_files_only=True)
 
     def max_new_tokens(self, n_samples: int) -> int | None:
-        """Token budget of a clip of ``n_samples`` (at ``self.sample_rate``); None: Whisper's own limit."""
+        """Token budget of each 30 s window of a clip of ``n_samples`` (at ``self.sample_rate``); None: Whisper's
+        own limit."""
         if self.max_tokens_per_second is None:
             return None
-        return 16 + math.ceil(self.max_tokens_per_second * n_samples / self.sample_rate)
+        seconds = min(n_samples / self.sample_rate, WINDOW_S)
+        return min(MAX_WINDOW_TOKENS, 16 + math.ceil(self.max_tokens_per_second * seconds))
 
     def _transcribe(self, wave: np.ndarray) -> str:
         segments, _ = self.model.transcribe(wave, language="en", beam_size=self.beam_size, vad_filter=False,
