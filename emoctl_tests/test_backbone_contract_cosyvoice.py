@@ -241,7 +241,7 @@ def test_release_errors_name_every_missing_file_and_refuse_unfit_weights(cosyvoi
 
 def test_cosyvoice_yaml_is_read_as_data_and_builds_only_upstream_classes(cosyvoice_release, tmp_path):
     """HyperPyYAML would run ``!apply:`` calls and build any class a downloaded file names; emoctl runs none
-    and builds only from upstream's packages."""
+    and builds only the released file's class at each position (test_crafted_cosyvoice.py tries the payloads)."""
     folder = tmp_path / "crafted"
     shutil.copytree(cosyvoice_release, folder)
     marker = tmp_path / "ran"
@@ -252,7 +252,8 @@ def test_cosyvoice_yaml_is_read_as_data_and_builds_only_upstream_classes(cosyvoi
     assert not marker.exists()
     hostile = text.replace("!new:cosyvoice.transformer.encoder.TransformerEncoder", "!new:subprocess.Popen", 1)
     (folder / "cosyvoice.yaml").write_text(hostile, encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"llm.llm names 'subprocess.Popen'; emoctl builds only upstream's own"):
+    with pytest.raises(ConfigError, match=r"llm.llm is !new:subprocess.Popen; at llm.llm emoctl builds only "
+                                          r"cosyvoice.transformer.encoder.TransformerEncoder"):
         load_backbone("cosyvoice", str(folder))
     (folder / "cosyvoice.yaml").write_text("llm: [unclosed", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot read .*cosyvoice.yaml"):
