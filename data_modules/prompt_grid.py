@@ -154,6 +154,12 @@ class PromptGridDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.voice must be 'name' or 'clip', got {voice!r}.")
         if voice == "clip" and esd is None:
             raise ConfigError("data.voice: clip takes its reference clips from an ESD folder; give data.esd.")
+        # An empty list is not "all" (that is null): it makes an empty or Neutral-only grid, which would harvest
+        # nothing and still exit 0.
+        for key, names in (("speakers", speakers), ("emotions", emotions)):
+            if names is not None and len(names) == 0:
+                raise ConfigError(f"data.{key} is an empty list, so the grid holds no prompt to harvest. List at "
+                                  f"least one name, or leave data.{key} out (null) for all of the backbone's.")
         self.texts_spec, self.texts_file, self.corpus, self.esd = texts, texts_file, corpus, esd
         self.speakers, self.emotions, self.neutral = speakers, emotions, neutral
         self.batch_size, self.voice = batch_size, voice

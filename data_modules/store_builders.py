@@ -8,12 +8,36 @@ harvests a TTS backbone's activations.
 from __future__ import annotations
 
 import shutil
+import sys
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from data_modules.prompt_grid import CorpusTexts
 from emoctl.backbones.loading import BackboneSpec
+from emoctl.store.fsio import ExclusiveLock
+from emoctl.store.manifest import MANIFEST_NAME
 from emoctl.store.synthetic import write_sparse_dictionary_store
+
+
+@contextmanager
+def building(path: Path) -> Iterator[bool]:
+    """Hold the right to build the store at ``path``; yields False when it exists once that right is held.
+
+    A second process that wants the same store (two fits of one recipe started together) waits for the first
+    and then uses the store it built, rather than taking the first one's live ``.building`` folder for a crash
+    leftover: the lock (``.<name>.lock`` beside the store, dropped by the OS when its holder dies) is what tells
+    a live build from a dead one."""
+    lock = ExclusiveLock(path.absolute().with_name(f".{path.absolute().name}.lock"))
+    if not lock.acquire():
+        print(f"waiting for {lock.owner()}, which is building the store at {path}; this run uses it when done",
+              file=sys.stderr, flush=True)
+        lock.acquire(blocking=True)
+    try:
+        yield not (path / MANIFEST_NAME).exists()
+    finally:
+        lock.release()
 
 
 class StoreBuilder(ABC):
@@ -24,14 +48,18 @@ class StoreBuilder(ABC):
         """Write a complete store at ``path``, which does not exist yet."""
 
     def build_atomically(self, path: Path) -> None:
-        """Build beside ``path`` and rename into place, so a crash never leaves a half-built store there."""
+        """Build beside ``path`` and rename into place, so a crash never leaves a half-built store there; a build
+        of the same path under way in another process is waited for, and its store used."""
         path = Path(path)
         staging = path.with_name(f".{path.name}.building")
-        if staging.exists():  # left by an earlier crash
-            shutil.rmtree(staging)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        self.build(staging)
-        staging.rename(path)
+        with building(path) as needed:
+            if not needed:
+                return
+            if staging.exists():  # left by a crash: no live process holds the lock
+                shutil.rmtree(staging)
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            self.build(staging)
+            staging.rename(path)
 
 
 class SyntheticSparseStore(StoreBuilder):
@@ -132,10 +160,13 @@ class HarvestedStore(StoreBuilder):
 
         path = Path(path)
         staging = path.with_name(f".{path.name}.building")
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.build(staging)
-        except HarvestSettingsMismatch:
-            shutil.rmtree(staging)  # a stale partial harvest of another recipe: never visible as a store
-            self.build(staging)
-        staging.rename(path)
+        with building(path) as needed:
+            if not needed:
+                return
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.build(staging)
+            except HarvestSettingsMismatch:
+                shutil.rmtree(staging)  # a stale partial harvest of another recipe: never visible as a store
+                self.build(staging)
+            staging.rename(path)

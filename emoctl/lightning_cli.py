@@ -35,13 +35,31 @@ class EmoctlLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(**kwargs)
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        """A fit holds its run folder (:class:`~emoctl.callbacks.run_folder_lock.RunFolderLock`) from setup on,
+        before the recipe echo (``config.yaml``) is written there."""
+        if self.subcommand == "fit":
+            from emoctl.callbacks.run_folder_lock import RunFolderLock
+
+            ckpt_path = self.config["fit"].get("ckpt_path")
+            callbacks = [RunFolderLock(resuming=ckpt_path is not None), *callbacks]
+        return super()._instantiate_trainer(config, callbacks)
+
     def _run_subcommand(self, subcommand: str) -> None:
+        from emoctl.callbacks.run_folder_lock import RunFolderLock, RunFolderRefused
+
         try:
             super()._run_subcommand(subcommand)
+        except RunFolderRefused:
+            raise  # the folder is another run's: nothing of it is this fit's to settle
         except BaseException as err:
             if subcommand == "fit" and getattr(self, "trainer", None) is not None and self.trainer.is_global_zero:
                 settle_failed_run(self.trainer, err)
             raise
+        finally:
+            for callback in getattr(getattr(self, "trainer", None), "callbacks", []):
+                if isinstance(callback, RunFolderLock):
+                    callback.release()
 
     def _parse_ckpt_path(self) -> None:
         """Lightning replaces the recipe's model arguments with the checkpoint's without a word; refuse a
@@ -55,7 +73,7 @@ class EmoctlLightningCLI(LightningCLI):
         super()._parse_ckpt_path()
 
 
-LEFT_BY_EVERY_RUN = {"config.yaml", "hparams.yaml"}
+LEFT_BY_EVERY_RUN = {"config.yaml", "hparams.yaml", ".fit.lock"}
 FAILED_NOTE = "FAILED.md"
 
 

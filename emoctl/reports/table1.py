@@ -43,7 +43,7 @@ from emoctl.backbones.conditions import Voice, VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.evaluation.alpha import choose_alpha
-from emoctl.evaluation.cell_cache import CellCache
+from emoctl.evaluation.cell_cache import CellCache, check_kept_blocks
 from emoctl.evaluation.paired import paired_comparisons, paired_markdown
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorers, measure_clips, score_clips
@@ -236,6 +236,8 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
         progress: Show progress bars.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
+    if resume:
+        check_kept_blocks(out_dir)  # an altered kept block is refused now, not after the blocks before it
     from emoctl.evaluation.texts import split_sentences
     from emoctl.metrics.ser import ESD_EMOTIONS
     from emoctl.sae.export import load_pretrained

@@ -5,6 +5,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from emoctl.errors import StoreError
 from emoctl.store.reader import ActivationStore
 
 
@@ -39,7 +40,9 @@ def store_info(path: str, as_json: bool = False) -> dict:
 
 def verify_store(path: str, progress: bool = True) -> None:
     """Check every shard and utterance table against its CRC-32 and every row for NaN or Inf; raise on the first
-    fault with the file at fault and how to repair it.
+    fault with the file at fault and how to repair it. A store its producer never marked finished (killed, or
+    still running) is an error too, after its committed shards are checked: intact shards do not make a store
+    that lacks utterances usable, and every reader refuses it.
 
     Args:
         path: The store's directory.
@@ -50,5 +53,12 @@ def verify_store(path: str, progress: bool = True) -> None:
     for _ in store.iter_chunks(progress=progress):  # each chunk is checked finite as it is read
         pass
     size = sum((store.path / s.path).stat().st_size for s in store.shards)
+    if not store.finished:
+        name = store.manifest["producer"].get("name", "producer")
+        raise StoreError(
+            f"the store at {store.path} is unfinished: its {name} has not marked it complete (it was killed, or is "
+            f"still running), so it is not usable, though its {len(store.shards)} committed shards "
+            f"({store.num_utterances} utterances, {store.num_rows} rows) are intact. Rerun the same {name} command: "
+            f"it resumes from the committed utterances and marks the store finished.")
     print(f"{Path(path)}: intact. {len(store.shards)} shards ({size / 1e6:.1f} MB), {store.num_rows} rows, "
           f"{store.num_utterances} utterances: every CRC-32 matches and every row is finite.")

@@ -113,3 +113,84 @@ def save_figure_atomically(fig, path: Path) -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+class ExclusiveLock:
+    """An exclusive ``flock`` on a lock file, with its owner (pid, host, command, start time) written inside.
+
+    The OS drops the lock when its process dies, however it dies, so a lock file left by a killed process is
+    never mistaken for a live owner: whoever can take the lock knows no live process holds it. The owner's line
+    is only for the refusal a second process gets. Released, the file is removed; a process that opened it just
+    before that checks, once it holds the lock, that the path still names the file it locked."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self, blocking: bool = False) -> bool:
+        """Take the lock; False (blocking=False) when another process holds it."""
+        import fcntl
+
+        if self._file is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            f = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                f.close()
+                return False
+            try:
+                same = os.fstat(f.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            f.close()  # its owner removed it as we waited: lock the file that is there now
+        f.seek(0)
+        f.truncate()
+        f.write(_owner_line())
+        f.flush()
+        self._file = f
+        return True
+
+    def owner(self) -> str:
+        """Who holds the lock, as its owner wrote it (or "another process" when it has not written yet)."""
+        try:
+            said = self.path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            said = ""
+        return said or "another process"
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "ExclusiveLock":
+        self.acquire(blocking=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _owner_line() -> str:
+    import socket
+    import sys
+    from datetime import datetime, timezone
+
+    command = " ".join(sys.argv[:1] and [Path(sys.argv[0]).name, *sys.argv[1:]])
+    if len(command) > 160:
+        command = command[:157] + "..."
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"pid {os.getpid()} on {socket.gethostname()} (`{command}`), since {since}"

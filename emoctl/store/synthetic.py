@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emoctl.errors import ConfigError, StoreError
+from emoctl.store.fsio import ExclusiveLock
 from emoctl.store.manifest import MANIFEST_NAME, mark_finished, read_manifest
 from emoctl.store.spec import StoreSpec, UtteranceMeta
 from emoctl.store.writer import ActivationWriter
@@ -53,13 +54,29 @@ def write_sparse_dictionary_store(
             f"noise_std >= 0 ({noise_std}) and n_speakers > 0 ({n_speakers})."
         )
     root = Path(path)
+    lock = ExclusiveLock(root.absolute().with_name(f".{root.absolute().name}.lock"))
+    if not lock.acquire():
+        raise StoreError(f"another process is writing the synthetic store at {root} ({lock.owner()}); two builds "
+                         f"of one store would delete each other's rows. Wait for it to finish and use its store, or "
+                         f"give this build another directory.")
+    try:
+        return _write_locked(root, d_model, n_atoms, k_active, n_utterances, lo, hi, noise_std, dtype, seed,
+                             shard_rows, n_speakers, progress)
+    finally:
+        lock.release()
+
+
+def _write_locked(root: Path, d_model: int, n_atoms: int, k_active: int, n_utterances: int, lo: int, hi: int,
+                  noise_std: float, dtype: str, seed: int, shard_rows: int, n_speakers: int,
+                  progress: bool) -> np.ndarray:
+    """The build itself, by the process that holds the store's lock (so an unfinished store here is dead)."""
     if (root / MANIFEST_NAME).exists():
         existing = read_manifest(root)
         if (existing.get("producer") or {}).get("name") != "synthetic" or existing["producer"].get("finished"):
             raise StoreError(f"{root} already holds a store; give the synthetic store a new directory or delete it.")
         # A synthetic build killed part-way: its rows are a function of the seed, so it starts again.
         warnings.warn(f"{root} holds an unfinished synthetic store (a killed build); rebuilding it from the seed.",
-                      stacklevel=2)
+                      stacklevel=3)
         shutil.rmtree(root)
     rng = np.random.default_rng(seed)
     dictionary = rng.standard_normal((n_atoms, d_model))
