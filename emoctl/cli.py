@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -325,6 +326,27 @@ def _run_alias(command: str, rest: list[str], from_argv: bool) -> None:
         sys.argv = saved
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+"""A negative number in any spelling, ``-1e30`` and ``-.5`` included."""
+
+
+def _attach_negative_numbers(args: list[str]) -> list[str]:
+    """``--key -1e30`` as ``--key=-1e30``: argparse takes only ``-1`` and ``-1.5`` for negative numbers, so a
+    negative value in scientific notation would read as an unknown option and the user would be told that the
+    key "expected one argument" instead of what is wrong with the value."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if (arg.startswith("--") and "=" not in arg and i + 1 < len(args) and NEGATIVE_NUMBER.match(args[i + 1])):
+            out.append(f"{arg}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def _run_tool(group: str, rest: list[str]) -> None:
     tools = TOOLS[group]
     if "" in tools:  # a group that is a single command: `emoctl select --key=value`
@@ -336,6 +358,7 @@ def _run_tool(group: str, rest: list[str]) -> None:
     name, rest = rest[0], rest[1:]
     if name not in tools:
         raise _InputError(f"unknown {group} {name!r}; choose one of: {', '.join(tools)}")
+    rest = _attach_negative_numbers(rest)
     from jsonargparse import ArgumentParser
 
     function = tools[name].load()

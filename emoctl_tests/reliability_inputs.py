@@ -128,6 +128,8 @@ def register(case) -> None:
              "--backbone.path", "{tmp}/no_backbone")
     for alpha in ("1e30", "-1e30", "5000"):
         case("7", f"attribute --alpha={alpha}", (*plain, f"--alpha={alpha}"), ("alpha=", "|α| <= 1000", "4 to 40"))
+    case("7", "attribute --alpha -1e30 (a negative value in scientific notation, as its own argument)",
+         (*plain, "--alpha", "-1e30"), ("alpha=-1e+30", "|α| <= 1000"))
     case("7", "attribute --alphas {Angry: 1e30}", (*plain, "--alphas", "{{Angry: 1e30}}"), ("alphas=", "|α| <= 1000"))
     case("7", "attribute --seed -1", (*plain, "--seed", "-1"), ("seed=-1",))
 

@@ -77,6 +77,17 @@ def test_missing_config_file_names_the_path(tmp_path):
     _one_paragraph_error(run_emoctl("fit", "--config", str(missing)), "nope.yaml")
 
 
+@pytest.mark.parametrize("value, refused", [("-1e30", True), ("-1E+30", True), ("-5e3", True), ("-.5", False),
+                                            ("-4e1", False)])
+def test_a_negative_value_in_any_spelling_reaches_the_tool_as_a_value(value, refused, tmp_path):
+    """argparse reads ``-1e30`` as an option, and would say that --alpha "expected one argument"."""
+    result = parse_emoctl("attribute", "--sae", str(tmp_path / "no_sae"), "--selection", str(tmp_path / "no_sel"),
+                          "--out_dir", str(tmp_path / "out"), "--alpha", value, "--seed", "-2")
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "expected one argument" not in message, message
+    assert ("alpha=" in message) == refused and "seed=-2" in message, message
+
+
 def test_unknown_command_lists_the_commands():
     _one_paragraph_error(run_emoctl("fitt"), "fitt", "fit")
 
