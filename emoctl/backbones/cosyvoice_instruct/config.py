@@ -31,7 +31,7 @@ from emoctl.backbones.cosyvoice_instruct.upstream import import_upstream
 from emoctl.errors import ConfigError
 
 MAX_FILE_BYTES = 1 << 20  # the released cosyvoice.yaml is about 7 kB
-MAX_NODES = 100_000  # values the file may expand to through aliases and !ref (the released file: about 500)
+MAX_NODES = 100_000  # values the file may expand to through aliases and !ref (the released file: under 1,000)
 RELEASE = "the CosyVoice-300M-Instruct release"
 _FIX = f"Use the cosyvoice.yaml of {RELEASE}."
 
@@ -89,7 +89,7 @@ _Loader.add_constructor("!ref", lambda loader, node: Ref(str(loader.construct_sc
 
 def _too_big(path: Path, what: str) -> ConfigError:
     return ConfigError(f"{path} expands to more than {MAX_NODES:,} values {what}; the released cosyvoice.yaml has "
-                       f"about 500, so this is not a model config (nested anchors or !ref chains that multiply). "
+                       f"under 1,000, so this is not a model config (nested anchors or !ref chains that multiply). "
                        f"{_FIX}")
 
 
@@ -122,8 +122,11 @@ def _check_node_size(root: yaml.Node, path: Path) -> None:
 
 def _tag_error(path: Path, err: yaml.constructor.ConstructorError) -> ConfigError:
     line = f" line {err.problem_mark.line + 1}" if err.problem_mark is not None else ""
-    tag = re.search(r"tag '([^']*)'", str(err.problem))
-    name = tag.group(1) if tag else str(err.problem)
+    tag = re.search(r"constructor for the tag '([^']*)'", str(err.problem))
+    if tag is None:
+        return ConfigError(f"cannot read {path}{line}: {' '.join(str(err).split())}. Copy cosyvoice.yaml again "
+                           f"from {RELEASE}.")
+    name = tag.group(1)
     if "python/" in name:
         return ConfigError(f"{path}{line} has the YAML tag {name}, which builds or calls Python objects while the "
                            "file is read; emoctl reads cosyvoice.yaml as plain data and never runs what it names. "
@@ -180,7 +183,7 @@ def _refuse_hydra_targets(value: Any, path: Path, where: str) -> None:
         for key, item in value.items():
             here = f"{where}.{key}" if where else str(key)
             if key == "_target_":
-                raise ConfigError(f"{path} {here}: a hydra _target_ names something to instantiate ({item!r}); "
+                raise ConfigError(f"{path} {here}: a hydra _target_ names something to instantiate ({repr(item)[:80]}); "
                                   "emoctl builds only the released file's classes, from their own keys, and never "
                                   f"what a _target_ names. {_FIX}")
             _refuse_hydra_targets(item, path, here)
