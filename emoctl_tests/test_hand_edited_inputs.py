@@ -200,3 +200,28 @@ def test_benchmarks_refuse_a_device_they_cannot_use(command, device, needle):
     bench = getattr(importlib.import_module(f"emoctl.bench.{command}"), f"bench_{command}")
     with pytest.raises(ConfigError, match=needle):
         bench(device=device)
+
+
+def test_report_readme_checks_the_docs_pages_beside_the_readme_too(tmp_path, capsys):
+    """Tables quoted by a page under docs/ are checked like README's, their report paths relative to README's
+    folder; a page's mistyped marker is refused naming that page."""
+    from emoctl.reports.readme_tables import readme_tables
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "t.md").write_text("# T\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    (tmp_path / "docs").mkdir()
+    readme, page = tmp_path / "README.md", tmp_path / "docs" / "results.md"
+    readme.write_text("# R\n")
+    block = "<!-- table: reports/t.md #1 -->\n| a | b |\n|---|---|\n| 1 | {} |\n<!-- /table -->\n"
+    page.write_text("# Results\n\n" + block.format(2))
+    readme_tables(str(readme), check=True)
+    assert "1 quoted tables equal their reports" in capsys.readouterr().out
+    page.write_text("# Results\n\n" + block.format(9))
+    with pytest.raises(SystemExit):
+        readme_tables(str(readme), check=True)
+    assert f"{page}:3: table #1 of reports/t.md differs" in capsys.readouterr().out
+    readme_tables(str(readme))  # rewritten from the report
+    assert page.read_text() == "# Results\n\n" + block.format(2)
+    page.write_text("# Results\n\n" + block.format(9).replace("<!-- table:", "<!--  table:"))
+    with pytest.raises(ConfigError, match=rf"{page}:3: .* looks like a table marker"):
+        readme_tables(str(readme), check=True)

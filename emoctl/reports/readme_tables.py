@@ -6,8 +6,9 @@ A table in README that comes from a report sits between
     | ... the 2nd Markdown table of reports/table1.md, verbatim ... |
     <!-- /table -->
 
-``emoctl report readme`` rewrites every such block from its report; ``--check true`` (and the test suite) only
-compares, and names the first differing cell, so README cannot drift from the reports it quotes.
+``emoctl report readme`` rewrites every such block of README and of the pages under docs/ from its report;
+``--check true`` (and the test suite) only compares, and names the first differing cell, so no page can drift from
+the reports it quotes. A line that looks like a mistyped marker is refused, since its table would leave the check.
 """
 from __future__ import annotations
 
@@ -151,21 +152,35 @@ def sync_readme(readme: str | Path = "README.md", root: str | Path | None = None
     return changed
 
 
+def quoting_pages(readme: str | Path) -> list[Path]:
+    """The pages whose quoted tables ``emoctl report readme`` keeps: the README and every Markdown page of the
+    ``docs/`` folder beside it (report paths in all of them are relative to the README's folder)."""
+    readme = Path(readme)
+    docs = readme.parent / "docs"
+    return [readme, *(sorted(docs.rglob("*.md")) if docs.is_dir() else [])]
+
+
 def readme_tables(readme: str = "README.md", check: bool = False) -> None:
-    """Copy each report table that README quotes (``<!-- table: reports/X.md #N -->`` ... ``<!-- /table -->``)
-    from the report into README, or with ``--check true`` only say which differ (exit status 1 if any).
+    """Copy each report table that README and the pages of docs/ beside it quote
+    (``<!-- table: reports/X.md #N -->`` ... ``<!-- /table -->``) from the report into the page, or with
+    ``--check true`` only say which differ (exit status 1 if any).
 
     Args:
-        readme: The README to update or check; report paths in its markers are relative to its folder.
+        readme: The README to update or check; report paths in its markers, and in those of the Markdown pages
+            under the docs/ folder beside it, are relative to its folder.
         check: Compare only; change nothing.
     """
+    root = Path(readme).parent
+    pages = quoting_pages(readme)
     if check:
-        problems = check_readme(readme)
+        problems = [problem for page in pages for problem in check_readme(page, root)]
         for problem in problems:
             print(problem)
         if problems:
             raise SystemExit(1)
-        print(f"{readme}: {len(quoted_tables(Path(readme).read_text(), readme))} quoted tables equal their reports")
+        counts = {page: len(quoted_tables(page.read_text(), str(page))) for page in pages}
+        print(f"{sum(counts.values())} quoted tables equal their reports (" +
+              ", ".join(f"{page}: {n}" for page, n in counts.items() if n) + ")")
         return
-    changed = sync_readme(readme)
-    print(f"{readme}: {changed} quoted table(s) updated from their reports")
+    changed = sum(sync_readme(page, root) for page in pages)
+    print(f"{changed} quoted table(s) updated from their reports in {', '.join(str(p) for p in pages)}")
