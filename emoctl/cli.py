@@ -90,7 +90,7 @@ TOOLS: dict[str, dict[str, Tool]] = {
                      "Which inputs (models, protocol, seeds, packages, machine) and results of two reports differ.",
                      positional=True),
         "readme": Tool("emoctl.reports.readme_tables:readme_tables",
-                       "Copy the report tables README quotes into README, or check that they are equal."),
+                       "Copy the report tables README and docs/ quote into them, or check that they are equal."),
     },
     "inspect": {
         "recovery": Tool("emoctl.sae.recovery:inspect_recovery", "How well an SAE recovers a synthetic store's dictionary."),
