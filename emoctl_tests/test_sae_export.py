@@ -26,8 +26,8 @@ def _trained_looking_sae(dtype: torch.dtype = torch.float32) -> TopKSAE:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_save_then_load_gives_identical_outputs_and_config(tmp_path, dtype):
     sae = _trained_looking_sae(dtype)
-    sae.save_pretrained(tmp_path / "sae", extra_metadata={"global_step": 42})
-    loaded = TopKSAE.from_pretrained(tmp_path / "sae")
+    save_pretrained(sae, tmp_path / "sae", extra_metadata={"global_step": 42})
+    loaded = load_pretrained(tmp_path / "sae")
     assert loaded.cfg == sae.cfg
     assert loaded.W_dec.dtype == dtype
     for name, tensor in sae.state_dict().items():

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from emoctl.errors import ConfigError, NonFiniteError
 from emoctl.sae.config import SAEConfig
+from emoctl.sae.export import save_pretrained
 from emoctl.sae.topk_sae import TopKSAE
 
 NON_FINITE_CHECK_EVERY = 16
@@ -85,8 +86,8 @@ class SAEModule(pl.LightningModule):
         # Where it was trained: float kernels differ by CPU, thread count and GPU, so a retrained SAE is not
         # bit-identical across machines (README, "What reproduces exactly").
         trained_on = {**machine(self.device), "world_size": trainer.world_size, "packages": package_versions()}
-        self.sae.save_pretrained(folder, extra_metadata={"global_step": trainer.global_step,
-                                                         **store_provenance(trainer), "trained_on": trained_on})
+        save_pretrained(self.sae, folder, extra_metadata={"global_step": trainer.global_step,
+                                                          **store_provenance(trainer), "trained_on": trained_on})
 
     def setup(self, stage: str) -> None:
         """Check that the data's width matches the SAE before any step runs."""

@@ -19,8 +19,7 @@ plain PyTorch; the fast path (``emoctl.sae.sparse_ops``) is tested against it.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -214,20 +213,6 @@ class TopKSAE(nn.Module):
         else:
             raise ConfigError(f"b_pre_init={method!r} is not one of 'geometric_median', 'mean', 'zeros'.")
         self.b_dec.copy_(value)
-
-    # ------------------------------------------------------------------ export
-    def save_pretrained(self, directory: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``cfg.json`` and ``sae_weights.safetensors`` in SAELens' format; see ``emoctl.sae.export``."""
-        from emoctl.sae.export import save_pretrained
-
-        return save_pretrained(self, directory, extra_metadata)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> TopKSAE:
-        """Load an SAE saved by :meth:`save_pretrained`."""
-        from emoctl.sae.export import load_pretrained
-
-        return load_pretrained(directory, device=device)
 
 
 def fraction_of_variance_unexplained(target: Tensor, prediction: Tensor) -> Tensor:
