@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,76 @@ def test_the_payload_really_runs_when_pickle_is_allowed(tmp_path):
     marker.unlink()
     pickle.loads(pickle.dumps(_Payload(marker))).close()
     assert marker.exists()
+
+
+_OPENED: list[str] | None = None
+"""Paths Python opened while a test records them (``sys.addaudithook``'s "open" events), else None."""
+
+
+def _record_open(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_record_open)
+
+
+def test_paths_config_yaml_names_outside_the_release_are_never_read(indextts2_release, tmp_path):
+    """config.yaml's path keys may not leave the folder by name (``..``, absolute paths), even towards files
+    that would load; a symlink inside the folder pointing elsewhere is still followed (the control: every
+    copy here is one, its weights symlinked to the session's release)."""
+    global _OPENED
+    from reliability_indextts2 import ESCAPES, edit_config, release_copy
+
+    from emoctl.backbones.loading import load_backbone
+
+    control = load_backbone("indextts2", str(release_copy(indextts2_release, tmp_path / "control")))
+    original = load_backbone("indextts2", str(indextts2_release))
+    assert control.backbone_id == original.backbone_id
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("gpt.pth", "feat1.pt", "feat2.pt", "wav2vec2bert_stats.pt", "bpe.model"):
+        shutil.copyfile(indextts2_release / name, outside / name)  # each would load if it were followed
+    escapes = {f"escape {i}": damage for i, (damage, _) in enumerate(ESCAPES.values())}
+    for key, section in (("gpt_checkpoint", None), ("spk_matrix", None), ("w2v_stat", None),
+                         ("bpe_model", "dataset")):
+        file = {"gpt_checkpoint": "gpt.pth", "spk_matrix": "feat1.pt", "w2v_stat": "wav2vec2bert_stats.pt",
+                "bpe_model": "bpe.model"}[key]
+        for how, value in (("relative", f"../outside/{file}"), ("absolute", str(outside / file))):
+            escapes[f"{key} {how}"] = (lambda folder, key=key, section=section, value=value: edit_config(
+                folder, lambda cfg: (cfg[section] if section else cfg).__setitem__(key, value)))
+    for what, damage in escapes.items():
+        bad = release_copy(indextts2_release, tmp_path / what.replace(" ", "_"))
+        damage(bad)
+        _OPENED = []
+        try:
+            with pytest.raises(ConfigError, match="release folder") as err:
+                load_backbone("indextts2", str(bad))
+        finally:
+            opened, _OPENED = _OPENED, None
+        assert str(bad / "config.yaml") in str(err.value), what
+        forbidden = (str(outside), str(bad) + "-outside", "/etc/hostname")  # what the escaping names lead to
+        strays = [p for p in opened if os.path.realpath(p).startswith(forbidden)]
+        assert strays == [], (what, strays)
+
+
+@pytest.mark.parametrize("name", ["hf_cache/bigvgan/bigvgan_generator.pt", "s2mel.pth"])
+def test_crafted_vocoder_weights_are_refused_even_when_torch_defaults_to_full_unpickling(
+        indextts2_release, tmp_path, monkeypatch, name):
+    """Upstream's BigVGAN.from_pretrained and load_checkpoint2 call torch.load with torch's default, which
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns into full unpickling; the adapter reads both files weights-only."""
+    from reliability_indextts2 import release_copy
+
+    from emoctl.backbones.indextts2.release import ReleaseFolder
+    from emoctl.backbones.indextts2.vocoder import S2MelVocoder
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "pwned"
+    copy = release_copy(indextts2_release, tmp_path / "release")
+    (copy / name).unlink()
+    _crafted_torch_file(copy / name, marker)
+    vocoder = S2MelVocoder(ReleaseFolder.open(copy))
+    with pytest.raises(EmoctlError, match=name.rsplit("/", 1)[0].replace(".", r"\.")):
+        vocoder.bigvgan if "bigvgan" in name else vocoder.s2mel
+    assert not marker.exists(), name
