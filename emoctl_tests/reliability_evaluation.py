@@ -7,8 +7,7 @@ control, to funasr's own ``AutoModel`` (where the payloads do run).
 from __future__ import annotations
 
 import json
-import pickle
-import shutil
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -66,20 +65,26 @@ def _evil_spec(folder: Path, marker: Path) -> str:
     return f"open({str(marker)!r}, 'w').close() or {spec}"
 
 
+def _evil_module(folder: Path, marker: Path) -> Path:
+    """A Python file that creates ``marker``; its name is new to the process, so an import really runs it."""
+    path = folder / f"evil_{uuid.uuid4().hex[:12]}.py"
+    path.write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
+    return path
+
+
 def remote_code(folder: Path, marker: Path) -> str:
     """config.yaml sets ``trust_remote_code: true`` and ``remote_code`` to a Python file of the folder."""
-    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
     cfg = _config(folder)
-    cfg.update(trust_remote_code=True, remote_code=str(folder / "evil.py"))
+    cfg.update(trust_remote_code=True, remote_code=str(_evil_module(folder, marker)))
     _write_config(folder / "config.yaml", cfg)
     return "trust_remote_code"
 
 
 def nested_remote_code(folder: Path, marker: Path) -> str:
     """config.yaml's ``model_conf.modalities.audio`` carries ``remote_code`` (and ``trust_remote_code``)."""
-    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
     cfg = _config(folder)
-    cfg["model_conf"]["modalities"]["audio"].update(remote_code=str(folder / "evil.py"), trust_remote_code=True)
+    cfg["model_conf"]["modalities"]["audio"].update(remote_code=str(_evil_module(folder, marker)),
+                                                    trust_remote_code=True)
     _write_config(folder / "config.yaml", cfg)
     return "model_conf.modalities.audio.remote_code"
 
