@@ -204,7 +204,7 @@ def _check_configuration_json(folder: Path) -> None:
                                       f"{', '.join(FOLDER_FILES)}. {_RELEASE_HINT}")
                 same(item, released[key], f"{where}{key}.")
         elif given != released:
-            raise ConfigError(f"{path}: file_path_metas.{where.rstrip('.')} is {str(given)[:80]!r}, but the "
+            raise ConfigError(f"{path}: {('file_path_metas.' + where).rstrip('.')} is {str(given)[:80]!r}, but the "
                               f"released folder names {released!r} there; funasr would load that file instead of "
                               f"the one emoctl checks, so emoctl refuses it. {_RELEASE_HINT}")
 
