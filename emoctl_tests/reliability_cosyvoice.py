@@ -85,42 +85,42 @@ def replace_in(text: str, start: str, old: str, new: str) -> str:
 def payloads(marker: Path) -> dict[str, tuple[Callable, tuple[str, ...]]]:
     """Each crafted file (a rewrite of the released text) and the fragments its error must hold."""
     return {
-        "gadget opening a file as llm": (
+        "the upstream gadget instantiate_callbacks as llm, its _target_ builtins.open writing a file": (
             lambda t: replace_section(t, "llm", gadget(0, open_target(marker))),
             ("llm.callbacks_cfg.content.cb._target_", "builtins.open", "never")),
-        "gadget torch.loading embedded pickle bytes as llm": (
+        "the gadget as llm, its _target_ torch.load of pickle bytes carried in the YAML": (
             lambda t: replace_section(t, "llm", gadget(0, torch_load_target(marker))),
             ("llm.callbacks_cfg.content.cb._target_", "torch.load", "never")),
-        "gadget with a _target_ nested deep inside an argument": (
+        "the gadget as llm.text_encoder, with a _target_ nested inside its own": (
             lambda t: replace_in(t, "llm:", "!new:cosyvoice.transformer.encoder.ConformerEncoder",
                                  gadget(4, nested_target(marker)) + "\n    __was_text_encoder:"),
             ("llm.text_encoder.callbacks_cfg.content.cb._target_", "builtins.dict")),
-        "gadget bound by !name: as get_tokenizer": (
+        "the gadget bound with !name: as get_tokenizer": (
             lambda t: replace_section(t, "get_tokenizer",
                                       gadget(0, open_target(marker)).replace("!new:", "!name:", 1)),
             ("get_tokenizer.callbacks_cfg.content.cb._target_",)),
-        "gadget at another position (hift.f0_predictor)": (
+        "the gadget at hift.f0_predictor": (
             lambda t: replace_in(t, "hift:", "!new:cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor",
                                  gadget(4, open_target(marker)) + "\n    __was_f0_predictor:"),
             ("hift.f0_predictor.callbacks_cfg.content.cb._target_",)),
-        "a _target_ deep inside a plain argument": (
+        "a _target_ deep inside a plain argument (hift.istft_params.hop_len)": (
             lambda t: t.replace("hop_len: 4", f"hop_len:\n            x:\n                _target_: builtins.open\n"
                                 f"                file: '{marker}'"),
             ("hift.istft_params.hop_len.x._target_",)),
-        "!apply: inside llm": (
+        "an !apply: call inside llm (llm.text_encoder.num_blocks)": (
             lambda t: replace_in(t, "llm:", "num_blocks: 2", f"num_blocks: !apply:pathlib.Path.touch ['{marker}']"),
             ("llm.text_encoder.num_blocks is !apply:pathlib.Path.touch", "a call emoctl never makes there",
              "an integer")),
-        "!!python/object/apply:os.system": (
+        "!!python/object/apply:os.system as sample_rate": (
             lambda t: t.replace("sample_rate: 22050",
                                 f"sample_rate: !!python/object/apply:os.system ['touch {marker}']"),
             ("python/object/apply:os.system", "never runs what it names")),
-        "!new: of an allowed-package function at another position": (
+        "a !new: of an allowed-package function at flow.length_regulator": (
             lambda t: replace_in(t, "flow:", "!new:cosyvoice.flow.length_regulator.InterpolateRegulator",
                                  "!new:cosyvoice.utils.common.ras_sampling"),
             ("flow.length_regulator is !new:cosyvoice.utils.common.ras_sampling",
              "emoctl builds only cosyvoice.flow.length_regulator.InterpolateRegulator")),
-        "!name: at a position the release builds a class": (
+        "a !name: binding at llm.text_encoder, where the release builds a class": (
             lambda t: replace_in(t, "llm:", "!new:cosyvoice.transformer.encoder.ConformerEncoder",
                                  "!name:cosyvoice.utils.common.ras_sampling"),
             ("llm.text_encoder is !name:cosyvoice.utils.common.ras_sampling",
@@ -130,10 +130,10 @@ def payloads(marker: Path) -> dict[str, tuple[Callable, tuple[str, ...]]]:
                                 "!name:cosyvoice.tokenizer.tokenizer.get_tokenizer"),
             ("get_tokenizer is !name:cosyvoice.tokenizer.tokenizer.get_tokenizer",
              "emoctl binds only whisper.tokenizer.get_tokenizer")),
-        "another class as llm (CosyVoice2's Qwen2LM)": (
+        "CosyVoice2's Qwen2LM as llm": (
             lambda t: t.replace("!new:cosyvoice.llm.llm.TransformerLM", "!new:cosyvoice.llm.llm.Qwen2LM"),
             ("llm is !new:cosyvoice.llm.llm.Qwen2LM", "cosyvoice.llm.llm.TransformerLM", "Qwen2LM is another model")),
-        "a _target_ in a key the adapter never builds": (
+        "a _target_ in train_conf, a key the adapter never builds": (
             lambda t: t + f"train_conf:\n    optim:\n        _target_: builtins.open\n        file: '{marker}'\n",
             ("train_conf.optim._target_",)),
     }
@@ -142,45 +142,45 @@ def payloads(marker: Path) -> dict[str, tuple[Callable, tuple[str, ...]]]:
 def bad_inputs() -> dict[str, tuple[Callable, tuple[str, ...]]]:
     """Wrong values at the right positions: each one paragraph naming the key and what is right."""
     return {
-        "attention_heads 3 does not divide the width": (
+        "attention_heads: 3 in llm.text_encoder, of width 128": (
             lambda t: replace_in(t, "llm:", "attention_heads: 2", "attention_heads: 3"),
             ("llm.text_encoder: attention_heads 3 does not divide output_size 128",)),
-        "DictConfig content that is not a mapping": (
+        "DictConfig content that is a string, not a mapping": (
             lambda t: re.sub(r"content:\n(?: {16}.*\n)+", "content: payload\n", t, count=1),
             ("flow.decoder.cfm_params.content is 'payload' (str)", "a mapping of sigma_min")),
-        "DictConfig content with an extra key": (
+        "an extra key in the DictConfig content": (
             lambda t: replace_in(t, "flow:", "sigma_min: 1e-06", "sigma_min: 1e-06\n                payload: {a: 1}"),
             ("flow.decoder.cfm_params.content has argument(s) payload",)),
-        "an interpolation in DictConfig content": (
+        "an OmegaConf interpolation (the oc.env resolver) as the DictConfig's solver": (
             lambda t: t.replace("solver: 'euler'", "solver: '${oc.env:HOME}'"),
             ("flow.decoder.cfm_params.content.solver is '${oc.env:HOME}'", "'euler'")),
-        "num_blocks as a word": (
+        "num_blocks: two": (
             lambda t: replace_in(t, "llm:", "num_blocks: 2", "num_blocks: two"),
             ("llm.text_encoder.num_blocks is 'two' (str)", "an integer in [1, 256]")),
-        "dropout_rate as NaN": (
+        "dropout_rate: .nan": (
             lambda t: replace_in(t, "flow:", "dropout_rate: 0.1", "dropout_rate: .nan"),
             ("flow.encoder.dropout_rate is nan", "a number in [0, 1]")),
-        "normalize_before as 1": (
+        "normalize_before: 1": (
             lambda t: replace_in(t, "llm:", "normalize_before: True", "normalize_before: 1"),
             ("llm.text_encoder.normalize_before is 1 (int)", "true or false")),
-        "channels not a list": (
+        "the estimator's channels: 32, not a list": (
             lambda t: t.replace("channels: [32]", "channels: 32"),
             ("flow.decoder.estimator.channels is 32 (int)", "a list of 1 to 16 integers")),
-        "an unknown argument": (
+        "an unknown argument in llm.text_encoder": (
             lambda t: replace_in(t, "llm:", "static_chunk_size: 1", "static_chunk_size: 1\n        payload: 1"),
             ("llm.text_encoder has argument(s) payload", "exactly input_size")),
-        "a missing argument": (
+        "hift without audio_limit": (
             lambda t: replace_in(t, "hift:", "    audio_limit: 0.99\n", ""),
             ("hift lacks audio_limit", "a number in [0, 1]")),
-        "lists upstream zips of different lengths": (
+        "resblock_kernel_sizes longer than resblock_dilation_sizes (upstream zips them)": (
             lambda t: t.replace("resblock_kernel_sizes: [3]", "resblock_kernel_sizes: [3, 7]"),
             ("hift: resblock_kernel_sizes, resblock_dilation_sizes have lengths 2, 1",)),
-        "a wrong class at a position": (
+        "a ConditionalDecoder at hift.f0_predictor": (
             lambda t: t.replace("!new:cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor",
                                 "!new:cosyvoice.flow.decoder.ConditionalDecoder"),
             ("hift.f0_predictor is !new:cosyvoice.flow.decoder.ConditionalDecoder",
              "emoctl builds only cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor")),
-        "a !ref to a key that is a call": (
+        "a !ref to the !apply: key __set_seed1 as hift.sampling_rate": (
             lambda t: t.replace("sampling_rate: !ref <sample_rate>", "sampling_rate: !ref <__set_seed1>"),
             ("hift.sampling_rate is !apply:random.seed", "an integer")),
     }
@@ -219,7 +219,7 @@ EXPANSIONS: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
     "a billion-leaf !ref chain (10 levels of 10) at llm.text_encoder.static_chunk_size": (
         lambda t: ref_bomb() + _static_chunk("!ref <r9>")(t), ("expands to more than 100,000 values",
                                                               "once its !ref references are followed")),
-    "a 1 MiB cosyvoice.yaml": (huge, ("a cosyvoice.yaml is a few kB",)),
+    "1 MiB of padding": (huge, ("a cosyvoice.yaml is a few kB",)),
     "a recursive alias": (recursive, ("recursive",)),
 }
 """Files that would expand without bound (or nearly): refused before anything is built."""
