@@ -265,7 +265,7 @@ def read_release_config(path: Path) -> ReleaseConfig:
                               "released config.yaml has it).")
         name = relative_name(path, label, where.get(key, default))
         if not (path.parent / name).is_file():
-            raise ConfigError(f"{path}: {label} = {name!r} names no file in the release folder {path.parent}; copy "
-                              "that file there from the IndexTeam/IndexTTS-2 release, or fix the name.")
+            raise ConfigError(f"{path}: {label} = {name!r}, but {path.parent / name} is missing; copy that file "
+                              "there from the IndexTeam/IndexTTS-2 release, or fix the name.")
         files[label] = name
     return ReleaseConfig(data, gpt, emo_num, files)
