@@ -108,6 +108,9 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
                                                  ("{bad}/config.yaml", "gpt.heads = 3", "model_dim = 1280")),
     "gpt given as a list": (_set(None, "gpt", [2, 1280]), ("{bad}/config.yaml", "gpt = [2, 1280]", "mapping")),
     "an unknown gpt key": (_set("gpt", "n_layers", 2), ("{bad}/config.yaml", "n_layers", "UnifiedVoice")),
+    "semantic_codec.codebook_size: 8192.5": (_set("semantic_codec", "codebook_size", 8192.5),
+                                             ("{bad}/config.yaml", "semantic_codec.codebook_size", "8192.5",
+                                              "positive integer")),
     "an emotion count as a string": (_emo_entry_string, ("{bad}/config.yaml", "emo_num[2] = '2'", "8 positive")),
     "emo_num given as a string": (_set(None, "emo_num", "3, 17, 2"), ("{bad}/config.yaml", "emo_num", "list of 8")),
     "an OmegaConf resolver ${oc.env:HOME} as w2v_stat": (

@@ -4,8 +4,9 @@ Upstream reads the file with OmegaConf and hands its sections straight to constr
 (``UnifiedVoice(**cfg.gpt)``) and its path keys straight to ``os.path.join(model_dir, ...)``.  A folder a user
 brings from a hub is input, not code, so here the file is parsed with ``yaml.safe_load`` (no Python tags), every
 OmegaConf interpolation (``${...}``, resolvers such as ``${oc.env:HOME}`` included) is refused, the ``gpt``
-section's keys and types are checked against ``UnifiedVoice``'s own constructor, ``emo_num`` must be eight
-positive integers, and every path key must name a file inside the folder.  Each refusal is one
+section's keys and types are checked against ``UnifiedVoice``'s own constructor (``semantic_codec``'s against
+what ``RepCodec`` reads), ``emo_num`` must be eight positive integers, and every path key must name a file
+inside the folder.  Each refusal is one
 :class:`~emoctl.errors.ConfigError` naming config.yaml, the key, the value and what would be right.
 
 Paths stay inside the folder by their *names*: a path key must be a relative path whose normalised form does
@@ -46,6 +47,9 @@ CONDITION_MODULE_KEYS: dict[str, type] = {"output_size": int, "linear_units": in
                                           "num_blocks": int, "input_layer": str, "perceiver_mult": int}
 CONDITION_INPUT_LAYERS = ("linear", "conv2d", "conv2d2", "conv2d6", "conv2d8")  # upstream's ConformerEncoder
 CONDITION_TYPES = ("perceiver", "conformer_perceiver", "conformer_encoder")
+#: keys of semantic_codec that upstream's RepCodec reads (each a positive integer; absent ones take its defaults)
+SEMANTIC_CODEC_KEYS = ("codebook_size", "hidden_size", "codebook_dim", "vocos_dim", "vocos_intermediate_dim",
+                       "vocos_num_layers", "num_quantizers", "downsample_scale")
 #: gpt keys that are sizes (>= 1); the others that are integers are token ids (>= 0)
 POSITIVE_GPT_KEYS = ("layers", "model_dim", "heads", "max_text_tokens", "max_mel_tokens", "max_conditioning_inputs",
                      "mel_length_compression", "number_text_tokens", "number_mel_codes", "types",
@@ -228,6 +232,17 @@ def _check_condition_module(path: Path, key: str, value: Any) -> None:
                           f"{key}.output_size = {value['output_size']}.")
 
 
+def check_semantic_codec(path: Path, codec: dict) -> None:
+    """The ``semantic_codec`` section: keys RepCodec reads (it ignores others silently), positive integers."""
+    unknown = sorted(str(k) for k in codec if k not in SEMANTIC_CODEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: semantic_codec has key(s) {', '.join(unknown)} that upstream's RepCodec does not "
+                          f"read; it reads {', '.join(SEMANTIC_CODEC_KEYS)}.")
+    for key, value in codec.items():
+        if not _typed(value, int) or value < 1:
+            raise ConfigError(f"{path}: semantic_codec.{key} = {_what(value)}; it must be a positive integer.")
+
+
 def check_emo_num(path: Path, emo_num: Any) -> tuple[int, ...]:
     """``emo_num``: how many rows of the emotion tables belong to each of the eight emotion axes."""
     right = (f"a list of {EMOTION_AXIS_COUNT} positive integers, the emotion tables' rows per emotion axis "
@@ -255,6 +270,7 @@ def read_release_config(path: Path) -> ReleaseConfig:
             raise ConfigError(f"{path}: {key} = {_what(data[key])}; it must be a mapping, as in the released "
                               "config.yaml.")
     gpt = check_gpt(path, data["gpt"])
+    check_semantic_codec(path, data["semantic_codec"])
     emo_num = check_emo_num(path, data["emo_num"])
     files: dict[str, str] = {}
     for (section, key), default in PATH_KEYS.items():
