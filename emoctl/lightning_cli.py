@@ -2,7 +2,8 @@
 
 Project policy, set here as a Trainer default: emoctl's data modules give each
 DDP rank its own disjoint rows themselves (their samplers know the rank), so
-Lightning must not wrap their samplers in a ``DistributedSampler``.
+Lightning must not wrap their samplers in a ``DistributedSampler``. Every fit
+holds its run folder for its lifetime (:mod:`emoctl.callbacks.run_folder_lock`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from emoctl.callbacks.run_folder_lock import RunFolderLock, RunFolderRefused
 from emoctl.errors import ConfigError, first_line
 
 import data_modules  # noqa: F401  (registers emoctl's data modules for short names)
@@ -39,15 +41,11 @@ class EmoctlLightningCLI(LightningCLI):
         """A fit holds its run folder (:class:`~emoctl.callbacks.run_folder_lock.RunFolderLock`) from setup on,
         before the recipe echo (``config.yaml``) is written there."""
         if self.subcommand == "fit":
-            from emoctl.callbacks.run_folder_lock import RunFolderLock
-
             ckpt_path = self.config["fit"].get("ckpt_path")
             callbacks = [RunFolderLock(resuming=ckpt_path is not None), *callbacks]
         return super()._instantiate_trainer(config, callbacks)
 
     def _run_subcommand(self, subcommand: str) -> None:
-        from emoctl.callbacks.run_folder_lock import RunFolderLock, RunFolderRefused
-
         try:
             super()._run_subcommand(subcommand)
         except RunFolderRefused:

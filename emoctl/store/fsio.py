@@ -6,6 +6,7 @@ loss never leaves a half-written manifest, index or shard under its real name.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -133,8 +134,6 @@ class ExclusiveLock:
 
     def acquire(self, blocking: bool = False) -> bool:
         """Take the lock; False (blocking=False) when another process holds it."""
-        import fcntl
-
         if self._file is not None:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
