@@ -268,6 +268,20 @@ def _committed_on_disk(path: Path, rank: int = 0) -> list[str]:
     return [u for s in shards for u in pq.read_table(path / s["utterances"])["utt_id"].to_pylist()]
 
 
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Return once the process is in the stopped state (Linux /proc); elsewhere, after a short pause."""
+    stat = Path(f"/proc/{pid}/stat")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                return
+        except (OSError, IndexError):
+            time.sleep(0.05)
+            return
+        time.sleep(0.001)
+
+
 def test_sigkill_mid_shard_loses_no_committed_utterance_and_resume_skips_them(tmp_path):
     proc = _worker(tmp_path, "--n-utts", "100000", "--shard-rows", "64", "--sleep", "0.003")
     deadline = time.monotonic() + 60
@@ -276,6 +290,7 @@ def test_sigkill_mid_shard_loses_no_committed_utterance_and_resume_skips_them(tm
         while time.monotonic() < deadline:
             time.sleep(0.02)
             os.kill(proc.pid, signal.SIGSTOP)  # freeze it, look, then kill or let it go on
+            _wait_stopped(proc.pid)  # the signal is delivered asynchronously: a rename may still be under way
             index = tmp_path / "index-r0000.json"
             temps = [p for p in (tmp_path / "shards").glob(".*.npy.tmp") if p.stat().st_size > HEADER_BYTES]
             if index.exists() and len(json.loads(index.read_text())["shards"]) >= 3 and temps:
