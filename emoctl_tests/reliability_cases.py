@@ -41,11 +41,11 @@ CLASSES: dict[str, str] = {
     "6": "Partial outputs that look whole",
     "7": "Quiet nonsense values",
     "security": "Security: crafted files and escaping paths",
-    "concurrency": "Concurrency: a store being written while it is read",
+    "concurrency": "Concurrency: two writers of one store or run folder, a store read while it is written",
     "backbone folders": "Real-backbone folders: IndexTTS2 and CosyVoice releases a user brings",
     "evaluation folders": "Evaluation folders and audio: emotion2vec folders, clips, manifests",
 }
-"""The issue's classes (issue 15), in the order the document lists them."""
+"""The classes of bad input and fault, in the order the document lists them."""
 
 PLACEHOLDERS: dict[str, str] = {
     "store": "a finished synthetic store (d_model 16, 60 utterances, five emotions, Neutral pairs)",
@@ -1323,11 +1323,12 @@ def render() -> str:
         "<!-- Generated from emoctl_tests/reliability_cases.py by `python -m emoctl_tests.reliability_cases`; "
         "do not edit by hand. -->",
         "",
-        "The bad inputs and faults the test suite tries against the real `emoctl` command, by the classes of "
-        "issue 15, with the outcome each must have. `emoctl_tests/test_reliability_catalogue.py` runs every row "
+        "The bad inputs and faults the test suite tries against the real `emoctl` command, by class, with the "
+        "outcome each must have. `emoctl_tests/test_reliability_catalogue.py` runs every row "
         "through `emoctl.cli.main` (the console script's entry point) on small real objects (a synthetic store, "
         "an SAE exported for it, a checkpoint of a 4-step fit, the embedded mini TTS and its committed SAE, "
-        "selection and EmoShift layer) and checks: an error exits non-zero, prints no traceback, ends stderr with "
+        "selection and EmoShift layer, random-weight IndexTTS2 and CosyVoice releases and emotion2vec folders in "
+        "upstream's own formats) and checks: an error exits non-zero, prints no traceback, ends stderr with "
         "one `emoctl <command>: error: ...` paragraph, and that paragraph holds every fragment listed (the key, "
         "file or value at fault); a correct result exits 0 and its output holds the fragments listed.",
         "",

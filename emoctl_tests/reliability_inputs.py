@@ -132,6 +132,10 @@ def register(case) -> None:
          (*plain, "--alpha", "-1e30"), ("alpha=-1e+30", "|α| <= 1000"))
     case("7", "attribute --alphas {Angry: 1e30}", (*plain, "--alphas", "{{Angry: 1e30}}"), ("alphas=", "|α| <= 1000"))
     case("7", "attribute --seed -1", (*plain, "--seed", "-1"), ("seed=-1",))
+    case("7", "report table1 --sweep_alphas {sae_emotion: [4, 1e30]} (checked before the corpus is read)",
+         ("report", "table1", "--sae", "{sae_mini}", "--store", "{store}", "--selection", "{select_mini}",
+          "--out_dir", "{tmp}/t", "--corpus_root", "{tmp}/no_corpus", "--sweep_alphas", "{{sae_emotion: [4, 1e30]}}"),
+         ("sweep_alphas", "sae_emotion", "|α| <= 1000"))
 
     for marker, label in [("<!--  table: reports/t.md #1 -->", "two spaces"),
                           ("<!-- table reports/t.md #1 -->", "no colon"),

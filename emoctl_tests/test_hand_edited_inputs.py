@@ -225,3 +225,28 @@ def test_report_readme_checks_the_docs_pages_beside_the_readme_too(tmp_path, cap
     page.write_text("# Results\n\n" + block.format(9).replace("<!-- table:", "<!--  table:"))
     with pytest.raises(ConfigError, match=rf"{page}:3: .* looks like a table marker"):
         readme_tables(str(readme), check=True)
+
+
+def test_table1_refuses_feature_sets_without_an_sae_digest_unless_asked(corpus_root, tmp_path):
+    """Table 1 applies the same check as attribute: a set that records no digest is refused, unless asked, and the
+    run then goes on (to the store, missing here)."""
+    from emoctl.errors import StoreError
+    from emoctl.reports.table1 import table1
+
+    sel = _selection(tmp_path, lambda raw: raw["sae"].pop("digest"))
+    kwargs = dict(sae=str(SAE_MINI), store=str(tmp_path / "no_store"), selection=str(sel), emotions=["Angry"],
+                  corpus_root=str(corpus_root), out_dir=str(tmp_path / "t1"), progress=False)
+    with pytest.raises(ConfigError, match=r"features_Angry.json records no SAE digest.*"
+                                          r"--allow_unverified_features true"):
+        table1(**kwargs)
+    with pytest.raises(StoreError, match="no_store"):
+        table1(**kwargs, allow_unverified_features=True)
+
+
+def test_table1_refuses_latent_alphas_past_the_bound_before_reading_the_corpus(tmp_path):
+    from emoctl.reports.table1 import table1
+
+    with pytest.raises(ConfigError, match=r"sweep_alphas \{'sae_emotion': \[1e\+30\]\} steer latents too hard"):
+        table1(sae=str(SAE_MINI), store=str(tmp_path / "s"), selection=str(SELECT_MINI),
+               corpus_root=str(tmp_path / "no_corpus"), out_dir=str(tmp_path / "t1"),
+               sweep_alphas={"sae_emotion": [4.0, 1e30]}, progress=False)

@@ -50,10 +50,13 @@ from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorer
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.reports.provenance import collect, stamp, write_report_info
+from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.synthesis import SamplingConfig
 from emoctl.store.fsio import check_output_dir
 
 METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
+LATENT_METHODS = ("random_sae", "global", "sae_emotion")
+"""The methods whose α is in latent units (norm-matched to the SAE's decoder directions)."""
 DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [4.0, 8.0], "global": [4.0, 8.0], "sae_emotion": [4.0, 8.0],
                                       "emoshift": [1.0, 2.0, 3.0]}
 METHOD_LABELS = {"unsteered": "Unsteered", "random_sae": "Random SAE", "global": "Global steering",
@@ -207,7 +210,8 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
            protocol: EvaluationProtocol = EvaluationProtocol(), sweep_alphas: dict[str, list[float]] | None = None,
            sweep_texts: int = 2, max_wer_increase: float = 0.15, emoshift: str | None = None,
            recognizer: str = "mini", recognizer_dir: str | None = None, selections: dict[str, str] | None = None,
-           n_bootstrap: int = 2000, resume: bool = True, progress: bool = True) -> list[dict]:
+           n_bootstrap: int = 2000, resume: bool = True, allow_unverified_features: bool = False,
+           progress: bool = True) -> list[dict]:
     """Run the SAE seed's Table 1 protocol and write table1.md / .csv, the α sweep CSV and figure.
 
     Args:
@@ -233,6 +237,8 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
         n_bootstrap: Resamples of the paired bootstrap behind the Emo-SIM comparisons between methods.
         resume: Keep each finished (cell, method) block under ``out_dir/.partial`` and take the blocks an
             interrupted run of the same inputs and settings finished (removed once the report is written).
+        allow_unverified_features: Apply feature sets that record no SAE digest (written by other code), which
+            cannot be checked against ``sae``; by default they are refused.
         progress: Show progress bars.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
@@ -269,6 +275,10 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     if any(not values or any(not math.isfinite(a) or a <= 0 for a in values) for values in sweep_alphas.values()):
         raise ConfigError(f"every sweep_alphas list needs finite α > 0 (the sign is the cell's direction), got "
                           f"{sweep_alphas}.")
+    too_strong = {m: [a for a in sweep_alphas[m] if not latent_alpha_ok(a)] for m in LATENT_METHODS}
+    too_strong = {m: values for m, values in too_strong.items() if values}
+    if too_strong:
+        raise ConfigError(f"sweep_alphas {too_strong} steer latents too hard: α must be {LATENT_ALPHA_RULE}.")
     test_sentences, record = protocol.texts(root)
     evaluation_sentences, _ = split_sentences(root, "evaluation", sweep_texts)
     tts = backbone.load()
@@ -278,8 +288,9 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     if not emotions:
         raise ConfigError(f"no feature sets in {selection} (features_<emotion>.json); run `emoctl select` first.")
     feature_sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in emotions}
-    check_selected_with(feature_sets, sae, selection)
-    variants = {score: _load_variant(folder, emotions, sae) for score, folder in selections.items()}
+    unverified = {"allow_unverified": allow_unverified_features, "d_sae": sae_model.cfg.d_sae}
+    check_selected_with(feature_sets, sae, selection, **unverified)
+    variants = {score: _load_variant(folder, emotions, sae, **unverified) for score, folder in selections.items()}
     activations = ActivationStore(store)
     activations.require_finished("estimate the global steering direction from")
     activations.verify(progress=progress)  # the global baseline's means come from every row of it
@@ -356,7 +367,7 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     return summary
 
 
-def _load_variant(folder: str, emotions: list[str], sae: str) -> dict:
+def _load_variant(folder: str, emotions: list[str], sae: str, *, allow_unverified: bool, d_sae: int) -> dict:
     """One further selection's feature sets, every emotion present and selected on this SAE."""
     from emoctl.selection.feature_set import FeatureSet, check_selected_with
     from emoctl.selection.select import feature_set_path
@@ -366,7 +377,7 @@ def _load_variant(folder: str, emotions: list[str], sae: str) -> dict:
         raise ConfigError(f"selection folder {folder} has no feature set for {missing} "
                           f"(features_<emotion>.json); run `emoctl select --out_dir {folder}` with the same SAE.")
     sets = {e: FeatureSet.load(feature_set_path(folder, e)) for e in emotions}
-    check_selected_with(sets, sae, folder)
+    check_selected_with(sets, sae, folder, allow_unverified=allow_unverified, d_sae=d_sae)
     return sets
 
 

@@ -148,7 +148,7 @@ class ActivationStore:
         mm = self._mmaps.get(i)
         if mm is None:
             path = self.path / self.shards[i].path
-            mm = np.load(path, mmap_mode="r")
+            mm = np.load(path, mmap_mode="r", allow_pickle=False)
             expected = (self.shards[i].rows, self.d_model)
             if mm.shape != expected or mm.dtype != self.spec.numpy_dtype:
                 raise StoreError(f"shard {path} holds {mm.shape} {mm.dtype}, but the store expects {expected} "
