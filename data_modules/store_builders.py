@@ -16,7 +16,7 @@ from typing import Iterator
 
 from data_modules.prompt_grid import CorpusTexts
 from emoctl.backbones.loading import BackboneSpec
-from emoctl.store.fsio import ExclusiveLock
+from emoctl.io.fsio import ExclusiveLock
 from emoctl.store.manifest import MANIFEST_NAME
 from emoctl.store.synthetic import write_sparse_dictionary_store
 

@@ -86,7 +86,7 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "table1": Tool("emoctl.reports.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),
         "emoshift": Tool("emoctl.reports.table1_emoshift:emoshift_table1",
                          "The EmoShift seed's Table 1: zero-shot, Neutral, SFT, EmoShift full and low rank."),
-        "diff": Tool("emoctl.reports.provenance:report_diff",
+        "diff": Tool("emoctl.reports.diff:report_diff",
                      "Which inputs (models, protocol, seeds, packages, machine) and results of two reports differ.",
                      positional=True),
         "readme": Tool("emoctl.reports.readme_tables:readme_tables",

@@ -132,7 +132,7 @@ def _kind_of(name: str) -> str:
 def install_tracing(tracer: Tracer) -> None:
     """Trace the store's commit protocol, generation, and the fit loop's steps, checkpoints and export."""
     import emoctl.store.consolidate as consolidate
-    import emoctl.store.fsio as fsio
+    import emoctl.io.fsio as fsio
     import emoctl.store.manifest as manifest
     import emoctl.store.writer as writer
     from emoctl.store.npy_stream import StreamingNpyWriter

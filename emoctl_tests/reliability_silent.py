@@ -90,7 +90,7 @@ TABLE1 = ("report", "table1", "--sae", "{sae_mini}", "--store", "{store}", "--se
 def run_folder_held(case_dir: Path, values: dict[str, str]) -> dict[str, str]:
     """`{run}` is held by another fit: its `.fit.lock` is locked (the OS lock a running fit holds), with the
     holder's line written in it."""
-    from emoctl.store.fsio import ExclusiveLock
+    from emoctl.io.fsio import ExclusiveLock
 
     run = case_dir / "sae_demo" / "v0"
     lock = ExclusiveLock(run / ".fit.lock")

@@ -77,7 +77,7 @@ def test_crafted_files_in_an_indextts2_release_are_refused_without_running_them(
 
 def test_a_token_cache_with_pickled_objects_is_ignored_not_run(tmp_path):
     """The corpus token cache is an .npz read with allow_pickle=False: an object array in it is a cache miss."""
-    from emoctl.keyed_cache import read_keyed_arrays
+    from emoctl.io.keyed_cache import read_keyed_arrays
 
     marker = tmp_path / "pwned"
     evil = np.empty(1, dtype=object)

@@ -77,7 +77,7 @@ def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_ro
     timings["sweep"] = time.perf_counter() - start
     assert {p.name for p in tmp_path.iterdir()} >= {"emoshift_sweep.md", "emoshift_sweep.csv", "emoshift_sweep.png",
                                                     "emoshift_sweep_clips.csv", "emoshift_sweep_info.json"}
-    from emoctl.reports.provenance import digest_path
+    from emoctl.io.provenance import digest_path
 
     record = json.loads((tmp_path / "emoshift_sweep_info.json").read_text())["provenance"]
     assert set(record["inputs"]) == {"backbone", "layer", "corpus", "recognizer"}

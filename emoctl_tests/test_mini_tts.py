@@ -426,7 +426,7 @@ def test_token_cache_is_written_as_it_goes_resumes_and_skips_unused_splits(tmp_p
     import shutil
 
     from emoctl.backbones.mini_tts import tokenize_corpus as tc
-    from emoctl.keyed_cache import read_keyed_arrays
+    from emoctl.io.keyed_cache import read_keyed_arrays
 
     root = tmp_path / "corpus"
     write_tiny_corpus(root)
@@ -472,7 +472,7 @@ def test_token_cache_is_written_as_it_goes_resumes_and_skips_unused_splits(tmp_p
 def test_fitting_the_codec_caches_the_training_clips_tokens_from_the_same_analysis(tmp_path, monkeypatch):
     from data_modules.tts_corpus import CodecFit
     from emoctl.backbones.mini_tts import tokenize_corpus as tc
-    from emoctl.keyed_cache import read_keyed_arrays
+    from emoctl.io.keyed_cache import read_keyed_arrays
 
     root = tmp_path / "corpus"
     write_tiny_corpus(root)

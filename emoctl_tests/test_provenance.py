@@ -9,9 +9,8 @@ import torch
 
 from conftest import run_emoctl
 from emoctl.errors import ConfigError
-from emoctl.reports.provenance import (
-    collect, diff_records, diff_reports, digest_path, provenance_line, stamp,
-)
+from emoctl.io.provenance import collect, digest_path, provenance_line, stamp
+from emoctl.reports.diff import diff_records, diff_reports
 from emoctl.sae import load_pretrained, save_pretrained
 from emoctl.selection.feature_set import FeatureSet, check_selected_with
 from emoctl.selection.select import feature_set_path, select_features

@@ -134,7 +134,7 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
     assert float(row["emo_sim_diff"]) == pytest.approx(np.mean(by_method[("induction", "sae_emotion")])
                                                        - np.mean(by_method[("induction", "global")]), abs=1e-9)
     # What made it: every input by content digest, under the title and in the record.
-    from emoctl.reports.provenance import digest_path
+    from emoctl.io.provenance import digest_path
 
     inputs = info["provenance"]["inputs"]
     assert set(inputs) == {"backbone", "sae", "feature_sets", "feature_sets_rate", "store", "corpus", "recognizer"}

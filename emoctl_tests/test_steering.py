@@ -201,7 +201,7 @@ def test_bad_inputs_are_clear_errors(tts, sae, store, tmp_path):
 def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp_path, sae):
     import csv
 
-    from emoctl.reports.provenance import digest_path
+    from emoctl.io.provenance import digest_path
     from emoctl.sae import save_pretrained
     from emoctl.selection import FeatureSet, SelectedFeature
     from emoctl.steering.attribute import PROBES, attribute_features

@@ -108,7 +108,7 @@ def bench_ddp(steps: int = 600, batch_size: int = 2048, processes: list[int] | N
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from emoctl.store.fsio import save_figure_atomically
+        from emoctl.io.fsio import save_figure_atomically
 
         fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
         for p, (step, loss) in curves.items():

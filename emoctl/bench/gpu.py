@@ -86,7 +86,7 @@ def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bo
     """
     import torch
 
-    from emoctl.store.fsio import atomic_write_bytes, check_output_dir
+    from emoctl.io.fsio import atomic_write_bytes, check_output_dir
 
     chosen = list(SECTIONS if sections is None else sections)
     unknown = [s for s in chosen if s not in SECTIONS]

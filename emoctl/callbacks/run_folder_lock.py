@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from emoctl.errors import ConfigError
-from emoctl.store.fsio import ExclusiveLock
+from emoctl.io.fsio import ExclusiveLock
 from emoctl.training import run_dir
 
 LOCK_NAME = ".fit.lock"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from emoctl.errors import EmoctlError
-from emoctl.store.fsio import atomic_write_bytes
+from emoctl.io.fsio import atomic_write_bytes
 
 PARTIAL_DIR = ".partial"
 CODE_ROOTS = ("emoctl", "data_modules")

@@ -53,7 +53,7 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.scoring import ReferenceSet, Scorers, Utterance, measure, score
 from emoctl.metrics.audio import prepare_clip
 from emoctl.metrics.stats import Estimate, mean_ci
-from emoctl.store.fsio import check_output_dir
+from emoctl.io.fsio import check_output_dir
 
 __all__ = ["ManifestRow", "evaluate", "read_manifest"]
 

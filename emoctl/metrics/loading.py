@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from emoctl.errors import ConfigError
 from emoctl.metrics.ser import EmotionRecognizer
@@ -27,3 +28,15 @@ def load_recognizer(kind: str = "mini", path: str | None = None) -> EmotionRecog
 
         return Emotion2Vec(path)
     raise ConfigError(f"unknown recognizer {kind!r}; choose one of {', '.join(RECOGNIZERS)}.")
+
+
+def recognizer_folder(kind: str, path: str | None) -> Path | None:
+    """The folder whose files are the recognizer's weights (the committed mini SER when ``path`` is None), which a
+    report's provenance digests."""
+    if path is not None:
+        return Path(path)
+    if kind == "mini":
+        from emoctl.metrics.ser_mini import DEFAULT_MINI_SER_DIR
+
+        return Path(DEFAULT_MINI_SER_DIR)
+    return None

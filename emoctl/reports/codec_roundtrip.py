@@ -23,7 +23,7 @@ import numpy as np
 
 from emoctl.corpus.esd import ESD_EMOTIONS
 from emoctl.errors import ConfigError
-from emoctl.store.fsio import check_output_dir
+from emoctl.io.fsio import check_output_dir
 
 PROBES = ("f0_mean_hz", "rms", "duration_s")
 TOLERANCE = {"f0_mean_hz": 0.05, "rms": 0.20, "duration_s": 0.05}
@@ -235,7 +235,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
-    from emoctl.store.fsio import atomic_write_bytes, save_figure_atomically
+    from emoctl.io.fsio import atomic_write_bytes, save_figure_atomically
 
     out.mkdir(parents=True, exist_ok=True)
     summary = _summary_markdown(result)

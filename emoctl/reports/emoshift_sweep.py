@@ -30,8 +30,9 @@ from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
 from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.evaluation.protocol import EvaluationProtocol
-from emoctl.reports.provenance import collect, stamp, write_report_info
-from emoctl.store.fsio import check_output_dir
+from emoctl.io.provenance import collect, stamp, write_report_info
+from emoctl.metrics.loading import recognizer_folder
+from emoctl.io.fsio import check_output_dir
 
 DEFAULT_ALPHAS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
 UNSTEERED = "unsteered"
@@ -90,7 +91,7 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
             "speakers": speakers, "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
             "alphas": alphas, "max_new_tokens": protocol.sampling.max_new_tokens, "protocol": protocol.describe()}
     record = collect(backbone=setup.backbone, paths={"layer": layer}, corpus=corpus_root,
-                     recognizer=(recognizer, recognizer_dir),
+                     recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)),
                      seeds={"sampling": protocol.seed}, protocol={**protocol.describe(), "alphas": alphas,
                                                                   "emotions": emotions})
     _write_sweep(Path(out_dir), summary, rows, info, emotions, record)
@@ -203,7 +204,7 @@ def sweep_figure(summary: list[dict], emotions: list[str], alphas: list[float]):
 
 def _write_sweep(out: Path, summary: list[dict], rows: list[dict], info: dict, emotions: list[str],
                  record: dict) -> None:
-    from emoctl.store.fsio import atomic_write_bytes
+    from emoctl.io.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     markdown = stamp(sweep_markdown(summary, info, emotions), record, "emoshift_sweep_info.json")
@@ -299,7 +300,7 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
             "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
             "recognizer": getattr(recognizer_model, "name", recognizer), "protocol": protocol.describe()}
     record = collect(backbone=setup.backbone, paths={"layer": layer}, corpus=corpus_root,
-                     recognizer=(recognizer, recognizer_dir),
+                     recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)),
                      seeds={"sampling": protocol.seed}, protocol={**protocol.describe(), "alpha": alpha,
                                                                   "mixtures": mixtures})
     _write_compound(Path(out_dir), summary, rows, info, mixtures, components, record)
@@ -329,7 +330,7 @@ def compound_markdown(summary: list[dict], info: dict, mixtures: list[dict[str, 
 
 def _write_compound(out: Path, summary: list[dict], rows: list[dict], info: dict, mixtures: list[dict[str, float]],
                     components: list[str], record: dict) -> None:
-    from emoctl.store.fsio import atomic_write_bytes
+    from emoctl.io.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     markdown = stamp(compound_markdown(summary, info, mixtures, components), record, "emoshift_compound_info.json")

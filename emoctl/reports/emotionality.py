@@ -25,9 +25,10 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.texts import corpus_test_sentences
 from emoctl.metrics.ser import ESD_EMOTIONS
-from emoctl.reports.provenance import collect, stamp, write_report_info
+from emoctl.io.provenance import collect, stamp, write_report_info
+from emoctl.metrics.loading import recognizer_folder
 from emoctl.synthesis import synthesize
-from emoctl.store.fsio import check_output_dir
+from emoctl.io.fsio import check_output_dir
 
 PAIRED_PROBES = ("f0_mean_hz", "rms", "duration_s")
 NEUTRAL = "Neutral"
@@ -143,7 +144,7 @@ def emotionality_report(backbone: BackboneSpec = BackboneSpec(), corpus_root: st
                                        "speakers": speakers, "n_texts": len(texts), "seed": seed,
                                        "protocol": protocol.describe(),
                                        "unfinished": sum(not c.finished for c in generated)})
-    record = collect(backbone=tts, corpus=root, recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed},
+    record = collect(backbone=tts, corpus=root, recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)), seeds={"sampling": seed},
                      protocol={**protocol.describe(), "emotions": emotions})
     _write_outputs(Path(out_dir), result, rows, record)
     return result
@@ -199,7 +200,7 @@ def _confusion_png(result: EmotionalityResult) -> bytes:
 
 
 def _write_outputs(out: Path, result: EmotionalityResult, rows: list[dict], record: dict) -> None:
-    from emoctl.store.fsio import atomic_write_bytes as write_atomic
+    from emoctl.io.fsio import atomic_write_bytes as write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     markdown = stamp(_summary_markdown(result), record, "emotionality_info.json")

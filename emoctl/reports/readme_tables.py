@@ -146,7 +146,7 @@ def sync_readme(readme: str | Path = "README.md", root: str | Path | None = None
             lines[block.first_line + 1:block.last_line] = expected
             changed += 1
     if changed:
-        from emoctl.store.fsio import atomic_write_bytes
+        from emoctl.io.fsio import atomic_write_bytes
 
         atomic_write_bytes(readme, ("\n".join(lines) + ("\n" if text.endswith("\n") else "")).encode())
     return changed

@@ -49,10 +49,11 @@ from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorers, measure_clips, score_clips
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
-from emoctl.reports.provenance import collect, stamp, write_report_info
+from emoctl.io.provenance import collect, stamp, write_report_info
+from emoctl.metrics.loading import recognizer_folder
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.synthesis import SamplingConfig
-from emoctl.store.fsio import check_output_dir
+from emoctl.io.fsio import check_output_dir
 
 METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
 LATENT_METHODS = ("random_sae", "global", "sae_emotion")
@@ -312,8 +313,8 @@ def table1(sae: str, store: str, selection: str, backbone: BackboneSpec = Backbo
     paths = {"sae": sae, "feature_sets": [feature_set_path(selection, e) for e in emotions], "layer": emoshift,
              **{f"feature_sets_{score}": [feature_set_path(folder, e) for e in emotions]
                 for score, folder in selections.items()}}
-    made_with = collect(backbone=tts, paths=paths, stores={"store": store}, corpus=root,
-                        recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed, "random_features": seed},
+    made_with = collect(backbone=tts, paths=paths, stores={"store": activations}, corpus=root,
+                        recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)), seeds={"sampling": seed, "random_features": seed},
                         protocol={**protocol.describe(), "sweep_alphas": sweep_alphas, "sweep_texts": sweep_texts,
                                   "max_wer_increase": max_wer_increase, "emotions": emotions,
                                   "n_bootstrap": n_bootstrap})
@@ -543,7 +544,7 @@ def sweep_figure(sweep_rows: list[dict]):
 
 def _write_table1(out: Path, summary: list[dict], rows: list[dict], sweep_rows: list[dict], info: dict,
                   method_names: Sequence[str], record: dict, paired: list[dict], sections: list[str]) -> None:
-    from emoctl.store.fsio import atomic_write_bytes
+    from emoctl.io.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     body = "\n".join([table1_markdown(summary, info, method_names), *sections,

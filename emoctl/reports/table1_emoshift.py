@@ -24,9 +24,10 @@ from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
-from emoctl.reports.provenance import collect, stamp, write_report_info
+from emoctl.io.provenance import collect, stamp, write_report_info
+from emoctl.metrics.loading import recognizer_folder
 from emoctl.synthesis import synthesize
-from emoctl.store.fsio import check_output_dir
+from emoctl.io.fsio import check_output_dir
 
 METRICS = ["ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl", "finished"]
 
@@ -122,7 +123,7 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
             "backbone_parameters": sum(p.numel() for p in full.backbone.parameters())}
     record = collect(backbone=full.backbone, paths={"layer": layer, "low_rank": low_rank, "sft": sft,
                                                     "sweep_csv": sweep_csv},
-                     corpus=corpus_root, recognizer=(recognizer, recognizer_dir), seeds={"sampling": seed},
+                     corpus=corpus_root, recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)), seeds={"sampling": seed},
                      protocol={**protocol.describe(), "emotions": emotions, "best_alpha": best})
     _write(Path(out_dir), summary, rows, info, jobs, emotions, record)
     return summary
@@ -151,7 +152,7 @@ def table_markdown(summary: list[dict], info: dict, jobs: list[tuple], emotions:
 
 def _write(out: Path, summary: list[dict], rows: list[dict], info: dict, jobs: list[tuple],
            emotions: list[str], record: dict) -> None:
-    from emoctl.store.fsio import atomic_write_bytes
+    from emoctl.io.fsio import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     markdown = stamp(table_markdown(summary, info, jobs, emotions), record, "table1_emoshift_info.json")

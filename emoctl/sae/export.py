@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 from emoctl.errors import ConfigError
 from emoctl.numerics import refuse_non_finite_weights
-from emoctl.store.fsio import atomic_write_bytes
+from emoctl.io.fsio import atomic_write_bytes
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.topk_sae import TopKSAE
 

@@ -80,7 +80,7 @@ class SAEModule(pl.LightningModule):
 
     def export(self, folder, trainer: pl.Trainer) -> None:
         """The SAE in SAELens' layout, with where its activations came from (written by ModelExport)."""
-        from emoctl.reports.provenance import machine, package_versions
+        from emoctl.io.provenance import machine, package_versions
         from emoctl.training import store_provenance
 
         # Where it was trained: float kernels differ by CPU, thread count and GPU, so a retrained SAE is not

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emoctl.errors import ConfigError
-from emoctl.store.fsio import atomic_write_bytes
+from emoctl.io.fsio import atomic_write_bytes
 
 FORMAT_NAME = "emoctl.feature_set"
 FORMAT_VERSION = 1
@@ -212,7 +212,7 @@ def check_selected_with(feature_sets: dict[str, FeatureSet] | list[FeatureSet], 
     dictionary and steer something else without a word. A set that records no digest cannot be checked, so it is
     refused too unless ``allow_unverified`` (an SAE of the same shape would take its ids silently). With
     ``d_sae`` (the SAE's width), ids outside it are refused as well."""
-    from emoctl.reports.provenance import digest_path
+    from emoctl.io.provenance import digest_path
 
     sets = list(feature_sets.values()) if isinstance(feature_sets, dict) else list(feature_sets)
     digest = None

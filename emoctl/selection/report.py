@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from emoctl.selection.feature_set import FeatureSet, SelectedFeature
-from emoctl.store.fsio import atomic_write_bytes, save_figure_atomically
+from emoctl.io.fsio import atomic_write_bytes, save_figure_atomically
 
 
 def save_delta_histogram(path: Path, delta: np.ndarray, selected: Sequence[int], emotion: str, neutral: str,
@@ -90,7 +90,7 @@ def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet], record: dic
         lines.append("")
     markdown = "\n".join(lines)
     if record is not None:
-        from emoctl.reports.provenance import stamp, write_report_info
+        from emoctl.io.provenance import stamp, write_report_info
         from emoctl.selection.select import feature_set_path
 
         markdown = stamp(markdown, record, "selection_info.json")

@@ -35,9 +35,9 @@ from emoctl.selection.stats import (benjamini_hochberg, bootstrap_delta_ci, delt
 
 SCORES = ("any_step", "rate", "mass")
 TESTS = {"any_step": "exact McNemar", "rate": "Wilcoxon signed-rank", "mass": "Wilcoxon signed-rank"}
-from emoctl.reports.provenance import digest_path
+from emoctl.io.provenance import digest_path
 from emoctl.store import ActivationStore
-from emoctl.store.fsio import check_output_dir
+from emoctl.io.fsio import check_output_dir
 
 
 def feature_set_path(out_dir: str | Path, emotion: str) -> Path:
@@ -115,9 +115,9 @@ def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral"
         fs.save(feature_set_path(out, emotion))
         save_delta_histogram(out / f"delta_hist_{_safe(emotion)}.png", delta, fs.feature_ids, emotion, neutral, score)
         results[emotion] = fs
-    from emoctl.reports.provenance import collect
+    from emoctl.io.provenance import collect
 
-    record = collect(paths={"sae": sae}, stores={"store": store}, seeds={"bootstrap": seed, "held_out_split": seed},
+    record = collect(paths={"sae": sae}, stores={"store": activation_store}, seeds={"bootstrap": seed, "held_out_split": seed},
                      protocol={"score": score, "m": m, "alpha": alpha, "correction": correction, "neutral": neutral,
                                "n_bootstrap": n_bootstrap, "confidence": confidence, "n_stability": n_stability,
                                "emotions": list(results)}, device=device)

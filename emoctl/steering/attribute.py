@@ -27,14 +27,14 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.protocol import EvaluationProtocol, clones_voices
 from emoctl.probes import AcousticProfile, compare_profiles, measure
 from emoctl.probes.paired import PROBE_LABELS, format_p
-from emoctl.reports.provenance import collect, stamp, write_report_info
+from emoctl.io.provenance import collect, stamp, write_report_info
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import FeatureSet, check_selected_with
 from emoctl.selection.select import feature_set_path
 from emoctl.steering.base import steer
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, SAEFeatureSteering, latent_alpha_ok
 from emoctl.synthesis import SamplingConfig, synthesize
-from emoctl.store.fsio import atomic_write_bytes, check_output_dir, save_figure_atomically
+from emoctl.io.fsio import atomic_write_bytes, check_output_dir, save_figure_atomically
 
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz", "duration_s")
 """ΔF0, ΔRMS, Δcentroid, Δduration: the acoustic probes of the SAE seed."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emoctl.store.fsio import atomic_write_bytes
+from emoctl.io.fsio import atomic_write_bytes
 from emoctl.store.manifest import UTTERANCES_NAME, committed_shards, read_manifest, write_manifest
 from emoctl.store.utterance_table import store_table, table_to_parquet_bytes
 

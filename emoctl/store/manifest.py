@@ -21,7 +21,7 @@ from typing import Any
 
 from emoctl import __version__
 from emoctl.errors import StoreError, StoreNotFoundError
-from emoctl.store.fsio import atomic_write_bytes
+from emoctl.io.fsio import atomic_write_bytes
 from emoctl.store.spec import StoreSpec
 
 FORMAT_VERSION = 1

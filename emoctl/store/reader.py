@@ -6,6 +6,8 @@ touched, straight into the output tensor's memory.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,6 +287,19 @@ class ActivationStore:
         return _expand_segments(first[~val_utt], count[~val_utt]), _expand_segments(first[val_utt], count[val_utt])
 
     # ---- integrity ----------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        """The store's folder (what a provenance record names it by)."""
+        return self.path
+
+    def content_digest(self) -> str:
+        """Digest of the store's attributes and every committed shard's rows and CRC-32s: the store already
+        checksums its bytes, so a 100 GB store is identified without re-reading it."""
+        record = {"d_model": self.d_model, "dtype": self.dtype, "hookpoint": self.spec.hookpoint,
+                  "shards": [[s.rank, s.seq, s.rows, s.num_utterances, s.crc32, s.utterances_crc32]
+                             for s in self.shards]}
+        return hashlib.blake2b(json.dumps(record, sort_keys=True).encode(), digest_size=16).hexdigest()
 
     def verify(self, progress: bool = True) -> None:
         """Re-read every shard and utterance table and compare CRC-32s with the index; raise on a mismatch.

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emoctl.errors import ConfigError, StoreError
-from emoctl.store.fsio import ExclusiveLock
+from emoctl.io.fsio import ExclusiveLock
 from emoctl.store.manifest import MANIFEST_NAME, mark_finished, read_manifest
 from emoctl.store.spec import StoreSpec, UtteranceMeta
 from emoctl.store.writer import ActivationWriter

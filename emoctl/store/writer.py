@@ -37,7 +37,7 @@ import torch
 from emoctl.errors import ConfigError, EmoctlError, NonFiniteActivationError, StoreError
 from emoctl.numerics import all_finite
 from emoctl.store.consolidate import consolidate_store
-from emoctl.store.fsio import create_once, fsync_dir, remove_dead_temps, write_durably
+from emoctl.io.fsio import create_once, fsync_dir, remove_dead_temps, write_durably
 from emoctl.store.manifest import (
     MANIFEST_NAME, SHARD_DIR, UTTERANCES_NAME, ShardRecord, committed_shards, index_path, mark_finished, new_manifest,
     read_manifest, read_rank_index, shard_stem, write_rank_index,

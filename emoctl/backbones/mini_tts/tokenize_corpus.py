@@ -24,7 +24,7 @@ import torch
 
 from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
 from emoctl.errors import ConfigError
-from emoctl.keyed_cache import read_keyed_arrays, stat_key, write_keyed_arrays
+from emoctl.io.keyed_cache import read_keyed_arrays, stat_key, write_keyed_arrays
 
 SPLITS = ("train", "evaluation", "test")
 CACHE_PREFIX = ".tokens-"

@@ -2,7 +2,8 @@
 
 A table that cannot say which SAE, feature sets or recognizer produced it cannot be checked against another run
 of it. Every report writes :func:`collect`'s record into its ``*_info.json`` (key ``"provenance"``) and
-:func:`provenance_line` under its title; ``emoctl report diff A B`` (:func:`diff_reports`) names what differs.
+:func:`provenance_line` under its title; ``emoctl report diff A B`` (:mod:`emoctl.reports.diff`) names what
+differs.
 
 Digests are content digests (blake2b-128): a folder's is over its files' relative paths and bytes, a store's over
 its committed shards' CRC-32s (the store already checksums its bytes, so a 100 GB store is not re-read), a
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 import torch
 
 from emoctl.errors import ConfigError
+from emoctl.io.fsio import atomic_write_bytes
 
 PACKAGES = ("emoctl", "torch", "transformers", "lightning", "numpy")
 INPUT_LABELS = {"backbone": "backbone", "sae": "SAE", "feature_sets": "feature sets", "layer": "EmoSteer layer",
@@ -59,16 +61,6 @@ def _digest_files(root: str, stats: tuple[tuple[str, int, int], ...]) -> str:
     return h.hexdigest()
 
 
-def digest_store(path: str | os.PathLike) -> str:
-    """Digest of an activation store: its attributes and every committed shard's rows and CRC-32s."""
-    from emoctl.store import ActivationStore
-
-    store = ActivationStore(path)
-    record = {"d_model": store.d_model, "dtype": store.dtype, "hookpoint": store.spec.hookpoint,
-              "shards": [[s.rank, s.seq, s.rows, s.num_utterances, s.crc32, s.utterances_crc32] for s in store.shards]}
-    return hashlib.blake2b(json.dumps(record, sort_keys=True).encode(), digest_size=16).hexdigest()
-
-
 def corpus_checksum(root: str | os.PathLike) -> str:
     """The checksum a corpus build records over every wav and transcript (``corpus.json``); an ESD copy without
     one is digested by its file list and sizes."""
@@ -79,17 +71,6 @@ def corpus_checksum(root: str | os.PathLike) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         listing = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
         return hashlib.blake2b(json.dumps(listing).encode(), digest_size=16).hexdigest()
-
-
-def recognizer_folder(kind: str, path: str | None) -> Path | None:
-    """The folder whose files are the recognizer's weights (the committed mini SER when ``path`` is None)."""
-    if path is not None:
-        return Path(path)
-    if kind == "mini":
-        from emoctl.metrics.ser_mini import DEFAULT_MINI_SER_DIR
-
-        return Path(DEFAULT_MINI_SER_DIR)
-    return None
 
 
 def package_versions() -> dict[str, str]:
@@ -153,9 +134,8 @@ def digest_paths(paths: str | os.PathLike | list | tuple) -> str:
 
 
 def collect(*, backbone: Any | None = None, paths: Mapping[str, Any] | None = None,
-            stores: Mapping[str, str | os.PathLike | None] | None = None, corpus: str | os.PathLike | None = None,
-            recognizer: tuple[str, str | None] | None
-            = None, protocol: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None,
+            stores: Mapping[str, Any] | None = None, corpus: str | os.PathLike | None = None,
+            recognizer: tuple[str, str | os.PathLike | None] | None = None, protocol: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None,
             device: str | torch.device | None = None) -> dict[str, Any]:
     """The provenance record of one report.
 
@@ -163,9 +143,9 @@ def collect(*, backbone: Any | None = None, paths: Mapping[str, Any] | None = No
         backbone: The loaded backbone (its ``backbone_id`` is the digest of its weights).
         paths: Model folders or files (or lists of files) by role (``sae``, ``feature_sets``, ``layer`` ...);
             None entries are left out.
-        stores: Activation stores by role.
+        stores: Activation stores by role (opened: each one's ``content_digest()`` is recorded).
         corpus: The ESD-shaped corpus folder (its recorded checksum: eSpeak NG versions can change its audio).
-        recognizer: (kind, folder or None) of the emotion recognizer.
+        recognizer: (kind, folder of its weights or None when unknown) of the emotion recognizer.
         protocol: The evaluation protocol as plain data (speakers, sentences, sampling ...).
         seeds: Every seed the report used, by name.
         device: Where the backbone ran.
@@ -178,14 +158,13 @@ def collect(*, backbone: Any | None = None, paths: Mapping[str, Any] | None = No
         if path is not None:
             shown = [str(p) for p in path] if isinstance(path, (list, tuple)) else str(path)
             inputs[role] = {"path": shown, "digest": digest_paths(path)}
-    for role, path in (stores or {}).items():
-        if path is not None:
-            inputs[role] = {"path": str(path), "digest": digest_store(path)}
+    for role, store in (stores or {}).items():
+        if store is not None:
+            inputs[role] = {"path": str(store.root), "digest": store.content_digest()}
     if corpus is not None:
         inputs["corpus"] = {"path": str(corpus), "digest": corpus_checksum(corpus)}
     if recognizer is not None:
-        kind, folder = recognizer
-        where = recognizer_folder(kind, folder)
+        kind, where = recognizer
         inputs["recognizer"] = {"kind": kind, "path": str(where) if where else None,
                                 "digest": digest_path(where) if where else "unknown"}
     return {"inputs": inputs, "protocol": dict(protocol or {}), "seeds": dict(seeds or {}),
@@ -213,136 +192,10 @@ def stamp(markdown: str, record: Mapping[str, Any], info_file: str) -> str:
     return "\n".join(lines[:at] + ["", provenance_line(record, info_file)] + lines[at:])
 
 
-# --------------------------------------------------------------------------------------------------- diffing
-
-def read_info(path: Path) -> dict[str, Any]:
-    """A report record, checked for the shape ``write_report_info`` gives it: an object whose ``provenance`` and
-    ``outputs`` (when present) are objects too, so a hand-edited record is named rather than half-compared."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read the report record {path}: {err}.") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"the report record {path} holds a JSON {_json_kind(info)}, not an object with "
-                          "`provenance` and `outputs`; rerun the report that writes it, or undo the edit.")
-    for key in ("provenance", "outputs"):
-        if info.get(key) is not None and not isinstance(info[key], dict):
-            raise ConfigError(f"the report record {path}: `{key}` is a JSON {_json_kind(info[key])}, not an "
-                              "object; rerun the report that writes it, or undo the edit.")
-    for name, digest in (info.get("outputs") or {}).items():
-        if not isinstance(digest, str) or Path(name).name != name:
-            raise ConfigError(f"the report record {path}: `outputs` maps {name!r} to {json.dumps(digest)}; each "
-                              "entry must be a file name beside the record and its digest string. Rerun the report "
-                              "that writes it, or undo the edit.")
-    return info
-
-
-def _json_kind(value: Any) -> str:
-    """JSON's name for a decoded value's type (a Python ``str`` is a JSON string)."""
-    return {str: "string", bool: "boolean", int: "number", float: "number", list: "list", type(None): "null"}.get(
-        type(value), type(value).__name__)
-
-
-def info_files(folder: Path) -> dict[str, Path]:
-    """Every ``*_info.json`` below a report folder, by path relative to it (a single file maps to its name)."""
-    if folder.is_file():
-        return {folder.name: folder}
-    if not folder.is_dir():
-        raise ConfigError(f"{folder} is neither a report folder nor an _info.json file.")
-    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*_info.json"))}
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
-def diff_records(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """What differs between two provenance records, one line per key (inputs by digest, then the rest)."""
-    flat_a, flat_b = _flatten(dict(a)), _flatten(dict(b))
-    lines = []
-    for key in sorted(set(flat_a) | set(flat_b), key=lambda k: (not k.startswith("inputs."), k)):
-        if key.startswith("inputs.") and not key.endswith((".digest", ".id", ".kind")):
-            continue  # a path is where an input lay, not what it was
-        va, vb = flat_a.get(key, "(absent)"), flat_b.get(key, "(absent)")
-        if va != vb:
-            lines.append(f"{key}: {json.dumps(va, default=str)} -> {json.dumps(vb, default=str)}")
-    return lines
-
-
-def diff_reports(a: str, b: str) -> int:
-    """Print which inputs of two report folders (or two ``_info.json`` files) differ; 0 if none, 1 otherwise."""
-    if Path(a).is_file() and Path(b).is_file():  # two records: compare them whatever their names
-        files_a, files_b = {"report": Path(a)}, {"report": Path(b)}
-    else:
-        files_a, files_b = info_files(Path(a)), info_files(Path(b))
-    if not files_a and not files_b:
-        raise ConfigError(f"neither {a} nor {b} holds a report record (*_info.json); reports written by emoctl "
-                          "record what made them there.")
-    differ = 0
-    for name in sorted(set(files_a) | set(files_b)):
-        if name not in files_a or name not in files_b:
-            print(f"{name}: only in {a if name in files_a else b}")
-            differ = 1
-            continue
-        info_a, info_b = read_info(files_a[name]), read_info(files_b[name])
-        record_a, record_b = info_a.get("provenance"), info_b.get("provenance")
-        if record_a is None or record_b is None:
-            print(f"{name}: no provenance in {files_a[name] if record_a is None else files_b[name]} "
-                  "(written before reports recorded it; rerun that report)")
-            differ = 1
-            continue
-        lines = diff_records(record_a, record_b)
-        results = _outputs_differ(info_a, info_b) + _edited_outputs(files_a[name]) + _edited_outputs(files_b[name])
-        if not lines and not results:
-            print(f"{name}: same inputs, protocol, seeds, packages and machine; same result files")
-            continue
-        differ = 1
-        print(f"{name}: " + ("same inputs and settings" if not lines else f"{len(lines)} difference(s)"))
-        for line in lines:
-            print(f"  {line}")
-        for line in results:
-            print(f"  {line}")
-    return differ
-
-
-def report_diff(first: str, second: str) -> None:
-    """Compare two report folders (or two ``*_info.json`` files): which inputs (model digests, corpus, recognizer),
-    protocol values, seeds, package versions and machine settings differ, and whether the result files agree.
-    Exits with status 1 when anything differs, like ``diff``.
-
-    Args:
-        first: A report folder (e.g. ``reports``) or one ``*_info.json``.
-        second: The folder or file to compare it with.
-    """
-    if diff_reports(first, second):
-        raise SystemExit(1)
-
-
-def _outputs_differ(info_a: Mapping[str, Any], info_b: Mapping[str, Any]) -> list[str]:
-    """The report's result files (digests recorded beside its provenance) that differ."""
-    out_a, out_b = info_a.get("outputs") or {}, info_b.get("outputs") or {}
-    return [f"{name}: " + ("results differ" if name in out_a and name in out_b else
-                           f"only in {'the first' if name in out_a else 'the second'}")
-            for name in sorted(set(out_a) | set(out_b)) if out_a.get(name) != out_b.get(name)]
-
-
-def _edited_outputs(info_path: Path) -> list[str]:
-    """Result files beside a report record whose bytes no longer match the digest recorded when it was written."""
-    recorded = read_info(info_path).get("outputs") or {}
-    return [f"{info_path.parent / name}: changed since the report wrote it" for name, digest in recorded.items()
-            if (info_path.parent / name).is_file() and digest_path(info_path.parent / name) != digest]
-
-
 def write_report_info(path: Path, info: Mapping[str, Any], record: Mapping[str, Any],
                       outputs: list[Path]) -> None:
     """Write a report's ``_info.json`` last: its own facts, the provenance record, and a digest of each result
     file it wrote (so ``emoctl report diff`` can say whether the results, not only the inputs, agree)."""
-    from emoctl.store.fsio import atomic_write_bytes
 
     body = {**info, "provenance": dict(record),
             "outputs": {p.name: digest_path(p) for p in outputs}}
