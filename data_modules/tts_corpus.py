@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from emoctl.backbones.loading import BackboneSpec
 from emoctl.corpus.esd import FLAT_SPLIT, EsdUtterance, check_emotions, open_esd, read_transcripts
 from emoctl.corpus.references import ReferenceClips
 from emoctl.errors import ConfigError
+from emoctl.io.fsio import atomic_folder
 
 __all__ = ["CodecFit", "LengthBucketSampler", "TTSBatch", "TTSCorpusDataModule", "TTSItems", "collate",
            "read_transcripts"]
@@ -311,13 +311,8 @@ class TTSCorpusDataModule(pl.LightningDataModule):
         frames = analyze_for_fit([s.read() for s in sources], workers=fit.workers)
         codec = SpeechCodec.fit_frames(frames, n_env_codes=fit.n_env_codes, n_f0_bins=fit.n_f0_bins, seed=fit.seed,
                                        max_kmeans_frames=fit.max_kmeans_frames)
-        staging = self.codec_dir.with_name(f".{self.codec_dir.name}.partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        codec.save(staging)
-        if self.codec_dir.exists():
-            shutil.rmtree(self.codec_dir)
-        staging.rename(self.codec_dir)
+        with atomic_folder(self.codec_dir) as staging:
+            codec.save(staging)
         # Tokenizing is WORLD analysis plus a nearest-centroid search: the analysis is done, so encoding the
         # training clips here spares the token cache a second pass over them (on the embedded corpus, fitting
         # and tokenizing took 6.1 min this way against 13.5 with the second pass).

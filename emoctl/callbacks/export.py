@@ -4,7 +4,7 @@ The Lightning checkpoint is for resuming; the export is for everyone else
 (SAELens, notebooks, the reports, other tools).  A module says what its export
 is by implementing :class:`Exportable` (a folder name and a method that writes
 the files into a folder); this callback decides where the folder goes, writes
-it atomically (a staging folder renamed into place: a crash leaves the
+it atomically (``emoctl.io.fsio.atomic_folder``: a staging folder renamed into place, so a crash leaves the
 previous export, never half of a new one) and saves the resolved recipe beside
 the files as ``recipe.yaml``, so every export says how it was made.
 
@@ -13,7 +13,6 @@ log folder), else ``<log dir>/<name>``.  Only global rank 0 writes.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +20,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.errors import ConfigError
+from emoctl.io.fsio import atomic_folder
 from emoctl.numerics import refuse_non_finite_weights
 from emoctl.training import read_recipe, run_dir
 
@@ -76,21 +76,11 @@ class ModelExport(pl.Callback):
 
     def write(self, trainer: pl.Trainer, pl_module: Exportable) -> Path:
         target = self.export_dir(trainer, pl_module)  # type: ignore[arg-type]
-        staging = target.with_name(f".{target.name}.partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with atomic_folder(target, create=False) as staging:
             pl_module.export(staging, trainer)
             recipe = read_recipe(trainer)
             if recipe is not None:
                 (staging / RECIPE_FILE).write_text(recipe)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
         rank_zero_info(f"{type(pl_module).__name__}: exported to {target}")
         return target
 

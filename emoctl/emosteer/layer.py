@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from emoctl.errors import ConfigError
+from emoctl.io.fsio import atomic_folder
 from emoctl.numerics import refuse_non_finite_weights
 
 FORMAT_NAME = "emoctl.emosteer"
@@ -158,22 +158,16 @@ class EmoSteer(nn.Module):
         return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": asdict(self.config)}
 
     def save(self, directory: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
-        """Write ``emosteer.json`` + ``emosteer.safetensors`` atomically (a staging folder, then a rename)."""
+        """Write ``emosteer.json`` + ``emosteer.safetensors`` atomically (``emoctl.io.fsio.atomic_folder``)."""
         from safetensors.torch import save_file
 
         target = Path(directory)
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
         refuse_non_finite_weights(tensors, f"the EmoSteer layer to be saved in {target}")  # before any file
-        staging = target.with_name(f".{target.name}.partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        save_file(tensors, str(staging / WEIGHTS_FILE))
         record = {**self.config_dict(), "metadata": dict(metadata or {})}
-        (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        with atomic_folder(target) as staging:
+            save_file(tensors, str(staging / WEIGHTS_FILE))
+            (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         return target
 
     @classmethod

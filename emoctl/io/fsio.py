@@ -1,4 +1,4 @@
-"""Crash-safe file operations: a file is either absent or complete.
+"""Crash-safe file operations: a file is either absent or complete, a folder is the previous one or the new one.
 
 POSIX rename within a directory is atomic, but only durable once the file and
 the directory entry are fsynced; these helpers do both so a SIGKILL or power
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -100,6 +103,84 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def staging_name(target: Path) -> Path:
+    """The hidden sibling of ``target`` that :func:`atomic_folder` builds in (this process's, ends in ``.partial``)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.partial")
+
+
+def _previous_name(target: Path) -> Path:
+    """Where :func:`atomic_folder` parks the previous ``target`` during the swap (ends in ``.old``)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.old")
+
+
+def remove_dead_staging(target: Path) -> None:
+    """Clean what :func:`atomic_folder` calls of dead processes (of this host) left beside ``target``.
+
+    A staging folder (``.partial``) of a dead process is deleted. A parked previous folder (``.old``) of a dead
+    process is put back under ``target``'s name when ``target`` is missing (the process died between the two
+    renames of the swap), else deleted. Folders of live processes are left alone."""
+    for suffix in (".partial", ".old"):
+        for leftover in sorted(target.parent.glob(f".{target.name}.*{suffix}")):
+            pid = leftover.name[len(target.name) + 2:-len(suffix)]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if suffix == ".old" and not target.exists():
+                os.replace(leftover, target)
+                fsync_dir(target.parent)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (``root`` included), so a rename of ``root`` publishes data."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            if path.is_symlink():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
+
+
+@contextmanager
+def atomic_folder(target: str | Path, create: bool = True) -> Iterator[Path]:
+    """Write a folder so that ``target`` is always either the previous folder, whole, or the new one, whole.
+
+    Yields a staging folder, a hidden sibling of ``target`` (created and empty, or not yet created with
+    ``create=False``, for writers that create it themselves), in which the caller writes every file. When the
+    block ends normally, every file is fsynced, the previous ``target`` (if any) is renamed aside, the staging
+    folder renamed to ``target``, the parent fsynced and the previous folder deleted. When the block raises, the
+    staging folder is deleted and ``target`` is untouched. Staging folders that dead processes left beside
+    ``target`` are cleaned first (:func:`remove_dead_staging`), so a SIGKILL leaves nothing that outlives the
+    next export. Writers may nest: a writer called on another one's staging folder swaps it the same way."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(target)
+    staging, previous = staging_name(target), _previous_name(target)
+    for stale in (staging, previous):  # this pid's own, from an earlier call that did not finish
+        if stale.exists():
+            shutil.rmtree(stale)
+    if create:
+        staging.mkdir()
+    try:
+        yield staging
+        fsync_tree(staging)
+        if target.exists():
+            os.rename(target, previous)
+        os.rename(staging, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if previous.exists() and not target.exists():
+            os.rename(previous, target)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def save_figure_atomically(fig, path: Path) -> Path:

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from emoctl.errors import ConfigError
+from emoctl.io.fsio import atomic_folder
 from emoctl.metrics.ser import ESD_EMOTIONS, EmotionRecognizer, SERResult
 
 __all__ = ["DEFAULT_MINI_SER_DIR", "LogMelConfig", "MiniSER", "MiniSERConfig", "MiniSERNet", "load_mini_ser",
@@ -317,14 +316,12 @@ def save_mini_ser(net: MiniSERNet, directory: str | os.PathLike, metadata: dict[
     (name -> text, e.g. a report) atomically.
 
     The folder is built under a temporary name beside ``directory`` and
-    renamed into place, so a crash leaves either the old folder or the new one.
+    renamed into place (``emoctl.io.fsio.atomic_folder``), so a crash leaves either the old folder or the new one.
     """
     from safetensors.torch import save_file
 
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE))
         config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": net.config.to_dict()}
@@ -333,16 +330,6 @@ def save_mini_ser(net: MiniSERNet, directory: str | os.PathLike, metadata: dict[
             (staging / "training.json").write_text(json.dumps(metadata, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

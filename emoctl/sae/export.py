@@ -15,11 +15,10 @@ architecture "topk") and emoctl both load:
 
 The dead-latent counters are training state; they live in Lightning checkpoints, not here.
 
-Saving is crash-safe: the old ``cfg.json`` is removed first, each file is
-written to a temporary name and renamed, and ``cfg.json`` (written last)
-records the SHA-256 of the weights it belongs to, which loading checks.  An
-interrupted save therefore leaves a folder that refuses to load, never a new
-weights file read with an old config.
+Saving is crash-safe: the folder is built beside ``directory`` and renamed into
+place (``emoctl.io.fsio.atomic_folder``), so an interrupted save leaves the
+previous folder whole.  ``cfg.json`` records the SHA-256 of the weights it
+belongs to, which loading checks, so a folder mixing two exports refuses to load.
 """
 from __future__ import annotations
 
@@ -31,10 +30,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from emoctl.errors import ConfigError
 from emoctl.numerics import refuse_non_finite_weights
-from emoctl.io.fsio import atomic_write_bytes
+from emoctl.io.fsio import atomic_folder
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.topk_sae import TopKSAE
 
@@ -44,13 +44,12 @@ SAELENS_LAYOUT_VERSION = "6.0.0"
 
 
 def save_pretrained(sae: TopKSAE, directory: str | Path, extra_metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``cfg.json`` and ``sae_weights.safetensors`` into ``directory`` (created if needed).
+    """Write ``cfg.json`` and ``sae_weights.safetensors`` as the folder ``directory`` (replaced whole, atomically).
 
     ``extra_metadata`` (JSON-serializable provenance such as the store path or the step)
     goes into SAELens' ``metadata`` section.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     try:
         json.dumps(extra_metadata or {})
     except TypeError as err:
@@ -63,11 +62,7 @@ def save_pretrained(sae: TopKSAE, directory: str | Path, extra_metadata: dict[st
         "b_dec": sae.b_dec.detach(),
     }
     refuse_non_finite_weights(weights, f"the SAE to be saved in {directory}")
-    (directory / CONFIG_FILENAME).unlink(missing_ok=True)  # from here until the end the folder does not load
-    from safetensors.torch import save as save_bytes
-
     blob = save_bytes({name: t.contiguous().cpu() for name, t in weights.items()})
-    atomic_write_bytes(directory / WEIGHTS_FILENAME, blob)
     metadata = {
         # SAELens picks its cfg parser by this version; "6.0.0" declares the layout written here.
         # Not trained by SAELens, hence no training version.
@@ -94,7 +89,9 @@ def save_pretrained(sae: TopKSAE, directory: str | Path, extra_metadata: dict[st
         text = json.dumps(config, indent=2)
     except TypeError as err:
         raise ConfigError(f"extra_metadata for {directory / CONFIG_FILENAME} must be JSON-serializable: {err}.") from err
-    atomic_write_bytes(directory / CONFIG_FILENAME, (text + "\n").encode())
+    with atomic_folder(directory) as staging:
+        (staging / WEIGHTS_FILENAME).write_bytes(blob)
+        (staging / CONFIG_FILENAME).write_text(text + "\n")
     return directory
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Sequence
@@ -33,6 +32,7 @@ from emoctl.backbones.mini_tts.codec import SAMPLE_RATE, SpeechCodec
 from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
 from emoctl.backbones.mini_tts.text import PAD_ID, TextTokenizer, tokenizer_from_config
 from emoctl.errors import ConfigError
+from emoctl.io.fsio import atomic_folder
 
 FORMAT_NAME = "emoctl.mini_tts"
 FORMAT_VERSION = 1
@@ -439,18 +439,12 @@ class MiniTTS(Backbone):
         from safetensors.torch import save_file
 
         target = Path(directory)
-        staging = target.with_name(f".{target.name}.partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.lm.state_dict().items()}
-        save_file(tensors, str(staging / WEIGHTS_FILE))
-        if self.codec is not None:
-            self.codec.save(staging / CODEC_DIR)
-        (staging / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        with atomic_folder(target) as staging:
+            save_file(tensors, str(staging / WEIGHTS_FILE))
+            if self.codec is not None:
+                self.codec.save(staging / CODEC_DIR)
+            (staging / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
         self._checkpoint_digest = json.loads((target / CONFIG_FILE).read_text())["weights_digest"]
         return target
 
