@@ -211,7 +211,7 @@ readme-tables: install
 EMOSHIFT_LR := runs/emoshift_lr16/demo
 SFT_RUN := runs/sft_mini/demo
 $(EMOSHIFT_LR)/emosteer/emosteer.json: | corpus
-	$(EMOCTL) fit --config recipes/emoshift_mini.yaml --model.init_args.rank=16 \
+	$(EMOCTL) fit --config recipes/emoshift_mini.yaml --model.init_args.layer.rank=16 \
 	    --trainer.logger.init_args.name=emoshift_lr16 --trainer.logger.init_args.version=demo
 $(SFT_RUN)/sft_backbone/config.json: | corpus
 	$(EMOCTL) fit --config recipes/sft_mini.yaml --trainer.logger.init_args.version=demo

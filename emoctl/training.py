@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -17,11 +18,42 @@ import torch
 from emoctl.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule: linear warm-up, then cosine or linear decay (``model.optimizer``)."""
+
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of the warm-up."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices and embeddings (biases and norms are never decayed)."""
+    warmup_steps: int = 0
+    """Steps of linear warm-up from 0 to ``lr``."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """Decay after warm-up, to ``min_lr_fraction * lr`` at the last step."""
+    min_lr_fraction: float = 0.1
+    """Final learning rate as a fraction of ``lr``."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0.0 <= self.min_lr_fraction <= 1.0:
+            raise ConfigError(f"model.optimizer needs lr > 0, warmup_steps >= 0 and 0 <= min_lr_fraction <= 1; got "
+                              f"lr={self.lr}, warmup_steps={self.warmup_steps}, "
+                              f"min_lr_fraction={self.min_lr_fraction}.")
+        if self.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"model.optimizer.schedule must be 'cosine' or 'linear', got {self.schedule!r}.")
+
+
+# Lightning checkpoints keep the hyperparameters, this dataclass among them; resuming loads them with
+# torch.load(weights_only=True), which refuses classes it was not told are safe.
+torch.serialization.add_safe_globals([OptimizerConfig])
+
+
 def warmup_then_decay(warmup_steps: int, total_steps: int, schedule: str, min_fraction: float
                       ) -> Callable[[int], float]:
     """Learning-rate factor per step: linear 0 -> 1 over warm-up, then cosine or linear to ``min_fraction``."""
     if schedule not in ("cosine", "linear"):
-        raise ConfigError(f"model.schedule must be 'cosine' or 'linear', got {schedule!r}.")
+        raise ConfigError(f"model.optimizer.schedule must be 'cosine' or 'linear', got {schedule!r}.")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -33,15 +65,22 @@ def warmup_then_decay(warmup_steps: int, total_steps: int, schedule: str, min_fr
     return factor
 
 
-def adamw_with_schedule(params: Iterable[torch.nn.Parameter], *, lr: float, betas: Sequence[float],
-                        weight_decay: float, warmup_steps: int, total_steps: int, schedule: str,
-                        min_lr_fraction: float) -> dict[str, Any]:
-    """``configure_optimizers`` output: AdamW with decay on matrices only, stepped by :func:`warmup_then_decay`."""
+def adamw_with_schedule(params: Iterable[torch.nn.Parameter], config: OptimizerConfig, total_steps: int,
+                        *, decay_groups: bool = True) -> dict[str, Any]:
+    """``configure_optimizers`` output: AdamW stepped by :func:`warmup_then_decay` over ``total_steps``.
+
+    With ``decay_groups`` weight decay applies to matrices only (``ndim >= 2``), in a group of its own beside the
+    undecayed biases and norms; without, one group decays every parameter."""
     params = [p for p in params if p.requires_grad]
-    decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
-    factor = warmup_then_decay(warmup_steps, max(int(total_steps), 1), schedule, min_lr_fraction)
+    if decay_groups:
+        groups: Any = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+                       {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas),
+                                      weight_decay=config.weight_decay)
+    factor = warmup_then_decay(config.warmup_steps, max(int(total_steps), 1), config.schedule,
+                               config.min_lr_fraction)
     return {"optimizer": optimizer,
             "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
 

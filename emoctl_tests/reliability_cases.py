@@ -677,12 +677,12 @@ for override, needles in [
          check=no_run_folder)
 
 for override, needles in [
-    ("--model.init_args.rank=0", ("EmoSteerConfig.rank", "[1, 192], got 0")),
-    ("--model.init_args.epsilon=-1", ("EmoSteerConfig.epsilon must be > 0, got -1.0",)),
-    ("--model.init_args.lr=-1", ("lr > 0", "lr=-1.0")),
+    ("--model.init_args.layer.rank=0", ("EmoSteerConfig.rank", "[1, 192], got 0")),
+    ("--model.init_args.layer.epsilon=-1", ("EmoSteerConfig.epsilon must be > 0, got -1.0",)),
+    ("--model.init_args.optimizer.lr=-1", ("model.optimizer needs lr > 0", "lr=-1.0")),
     ("--model.init_args.hookpoint=resid_pre.99", ("model.hookpoint='resid_pre.99'", "lm_out")),
     ("--model.init_args.backbone.path={tmp}/no_backbone", ("no MiniTTS checkpoint folder at {tmp}/no_backbone",)),
-    ("--model.init_args.min_lr_fraction=2", ("min_lr_fraction=2.0",)),
+    ("--model.init_args.optimizer.min_lr_fraction=2", ("model.optimizer", "min_lr_fraction=2.0")),
     ("--data.init_args.batch_size=0", ("data.batch_size", "got 0 and 1000")),
     ("--data.init_args.emotions=[Angy]", ("'Angy' in data.emotions", "Angry")),
     ("--data.init_args.max_speech_tokens=0", ("data.max_speech_tokens", "got 16 and 0")),

@@ -270,7 +270,8 @@ def test_emoshift_trains_on_cosyvoice_from_the_embedded_corpus_and_llm_pt_still_
     import lightning.pytorch as pl
 
     from data_modules.tts_corpus import TTSCorpusDataModule
-    from emoctl.emosteer.layer import EmoSteer
+    from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
+    from emoctl.training import OptimizerConfig
     from emoctl.emosteer.module import EmoShiftModule
     from emoctl.emosteer.objective import teacher_forced_nll
     from emoctl.emosteer import steer
@@ -281,8 +282,8 @@ def test_emoshift_trains_on_cosyvoice_from_the_embedded_corpus_and_llm_pt_still_
                                speakers=["0011", "0012"], bucket_batches=1, voice="clip", emotions=["Neutral", "Angry"],
                                tokenize_workers=0)
     pl.seed_everything(0, verbose=False)
-    module = EmoShiftModule(spec, emotions=["Neutral", "Angry"], neutral="layer", lr=1.0, warmup_steps=0,
-                            export_dir=str(tmp_path / "layer"))
+    module = EmoShiftModule(EmoSteerConfig(hidden_size=128, emotions=["Neutral", "Angry"], neutral="layer"), spec,
+                            optimizer=OptimizerConfig(lr=1.0, warmup_steps=0), export_dir=str(tmp_path / "layer"))
     assert module.parameter_report()["trainable"] == 2 * 128 * 128
     data.prepare_data()
     data.setup("fit")
@@ -373,8 +374,9 @@ def test_the_emoshift_recipe_trains_through_the_emoctl_command(cosyvoice_release
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
         "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--model.init_args.backbone.path", release, "--model.init_args.emotions", "[Neutral, Angry]",
-        "--model.init_args.warmup_steps", "0", "--model.init_args.export_dir", str(tmp_path / "layer"),
+        "--model.init_args.backbone.path", release, "--model.init_args.layer.emotions", "[Neutral, Angry]",
+        "--model.init_args.layer.hidden_size", "128", "--model.init_args.optimizer.warmup_steps", "0",
+        "--model.init_args.export_dir", str(tmp_path / "layer"),
         "--data.init_args.backbone.path", release, "--data.init_args.corpus_root", str(tmp_path / "esd"),
         "--data.init_args.emotions", "[Neutral, Angry]", "--data.init_args.speakers", "[\"0011\", \"0012\"]",
         "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",

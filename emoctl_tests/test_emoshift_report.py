@@ -20,6 +20,8 @@ import torch
 
 from conftest import REPO
 from emoctl.backbones.loading import BackboneSpec
+from emoctl.emosteer.layer import EmoSteerConfig
+from emoctl.training import OptimizerConfig
 from emoctl.errors import ConfigError
 
 BACKBONE = REPO / "emoctl" / "assets" / "mini_tts"
@@ -46,7 +48,8 @@ def trained(tmp_path_factory):
     pl.seed_everything(0, verbose=False)
     data = TTSCorpusDataModule(str(root), backbone=BackboneSpec(path=str(BACKBONE)), batch_size=8, speakers=["0011"],
                                emotions=EMOTIONS, tokenize_workers=1, max_speech_tokens=400)
-    module = EmoShiftModule(BackboneSpec(path=str(BACKBONE)), condition="neutral", lr=1.0, warmup_steps=5)
+    module = EmoShiftModule(EmoSteerConfig(hidden_size=192), BackboneSpec(path=str(BACKBONE)), condition="neutral",
+                            optimizer=OptimizerConfig(lr=1.0, warmup_steps=5))
     trainer = pl.Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp / "run",
                          num_sanity_val_steps=0, limit_val_batches=0)

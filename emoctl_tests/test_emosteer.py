@@ -25,6 +25,7 @@ from emoctl.emosteer import EmoSteer, EmoSteerConfig, steer
 from emoctl.emosteer.module import EmoShiftModule
 from emoctl.emosteer.sft import SFTModule
 from emoctl.errors import ConfigError
+from emoctl.training import OptimizerConfig
 from test_mini_tts import EMOTIONS, SPEAKERS, random_tts
 
 PROMPTS = [Prompt("hello there", "0011", "Angry"), Prompt("hi", "0012", "Sad"),
@@ -175,7 +176,8 @@ def backbone_dir(tmp_path_factory) -> Path:
 
 def test_training_moves_only_the_layer_and_leaves_the_backbone_bit_identical(tmp_path, backbone_dir):
     pl.seed_everything(0, verbose=False)
-    module = EmoShiftModule(BackboneSpec(path=str(backbone_dir)), lr=0.05, warmup_steps=0, rank=None)
+    module = EmoShiftModule(EmoSteerConfig(hidden_size=32, emotions=list(EMOTIONS)), BackboneSpec(path=str(backbone_dir)),
+                            optimizer=OptimizerConfig(lr=0.05, warmup_steps=0))
     before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
     report = module.parameter_report()
     assert report["trainable"] == 2 * 32 * 32 and report["backbone"] == sum(before[k].numel() for k in before)
@@ -205,8 +207,9 @@ LEARN_LR = {None: 1.0, 4: 1.0}
 @pytest.mark.parametrize("rank", [None, 4])
 def test_layer_alone_learns_emotion_patterns_under_the_neutral_condition(tmp_path, backbone_dir, rank):
     pl.seed_everything(0, verbose=False)
-    module = EmoShiftModule(BackboneSpec(path=str(backbone_dir)), condition="neutral", rank=rank, lr=LEARN_LR[rank],
-                            warmup_steps=5)
+    module = EmoShiftModule(EmoSteerConfig(hidden_size=32, emotions=list(EMOTIONS), rank=rank),
+                            BackboneSpec(path=str(backbone_dir)), condition="neutral",
+                            optimizer=OptimizerConfig(lr=LEARN_LR[rank], warmup_steps=5))
     val = loader(48, 1, 48, False)
     batch = next(iter(val))
     with torch.no_grad():
@@ -348,7 +351,8 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
         return TTSCorpusDataModule(str(tmp_path / "esd"), str(tmp_path / "codec"), batch_size=4, flat_split=(1, 1),
                                    speakers=["0011", "0012"], bucket_batches=1)
 
-    module = EmoShiftModule(BackboneSpec(path=str(backbone_dir)), condition="neutral", lr=1.0, warmup_steps=0)
+    module = EmoShiftModule(EmoSteerConfig(hidden_size=32, emotions=list(EMOTIONS)), BackboneSpec(path=str(backbone_dir)),
+                            condition="neutral", optimizer=OptimizerConfig(lr=1.0, warmup_steps=0))
     trainer = tiny_trainer(tmp_path / "emoshift", 3, enable_checkpointing=False)
     trainer.fit(module, datamodule=data())
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["val/loss"])
@@ -356,7 +360,7 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
     meta = json.loads((tmp_path / "emoshift" / "emosteer" / "emosteer.json").read_text())["metadata"]
     assert meta["data"]["train_clips"] == 2 * 3 * 3 and meta["parameters"]["trainable"] == 2 * 32 * 32
 
-    sft = SFTModule(BackboneSpec(path=str(backbone_dir)), lr=1e-3, warmup_steps=0)
+    sft = SFTModule(BackboneSpec(path=str(backbone_dir)), optimizer=OptimizerConfig(lr=1e-3, warmup_steps=0))
     before = {k: v.clone() for k, v in sft.backbone.state_dict().items()}
     report = sft.parameter_report()
     assert report["trainable"] == report["backbone"] == sum(v.numel() for v in before.values())
@@ -382,7 +386,8 @@ def test_emoshift_trains_and_exports_through_the_emoctl_command(tmp_path, backbo
                     "default_root_dir": str(tmp_path / "run"), "num_sanity_val_steps": 0, "limit_val_batches": 1},
         "model": {"class_path": "emoctl.emosteer.module.EmoShiftModule",
                   "init_args": {"backbone": {"kind": "mini_tts", "path": str(backbone_dir)}, "condition": "neutral",
-                                "lr": 1.0, "warmup_steps": 0, "export_dir": str(tmp_path / "layer")}},
+                                "layer": {"hidden_size": 32, "emotions": list(EMOTIONS)},
+                                "optimizer": {"lr": 1.0, "warmup_steps": 0}, "export_dir": str(tmp_path / "layer")}},
         "data": {"class_path": "data_modules.tts_corpus.TTSCorpusDataModule",
                  "init_args": {"corpus_root": str(tmp_path / "esd"), "codec_dir": str(tmp_path / "codec"),
                                "batch_size": 4, "flat_split": [1, 1], "speakers": ["0011", "0012"],

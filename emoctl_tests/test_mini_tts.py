@@ -19,7 +19,7 @@ from emoctl.backbones import Phase, Prompt
 from emoctl.backbones.mini_tts import CharTokenizer, MiniTTS, MiniTTSConfig, MiniTTSLM
 from emoctl.backbones.mini_tts.codec import SpeechCodec
 from emoctl.backbones.mini_tts.module import MiniTTSModule
-from emoctl.training import warmup_then_decay
+from emoctl.training import OptimizerConfig, warmup_then_decay
 from emoctl.errors import ConfigError
 
 SPEAKERS = ["0011", "0012"]
@@ -320,7 +320,9 @@ def test_training_through_lightning_learns_emotion_dependent_tokens_and_exports(
 
     pl.seed_everything(0, verbose=False)
     module = MiniTTSModule(model=MiniTTSConfig(**{**TINY, "n_layer": 2, "dropout": 0.0}), speakers=SPEAKERS,
-                           emotions=EMOTIONS, lr=3e-3, warmup_steps=20, export_dir=str(tmp_path / "export"))
+                           emotions=EMOTIONS,
+                           optimizer=OptimizerConfig(lr=3e-3, betas=(0.9, 0.98), weight_decay=0.01, warmup_steps=20,
+                                                     min_lr_fraction=0.05), export_dir=str(tmp_path / "export"))
     val = batches(EmotionPatternData(48, seed=1), 48, shuffle=False)
     with torch.no_grad():
         start = module._losses(next(iter(val)))["loss"].item()

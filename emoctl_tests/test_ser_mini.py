@@ -22,6 +22,7 @@ from emoctl.metrics.ser import ESD_EMOTIONS
 from emoctl.metrics.ser_mini import (DEFAULT_MINI_SER_DIR, LogMelConfig, MiniSER, MiniSERConfig, MiniSERNet,
                                      load_mini_ser, save_mini_ser)
 from emoctl.metrics.ser_mini_module import MiniSERModule
+from emoctl.training import OptimizerConfig
 from emoctl_tests.conftest import RECIPES, parse_emoctl
 
 FRESH_SEED = 20240917  # not the committed checkpoint's corpus seed (0)
@@ -139,7 +140,8 @@ def test_tiny_training_run_lowers_the_loss(fresh_corpus, tmp_path):
     data = SERCorpusDataModule(str(fresh_corpus), codec_dir=None, cache_dir=str(tmp_path / "cache"),
                                features=features, val_split="test", batch_size=8, workers=1)
     model = MiniSERModule(MiniSERConfig(features=features, channels=32, embedding_dim=16, dropout=0.0),
-                          lr=3e-3, warmup_steps=0, time_masks=0, freq_masks=0, label_smoothing=0.0,
+                          optimizer=OptimizerConfig(lr=3e-3, weight_decay=0.01, warmup_steps=0, min_lr_fraction=0.02),
+                          time_masks=0, freq_masks=0, label_smoothing=0.0,
                           train_crop_frames=None, export_dir=str(tmp_path / "export"))
     data.prepare_data()
     data.setup("fit")

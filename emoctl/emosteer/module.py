@@ -26,12 +26,15 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone, Prompt
 from emoctl.callbacks.export import ExportedAtFitEnd
-from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
+from emoctl.training import OptimizerConfig, adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.emosteer.steer import TRAINING_PHASES, steer
 from emoctl.errors import ConfigError
+from emoctl.synthesis import synthesize
+
+torch.serialization.add_safe_globals([EmoSteerConfig])  # hparams in checkpoints; see emoctl.sae.module
 
 
 class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
@@ -39,70 +42,53 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
 
     def __init__(
         self,
+        layer: EmoSteerConfig,
         backbone: BackboneSpec = BackboneSpec(),
-        emotions: Sequence[str] | None = None,
-        neutral: Literal["identity", "layer"] = "identity",
-        neutral_name: str = "Neutral",
-        rank: int | None = None,
-        epsilon: float = 1e-3,
-        init_std: float = 0.02,
         condition: Literal["emotion", "neutral"] = "emotion",
         hookpoint: str = "lm_out",
-        lr: float = 1.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 50,
-        schedule: Literal["cosine", "linear"] = "cosine",
-        min_lr_fraction: float = 0.1,
+        optimizer: OptimizerConfig = OptimizerConfig(lr=1.0, warmup_steps=50, min_lr_fraction=0.1),
         export_dir: str | None = None,
         probe_alphas: Sequence[float] = (1.0,),
     ) -> None:
         """
         Args:
+            layer: The EmoSteer layer: its width (the backbone's at ``hookpoint``), the emotions it serves (Neutral
+                included, each known to the backbone), Neutral as identity or a layer of its own, rank (None for
+                full d×d matrices, the paper's), ε of h' = h + ε·h·W_e (the paper's 0.001) and the low-rank
+                initialisation.
             backbone: The frozen backbone (kind, checkpoint folder; path null: the kind's committed default).
-            emotions: Emotions the layer serves, Neutral included; None: every emotion the backbone knows.
-            neutral: "identity": Neutral has no layer and is left untouched; "layer": it gets its own matrix.
-            neutral_name: The name of the neutral emotion.
-            rank: None for full d×d matrices (the paper); r for W_e = A_e·B_e of rank r.
-            epsilon: ε of h' = h + ε·h·W_e (the paper's 0.001).
-            init_std: Standard deviation of the low-rank A at initialisation (B starts at zero).
             condition: Emotion condition the backbone is given: each row's own ("emotion") or "neutral" for all,
                 so that only the layer carries the emotion.
             hookpoint: Backbone hookpoint the layer rewrites (the input of the speech-token head).
-            lr: Peak AdamW learning rate on W. Adam's step does not scale with ε, so the shift ε·h·W moves by about
-                ε·lr per step: lr = 1 with ε = 1e-3 is an ordinary 1e-3 step on the product ε·W.
-            betas: Adam betas.
-            weight_decay: AdamW weight decay on the layer's matrices.
-            warmup_steps: Steps of linear warm-up from 0 to ``lr``.
-            schedule: Decay after warm-up, to ``min_lr_fraction * lr`` at the last step.
-            min_lr_fraction: Final learning rate as a fraction of ``lr``.
+            optimizer: AdamW on the layer's matrices and its warm-up and decay. Adam's step does not scale with ε,
+                so the shift ε·h·W moves by about ε·lr per step: lr = 1 with ε = 1e-3 is an ordinary 1e-3 step on
+                the product ε·W.
             export_dir: Where the trained layer goes; None: beside the checkpoints.
             probe_alphas: Intensities at which a ``ProbeCallback`` listens to the layer (besides unsteered).
         """
         super().__init__()
-        if lr <= 0 or warmup_steps < 0 or not 0.0 <= min_lr_fraction <= 1.0:
-            raise ConfigError(f"need lr > 0, warmup_steps >= 0 and 0 <= min_lr_fraction <= 1; got lr={lr}, "
-                              f"warmup_steps={warmup_steps}, min_lr_fraction={min_lr_fraction}.")
         if condition not in ("emotion", "neutral"):
             raise ConfigError(f"model.condition must be 'emotion' or 'neutral', got {condition!r}.")
         self.save_hyperparameters()
-        self.backbone_spec = backbone  # hparams keep it as a plain dict when LightningCLI builds the module
+        # hparams keep these as plain dicts when LightningCLI builds the module
+        self.backbone_spec, self.optimizer_config = backbone, optimizer
         self.backbone: Backbone = backbone.load()
         self.backbone.eval().requires_grad_(False)
-        names = list(emotions) if emotions is not None else self.backbone.emotions
-        unknown = sorted(set(names) - set(self.backbone.emotions))
+        unknown = sorted(set(layer.emotions) - set(self.backbone.emotions))
         if unknown:
-            raise ConfigError(f"model.emotions has {unknown}, which the backbone at {backbone.path or backbone.kind} does not know "
-                              f"({', '.join(self.backbone.emotions)}).")
-        if condition == "neutral" and neutral_name not in self.backbone.emotions:
-            raise ConfigError(f"condition: neutral needs the backbone to know {neutral_name!r} (model.neutral_name); "
-                              f"it knows {', '.join(self.backbone.emotions)}.")
+            raise ConfigError(f"model.layer.emotions has {unknown}, which the backbone at "
+                              f"{backbone.path or backbone.kind} does not know ({', '.join(self.backbone.emotions)}).")
+        if condition == "neutral" and layer.neutral_name not in self.backbone.emotions:
+            raise ConfigError(f"condition: neutral needs the backbone to know {layer.neutral_name!r} "
+                              f"(model.layer.neutral_name); it knows {', '.join(self.backbone.emotions)}.")
         if hookpoint not in self.backbone.hookpoints:
             raise ConfigError(f"model.hookpoint={hookpoint!r} is not a hookpoint of this backbone; it has "
                               f"{', '.join(self.backbone.hookpoints)}.")
-        self.emosteer = EmoSteer(EmoSteerConfig(hidden_size=self.backbone.hidden_size, emotions=names, neutral=neutral,
-                                             neutral_name=neutral_name, rank=rank, epsilon=epsilon,
-                                             init_std=init_std))
+        if layer.hidden_size != self.backbone.hidden_size:
+            raise ConfigError(f"model.layer.hidden_size={layer.hidden_size}, but the backbone at "
+                              f"{backbone.path or backbone.kind} is {self.backbone.hidden_size} wide at {hookpoint}; "
+                              f"set model.layer.hidden_size: {self.backbone.hidden_size}.")
+        self.emosteer = EmoSteer(layer)
         self.backbone_id = self.backbone.backbone_id
         self.strict_loading = False  # checkpoints hold the layer only; the backbone comes from model.backbone
         self.exported: Path | None = None
@@ -139,7 +125,8 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
                               "would mean other sounds. Point data.codec_dir at the backbone's codec/ folder.")
         report = self.parameter_report()
         rank_zero_info(f"EmoShift: {report['trainable']:,} trainable parameters (EmoSteer, "
-                       f"{'full' if self.hparams.rank is None else 'rank ' + str(self.hparams.rank)}) on a frozen "
+                       f"{'full' if self.emosteer.config.rank is None else 'rank ' + str(self.emosteer.config.rank)}) "
+                       "on a frozen "
                        f"backbone of {report['backbone']:,} ({report['ratio']:.2%}).")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -152,7 +139,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         """The prompts as the backbone hears them: each clip's own emotion, or Neutral for all under
         ``condition: neutral``, in the backbone's own condition (a label, a vector, an instruction)."""
         names = ([p.emotion_label for p in prompts] if self.hparams.condition == "emotion"
-                 else [self.hparams.neutral_name] * len(prompts))
+                 else [self.emosteer.config.neutral_name] * len(prompts))
         return [p.with_emotion(self.backbone.condition_for(name)) for p, name in zip(prompts, names)]
 
     def _losses(self, batch: Any) -> dict[str, Any]:
@@ -170,7 +157,7 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         shift, valid = losses["shift"], losses["valid"]
         if shift is None:  # every row Neutral-identity or the layer still exactly zero
             return {}
-        v_norm = shift.detach().float().norm(dim=-1) / self.hparams.epsilon  # (B, T')
+        v_norm = shift.detach().float().norm(dim=-1) / self.emosteer.config.epsilon  # (B, T')
         stats = {}
         for name in sorted(set(losses["emotions"]) & set(self.emosteer.layer_emotions)):
             rows = torch.tensor([e == name for e in losses["emotions"]], device=v_norm.device)
@@ -204,8 +191,6 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
     @torch.no_grad()
     def probe_synthesize(self, prompts: Sequence[Prompt], setting: str, seed: int) -> list[tuple[Any, int]]:
         """Speak each prompt under the backbone's condition, steered toward the prompt's emotion at α."""
-        from emoctl.synthesis import synthesize
-
         alpha = 0.0 if setting == "unsteered" else float(setting.removeprefix("alpha="))
         with steer(self.backbone, self.emosteer, [p.emotion_label for p in prompts], alpha=alpha,
                    hookpoint=self.hparams.hookpoint):
@@ -219,12 +204,9 @@ class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
         if {id(p) for p in trainable} != {id(p) for p in params}:
             raise RuntimeError("EmoShift must train exactly the EmoSteer parameters, but other parameters require "
                                "gradients; the backbone was unfrozen somewhere.")
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = warmup_then_decay(hp.warmup_steps, total, hp.schedule, hp.min_lr_fraction)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
+        # one group, decayed throughout (every EmoSteer tensor is a matrix), as checkpoints of earlier runs hold
+        return adamw_with_schedule(params, self.optimizer_config, self.trainer.estimated_stepping_batches,
+                                   decay_groups=False)
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ The fine-tuned backbone is exported with its own ``save`` at fit end.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone
 from emoctl.callbacks.export import ExportedAtFitEnd
-from emoctl.training import adamw_with_schedule, jsonable as _jsonable
+from emoctl.training import OptimizerConfig, adamw_with_schedule, jsonable as _jsonable
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.errors import ConfigError
@@ -28,29 +28,19 @@ class SFTModule(ExportedAtFitEnd, pl.LightningModule):
     def __init__(
         self,
         backbone: BackboneSpec = BackboneSpec(),
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.98),
-        weight_decay: float = 0.01,
-        warmup_steps: int = 50,
-        schedule: Literal["cosine", "linear"] = "cosine",
-        min_lr_fraction: float = 0.1,
+        optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01, warmup_steps=50,
+                                                     min_lr_fraction=0.1),
         export_dir: str | None = None,
     ) -> None:
         """
         Args:
             backbone: The pretrained backbone (kind, checkpoint folder; path null: the kind's committed default).
-            lr: Peak AdamW learning rate (fine-tuning: lower than pretraining).
-            betas: AdamW betas.
-            weight_decay: AdamW weight decay on matrices and embeddings.
-            warmup_steps: Steps of linear warm-up from 0 to ``lr``.
-            schedule: Decay after warm-up, to ``min_lr_fraction * lr`` at the last step.
-            min_lr_fraction: Final learning rate as a fraction of ``lr``.
+            optimizer: AdamW and its warm-up and decay (fine-tuning: a peak rate lower than pretraining's).
             export_dir: Where the fine-tuned backbone goes; None: beside the checkpoints as ``sft_backbone``.
         """
         super().__init__()
-        if lr <= 0 or warmup_steps < 0:
-            raise ConfigError(f"need lr > 0 and warmup_steps >= 0; got lr={lr}, warmup_steps={warmup_steps}.")
         self.save_hyperparameters()
+        self.optimizer_config = optimizer  # hparams may hold it as a plain dict when LightningCLI builds the module
         self.backbone: Backbone = backbone.load()
         self.backbone.requires_grad_(True)
         self.exported: Path | None = None
@@ -85,10 +75,8 @@ class SFTModule(ExportedAtFitEnd, pl.LightningModule):
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=int(tokens))
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        return adamw_with_schedule(self.backbone.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay,
-                                   warmup_steps=hp.warmup_steps, total_steps=self.trainer.estimated_stepping_batches,
-                                   schedule=hp.schedule, min_lr_fraction=hp.min_lr_fraction)
+        return adamw_with_schedule(self.backbone.parameters(), self.optimizer_config,
+                                   self.trainer.estimated_stepping_batches)
 
     export_name = "sft_backbone"
 

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.nn import functional as F
 
 from emoctl.callbacks.export import ExportedAtFitEnd
-from emoctl.training import jsonable as _jsonable, read_recipe as _read_recipe, warmup_then_decay
+from emoctl.training import OptimizerConfig, adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 from emoctl.errors import ConfigError
 from emoctl.metrics.ser_mini import LogMelConfig, MiniSERConfig, MiniSERNet, parameter_count, save_mini_ser
 
@@ -41,10 +41,7 @@ class MiniSERModule(ExportedAtFitEnd, pl.LightningModule):
     def __init__(
         self,
         model: MiniSERConfig = MiniSERConfig(),
-        lr: float = 3e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 50,
-        min_lr_fraction: float = 0.02,
+        optimizer: OptimizerConfig = OptimizerConfig(lr=3e-3, weight_decay=0.01, warmup_steps=50, min_lr_fraction=0.02),
         label_smoothing: float = 0.05,
         time_masks: int = 2,
         max_time_mask: int = 20,
@@ -56,10 +53,7 @@ class MiniSERModule(ExportedAtFitEnd, pl.LightningModule):
         """
         Args:
             model: Shape of the recognizer (front end, conv blocks, embedding size, labels).
-            lr: Peak AdamW learning rate.
-            weight_decay: AdamW weight decay on conv and linear weights.
-            warmup_steps: Steps of linear warm-up from 0 to ``lr``; cosine decay follows.
-            min_lr_fraction: Final learning rate as a fraction of ``lr``.
+            optimizer: AdamW (decay on conv and linear weights) and its warm-up and decay.
             label_smoothing: Cross-entropy label smoothing.
             time_masks: SpecAugment time masks per training clip.
             max_time_mask: Longest time mask, in 10 ms frames.
@@ -70,10 +64,10 @@ class MiniSERModule(ExportedAtFitEnd, pl.LightningModule):
             export_dir: Where the trained recognizer folder goes; None: ``<log dir>/ser_mini``.
         """
         super().__init__()
-        if lr <= 0 or warmup_steps < 0 or not 0 <= min_lr_fraction <= 1 or not 0 <= label_smoothing < 1:
-            raise ConfigError(f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_fraction <= 1 and 0 <= label_smoothing "
-                              f"< 1; got {lr}, {warmup_steps}, {min_lr_fraction}, {label_smoothing}.")
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"need 0 <= label_smoothing < 1; got {label_smoothing}.")
         self.save_hyperparameters()
+        self.optimizer_config = optimizer  # hparams may hold it as a plain dict when LightningCLI builds the module
         self.net = MiniSERNet(model)
         self.exported: Path | None = None
         self.test_report: dict[str, Any] | None = None
@@ -157,15 +151,7 @@ class MiniSERModule(ExportedAtFitEnd, pl.LightningModule):
 
     # -------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
-        decay = [p for p in self.net.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.net.parameters() if p.ndim < 2]
-        hp = self.hparams
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = warmup_then_decay(hp.warmup_steps, total, "cosine", hp.min_lr_fraction)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}}
+        return adamw_with_schedule(self.net.parameters(), self.optimizer_config, self.trainer.estimated_stepping_batches)
 
     # ----------------------------------------------------------------- export
     def on_fit_start(self) -> None:

@@ -16,7 +16,7 @@ data module's codec and the run's provenance (``<log dir>/mini_tts`` unless
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -25,15 +25,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from emoctl.backbones.base import Prompt
 from emoctl.backbones.mini_tts.backbone import MiniTTS
 from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.backbones.mini_tts.text import CharTokenizer
 from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.errors import ConfigError
-from emoctl.training import adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
+from emoctl.training import OptimizerConfig, adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 
 torch.serialization.add_safe_globals([MiniTTSConfig])  # hparams in checkpoints; see emoctl.sae.module
 
 ESD_SPEAKERS = ("0011", "0012", "0013", "0014", "0015", "0016", "0017", "0018", "0019", "0020")
-ESD_EMOTIONS = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
 
 
 class MiniTTSModule(ExportedAtFitEnd, pl.LightningModule):
@@ -45,12 +45,8 @@ class MiniTTSModule(ExportedAtFitEnd, pl.LightningModule):
         speakers: Sequence[str] = ESD_SPEAKERS,
         emotions: Sequence[str] = ESD_EMOTIONS,
         text_symbols: str = CharTokenizer.DEFAULT_SYMBOLS,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.98),
-        weight_decay: float = 0.01,
-        warmup_steps: int = 300,
-        schedule: Literal["cosine", "linear"] = "cosine",
-        min_lr_fraction: float = 0.05,
+        optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01, warmup_steps=300,
+                                                     min_lr_fraction=0.05),
         export_dir: str | None = None,
     ) -> None:
         """
@@ -59,19 +55,12 @@ class MiniTTSModule(ExportedAtFitEnd, pl.LightningModule):
             speakers: Speaker names, one embedding each; every corpus speaker must be among them.
             emotions: Emotion names, one embedding each; every corpus emotion must be among them.
             text_symbols: Alphabet of the character tokenizer (after lower-casing).
-            lr: Peak AdamW learning rate.
-            betas: AdamW betas.
-            weight_decay: AdamW weight decay on matrices and embeddings (not on biases or LayerNorms).
-            warmup_steps: Steps of linear warm-up from 0 to ``lr``.
-            schedule: Decay after warm-up, to ``min_lr_fraction * lr`` at the last step.
-            min_lr_fraction: Final learning rate as a fraction of ``lr``.
+            optimizer: AdamW (no decay on biases or LayerNorms) and its warm-up and decay.
             export_dir: Where the trained MiniTTS folder goes; None: ``<log dir>/mini_tts``.
         """
         super().__init__()
-        if warmup_steps < 0 or not 0.0 <= min_lr_fraction <= 1.0 or lr <= 0:
-            raise ConfigError(f"need lr > 0, warmup_steps >= 0 and 0 <= min_lr_fraction <= 1; got lr={lr}, "
-                              f"warmup_steps={warmup_steps}, min_lr_fraction={min_lr_fraction}.")
         self.save_hyperparameters()
+        self.optimizer_config = optimizer  # hparams may hold it as a plain dict when LightningCLI builds the module
         tokenizer = CharTokenizer(text_symbols)
         lm = MiniTTSLM(model, text_vocab_size=tokenizer.vocab_size, n_speakers=len(speakers),
                        n_emotions=len(emotions))
@@ -134,10 +123,8 @@ class MiniTTSModule(ExportedAtFitEnd, pl.LightningModule):
 
     # -------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        return adamw_with_schedule(self.tts.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay,
-                                   warmup_steps=hp.warmup_steps, total_steps=self.trainer.estimated_stepping_batches,
-                                   schedule=hp.schedule, min_lr_fraction=hp.min_lr_fraction)
+        return adamw_with_schedule(self.tts.parameters(), self.optimizer_config,
+                                   self.trainer.estimated_stepping_batches)
 
     # ----------------------------------------------------------------- export
     export_name = "mini_tts"
