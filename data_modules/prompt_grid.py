@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from emoctl.backbones.conditions import EmotionCondition, VoiceClip
+from emoctl.emotions import NEUTRAL
 from emoctl.errors import ConfigError
 from emoctl.harvest.prompts import GridPrompt, PromptBatch
 
@@ -86,7 +87,7 @@ class EsdTexts:
             self.split, (self.split,))
         texts: dict[str, str] = {}
         for utt in sorted(utterances, key=lambda u: u.utt_id.rsplit("_", 1)[-1]):
-            if utt.emotion == "Neutral" and utt.split in wanted:
+            if utt.emotion == NEUTRAL and utt.split in wanted:
                 texts.setdefault(utt.text.strip(), f"esd{utt.utt_id.rsplit('_', 1)[-1]}")
         pairs = [(text_id, text) for text, text_id in texts.items()][: self.limit]
         if not pairs:
@@ -121,7 +122,7 @@ class PromptGridDataModule(pl.LightningDataModule):
         corpus: CorpusTexts | None = None,
         speakers: list[str] | None = None,
         emotions: list[str] | None = None,
-        neutral: str = "Neutral",
+        neutral: str = NEUTRAL,
         batch_size: int = 16,
         esd: EsdTexts | None = None,
         voice: Literal["name", "clip"] = "name",

@@ -34,9 +34,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.tts_corpus import LengthBucketSampler
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 from emoctl.io.keyed_cache import read_keyed_arrays, stat_key, write_keyed_arrays
-from emoctl.metrics.ser import ESD_EMOTIONS
 from emoctl.metrics.ser_mini import LogMel, LogMelConfig
 
 ORIGINAL, ROUNDTRIP = "original", "roundtrip"

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone
 from emoctl.backbones.loading import load_backbone
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 from emoctl.harvest.prompts import GridPrompt
 from emoctl.harvest.recorder import ActivationRecorder
@@ -38,7 +39,7 @@ def _random_mini_tts(seed: int) -> Backbone:
     torch.manual_seed(seed)
     tokenizer = CharTokenizer()
     speakers = [f"00{i}" for i in range(11, 21)]
-    emotions = ["Neutral", "Angry", "Happy", "Sad", "Surprise"]
+    emotions = list(ESD_EMOTIONS)
     config = MiniTTSConfig(d_model=192, n_layer=8, n_head=6, dropout=0.0, n_env_codes=256, n_f0_bins=32)
     lm = MiniTTSLM(config, text_vocab_size=tokenizer.vocab_size, n_speakers=len(speakers), n_emotions=len(emotions))
     return MiniTTS(lm, tokenizer, speakers, emotions).eval().requires_grad_(False)

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from emoctl.bench.rounds import equal_work_rows, resolve_device
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 
 UPSTREAM_SAMPLING = dict(temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0)
@@ -68,7 +69,7 @@ def bench_harvest_indextts2(batch_size: int = 8, max_new_tokens: int = 32, repea
     built_s = time.perf_counter() - start
     if hookpoint not in tts.hookpoints:
         hookpoint = f"resid_pre.{tts.num_layers * 2 // 3}"
-    emotions = ["Neutral", "Angry", "Happy", "Sad", "Surprise"]
+    emotions = list(ESD_EMOTIONS)
     prompts = [Prompt(t, voice, tts.condition_for(emotions[i % 5]))
                for i, t in enumerate(generate_sentences(batch_size, seed=0))]
     upstream = UnifiedVoice(**tts.release.config.gpt)

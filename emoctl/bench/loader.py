@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emoctl.bench.rounds import resolve_device, sync
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 
 ROWS_PER_UTTERANCE = 250  # about 5 s of speech tokens: a harvest's utterance
@@ -33,7 +34,7 @@ def _write_store(path: Path, rows: int, d_model: int, dtype: str, seed: int) -> 
 
     g = torch.Generator().manual_seed(seed)
     spec = StoreSpec(d_model=d_model, dtype=dtype, hookpoint="resid_pre.16", backbone="bench")
-    emotions = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
+    emotions = ESD_EMOTIONS
     with ActivationWriter(path, spec) as writer:
         for u in range(-(-rows // ROWS_PER_UTTERANCE)):
             n = min(ROWS_PER_UTTERANCE, rows - u * ROWS_PER_UTTERANCE)

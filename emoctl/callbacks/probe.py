@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from emoctl.backbones.base import Prompt
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 from emoctl.metrics.ser import EmotionRecognizer
 
@@ -64,7 +65,7 @@ class ProbeCallback(pl.Callback):
         n_texts: int = 4,
         text_seed: int = 1234,
         speakers: Sequence[str] = ("0011", "0012"),
-        emotions: Sequence[str] = ("Neutral", "Angry", "Happy", "Sad", "Surprise"),
+        emotions: Sequence[str] = ESD_EMOTIONS,
         recognizer: str = "mini",
         recognizer_dir: str | None = None,
         seed: int = 0,

@@ -46,12 +46,10 @@ import numpy as np
 
 from emoctl.corpus.espeak import KNOB_LIMITS
 from emoctl.corpus.voices import Speaker
+from emoctl.emotions import ESD_EMOTIONS as EMOTIONS
 from emoctl.errors import ConfigError
 
 __all__ = ["EMOTIONS", "JITTER", "PROFILES", "EmotionProfile", "utterance_prosody"]
-
-EMOTIONS: tuple[str, ...] = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
-"""ESD's emotions, in ESD's id-block order (Neutral 1-350, Angry 351-700, ...)."""
 
 
 @dataclass(frozen=True)

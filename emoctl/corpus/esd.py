@@ -34,13 +34,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from emoctl.emotions import ESD_EMOTIONS, NEUTRAL
 from emoctl.errors import ConfigError
 
 ESD_BLOCK = 350
 """Ids per emotion in ESD: Neutral 1-350, Angry 351-700, and so on."""
 
 ESD_ENGLISH_SPEAKERS: tuple[str, ...] = tuple(f"{i:04d}" for i in range(11, 21))
-ESD_EMOTIONS: tuple[str, ...] = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
 SPLITS: tuple[str, ...] = ("train", "evaluation", "test")
 FLAT_SPLIT: tuple[int, int] = (20, 30)
 """Clips per speaker and emotion that a flat copy gives to evaluation, then test (the rest is train)."""
@@ -240,7 +240,7 @@ def esd_sentence_record(root: str | os.PathLike) -> dict | None:
     root = Path(root)
     if not root.is_dir() or not any(p.is_dir() and p.name.isdigit() for p in root.iterdir()):
         return None
-    utterances = read_esd(root, emotions=["Neutral"])
+    utterances = read_esd(root, emotions=[NEUTRAL])
     first = min(u.speaker for u in utterances)
     own = sorted((u for u in utterances if u.speaker == first), key=lambda u: u.utt_id)
     index = [(int(u.utt_id.rsplit("_", 1)[-1]) - 1) % ESD_BLOCK for u in own]

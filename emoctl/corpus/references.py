@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Sequence
 
 from emoctl.corpus.esd import EsdUtterance
+from emoctl.emotions import NEUTRAL
 from emoctl.errors import ConfigError
 
 
 class ReferenceClips:
     """The speakers' Neutral training clips, in order; ``for_text(speaker, text)`` applies the rule."""
 
-    def __init__(self, utterances: Sequence[EsdUtterance], root: str | Path, neutral: str = "Neutral") -> None:
+    def __init__(self, utterances: Sequence[EsdUtterance], root: str | Path, neutral: str = NEUTRAL) -> None:
         self.root = Path(root)
         self._clips: dict[str, list[EsdUtterance]] = {}
         for utt in sorted(utterances, key=lambda u: u.utt_id):

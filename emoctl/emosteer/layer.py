@@ -30,6 +30,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 import torch
 from torch import nn
 
+from emoctl.emotions import ESD_EMOTIONS, NEUTRAL
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_folder
 from emoctl.numerics import refuse_non_finite_weights
@@ -49,11 +50,11 @@ class EmoSteerConfig:
 
     hidden_size: int
     """Width d of the hidden state at the hookpoint."""
-    emotions: list[str] = field(default_factory=lambda: ["Neutral", "Angry", "Happy", "Sad", "Surprise"])
+    emotions: list[str] = field(default_factory=lambda: list(ESD_EMOTIONS))
     """Every emotion name a row may ask for, Neutral included."""
     neutral: Literal["identity", "layer"] = "identity"
     """``identity``: the neutral emotion has no layer and passes h through; ``layer``: it gets its own W."""
-    neutral_name: str = "Neutral"
+    neutral_name: str = NEUTRAL
     """Which entry of ``emotions`` is the neutral one."""
     rank: int | None = None
     """None: full d×d matrices; r: W_e = A_e·B_e with A (d, r), B (r, d)."""

@@ -14,6 +14,7 @@ from typing import Callable
 
 from emoctl.backbones.base import Backbone
 from emoctl.backbones.conditions import Voice, VoiceClip, VoiceName
+from emoctl.emotions import NEUTRAL
 from emoctl.errors import ConfigError
 from emoctl.synthesis import SamplingConfig
 
@@ -89,7 +90,7 @@ class EvaluationProtocol:
 
         speakers = self.voices(backbone, corpus_root)
         assert corpus_root is not None
-        references = ReferenceClips(open_esd(corpus_root, speakers=speakers, emotions=["Neutral"]), corpus_root)
+        references = ReferenceClips(open_esd(corpus_root, speakers=speakers, emotions=[NEUTRAL]), corpus_root)
         references.check(speakers)
         return lambda speaker, text: VoiceClip(str(references.for_text(speaker, text)), speaker)
 

@@ -22,11 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from emoctl.emotions import NEUTRAL  # the target of suppression and the condition of induction
 from emoctl.errors import ConfigError
 from emoctl.synthesis import Clip
-
-NEUTRAL = "Neutral"
-"""The corpus's neutral emotion: the target of suppression and the condition of induction."""
 
 
 @dataclass

@@ -15,8 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-ESD_EMOTIONS: tuple[str, ...] = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
-"""ESD's five emotions, in ESD's id-block order; every recognizer reports probabilities in this order."""
+from emoctl.emotions import ESD_EMOTIONS  # every recognizer reports probabilities in this order
 
 
 @dataclass(frozen=True)

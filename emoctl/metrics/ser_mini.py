@@ -40,9 +40,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_folder
-from emoctl.metrics.ser import ESD_EMOTIONS, EmotionRecognizer, SERResult
+from emoctl.metrics.ser import EmotionRecognizer, SERResult
 
 __all__ = ["DEFAULT_MINI_SER_DIR", "LogMelConfig", "MiniSER", "MiniSERConfig", "MiniSERNet", "load_mini_ser",
            "parameter_count", "save_mini_ser", "validate_wave"]

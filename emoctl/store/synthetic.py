@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from emoctl.emotions import ESD_EMOTIONS as EMOTIONS
 from emoctl.errors import ConfigError, StoreError
 from emoctl.io.fsio import ExclusiveLock
 from emoctl.store.manifest import MANIFEST_NAME, mark_finished, read_manifest
 from emoctl.store.spec import StoreSpec, UtteranceMeta
 from emoctl.store.writer import ActivationWriter
 
-EMOTIONS = ("Neutral", "Angry", "Happy", "Sad", "Surprise")
 DICTIONARY_NAME = "true_dictionary.npy"
 
 
