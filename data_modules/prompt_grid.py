@@ -22,6 +22,10 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from emoctl.backbones.conditions import EmotionCondition, VoiceClip
+from emoctl.corpus.build import split_sizes
+from emoctl.corpus.esd import open_esd
+from emoctl.corpus.references import ReferenceClips
+from emoctl.corpus.sentences import generate_sentences
 from emoctl.emotions import NEUTRAL
 from emoctl.errors import ConfigError
 from emoctl.harvest.prompts import GridPrompt, PromptBatch
@@ -45,8 +49,6 @@ class CorpusTexts:
 
     def texts(self) -> list[tuple[str, str]]:
         """(text_id, text) pairs; text_id ``s0042`` is the sentence's index in the grammar's sequence."""
-        from emoctl.corpus.build import split_sizes
-        from emoctl.corpus.sentences import generate_sentences
 
         n = self.n_sentences + (self.n_unseen if self.split == "unseen" else 0)
         sentences = generate_sentences(n, self.seed)
@@ -79,8 +81,6 @@ class EsdTexts:
 
     def read(self, speakers: Sequence[str] | None = None) -> tuple[list[tuple[str, str]], list[str], Any]:
         """(text_id, text) pairs, the folder's speakers (in ``speakers`` when given) and their ReferenceClips."""
-        from emoctl.corpus.esd import open_esd
-        from emoctl.corpus.references import ReferenceClips
 
         utterances = open_esd(self.root, speakers=list(speakers) if speakers else None)
         wanted = {"held_out": ("evaluation", "test"), "all": ("train", "evaluation", "test")}.get(

@@ -34,10 +34,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.tts_corpus import LengthBucketSampler
+from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
+from emoctl.corpus.esd import list_corpus_clips, read_wave
 from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 from emoctl.io.keyed_cache import read_keyed_arrays, stat_key, write_keyed_arrays
-from emoctl.metrics.ser_mini import LogMel, LogMelConfig
+from emoctl.metrics.ser_mini import LogMel, LogMelConfig, validate_wave
 
 ORIGINAL, ROUNDTRIP = "original", "roundtrip"
 CONDITIONS = (ORIGINAL, ROUNDTRIP)
@@ -99,8 +101,6 @@ class _ClipFeatures:
     codec: Any = None  # SpeechCodec or None
 
     def __call__(self, path: Path) -> np.ndarray:
-        from emoctl.backbones.mini_tts.tokenize_corpus import read_wave
-        from emoctl.metrics.ser_mini import validate_wave
         import torchaudio
 
         wave, rate = read_wave(path)
@@ -126,7 +126,6 @@ def cached_logmels(root: Path, paths: Sequence[Path], cache_file: Path, job: _Cl
     The cache is rewritten every ``flush_every`` new clips (each write atomic),
     so an interrupted run keeps most of its work.
     """
-    from emoctl.backbones.mini_tts.codec import map_in_workers
 
     cached = read_keyed_arrays(cache_file, "mels")
     rels = [p.relative_to(root).as_posix() for p in paths]
@@ -205,8 +204,6 @@ class SERCorpusDataModule(pl.LightningDataModule):
 
     # --------------------------------------------------------------- clips
     def _clips(self, split: str) -> list[Any]:
-        from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips
-
         clips = list_corpus_clips(self.corpus_root, split=split, emotions=self.labels)
         missing = sorted(set(self.labels) - {c.emotion for c in clips})
         if missing:
@@ -240,8 +237,6 @@ class SERCorpusDataModule(pl.LightningDataModule):
         return plan
 
     def _load_codec(self) -> Any:
-        from emoctl.backbones.mini_tts.codec import SpeechCodec
-
         assert self.codec_dir is not None
         return SpeechCodec.load(self.codec_dir)
 

@@ -14,8 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from data_modules.prompt_grid import CorpusTexts
+from data_modules.prompt_grid import CorpusTexts, PromptGridDataModule
 from emoctl.backbones.loading import BackboneSpec
+from emoctl.harvest.module import HarvestModule
+from emoctl.harvest.run import harvest_into
+from emoctl.harvest.session import HarvestSettingsMismatch
 from emoctl.io.fsio import ExclusiveLock
 from emoctl.store.manifest import MANIFEST_NAME
 from emoctl.store.synthetic import write_sparse_dictionary_store
@@ -145,10 +148,6 @@ class HarvestedStore(StoreBuilder):
         self.model_kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
 
     def build(self, path: Path) -> None:
-        from data_modules.prompt_grid import PromptGridDataModule
-        from emoctl.harvest.module import HarvestModule
-        from emoctl.harvest.run import harvest_into
-
         module = HarvestModule(self.backbone, **self.model_kwargs)
         datamodule = PromptGridDataModule(**self.data_kwargs)
         harvest_into(path, module, datamodule, self.hookpoint, self.phases, dtype=self.dtype,
@@ -156,8 +155,6 @@ class HarvestedStore(StoreBuilder):
 
     def build_atomically(self, path: Path) -> None:
         """Like the base class, but a staging folder left by a killed harvest is resumed, not wiped."""
-        from emoctl.harvest.session import HarvestSettingsMismatch
-
         path = Path(path)
         staging = path.with_name(f".{path.name}.building")
         with building(path) as needed:

@@ -33,6 +33,8 @@ from data_modules.resume import batches_done_this_epoch
 from emoctl.backbones.base import Prompt
 from emoctl.backbones.conditions import Voice, VoiceClip, VoiceName
 from emoctl.backbones.loading import BackboneSpec
+from emoctl.backbones.mini_tts.codec import SpeechCodec, analyze_for_fit
+from emoctl.backbones.mini_tts.tokenize_corpus import AudioSource, cache_path, cache_tokens, tokenize_sources
 from emoctl.corpus.esd import FLAT_SPLIT, EsdUtterance, check_emotions, open_esd, read_transcripts
 from emoctl.corpus.references import ReferenceClips
 from emoctl.errors import ConfigError
@@ -257,7 +259,6 @@ class TTSCorpusDataModule(pl.LightningDataModule):
 
     def _sources(self, utterances: list[EsdUtterance]) -> list[Any]:
         """Each clip's audio and token-cache key: its file, or the bytes of a Hugging Face row."""
-        from emoctl.backbones.mini_tts.tokenize_corpus import AudioSource
 
         return [AudioSource.of_file(u.path, self.corpus_root) if u.path is not None
                 else AudioSource.of_bytes(f"hf:{u.utt_id}", u.audio) for u in utterances]  # type: ignore[arg-type]
@@ -276,13 +277,10 @@ class TTSCorpusDataModule(pl.LightningDataModule):
                                   "has no speech tokenizer to encode the corpus with; point data.backbone.path at a "
                                   "complete checkpoint folder.")
             return tokenizer
-        from emoctl.backbones.mini_tts.codec import SpeechCodec
 
         return SpeechCodec.load(self.codec_dir)
 
     def _tokens(self, utterances: list[EsdUtterance], codec: Any, progress: bool) -> list[torch.Tensor]:
-        from emoctl.backbones.mini_tts.tokenize_corpus import cache_path, tokenize_sources
-
         return tokenize_sources(self._sources(utterances), codec, cache_path(self.corpus_root, codec, self.cache_dir),
                                 workers=self.tokenize_workers, progress=progress,
                                 desc=f"Tokenizing {self.corpus_root.name}")
@@ -301,8 +299,6 @@ class TTSCorpusDataModule(pl.LightningDataModule):
 
     def _fit_codec_atomically(self, train: list[EsdUtterance]) -> None:
         """Fit the codec on the training clips, save it, and cache those clips' tokens from the same analysis."""
-        from emoctl.backbones.mini_tts.codec import SpeechCodec, analyze_for_fit
-        from emoctl.backbones.mini_tts.tokenize_corpus import cache_path, cache_tokens
 
         fit = self.fit_codec
         assert fit is not None

@@ -15,8 +15,8 @@ import torch
 
 from emoctl.backbones.mini_tts.codec import SpeechCodec
 from emoctl.backbones.mini_tts.kmeans import kmeans, nearest_centroid
-from emoctl.backbones.mini_tts.tokenize_corpus import (cache_path, iter_corpus_waves, list_corpus_clips,
-                                                       tokenize_corpus)
+from emoctl.backbones.mini_tts.tokenize_corpus import cache_path, iter_corpus_waves, tokenize_corpus
+from emoctl.corpus.esd import list_corpus_clips
 from emoctl.corpus.espeak import synthesize
 from emoctl.errors import ConfigError
 

@@ -295,7 +295,7 @@ def test_gaussian_classifier_reaches_the_analytic_bayes_accuracy():
 def test_prosody_ceiling_of_the_corpus_bounds_the_embedded_recognizer(corpus_root):
     import json as _json
 
-    from emoctl.corpus.ceiling import prosody_ceiling
+    from emoctl.commands.corpus import prosody_ceiling
     from emoctl.metrics.ser_mini import DEFAULT_MINI_SER_DIR
 
     result = prosody_ceiling(str(corpus_root))
@@ -306,3 +306,36 @@ def test_prosody_ceiling_of_the_corpus_bounds_the_embedded_recognizer(corpus_roo
     assert ser <= result["accuracy"] < 1.0  # the classes overlap by design; no recognizer hears more than the knobs
     with pytest.raises(ConfigError, match="test_split"):
         prosody_ceiling(str(corpus_root), test_split="dev")
+
+
+def test_a_flat_copy_gets_the_same_splits_through_every_reader(tmp_path):
+    """One rule for a flat ESD copy (no split folders): read_esd, open_esd, list_corpus_clips (and so the SER
+    data module and the mini TTS's codec fitting, which list through it) give every clip the same split."""
+    import soundfile
+
+    from emoctl.backbones.mini_tts.tokenize_corpus import iter_corpus_waves
+    from emoctl.corpus.esd import FLAT_SPLIT, list_corpus_clips, open_esd, read_esd
+
+    lines = []
+    for speaker in ("0011", "0012"):
+        for block, emotion in ((0, "Neutral"), (1, "Angry")):
+            folder = tmp_path / speaker / emotion
+            folder.mkdir(parents=True)
+            for n in range(60, 0, -1):  # written in reverse, so order on disk is not id order
+                utt = f"{speaker}_{block * 350 + n:06d}"
+                soundfile.write(folder / f"{utt}.wav", np.zeros(160, dtype=np.float32), 16000)
+                lines.append(f"{utt}\tSentence {n}.\t{emotion}")
+        (tmp_path / speaker / f"{speaker}.txt").write_text("\n".join(lines) + "\n")
+        lines = []
+    by_reader = {u.utt_id: u.split for u in read_esd(tmp_path)}
+    assert {u.utt_id: u.split for u in open_esd(tmp_path)} == by_reader
+    assert {c.utt_id: c.split for c in list_corpus_clips(tmp_path)} == by_reader
+    for split in ("train", "evaluation", "test"):
+        listed = list_corpus_clips(tmp_path, split=split)
+        assert {c.utt_id for c in listed} == {u for u, s in by_reader.items() if s == split}
+    n_eval, n_test = FLAT_SPLIT
+    assert sorted(by_reader.values()).count("evaluation") == 4 * n_eval
+    assert sorted(by_reader.values()).count("test") == 4 * n_test
+    assert by_reader["0011_000001"] == "evaluation" and by_reader["0011_000021"] == "test"
+    assert by_reader["0011_000051"] == "train" and by_reader["0012_000351"] == "evaluation"
+    assert len(list(iter_corpus_waves(tmp_path, split="train"))) == 4 * (60 - n_eval - n_test)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from data_modules.ser_corpus import SERCorpusDataModule
-from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
 from emoctl.corpus.build import build_corpus
+from emoctl.corpus.esd import list_corpus_clips, read_wave
 from emoctl.errors import ConfigError
 from emoctl.metrics.ser import ESD_EMOTIONS
 from emoctl.metrics.ser_mini import (DEFAULT_MINI_SER_DIR, LogMelConfig, MiniSER, MiniSERConfig, MiniSERNet,

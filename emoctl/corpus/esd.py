@@ -6,10 +6,20 @@ On disk (ESD and the embedded corpus share it)::
     <root>/<spk>/<Emotion>/{train,evaluation,test}/<spk>_<NNNNNN>.wav
     <root>/<spk>/<Emotion>/<spk>_<NNNNNN>.wav      (flat copies, without split folders)
 
-English speakers are 0011-0020 (0001-0010 are Mandarin and are skipped).  A
-flat copy is split per speaker and emotion by id order: evaluation the first
-20, test the next 30, train the rest (the last 300 of ESD's 350), the split
-used by third-party ESD recipes.
+English speakers are 0011-0020 (0001-0010 are Mandarin and are skipped).
+
+The one rule for flat copies, applied by every reader here (:func:`read_esd`,
+:func:`list_corpus_clips`, hence the mini TTS's tokenization, the data modules,
+the evaluation and the reports): each speaker-and-emotion group is split by id
+order, evaluation the first 20, test the next 30, train the rest (the last 300
+of ESD's 350), the split used by third-party ESD recipes (:data:`FLAT_SPLIT`,
+:func:`flat_split_name`).
+
+Two readers of one layout: :func:`read_esd` reads the clips with their
+transcripts and checks the folder against them (English speakers only);
+:func:`list_corpus_clips` lists the audio alone (any speaker folder, no
+transcript needed), for what only needs the sound (codec fitting, recognizers,
+speaker similarity). :func:`read_wave` reads one clip.
 
 Hugging Face copies (:func:`read_esd_hf`), written with ``save_to_disk`` (a
 ``Dataset`` or a ``DatasetDict``) or an ``audiofolder`` (wavs plus
@@ -32,7 +42,9 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, BinaryIO, Iterable, Literal, Sequence
+
+import numpy as np
 
 from emoctl.emotions import ESD_EMOTIONS, NEUTRAL
 from emoctl.errors import ConfigError
@@ -136,17 +148,23 @@ def _english_speakers(found: Sequence[str], speakers: Sequence[str] | None, root
     return english
 
 
+def flat_split_name(position: int, flat_split: tuple[int, int] = FLAT_SPLIT) -> str:
+    """The split of the clip at ``position`` (0-based, in id order) of its speaker-and-emotion group in a flat copy:
+    evaluation for the first ``flat_split[0]``, test for the next ``flat_split[1]``, train for the rest."""
+    n_eval, n_test = flat_split
+    return "evaluation" if position < n_eval else "test" if position < n_eval + n_test else "train"
+
+
 def assign_flat_splits(utterances: Sequence[EsdUtterance], flat_split: tuple[int, int] = FLAT_SPLIT
                        ) -> list[EsdUtterance]:
     """Split each speaker-and-emotion group by id order: evaluation, then test, then train."""
-    n_eval, n_test = flat_split
     groups: dict[tuple[str, str], list[EsdUtterance]] = defaultdict(list)
     for u in utterances:
         groups[u.speaker, u.emotion].append(u)
     out = []
     for group in groups.values():
         for i, u in enumerate(sorted(group, key=lambda u: u.utt_id)):
-            out.append(replace(u, split="evaluation" if i < n_eval else "test" if i < n_eval + n_test else "train"))
+            out.append(replace(u, split=flat_split_name(i, flat_split)))
     return sorted(out, key=lambda u: u.utt_id)
 
 
@@ -228,6 +246,70 @@ def read_esd(root: str | os.PathLike, *, speakers: Sequence[str] | None = None,
     if flat == {True}:
         return assign_flat_splits(utterances, flat_split)
     return sorted(utterances, key=lambda u: u.utt_id)
+
+
+@dataclass(frozen=True)
+class CorpusClip:
+    """One wav of an ESD-layout corpus (listed by :func:`list_corpus_clips`, without its transcript)."""
+    utt_id: str          # file stem, e.g. "0011_000351"; unique across the corpus
+    speaker: str         # e.g. "0011"
+    emotion: str         # folder name, e.g. "Angry"
+    split: str           # "train" | "evaluation" | "test" (a flat copy's by the FLAT_SPLIT rule)
+    path: Path
+
+
+def list_corpus_clips(corpus_root: str | os.PathLike, *, split: str | None = None,
+                      emotions: Iterable[str] | None = None, flat_split: tuple[int, int] = FLAT_SPLIT
+                      ) -> list[CorpusClip]:
+    """All clips of the corpus, sorted by ``utt_id``, optionally of one split and some emotions.
+
+    ``<root>/<speaker>/<Emotion>/{train,evaluation,test}/<id>.wav`` and flat copies
+    (``<root>/<speaker>/<Emotion>/<id>.wav``, split by the module's one rule) are both read; files elsewhere
+    are passed over. Raises ``ConfigError`` when the folder holds no clips or two clips share an id.
+    """
+    root = Path(corpus_root)
+    if not root.is_dir():
+        raise ConfigError(f"Corpus folder {root} does not exist. Build one (emoctl.corpus) or fix the path.")
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS} or None, got {split!r}.")
+    wanted = None if emotions is None else set(emotions)
+    clips: list[CorpusClip] = []
+    flat: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for wav in root.glob("*/*/**/*.wav"):
+        parts = wav.relative_to(root).parts          # (speaker, Emotion, [split,] name)
+        if len(parts) == 3 and parts[1] in SPLITS:       # a speaker folder given as the root
+            continue
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[2] not in SPLITS):
+            continue
+        if wanted is not None and parts[1] not in wanted:
+            continue
+        if len(parts) == 3:
+            flat[parts[0], parts[1]].append(wav)
+        else:
+            clips.append(CorpusClip(wav.stem, parts[0], parts[1], parts[2], wav))
+    for (speaker, emotion), wavs in flat.items():
+        for i, wav in enumerate(sorted(wavs, key=lambda w: w.stem)):
+            clips.append(CorpusClip(wav.stem, speaker, emotion, flat_split_name(i, flat_split), wav))
+    if split is not None:
+        clips = [c for c in clips if c.split == split]
+    if not clips:
+        raise ConfigError(f"No clips in {root} (split={split!r}, emotions={emotions!r}): expected ESD layout "
+                          "<root>/<speaker>/<Emotion>/[train|evaluation|test/]<id>.wav.")
+    clips.sort(key=lambda c: c.utt_id)
+    for a, b in zip(clips, clips[1:]):
+        if a.utt_id == b.utt_id:
+            raise ConfigError(f"Two clips share the id {a.utt_id!r}: {a.path} and {b.path}. Utterance ids "
+                              "(file stems) must be unique across the corpus.")
+    return clips
+
+
+def read_wave(path: str | os.PathLike | BinaryIO) -> tuple[np.ndarray, int]:
+    """(float32 samples, sample rate) of a sound file (or file object); multi-channel files come as (N, C)."""
+    import soundfile  # lazy: soundfile loads libsndfile, which most imports of the corpus package never need
+
+    source = path if hasattr(path, "read") else str(path)
+    wave, sample_rate = soundfile.read(source, dtype="float32", always_2d=False)
+    return wave, int(sample_rate)
 
 
 def esd_sentence_record(root: str | os.PathLike) -> dict | None:

@@ -7,9 +7,8 @@ epoch. So the tokens are cached next to the corpus in
 inside a file each clip is keyed by its path, size and modification time, so
 added or re-rendered clips are re-encoded and the rest reused.
 
-ESD layout: ``<root>/<speaker>/<Emotion>/{train,evaluation,test}/<id>.wav``;
-copies without the split folders (``<root>/<speaker>/<Emotion>/<id>.wav``)
-are read too, with ``split=None``.
+The clips are listed and read by :mod:`emoctl.corpus.esd` (``list_corpus_clips``,
+``read_wave``), with its one rule for flat copies.
 """
 from __future__ import annotations
 
@@ -17,69 +16,17 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
 from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
+from emoctl.corpus.esd import list_corpus_clips, read_wave
 from emoctl.errors import ConfigError
 from emoctl.io.keyed_cache import read_keyed_arrays, stat_key, write_keyed_arrays
 
-SPLITS = ("train", "evaluation", "test")
 CACHE_PREFIX = ".tokens-"
-
-
-@dataclass(frozen=True)
-class CorpusClip:
-    """One wav of an ESD-layout corpus."""
-    utt_id: str          # file stem, e.g. "0011_000351"; unique across the corpus
-    speaker: str         # e.g. "0011"
-    emotion: str         # folder name, e.g. "Angry"
-    split: str | None    # "train" | "evaluation" | "test", None for a flat copy
-    path: Path
-
-
-def list_corpus_clips(corpus_root: str | os.PathLike, *, split: str | None = None,
-                      emotions: Iterable[str] | None = None) -> list[CorpusClip]:
-    """All clips of the corpus, sorted by ``utt_id``, optionally of one split and some emotions.
-
-    Raises ``ConfigError`` when the folder holds no clips or two clips share an id.
-    """
-    root = Path(corpus_root)
-    if not root.is_dir():
-        raise ConfigError(f"Corpus folder {root} does not exist. Build one (emoctl.corpus) or fix the path.")
-    if split is not None and split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS} or None, got {split!r}.")
-    wanted = None if emotions is None else set(emotions)
-    clips: list[CorpusClip] = []
-    for wav in root.glob("*/*/**/*.wav"):
-        parts = wav.relative_to(root).parts          # (speaker, Emotion, [split,] name)
-        if len(parts) == 3 and parts[1] in SPLITS:       # a speaker folder given as the root
-            continue
-        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[2] not in SPLITS):
-            continue
-        clip_split = parts[2] if len(parts) == 4 else None
-        if (split is not None and clip_split != split) or (wanted is not None and parts[1] not in wanted):
-            continue
-        clips.append(CorpusClip(wav.stem, parts[0], parts[1], clip_split, wav))
-    if not clips:
-        raise ConfigError(f"No clips in {root} (split={split!r}, emotions={emotions!r}): expected ESD layout "
-                          "<root>/<speaker>/<Emotion>/[train|evaluation|test/]<id>.wav.")
-    clips.sort(key=lambda c: c.utt_id)
-    for a, b in zip(clips, clips[1:]):
-        if a.utt_id == b.utt_id:
-            raise ConfigError(f"Two clips share the id {a.utt_id!r}: {a.path} and {b.path}. Utterance ids "
-                              "(file stems) must be unique across the corpus.")
-    return clips
-
-
-def read_wave(path: str | os.PathLike | BinaryIO) -> tuple[np.ndarray, int]:
-    """(float32 samples, sample rate) of a sound file (or file object); multi-channel files come as (N, C)."""
-    import soundfile
-    source = path if hasattr(path, "read") else str(path)
-    wave, sample_rate = soundfile.read(source, dtype="float32", always_2d=False)
-    return wave, int(sample_rate)
 
 
 def iter_corpus_waves(corpus_root: str | os.PathLike, *, split: str | None = "train",
