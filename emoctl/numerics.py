@@ -1,6 +1,8 @@
-"""Refusing non-finite numbers where they would become a silent wrong result: weights about to be saved or loaded."""
+"""Numbers without surprises: refusing non-finite values where they would become a silent wrong result (weights
+about to be saved or loaded), and building models without drawing from the caller's random generators."""
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping
 
 import torch
@@ -39,3 +41,11 @@ def refuse_non_finite_weights(tensors: Mapping[str, torch.Tensor], what: str) ->
             "refused rather than written or used: retrain it (if training diverged, lower the learning rate or "
             "train in float32), or restore the file from a backup."
         )
+
+
+def private_rng(device: torch.device | None = None) -> contextlib.AbstractContextManager[None]:
+    """Build or run models without drawing from the caller's RNGs (the CPU's, and ``device``'s when it is a
+    GPU): random inits are overwritten by the checkpoint anyway, and a model loaded lazily (on the first clip,
+    or the first ``vocode``) must not shift the random numbers the caller draws next (a vocoder's noise, a
+    sampling step)."""
+    return torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else [])

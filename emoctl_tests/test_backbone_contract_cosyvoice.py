@@ -312,7 +312,7 @@ def test_emoshift_trains_on_cosyvoice_from_the_embedded_corpus_and_llm_pt_still_
     assert torch.equal(base.tokens[0], zero.tokens[0]) and not torch.equal(base.tokens[0], strong.tokens[0])
     # The sweep report runs on CosyVoice as on the mini TTS: ESD speakers voiced by their reference clips.
     from emoctl.evaluation.protocol import EvaluationProtocol
-    from emoctl.reports.emoshift_sweep import emoshift_sweep
+    from emoctl.commands.steer import emoshift_sweep
     from emoctl.synthesis import SamplingConfig
 
     protocol = EvaluationProtocol(speakers=["0011", "0012"], split="evaluation", n_texts=1, reference_clips=1,

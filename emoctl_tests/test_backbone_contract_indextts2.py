@@ -227,7 +227,7 @@ def test_harvest_fit_select_and_steer_on_indextts2(indextts2_release, corpus_roo
 
     from conftest import RECIPES, run_emoctl
     from emoctl.sae.export import load_pretrained
-    from emoctl.selection.select import select_features
+    from emoctl.commands.select import select_features
     from emoctl.steering import SAEFeatureSteering, steer
     from emoctl.store.reader import ActivationStore
 
@@ -281,7 +281,7 @@ def test_harvest_fit_select_and_steer_on_indextts2(indextts2_release, corpus_roo
 
     # and acoustic attribution of a selected feature, the speaker voiced by its reference clip
     from emoctl.backbones.loading import BackboneSpec
-    from emoctl.steering.attribute import attribute_features
+    from emoctl.commands.attribute import attribute_features
 
     spec = BackboneSpec("indextts2", str(indextts2_release))
     with pytest.raises(ConfigError, match="give --corpus_root"):

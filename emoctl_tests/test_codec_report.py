@@ -16,7 +16,8 @@ from emoctl.backbones.mini_tts.codec import SpeechCodec
 from emoctl.backbones.mini_tts.tokenize_corpus import read_wave
 from emoctl.errors import ConfigError
 from emoctl.probes import measure
-from emoctl.reports.codec_roundtrip import TOLERANCE, codec_roundtrip_report
+from emoctl.commands.inspect import codec_roundtrip_report
+from emoctl.reports.codec_roundtrip import TOLERANCE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -69,7 +69,7 @@ def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_ro
     from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
     from emoctl.evaluation.scoring import References, Scorers, score_clips
     from emoctl.evaluation.protocol import EvaluationProtocol
-    from emoctl.reports.emoshift_sweep import emoshift_sweep
+    from emoctl.commands.steer import emoshift_sweep
     from emoctl.synthesis import SamplingConfig
 
     root, layer, timings = trained
@@ -122,7 +122,7 @@ def test_sweep_lifts_accuracy_above_unsteered_and_alpha_zero_is_the_unsteered_ro
 
 def test_sweep_and_compound_refuse_bad_input(trained, tmp_path):
     from emoctl.evaluation.protocol import EvaluationProtocol
-    from emoctl.reports.emoshift_sweep import emoshift_compound, emoshift_sweep
+    from emoctl.commands.steer import emoshift_compound, emoshift_sweep
 
     root, layer, _ = trained
     with pytest.raises(ConfigError, match="alphas must be a non-empty list of finite values >= 0"):

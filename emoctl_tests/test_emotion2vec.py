@@ -130,7 +130,7 @@ def test_evaluate_scores_with_emotion2vec_and_says_so(folder, tmp_path):
     """``emoctl evaluate --ser emotion2vec --ser_model_dir DIR`` (the function the command runs)."""
     import soundfile as sf
 
-    from emoctl.metrics.evaluate import evaluate
+    from emoctl.commands.evaluate import evaluate
 
     audio = tmp_path / "audio"
     audio.mkdir()
@@ -161,7 +161,7 @@ def test_probe_callback_and_emoshift_sweep_score_with_emotion2vec(folder, corpus
 
     from emoctl.callbacks.probe import ProbeCallback
     from emoctl.evaluation.protocol import EvaluationProtocol
-    from emoctl.reports.emoshift_sweep import emoshift_sweep
+    from emoctl.commands.steer import emoshift_sweep
     from emoctl.synthesis import SamplingConfig
     from test_probe_callback import ConditionProbe
 

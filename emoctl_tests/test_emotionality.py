@@ -18,7 +18,8 @@ import torch
 from scipy.stats import ttest_1samp
 
 from emoctl.evaluation.protocol import EvaluationProtocol
-from emoctl.reports.emotionality import PAIRED_PROBES, emotionality_report
+from emoctl.commands.inspect import emotionality_report
+from emoctl.reports.emotionality import PAIRED_PROBES
 
 SPEAKERS, N_TEXTS = ("0017", "0018", "0019", "0020"), 10
 

@@ -79,7 +79,7 @@ def _attribute(selection: Path, tmp_path: Path, **kwargs):
     """``emoctl attribute`` on the committed SAE with a backbone folder that does not exist: a refusal that came
     after the backbone loaded would name that folder instead."""
     from emoctl.backbones.loading import BackboneSpec
-    from emoctl.steering.attribute import attribute_features
+    from emoctl.commands.attribute import attribute_features
 
     return attribute_features(str(SAE_MINI), str(selection), str(tmp_path / "out"), progress=False,
                               backbone=BackboneSpec(path=str(tmp_path / "no_backbone")), **kwargs)
@@ -169,7 +169,7 @@ def test_report_diff_names_a_record_of_the_wrong_shape(body, needle, tmp_path):
 
 
 def test_select_refuses_a_negative_seed_before_reading_the_store(tmp_path):
-    from emoctl.selection.select import select_features
+    from emoctl.commands.select import select_features
 
     with pytest.raises(ConfigError, match=r"--seed -1: the seed must be an integer >= 0"):
         select_features(str(tmp_path / "no_store"), str(SAE_MINI), str(tmp_path / "sel"), seed=-1)
@@ -205,7 +205,7 @@ def test_benchmarks_refuse_a_device_they_cannot_use(command, device, needle):
 def test_report_readme_checks_the_docs_pages_beside_the_readme_too(tmp_path, capsys):
     """Tables quoted by a page under docs/ are checked like README's, their report paths relative to README's
     folder; a page's mistyped marker is refused naming that page."""
-    from emoctl.reports.readme_tables import readme_tables
+    from emoctl.commands.report import readme_tables
 
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "t.md").write_text("# T\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")

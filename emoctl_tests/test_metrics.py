@@ -18,7 +18,7 @@ from emoctl.metrics.audio import prepare_clip
 from emoctl.metrics.dnsmos import load_dnsmos
 from emoctl.metrics.emo_sim import emo_sim_matched, emo_sim_prototype, emotion_prototypes, ser_accuracy
 from emoctl.metrics.emotion2vec import Emotion2Vec, map_to_esd
-from emoctl.metrics.evaluate import evaluate
+from emoctl.commands.evaluate import evaluate
 from emoctl.metrics.ser import ESD_EMOTIONS
 from emoctl.metrics.speaker import cosine_to_centroid, load_speaker_encoder
 from emoctl.metrics.stats import mean_ci
@@ -315,7 +315,7 @@ def test_evaluate_end_to_end_through_the_cli(tmp_path):
 
     # SER and Emo-SIM go through the reports' scoring path: recomputed here from the recognizer itself, each row's
     # matched Emo-SIM is against its own reference and its prototype is the mean of its emotion's references.
-    from emoctl.metrics.evaluate import _load_audio
+    from emoctl.commands.evaluate import _load_audio
     from emoctl.metrics.loading import load_recognizer
 
     recognizer = load_recognizer("mini", None)
@@ -337,7 +337,7 @@ def test_evaluate_end_to_end_through_the_cli(tmp_path):
 
 def test_a_manifest_saved_with_a_byte_order_mark_is_read(tmp_path):
     """Spreadsheet programs save CSV with a UTF-8 byte order mark; it must not rename the first column."""
-    from emoctl.metrics.evaluate import read_manifest
+    from emoctl.commands.evaluate import read_manifest
 
     csv_path, jsonl_path = tmp_path / "manifest.csv", tmp_path / "manifest.jsonl"
     csv_path.write_bytes("clip,text,speaker,target_emotion\nc0.wav,Hello there.,0011,Angry\n".encode("utf-8-sig"))

@@ -94,7 +94,7 @@ def test_a_fit_that_fails_before_logging_leaves_no_run_folder(tmp_path):
 
 
 def test_selection_on_a_nan_store_is_refused(nan_store, tmp_path):
-    from emoctl.selection.select import select_features
+    from emoctl.commands.select import select_features
 
     path, utt_id, _ = nan_store
     sae = TopKSAE(SAEConfig(d_in=16, d_sae=32, k=3, hook_name="synthetic"))

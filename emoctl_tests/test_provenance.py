@@ -13,7 +13,8 @@ from emoctl.io.provenance import collect, digest_path, provenance_line, stamp
 from emoctl.reports.diff import diff_records, diff_reports
 from emoctl.sae import load_pretrained, save_pretrained
 from emoctl.selection.feature_set import FeatureSet, check_selected_with
-from emoctl.selection.select import feature_set_path, select_features
+from emoctl.commands.select import select_features
+from emoctl.selection.feature_set import feature_set_path
 from test_selection import planted_sae, write_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,8 @@ from emoctl.backbones.base import Prompt
 from emoctl.backbones.loading import load_backbone
 from emoctl.metrics.loading import load_recognizer
 from emoctl.sae.export import load_pretrained
-from emoctl.selection.select import feature_set_path, select_features
+from emoctl.commands.select import select_features
+from emoctl.selection.feature_set import feature_set_path
 from emoctl.steering import SAEFeatureSteering, steer
 from emoctl.synthesis import synthesize
 

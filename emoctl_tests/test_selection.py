@@ -17,7 +17,8 @@ from emoctl.selection import (
     FeatureSet, benjamini_hochberg, bootstrap_delta_ci, collect_indicators, delta_scores, mcnemar_exact,
     pair_utterances,
 )
-from emoctl.selection.select import feature_set_path, select_features
+from emoctl.commands.select import select_features
+from emoctl.selection.feature_set import feature_set_path
 from emoctl.store import ActivationStore, ActivationWriter, StoreSpec, UtteranceMeta
 
 D, D_SAE, K = 16, 32, 4

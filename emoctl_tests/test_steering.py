@@ -204,7 +204,7 @@ def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp
     from emoctl.io.provenance import digest_path
     from emoctl.sae import save_pretrained
     from emoctl.selection import FeatureSet, SelectedFeature
-    from emoctl.steering.attribute import PROBES, attribute_features
+    from emoctl.commands.attribute import PROBES, attribute_features
     from test_mini_tts import random_codec
 
     backbone = random_tts(codec=random_codec()).float()
@@ -249,7 +249,7 @@ def test_attribute_reports_zero_shift_at_alpha_zero_and_a_shift_when_steered(tmp
                                          ({"n_bootstrap": 0}, "n_bootstrap=0"), ({"top_k": 0}, "top_k=0"),
                                          ({"alphas": {"Angry": float("nan")}}, "alphas=")])
 def test_attribute_refuses_nonsense_values_before_loading_anything(bad, needle, tmp_path):
-    from emoctl.steering.attribute import attribute_features
+    from emoctl.commands.attribute import attribute_features
 
     with pytest.raises(ConfigError, match=needle):
         attribute_features(str(tmp_path / "no_sae"), str(tmp_path / "no_sel"), str(tmp_path / "out"), **bad)

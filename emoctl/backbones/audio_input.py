@@ -5,20 +5,11 @@ finite and non-empty by name, and builds its lazily loaded models without touchi
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
 from emoctl.errors import ConfigError
-
-
-def private_rng(device: torch.device | None = None) -> contextlib.AbstractContextManager[None]:
-    """Build or run models without drawing from the caller's RNGs (the CPU's, and ``device``'s when it is a
-    GPU): random inits are overwritten by the checkpoint anyway, and a model loaded lazily (on the first clip,
-    or the first ``vocode``) must not shift the random numbers the caller draws next (a vocoder's noise, a
-    sampling step)."""
-    return torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else [])
+from emoctl.numerics import private_rng  # noqa: F401 (re-exported: the backbones import it from here)
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> torch.Tensor:

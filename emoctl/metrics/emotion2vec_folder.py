@@ -386,7 +386,7 @@ def write_random_emotion2vec(folder: str | Path, size: Emotion2VecSize | None = 
     import yaml
     from funasr.models.emotion2vec.model import Emotion2vec
 
-    from emoctl.backbones.audio_input import private_rng
+    from emoctl.numerics import private_rng  # lazy: emoctl.numerics imports torch, loaded here only to write a folder
 
     size = size or Emotion2VecSize.tiny()
     root = Path(folder)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emoctl.corpus.esd import ESD_EMOTIONS
-from emoctl.errors import ConfigError
-from emoctl.io.fsio import check_output_dir
+from emoctl.corpus.esd import read_wave
+from emoctl.io.fsio import atomic_write_bytes, save_figure_atomically
+from emoctl.metrics.wer import FasterWhisperASR, corpus_wer, word_error_rate
 
 PROBES = ("f0_mean_hz", "rms", "duration_s")
 TOLERANCE = {"f0_mean_hz": 0.05, "rms": 0.20, "duration_s": 0.05}
@@ -33,14 +33,12 @@ ORDERED_PROBES = ("f0_mean_hz", "rms")
 
 
 @dataclass
-class _RoundTrip:
+class RoundTrip:
     """Picklable job: one sound file -> (original wave, round-trip wave, sample rates)."""
 
     codec: object  # SpeechCodec
 
     def __call__(self, path: Path) -> tuple[np.ndarray, int, np.ndarray, int]:
-        from emoctl.backbones.mini_tts.tokenize_corpus import read_wave
-
         wave, rate = read_wave(path)
         tokens = self.codec.encode(wave, rate)
         out, out_rate = self.codec.decode(tokens)
@@ -52,96 +50,10 @@ def _clip_sentence_index(utt_id: str) -> int:
     return (int(utt_id.split("_")[1]) - 1) % 350
 
 
-def codec_roundtrip_report(codec_dir: str | None = None, corpus_root: str = "runs/corpus/esd_espeak",
-                           out_dir: str = "reports/codec_roundtrip", split: str = "test",
-                           clips_per_cell: int | None = None, wer_clips_per_emotion: int = 20, seed: int = 0,
-                           workers: int = 2, progress: bool = True) -> dict:
-    """Round-trip a corpus split through the speech codec and compare per-emotion F0, RMS, duration and WER.
-
-    Args:
-        codec_dir: A saved SpeechCodec folder; None for the committed mini TTS's codec.
-        corpus_root: The ESD-layout corpus (``make corpus``).
-        out_dir: Where summary.md, per_emotion.csv, clips.csv and roundtrip.png go.
-        split: Corpus split to round-trip ("test" by default: clips the codec was not fitted on).
-        clips_per_cell: At most this many clips per (speaker, emotion); None for the whole split.
-        wer_clips_per_emotion: Clips per emotion (seeded draw) transcribed, original and round trip; 0 skips WER.
-        seed: Seed of the WER subset.
-        workers: Processes for the WORLD round trips.
-        progress: Show progress bars.
-    """
-    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
-    from emoctl.backbones.mini_tts.backbone import CODEC_DIR
-    from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers
-    from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips
-    from emoctl.backbones.loading import DEFAULT_MINI_TTS_DIR
-    from emoctl.corpus.build import read_corpus_record
-    from emoctl.probes import measure
-
-    root = Path(corpus_root)
-    sentences = read_corpus_record(root)["sentences"]
-    codec_path = Path(codec_dir) if codec_dir is not None else Path(DEFAULT_MINI_TTS_DIR) / CODEC_DIR
-    codec = SpeechCodec.load(codec_path)
-
-    clips = list_corpus_clips(root, split=split)
-    if clips_per_cell is not None:
-        if clips_per_cell < 1:
-            raise ConfigError(f"clips_per_cell must be >= 1 or None, got {clips_per_cell}.")
-        kept, seen = [], {}
-        for clip in clips:
-            key = (clip.speaker, clip.emotion)
-            seen[key] = seen.get(key, 0) + 1
-            if seen[key] <= clips_per_cell:
-                kept.append(clip)
-        clips = kept
-    emotions = [e for e in ESD_EMOTIONS if any(c.emotion == e for c in clips)]
-    emotions += sorted({c.emotion for c in clips} - set(emotions))
-
-    pairs = list(map_in_workers(_RoundTrip(codec), [c.path for c in clips], workers=workers, total=len(clips),
-                                desc="codec round trips", progress=progress))
-    original = measure([p[0] for p in pairs], [p[1] for p in pairs])
-    vocoded = measure([p[2] for p in pairs], [p[3] for p in pairs])
-
-    rows = []
-    for clip, a, b in zip(clips, original, vocoded):
-        rows.append({"utt_id": clip.utt_id, "speaker": clip.speaker, "emotion": clip.emotion,
-                     **{f"original_{p}": getattr(a, p) for p in PROBES},
-                     **{f"roundtrip_{p}": getattr(b, p) for p in PROBES}})
-
-    per_emotion: dict[str, dict[str, float]] = {}
-    for e in emotions:
-        members = [r for r in rows if r["emotion"] == e]
-        stats: dict[str, float] = {"clips": len(members)}
-        for p in PROBES:
-            orig = float(np.nanmean([r[f"original_{p}"] for r in members]))
-            trip = float(np.nanmean([r[f"roundtrip_{p}"] for r in members]))
-            stats[f"original_{p}"], stats[f"roundtrip_{p}"] = orig, trip
-            stats[f"rel_error_{p}"] = trip / orig - 1.0
-        per_emotion[e] = stats
-
-    order = {p: {"original": sorted(emotions, key=lambda e: per_emotion[e][f"original_{p}"]),
-                 "roundtrip": sorted(emotions, key=lambda e: per_emotion[e][f"roundtrip_{p}"])}
-             for p in ORDERED_PROBES}
-
-    wer = None
-    if wer_clips_per_emotion > 0:
-        wer = _wer_subset(clips, pairs, sentences, emotions, wer_clips_per_emotion, seed, progress)
-
-    checks = {f"{p} within {TOLERANCE[p]:.0%}": all(abs(per_emotion[e][f"rel_error_{p}"]) <= TOLERANCE[p]
-                                                    for e in emotions) for p in PROBES}
-    checks.update({f"emotion order by {p} kept": order[p]["original"] == order[p]["roundtrip"]
-                   for p in ORDERED_PROBES})
-    result = {"codec": str(codec_path), "codec_digest": codec.digest, "corpus": str(root), "split": split,
-              "clips": len(clips), "emotions": emotions, "per_emotion": per_emotion, "order": order, "wer": wer,
-              "checks": checks}
-    _write_outputs(Path(out_dir), result, rows)
-    return result
-
-
-def _wer_subset(clips, pairs, sentences, emotions, per_emotion: int, seed: int, progress: bool) -> dict:
+def wer_subset(clips, pairs, sentences, emotions, per_emotion: int, seed: int, progress: bool) -> dict:
     """Pooled WER of the original and the round-trip audio on the same seeded subset, overall and per emotion."""
     from tqdm import tqdm
 
-    from emoctl.metrics.wer import FasterWhisperASR, corpus_wer, word_error_rate
 
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
@@ -234,9 +146,7 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _write_outputs(out: Path, result: dict, rows: list[dict]) -> None:
-    from emoctl.io.fsio import atomic_write_bytes, save_figure_atomically
-
+def write_codec_outputs(out: Path, result: dict, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = _summary_markdown(result)
     atomic_write_bytes(out / "summary.md", summary.encode())

@@ -105,19 +105,6 @@ def diff_reports(a: str, b: str) -> int:
     return differ
 
 
-def report_diff(first: str, second: str) -> None:
-    """Compare two report folders (or two ``*_info.json`` files): which inputs (model digests, corpus, recognizer),
-    protocol values, seeds, package versions and machine settings differ, and whether the result files agree.
-    Exits with status 1 when anything differs, like ``diff``.
-
-    Args:
-        first: A report folder (e.g. ``reports``) or one ``*_info.json``.
-        second: The folder or file to compare it with.
-    """
-    if diff_reports(first, second):
-        raise SystemExit(1)
-
-
 def _outputs_differ(info_a: Mapping[str, Any], info_b: Mapping[str, Any]) -> list[str]:
     """The report's result files (digests recorded beside its provenance) that differ."""
     out_a, out_b = info_a.get("outputs") or {}, info_b.get("outputs") or {}

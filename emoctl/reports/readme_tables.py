@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emoctl.errors import ConfigError
+from emoctl.io.fsio import atomic_write_bytes
 
 OPEN = re.compile(r"^<!-- table: (?P<path>\S+) #(?P<index>\d+) -->$")
 CLOSE = "<!-- /table -->"
@@ -146,8 +147,6 @@ def sync_readme(readme: str | Path = "README.md", root: str | Path | None = None
             lines[block.first_line + 1:block.last_line] = expected
             changed += 1
     if changed:
-        from emoctl.io.fsio import atomic_write_bytes
-
         atomic_write_bytes(readme, ("\n".join(lines) + ("\n" if text.endswith("\n") else "")).encode())
     return changed
 
@@ -158,29 +157,3 @@ def quoting_pages(readme: str | Path) -> list[Path]:
     readme = Path(readme)
     docs = readme.parent / "docs"
     return [readme, *(sorted(docs.rglob("*.md")) if docs.is_dir() else [])]
-
-
-def readme_tables(readme: str = "README.md", check: bool = False) -> None:
-    """Copy each report table that README and the pages of docs/ beside it quote
-    (``<!-- table: reports/X.md #N -->`` ... ``<!-- /table -->``) from the report into the page, or with
-    ``--check true`` only say which differ (exit status 1 if any).
-
-    Args:
-        readme: The README to update or check; report paths in its markers, and in those of the Markdown pages
-            under the docs/ folder beside it, are relative to its folder.
-        check: Compare only; change nothing.
-    """
-    root = Path(readme).parent
-    pages = quoting_pages(readme)
-    if check:
-        problems = [problem for page in pages for problem in check_readme(page, root)]
-        for problem in problems:
-            print(problem)
-        if problems:
-            raise SystemExit(1)
-        counts = {page: len(quoted_tables(page.read_text(), str(page))) for page in pages}
-        print(f"{sum(counts.values())} quoted tables equal their reports (" +
-              ", ".join(f"{page}: {n}" for page, n in counts.items() if n) + ")")
-        return
-    changed = sum(sync_readme(page, root) for page in pages)
-    print(f"{changed} quoted table(s) updated from their reports in {', '.join(str(p) for p in pages)}")

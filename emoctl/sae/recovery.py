@@ -7,7 +7,6 @@ over learned atoms (signs matter: activations are non-negative).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,34 +42,3 @@ def dictionary_recovery(learned: torch.Tensor | np.ndarray, true: torch.Tensor |
     true_t = true_t / true_t.norm(dim=1, keepdim=True).clamp_min(1e-12)
     best = (true_t @ learned_t.T).max(dim=1).values  # (n_true,)
     return Recovery(best.numpy(), threshold)
-
-
-def inspect_recovery(sae: str, dictionary: str, threshold: float = 0.9) -> Recovery:
-    """Print how well an exported SAE recovers the true dictionary of a synthetic store.
-
-    Args:
-        sae: Folder of an SAE exported by emoctl (cfg.json + sae_weights.safetensors).
-        dictionary: The store's true_dictionary.npy (n_atoms, d_model).
-        threshold: Cosine at which a true atom counts as recovered.
-    """
-    from emoctl.sae.export import load_pretrained
-
-    if not 0.0 < threshold <= 1.0:  # a cosine: outside (0, 1] every atom (or none) counts as recovered
-        raise ConfigError(f"threshold must be a cosine in (0, 1], got {threshold}.")
-    if not Path(dictionary).is_file():
-        raise ConfigError(f"no dictionary file at {dictionary}; synthetic stores write true_dictionary.npy.")
-    try:
-        atoms = np.load(dictionary, allow_pickle=False)
-    except ValueError as err:  # a pickled object array, or not an .npy file at all
-        raise ConfigError(f"{dictionary} is not a plain .npy array of atoms ({err}); synthetic stores write "
-                          "true_dictionary.npy.") from None
-    if atoms.ndim != 2 or not np.issubdtype(atoms.dtype, np.floating):
-        raise ConfigError(f"{dictionary} must be a float (n_atoms, d_model) array, got {atoms.dtype} of shape "
-                          f"{atoms.shape}; synthetic stores write true_dictionary.npy.")
-    if not np.isfinite(atoms).all():
-        raise ConfigError(f"{dictionary} holds {int((~np.isfinite(atoms)).sum())} NaN or Inf values; restore it "
-                          "from its store (the synthetic build writes it beside the manifest).")
-    model = load_pretrained(sae)
-    result = dictionary_recovery(model.W_dec.detach(), atoms, threshold)
-    print(f"dictionary recovery: {result.summary()}")
-    return result

@@ -117,6 +117,11 @@ def feature_file_name(emotion: str) -> str:
     return f"features_{re.sub(r'[^A-Za-z0-9_.-]', '_', emotion)}.json"
 
 
+def feature_set_path(out_dir: str | Path, emotion: str) -> Path:
+    """Where ``emoctl select`` writes an emotion's feature set: ``<out_dir>/features_<emotion>.json``."""
+    return Path(out_dir) / feature_file_name(emotion)
+
+
 _INT_FIELDS = frozenset({"id", "emotion_only", "neutral_only", "both", "neither"})
 _OPTIONAL_FIELDS = frozenset(f.name for f in fields(SelectedFeature) if "None" in str(f.type))
 _REQUIRED_FIELDS = tuple(f.name for f in fields(SelectedFeature) if f.default is MISSING)

@@ -12,8 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from emoctl.selection.feature_set import FeatureSet, SelectedFeature
 from emoctl.io.fsio import atomic_write_bytes, save_figure_atomically
+from emoctl.io.provenance import stamp, write_report_info
+from emoctl.probes.paired import format_p
+from emoctl.selection.feature_set import FeatureSet, SelectedFeature, feature_set_path
 
 
 def save_delta_histogram(path: Path, delta: np.ndarray, selected: Sequence[int], emotion: str, neutral: str,
@@ -90,9 +92,6 @@ def write_summary(out_dir: Path, feature_sets: Sequence[FeatureSet], record: dic
         lines.append("")
     markdown = "\n".join(lines)
     if record is not None:
-        from emoctl.io.provenance import stamp, write_report_info
-        from emoctl.selection.select import feature_set_path
-
         markdown = stamp(markdown, record, "selection_info.json")
     atomic_write_bytes(md_path, markdown.encode())
     if record is not None:
@@ -117,8 +116,6 @@ def _held_out_csv(feature_sets: Sequence[FeatureSet]) -> bytes:
 
 
 def _md_row(rank: int, f: SelectedFeature) -> str:
-    from emoctl.probes.paired import format_p
-
     def num(x: float | None) -> str:
         return "–" if x is None or not math.isfinite(x) else f"{x:.3g}"
 

@@ -1,5 +1,5 @@
-"""``emoctl select``: the SAE seed's emotion features, with paired tests, bootstrap intervals, a held-out Δ and
-the ranking's stability.
+"""The SAE seed's emotion features (``emoctl select``: :mod:`emoctl.commands.select`), with paired tests,
+bootstrap intervals, a held-out Δ and the ranking's stability.
 
 For each emotion e and latent i, Δ_i^(e) is the mean over (e, neutral) pairs of the difference of a
 per-utterance value (see :mod:`emoctl.selection.stats`), by one of three scores:
@@ -18,115 +18,18 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import torch
 
-from emoctl.errors import ConfigError
-from emoctl.sae.export import load_pretrained
-from emoctl.selection.feature_set import FeatureSet, SelectedFeature, feature_file_name
-from emoctl.selection.indicators import FiringIndicators, collect_indicators
-from emoctl.selection.pairs import EmotionPairs, pair_utterances
-from emoctl.selection.report import save_delta_histogram, write_summary
+from emoctl.selection.feature_set import FeatureSet, SelectedFeature, feature_set_path
+from emoctl.selection.indicators import FiringIndicators
+from emoctl.selection.pairs import EmotionPairs
 from emoctl.selection.stats import (benjamini_hochberg, bootstrap_delta_ci, delta_scores, mcnemar_exact,
                                    top_m_stability, wilcoxon_signed_rank)
 
 SCORES = ("any_step", "rate", "mass")
 TESTS = {"any_step": "exact McNemar", "rate": "Wilcoxon signed-rank", "mass": "Wilcoxon signed-rank"}
-from emoctl.io.provenance import digest_path
-from emoctl.store import ActivationStore
-from emoctl.io.fsio import check_output_dir
-
-
-def feature_set_path(out_dir: str | Path, emotion: str) -> Path:
-    """Where ``emoctl select`` writes an emotion's feature set: ``<out_dir>/features_<emotion>.json``."""
-    return Path(out_dir) / feature_file_name(emotion)
-
-
-def select_features(store: str, sae: str, out_dir: str, neutral: str = "Neutral", emotions: list[str] | None = None,
-                    m: int = 6, alpha: float | None = None, correction: Literal["bh", "none"] = "bh",
-                    n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0, chunk_rows: int = 4096,
-                    device: str = "cpu", verify: bool = True, progress: bool = True,
-                    score: Literal["any_step", "rate", "mass"] = "any_step", n_stability: int = 200
-                    ) -> dict[str, FeatureSet]:
-    """Select each emotion's top-m SAE latents by paired Δ-score; write JSON feature sets, PNGs and a summary.
-
-    Args:
-        store: Activation store (from ``emoctl harvest``) with emotional and neutral renditions of the
-            same texts and speakers (shared pair_key).
-        sae: Exported SAE folder (cfg.json + sae_weights.safetensors) trained on the store's hookpoint.
-        out_dir: Folder for features_<emotion>.json, delta_hist_<emotion>.png, selection.md and selection.csv.
-        neutral: Emotion label of the reference renditions.
-        emotions: Emotions to select for; default every label in the store except ``neutral``.
-        m: Latents per emotion (the SAE seed uses 6).
-        alpha: If set, a latent must also pass the exact McNemar test at this level (after ``correction``).
-        correction: "bh" (Benjamini-Hochberg over the d_sae latents of an emotion) or "none".
-        n_bootstrap: Bootstrap resamples of the pairs for the Δ interval.
-        confidence: Coverage of the Δ interval.
-        seed: Seed of the bootstrap.
-        chunk_rows: Rows read from the store and encoded per step (bounds memory).
-        device: Where the SAE encodes ("cpu", "cuda").
-        verify: Check the store's CRC-32s before reading it (about a second per GB).
-        progress: Show a progress bar over the store.
-        score: "any_step" (the seed's Δ, McNemar), "rate" (share of decode steps fired) or "mass" (summed
-            activation per step), both with the Wilcoxon signed-rank test.
-        n_stability: Bootstrap resamples of the pairs for each selected latent's top-m stability.
-    """
-    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
-    if m < 1:
-        raise ConfigError(f"m={m} must be >= 1 (latents per emotion).")
-    if alpha is not None and not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha={alpha} must be in (0, 1), or null to select by Δ alone.")
-    if correction not in ("bh", "none"):
-        raise ConfigError(f"correction={correction!r} must be 'bh' or 'none'.")
-    if score not in SCORES:
-        raise ConfigError(f"score={score!r} must be one of {', '.join(SCORES)}.")
-    if n_stability < 1 or n_bootstrap < 1:
-        raise ConfigError(f"n_stability={n_stability} and n_bootstrap={n_bootstrap} must be >= 1.")
-    if seed < 0:
-        raise ConfigError(f"--seed {seed}: the seed must be an integer >= 0 (the bootstrap's and the held-out "
-                          "split's numpy generators take no negative seed).")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but CUDA is not available here; use device=cpu.")
-    activation_store = ActivationStore(store)
-    activation_store.require_finished("select features from")
-    if verify:
-        activation_store.verify(progress=progress)
-    model = load_pretrained(sae)
-    ind = collect_indicators(activation_store, model, chunk_rows=chunk_rows, device=device, progress=progress,
-                             per_step=score != "any_step")
-    pairs = pair_utterances(ind.utt_id, ind.emotion, ind.pair_key, neutral=neutral, emotions=emotions,
-                            source=f"the store at {store}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    provenance = {
-        "sae": {"path": str(sae), "digest": digest_path(sae), "d_in": model.cfg.d_in, "d_sae": model.cfg.d_sae, "k": model.cfg.k,
-                "hook_name": model.cfg.hook_name},
-        "store": {"path": str(store), "hookpoint": activation_store.spec.hookpoint,
-                  "backbone": activation_store.spec.backbone, "num_rows": activation_store.num_rows,
-                  "num_utterances": activation_store.num_utterances},
-    }
-    results = {}
-    for emotion, emotion_pairs in pairs.items():
-        fs, delta = _select_one(ind, emotion_pairs, m, alpha, correction, n_bootstrap, confidence, seed, provenance,
-                                score, n_stability)
-        fs.save(feature_set_path(out, emotion))
-        save_delta_histogram(out / f"delta_hist_{_safe(emotion)}.png", delta, fs.feature_ids, emotion, neutral, score)
-        results[emotion] = fs
-    from emoctl.io.provenance import collect
-
-    record = collect(paths={"sae": sae}, stores={"store": activation_store}, seeds={"bootstrap": seed, "held_out_split": seed},
-                     protocol={"score": score, "m": m, "alpha": alpha, "correction": correction, "neutral": neutral,
-                               "n_bootstrap": n_bootstrap, "confidence": confidence, "n_stability": n_stability,
-                               "emotions": list(results)}, device=device)
-    md, _ = write_summary(out, list(results.values()), record)
-    for fs in results.values():
-        ids = ", ".join(f"{f.id} (Δ={f.delta:+.2f})" for f in fs.features) or "none"
-        print(f"{fs.emotion}: {ids}")
-    print(f"wrote {len(results)} feature sets and {md} to {out}")
-    return results
+__all__ = ["SCORES", "TESTS", "feature_set_path", "safe_name", "select_one"]  # feature_set_path: its old home
 
 
 def _differences(ind: FiringIndicators, pairs: EmotionPairs, score: str, emo_bits: np.ndarray,
@@ -172,7 +75,7 @@ def _held_out(ind: FiringIndicators, pairs: EmotionPairs, diff: np.ndarray, scor
                          for i, d in zip(chosen, delta_b)]}
 
 
-def _select_one(ind: FiringIndicators, pairs: EmotionPairs, m: int, alpha: float | None, correction: str,
+def select_one(ind: FiringIndicators, pairs: EmotionPairs, m: int, alpha: float | None, correction: str,
                 n_bootstrap: int, confidence: float, seed: int, provenance: dict, score: str = "any_step",
                 n_stability: int = 200) -> tuple[FeatureSet, np.ndarray]:
     emo_bits, neu_bits = ind.dense(pairs.emotional), ind.dense(pairs.neutral_twin)  # (n_pairs, d_sae) each
@@ -211,5 +114,5 @@ def _float(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None  # JSON has no NaN
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

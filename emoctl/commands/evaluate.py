@@ -51,9 +51,10 @@ from tqdm.auto import tqdm
 
 from emoctl.errors import ConfigError
 from emoctl.evaluation.scoring import ReferenceSet, Scorers, Utterance, measure, score
-from emoctl.metrics.audio import prepare_clip
-from emoctl.metrics.stats import Estimate, mean_ci
 from emoctl.io.fsio import check_output_dir
+from emoctl.metrics.audio import prepare_clip
+from emoctl.metrics.stats import Estimate, mean_ci, proportion_ci
+from emoctl.metrics.wer import corpus_wer, normalize_text
 
 __all__ = ["ManifestRow", "evaluate", "read_manifest"]
 
@@ -154,8 +155,6 @@ def evaluate(audio: Path, manifest: Path, out: Path,
             raise ConfigError(f"--threads {threads} must be at least 1 (or left unset).")
         torch.set_num_threads(threads)
     if asr != "none":
-        from emoctl.metrics.wer import normalize_text
-
         wordless = [r.clip for r in rows if not normalize_text(r.text)]
         if wordless:
             raise ConfigError(f"{manifest}: the text of {', '.join(wordless[:5])} has no words after normalization, "
@@ -195,8 +194,6 @@ def evaluate(audio: Path, manifest: Path, out: Path,
 
     notes: list[str] = []
     if scorers.asr is not None:
-        from emoctl.metrics.wer import corpus_wer
-
         notes.append(f"WER: {scorers.asr.name}; pooled over all words "
                      f"{corpus_wer(measured.hypotheses, [r.text for r in rows]):.3f}; text normalized by "
                      "emoctl.metrics.wer.normalize_text.")
@@ -276,8 +273,6 @@ _SUMMARY_METRICS = (("wer", "WER (mean per clip)", (0.0, math.inf)), ("spk_sim",
 
 def _summary_markdown(columns: dict, rows: list[ManifestRow], audio: Path, manifest: Path, notes: list[str],
                       timings: dict[str, float]) -> str:
-    from emoctl.metrics.stats import proportion_ci
-
     lines = ["# emoctl evaluate", "", f"- audio: `{audio}`", f"- manifest: `{manifest}` ({len(rows)} clips)", "",
              "| metric | value [95% CI] | n | NaN |", "|---|---|---|---|"]
     estimates: list[tuple[str, Estimate]] = []

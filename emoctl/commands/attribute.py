@@ -23,18 +23,18 @@ from tqdm.auto import tqdm
 from emoctl.backbones.base import Backbone, Prompt
 from emoctl.backbones.conditions import VoiceName
 from emoctl.backbones.loading import BackboneSpec
+from emoctl.corpus.sentences import generate_sentences
 from emoctl.errors import ConfigError
 from emoctl.evaluation.protocol import EvaluationProtocol, clones_voices
+from emoctl.io.fsio import atomic_write_bytes, check_output_dir, save_figure_atomically
+from emoctl.io.provenance import collect, stamp, write_report_info
 from emoctl.probes import AcousticProfile, compare_profiles, measure
 from emoctl.probes.paired import PROBE_LABELS, format_p
-from emoctl.io.provenance import collect, stamp, write_report_info
 from emoctl.sae.export import load_pretrained
-from emoctl.selection.feature_set import FeatureSet, check_selected_with
-from emoctl.selection.select import feature_set_path
+from emoctl.selection.feature_set import FeatureSet, check_selected_with, feature_set_path
 from emoctl.steering.base import steer
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, SAEFeatureSteering, latent_alpha_ok
 from emoctl.synthesis import SamplingConfig, synthesize
-from emoctl.io.fsio import atomic_write_bytes, check_output_dir, save_figure_atomically
 
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz", "duration_s")
 """ΔF0, ΔRMS, Δcentroid, Δduration: the acoustic probes of the SAE seed."""
@@ -86,8 +86,6 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
             latent ids index this SAE); without it they are refused.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
-    from emoctl.corpus.sentences import generate_sentences
-
     bad = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (
         ("m", m, m is None or m >= 1, ">= 1, or null for every feature"),
         ("n_texts", n_texts, n_texts >= 1 or bool(texts), ">= 1"),

@@ -1,0 +1,145 @@
+"""``emoctl steer``: apply a trained EmoShift layer: intensity sweeps over α and compound emotions."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from emoctl.backbones.base import Prompt
+from emoctl.backbones.loading import BackboneSpec
+from emoctl.emotions import NEUTRAL
+from emoctl.errors import ConfigError
+from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
+from emoctl.evaluation.protocol import EvaluationProtocol
+from emoctl.evaluation.scoring import References, Scorers, score_clips
+from emoctl.evaluation.summary import summarize
+from emoctl.io.fsio import check_output_dir
+from emoctl.io.provenance import collect
+from emoctl.metrics.loading import load_recognizer, recognizer_folder
+from emoctl.probes import measure
+from emoctl.reports.emoshift_sweep import (COMPOUND_PROBES, DEFAULT_ALPHAS, DEFAULT_MIXTURES, UNSTEERED, alpha_label,
+                                           mix_label, sweep_summary, write_compound, write_sweep)
+
+
+def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root: str = "runs/corpus/esd_espeak",
+                   out_dir: str = "reports/emoshift_sweep", alphas: list[float] | None = None,
+                   emotions: list[str] | None = None, protocol: EvaluationProtocol = EvaluationProtocol(n_texts=3),
+                   recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
+    """Sweep EmoShift's intensity α over a trained layer: SER accuracy per emotion and overall, WER, SpkSIM.
+
+    Args:
+        layer: Folder of a trained EmoSteer layer (emosteer.json + emosteer.safetensors).
+        backbone: The backbone the layer was trained on; None: the default checkpoint of the layer's backbone kind.
+        corpus_root: ESD-shaped corpus: the held-out sentences and the speakers' reference recordings.
+        out_dir: Where emoshift_sweep.{md,csv,png} and emoshift_sweep_clips.csv go.
+        alphas: Intensities; 0 attaches the layer at zero intensity. An unsteered row (no hook) is always added.
+        emotions: Target emotions; None: every emotion the layer has a matrix for.
+        protocol: Speakers, sentences, reference clips, seed and sampling (the same for every α).
+        recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
+        recognizer_dir: Recognizer folder; None for the embedded default.
+        progress: Show progress bars.
+    """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
+    from tqdm.auto import tqdm
+
+    alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
+    if not alphas or any(a < 0 or not math.isfinite(a) for a in alphas):  # an empty sweep measures nothing
+        raise ConfigError(f"alphas must be a non-empty list of finite values >= 0 (EmoShift's intensity), got "
+                          f"{alphas}.")
+    root = Path(corpus_root)
+    setup = SteeringSetup.load(layer, backbone)
+    emotions = setup.targets(emotions)
+    speakers, voice = protocol.voices(setup.backbone, root), protocol.voice_for(setup.backbone, root)
+    texts, record = protocol.texts(root)
+    scorers = Scorers.load(recognizer, recognizer_dir, dnsmos=False)
+    refs = References(root, record["sentences"], speakers, scorers, split=protocol.split,
+                      reference_clips=protocol.reference_clips)
+    prompts, targets = target_prompts(setup, emotions, texts, speakers, "sweep", voice)
+    rows: list[dict] = []
+    for alpha in tqdm([None, *alphas], desc="EmoShift α sweep", unit="α", disable=not progress):
+        clips = setup.synthesize(prompts, targets, alpha, protocol.seed, protocol.sampling)
+        for row in score_clips(clips, targets, scorers, refs):
+            rows.append({"direction": "induction", "emotion": row["target"], "method": alpha_label(alpha),
+                         "alpha": 0.0 if alpha is None else alpha, **row})
+    summary = sweep_summary(rows)
+    info = {"layer": layer, "backbone": setup.backbone.backbone_id, "condition": setup.condition,
+            "rank": setup.layer.config.rank, "recognizer": getattr(scorers.recognizer, "name", recognizer),
+            "speakers": speakers, "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
+            "alphas": alphas, "max_new_tokens": protocol.sampling.max_new_tokens, "protocol": protocol.describe()}
+    record = collect(backbone=setup.backbone, paths={"layer": layer}, corpus=corpus_root,
+                     recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)),
+                     seeds={"sampling": protocol.seed}, protocol={**protocol.describe(), "alphas": alphas,
+                                                                  "emotions": emotions})
+    write_sweep(Path(out_dir), summary, rows, info, emotions, record)
+    return summary
+
+
+def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_root: str = "runs/corpus/esd_espeak",
+                      out_dir: str = "reports/emoshift_compound", mixtures: list[dict[str, float]] | None = None,
+                      alpha: float = 2.0, protocol: EvaluationProtocol = EvaluationProtocol(n_texts=3),
+                      recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
+    """Compound emotions: weighted mixtures of two layers' shifts against each pure emotion and unsteered.
+
+    Args:
+        layer: Folder of a trained EmoSteer layer.
+        backbone: The backbone the layer was trained on; None: the default checkpoint of the layer's backbone kind.
+        corpus_root: ESD-shaped corpus (held-out sentences).
+        out_dir: Where emoshift_compound.{md,csv} and emoshift_compound_clips.csv go.
+        mixtures: Emotion -> weight per mixture; None: Happy+Surprise and Angry+Sad at 0.5/0.5 and 0.7/0.3.
+        alpha: Intensity of every steered setting (pure and mixed).
+        protocol: Speakers, sentences, seed and sampling (the same for every setting).
+        recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
+        recognizer_dir: Recognizer folder; None for the embedded default.
+        progress: Show progress bars.
+    """
+    check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
+    from tqdm.auto import tqdm
+
+    mixtures = [dict(m) for m in (DEFAULT_MIXTURES if mixtures is None else mixtures)]
+    if not mixtures or not math.isfinite(alpha) or alpha < 0:  # before loading anything: nothing to compare
+        raise ConfigError(f"need at least one mixture and a finite alpha >= 0, got mixtures={mixtures}, "
+                          f"alpha={alpha}.")
+    for mix in mixtures:
+        if not mix or any(not math.isfinite(w) or w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ConfigError(f"each mixture needs emotions with finite weights >= 0 and a positive sum, got "
+                              f"mixtures={mixtures}.")
+    setup = SteeringSetup.load(layer, backbone)
+    for mix in mixtures:
+        setup.targets(list(mix))
+    speakers, voice = protocol.voices(setup.backbone, corpus_root), protocol.voice_for(setup.backbone, corpus_root)
+    if setup.condition != "neutral":
+        raise ConfigError(f"{layer} was trained under condition 'emotion'; a mixture has no single condition to "
+                          "give the backbone. Use a layer trained with model.condition=neutral.")
+    texts, _ = protocol.texts(corpus_root)
+    components = list(dict.fromkeys(e for mix in mixtures for e in mix))
+    settings: list[tuple[str, dict[str, float] | None]] = [(UNSTEERED, None)]
+    settings += [(e, {e: 1.0}) for e in components]
+    settings += [(mix_label(m), m) for m in mixtures]
+    recognizer_model = load_recognizer(recognizer, recognizer_dir)
+    neutral = setup.backbone.condition_for(NEUTRAL)
+    prompts = [Prompt(t, voice(s, t), neutral, f"mix-t{i:02d}-{s}") for i, t in enumerate(texts) for s in speakers]
+    rows: list[dict] = []
+    for label, mix in tqdm(settings, desc="EmoShift compound", unit="setting", disable=not progress):
+        clips = setup.synthesize(prompts, [mix] * len(prompts) if mix else None, None if mix is None else alpha,
+                                 protocol.seed, protocol.sampling)
+        waves, rates = [c.wave for c in clips], [c.sample_rate for c in clips]
+        ser = recognizer_model(waves, rates)
+        predicted = ser.predicted()
+        for i, (clip, profile) in enumerate(zip(clips, measure(waves, rates))):
+            row = {"direction": "compound", "emotion": "all", "method": label,
+                   "alpha": 0.0 if mix is None else alpha, "utt_id": clip.prompt.utt_id, "speaker": clip.prompt.speaker,
+                   "predicted": predicted[i], "finished": float(clip.finished)}
+            row.update({p: float(getattr(profile, p)) for p in COMPOUND_PROBES})
+            row.update({f"p_{e}": float(ser.prob_of(e)[i]) for e in components})
+            row.update({f"is_{e}": float(predicted[i] == e) for e in components})
+            rows.append(row)
+    metrics = [*COMPOUND_PROBES, *(f"p_{e}" for e in components), "finished"]
+    summary = summarize(rows, metrics)
+    info = {"layer": layer, "backbone": setup.backbone.backbone_id, "alpha": alpha, "speakers": speakers,
+            "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
+            "recognizer": getattr(recognizer_model, "name", recognizer), "protocol": protocol.describe()}
+    record = collect(backbone=setup.backbone, paths={"layer": layer}, corpus=corpus_root,
+                     recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)),
+                     seeds={"sampling": protocol.seed}, protocol={**protocol.describe(), "alpha": alpha,
+                                                                  "mixtures": mixtures})
+    write_compound(Path(out_dir), summary, rows, info, mixtures, components, record)
+    return summary
