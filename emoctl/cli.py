@@ -85,7 +85,7 @@ TOOLS: dict[str, dict[str, Tool]] = {
                         "Bayes classifier on the corpus's true prosody knobs: the ceiling for SER accuracy."),
     },
     "report": {
-        "table1": Tool("emoctl.reports.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),
+        "table1": Tool("emoctl.commands.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),
         "emoshift": Tool("emoctl.commands.report:emoshift_table1",
                          "The EmoShift seed's Table 1: zero-shot, Neutral, SFT, EmoShift full and low rank."),
         "diff": Tool("emoctl.commands.report:report_diff",

@@ -297,7 +297,7 @@ def test_reports_voice_indextts2_by_each_speakers_reference_clip(backbone, corpu
     """Reports name speakers as the corpus does; a backbone that clones clips gets each speaker's reference
     clip (its first Neutral training clip), labelled with the speaker, and Table 1's prompts pass its checks."""
     from emoctl.evaluation.protocol import EvaluationProtocol
-    from emoctl.reports.table1 import Cell, _cell_prompts
+    from emoctl.reports.table1_cells import Cell, cell_prompts
 
     protocol = EvaluationProtocol(speakers=["0019", "0020"])
     assert protocol.voices(backbone, corpus_root) == ["0019", "0020"]
@@ -307,7 +307,7 @@ def test_reports_voice_indextts2_by_each_speakers_reference_clip(backbone, corpu
     clip = voice("0019", texts[0])
     first_neutral = sorted((corpus_root / "0019" / "Neutral" / "train").glob("*.wav"))[0]
     assert isinstance(clip, VoiceClip) and clip.speaker == "0019" and clip.path == str(first_neutral)
-    prompts = _cell_prompts(backbone, Cell("induction", "Angry"), texts, ["0019", "0020"], "table", voice)
+    prompts = cell_prompts(backbone, Cell("induction", "Angry"), texts, ["0019", "0020"], "table", voice)
     backbone.check_prompts(prompts)
     assert [p.speaker for p in prompts] == ["0019", "0020"] * len(texts)
     assert all(p.emotion == backbone.condition_for("Neutral") for p in prompts)  # induction starts from Neutral

@@ -21,6 +21,7 @@ from conftest import RECIPES, REPO, parse_emoctl
 from data_modules.tts_corpus import collate
 from emoctl.backbones import Phase, Prompt
 from emoctl.backbones.loading import BackboneSpec
+from emoctl.callbacks.export import export_callbacks
 from emoctl.emosteer import EmoSteer, EmoSteerConfig, steer
 from emoctl.emosteer.module import EmoShiftModule
 from emoctl.emosteer.sft import SFTModule
@@ -152,10 +153,12 @@ def loader(n: int, seed: int, batch_size: int, shuffle: bool) -> torch.utils.dat
                                        generator=torch.Generator().manual_seed(0))
 
 
-def tiny_trainer(tmp_path: Path, steps: int, **kwargs) -> pl.Trainer:
+def tiny_trainer(tmp_path: Path, steps: int, module: pl.LightningModule, **kwargs) -> pl.Trainer:
+    """A short CPU fit that ends, like ``emoctl fit``, with the module's export."""
     return pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-                      check_val_every_n_epoch=None, val_check_interval=steps, **kwargs)
+                      check_val_every_n_epoch=None, val_check_interval=steps, callbacks=export_callbacks(module),
+                      **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +184,7 @@ def test_training_moves_only_the_layer_and_leaves_the_backbone_bit_identical(tmp
     before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
     report = module.parameter_report()
     assert report["trainable"] == 2 * 32 * 32 and report["backbone"] == sum(before[k].numel() for k in before)
-    trainer = tiny_trainer(tmp_path, 6, enable_checkpointing=True)
+    trainer = tiny_trainer(tmp_path, 6, module, enable_checkpointing=True)
     trainer.fit(module, train_dataloaders=loader(48, 0, 8, True), val_dataloaders=loader(8, 1, 8, False))
     assert trainer.global_step == 6
     after = module.backbone.state_dict()
@@ -214,7 +217,7 @@ def test_layer_alone_learns_emotion_patterns_under_the_neutral_condition(tmp_pat
     batch = next(iter(val))
     with torch.no_grad():
         start = module._losses(batch)["loss"].item()
-    trainer = tiny_trainer(tmp_path, 60, enable_checkpointing=False)
+    trainer = tiny_trainer(tmp_path, 60, module, enable_checkpointing=False)
     trainer.fit(module, train_dataloaders=loader(192, 0, 16, True), val_dataloaders=val)
     final = trainer.callback_metrics["val/loss"].item()
     print(f"rank={rank}: val loss {start:.3f} -> {final:.3f}")
@@ -353,7 +356,7 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
 
     module = EmoShiftModule(EmoSteerConfig(hidden_size=32, emotions=list(EMOTIONS)), BackboneSpec(path=str(backbone_dir)),
                             condition="neutral", optimizer=OptimizerConfig(lr=1.0, warmup_steps=0))
-    trainer = tiny_trainer(tmp_path / "emoshift", 3, enable_checkpointing=False)
+    trainer = tiny_trainer(tmp_path / "emoshift", 3, module, enable_checkpointing=False)
     trainer.fit(module, datamodule=data())
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["val/loss"])
     assert len(list((tmp_path / "esd").glob(".tokens-*.npz"))) == 1  # the token cache sits next to the data
@@ -364,7 +367,7 @@ def test_emoshift_and_sft_train_on_an_esd_tree_through_the_data_module(tmp_path,
     before = {k: v.clone() for k, v in sft.backbone.state_dict().items()}
     report = sft.parameter_report()
     assert report["trainable"] == report["backbone"] == sum(v.numel() for v in before.values())
-    trainer = tiny_trainer(tmp_path / "sft", 3, enable_checkpointing=False)
+    trainer = tiny_trainer(tmp_path / "sft", 3, sft, enable_checkpointing=False)
     trainer.fit(sft, datamodule=data())
     tuned = MiniTTS.load(tmp_path / "sft" / "sft_backbone")
     changed = [k for k, v in tuned.lm.state_dict().items() if not torch.equal(v, before[f"lm.{k}"])]
@@ -441,12 +444,16 @@ def test_recipes_load_through_the_cli(recipe, cls):
     if recipe == "emoshift_mini.yaml":
         assert args["backbone"] == {"kind": "mini_tts", "path": "emoctl/assets/mini_tts", "device": "cpu",
                                     "options": None}
-        assert args["condition"] == "neutral"
+        assert args["condition"] == "neutral" and args["layer"]["hidden_size"] == 192
+        assert args["optimizer"] == {"lr": 1.0, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 50,
+                                     "schedule": "cosine", "min_lr_fraction": 0.1}
         assert resolved["data"]["init_args"]["corpus_root"] == "runs/corpus/esd_espeak"
         assert resolved["data"]["init_args"]["backbone"] == args["backbone"]  # tokens of its own model
         assert resolved["trainer"]["max_time"] == "00:00:20:00" and resolved["trainer"]["accelerator"] == "cpu"
     if recipe == "emoshift_cosyvoice.yaml":
-        assert args["epsilon"] == 0.001 and len(args["emotions"]) == 5 and args["neutral"] == "layer"
+        layer = args["layer"]
+        assert layer["epsilon"] == 0.001 and len(layer["emotions"]) == 5 and layer["neutral"] == "layer"
+        assert layer["hidden_size"] == 1024 and args["optimizer"]["lr"] == 1.0
         assert resolved["trainer"]["strategy"] == "ddp" and resolved["trainer"]["precision"] == "bf16-mixed"
     if recipe == "sft_mini.yaml":
         mini = yaml.safe_load((RECIPES / "emoshift_mini.yaml").read_text())
@@ -461,7 +468,7 @@ def test_committed_layer_fits_the_committed_backbone_and_lowers_held_out_nll(cor
     speakers' test clips under the Neutral condition, its emotions make the real speech tokens more likely."""
     from emoctl.backbones.loading import load_backbone
     from emoctl.backbones.mini_tts.codec import SpeechCodec
-    from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
+    from emoctl.corpus.esd import list_corpus_clips, read_wave
     from emoctl.emosteer.objective import teacher_forced_nll
     from emoctl.evaluation.texts import corpus_test_sentences
 

@@ -231,7 +231,7 @@ def test_table1_refuses_feature_sets_without_an_sae_digest_unless_asked(corpus_r
     """Table 1 applies the same check as attribute: a set that records no digest is refused, unless asked, and the
     run then goes on (to the store, missing here)."""
     from emoctl.errors import StoreError
-    from emoctl.reports.table1 import table1
+    from emoctl.commands.table1 import table1
 
     sel = _selection(tmp_path, lambda raw: raw["sae"].pop("digest"))
     kwargs = dict(sae=str(SAE_MINI), store=str(tmp_path / "no_store"), selection=str(sel), emotions=["Angry"],
@@ -244,7 +244,7 @@ def test_table1_refuses_feature_sets_without_an_sae_digest_unless_asked(corpus_r
 
 
 def test_table1_refuses_latent_alphas_past_the_bound_before_reading_the_corpus(tmp_path):
-    from emoctl.reports.table1 import table1
+    from emoctl.commands.table1 import table1
 
     with pytest.raises(ConfigError, match=r"sweep_alphas \{'sae_emotion': \[1e\+30\]\} steer latents too hard"):
         table1(sae=str(SAE_MINI), store=str(tmp_path / "s"), selection=str(SELECT_MINI),

@@ -10,7 +10,8 @@ import torch
 from emoctl.backbones.loading import load_backbone
 from emoctl.metrics.loading import load_recognizer
 from emoctl.evaluation.scoring import References, Scorers
-from emoctl.reports.table1 import Cell, SteeringMethods, run_cells
+from emoctl.reports.table1_cells import Cell, run_cells
+from emoctl.reports.table1_methods import SteeringMethods
 from emoctl.synthesis import SamplingConfig
 
 SPEAKERS = ["0017", "0018"]

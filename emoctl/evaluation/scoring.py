@@ -21,9 +21,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from emoctl.corpus.esd import list_corpus_clips, read_wave
 from emoctl.emotions import NEUTRAL  # the target of suppression and the condition of induction
 from emoctl.errors import ConfigError
+from emoctl.metrics.dnsmos import DNSMOSScore, load_dnsmos
+from emoctl.metrics.loading import load_recognizer
+from emoctl.metrics.quality import SpeechQualityModel
+from emoctl.metrics.ser import EmotionRecognizer, SERResult
+from emoctl.metrics.speaker import SpeakerEncoder, load_speaker_encoder
+from emoctl.metrics.wer import SpeechRecognizer, load_asr, word_error_rate
 from emoctl.synthesis import Clip
 
 
@@ -31,30 +40,26 @@ from emoctl.synthesis import Clip
 class Scorers:
     """The evaluation models, loaded once; a None model leaves its metrics out."""
 
-    recognizer: Any | None   # EmotionRecognizer: SER hit, P(target), Emo-SIM
-    asr: Any | None          # SpeechRecognizer: transcripts and WER
-    speaker: Any | None      # SpeakerEncoder: SpkSIM
-    dnsmos: Any | None       # DNSMOS: SIG, BAK, OVRL, P.808
+    recognizer: EmotionRecognizer | None
+    """SER hit, P(target), Emo-SIM."""
+    asr: SpeechRecognizer | None
+    """Transcripts and WER."""
+    speaker: SpeakerEncoder | None
+    """SpkSIM."""
+    dnsmos: SpeechQualityModel | None
+    """DNSMOS: SIG, BAK, OVRL, P.808."""
 
     @classmethod
     def load(cls, recognizer: str | None = "mini", recognizer_dir: str | None = None, *,
              asr: str | None = "whisper", asr_model_dir: str | None = None, speaker: str | None = "resemblyzer",
              speaker_model_dir: str | None = None, dnsmos: bool = True, threads: int | None = None) -> Scorers:
         """Load the named models (None: leave that metric out); ``threads`` caps the CPU threads of ASR and DNSMOS."""
-        from emoctl.metrics.loading import load_recognizer
-
         asr_model = spk = mos = None
         if asr is not None:
-            from emoctl.metrics.wer import load_asr
-
             asr_model = load_asr(asr, asr_model_dir, threads if asr == "whisper" else None)
         if speaker is not None:
-            from emoctl.metrics.speaker import load_speaker_encoder
-
             spk = load_speaker_encoder(speaker, speaker_model_dir)
         if dnsmos:
-            from emoctl.metrics.dnsmos import load_dnsmos
-
             mos = load_dnsmos(threads=threads or min(2, os.cpu_count() or 1))
         ser = load_recognizer(recognizer, recognizer_dir) if recognizer is not None else None
         return cls(ser, asr_model, spk, mos)
@@ -101,11 +106,11 @@ class Measured:
     """What the evaluation models say about a list of clips, before any target emotion is chosen."""
 
     utterances: list[Utterance]
-    ser: Any | None                  # SERResult: probabilities and embeddings per clip
+    ser: SERResult | None            # probabilities and embeddings per clip
     hypotheses: list[str] | None     # ASR transcripts
     wers: list[float] | None
     speaker_embeddings: torch.Tensor | None
-    dnsmos: list[Any] | None
+    dnsmos: list[DNSMOSScore] | None
 
 
 def measure(utterances: Sequence[Utterance], scorers: Scorers, chunk: int | None = None,
@@ -115,8 +120,6 @@ def measure(utterances: Sequence[Utterance], scorers: Scorers, chunk: int | None
     ``chunk``: clips per model call (None: all at once). With 1, an unreadable clip's error names it and the
     progress bars move per clip; batched recognizers may differ in the last float bits between chunk sizes.
     """
-    from tqdm.auto import tqdm
-
     utterances = list(utterances)
     step = chunk or max(1, len(utterances))
     pieces = [utterances[i:i + step] for i in range(0, len(utterances), step)]
@@ -130,8 +133,6 @@ def measure(utterances: Sequence[Utterance], scorers: Scorers, chunk: int | None
 
     hyps = wers = spk = mos = ser = None
     if scorers.asr is not None:
-        from emoctl.metrics.wer import word_error_rate
-
         hyps = [h for part in run(f"WER ({scorers.asr.name})",
                                   lambda w, r, n: scorers.asr.transcribe(w, r, names=n)) for h in part]
         wers = word_error_rate(hyps, [u.text for u in utterances], names=[u.utt_id for u in utterances])
@@ -140,8 +141,6 @@ def measure(utterances: Sequence[Utterance], scorers: Scorers, chunk: int | None
     if scorers.dnsmos is not None:
         mos = [s for part in run("DNSMOS", lambda w, r, n: scorers.dnsmos(w, r, names=n)) for s in part]
     if scorers.recognizer is not None:
-        from emoctl.metrics.ser import SERResult
-
         parts = run(f"SER ({scorers.recognizer.name})", lambda w, r, n: scorers.recognizer(w, r))
         ser = parts[0] if len(parts) == 1 else SERResult(torch.cat([p.probs for p in parts]),
                                                          torch.cat([p.embeddings for p in parts]), parts[0].labels)
@@ -153,8 +152,6 @@ def score(measured: Measured, targets: Sequence[str], refs: ReferenceSet) -> lis
 
     A clip with no matched recording, or a speaker with no reference, scores NaN there (never a guess).
     """
-    import torch.nn.functional as F
-
     if len(targets) != len(measured.utterances):
         raise ConfigError(f"{len(targets)} target emotions for {len(measured.utterances)} clips.")
     ser = measured.ser
@@ -195,8 +192,6 @@ class References(ReferenceSet):
 
     def __init__(self, corpus_root: Path, sentences: list[str], speakers: list[str], scorers: Scorers,
                  used: Sequence[str] | None = None, split: str | None = None, reference_clips: int = 8) -> None:
-        from emoctl.backbones.mini_tts.tokenize_corpus import list_corpus_clips, read_wave
-
         index = {text: i for i, text in enumerate(sentences)}
         wanted = None if used is None else {index[t] for t in used if t in index}  # only what is spoken
         clips = [c for c in list_corpus_clips(corpus_root, split=split) if c.speaker in speakers

@@ -1,0 +1,103 @@
+"""Table 1's steering methods: what each one attaches to the backbone for an emotion at a step length α.
+
+The methods are the unsteered backbone, Random SAE features, Global (mean-difference) steering and SAE-Emotion
+features, all norm-matched so one α is one step length (see :mod:`emoctl.steering.directions`); each further
+selection score is the method ``sae_emotion:<score>``, and a trained EmoShift layer is the method ``emoshift``.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Sequence
+
+from emoctl.backbones.base import Backbone, Prompt
+from emoctl.emosteer import EmoSteer, steer as emosteer_steer
+from emoctl.emosteer.steer import GENERATION_PHASES
+from emoctl.errors import ConfigError
+from emoctl.steering import SAEFeatureSteering, global_steering, random_feature_steering
+
+METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
+LATENT_METHODS = ("random_sae", "global", "sae_emotion")
+"""The methods whose α is in latent units (norm-matched to the SAE's decoder directions)."""
+METHOD_LABELS = {"unsteered": "Unsteered", "random_sae": "Random SAE", "global": "Global steering",
+                 "sae_emotion": "SAE-Emotion", "emoshift": "EmoShift"}
+
+
+def variant_method(score: str) -> str:
+    """Method name of SAE-Emotion steering with the features another selection score chose."""
+    return f"sae_emotion:{score}"
+
+
+def method_label(method: str) -> str:
+    """A method's column title: ``sae_emotion:rate`` is "SAE-Emotion (rate)"."""
+    base, _, score = method.partition(":")
+    return f"{METHOD_LABELS.get(base, base)} ({score})" if score else METHOD_LABELS.get(method, method)
+
+
+class SteeringMethods:
+    """Builds each method's interventions for an emotion from one SAE, its feature sets and the store's means.
+
+    ``variants`` holds further feature sets of the same SAE (selected by another score, keyed by it); each is the
+    method ``sae_emotion:<score>``, steered exactly like SAE-Emotion. Global and Random steering stay matched to
+    the main feature sets.
+    """
+
+    def __init__(self, sae, feature_sets: dict, mean_differences: dict, seed: int = 0,
+                 variants: dict[str, dict] | None = None) -> None:
+        self.sae, self.feature_sets, self.mean_differences, self.seed = sae, feature_sets, mean_differences, seed
+        self.variants = dict(variants or {})
+
+    def interventions(self, method: str, emotion: str, alpha: float) -> list:
+        if method == "unsteered" or alpha == 0:
+            return []
+        base, _, score = method.partition(":")
+        if base == "sae_emotion" and score:
+            if score not in self.variants:
+                raise ConfigError(f"method {method!r} has no feature sets; selections are "
+                                  f"{', '.join(self.variants) or 'none'}.")
+            return [SAEFeatureSteering(self.sae, self.variants[score][emotion].feature_ids, alpha)]
+        features = self.feature_sets[emotion].feature_ids
+        if method == "sae_emotion":
+            return [SAEFeatureSteering(self.sae, features, alpha)]
+        if method == "global":
+            return [global_steering(self.mean_differences[emotion], self.sae, features, alpha)]
+        if method == "random_sae":
+            return [random_feature_steering(self.sae, features, alpha, seed=self.seed)]
+        raise ConfigError(f"unknown steering method {method!r}; choose from {', '.join(METHODS)}.")
+
+
+def emoshift_method(backbone: Backbone, folder: str) -> Callable:
+    """EmoShift as a Table 1 method: its trained layer for the cell's emotion at intensity |α| (induction only).
+
+    The returned ``steering(cell, alpha, batch, start)`` is the context one batch of the cell is spoken under."""
+    layer = EmoSteer.load(folder)
+
+    def steering(cell, alpha: float, batch: Sequence[Prompt], start: int):
+        if alpha == 0:
+            return nullcontext()
+        return emosteer_steer(backbone, layer, [cell.emotion] * len(batch), alpha=abs(alpha))
+
+    return steering
+
+
+def method_phases(methods: SteeringMethods, emotion: str, method_names: Sequence[str]) -> dict[str, list[str]]:
+    """The forward passes each method steers, read from the interventions it builds (stated in the report)."""
+    out = {}
+    for method in method_names:
+        if method == "unsteered":
+            continue
+        if method == "emoshift":
+            phases = GENERATION_PHASES
+        else:
+            (intervention,) = methods.interventions(method, emotion, 1.0)
+            phases = intervention.phases
+        out[method] = [p.value for p in sorted(phases, key=lambda p: ("prefill", "decode", "teacher_forced").index(p.value))]
+    return out
+
+
+def method_comparisons(method_names: Sequence[str]) -> list[tuple[str, str]]:
+    """The method pairs Table 1 tests: SAE-Emotion, Global and Random against each other, SAE-Emotion against
+    unsteered, each further selection score and EmoShift against SAE-Emotion."""
+    pairs = [("sae_emotion", "global"), ("sae_emotion", "random_sae"), ("global", "random_sae"),
+             ("sae_emotion", "unsteered")]
+    pairs += [(m, "sae_emotion") for m in method_names if m.startswith("sae_emotion:") or m == "emoshift"]
+    return [(a, b) for a, b in pairs if a in method_names and b in method_names]
