@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from emoctl.backbones.base import Prompt
-from emoctl.backbones.loading import BackboneSpec
+from emoctl.backbones.loading import BackboneSpec, load_backbone
 from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
@@ -27,7 +29,7 @@ from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
 from emoctl.io.provenance import collect, stamp, write_report_info
 from emoctl.metrics.loading import recognizer_folder
 from emoctl.synthesis import synthesize
-from emoctl.io.fsio import check_output_dir
+from emoctl.io.fsio import atomic_write_bytes, check_output_dir
 
 METRICS = ["ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl", "finished"]
 
@@ -59,10 +61,6 @@ def emoshift_table1(layer: str, low_rank: str | None = None, sft: str | None = N
         progress: Show progress bars.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
-    from tqdm.auto import tqdm
-
-    from emoctl.backbones.loading import load_backbone
-
     root = Path(corpus_root)
     full = SteeringSetup.load(layer, backbone)
     emotions = full.targets(emotions)
@@ -152,8 +150,6 @@ def table_markdown(summary: list[dict], info: dict, jobs: list[tuple], emotions:
 
 def _write(out: Path, summary: list[dict], rows: list[dict], info: dict, jobs: list[tuple],
            emotions: list[str], record: dict) -> None:
-    from emoctl.io.fsio import atomic_write_bytes
-
     out.mkdir(parents=True, exist_ok=True)
     markdown = stamp(table_markdown(summary, info, jobs, emotions), record, "table1_emoshift_info.json")
     atomic_write_bytes(out / "table1_emoshift_clips.csv", csv_bytes(rows))
