@@ -64,6 +64,7 @@ $(COSYVOICE_STAMP): $(STAMP)
 	@touch $@
 
 test: install indextts2 cosyvoice
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest emoctl_tests -q
 
 # The docs site (mkdocs.yml, docs/) into runs/site; --strict fails on a broken link or anchor and on a page missing

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from emoctl.callbacks.export import export_callbacks
 from emoctl.callbacks.run_folder_lock import RunFolderLock, RunFolderRefused
 from emoctl.errors import ConfigError, first_line
 
@@ -39,10 +40,15 @@ class EmoctlLightningCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         """A fit holds its run folder (:class:`~emoctl.callbacks.run_folder_lock.RunFolderLock`) from setup on,
-        before the recipe echo (``config.yaml``) is written there."""
+        before the recipe echo (``config.yaml``) is written there; a model that is
+        :class:`~emoctl.callbacks.export.Exportable` ends its fit with a
+        :class:`~emoctl.callbacks.export.ModelExport` unless the recipe lists one."""
         if self.subcommand == "fit":
             ckpt_path = self.config["fit"].get("ckpt_path")
             callbacks = [RunFolderLock(resuming=ckpt_path is not None), *callbacks]
+        listed = config.get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        callbacks = [*callbacks, *export_callbacks(getattr(self, "model", None), [*listed, *callbacks])]
         return super()._instantiate_trainer(config, callbacks)
 
     def _run_subcommand(self, subcommand: str) -> None:

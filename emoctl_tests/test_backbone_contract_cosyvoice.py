@@ -270,6 +270,7 @@ def test_emoshift_trains_on_cosyvoice_from_the_embedded_corpus_and_llm_pt_still_
     import lightning.pytorch as pl
 
     from data_modules.tts_corpus import TTSCorpusDataModule
+    from emoctl.callbacks.export import export_callbacks
     from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
     from emoctl.training import OptimizerConfig
     from emoctl.emosteer.module import EmoShiftModule
@@ -294,7 +295,7 @@ def test_emoshift_trains_on_cosyvoice_from_the_embedded_corpus_and_llm_pt_still_
     assert start == pytest.approx(unsteered.item(), rel=1e-4)  # W starts at zero: the layer is the identity
     trainer = pl.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                         num_sanity_val_steps=0, limit_val_batches=0)
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=export_callbacks(module))
     trainer.fit(module, datamodule=data)
     with torch.no_grad():
         steered = module._losses(batch)["loss"].item()

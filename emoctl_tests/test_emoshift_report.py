@@ -20,6 +20,7 @@ import torch
 
 from conftest import REPO
 from emoctl.backbones.loading import BackboneSpec
+from emoctl.callbacks.export import export_callbacks
 from emoctl.emosteer.layer import EmoSteerConfig
 from emoctl.training import OptimizerConfig
 from emoctl.errors import ConfigError
@@ -52,7 +53,7 @@ def trained(tmp_path_factory):
                             optimizer=OptimizerConfig(lr=1.0, warmup_steps=5))
     trainer = pl.Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp / "run",
-                         num_sanity_val_steps=0, limit_val_batches=0)
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=export_callbacks(module))
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     timings["tokenize+train"] = time.perf_counter() - start

@@ -318,6 +318,8 @@ def batches(dataset: EmotionPatternData, batch_size: int, shuffle: bool) -> torc
 def test_training_through_lightning_learns_emotion_dependent_tokens_and_exports(tmp_path):
     import lightning.pytorch as pl
 
+    from emoctl.callbacks.export import export_callbacks
+
     pl.seed_everything(0, verbose=False)
     module = MiniTTSModule(model=MiniTTSConfig(**{**TINY, "n_layer": 2, "dropout": 0.0}), speakers=SPEAKERS,
                            emotions=EMOTIONS,
@@ -328,7 +330,8 @@ def test_training_through_lightning_learns_emotion_dependent_tokens_and_exports(
         start = module._losses(next(iter(val)))["loss"].item()
     trainer = pl.Trainer(accelerator="cpu", max_steps=250, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         val_check_interval=250, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+                         val_check_interval=250, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                         callbacks=export_callbacks(module))
     trainer.fit(module, train_dataloaders=batches(EmotionPatternData(256, seed=0), 16, shuffle=True), val_dataloaders=val)
     final = trainer.callback_metrics["val/loss"].item()
     assert start > math.log(25) - 0.7  # near uniform over 24 tokens + STOP at the start

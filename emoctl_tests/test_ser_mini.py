@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from data_modules.ser_corpus import SERCorpusDataModule
+from emoctl.callbacks.export import export_callbacks
 from emoctl.corpus.build import build_corpus
 from emoctl.corpus.esd import list_corpus_clips, read_wave
 from emoctl.errors import ConfigError
@@ -160,7 +161,8 @@ def test_tiny_training_run_lowers_the_loss(fresh_corpus, tmp_path):
 
     before = loss()
     trainer = pl.Trainer(max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=export_callbacks(model))
     trainer.fit(model, datamodule=data)
     after = loss()
     assert after < 0.85 * before, (before, after)  # seeded; no learning leaves it near ln 5 = 1.61

@@ -14,7 +14,7 @@ log folder), else ``<log dir>/<name>``.  Only global rank 0 writes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Iterable, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
@@ -85,9 +85,12 @@ class ModelExport(pl.Callback):
         return target
 
 
-class ExportedAtFitEnd:
-    """Mixin for a LightningModule that is :class:`Exportable`: fit ends with a :class:`ModelExport` to
-    ``hparams.export_dir`` (None: beside the checkpoints), with no callback to list in the recipe."""
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return [ModelExport(dirpath=self.hparams.get("export_dir"))]  # type: ignore[attr-defined]
+def export_callbacks(model: object, listed: Iterable[pl.Callback] = ()) -> list[ModelExport]:
+    """The :class:`ModelExport` a fit of ``model`` ends with: one to ``hparams.export_dir`` (None: beside the
+    checkpoints) for an :class:`Exportable` model, none when ``listed`` (the recipe's callbacks) already holds
+    a ModelExport or the model is not exportable.  ``emoctl fit`` adds it (:mod:`emoctl.lightning_cli`), so a
+    LightningModule need not know the callbacks; a Trainer built by hand takes ``callbacks=export_callbacks(m)``."""
+    if not isinstance(model, Exportable) or any(isinstance(c, ModelExport) for c in listed):
+        return []
+    hparams = getattr(model, "hparams", None) or {}
+    return [ModelExport(dirpath=hparams.get("export_dir"))]

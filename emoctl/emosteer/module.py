@@ -25,7 +25,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone, Prompt
-from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.training import OptimizerConfig, adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 from emoctl.emosteer.layer import EmoSteer, EmoSteerConfig
 from emoctl.backbones.loading import BackboneSpec
@@ -37,7 +36,7 @@ from emoctl.synthesis import synthesize
 torch.serialization.add_safe_globals([EmoSteerConfig])  # hparams in checkpoints; see emoctl.sae.module
 
 
-class EmoShiftModule(ExportedAtFitEnd, pl.LightningModule):
+class EmoShiftModule(pl.LightningModule):
     """A frozen backbone and the EmoSteer layer that learns to shift its output embedding."""
 
     def __init__(

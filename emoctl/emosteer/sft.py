@@ -15,14 +15,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from emoctl.backbones.base import Backbone
-from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.training import OptimizerConfig, adamw_with_schedule, jsonable as _jsonable
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.emosteer.objective import teacher_forced_nll
 from emoctl.errors import ConfigError
 
 
-class SFTModule(ExportedAtFitEnd, pl.LightningModule):
+class SFTModule(pl.LightningModule):
     """Fine-tunes all of a pretrained backbone by teacher forcing."""
 
     def __init__(

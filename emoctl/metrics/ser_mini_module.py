@@ -27,7 +27,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.nn import functional as F
 
-from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.training import OptimizerConfig, adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 from emoctl.errors import ConfigError
 from emoctl.metrics.ser_mini import LogMelConfig, MiniSERConfig, MiniSERNet, parameter_count, save_mini_ser
@@ -35,7 +34,7 @@ from emoctl.metrics.ser_mini import LogMelConfig, MiniSERConfig, MiniSERNet, par
 torch.serialization.add_safe_globals([MiniSERConfig, LogMelConfig])  # hparams in checkpoints; see emoctl.sae.module
 
 
-class MiniSERModule(ExportedAtFitEnd, pl.LightningModule):
+class MiniSERModule(pl.LightningModule):
     """The mini SER network, trained by cross-entropy over the corpus's emotions."""
 
     def __init__(

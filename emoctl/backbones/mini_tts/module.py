@@ -27,7 +27,6 @@ from emoctl.backbones.mini_tts.backbone import MiniTTS
 from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
 from emoctl.emotions import ESD_EMOTIONS
 from emoctl.backbones.mini_tts.text import CharTokenizer
-from emoctl.callbacks.export import ExportedAtFitEnd
 from emoctl.errors import ConfigError
 from emoctl.training import OptimizerConfig, adamw_with_schedule, jsonable as _jsonable, read_recipe as _read_recipe
 
@@ -36,7 +35,7 @@ torch.serialization.add_safe_globals([MiniTTSConfig])  # hparams in checkpoints;
 ESD_SPEAKERS = ("0011", "0012", "0013", "0014", "0015", "0016", "0017", "0018", "0019", "0020")
 
 
-class MiniTTSModule(ExportedAtFitEnd, pl.LightningModule):
+class MiniTTSModule(pl.LightningModule):
     """The mini TTS LM with its speaker, emotion and text tables, trained by teacher forcing."""
 
     def __init__(
