@@ -123,11 +123,12 @@ def test_pocketsphinx_transcribes_espeak_speech(speech):
 
 
 def test_whisper_model_dir_errors(tmp_path):
+    tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)).astype(np.float32)  # not silence, not DC
     with pytest.raises(ConfigError, match="does not exist"):
-        load_asr("whisper", str(tmp_path / "nowhere")).transcribe([np.ones(16000, np.float32) * 0.1], 16000)
+        load_asr("whisper", str(tmp_path / "nowhere")).transcribe([tone], 16000)
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ConfigError, match="no model.bin.*ct2-transformers-converter"):
-        load_asr("whisper", str(tmp_path)).transcribe([np.ones(16000, np.float32) * 0.1], 16000)
+        load_asr("whisper", str(tmp_path)).transcribe([tone], 16000)
 
 
 # ------------------------------------------------------------------------------------------- speaker, DNSMOS
