@@ -306,7 +306,7 @@ def _explain_argument_error(err: argparse.ArgumentError, command: str) -> str:
 
 
 def _run_lightning_cli(command: str, rest: list[str], from_argv: bool) -> None:
-    from emoctl.lightning_cli import EmoctlLightningCLI
+    from emoctl.lightning_cli import EmoctlLightningCLI  # lazy: Lightning (seconds) only for trainer commands
 
     # LightningCLI warns when given ``args`` while sys.argv also holds arguments; pass
     # None when the arguments *are* sys.argv.

@@ -27,7 +27,13 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from emoctl.backbones import Prompt
+from emoctl.backbones.conditions import VoiceName
+from emoctl.backbones.cosyvoice_instruct.random_release import RandomReleaseSize, write_random_release
+from emoctl.backbones.loading import BackboneSpec
 from emoctl.bench.rounds import equal_work_rows, resolve_device, sync
+from emoctl.corpus.sentences import generate_sentences
+from emoctl.emosteer.module import EmoShiftModule
 from emoctl.errors import ConfigError
 
 
@@ -53,12 +59,6 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
         raise ConfigError(f"repeats, batch_size, max_new_tokens and train_tokens must be >= 1, got {repeats}, "
                           f"{batch_size}, {max_new_tokens}, {train_tokens}.")
     device = str(resolve_device(device, "bench cosyvoice", auto=False))
-    from emoctl.backbones import Prompt
-    from emoctl.backbones.conditions import VoiceName
-    from emoctl.backbones.cosyvoice_instruct.random_release import RandomReleaseSize, write_random_release
-    from emoctl.backbones.loading import BackboneSpec
-    from emoctl.corpus.sentences import generate_sentences
-    from emoctl.emosteer.module import EmoShiftModule
 
     tmp = tempfile.TemporaryDirectory(prefix="emoctl-bench-cosyvoice-")
     start = time.perf_counter()

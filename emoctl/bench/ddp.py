@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from emoctl.errors import ConfigError
+from emoctl.io.fsio import save_figure_atomically
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sae_demo.yaml"
 
@@ -107,8 +108,6 @@ def bench_ddp(steps: int = 600, batch_size: int = 2048, processes: list[int] | N
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        from emoctl.io.fsio import save_figure_atomically
 
         fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
         for p, (step, loss) in curves.items():

@@ -28,19 +28,19 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable
 
+from emoctl.bench.cosyvoice import bench_cosyvoice
+from emoctl.bench.fit import bench_fit
+from emoctl.bench.harvest_indextts2 import bench_harvest_indextts2
+from emoctl.bench.loader import bench_loader
 from emoctl.bench.rounds import resolve_device
+from emoctl.bench.sae import bench_sae
 from emoctl.errors import ConfigError, first_line
+from emoctl.io.fsio import atomic_write_bytes, check_output_dir
 
 SECTIONS = ("sae", "loader", "fit", "cosyvoice", "indextts2")
 
 
 def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], object]]]:
-    from emoctl.bench.cosyvoice import bench_cosyvoice
-    from emoctl.bench.fit import bench_fit
-    from emoctl.bench.harvest_indextts2 import bench_harvest_indextts2
-    from emoctl.bench.loader import bench_loader
-    from emoctl.bench.sae import bench_sae
-
     if quick:
         return {
             "sae": ("SAE step (reduced: 256 -> 512, k 8, batch 256)",
@@ -85,8 +85,6 @@ def bench_gpu(out: str = "reports/bench_gpu.md", device: str = "cuda", quick: bo
         sections: Which of sae, loader, cosyvoice, indextts2 to run (default: all).
     """
     import torch
-
-    from emoctl.io.fsio import atomic_write_bytes, check_output_dir
 
     chosen = list(SECTIONS if sections is None else sections)
     unknown = [s for s in chosen if s not in SECTIONS]

@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone
 from emoctl.backbones.loading import load_backbone
+from emoctl.backbones.mini_tts import CharTokenizer, MiniTTS, MiniTTSConfig, MiniTTSLM
+from emoctl.bench.harvest_indextts2 import bench_harvest_indextts2
+from emoctl.corpus.sentences import generate_sentences
 from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 from emoctl.harvest.prompts import GridPrompt
@@ -34,8 +37,6 @@ from emoctl.store import ActivationWriter, StoreSpec
 
 
 def _random_mini_tts(seed: int) -> Backbone:
-    from emoctl.backbones.mini_tts import CharTokenizer, MiniTTS, MiniTTSConfig, MiniTTSLM
-
     torch.manual_seed(seed)
     tokenizer = CharTokenizer()
     speakers = [f"00{i}" for i in range(11, 21)]
@@ -62,8 +63,6 @@ def bench_harvest(batch_size: int = 8, max_new_tokens: int | None = None, repeat
             batched and not, against upstream's one-at-a-time inference_speech; see bench/harvest_indextts2.py).
     """
     if backbone == "indextts2":
-        from emoctl.bench.harvest_indextts2 import bench_harvest_indextts2
-
         return bench_harvest_indextts2(batch_size, 32 if max_new_tokens is None else max_new_tokens,
                                        1 if repeats is None else repeats, hookpoint or "resid_pre.16",
                                        release=checkpoint, seed=seed)
@@ -81,7 +80,6 @@ def bench_harvest(batch_size: int = 8, max_new_tokens: int | None = None, repeat
         if checkpoint is not None:
             raise
         backbone, which = _random_mini_tts(seed), "random weights, shape of recipes/mini_tts.yaml (no checkpoint)"
-    from emoctl.corpus.sentences import generate_sentences
 
     texts = generate_sentences(batch_size, seed=0)
     prompts = [GridPrompt(text=t, voice=backbone.speakers[i % len(backbone.speakers)],

@@ -21,9 +21,16 @@ from typing import Callable
 
 import torch
 
+from emoctl.backbones import Prompt
+from emoctl.backbones.conditions import VoiceClip
+from emoctl.backbones.indextts2.random_release import RandomReleaseSize, write_random_release, write_voice_clip
+from emoctl.backbones.indextts2.upstream import repair_cached_generate
+from emoctl.backbones.loading import load_backbone
 from emoctl.bench.rounds import equal_work_rows, resolve_device
+from emoctl.corpus.sentences import generate_sentences
 from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
+from emoctl.harvest.recorder import ActivationRecorder
 
 UPSTREAM_SAMPLING = dict(temperature=0.8, top_k=30, top_p=0.8, repetition_penalty=10.0)
 
@@ -50,14 +57,6 @@ def bench_harvest_indextts2(batch_size: int = 8, max_new_tokens: int = 32, repea
                           f"{max_new_tokens}.")
     device = str(resolve_device(device, "bench harvest", auto=False))
     from indextts.gpt.model_v2 import UnifiedVoice
-
-    from emoctl.backbones import Prompt
-    from emoctl.backbones.conditions import VoiceClip
-    from emoctl.backbones.indextts2.random_release import RandomReleaseSize, write_random_release, write_voice_clip
-    from emoctl.backbones.indextts2.upstream import repair_cached_generate
-    from emoctl.backbones.loading import load_backbone
-    from emoctl.corpus.sentences import generate_sentences
-    from emoctl.harvest.recorder import ActivationRecorder
 
     tmp = tempfile.TemporaryDirectory(prefix="emoctl-bench-indextts2-")
     folder = Path(tmp.name)

@@ -22,16 +22,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data_modules.activation_store import ActivationStoreDataModule
 from emoctl.bench.rounds import resolve_device, sync
 from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
+from emoctl.store import ActivationStore, ActivationWriter, StoreSpec, UtteranceMeta
 
 ROWS_PER_UTTERANCE = 250  # about 5 s of speech tokens: a harvest's utterance
 
 
 def _write_store(path: Path, rows: int, d_model: int, dtype: str, seed: int) -> None:
-    from emoctl.store import ActivationWriter, StoreSpec, UtteranceMeta
-
     g = torch.Generator().manual_seed(seed)
     spec = StoreSpec(d_model=d_model, dtype=dtype, hookpoint="resid_pre.16", backbone="bench")
     emotions = ESD_EMOTIONS
@@ -46,8 +46,6 @@ def _write_store(path: Path, rows: int, d_model: int, dtype: str, seed: int) -> 
 
 def _floor(path: Path, batch_size: int) -> tuple[float, int]:
     """Seconds to copy every shard's rows sequentially, batch-sized chunk by chunk, into one buffer."""
-    from emoctl.store import ActivationStore
-
     store = ActivationStore(path)
     shards = [store._shard_rows(i) for i in range(len(store.shards))]
     buffer = np.empty((batch_size, store.d_model), dtype=shards[0].dtype)
@@ -65,8 +63,6 @@ def _loader(path: Path, batch_size: int, workers: int, threads: int, max_batches
     """Seconds, rows and bytes of ``max_batches`` training batches from the data module (first batch untimed:
     it pays the worker start-up, which a training run pays once); on a GPU each batch is pinned and copied to
     it, as a training step receives it."""
-    from data_modules.activation_store import ActivationStoreDataModule
-
     data = ActivationStoreDataModule(str(path), batch_size=batch_size, val_fraction=0.02, num_workers=workers,
                                      prefetch_threads=threads, verify=False, pin_memory=device.type == "cuda")
     data.setup("fit")

@@ -33,6 +33,8 @@ import torchaudio
 from tqdm.auto import tqdm
 
 from emoctl.bench.rounds import resolve_device, sync
+from emoctl.corpus.espeak import synthesize
+from emoctl.corpus.sentences import generate_sentences
 from emoctl.errors import ConfigError
 from emoctl.probes.acoustic import measure
 
@@ -109,9 +111,6 @@ def bench_probes(n_utterances: int = 8, seconds: float = 3.0, device: str = "aut
 
 def _speech(count: int, seconds: float) -> tuple[list[np.ndarray], int]:
     """``count`` eSpeak NG clips: grammar sentences in pairs, voices and pitch settings cycled, cut to ``seconds``."""
-    from emoctl.corpus.espeak import synthesize
-    from emoctl.corpus.sentences import generate_sentences
-
     sentences = generate_sentences(2 * count, seed=7)
     clips, rate = [], 0
     for i in tqdm(range(count), desc="eSpeak NG", leave=False):

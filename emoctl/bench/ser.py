@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from emoctl.errors import ConfigError
+from emoctl.metrics.emotion2vec import Emotion2Vec
+from emoctl.metrics.emotion2vec_folder import Emotion2VecSize, write_random_emotion2vec
+from emoctl.metrics.loading import load_recognizer
 
 TABLE1_CLIPS = 216  # clips scored in README's Table 1 (reports/table1_clips.csv)
 
@@ -31,10 +34,6 @@ def bench_ser(n_clips: int = 16, seconds: float = 3.0, repeats: int = 2, emotion
     if n_clips < 1 or seconds <= 0 or repeats < 1:
         raise ConfigError(f"n_clips and repeats must be >= 1 and seconds > 0, got {n_clips}, {seconds}, {repeats}.")
     import torch
-
-    from emoctl.metrics.emotion2vec import Emotion2Vec
-    from emoctl.metrics.emotion2vec_folder import Emotion2VecSize, write_random_emotion2vec
-    from emoctl.metrics.loading import load_recognizer
 
     tmp = tempfile.TemporaryDirectory(prefix="emoctl-bench-ser-")
     folder = Path(emotion2vec_dir) if emotion2vec_dir else write_random_emotion2vec(

@@ -14,6 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from emoctl.errors import ConfigError
+from emoctl.sae.config import SAEConfig
+from emoctl.sae.topk_sae import TopKSAE
+from emoctl.sae.topk_select import topk_block_max, topk_sampled_threshold, topk_torch
 
 
 def bench_topk(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: int = 32,
@@ -32,10 +35,6 @@ def bench_topk(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: i
         warmup: Untimed repeats per row first.
         seed: Seed of the SAE and the rows.
     """
-    from emoctl.sae.config import SAEConfig
-    from emoctl.sae.topk_sae import TopKSAE
-    from emoctl.sae.topk_select import topk_block_max, topk_sampled_threshold, topk_torch
-
     blocks, strides = list(blocks or [8, 16, 32]), list(strides or [8])
     if min(batch_size, d_in, d_sae, k, repeats) < 1 or warmup < 0 or k > d_sae:
         raise ConfigError(f"bench topk: need batch_size, d_in, d_sae, k, repeats >= 1, k <= d_sae and warmup >= 0; "

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from emoctl.errors import ConfigError
+from emoctl.harvest.module import HarvestModule
 from emoctl.harvest.recorder import parse_phases
 from emoctl.harvest.session import HarvestSession
 from emoctl.store import consolidate_store
@@ -44,7 +45,6 @@ class ActivationHarvester(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "predict":
             return
-        from emoctl.harvest.module import HarvestModule
 
         if not isinstance(pl_module, HarvestModule):
             raise ConfigError(f"ActivationHarvester needs model.class_path emoctl.harvest.HarvestModule, got "

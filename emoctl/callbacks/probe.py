@@ -27,9 +27,13 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from emoctl.backbones.base import Prompt
+from emoctl.callbacks.probe_figures import f0_contour_figure, spectrogram_figure
+from emoctl.corpus.sentences import generate_sentences
 from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
+from emoctl.metrics.loading import load_recognizer
 from emoctl.metrics.ser import EmotionRecognizer
+from emoctl.probes import measure
 
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz", "duration_s")
 """Acoustic probes logged per emotion (fields of :class:`emoctl.probes.AcousticProfile`)."""
@@ -94,8 +98,6 @@ class ProbeCallback(pl.Callback):
         if not speakers or not emotions:
             raise ConfigError("ProbeCallback needs at least one speaker and one emotion.")
         if texts is None:
-            from emoctl.corpus.sentences import generate_sentences
-
             texts = generate_sentences(n_texts, text_seed)
         if not texts or any(not t.strip() for t in texts):
             raise ConfigError(f"ProbeCallback texts must be non-empty sentences, got {list(texts)!r}.")
@@ -130,14 +132,10 @@ class ProbeCallback(pl.Callback):
     # ------------------------------------------------------------- internals
     def recognizer(self) -> EmotionRecognizer:
         if self._recognizer is None:
-            from emoctl.metrics.loading import load_recognizer
-
             self._recognizer = load_recognizer(self.recognizer_kind, self.recognizer_dir)
         return self._recognizer
 
     def _probe(self, trainer: pl.Trainer, module: ProbeSynthesizer) -> None:
-        from emoctl.probes import measure
-
         rank, world = trainer.global_rank, trainer.world_size
         mine = self.items[rank::world]
         device = getattr(module, "device", torch.device("cpu"))
@@ -193,7 +191,6 @@ class ProbeCallback(pl.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
-        from emoctl.callbacks.probe_figures import f0_contour_figure, spectrogram_figure
 
         writer, step = loggers[0].experiment, trainer.global_step
         shown: list[tuple[ProbeItem, np.ndarray, int]] = []

@@ -5,6 +5,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from emoctl.probes import measure
+
 
 def f0_contour_figure(clips: Sequence[tuple[Any, np.ndarray, int]]):
     """One F0 contour per clip (label: target emotion), over time in seconds."""
@@ -12,8 +14,6 @@ def f0_contour_figure(clips: Sequence[tuple[Any, np.ndarray, int]]):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from emoctl.probes import measure
 
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
     profiles = measure([w for _, w, _ in clips], [r for _, _, r in clips]) if clips else []

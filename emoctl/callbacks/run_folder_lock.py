@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from emoctl.callbacks.export import ModelExport
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import ExclusiveLock
 from emoctl.training import run_dir
@@ -77,8 +78,6 @@ class RunFolderLock(pl.Callback):
 
 def _results_in(folder: Path, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
     """What an earlier run left in ``folder`` that a fresh fit would replace or mix with: checkpoints, exports."""
-    from emoctl.callbacks.export import ModelExport
-
     found = []
     checkpoint = trainer.checkpoint_callback
     ckpt_dir = Path(checkpoint.dirpath) if checkpoint is not None and getattr(checkpoint, "dirpath", None) \

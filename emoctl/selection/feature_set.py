@@ -16,6 +16,7 @@ from typing import Any
 
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_write_bytes
+from emoctl.io.provenance import digest_path
 
 FORMAT_NAME = "emoctl.feature_set"
 FORMAT_VERSION = 1
@@ -217,8 +218,6 @@ def check_selected_with(feature_sets: dict[str, FeatureSet] | list[FeatureSet], 
     dictionary and steer something else without a word. A set that records no digest cannot be checked, so it is
     refused too unless ``allow_unverified`` (an SAE of the same shape would take its ids silently). With
     ``d_sae`` (the SAE's width), ids outside it are refused as well."""
-    from emoctl.io.provenance import digest_path
-
     sets = list(feature_sets.values()) if isinstance(feature_sets, dict) else list(feature_sets)
     digest = None
     for fs in sets:
