@@ -13,7 +13,7 @@ import pytest
 
 from emoctl.backbones.loading import DEFAULT_MINI_TTS_DIR
 from emoctl.backbones.mini_tts.codec import SpeechCodec
-from emoctl.backbones.mini_tts.tokenize_corpus import read_wave
+from emoctl.corpus.esd import read_wave
 from emoctl.errors import ConfigError
 from emoctl.probes import measure
 from emoctl.commands.inspect import codec_roundtrip_report

@@ -33,7 +33,9 @@ from emoctl.backbones.cosyvoice_instruct.random_release import RandomReleaseSize
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.bench.rounds import equal_work_rows, resolve_device, sync
 from emoctl.corpus.sentences import generate_sentences
+from emoctl.emosteer.layer import EmoSteerConfig
 from emoctl.emosteer.module import EmoShiftModule
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 
 
@@ -64,8 +66,10 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
     start = time.perf_counter()
     size = RandomReleaseSize.full() if full_size else RandomReleaseSize.tiny()
     root = Path(release) if release else write_random_release(Path(tmp.name) / "release", size)
-    emotions = ["Neutral", "Angry", "Happy", "Sad", "Surprise"]
-    module = EmoShiftModule(BackboneSpec("cosyvoice", str(root), device), emotions=emotions, neutral="layer")
+    emotions = list(ESD_EMOTIONS)
+    width = 1024 if release else size.d  # the released CosyVoice-300M's LM is 1024 wide
+    module = EmoShiftModule(EmoSteerConfig(hidden_size=width, emotions=emotions, neutral="layer"),
+                            BackboneSpec("cosyvoice", str(root), device))
     module.to(device)
     tts = module.backbone
     built_s = time.perf_counter() - start
