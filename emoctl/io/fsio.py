@@ -33,6 +33,11 @@ def check_output_dir(path: str | Path, key: str = "out_dir") -> Path:
 
 def fsync_dir(path: Path) -> None:
     """Make renames and creations inside ``path`` durable."""
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file's contents or a folder's entries."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -137,14 +142,8 @@ def fsync_tree(root: Path) -> None:
     """fsync every file and folder under ``root`` (``root`` included), so a rename of ``root`` publishes data."""
     for folder, _, files in os.walk(root):
         for name in files:
-            path = Path(folder) / name
-            if path.is_symlink():
-                continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if not (Path(folder) / name).is_symlink():
+                _fsync(Path(folder) / name)
         fsync_dir(Path(folder))
 
 

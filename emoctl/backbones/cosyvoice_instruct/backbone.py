@@ -37,6 +37,8 @@ from emoctl.backbones.conditions import EmotionCondition, InstructText, VoiceCli
 from emoctl.backbones.cosyvoice_instruct import ras
 from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease
 from emoctl.backbones.cosyvoice_instruct.speech_models import CampPlus, OnnxSpeechTokenizer
+from emoctl.backbones.cosyvoice_instruct.vocoder import FlowHiftVocoder
+from emoctl.backbones.checkpoint_files import load_torch_file
 from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.sampling import Sampling
 from emoctl.errors import ConfigError, first_line
@@ -59,30 +61,6 @@ SAMPLE_RATE = 22050  # flow and HiFT
 _CACHE_SLOTS = 256
 
 
-def _load_state(path: Any, what: str) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors differ by damage
-        raise ConfigError(f"cannot read the {what} checkpoint {path}: {first_line(err)}. Copy it again from the "
-                          "CosyVoice-300M-Instruct release.") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path} is not a state dict of tensors (the {what} checkpoint of the release).")
-    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
-        raise ConfigError(f"{path} holds NaN or Inf weights; the file is damaged.")
-    return state
-
-
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Any) -> None:
-    """``load_state_dict(strict=True)`` with one error naming the file and the keys that do not fit."""
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise ConfigError(f"{path} does not fit the {type(module).__name__} that cosyvoice.yaml describes: "
-                          f"{' '.join(lines[1:4])[:600]}. Use the cosyvoice.yaml released with these weights."
-                          ) from None
-
-
 class CosyVoiceInstruct(Backbone):
     """CosyVoice-300M-Instruct's LLM with its text tokenizer, speech tokenizer, CAMPPlus, flow and HiFT."""
 
@@ -101,7 +79,7 @@ class CosyVoiceInstruct(Backbone):
             cfg.plan(key)
         with private_rng():
             self.llm = cfg.build("llm")  # only upstream's TransformerLM, every argument checked first
-        load_strict(self.llm, _load_state(release.path("llm.pt"), "LLM"), release.path("llm.pt"))
+        release.load_weights(self.llm, "llm.pt", "LLM")
         self.llm.eval().requires_grad_(False)
         self.upstream_sampling = self._sampling_from(cfg.sampling())
         self.text_tokenizer = cfg.text_tokenizer()
@@ -145,10 +123,7 @@ class CosyVoiceInstruct(Backbone):
 
     def _load_spk2info(self) -> dict[str, torch.Tensor]:
         path = self.release.path("spk2info.pt")
-        try:
-            info = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ConfigError(f"cannot read {path}: {first_line(err)}. Copy it again from the release.") from None
+        info = load_torch_file(path, f"cannot read {path}", "Copy it again from the release.")
         voices = {}
         for name, entry in (info.items() if isinstance(info, dict) else ()):
             embedding = entry.get("embedding") if isinstance(entry, dict) else None
@@ -373,8 +348,6 @@ class CosyVoiceInstruct(Backbone):
     @property
     def vocoder(self) -> Any:
         if self._vocoder is None:
-            from emoctl.backbones.cosyvoice_instruct.vocoder import FlowHiftVocoder
-
             self._vocoder = FlowHiftVocoder(self.release, self.device)
         return self._vocoder
 

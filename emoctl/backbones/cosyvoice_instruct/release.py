@@ -11,15 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
+
+from torch import nn
 
 from emoctl.backbones.checkpoint_files import digest_files as _digest_files
+from emoctl.backbones.checkpoint_files import load_state, load_strict
 from emoctl.backbones.cosyvoice_instruct.config import CosyVoiceConfig
 from emoctl.errors import ConfigError
 
 RELEASE_REPO = "FunAudioLLM/CosyVoice-300M-Instruct"
 RELEASE_FILES = ("cosyvoice.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v1.onnx",
                  "spk2info.pt")
+COPY_FROM_RELEASE = "Copy it again from the CosyVoice-300M-Instruct release."
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,16 @@ class CosyVoiceRelease:
     def digest(self) -> str:
         """blake2b over what the LLM's behaviour depends on (config and weights), hashed once per load."""
         return digest_files((name, self.path(name)) for name in ("cosyvoice.yaml", "llm.pt"))
+
+    def load_weights(self, module: nn.Module, name: str, what: str, rename: Mapping[str, str] | None = None) -> None:
+        """The ``what`` checkpoint ``name`` of the release (llm.pt, flow.pt, hift.pt) into ``module``: read
+        weights-only, every float finite, every key and shape as cosyvoice.yaml describes
+        (:mod:`emoctl.backbones.checkpoint_files`). ``rename`` maps a key prefix of the file to the module's."""
+        path = self.path(name)
+        state = load_state(path, what, COPY_FROM_RELEASE)
+        for old, new in (rename or {}).items():
+            state = {new + k[len(old):] if k.startswith(old) else k: v for k, v in state.items()}
+        load_strict(module, state, path, "cosyvoice.yaml", "Use the cosyvoice.yaml released with these weights.")
 
 
 def digest_files(named: Iterable[tuple[str, Path]], extra: bytes = b"") -> str:

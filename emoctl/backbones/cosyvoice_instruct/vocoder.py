@@ -20,15 +20,11 @@ class FlowHiftVocoder:
     """Upstream's flow and HiFT, built from cosyvoice.yaml and loaded strictly from flow.pt and hift.pt."""
 
     def __init__(self, release: CosyVoiceRelease, device: torch.device) -> None:
-        from emoctl.backbones.cosyvoice_instruct.backbone import _load_state, load_strict
-
         with private_rng():
             self.flow: Any = release.config.build("flow")
             self.hift: Any = release.config.build("hift")
-        load_strict(self.flow, _load_state(release.path("flow.pt"), "flow"), release.path("flow.pt"))
-        hift_state = {k.replace("generator.", "", 1) if k.startswith("generator.") else k: v
-                      for k, v in _load_state(release.path("hift.pt"), "HiFT").items()}
-        load_strict(self.hift, hift_state, release.path("hift.pt"))
+        release.load_weights(self.flow, "flow.pt", "flow")
+        release.load_weights(self.hift, "hift.pt", "HiFT", rename={"generator.": ""})  # hift.pt as released
         self.flow.to(device).eval().requires_grad_(False)
         self.hift.to(device).eval().requires_grad_(False)
         self.device = device

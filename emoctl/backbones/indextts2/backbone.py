@@ -36,6 +36,7 @@ from torch import nn
 from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
 from emoctl.backbones.conditions import EmotionClip, EmotionCondition, EmotionVector, VoiceClip
 from emoctl.backbones.hf_compat import gpt2_cache_argument
+from emoctl.backbones.checkpoint_files import load_strict, load_torch_file, refuse_non_finite_file
 from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.indextts2.features import MAX_REFERENCE_SECONDS, SemanticFeatures, SpeakerStyle
 from emoctl.backbones.indextts2.release import ReleaseFolder
@@ -121,39 +122,24 @@ class IndexTTS2(Backbone):
 
     # ------------------------------------------------------------- loading
     def _load_gpt_weights(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle, zip and torch errors differ by damage
-            raise ConfigError(f"cannot read the GPT checkpoint {path}: {first_line(err)}. Copy gpt.pth again from the "
-                              "IndexTeam/IndexTTS-2 release.") from None
+        """gpt.pth into upstream's UnifiedVoice (:mod:`emoctl.backbones.checkpoint_files`: weights-only, every key
+        and shape as config.yaml describes, every float finite)."""
+        state = load_torch_file(path, f"cannot read the GPT checkpoint {path}",
+                                "Copy gpt.pth again from the IndexTeam/IndexTTS-2 release.")
         state = state["model"] if isinstance(state, dict) and "model" in state else state
-        try:
-            result = self.gpt.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shapes that differ from config.yaml's
-            raise ConfigError(f"{path} does not fit the UnifiedVoice that config.yaml describes: "
-                              f"{str(err).splitlines()[-1].strip()}. Use the config.yaml that was released with "
-                              "this gpt.pth.") from None
-        if result.missing_keys or result.unexpected_keys:
-            raise ConfigError(
-                f"{path} does not fit the UnifiedVoice that config.yaml describes: "
-                f"{len(result.missing_keys)} missing key(s) (e.g. {result.missing_keys[:3]}), "
-                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}). Use the config.yaml "
-                "that was released with this gpt.pth.")
-        if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
-            raise ConfigError(f"{path} holds NaN or Inf weights; the file is damaged.")
+        load_strict(self.gpt, state, path, "config.yaml", "Use the config.yaml that was released with this gpt.pth.")
+        refuse_non_finite_file(state, path)
 
     @staticmethod
     def _load_table(path: Path, shape: tuple[int, int | None]) -> torch.Tensor:
-        try:
-            table = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # damaged, or a pickle that is not plain tensors
-            raise ConfigError(f"cannot read {path} as a tensor file: {first_line(err)}. Copy it again from the "
-                              "IndexTeam/IndexTTS-2 release.") from None
+        table = load_torch_file(path, f"cannot read {path} as a tensor file",
+                                "Copy it again from the IndexTeam/IndexTTS-2 release.")
         if not isinstance(table, torch.Tensor) or table.ndim != 2 or table.shape[0] != shape[0] or (
                 shape[1] is not None and table.shape[1] != shape[1]):
             got = tuple(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__
             raise ConfigError(f"{path} should be a ({shape[0]}, {shape[1] or 'd'}) tensor (one row per emotion "
                               f"entry of config.yaml's emo_num), got {got}.")
+        refuse_non_finite_file([table], path)
         return table.float()
 
     # ------------------------------------------------------------ identity
@@ -423,6 +409,10 @@ class IndexTTS2(Backbone):
         join its finished hypotheses, scored by summed log-probability / length ** length_penalty.  Every
         hypothesis carries the hooked row of each of its decode steps, so ``decode_rows`` follow the returned
         one through the reorderings."""
+        # Not shared with MiniTTS._beam_generate: this loop reproduces Hugging Face's arithmetic exactly (float32
+        # scores, the -1e9 sentinel, HF's logits processors, a generator per prompt, the max-length stop) so that
+        # it equals upstream token for token (emoctl_tests/test_backbone_contract_indextts2.py); the mini TTS
+        # scores in float64 with its own filter and one generator, and its tokens would change under this loop.
         K, (B, s) = settings.num_beams, embeds.shape[:2]
         R, V, stop = B * K, self.vocab_size, int(self.gpt.stop_mel_token)
         prefill = (mask[:, :s + 1] != 0).sum(1).tolist()

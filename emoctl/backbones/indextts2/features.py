@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from emoctl.backbones.audio_input import mono_recording, private_rng, resample
+from emoctl.backbones.checkpoint_files import load_torch_file
 from emoctl.errors import ConfigError, first_line
 
 W2V_SAMPLE_RATE = 16000
@@ -111,12 +112,13 @@ class SemanticFeatures:
             if model.config.num_hidden_layers < HIDDEN_STATE:
                 raise ConfigError(f"{self.w2v_dir} holds a w2v-BERT of {model.config.num_hidden_layers} layers; "
                                   f"IndexTTS2 reads hidden state {HIDDEN_STATE}, so it needs at least that many.")
+            cannot = f"cannot read the w2v-BERT statistics {self.stats_path} ({{'mean', 'var'}} tensors)"
+            fix = "Copy wav2vec2bert_stats.pt again from the release."
+            stats = load_torch_file(self.stats_path, cannot, fix)
             try:
-                stats = torch.load(self.stats_path, map_location="cpu", weights_only=True)
                 mean, std = stats["mean"].float(), torch.sqrt(stats["var"].float())
-            except Exception as err:  # damaged, another layout, or a pickle that is not plain tensors
-                raise ConfigError(f"cannot read the w2v-BERT statistics {self.stats_path} ({{'mean', 'var'}} "
-                                  f"tensors): {first_line(err)}. Copy wav2vec2bert_stats.pt again from the release.") from None
+            except Exception as err:  # another layout
+                raise ConfigError(f"{cannot}: {first_line(err)}. {fix}") from None
             self._loaded = (extractor, model.requires_grad_(False), mean.to(self.device), std.to(self.device))
         return self._loaded
 
@@ -157,11 +159,13 @@ class SpeakerStyle:
 
             with private_rng():
                 model = CAMPPlus(feat_dim=80, embedding_size=192)
+            cannot = f"cannot load the CAMPPlus speaker encoder {self.campplus_path}"
+            fix = "It must be campplus_cn_common.bin of funasr/campplus; copy that file there again."
+            state = load_torch_file(self.campplus_path, cannot, fix)
             try:
-                model.load_state_dict(torch.load(self.campplus_path, map_location="cpu", weights_only=True))
-            except Exception as err:  # a missing file, a damaged pickle or other keys
-                raise ConfigError(f"cannot load the CAMPPlus speaker encoder {self.campplus_path}: {first_line(err)}. It must "
-                                  "be campplus_cn_common.bin of funasr/campplus; copy that file there again.") from None
+                model.load_state_dict(state)
+            except Exception as err:  # other keys or shapes
+                raise ConfigError(f"{cannot}: {first_line(err)}. {fix}") from None
             self._model = model.eval().requires_grad_(False).to(self.device)
         return self._model
 

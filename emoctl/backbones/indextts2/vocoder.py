@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from emoctl.backbones.checkpoint_files import load_torch_file
 from emoctl.backbones.indextts2.features import (HIDDEN_STATE, MAX_REFERENCE_SECONDS, W2V_SAMPLE_RATE, private_rng,
                                                  SemanticFeatures, SpeakerStyle, check_wave, resample)
 from emoctl.backbones.indextts2.release import RELEASE_FILES, ReleaseFolder, digest_files
@@ -445,15 +446,8 @@ def _check_s2mel_checkpoint(path: Path, model: Any) -> dict[str, Any]:
            "release (its s2mel section fixes the model's shapes).")
     if not path.is_file():
         raise ConfigError(f"the IndexTTS2 s2mel checkpoint {path} is missing. {fix}")
-    state = None
-    for mmap in (True, False):  # mmap reads only the key list of a large file; old pickles need the slow path
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            break
-        except Exception as err:  # torch raises several types for truncated or foreign files
-            error = err
-    if state is None:
-        raise ConfigError(f"cannot read the IndexTTS2 s2mel checkpoint {path}: {first_line(error)}. {fix}")
+    # mmap reads only the key list of a large file; old pickles need the slow path
+    state = load_torch_file(path, f"cannot read the IndexTTS2 s2mel checkpoint {path}", fix, mmap=True)
     net = state.get("net") if isinstance(state, dict) else None
     if not isinstance(net, dict):
         raise ConfigError(f"the IndexTTS2 s2mel checkpoint {path} has no 'net' dict of module weights, so it is "

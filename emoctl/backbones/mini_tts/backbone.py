@@ -26,6 +26,7 @@ import torch
 
 from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
 from emoctl.backbones.conditions import EmotionLabel
+from emoctl.backbones.checkpoint_files import refuse_non_finite_file
 from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.sampling import Sampling
 from emoctl.backbones.mini_tts.codec import SAMPLE_RATE, SpeechCodec
@@ -320,6 +321,12 @@ class MiniTTS(Backbone):
         row remembers the hooked row of each of its decode steps, so the returned hypothesis's
         ``decode_rows`` follow its ancestry through the reorderings.
         """
+        # Not shared with IndexTTS2._beam_generate, which must equal upstream's Hugging Face beam search token for
+        # token (emoctl_tests/test_backbone_contract_indextts2.py): float32 scores with HF's -1e9 sentinel, HF's
+        # logits processors, one generator per prompt and HF's max-length stop. This one scores in float64 over
+        # the factorized (envelope, F0) vocabulary with its own top-k/top-p filter and one generator per batch.
+        # One shared loop would change either IndexTTS2's equality with upstream or the mini TTS's tokens (and
+        # every stored number computed from them).
         K, B = settings.num_beams, encoded.speaker_ids.shape[0]
         R, V1 = B * K, self.vocab_size
         budget = min(settings.max_new_tokens, self.lm.config.max_speech_tokens)
@@ -482,6 +489,7 @@ class MiniTTS(Backbone):
             state = load_file(str(weights_path))
         except (SafetensorError, OSError) as err:
             raise ConfigError(f"cannot read {weights_path} ({err}); the file is damaged, re-export the model.") from None
+        refuse_non_finite_file(state, weights_path)
         try:
             lm.load_state_dict(state, strict=True)
         except RuntimeError as err:
