@@ -573,7 +573,7 @@ class EmoShiftFitProducer(FitProducer):
             [],
             {"class_path": "emoctl.emosteer.module.EmoShiftModule",
              "init_args": {"backbone": backbone, "condition": "neutral",
-                           "layer": {"hidden_size": 192, "emotions": ["Neutral", "Angry", "Happy", "Sad", "Surprise"]},
+                           "layer": {"hidden_size": 32, "emotions": ["Neutral", "Angry", "Sad"]},  # the tiny TTS's width and emotions
                            "optimizer": {"lr": 1.0, "warmup_steps": 2}}},
             {"class_path": "data_modules.tts_corpus.TTSCorpusDataModule",
              "init_args": {"corpus_root": "esd", "codec_dir": str(self.inputs / "codec"), "batch_size": 4,

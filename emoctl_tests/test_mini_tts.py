@@ -344,7 +344,7 @@ def test_training_through_lightning_learns_emotion_dependent_tokens_and_exports(
     assert [t.tolist() for t in out.tokens] == [pattern(e).tolist() for e in range(3)]
     assert out.finished == [True, True, True]
     meta = json.loads((tmp_path / "export" / "config.json").read_text())["metadata"]
-    assert meta["training"]["global_step"] == 250 and meta["training"]["hparams"]["lr"] == 3e-3
+    assert meta["training"]["global_step"] == 250 and meta["training"]["hparams"]["optimizer"]["lr"] == 3e-3
 
 
 def test_warmup_then_cosine_and_linear_decay():
