@@ -32,7 +32,7 @@ def building(path: Path) -> Iterator[bool]:
     and then uses the store it built, rather than taking the first one's live ``.building`` folder for a crash
     leftover: the lock (``.<name>.lock`` beside the store, dropped by the OS when its holder dies) is what tells
     a live build from a dead one."""
-    lock = ExclusiveLock(path.absolute().with_name(f".{path.absolute().name}.lock"))
+    lock = ExclusiveLock.beside(path)
     if not lock.acquire():
         print(f"waiting for {lock.owner()}, which is building the store at {path}; this run uses it when done",
               file=sys.stderr, flush=True)

@@ -59,23 +59,23 @@ class Tool:
 
 TOOLS: dict[str, dict[str, Tool]] = {
     "bench": {
-        "sae": Tool("emoctl.commands.bench:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
-        "topk": Tool("emoctl.commands.bench:bench_topk", "Exact top-k of SAE pre-activations: torch.topk vs block "
+        "sae": Tool("emoctl.bench.sae:bench_sae", "Top-k SAE training step vs the bare matmul and sparsify."),
+        "topk": Tool("emoctl.bench.topk:bench_topk", "Exact top-k of SAE pre-activations: torch.topk vs block "
                      "maxima and a sampled threshold."),
-        "probes": Tool("emoctl.commands.bench:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
-        "harvest": Tool("emoctl.commands.bench:bench_harvest",
+        "probes": Tool("emoctl.bench.probes:bench_probes", "F0 tracker vs librosa.pyin and torchcrepe."),
+        "harvest": Tool("emoctl.bench.harvest:bench_harvest",
                         "Generation with the harvester vs without (mini TTS), or the IndexTTS2 adapter vs upstream."),
-        "cosyvoice": Tool("emoctl.commands.bench:bench_cosyvoice",
+        "cosyvoice": Tool("emoctl.bench.cosyvoice:bench_cosyvoice",
                           "CosyVoice adapter decoding vs upstream's loop; EmoShift step vs a frozen forward."),
-        "gpu": Tool("emoctl.commands.bench:bench_gpu",
+        "gpu": Tool("emoctl.bench.gpu:bench_gpu",
                     "The GPU checks (SAE step, loader, CosyVoice, IndexTTS2) in one run and one Markdown file."),
-        "ser": Tool("emoctl.commands.bench:bench_ser",
+        "ser": Tool("emoctl.bench.ser:bench_ser",
                     "Scoring with emotion2vec (plus_base size) vs the embedded mini SER."),
-        "ddp": Tool("emoctl.commands.bench:bench_ddp",
+        "ddp": Tool("emoctl.bench.ddp:bench_ddp",
                     "The SAE demo recipe on 1 vs 2 DDP processes (CPU, gloo): time per step and loss curves."),
-        "loader": Tool("emoctl.commands.bench:bench_loader",
+        "loader": Tool("emoctl.bench.loader:bench_loader",
                        "SAE training batches from an activation store vs a plain copy of its bytes."),
-        "fit": Tool("emoctl.commands.bench:bench_fit",
+        "fit": Tool("emoctl.bench.fit:bench_fit",
                     "SAE training end to end (emoctl fit on a synthetic store at the paper's shape): ms/step, tokens/s."),
     },
     "corpus": {

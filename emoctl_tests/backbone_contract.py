@@ -206,7 +206,7 @@ class BackboneContract:
                                                                  ) -> None:
         """Reports ask ``condition_for`` for ESD's five emotions; each answer must pass the backbone's own checks,
         and different emotions must not collapse onto one condition."""
-        from emoctl.metrics.ser import ESD_EMOTIONS
+        from emoctl.emotions import ESD_EMOTIONS
 
         conditions = [backbone.condition_for(e) for e in ESD_EMOTIONS]
         backbone.check_prompts([prompts[0].with_emotion(c) for c in conditions])

@@ -13,7 +13,7 @@ from emoctl.metrics.emotion2vec import Emotion2Vec, map_to_esd
 from emoctl.metrics.emotion2vec_folder import (Emotion2VecSize, check_feature_encoder_spec, release_config,
                                                write_random_emotion2vec)
 from emoctl.metrics.emo_sim import emo_sim_matched, emo_sim_prototype, emotion_prototypes
-from emoctl.metrics.ser import ESD_EMOTIONS
+from emoctl.emotions import ESD_EMOTIONS
 
 
 @pytest.fixture(scope="module")

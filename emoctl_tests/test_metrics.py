@@ -19,7 +19,7 @@ from emoctl.metrics.dnsmos import load_dnsmos
 from emoctl.metrics.emo_sim import emo_sim_matched, emo_sim_prototype, emotion_prototypes, ser_accuracy
 from emoctl.metrics.emotion2vec import Emotion2Vec, map_to_esd
 from emoctl.commands.evaluate import evaluate
-from emoctl.metrics.ser import ESD_EMOTIONS
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.metrics.speaker import cosine_to_centroid, load_speaker_encoder
 from emoctl.metrics.stats import mean_ci
 from emoctl.metrics.wer import corpus_wer, load_asr, normalize_text, number_to_words, word_error_rate

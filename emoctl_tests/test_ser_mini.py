@@ -19,7 +19,7 @@ from emoctl.callbacks.export import export_callbacks
 from emoctl.corpus.build import build_corpus
 from emoctl.corpus.esd import list_corpus_clips, read_wave
 from emoctl.errors import ConfigError
-from emoctl.metrics.ser import ESD_EMOTIONS
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.metrics.ser_mini import (DEFAULT_MINI_SER_DIR, LogMelConfig, MiniSER, MiniSERConfig, MiniSERNet,
                                      load_mini_ser, save_mini_ser)
 from emoctl.metrics.ser_mini_module import MiniSERModule

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from emoctl.errors import ConfigError
-from emoctl.numerics import private_rng  # noqa: F401 (re-exported: the backbones import it from here)
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from emoctl.backbones.base import Backbone, Prompt
 from emoctl.backbones.conditions import Voice, VoiceName
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
-from emoctl.evaluation.scoring import NEUTRAL
+from emoctl.emotions import NEUTRAL
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.synthesis import Clip, SamplingConfig
 

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 from emoctl.backbones.base import Backbone, Generation
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.backbones.sampling import Sampling
+from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 from emoctl.harvest.prompts import GridPrompt, PromptBatch
 
@@ -103,8 +104,6 @@ class HarvestModule(pl.LightningModule):
         """Check the data module's speakers, emotions and texts against the backbone, once, before generating."""
         if self._bound_to == id(datamodule) or not hasattr(datamodule, "bind_backbone"):
             return
-        from emoctl.metrics.ser import ESD_EMOTIONS
-
         # The grid names emotions as the corpus does (the backbone's labels, else ESD's five); the backbone
         # says how it is asked for each.
         datamodule.bind_backbone(self.backbone.speakers, self.backbone.emotions or list(ESD_EMOTIONS),

@@ -208,6 +208,13 @@ class ExclusiveLock:
         self.path = Path(path)
         self._file = None
 
+    @classmethod
+    def beside(cls, target: str | Path) -> ExclusiveLock:
+        """The lock of whatever is written at ``target``: ``.<name>.lock`` in its folder (outside ``target`` itself,
+        so renaming a finished build into place does not move the lock)."""
+        target = Path(target).absolute()
+        return cls(target.with_name(f".{target.name}.lock"))
+
     @property
     def held(self) -> bool:
         return self._file is not None

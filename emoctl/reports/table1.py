@@ -41,13 +41,13 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.cell_cache import CellCache, check_kept_blocks
 from emoctl.evaluation.paired import paired_comparisons
 from emoctl.evaluation.protocol import EvaluationProtocol
-from emoctl.evaluation.scoring import NEUTRAL, References, Scorers
+from emoctl.evaluation.scoring import References, Scorers
 from emoctl.evaluation.summary import summarize
 from emoctl.evaluation.texts import split_sentences
 from emoctl.io.fsio import check_output_dir
 from emoctl.io.provenance import collect
 from emoctl.metrics.loading import recognizer_folder
-from emoctl.metrics.ser import ESD_EMOTIONS
+from emoctl.emotions import ESD_EMOTIONS, NEUTRAL
 from emoctl.reports.table1_cells import Cell, choose_alphas, run_cells, sweep_cells
 from emoctl.reports.table1_methods import (LATENT_METHODS, METHODS, SteeringMethods, emoshift_method,
                                            method_comparisons, method_phases, variant_method)

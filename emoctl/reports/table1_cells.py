@@ -22,7 +22,8 @@ from emoctl.backbones.base import Backbone, Prompt
 from emoctl.backbones.conditions import Voice, VoiceName
 from emoctl.evaluation.alpha import choose_alpha
 from emoctl.evaluation.cell_cache import CellCache
-from emoctl.evaluation.scoring import NEUTRAL, MeasuredClips, References, Scorers, measure_clips, score_clips
+from emoctl.emotions import NEUTRAL
+from emoctl.evaluation.scoring import MeasuredClips, References, Scorers, measure_clips, score_clips
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.evaluation.summary import summarize
 from emoctl.reports.table1_methods import METHODS, SteeringMethods

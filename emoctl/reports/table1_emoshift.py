@@ -23,7 +23,8 @@ from emoctl.backbones.base import Prompt
 from emoctl.backbones.loading import BackboneSpec, load_backbone
 from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
 from emoctl.evaluation.protocol import EvaluationProtocol
-from emoctl.evaluation.scoring import NEUTRAL, References, Scorers, score_clips
+from emoctl.emotions import NEUTRAL
+from emoctl.evaluation.scoring import References, Scorers, score_clips
 from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
 from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
 from emoctl.io.provenance import collect, stamp, write_report_info

@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from emoctl.selection.feature_set import FeatureSet, SelectedFeature, feature_set_path
+from emoctl.selection.feature_set import FeatureSet, SelectedFeature
 from emoctl.selection.indicators import FiringIndicators
 from emoctl.selection.pairs import EmotionPairs
 from emoctl.selection.stats import (benjamini_hochberg, bootstrap_delta_ci, delta_scores, mcnemar_exact,
@@ -29,7 +29,7 @@ from emoctl.selection.stats import (benjamini_hochberg, bootstrap_delta_ci, delt
 
 SCORES = ("any_step", "rate", "mass")
 TESTS = {"any_step": "exact McNemar", "rate": "Wilcoxon signed-rank", "mass": "Wilcoxon signed-rank"}
-__all__ = ["SCORES", "TESTS", "feature_set_path", "safe_name", "select_one"]  # feature_set_path: its old home
+__all__ = ["SCORES", "TESTS", "safe_name", "select_one"]
 
 
 def _differences(ind: FiringIndicators, pairs: EmotionPairs, score: str, emo_bits: np.ndarray,

@@ -54,7 +54,7 @@ def write_sparse_dictionary_store(
             f"noise_std >= 0 ({noise_std}) and n_speakers > 0 ({n_speakers})."
         )
     root = Path(path)
-    lock = ExclusiveLock(root.absolute().with_name(f".{root.absolute().name}.lock"))
+    lock = ExclusiveLock.beside(root)
     if not lock.acquire():
         raise StoreError(f"another process is writing the synthetic store at {root} ({lock.owner()}); two builds "
                          f"of one store would delete each other's rows. Wait for it to finish and use its store, or "

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emoctl.backbones.audio_input import private_rng
+from emoctl.numerics import private_rng
 from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
 from emoctl.backbones.conditions import EmotionCondition, InstructText, VoiceClip, VoiceName
 from emoctl.backbones.cosyvoice_instruct import ras

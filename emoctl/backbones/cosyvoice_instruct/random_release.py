@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emoctl.backbones.audio_input import private_rng
+from emoctl.numerics import private_rng
 from emoctl.backbones.cosyvoice_instruct.config import CosyVoiceConfig
 
 SPEAKERS = ("英文女", "英文男")  # the release's English voices

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from emoctl.backbones.audio_input import private_rng
+from emoctl.numerics import private_rng
 from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease
 from emoctl.errors import ConfigError
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoctl.backbones.audio_input import mono_recording, private_rng, resample
+from emoctl.backbones.audio_input import mono_recording, resample
+from emoctl.numerics import private_rng
 from emoctl.backbones.checkpoint_files import load_torch_file
 from emoctl.errors import ConfigError, first_line
 

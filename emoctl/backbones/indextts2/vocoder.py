@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from emoctl.backbones.checkpoint_files import load_torch_file
-from emoctl.backbones.indextts2.features import (HIDDEN_STATE, MAX_REFERENCE_SECONDS, W2V_SAMPLE_RATE, private_rng,
+from emoctl.backbones.indextts2.features import (HIDDEN_STATE, MAX_REFERENCE_SECONDS, W2V_SAMPLE_RATE,
                                                  SemanticFeatures, SpeakerStyle, check_wave, resample)
 from emoctl.backbones.indextts2.release import RELEASE_FILES, ReleaseFolder, digest_files
 from emoctl.errors import ConfigError, first_line
+from emoctl.numerics import private_rng
 
 SAMPLE_RATE = 22050  # upstream's s2mel/BigVGAN rate (infer_generator's sampling_rate)
 DIFFUSION_STEPS = 25  # upstream's infer_generator constants
