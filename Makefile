@@ -122,8 +122,8 @@ bench: install indextts2 cosyvoice
 	$(EMOCTL) bench topk
 	$(EMOCTL) bench ddp --figure reports/bench_ddp.png
 
-# The GPU checks in one run (issue 17): on a GPU machine, from a fresh clone, `make bench-gpu` writes
-# reports/bench_gpu.md (about 3 min of sections on one H200, 2026-12-04: 1 min 51 s without the end-to-end
+# The GPU checks in one run: on a GPU machine, from a fresh clone, `make bench-gpu` writes
+# reports/bench_gpu.md (about 3 min of sections on one H200: 1 min 51 s without the end-to-end
 # fit, which took 71 s alone; plus the install).
 BENCH_GPU_OUT ?= reports/bench_gpu.md
 bench-gpu: install indextts2 cosyvoice

@@ -22,6 +22,9 @@ import torch
 
 from emoctl.backbones.base import Backbone
 from emoctl.errors import ConfigError
+from emoctl.backbones.cosyvoice_instruct import load_cosyvoice
+from emoctl.backbones.indextts2.backbone import load_indextts2
+from emoctl.backbones.mini_tts import MiniTTS
 
 DEFAULT_MINI_TTS_DIR = Path(__file__).resolve().parents[1] / "assets" / "mini_tts"
 """Where the trained mini TTS checkpoint is committed (``MiniTTS.save`` layout)."""
@@ -99,7 +102,6 @@ def refuse_options(kind: str, options: dict[str, Any], known: tuple[str, ...] = 
 
 
 def _load_mini_tts(path: str | None, device: torch.device, **options: Any) -> Backbone:
-    from emoctl.backbones.mini_tts import MiniTTS
 
     refuse_options("mini_tts", options)
     folder = Path(path) if path is not None else DEFAULT_MINI_TTS_DIR
@@ -117,7 +119,6 @@ register_backbone("mini_tts", _load_mini_tts, files=("config.json", "model.safet
 
 
 def _load_indextts2(path: str | None, device: torch.device, **options: Any) -> Backbone:
-    from emoctl.backbones.indextts2.backbone import load_indextts2
 
     refuse_options("indextts2", options)
     return load_indextts2(path, device)
@@ -127,7 +128,6 @@ register_backbone("indextts2", _load_indextts2, description="IndexTTS2 (github i
                   files=("config.yaml", "bpe.model", "gpt.pth", "s2mel.pth", "wav2vec2bert_stats.pt", "feat1.pt",
                          "feat2.pt", "hf_cache/"))
 def _load_cosyvoice(path: str | None, device: torch.device, **options: Any) -> Backbone:
-    from emoctl.backbones.cosyvoice_instruct import load_cosyvoice
 
     refuse_options("cosyvoice", options, ("instructions",))
     return load_cosyvoice(path, device, **options)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 import emoctl
 from emoctl.corpus.emotions import EMOTIONS, JITTER, PROFILES, utterance_prosody
-from emoctl.corpus.esd import ESD_BLOCK
+from emoctl.corpus.esd import ESD_BLOCK, esd_sentence_record
 from emoctl.corpus.espeak import SAMPLE_RATE as SOURCE_RATE
 from emoctl.corpus.espeak import espeak_ng_version, synthesize
 from emoctl.corpus.sentences import generate_sentences
@@ -82,7 +82,6 @@ def read_corpus_record(root: str | os.PathLike) -> dict:
     path = Path(root) / CORPUS_JSON
     if path.is_file():
         return json.loads(path.read_text())
-    from emoctl.corpus.esd import esd_sentence_record
 
     record = esd_sentence_record(root)
     if record is None:

@@ -16,6 +16,7 @@ from emoctl.errors import ConfigError
 from emoctl.emotions import NEUTRAL
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.synthesis import Clip, SamplingConfig
+from emoctl.emosteer import EmoSteer, steer
 
 
 @dataclass
@@ -30,7 +31,6 @@ class SteeringSetup:
     @classmethod
     def load(cls, layer_dir: str, backbone: BackboneSpec | None = None) -> SteeringSetup:
         """The layer in ``layer_dir`` on ``backbone`` (None: the default checkpoint of the layer's backbone kind)."""
-        from emoctl.emosteer import EmoSteer
 
         layer = EmoSteer.load(layer_dir)
         meta = layer.metadata
@@ -67,7 +67,6 @@ class SteeringSetup:
         The layer holds one emotion per prompt of a generation batch, so it is attached per batch
         (:func:`~emoctl.evaluation.steered.synthesize_steered`: every setting sees the same seeds).
         """
-        from emoctl.emosteer import steer
 
         def steering(batch: Sequence[Prompt], start: int):
             return steer(self.backbone, self.layer, list(mixes[start:start + len(batch)]), alpha=alpha,

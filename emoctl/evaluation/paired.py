@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from emoctl.errors import ConfigError
+from emoctl.selection.stats import benjamini_hochberg, mcnemar_exact
 
 POOLED = "all"
 
@@ -37,7 +38,6 @@ def paired_comparisons(rows: list[dict], comparisons: Sequence[tuple[str, str]],
         confidence: Coverage of the Emo-SIM interval.
         seed: Seed of the bootstrap.
     """
-    from emoctl.selection.stats import benjamini_hochberg
 
     if n_bootstrap < 1 or not 0.0 < confidence < 1.0:
         raise ConfigError(f"paired_comparisons: n_bootstrap={n_bootstrap} must be >= 1 and confidence="
@@ -77,7 +77,6 @@ def _matched(a: dict[str, dict], b: dict[str, dict]) -> tuple[list[dict], list[d
 
 
 def _compare(left: list[dict], right: list[dict], n_bootstrap: int, confidence: float, seed: int) -> dict:
-    from emoctl.selection.stats import mcnemar_exact
 
     hit_a = np.array([r["ser_hit"] for r in left], dtype=bool)
     hit_b = np.array([r["ser_hit"] for r in right], dtype=bool)

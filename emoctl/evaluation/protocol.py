@@ -17,6 +17,9 @@ from emoctl.backbones.conditions import Voice, VoiceClip, VoiceName
 from emoctl.emotions import NEUTRAL
 from emoctl.errors import ConfigError
 from emoctl.synthesis import SamplingConfig
+from emoctl.corpus.esd import open_esd
+from emoctl.corpus.references import ReferenceClips
+from emoctl.evaluation.texts import split_sentences
 
 SPLITS = ("test", "evaluation")
 
@@ -85,8 +88,6 @@ class EvaluationProtocol:
         speaker's reference clip in the corpus by emoctl's one rule (:mod:`emoctl.corpus.references`)."""
         if not clones_voices(backbone):
             return lambda speaker, text: VoiceName(speaker)
-        from emoctl.corpus.esd import open_esd
-        from emoctl.corpus.references import ReferenceClips
 
         speakers = self.voices(backbone, corpus_root)
         assert corpus_root is not None
@@ -96,7 +97,6 @@ class EvaluationProtocol:
 
     def texts(self, corpus_root: str | Path) -> tuple[list[str], dict]:
         """The protocol's sentences (``n_texts`` of ``split`` from ``text_offset``) and the corpus record."""
-        from emoctl.evaluation.texts import split_sentences
 
         texts, record = split_sentences(Path(corpus_root), self.split, self.text_offset + self.n_texts)
         texts = texts[self.text_offset:]

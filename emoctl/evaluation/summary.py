@@ -5,11 +5,11 @@ import csv
 import io
 import math
 from typing import Sequence
+from emoctl.metrics.stats import mean_ci, proportion_ci
 
 
 def summarize(rows: list[dict], metrics: Sequence[str]) -> list[dict]:
     """Mean and 95% interval of each metric per (direction, emotion, method)."""
-    from emoctl.metrics.stats import mean_ci, proportion_ci
 
     groups: dict[tuple, list[dict]] = {}
     for row in rows:

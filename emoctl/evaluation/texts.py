@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from emoctl.errors import ConfigError
+from emoctl.corpus.build import read_corpus_record
 
 
 def corpus_test_sentences(corpus_root: Path) -> tuple[list[str], dict]:
     """The corpus's test-split sentences (never seen in LM training) and its corpus.json."""
-    from emoctl.corpus.build import read_corpus_record
 
     record = read_corpus_record(corpus_root)
     splits = record["splits"]

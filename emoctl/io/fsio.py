@@ -12,12 +12,12 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from emoctl.errors import ConfigError
 
 
 def check_output_dir(path: str | Path, key: str = "out_dir") -> Path:
     """Refuse, before any work, an output folder that cannot be written: a file where it or a parent should be,
     or a folder this user may not write (the folder itself or its nearest existing parent). Creates nothing."""
-    from emoctl.errors import ConfigError
 
     target = Path(path)
     probe = target

@@ -40,6 +40,7 @@ import torch
 from emoctl.errors import ConfigError
 from emoctl.metrics.audio import prepare_clips
 from emoctl.metrics.ser import ESD_EMOTIONS, EmotionRecognizer, SERResult
+from emoctl.metrics.emotion2vec_folder import read_folder, read_weights
 
 __all__ = ["EMOTION2VEC_CLASSES", "EMOTION2VEC_TO_ESD", "Emotion2Vec", "map_to_esd"]
 
@@ -79,7 +80,6 @@ class Emotion2Vec(EmotionRecognizer):
     sample_rate = 16000
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu") -> None:
-        from emoctl.metrics.emotion2vec_folder import read_folder, read_weights
 
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from emoctl.errors import ConfigError
 from emoctl.metrics.ser import EmotionRecognizer
+from emoctl.metrics.emotion2vec import Emotion2Vec
+from emoctl.metrics.ser_mini import DEFAULT_MINI_SER_DIR, load_mini_ser
 
 RECOGNIZERS = ("mini", "emotion2vec")
 
@@ -17,14 +19,12 @@ def load_recognizer(kind: str = "mini", path: str | None = None) -> EmotionRecog
     Cached, so callbacks and reports that ask again reuse the loaded model.
     """
     if kind == "mini":
-        from emoctl.metrics.ser_mini import load_mini_ser
 
         return load_mini_ser(path)
     if kind == "emotion2vec":
         if path is None:
             raise ConfigError("recognizer 'emotion2vec' needs the folder of a local emotion2vec model "
                               "(plus_large or base), e.g. recognizer_dir: /models/emotion2vec_plus_large.")
-        from emoctl.metrics.emotion2vec import Emotion2Vec
 
         return Emotion2Vec(path)
     raise ConfigError(f"unknown recognizer {kind!r}; choose one of {', '.join(RECOGNIZERS)}.")
@@ -36,7 +36,6 @@ def recognizer_folder(kind: str, path: str | None) -> Path | None:
     if path is not None:
         return Path(path)
     if kind == "mini":
-        from emoctl.metrics.ser_mini import DEFAULT_MINI_SER_DIR
 
         return Path(DEFAULT_MINI_SER_DIR)
     return None

@@ -27,7 +27,7 @@ from emoctl.metrics.wer import FasterWhisperASR, corpus_wer, word_error_rate
 
 PROBES = ("f0_mean_hz", "rms", "duration_s")
 TOLERANCE = {"f0_mean_hz": 0.05, "rms": 0.20, "duration_s": 0.05}
-"""Largest allowed |round trip / original - 1| of an emotion's mean, per probe (issue 6, 3b)."""
+"""Largest allowed |round trip / original - 1| of an emotion's mean, per probe."""
 ORDERED_PROBES = ("f0_mean_hz", "rms")
 """Probes whose ranking of the emotions must survive the round trip."""
 

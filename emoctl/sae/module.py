@@ -24,6 +24,8 @@ from emoctl.errors import ConfigError, NonFiniteError
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.export import save_pretrained
 from emoctl.sae.topk_sae import TopKSAE
+from emoctl.io.provenance import machine, package_versions
+from emoctl.training import store_provenance
 
 NON_FINITE_CHECK_EVERY = 16
 """Steps between looks at the non-finite-loss counter (a look is one device sync; counting costs none)."""
@@ -80,8 +82,6 @@ class SAEModule(pl.LightningModule):
 
     def export(self, folder, trainer: pl.Trainer) -> None:
         """The SAE in SAELens' layout, with where its activations came from (written by ModelExport)."""
-        from emoctl.io.provenance import machine, package_versions
-        from emoctl.training import store_provenance
 
         # Where it was trained: float kernels differ by CPU, thread count and GPU, so a retrained SAE is not
         # bit-identical across machines (README, "What reproduces exactly").

@@ -35,13 +35,14 @@ from emoctl.numerics import private_rng
 from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
 from emoctl.backbones.conditions import EmotionCondition, InstructText, VoiceClip, VoiceName
 from emoctl.backbones.cosyvoice_instruct import ras
-from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease
+from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease, digest_files
 from emoctl.backbones.cosyvoice_instruct.speech_models import CampPlus, OnnxSpeechTokenizer
 from emoctl.backbones.cosyvoice_instruct.vocoder import FlowHiftVocoder
 from emoctl.backbones.checkpoint_files import load_torch_file
 from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.sampling import Sampling
 from emoctl.errors import ConfigError, first_line
+from emoctl.backbones.cosyvoice_instruct.upstream import require_cosyvoice
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,6 @@ class CosyVoiceInstruct(Backbone):
         return voices
 
     def _tokenizer_digest(self) -> str:
-        from emoctl.backbones.cosyvoice_instruct.release import digest_files
 
         return digest_files([("speech_tokenizer_v1.onnx", self.release.path("speech_tokenizer_v1.onnx"))])
 
@@ -366,7 +366,6 @@ class CosyVoiceInstruct(Backbone):
 def load_cosyvoice(path: str | None, device: torch.device, instructions: Mapping[str, str] | None = None
                    ) -> CosyVoiceInstruct:
     """``load_backbone("cosyvoice", folder)``: check the release folder, then build on ``device``."""
-    from emoctl.backbones.cosyvoice_instruct.upstream import require_cosyvoice
 
     if path is None:
         raise ConfigError("the cosyvoice backbone has no embedded default; set backbone.path to the folder of the "

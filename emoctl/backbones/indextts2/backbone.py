@@ -42,6 +42,8 @@ from emoctl.backbones.indextts2.features import MAX_REFERENCE_SECONDS, SemanticF
 from emoctl.backbones.indextts2.release import ReleaseFolder
 from emoctl.backbones.sampling import Sampling
 from emoctl.errors import ConfigError, first_line
+from emoctl.backbones.indextts2.upstream import require_indextts
+from emoctl.backbones.indextts2.vocoder import S2MelVocoder, SemanticTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,6 @@ class IndexTTS2(Backbone):
     @property
     def speech_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from emoctl.backbones.indextts2.vocoder import SemanticTokenizer
 
             self._tokenizer = SemanticTokenizer.from_release(self.release, self.device, self.features)
         return self._tokenizer
@@ -531,7 +532,6 @@ class IndexTTS2(Backbone):
     @property
     def vocoder(self) -> Any:
         if self._vocoder is None:
-            from emoctl.backbones.indextts2.vocoder import S2MelVocoder
 
             self._vocoder = S2MelVocoder(self.release, self.device, tokenizer=self.speech_tokenizer,
                                          style=self.style)
@@ -570,7 +570,6 @@ class IndexTTS2(Backbone):
 
 def load_indextts2(path: str | None, device: torch.device) -> IndexTTS2:
     """``load_backbone("indextts2", folder)``: check the release folder, then build on ``device``."""
-    from emoctl.backbones.indextts2.upstream import require_indextts
 
     if path is None:
         raise ConfigError("the indextts2 backbone has no embedded default; set backbone.path to the folder of the "

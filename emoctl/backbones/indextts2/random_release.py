@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from emoctl.backbones.indextts2.vocoder import write_random_vocoder_chain
 
 # Upstream's emotion table split (config.yaml emo_num): happy, angry, sad, afraid, disgusted, melancholic,
 # surprised, calm.
@@ -231,6 +232,5 @@ def _write_campplus(path: Path) -> None:
 def _write_vocoder_chain(root: Path, cfg: dict[str, Any]) -> None:
     """s2mel.pth, the MaskGCT semantic codec and BigVGAN (written by emoctl.backbones.indextts2.vocoder's
     counterpart below)."""
-    from emoctl.backbones.indextts2.vocoder import write_random_vocoder_chain
 
     write_random_vocoder_chain(root, cfg)
