@@ -68,7 +68,7 @@ test: install indextts2 cosyvoice
 	$(PY) -m pytest emoctl_tests -q
 
 # The docs site (mkdocs.yml, docs/) into runs/site; --strict fails on a broken link or anchor and on a page missing
-# from the nav (emoctl_tests/test_docs.py runs the same build).
+# from the nav (emoctl_tests/project/test_docs.py runs the same build).
 .PHONY: docs
 docs: install
 	$(VENV)/bin/mkdocs build --strict --site-dir runs/site
@@ -77,7 +77,7 @@ docs: install
 # at seeded random points, resumed, compared bit for bit with uninterrupted runs; exit 1 if any differs. `make test`
 # runs 3 kills each (and `EMOCTL_KILL_CAMPAIGN=1 pytest -m slow` the 20).
 kill-campaign: install
-	$(PY) -m emoctl_tests.kill_campaign --producer all --kills 20 --seed 0 --out runs/kill_campaign
+	$(PY) -m emoctl_tests.harness.kill_campaign --producer all --kills 20 --seed 0 --out runs/kill_campaign
 	cp runs/kill_campaign/kill_campaign.md docs/kill_campaign.md
 
 demo: $(SELECT)/selection.md

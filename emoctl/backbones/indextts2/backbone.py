@@ -412,7 +412,7 @@ class IndexTTS2(Backbone):
         one through the reorderings."""
         # Not shared with MiniTTS._beam_generate: this loop reproduces Hugging Face's arithmetic exactly (float32
         # scores, the -1e9 sentinel, HF's logits processors, a generator per prompt, the max-length stop) so that
-        # it equals upstream token for token (emoctl_tests/test_backbone_contract_indextts2.py); the mini TTS
+        # it equals upstream token for token (emoctl_tests/backbones/test_contract_indextts2.py); the mini TTS
         # scores in float64 with its own filter and one generator, and its tokens would change under this loop.
         K, (B, s) = settings.num_beams, embeds.shape[:2]
         R, V, stop = B * K, self.vocab_size, int(self.gpt.stop_mel_token)

@@ -322,7 +322,7 @@ class MiniTTS(Backbone):
         ``decode_rows`` follow its ancestry through the reorderings.
         """
         # Not shared with IndexTTS2._beam_generate, which must equal upstream's Hugging Face beam search token for
-        # token (emoctl_tests/test_backbone_contract_indextts2.py): float32 scores with HF's -1e9 sentinel, HF's
+        # token (emoctl_tests/backbones/test_contract_indextts2.py): float32 scores with HF's -1e9 sentinel, HF's
         # logits processors, one generator per prompt and HF's max-length stop. This one scores in float64 over
         # the factorized (envelope, F0) vocabulary with its own top-k/top-p filter and one generator per batch.
         # One shared loop would change either IndexTTS2's equality with upstream or the mini TTS's tokens (and

@@ -1,0 +1,1 @@
+"""Tests of ``emoctl.cli`` and ``emoctl.commands``: recipes, parsing, errors, DDP."""

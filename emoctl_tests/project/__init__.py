@@ -1,0 +1,1 @@
+"""Tests of the project itself: the layer order and the docs."""
