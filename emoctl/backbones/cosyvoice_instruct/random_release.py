@@ -17,6 +17,7 @@ import torch
 
 from emoctl.numerics import private_rng
 from emoctl.backbones.cosyvoice_instruct.config import CosyVoiceConfig
+from emoctl.backbones.random_weights import set_stop_logit
 
 SPEAKERS = ("英文女", "英文男")  # the release's English voices
 
@@ -208,19 +209,14 @@ def write_random_release(folder: str | Path, size: RandomReleaseSize | None = No
 
 @torch.no_grad()
 def _make_utterances_end(llm: torch.nn.Module, spread: float) -> None:
-    """Give the stop token a state-dependent logit of mean 0 and std ``spread``, so random utterances end after
-    tens of tokens (a random head almost never picks stop, and nothing about stopping could be tested)."""
+    """Give the stop token a state-dependent logit of mean 0 and std ``spread`` (see
+    :func:`emoctl.backbones.random_weights.set_stop_logit`), over the LLM's states for random speech tokens."""
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, llm.speech_token_size, (4, 64), generator=g)
     x = llm.speech_embedding(tokens)
     states, _ = llm.llm(x, torch.full((4,), 64, dtype=torch.int32))
-    states = states.reshape(-1, states.shape[-1])
-    direction = torch.randn(states.shape[-1], generator=g)
-    projection = states @ (direction / direction.norm())
-    scale = spread / projection.std()
-    stop = llm.speech_token_size
-    llm.llm_decoder.weight[stop] = direction / direction.norm() * scale
-    llm.llm_decoder.bias[stop] = -projection.mean() * scale
+    set_stop_logit(states.reshape(-1, states.shape[-1]), llm.llm_decoder.weight, llm.llm_decoder.bias,
+                   llm.speech_token_size, spread, g)
 
 
 def write_speech_tokenizer_onnx(path: Path, rng: np.random.Generator, codes: int = 4096) -> Path:

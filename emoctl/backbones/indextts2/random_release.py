@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from emoctl.backbones.indextts2.vocoder import write_random_vocoder_chain
+from emoctl.backbones.random_weights import set_stop_logit
 
 # Upstream's emotion table split (config.yaml emo_num): happy, angry, sad, afraid, disgusted, melancholic,
 # surprised, calm.
@@ -190,21 +192,13 @@ def _write_gpt(root: Path, cfg: dict[str, Any], size: RandomReleaseSize) -> None
 
 
 def _make_utterances_end(gpt: Any, spread: float = 1.8) -> None:
-    """Give the stop token a state-dependent logit of mean 0 and std ``spread``.
-
-    A random head almost never picks the stop token, so random-weight utterances would all run to the budget
-    and nothing about stopping could be tested.  The stop row becomes a random direction scaled so that its
-    logit varies across positions as much as the best other logit stands above the mean: the stop token then
-    wins at a few percent of positions, and utterances end after tens of tokens."""
+    """Give the stop token a state-dependent logit of mean 0 and std ``spread`` (see
+    :func:`emoctl.backbones.random_weights.set_stop_logit`), over the GPT's states for random mel codes."""
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, gpt.number_mel_codes - 2, (4, 64), generator=g)
     states = gpt.final_norm(gpt.gpt(inputs_embeds=gpt.mel_embedding(tokens) + gpt.mel_pos_embedding(tokens)
                                     ).last_hidden_state).reshape(-1, gpt.model_dim)
-    direction = torch.randn(gpt.model_dim, generator=g)
-    projection = states @ (direction / direction.norm())
-    scale = spread / projection.std()
-    gpt.mel_head.weight[gpt.stop_mel_token] = direction / direction.norm() * scale
-    gpt.mel_head.bias[gpt.stop_mel_token] = -projection.mean() * scale
+    set_stop_logit(states, gpt.mel_head.weight, gpt.mel_head.bias, gpt.stop_mel_token, spread, g)
 
 
 def _write_conditioning_tables(root: Path) -> None:
