@@ -242,3 +242,17 @@ class BackboneContract:
         assert again.dtype == torch.long and again.ndim == 1
         assert abs(again.numel() - tokens.numel()) <= max(2, tokens.numel() // 20), (again.numel(), tokens.numel())
         assert isinstance(backbone.tokenizer_digest, str) and backbone.tokenizer_digest
+
+    def test_token_rate_is_speech_tokens_per_second_of_vocoded_audio(self, backbone: Backbone,
+                                                                     prompts: list[Prompt], sampling: Sampling) -> None:
+        """A schedule in seconds lands on the decode step ``seconds * token_rate``: the vocoder must make
+        ``1 / token_rate`` s of audio per token (within 3% and one token), and the cap never exceeds the budget."""
+        assert isinstance(backbone.token_rate, float) and 0 < backbone.token_rate < 1000, backbone.token_rate
+        out = backbone.generate(prompts[1:2], sampling, seed=5)
+        tokens = out.tokens[0]
+        assert tokens.numel() >= 20, "need a clip long enough to measure its rate"
+        wave, rate = backbone.vocode(tokens, prompts[1])
+        per_token = wave.size / rate / tokens.numel()
+        assert abs(per_token * backbone.token_rate - 1) <= 0.03 + 1 / tokens.numel(), (per_token, backbone.token_rate)
+        assert backbone.speech_token_cap(sampling.max_new_tokens) <= sampling.max_new_tokens
+        assert max(t.numel() for t in out.tokens) <= backbone.speech_token_cap(sampling.max_new_tokens)

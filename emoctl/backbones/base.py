@@ -144,6 +144,9 @@ class Backbone(nn.Module, ABC):
     num_layers: int
     vocab_size: int
     sample_rate: int
+    token_rate: float
+    """Speech tokens per second of audio: decode step t speaks from t / token_rate s, so a schedule written in
+    seconds (emoctl.steering.schedules) maps to decode steps by it."""
     hooks: HookManager
 
     @property
@@ -215,6 +218,11 @@ class Backbone(nn.Module, ABC):
             raise ConfigError(f"{err}; sampling settings are {names}.") from None
         chosen.check(self.sampling_settings, self.kind)
         return chosen
+
+    def speech_token_cap(self, max_new_tokens: int) -> int:
+        """Most speech tokens ``generate`` makes under ``max_new_tokens``: that, or a smaller position table's
+        length.  A schedule's times past it would never be reached, so they are refused against it."""
+        return int(max_new_tokens)
 
     # -------------------------------------------------------------- actions
     @abstractmethod

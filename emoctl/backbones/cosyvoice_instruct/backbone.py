@@ -92,6 +92,9 @@ class CosyVoiceInstruct(Backbone):
         self.stop_token = int(self.llm.speech_token_size)
         self.vocab_size = self.stop_token + 1
         self.sample_rate = SAMPLE_RATE
+        # The release's own rate: its flow reads input_frame_rate speech tokens a second (50 in CosyVoice-300M's
+        # cosyvoice.yaml, the rate of speech_tokenizer_v1.onnx; CosyVoice2's 25 Hz tokens are another model).
+        self.token_rate = float(cfg.plan("flow").args["input_frame_rate"])
         hookpoints: dict[str, nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(self.llm.llm.encoders)}
         hookpoints["lm_out"] = self.llm.llm_decoder
         self.hooks = HookManager(hookpoints)

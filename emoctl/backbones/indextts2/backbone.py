@@ -56,6 +56,8 @@ DEFAULT_EMOTION_WEIGHT = 0.8
 #: upstream splits text into segments of at most this many BPE tokens; the adapter takes one segment
 MAX_TEXT_TOKENS_PER_SEGMENT = 120
 SAMPLE_RATE = 22050  # s2mel and BigVGAN
+SEMANTIC_TOKEN_RATE = 50.0  # MaskGCT codes per second: one per w2v-BERT frame (16 kHz, stride 320); s2mel makes
+# 1.72 mel frames of 256 samples at 22050 Hz of each (vocoder.CODES_TO_MEL), 50.08 codes per second of audio
 _CACHE_SLOTS = 256
 
 
@@ -110,6 +112,7 @@ class IndexTTS2(Backbone):
         self.num_layers = len(self.gpt.gpt.h)
         self.vocab_size = int(self.gpt.number_mel_codes)
         self.sample_rate = SAMPLE_RATE
+        self.token_rate = SEMANTIC_TOKEN_RATE
         self.max_text_tokens = min(int(self.gpt.max_text_tokens), MAX_TEXT_TOKENS_PER_SEGMENT)
         hookpoints: dict[str, nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(self.gpt.gpt.h)}
         hookpoints["lm_out"] = self.gpt.mel_head
@@ -355,7 +358,11 @@ class IndexTTS2(Backbone):
             return self._logits(out.last_hidden_state)[:, -1].float()
 
     def _budget(self, settings: Sampling) -> int:
-        return min(settings.max_new_tokens, int(self.gpt.max_mel_tokens))
+        return self.speech_token_cap(settings.max_new_tokens)
+
+    def speech_token_cap(self, max_new_tokens: int) -> int:
+        """``max_new_tokens``, or the GPT's mel position table (``max_mel_tokens``) where that is shorter."""
+        return min(int(max_new_tokens), int(self.gpt.max_mel_tokens))
 
     @staticmethod
     def _draw(probs: torch.Tensor, n: int, generators: list[torch.Generator] | None) -> torch.Tensor:

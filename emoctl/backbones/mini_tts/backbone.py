@@ -110,6 +110,7 @@ class MiniTTS(Backbone):
         self.vocab_size = lm.config.speech_vocab_size + 1  # logit classes: speech tokens then STOP
         self.stop_token = lm.config.stop_token
         self.sample_rate = codec.sample_rate if codec is not None else SAMPLE_RATE
+        self.token_rate = float(codec.frame_rate if codec is not None else SpeechCodec.frame_rate)  # 50: 20 ms frames
         points: dict[str, torch.nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(lm.gpt.h)}
         points["lm_out"] = lm.lm_out
         self.hooks = HookManager(points)
@@ -147,6 +148,10 @@ class MiniTTS(Backbone):
     @property
     def neutral_emotion(self) -> EmotionLabel | None:
         return EmotionLabel("Neutral") if "Neutral" in self._emotions else None
+
+    def speech_token_cap(self, max_new_tokens: int) -> int:
+        """``max_new_tokens``, or the speech position table (``max_speech_tokens``) where that is shorter."""
+        return min(int(max_new_tokens), self.lm.config.max_speech_tokens)
 
     @property
     def speech_tokenizer(self) -> SpeechCodec | None:
@@ -264,7 +269,7 @@ class MiniTTS(Backbone):
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         if settings.num_beams > 1:
             return self._beam_generate(encoded, settings, generator)
-        budget = min(settings.max_new_tokens, self.lm.config.max_speech_tokens)
+        budget = self.speech_token_cap(settings.max_new_tokens)
         B = len(prompts)
         prefix = self.lm.embed_prefix(encoded.speaker_ids, encoded.emotion_ids, encoded.text_ids, encoded.text_mask)
         mask = encoded.prefix_mask() if encoded.padded else None
@@ -329,7 +334,7 @@ class MiniTTS(Backbone):
         # every stored number computed from them).
         K, B = settings.num_beams, encoded.speaker_ids.shape[0]
         R, V1 = B * K, self.vocab_size
-        budget = min(settings.max_new_tokens, self.lm.config.max_speech_tokens)
+        budget = self.speech_token_cap(settings.max_new_tokens)
         expand = lambda t: t.repeat_interleave(K, dim=0)  # noqa: E731
         prefix = self.lm.embed_prefix(expand(encoded.speaker_ids), expand(encoded.emotion_ids),
                                       expand(encoded.text_ids), expand(encoded.text_mask))
