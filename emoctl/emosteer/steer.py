@@ -30,28 +30,43 @@ from emoctl.backbones.base import Backbone
 from emoctl.backbones.hooks import HookContext, Phase
 from emoctl.emosteer.layer import EmoSteer, EmotionMix
 from emoctl.errors import ConfigError
-from emoctl.steering.base import Alpha, Intervention, steer as attach_interventions
+from emoctl.steering.base import Alpha, Intervention, Schedule, steer as attach_interventions
+from emoctl.steering.schedules import Resolved, SegmentPlan, StepSchedule
 
 GENERATION_PHASES = (Phase.PREFILL, Phase.DECODE)
 TRAINING_PHASES = (Phase.TEACHER_FORCED,)
 
 
 class EmoSteerShift(Intervention):
-    """``h -> h + ε · α_b · Σ_e w_be · h W_e`` for prompt b's emotion mix ``emotions[b]``.
+    """``h -> h + ε · s_t · α_b · Σ_e w_be · h W_e`` for prompt b's emotion mix ``emotions[b]`` at step t.
 
-    Rows whose mix has no layer (Neutral under ``neutral: identity``) or whose α is 0 are left bit-identical.
-    Set ``record = True`` to keep the last change in ``last_shift`` (training logs its norm).
+    ``schedule`` gives the multiplier s_t of α per decode step (prefill reads step 0), as for every
+    intervention.  ``step_mixes`` instead gives one mix per decode step shared by every prompt (the last holds
+    for later steps): segments with their own emotions (:meth:`SegmentPlan.step_mixes`); then ``emotions``
+    must be None.  Rows whose mix has no layer (Neutral under ``neutral: identity``) or whose α is 0 are left
+    bit-identical.  Set ``record = True`` to keep the last change in ``last_shift`` (training logs its norm).
     """
 
-    def __init__(self, layer: EmoSteer, emotions: Sequence[EmotionMix], alpha: Alpha = 1.0, *,
+    def __init__(self, layer: EmoSteer, emotions: Sequence[EmotionMix] | None, alpha: Alpha = 1.0, *,
                  hookpoint: str = "lm_out", phases: Iterable[Phase | str] | None = GENERATION_PHASES,
-                 name: str = "") -> None:
-        if not emotions:
+                 schedule: Schedule = None, step_mixes: Sequence[EmotionMix] | None = None, name: str = "") -> None:
+        if step_mixes is not None:
+            if emotions is not None:  # one of the two would be ignored
+                raise ConfigError("EmoSteerShift takes either emotions (one mix per prompt) or step_mixes (one mix "
+                                  "per decode step, for every prompt), not both.")
+            if not step_mixes:
+                raise ConfigError("EmoSteerShift: step_mixes is empty; give one emotion mix per decode step.")
+        elif not emotions:
             raise ConfigError("EmoSteerShift needs one emotion (or mix) per prompt, got none.")
         self.layer = layer
-        self.mixes = torch.as_tensor(layer.coefficients(emotions, 1.0))  # (P, E) float32 weights w_be
-        super().__init__(hookpoint, alpha, None, phases, name or f"emosteer{list(emotions)[:3]}")
-        self._has_layer = self.mixes.ne(0).any(dim=1).double()  # (P,) 0 for identity rows
+        per_step = step_mixes is not None
+        rows = list(step_mixes if per_step else emotions)  # type: ignore[arg-type]
+        coefficients = torch.as_tensor(layer.coefficients(rows, 1.0))  # (P, E) or (S, E) float32 weights w_e
+        self.step_mixes: torch.Tensor | None = coefficients if per_step else None
+        self.mixes = None if per_step else coefficients
+        label = f"emosteer[{len(rows)} steps]" if per_step else f"emosteer{rows[:3]}"
+        super().__init__(hookpoint, alpha, schedule, phases, name or label)
+        self._has_layer = coefficients.ne(0).any(dim=1).double()  # (P,) or (S,) 0 for identity rows
         self.record = False
         self.last_shift: torch.Tensor | None = None
 
@@ -63,11 +78,20 @@ class EmoSteerShift(Intervention):
         alpha = super().row_alpha(ctx, batch)
         if alpha is None:
             return None
-        alpha = alpha * ctx.per_row(self._has_layer, batch, f"{self.name}: emotions")
+        if self.step_mixes is not None:
+            alpha = alpha * self._has_layer[min(ctx.step, len(self._has_layer) - 1)]
+        else:
+            alpha = alpha * ctx.per_row(self._has_layer, batch, f"{self.name}: emotions")
         return alpha if bool((alpha != 0).any()) else None
 
+    def _row_mixes(self, ctx: HookContext, batch: int) -> torch.Tensor:
+        """(B, E) weights of this pass: each prompt's own mix, or the decode step's mix on every row."""
+        if self.step_mixes is not None:
+            return self.step_mixes[min(ctx.step, self.step_mixes.shape[0] - 1)].expand(batch, -1)
+        return ctx.per_row(self.mixes, batch, f"{self.name}: emotions")
+
     def delta(self, x: torch.Tensor, alpha: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-        mixes = ctx.per_row(self.mixes, x.shape[0], f"{self.name}: emotions").to(x.device)  # (B, E)
+        mixes = self._row_mixes(ctx, x.shape[0]).to(x.device)  # (B, E)
         change = self.layer.config.epsilon * self.layer.shift(x, mixes * alpha.to(torch.float32)[:, None])
         if self.record:
             self.last_shift = change
@@ -75,13 +99,32 @@ class EmoSteerShift(Intervention):
 
 
 @contextmanager
-def steer(backbone: Backbone, layer: EmoSteer, emotions: Sequence[EmotionMix], alpha: Alpha = 1.0, *,
-          hookpoint: str = "lm_out", phases: Iterable[Phase | str] | None = GENERATION_PHASES
-          ) -> Iterator[EmoSteerShift]:
-    """Steer every generation inside the block: prompt b towards ``emotions[b]`` at intensity ``alpha``."""
+def steer(backbone: Backbone, layer: EmoSteer, emotions: Sequence[EmotionMix] | None, alpha: Alpha = 1.0, *,
+          hookpoint: str = "lm_out", phases: Iterable[Phase | str] | None = GENERATION_PHASES,
+          schedule: Resolved | Schedule = None) -> Iterator[EmoSteerShift]:
+    """Steer every generation inside the block: prompt b towards ``emotions[b]`` at intensity ``alpha``.
+
+    ``schedule``: a multiplier of α per decode step, or a resolved user schedule
+    (:mod:`emoctl.steering.schedules`); segments replace ``emotions`` (give None) by their per-step mix, each
+    segment's α times ``alpha``."""
     if layer.config.hidden_size != backbone.hidden_size:
         raise ConfigError(f"the EmoSteer layer is {layer.config.hidden_size} wide but the backbone's hidden size "
                           f"is {backbone.hidden_size}; it was trained on another backbone.")
-    shift = EmoSteerShift(layer, emotions, alpha, hookpoint=hookpoint, phases=phases)
+    shift = shift_for(layer, emotions, alpha, schedule, hookpoint=hookpoint, phases=phases)
     with attach_interventions(backbone, shift):
         yield shift
+
+
+def shift_for(layer: EmoSteer, emotions: Sequence[EmotionMix] | None, alpha: Alpha, schedule: Resolved | Schedule,
+              *, hookpoint: str = "lm_out", phases: Iterable[Phase | str] | None = GENERATION_PHASES
+              ) -> EmoSteerShift:
+    """The EmoSteerShift of a schedule: per-step multipliers of α, or segments as a per-step emotion mix."""
+    if isinstance(schedule, SegmentPlan):
+        if emotions is not None:
+            raise ConfigError(f"the schedule's segments name their own emotions "
+                              f"({', '.join(s.emotion for s in schedule.segments)}), so the per-prompt emotions "
+                              f"{list(emotions)[:3]} would be ignored; pass emotions=None with segments.")
+        return EmoSteerShift(layer, None, alpha, hookpoint=hookpoint, phases=phases,
+                             step_mixes=schedule.step_mixes())
+    per_step = schedule.schedule if isinstance(schedule, StepSchedule) else schedule
+    return EmoSteerShift(layer, emotions, alpha, hookpoint=hookpoint, phases=phases, schedule=per_step)

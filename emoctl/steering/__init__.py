@@ -6,7 +6,8 @@ number of interventions (several on one hookpoint are summed on the same
 input) and detaches them on exit.  ``sae_features`` edits SAE latents;
 ``directions`` adds a dense direction: the closed form of SAE steering, the
 global mean-difference baseline and the random-features baseline, all
-norm-matched so one α means one step length.
+norm-matched so one α means one step length.  ``schedules`` parses the schedules users write (a switch, a
+ramp, segments with their own emotions; times in decode steps or seconds) into per-step multipliers.
 
 Typical use::
 
@@ -23,7 +24,8 @@ from emoctl.steering.directions import (
     sae_direction,
 )
 from emoctl.steering.sae_features import SAEFeatureSteering
+from emoctl.steering.schedules import parse_schedule
 
 __all__ = ["Alpha", "DirectionSteering", "Intervention", "SAEFeatureSteering", "Schedule", "SteeringHandle",
-           "global_steering", "mean_difference_directions", "norm_matched", "random_feature_steering",
-           "sae_direction", "steer"]
+           "global_steering", "mean_difference_directions", "norm_matched", "parse_schedule",
+           "random_feature_steering", "sae_direction", "steer"]
