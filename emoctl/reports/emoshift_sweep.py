@@ -24,9 +24,8 @@ from pathlib import Path
 
 from emoctl.errors import ConfigError
 from emoctl.evaluation.alpha import choose_alpha
-from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
-from emoctl.io.fsio import atomic_write_bytes
-from emoctl.io.provenance import stamp, write_report_info
+from emoctl.evaluation.summary import format_estimate, summarize
+from emoctl.reports.report_folder import write_report_folder
 
 DEFAULT_ALPHAS = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
 UNSTEERED = "unsteered"
@@ -146,18 +145,10 @@ def sweep_figure(summary: list[dict], emotions: list[str], alphas: list[float]):
 
 def write_sweep(out: Path, summary: list[dict], rows: list[dict], info: dict, emotions: list[str],
                  record: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = stamp(sweep_markdown(summary, info, emotions), record, "emoshift_sweep_info.json")
     buffer = io.BytesIO()
     sweep_figure(summary, emotions, info["alphas"]).savefig(buffer, format="png")
-    atomic_write_bytes(out / "emoshift_sweep_clips.csv", csv_bytes(rows))
-    atomic_write_bytes(out / "emoshift_sweep.csv", csv_bytes(summary))
-    atomic_write_bytes(out / "emoshift_sweep.png", buffer.getvalue())
-    atomic_write_bytes(out / "emoshift_sweep.md", markdown.encode())
-    write_report_info(out / "emoshift_sweep_info.json", info, record,
-                      [out / "emoshift_sweep.csv", out / "emoshift_sweep_clips.csv"])
-    print(markdown)
-    print(f"written to {out}/ (emoshift_sweep.md, .csv, .png, emoshift_sweep_clips.csv, _info.json)")
+    write_report_folder(out, "emoshift_sweep", sweep_markdown(summary, info, emotions), summary, rows, info, record,
+                        {"emoshift_sweep.png": buffer.getvalue()})
 
 
 # ------------------------------------------------------------------------------------------ compound emotions
@@ -195,12 +186,5 @@ def compound_markdown(summary: list[dict], info: dict, mixtures: list[dict[str, 
 
 def write_compound(out: Path, summary: list[dict], rows: list[dict], info: dict, mixtures: list[dict[str, float]],
                     components: list[str], record: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = stamp(compound_markdown(summary, info, mixtures, components), record, "emoshift_compound_info.json")
-    atomic_write_bytes(out / "emoshift_compound_clips.csv", csv_bytes(rows))
-    atomic_write_bytes(out / "emoshift_compound.csv", csv_bytes(summary))
-    atomic_write_bytes(out / "emoshift_compound.md", markdown.encode())
-    write_report_info(out / "emoshift_compound_info.json", info, record,
-                      [out / "emoshift_compound.csv", out / "emoshift_compound_clips.csv"])
-    print(markdown)
-    print(f"written to {out}/ (emoshift_compound.md, .csv, emoshift_compound_clips.csv, _info.json)")
+    write_report_folder(out, "emoshift_compound", compound_markdown(summary, info, mixtures, components), summary,
+                        rows, info, record)

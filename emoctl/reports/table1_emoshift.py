@@ -25,12 +25,13 @@ from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.emotions import NEUTRAL
 from emoctl.evaluation.scoring import References, Scorers, score_clips
-from emoctl.evaluation.summary import csv_bytes, format_estimate, summarize
+from emoctl.evaluation.summary import format_estimate, summarize
 from emoctl.reports.emoshift_sweep import best_alpha, read_summary_csv
-from emoctl.io.provenance import collect, stamp, write_report_info
+from emoctl.reports.report_folder import write_report_folder
+from emoctl.io.provenance import collect
 from emoctl.metrics.loading import recognizer_folder
 from emoctl.synthesis import synthesize
-from emoctl.io.fsio import atomic_write_bytes, check_output_dir
+from emoctl.io.fsio import check_output_dir
 
 METRICS = ["ser_hit", "p_target", "wer", "spk_sim", "dnsmos_ovrl", "finished"]
 
@@ -151,12 +152,5 @@ def table_markdown(summary: list[dict], info: dict, jobs: list[tuple], emotions:
 
 def _write(out: Path, summary: list[dict], rows: list[dict], info: dict, jobs: list[tuple],
            emotions: list[str], record: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = stamp(table_markdown(summary, info, jobs, emotions), record, "table1_emoshift_info.json")
-    atomic_write_bytes(out / "table1_emoshift_clips.csv", csv_bytes(rows))
-    atomic_write_bytes(out / "table1_emoshift.csv", csv_bytes(summary))
-    atomic_write_bytes(out / "table1_emoshift.md", markdown.encode())
-    write_report_info(out / "table1_emoshift_info.json", info, record,
-                      [out / "table1_emoshift.csv", out / "table1_emoshift_clips.csv"])
-    print(markdown)
-    print(f"written to {out}/ (table1_emoshift.md, .csv, _clips.csv, _info.json)")
+    write_report_folder(out, "table1_emoshift", table_markdown(summary, info, jobs, emotions), summary, rows, info,
+                        record)
