@@ -39,6 +39,7 @@ from emoctl.corpus.esd import FLAT_SPLIT, EsdUtterance, check_emotions, open_esd
 from emoctl.corpus.references import ReferenceClips
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_folder
+from emoctl.store.sampler import ResumableBatchSampler
 
 __all__ = ["CodecFit", "LengthBucketSampler", "TTSBatch", "TTSCorpusDataModule", "TTSItems", "collate",
            "read_transcripts"]
@@ -89,7 +90,7 @@ def collate(prompts: Sequence[Prompt], tokens: Sequence[torch.Tensor]) -> TTSBat
     return TTSBatch(list(prompts), speech, lengths)
 
 
-class LengthBucketSampler:
+class LengthBucketSampler(ResumableBatchSampler):
     """Yields index arrays, one per batch: similar lengths together, random batch order, a share per rank.
 
     Each epoch the utterances are shuffled, cut into windows of ``bucket_batches``
@@ -103,24 +104,10 @@ class LengthBucketSampler:
                  world_size: int = 1, bucket_batches: int = 50, drop_last: bool = True) -> None:
         if batch_size < 1 or bucket_batches < 1:
             raise ConfigError(f"batch_size and bucket_batches must be >= 1, got {batch_size} and {bucket_batches}.")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}.")
+        super().__init__(seed, rank, world_size)
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
+        self.batch_size, self.shuffle = batch_size, shuffle
         self.bucket_batches, self.drop_last = bucket_batches, drop_last
-        self.epoch = 0
-        self._skip = 0  # batches the next pass leaves out (resume_after)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume_after(self, batches: int) -> None:
-        """Make the next pass start after its first ``batches`` batches: a run resumed mid-epoch then sees the
-        batches an uninterrupted one would (the same order, nothing repeated); later passes start at 0."""
-        if batches < 0:
-            raise ConfigError(f"resume_after needs batches >= 0, got {batches}.")
-        self._skip = batches
 
     def _all_batches(self) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -139,7 +126,7 @@ class LengthBucketSampler:
         return batches[:len(batches) // self.world_size * self.world_size]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        skip, self._skip = self._skip, 0
+        skip = self._take_skip()
         yield from self._all_batches()[self.rank::self.world_size][skip:]
 
     def __len__(self) -> int:

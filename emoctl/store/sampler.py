@@ -20,7 +20,40 @@ import numpy as np
 from emoctl.errors import ConfigError
 
 
-class ShuffledBatchSampler:
+class ResumableBatchSampler:
+    """What emoctl's batch samplers share: each rank's share of an order fixed by (seed, epoch), the epoch set by
+    Lightning's ``set_epoch``, and ``resume_after`` so a run resumed mid-epoch sees what an uninterrupted one would.
+
+    A subclass checks its own settings, calls ``super().__init__``, and starts each pass with :meth:`_take_skip`.
+    """
+
+    def __init__(self, seed: int, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}.")
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._skip = 0  # batches the next pass leaves out (resume_after)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at each epoch start; the order depends on (seed, epoch)."""
+        self.epoch = epoch
+
+    def resume_after(self, batches: int) -> None:
+        """Make the next pass start after its first ``batches`` batches: a run resumed mid-epoch then sees the
+        batches an uninterrupted one would (the same order, nothing repeated); later passes start at 0."""
+        if batches < 0:
+            raise ConfigError(f"resume_after needs batches >= 0, got {batches}.")
+        self._skip = batches
+
+    def _take_skip(self) -> int:
+        """The batches this pass leaves out, once: the next pass starts at 0 again."""
+        skip, self._skip = self._skip, 0
+        return skip
+
+
+class ShuffledBatchSampler(ResumableBatchSampler):
     """Yields sorted int64 arrays of global row indices, one array per batch."""
 
     def __init__(
@@ -51,29 +84,12 @@ class ShuffledBatchSampler:
         if batch_size <= 0 or window_rows <= 0 or (block_rows is not None and block_rows <= 0):
             raise ConfigError(f"batch_size, window_rows and block_rows must be positive, got "
                               f"{batch_size}, {window_rows}, {block_rows}.")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}.")
+        super().__init__(seed, rank, world_size)
         self.rows = np.sort(np.asarray(rows, dtype=np.int64).reshape(-1))  # sorted: blocks are contiguous on disk
         self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.block_rows = block_rows or max(1, window_rows // 64)
         self.blocks_per_window = max(1, window_rows // self.block_rows)
         self.drop_last = drop_last
-        self.epoch = 0
-        self._skip = 0  # batches the next pass leaves out (resume_after)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at each epoch start; the order depends on (seed, epoch)."""
-        self.epoch = epoch
-
-    def resume_after(self, batches: int) -> None:
-        """Make the next pass start after its first ``batches`` batches: a run resumed mid-epoch then sees the
-        rows an uninterrupted one would (the same order, nothing repeated); later passes start at 0."""
-        if batches < 0:
-            raise ConfigError(f"resume_after needs batches >= 0, got {batches}.")
-        self._skip = batches
 
     @property
     def _rows_per_step(self) -> int:
@@ -101,7 +117,7 @@ class ShuffledBatchSampler:
             yield positions[rng.permutation(len(positions))]
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        skip, self._skip = self._skip, 0
+        skip = self._take_skip()
         for i, batch in enumerate(self._batches()):
             if i >= skip:
                 yield batch
