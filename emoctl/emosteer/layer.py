@@ -33,6 +33,7 @@ from torch import nn
 from emoctl.emotions import ESD_EMOTIONS, NEUTRAL
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_folder
+from emoctl.io.formats import read_versioned_json
 from emoctl.numerics import refuse_non_finite_weights
 
 FORMAT_NAME = "emoctl.emosteer"
@@ -183,12 +184,10 @@ class EmoSteer(nn.Module):
             if not path.is_file():
                 raise ConfigError(f"no EmoSteer layer at {folder}: {path.name} is missing (a layer folder holds "
                                   f"{CONFIG_FILE} and {WEIGHTS_FILE}, written by EmoSteer.save or EmoShiftModule).")
+        record = read_versioned_json(config_path, FORMAT_NAME, FORMAT_VERSION, "re-export the layer")
         try:
-            record = json.loads(config_path.read_text())
-            if record.get("format") != FORMAT_NAME or record.get("version") != FORMAT_VERSION:
-                raise ConfigError(f"{config_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file.")
             layer = cls(EmoSteerConfig(**record["config"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (KeyError, TypeError) as err:
             raise ConfigError(f"{config_path} is malformed ({err}); re-export the layer.") from None
         try:
             state = load_file(str(weights_path))

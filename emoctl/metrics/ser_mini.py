@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_folder
+from emoctl.io.formats import read_versioned_json
 from emoctl.metrics.ser import EmotionRecognizer, SERResult
 
 __all__ = ["DEFAULT_MINI_SER_DIR", "LogMelConfig", "MiniSER", "MiniSERConfig", "MiniSERNet", "load_mini_ser",
@@ -345,10 +346,7 @@ def load_mini_ser(path: str | os.PathLike | None = None, *, device: str | torch.
         raise ConfigError(f"No mini SER checkpoint in {directory}: expected {CONFIG_FILE} and {WEIGHTS_FILE}. "
                           "Train one with `make ser-mini` (emoctl fit --config recipes/ser_mini.yaml) or pass the "
                           "folder it exported.")
-    config = json.loads(config_path.read_text())
-    if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
-        raise ConfigError(f"{config_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file (format="
-                          f"{config.get('format')!r}, version={config.get('version')!r}); retrain or re-export it.")
+    config = read_versioned_json(config_path, FORMAT_NAME, FORMAT_VERSION, "retrain or re-export it")
     net = MiniSERNet(MiniSERConfig.from_dict(config["model"]))
     try:
         net.load_state_dict(load_file(str(weights_path)), strict=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_write_bytes
+from emoctl.io.formats import read_versioned_json
 from emoctl.io.provenance import digest_path
 
 FORMAT_NAME = "emoctl.feature_set"
@@ -99,17 +100,7 @@ class FeatureSet:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no feature-set file at {path}; `emoctl select` writes features_<emotion>.json.")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON ({err}); rerun `emoctl select`.") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} holds a JSON {type(raw).__name__}, not a {FORMAT_NAME} object; rerun "
-                              f"`emoctl select`.")
-        if raw.get("format") != FORMAT_NAME or raw.get("version") != FORMAT_VERSION:
-            raise ConfigError(f"{path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file (format="
-                              f"{raw.get('format')!r}, version={raw.get('version')!r}).")
-        return _parse(raw, path)
+        return _parse(read_versioned_json(path, FORMAT_NAME, FORMAT_VERSION, "rerun `emoctl select`"), path)
 
 
 def feature_file_name(emotion: str) -> str:

@@ -34,6 +34,7 @@ from emoctl.backbones.mini_tts.lm import IGNORE_INDEX, MiniTTSConfig, MiniTTSLM
 from emoctl.backbones.mini_tts.text import PAD_ID, TextTokenizer, tokenizer_from_config
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_folder
+from emoctl.io.formats import read_versioned_json
 
 FORMAT_NAME = "emoctl.mini_tts"
 FORMAT_VERSION = 1
@@ -475,13 +476,7 @@ class MiniTTS(Backbone):
             if not path.is_file():
                 raise ConfigError(f"MiniTTS checkpoint {folder} lacks {path.name}; it needs {CONFIG_FILE} and "
                                   f"{WEIGHTS_FILE} (written by MiniTTS.save). Re-export the model.")
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{config_path} is not valid JSON ({err}); re-export the model.") from None
-        if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
-            raise ConfigError(f"{config_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file (format="
-                              f"{config.get('format')!r}, version={config.get('version')!r}).")
+        config = read_versioned_json(config_path, FORMAT_NAME, FORMAT_VERSION, "re-export the model")
         try:
             model_config = MiniTTSConfig(**config["model"])
             tokenizer = tokenizer_from_config(config["text_tokenizer"])

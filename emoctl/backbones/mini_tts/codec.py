@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from emoctl.backbones.mini_tts.kmeans import kmeans, nearest_centroid
 from emoctl.errors import ConfigError
+from emoctl.io.formats import read_versioned_json
 
 SAMPLE_RATE = 16000
 FRAME_PERIOD_MS = 20.0
@@ -484,10 +485,7 @@ class SpeechCodec:
         if not config_path.is_file() or not tensor_path.is_file():
             raise ConfigError(f"No speech codec in {directory}: expected {CONFIG_FILE} and {TENSOR_FILE} there. "
                               "Fit one with SpeechCodec.fit(...) and save it with codec.save(directory).")
-        config = json.loads(config_path.read_text())
-        if config.get("format") != FORMAT_NAME or config.get("version") != FORMAT_VERSION:
-            raise ConfigError(f"{config_path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file "
-                              f"(format={config.get('format')!r}, version={config.get('version')!r}); refit the codec.")
+        config = read_versioned_json(config_path, FORMAT_NAME, FORMAT_VERSION, "refit the codec")
         if config.get("analysis") != _analysis_settings():
             raise ConfigError(f"{config_path} was fitted with analysis settings {config.get('analysis')}, but this "
                               f"version of emoctl analyses audio with {_analysis_settings()}, so its tokens would "
