@@ -15,7 +15,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,6 +34,7 @@ from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import FeatureSet, check_selected_with, feature_set_path
 from emoctl.steering.base import steer
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, SAEFeatureSteering, latent_alpha_ok
+from emoctl.steering.schedules import parse_step_schedule
 from emoctl.synthesis import SamplingConfig, synthesize
 
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz", "duration_s")
@@ -55,7 +56,7 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
                        prompt_emotion: str = "Neutral", seed: int = 0, temperature: float = 1.0,
                        top_k: int | None = None, max_new_tokens: int = 400, batch_size: int = 10,
                        n_bootstrap: int = 2000, progress: bool = True, corpus_root: str | None = None,
-                       allow_unverified_features: bool = False) -> list[dict]:
+                       allow_unverified_features: bool = False, schedule: dict[str, Any] | None = None) -> list[dict]:
     """Steer each selected feature alone and report ΔF0, ΔRMS, Δcentroid and Δduration with CIs and p-values.
 
     Args:
@@ -84,6 +85,8 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
             (IndexTTS2); unused by backbones that know their voices by name.
         allow_unverified_features: Apply feature sets that record no SAE digest (nothing then shows that their
             latent ids index this SAE); without it they are refused.
+        schedule: α's multiplier over each clip's decode steps, a switch or a ramp (docs/commands.md,
+            Schedules), e.g. {"switch": {"at_s": 0.5}}; None: every step at α. Recorded in attribution_info.json.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     bad = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (
@@ -100,6 +103,7 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
     ) if not ok]
     if bad:
         raise ConfigError("emoctl attribute: " + "; ".join(bad) + ".")
+    schedule_spec = parse_step_schedule(schedule, "emoctl attribute")
     # Everything read from files is checked before the backbone loads or anything is generated.
     sets = _feature_sets(Path(selection), emotions)
     sae_model = load_pretrained(sae, device=backbone.device)
@@ -109,6 +113,7 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
     if unknown:
         raise ConfigError(f"alphas names emotions {unknown} that have no feature set in {selection}.")
     model = backbone.load()
+    steps = schedule_spec.resolve_for(model, max_new_tokens) if schedule_spec is not None else None
     texts = list(texts) if texts else generate_sentences(n_texts, seed=1234)
     if clones_voices(model):
         if corpus_root is None:
@@ -133,7 +138,8 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
     rows: list[dict] = []
     for emotion, fid in runs:
         strength = float(alphas.get(emotion, alpha))
-        with steer(model, SAEFeatureSteering(sae_model, [fid], strength, mode=mode)):
+        with steer(model, SAEFeatureSteering(sae_model, [fid], strength, mode=mode,
+                                             schedule=steps.schedule if steps is not None else None)):
             steered = synthesize_profiles(model, prompts, **gen)
         for comparison in compare_profiles(base, steered, PROBES, n_bootstrap=n_bootstrap, seed=seed):
             rows.append({"emotion": emotion, "feature": fid, "alpha": strength, "mode": mode, **comparison.to_row()})
@@ -146,13 +152,15 @@ def attribute_features(sae: str, selection: str, out_dir: str, backbone: Backbon
                      protocol={"texts": texts, "speakers": speakers, "prompt_emotion": prompt_emotion, "m": m,
                                "alpha": alpha, "alphas": alphas, "mode": mode, "temperature": temperature,
                                "top_k": top_k, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                               "n_bootstrap": n_bootstrap})
+                               "n_bootstrap": n_bootstrap,
+                               "schedule": schedule_spec.spec if schedule_spec is not None else None})
     _write_csv(out / "attribution.csv", rows)
     markdown = stamp(_markdown(rows, len(prompts), prompt_emotion), record, "attribution_info.json")
     atomic_write_bytes(out / "attribution.md", markdown.encode())
     _plot(out / "attribution.png", rows)
-    write_report_info(out / "attribution_info.json", {"features": [[e, f] for e, f in runs]}, record,
-                      [out / "attribution.csv"])
+    write_report_info(out / "attribution_info.json",
+                      {"features": [[e, f] for e, f in runs],
+                       "schedule": steps.record() if steps is not None else None}, record, [out / "attribution.csv"])
     print(f"wrote attribution.md, attribution.csv and attribution.png for {len(runs)} features to {out}")
     return rows
 

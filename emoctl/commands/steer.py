@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from emoctl.backbones.base import Prompt
 from emoctl.backbones.loading import BackboneSpec
@@ -18,12 +19,14 @@ from emoctl.metrics.loading import load_recognizer, recognizer_folder
 from emoctl.probes import measure
 from emoctl.reports.emoshift_sweep import (COMPOUND_PROBES, DEFAULT_ALPHAS, DEFAULT_MIXTURES, UNSTEERED, alpha_label,
                                            mix_label, sweep_summary, write_compound, write_sweep)
+from emoctl.steering.schedules import ScheduleSpec, StepSchedule, parse_step_schedule
 
 
 def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root: str = "runs/corpus/esd_espeak",
                    out_dir: str = "reports/emoshift_sweep", alphas: list[float] | None = None,
                    emotions: list[str] | None = None, protocol: EvaluationProtocol = EvaluationProtocol(n_texts=3),
-                   recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
+                   recognizer: str = "mini", recognizer_dir: str | None = None,
+                   schedule: dict[str, Any] | None = None, progress: bool = True) -> list[dict]:
     """Sweep EmoShift's intensity α over a trained layer: SER accuracy per emotion and overall, WER, SpkSIM.
 
     Args:
@@ -36,17 +39,21 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
         protocol: Speakers, sentences, reference clips, seed and sampling (the same for every α).
         recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
         recognizer_dir: Recognizer folder; None for the embedded default.
+        schedule: α's multiplier over each clip's decode steps, a switch or a ramp (docs/commands.md,
+            Schedules), e.g. {"switch": {"at_s": 0.5}}; None: every step at α. Recorded in the info file.
         progress: Show progress bars.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from tqdm.auto import tqdm
 
+    schedule_spec = parse_step_schedule(schedule, "emoctl steer emoshift")
     alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
     if not alphas or any(a < 0 or not math.isfinite(a) for a in alphas):  # an empty sweep measures nothing
         raise ConfigError(f"alphas must be a non-empty list of finite values >= 0 (EmoShift's intensity), got "
                           f"{alphas}.")
     root = Path(corpus_root)
     setup = SteeringSetup.load(layer, backbone)
+    steps = _resolved(schedule_spec, setup, protocol)
     emotions = setup.targets(emotions)
     speakers, voice = protocol.voices(setup.backbone, root), protocol.voice_for(setup.backbone, root)
     texts, record = protocol.texts(root)
@@ -56,7 +63,7 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
     prompts, targets = target_prompts(setup, emotions, texts, speakers, "sweep", voice)
     rows: list[dict] = []
     for alpha in tqdm([None, *alphas], desc="EmoShift α sweep", unit="α", disable=not progress):
-        clips = setup.synthesize(prompts, targets, alpha, protocol.seed, protocol.sampling)
+        clips = setup.synthesize(prompts, targets, alpha, protocol.seed, protocol.sampling, steps)
         for row in score_clips(clips, targets, scorers, refs):
             rows.append({"direction": "induction", "emotion": row["target"], "method": alpha_label(alpha),
                          "alpha": 0.0 if alpha is None else alpha, **row})
@@ -64,11 +71,13 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
     info = {"layer": layer, "backbone": setup.backbone.backbone_id, "condition": setup.condition,
             "rank": setup.layer.config.rank, "recognizer": getattr(scorers.recognizer, "name", recognizer),
             "speakers": speakers, "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
-            "alphas": alphas, "max_new_tokens": protocol.sampling.max_new_tokens, "protocol": protocol.describe()}
+            "alphas": alphas, "max_new_tokens": protocol.sampling.max_new_tokens, "protocol": protocol.describe(),
+            "schedule": steps.record() if steps is not None else None}
     record = collect(backbone=setup.backbone, paths={"layer": layer}, corpus=corpus_root,
                      recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)),
                      seeds={"sampling": protocol.seed}, protocol={**protocol.describe(), "alphas": alphas,
-                                                                  "emotions": emotions})
+                                                                  "emotions": emotions,
+                                                                  "schedule": getattr(schedule_spec, "spec", None)})
     write_sweep(Path(out_dir), summary, rows, info, emotions, record)
     return summary
 
@@ -76,7 +85,8 @@ def emoshift_sweep(layer: str, backbone: BackboneSpec | None = None, corpus_root
 def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_root: str = "runs/corpus/esd_espeak",
                       out_dir: str = "reports/emoshift_compound", mixtures: list[dict[str, float]] | None = None,
                       alpha: float = 2.0, protocol: EvaluationProtocol = EvaluationProtocol(n_texts=3),
-                      recognizer: str = "mini", recognizer_dir: str | None = None, progress: bool = True) -> list[dict]:
+                      recognizer: str = "mini", recognizer_dir: str | None = None,
+                      schedule: dict[str, Any] | None = None, progress: bool = True) -> list[dict]:
     """Compound emotions: weighted mixtures of two layers' shifts against each pure emotion and unsteered.
 
     Args:
@@ -89,11 +99,14 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
         protocol: Speakers, sentences, seed and sampling (the same for every setting).
         recognizer: "mini" (embedded) or "emotion2vec" (needs recognizer_dir).
         recognizer_dir: Recognizer folder; None for the embedded default.
+        schedule: α's multiplier over each clip's decode steps, a switch or a ramp (docs/commands.md,
+            Schedules); None: every step at α. Recorded in the info file.
         progress: Show progress bars.
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from tqdm.auto import tqdm
 
+    schedule_spec = parse_step_schedule(schedule, "emoctl steer compound")
     mixtures = [dict(m) for m in (DEFAULT_MIXTURES if mixtures is None else mixtures)]
     if not mixtures or not math.isfinite(alpha) or alpha < 0:  # before loading anything: nothing to compare
         raise ConfigError(f"need at least one mixture and a finite alpha >= 0, got mixtures={mixtures}, "
@@ -103,6 +116,7 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
             raise ConfigError(f"each mixture needs emotions with finite weights >= 0 and a positive sum, got "
                               f"mixtures={mixtures}.")
     setup = SteeringSetup.load(layer, backbone)
+    steps = _resolved(schedule_spec, setup, protocol)
     for mix in mixtures:
         setup.targets(list(mix))
     speakers, voice = protocol.voices(setup.backbone, corpus_root), protocol.voice_for(setup.backbone, corpus_root)
@@ -120,7 +134,7 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
     rows: list[dict] = []
     for label, mix in tqdm(settings, desc="EmoShift compound", unit="setting", disable=not progress):
         clips = setup.synthesize(prompts, [mix] * len(prompts) if mix else None, None if mix is None else alpha,
-                                 protocol.seed, protocol.sampling)
+                                 protocol.seed, protocol.sampling, steps)
         waves, rates = [c.wave for c in clips], [c.sample_rate for c in clips]
         ser = recognizer_model(waves, rates)
         predicted = ser.predicted()
@@ -136,10 +150,21 @@ def emoshift_compound(layer: str, backbone: BackboneSpec | None = None, corpus_r
     summary = summarize(rows, metrics)
     info = {"layer": layer, "backbone": setup.backbone.backbone_id, "alpha": alpha, "speakers": speakers,
             "n_texts": len(texts), "split": protocol.split, "seed": protocol.seed,
-            "recognizer": getattr(recognizer_model, "name", recognizer), "protocol": protocol.describe()}
+            "recognizer": getattr(recognizer_model, "name", recognizer), "protocol": protocol.describe(),
+            "schedule": steps.record() if steps is not None else None}
     record = collect(backbone=setup.backbone, paths={"layer": layer}, corpus=corpus_root,
                      recognizer=(recognizer, recognizer_folder(recognizer, recognizer_dir)),
                      seeds={"sampling": protocol.seed}, protocol={**protocol.describe(), "alpha": alpha,
-                                                                  "mixtures": mixtures})
+                                                                  "mixtures": mixtures,
+                                                                  "schedule": getattr(schedule_spec, "spec", None)})
     write_compound(Path(out_dir), summary, rows, info, mixtures, components, record)
     return summary
+
+
+def _resolved(spec: ScheduleSpec | None, setup: SteeringSetup, protocol: EvaluationProtocol) -> StepSchedule | None:
+    """The schedule on the layer's backbone and the protocol's budget, checked before anything is generated."""
+    if spec is None:
+        return None
+    steps = spec.resolve_for(setup.backbone, protocol.sampling.max_new_tokens)
+    assert isinstance(steps, StepSchedule)  # parse_step_schedule refused segments
+    return steps

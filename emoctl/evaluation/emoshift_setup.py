@@ -15,6 +15,7 @@ from emoctl.backbones.loading import BackboneSpec
 from emoctl.errors import ConfigError
 from emoctl.emotions import NEUTRAL
 from emoctl.evaluation.steered import synthesize_steered
+from emoctl.steering.schedules import StepSchedule
 from emoctl.synthesis import Clip, SamplingConfig
 from emoctl.emosteer import EmoSteer, steer
 
@@ -61,8 +62,9 @@ class SteeringSetup:
         return NEUTRAL if self.condition == "neutral" else target
 
     def synthesize(self, prompts: list[Prompt], mixes: Sequence[Any] | None, alpha: float | None, seed: int,
-                   sampling: SamplingConfig) -> list[Clip]:
-        """Speak ``prompts``; ``alpha`` None: no hook at all (unsteered), else the layer toward ``mixes`` at α.
+                   sampling: SamplingConfig, schedule: StepSchedule | None = None) -> list[Clip]:
+        """Speak ``prompts``; ``alpha`` None: no hook at all (unsteered), else the layer toward ``mixes`` at α
+        (times ``schedule``'s multiplier at each decode step, when given).
 
         The layer holds one emotion per prompt of a generation batch, so it is attached per batch
         (:func:`~emoctl.evaluation.steered.synthesize_steered`: every setting sees the same seeds).
@@ -70,7 +72,7 @@ class SteeringSetup:
 
         def steering(batch: Sequence[Prompt], start: int):
             return steer(self.backbone, self.layer, list(mixes[start:start + len(batch)]), alpha=alpha,
-                         hookpoint=self.hookpoint)
+                         hookpoint=self.hookpoint, schedule=schedule)
 
         return synthesize_steered(self.backbone, prompts, None if alpha is None else steering, seed, sampling)
 
