@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import traceback
@@ -35,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm line
 ERROR_START = re.compile(r"emoctl [a-z]+( [a-z0-9]+)?: error:(?=\s|$)")  # how emoctl.cli starts an error paragraph
 DOC = REPO / "docs" / "reliability.md"
+PLAIN_WORD = re.compile(r"[\w@%+=:,./{}\[\]-]+")  # a word the document shows unquoted (placeholders included)
 
 CLASSES: dict[str, str] = {
     "1": "Non-finite data",
@@ -1062,8 +1064,27 @@ for args, needles in [
      ("--threads 0",)),
     (("evaluate", "--audio", "{tmp}", "--manifest", "{empty}", "--out", "{tmp}/ev"), ("{empty} has no rows",)),
 ]:
-    case("7", " ".join(a for a in args if not a.startswith("{")), args, needles,
+    case("7", " ".join(a for a in args if not a.startswith("{")).replace("{{", "{").replace("}}", "}"), args, needles,
          setup=manifests if args[0] == "evaluate" else None)
+
+for what, args, needles in [
+    ("a switch past the token cap", ("steer", "emoshift", "--layer", "{layer}", "--out_dir", "{tmp}/s",
+                                     "--schedule", '{{"switch": {{"at_s": 30}}}}'), ("at_s=30", "past the token cap")),
+    ("a time in an unknown unit", ("steer", "emoshift", "--layer", "{layer}", "--out_dir", "{tmp}/s",
+                                   "--schedule", '{{"switch": {{"at_ms": 5}}}}'), ("unknown unit in at_ms=5",)),
+    ("a NaN switch time", ("steer", "emoshift", "--layer", "{layer}", "--out_dir", "{tmp}/s",
+                           "--schedule", "switch: {{at_s: .nan}}"), ("at_s=nan must be a finite number",)),
+    ("segments where one target emotion is scored", ("steer", "compound", "--layer", "{layer}", "--out_dir",
+                                                     "{tmp}/s", "--schedule",
+                                                     '{{"segments": [{{"emotion": "Sad", "alpha": 2}}]}}'),
+     ("give a switch or a ramp",)),
+    ("a ramp that ends before it starts", ("attribute", "--sae", "{sae_mini}", "--selection", "{select_mini}",
+                                           "--out_dir", "{tmp}/s", "--schedule",
+                                           '{{"ramp": {{"start_s": 1, "end_s": 0.5}}}}'),
+     ("end_s=0.5", "must come after start_s=1")),
+]:
+    case("7", f"{args[0]} {args[1] if args[0] == 'steer' else ''} --schedule: {what}".replace("  ", " "), args,
+         needles)
 
 case("7", "report table1 --max_wer_increase -1 (checked before the corpus is read)",
      ("report", "table1", "--sae", "{sae_mini}", "--store", "{store}", "--selection", "{select_mini}",
@@ -1280,7 +1301,9 @@ def _cell(text: str) -> str:
 
 
 def _command(argv: tuple[str, ...]) -> str:
-    return "`emoctl " + _cell(" ".join(argv)) + "`"
+    """The command as a user would type it: literal braces single, arguments with spaces quoted for a shell."""
+    words = [arg.replace("{{", "{").replace("}}", "}") for arg in argv]
+    return "`emoctl " + _cell(" ".join(w if PLAIN_WORD.fullmatch(w) else shlex.quote(w) for w in words)) + "`"
 
 
 def _outcome(c: Case) -> str:
