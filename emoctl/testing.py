@@ -40,11 +40,17 @@ class BackboneContract:
       (then the suite checks that beams are refused);
     * ``refused_prompts``: prompts whose condition kinds it must refuse;
     * ``refused_sampling``: Sampling overrides it must refuse (a dict), or an empty dict;
-    * ``steer_hookpoint``: a ``resid_pre.L`` hookpoint the steering checks write;
+    * ``steer_hookpoint``: a ``resid_pre.L`` hookpoint the steering checks write.
+
+    and override, as class attributes where the defaults do not hold:
+
     * ``decode_matches_teacher_forced``: whether its cached decode states equal a teacher-forced pass of the
       same tokens (False where upstream places cached positions differently, as IndexTTS2 does);
     * ``tf_atol``: the tolerance of that comparison.
     """
+
+    decode_matches_teacher_forced: bool = True
+    tf_atol: float = 1e-4
 
     # ------------------------------------------------------------ identity
     def test_hookpoints_cover_every_block_and_the_head(self, backbone: Backbone) -> None:
@@ -185,22 +191,22 @@ class BackboneContract:
             handle.remove()
 
     def test_recorded_decode_rows_are_the_returned_tokens_states(self, backbone: Backbone, prompts: list[Prompt],
-                                                                 sampling: Sampling, steer_hookpoint: str,
-                                                                 decode_matches_teacher_forced: bool,
-                                                                 tf_atol: float) -> None:
+                                                                 sampling: Sampling, steer_hookpoint: str
+                                                                 ) -> None:
         out, rows = self._recorded(backbone, prompts, Sampling(**{**vars(sampling), "seed": 11}), steer_hookpoint)
         assert any(out.finished), "pick a budget where at least one utterance reaches its stop token"
-        self._check_rows(backbone, prompts, out, rows, steer_hookpoint, decode_matches_teacher_forced, tf_atol)
+        self._check_rows(backbone, prompts, out, rows, steer_hookpoint, self.decode_matches_teacher_forced,
+                         self.tf_atol)
 
     def test_recorded_decode_rows_follow_the_returned_beam(self, backbone: Backbone, prompts: list[Prompt],
-                                                           beam_sampling: Sampling | None, steer_hookpoint: str,
-                                                           decode_matches_teacher_forced: bool,
-                                                           tf_atol: float) -> None:
+                                                           beam_sampling: Sampling | None, steer_hookpoint: str
+                                                           ) -> None:
         if beam_sampling is None:
             return  # refusal of beams is checked above
         out, rows = self._recorded(backbone, prompts, beam_sampling, steer_hookpoint)
         assert out.beams == beam_sampling.num_beams
-        self._check_rows(backbone, prompts, out, rows, steer_hookpoint, decode_matches_teacher_forced, tf_atol)
+        self._check_rows(backbone, prompts, out, rows, steer_hookpoint, self.decode_matches_teacher_forced,
+                         self.tf_atol)
 
     # ------------------------------------------------------------ refusals
     def test_every_corpus_emotion_maps_to_a_condition_it_accepts(self, backbone: Backbone, prompts: list[Prompt]

@@ -2,6 +2,8 @@
 release folders of the real backbones. Helpers that tests import live in ``emoctl_tests/helpers/``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,16 +35,21 @@ def corpus_root():
     return root
 
 
-@pytest.fixture(scope="session")
-def indextts2_release(tmp_path_factory):
-    """A complete IndexTTS2 release folder of random weights in upstream's formats (tiny: 2 GPT blocks at the
-    released width 1280), written once per session (about 40 s, 1 GB), with two reference clips beside it."""
-    root = write_random_indextts2(tmp_path_factory.mktemp("indextts2") / "release")
+def with_reference_clips(root: Path) -> Path:
+    """Three 2 s reference voices (F0 140, 220, 180 Hz) in ``clips/`` beside a release folder; returns the folder."""
     clips = root.parent / "clips"
     clips.mkdir()
     for i, f0 in enumerate((140.0, 220.0, 180.0)):
         write_voice_clip(clips / f"ref{i}.wav", seconds=2.0, f0=f0, seed=i)
     return root
+
+
+@pytest.fixture(scope="session")
+def indextts2_release(tmp_path_factory):
+    """A complete IndexTTS2 release folder of random weights in upstream's formats (tiny: 2 GPT blocks at the
+    released width 1280), written once per session (about 40 s, 1 GB), with three reference clips beside it."""
+    root = write_random_indextts2(tmp_path_factory.mktemp("indextts2") / "release")
+    return with_reference_clips(root)
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +58,4 @@ def cosyvoice_release(tmp_path_factory):
     blocks at d = 128, released vocabularies), written once per session (about 10 s, 23 MB), with three
     reference clips beside it."""
     root = write_random_cosyvoice(tmp_path_factory.mktemp("cosyvoice") / "release")
-    clips = root.parent / "clips"
-    clips.mkdir()
-    for i, f0 in enumerate((140.0, 220.0, 180.0)):
-        write_voice_clip(clips / f"ref{i}.wav", seconds=2.0, f0=f0, seed=i)
-    return root
+    return with_reference_clips(root)

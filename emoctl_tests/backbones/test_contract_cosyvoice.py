@@ -68,16 +68,6 @@ def steer_hookpoint():
     return "resid_pre.1"
 
 
-@pytest.fixture(scope="module")
-def decode_matches_teacher_forced():
-    return True
-
-
-@pytest.fixture(scope="module")
-def tf_atol():
-    return 1e-4
-
-
 class TestCosyVoiceContract(BackboneContract):
     """Every contract check, on upstream's TransformerLM loaded from a release folder."""
 

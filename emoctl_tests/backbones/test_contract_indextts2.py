@@ -62,18 +62,11 @@ def steer_hookpoint():
     return "resid_pre.1"
 
 
-@pytest.fixture(scope="module")
-def decode_matches_teacher_forced():
-    return False  # released mel positions: decode token k sits at k + 2, teacher forcing at k + 1
-
-
-@pytest.fixture(scope="module")
-def tf_atol():
-    return 1e-4
-
-
 class TestIndexTTS2Contract(BackboneContract):
     """Every contract check, on upstream's UnifiedVoice loaded from a release folder."""
+
+    # released mel positions: decode token k sits at k + 2, teacher forcing at k + 1
+    decode_matches_teacher_forced = False
 
 
 # ------------------------------------------------------------------ IndexTTS2's own proofs

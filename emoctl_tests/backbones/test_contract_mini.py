@@ -59,16 +59,6 @@ def steer_hookpoint():
     return "resid_pre.3"
 
 
-@pytest.fixture(scope="module")
-def decode_matches_teacher_forced():
-    return True
-
-
-@pytest.fixture(scope="module")
-def tf_atol():
-    return 1e-4
-
-
 class TestMiniTTSContract(BackboneContract):
     """Every contract check, on the committed mini TTS."""
 
