@@ -86,6 +86,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
     },
     "report": {
         "table1": Tool("emoctl.commands.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),
+        "schedules": Tool("emoctl.commands.schedules:report_schedules",
+                          "Emotion over time: a switch inside one utterance, each segment scored (SER, F0, RMS)."),
         "emoshift": Tool("emoctl.commands.report:emoshift_table1",
                          "The EmoShift seed's Table 1: zero-shot, Neutral, SFT, EmoShift full and low rank."),
         "diff": Tool("emoctl.commands.report:report_diff",
