@@ -10,7 +10,8 @@ prompts are spoken three ways with the same seeds and batches:
 The step-to-time map cuts every clip at the switch: decode step k feeds speech token k, which starts k /
 token_rate seconds into the clip, so the cut is sample ``k × sample_rate / token_rate``
 (:func:`cut_sample`). Steering from step k first changes the token step k predicts, k + 1, so everything
-before the cut is unsteered audio (:func:`tokens_kept` counts the clips whose tokens 0 .. k equal the
+before the cut is unsteered audio, but for its last fft_size / 2 samples (32 ms on the mini TTS) where the WORLD
+vocoder overlap-adds token k + 1 (:func:`tokens_kept` counts the clips whose tokens 0 .. k equal the
 unsteered clip's, a check the report states). Each segment is scored against its own emotion (Neutral before,
 the target after) by the recognizer, and measured by the acoustic probes (F0, RMS, spectral centroid); the
 switched clip's segments are compared, pair by pair, with the same stretch of the unsteered and of the whole
