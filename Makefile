@@ -23,7 +23,7 @@ EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 SAE      ?= emoctl/assets/sae_mini
 FEATURES ?= emoctl/assets/select_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -188,6 +188,14 @@ reproduce-table1-powered: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/mani
 
 reproduce-attribution: $(SAE)/cfg.json $(FEATURES)/selection.md | install
 	$(EMOCTL) attribute --sae $(SAE) --selection $(FEATURES) --out_dir reports/attribution --m 2 --n_texts 4
+
+# Emotion switched on inside one utterance (EmoShift and SAE-Emotion), each clip cut at the switch and scored per
+# part (docs/results.md, "Emotion over time"): 8 clips per setting (about 14 min on 2 cores), or 40.
+reproduce-schedules: | install
+	$(EMOCTL) report schedules --config recipes/evaluation/report_schedules_mini.yaml
+
+reproduce-schedules-powered: | install
+	$(EMOCTL) report schedules --config recipes/evaluation/report_schedules_mini_powered.yaml
 
 # The training store alone (Table 1's global mean-difference direction reads it): the SAE recipe's harvest, run by
 # `validate` (which prepares the recipe's data, then checks one batch against an untrained SAE; nothing is saved).
