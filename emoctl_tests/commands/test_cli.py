@@ -4,7 +4,7 @@ from __future__ import annotations
 import yaml
 import pytest
 
-from emoctl_tests.helpers.cli import RECIPES, parse_emoctl, run_emoctl
+from emoctl_tests.helpers.cli import RECIPES, assert_one_paragraph_error, parse_emoctl, run_emoctl
 
 ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
 
@@ -50,31 +50,20 @@ def test_model_help_documents_arguments_from_docstrings():
     assert "dead_tokens" in result.stdout
 
 
-def _one_paragraph_error(result, *needles: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    # Lightning's seed_everything logs one line before the recipe's classes are built; the error follows it.
-    message = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("Seed set to")).strip()
-    assert message.startswith("emoctl ")
-    assert "\n\n" not in message
-    for needle in needles:
-        assert needle in message, message
-
-
 def test_unknown_key_names_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((RECIPES / "sae_demo.yaml").read_text().replace("warmup_steps:", "warmup_stepz:"))
-    _one_paragraph_error(run_emoctl("fit", "--config", str(bad)), "warmup_stepz")
+    assert_one_paragraph_error(run_emoctl("fit", "--config", str(bad)), "warmup_stepz")
 
 
 def test_wrong_type_names_the_key():
-    _one_paragraph_error(run_emoctl("fit", "--config", str(RECIPES / "sae_demo.yaml"), "--trainer.max_steps=many"),
+    assert_one_paragraph_error(run_emoctl("fit", "--config", str(RECIPES / "sae_demo.yaml"), "--trainer.max_steps=many"),
                          "max_steps")
 
 
 def test_missing_config_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.yaml"
-    _one_paragraph_error(run_emoctl("fit", "--config", str(missing)), "nope.yaml")
+    assert_one_paragraph_error(run_emoctl("fit", "--config", str(missing)), "nope.yaml")
 
 
 @pytest.mark.parametrize("value, refused", [("-1e30", True), ("-1E+30", True), ("-5e3", True), ("-.5", False),
@@ -89,7 +78,7 @@ def test_a_negative_value_in_any_spelling_reaches_the_tool_as_a_value(value, ref
 
 
 def test_unknown_command_lists_the_commands():
-    _one_paragraph_error(run_emoctl("fitt"), "fitt", "fit")
+    assert_one_paragraph_error(run_emoctl("fitt"), "fitt", "fit")
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -101,7 +90,7 @@ def test_unknown_command_lists_the_commands():
 ])
 def test_errors_raised_while_building_the_recipes_classes_are_one_paragraph(override, needle, tmp_path):
     """jsonargparse wraps a class's own ConfigError in its union-type error; the user sees ours, once."""
-    _one_paragraph_error(run_emoctl("fit", "--config", str(RECIPES / "sae_demo.yaml"), override,
+    assert_one_paragraph_error(run_emoctl("fit", "--config", str(RECIPES / "sae_demo.yaml"), override,
                                     f"--trainer.default_root_dir={tmp_path}"), needle)
 
 
@@ -117,11 +106,11 @@ def test_an_output_folder_blocked_by_a_file_fails_before_any_work(command, tmp_p
     """Checked first, so the error is about the folder even though every input here is missing too."""
     blocker = tmp_path / "taken"
     blocker.write_text("a file, not a folder")
-    _one_paragraph_error(run_emoctl(*command, str(blocker / "out")), f"{blocker} is a file, not a folder")
+    assert_one_paragraph_error(run_emoctl(*command, str(blocker / "out")), f"{blocker} is a file, not a folder")
 
 
 def test_file_system_errors_are_one_paragraph_naming_the_file(tmp_path):
     blocker = tmp_path / "taken"
     blocker.write_text("a file, not a folder")
-    _one_paragraph_error(run_emoctl("corpus", "build", "--root", str(blocker / "corpus"), "--n_sentences", "5",
+    assert_one_paragraph_error(run_emoctl("corpus", "build", "--root", str(blocker / "corpus"), "--n_sentences", "5",
                                     "--speakers", "1"), str(blocker))

@@ -34,3 +34,17 @@ def parse_emoctl(*args: str) -> subprocess.CompletedProcess:
         except SystemExit as stop:  # --print_config and --help end with parser.exit()
             code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
     return subprocess.CompletedProcess(["emoctl", *args], code, out.getvalue(), err.getvalue())
+
+
+def assert_one_paragraph_error(result: subprocess.CompletedProcess, *needles: str, prefix: str = "emoctl ") -> None:
+    """``result`` failed as emoctl promises: no traceback, stderr one paragraph starting with ``prefix``, holding
+    every needle (compared with white space folded, since messages wrap)."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    # Lightning's seed_everything logs one line before the recipe's classes are built; the error follows it.
+    message = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("Seed set to")).strip()
+    assert message.startswith(prefix), message
+    assert "\n\n" not in message, message
+    flat = " ".join(message.split())
+    for needle in needles:
+        assert " ".join(needle.split()) in flat, message

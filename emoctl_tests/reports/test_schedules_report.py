@@ -22,7 +22,7 @@ from emoctl.reports.schedules import (SchedulesSettings, cut_sample, emoshift_me
                                       sae_emotion_method, switch_step)
 from emoctl.steering.schedules import parse_schedule
 from emoctl.synthesis import SamplingConfig
-from emoctl_tests.helpers.cli import RECIPES, parse_emoctl, run_emoctl
+from emoctl_tests.helpers.cli import RECIPES, assert_one_paragraph_error, parse_emoctl, run_emoctl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -147,20 +147,15 @@ def test_segments_are_cut_at_the_switch_and_the_switched_start_scores_as_the_uns
     assert windows and all(r["start_s"] == pytest.approx(0.4) and r["end_s"] == pytest.approx(0.8) for r in windows)
 
 
-def _one_paragraph(result, *needles: str) -> None:
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    message = result.stderr.strip()
-    assert message.startswith("emoctl report: error:") and "\n\n" not in message
-    flat = " ".join(message.split())
-    for needle in needles:
-        assert needle in flat, message
+PREFIX = "emoctl report: error:"
 
 
 def test_a_bad_recipe_value_gets_one_paragraph_before_anything_is_spoken(tmp_path):
     recipe = str(RECIPES / "evaluation" / "report_schedules_mini.yaml")
     out = ["--out_dir", str(tmp_path / "o")]
-    _one_paragraph(run_emoctl("report", "schedules", "--config", recipe, *out, "--schedule", '{"switch": {"at_s": 30}}'),
-                   "at_s=30 (1500 decode steps at 50 tokens/s) is past the token cap", "600 decode steps")
+    refused = run_emoctl("report", "schedules", "--config", recipe, *out, "--schedule", '{"switch": {"at_s": 30}}')
+    assert_one_paragraph_error(refused, "at_s=30 (1500 decode steps at 50 tokens/s) is past the token cap",
+                               "600 decode steps", prefix=PREFIX)
     for args, needle in (
             (["--schedule", '{"ramp": {"start_s": 0.2, "end_s": 1.0}}'], "must be a switch"),
             (["--schedule", '{"switch": {"at_s": 1.0, "after": 0.5}}'], "give before and after as 0 and 1"),
@@ -172,4 +167,5 @@ def test_a_bad_recipe_value_gets_one_paragraph_before_anything_is_spoken(tmp_pat
             (["--alphas", '{"emoshift": 2.0, "sae_emotion": 5000}'], "steers latents too hard"),
             (["--emotions", '["Calm"]'], "emotions ['Calm'] have no matrix in this layer"),
     ):
-        _one_paragraph(parse_emoctl("report", "schedules", "--config", recipe, *out, *args), needle)
+        assert_one_paragraph_error(parse_emoctl("report", "schedules", "--config", recipe, *out, *args), needle,
+                                   prefix=PREFIX)

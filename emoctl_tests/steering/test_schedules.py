@@ -16,7 +16,7 @@ from emoctl.errors import ConfigError
 from emoctl.sae import SAEConfig, TopKSAE
 from emoctl.steering import DirectionSteering, SAEFeatureSteering, sae_direction, steer
 from emoctl.steering.schedules import SegmentPlan, StepSchedule, parse_schedule, parse_step_schedule
-from emoctl_tests.helpers.cli import parse_emoctl, run_emoctl
+from emoctl_tests.helpers.cli import assert_one_paragraph_error, parse_emoctl, run_emoctl
 from emoctl_tests.helpers.tiny_tts import EMOTIONS, PROMPTS, random_tts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -263,29 +263,21 @@ def test_commands_that_score_one_emotion_refuse_segments_rather_than_ignore_thei
     assert isinstance(parse_step_schedule('{"switch": {"at_s": 0.5}}', "x").resolve(50.0, 30), StepSchedule)
 
 
-def _one_paragraph(result, *needles: str) -> None:
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    message = result.stderr.strip()
-    assert message.startswith("emoctl ") and "\n\n" not in message
-    flat = " ".join(message.split())
-    for needle in needles:
-        assert needle in flat, message
-
-
 def test_steer_emoshift_refuses_a_bad_schedule_before_generating_anything(tmp_path):
     layer_dir = "emoctl/assets/emoshift_mini"
-    _one_paragraph(run_emoctl("steer", "emoshift", "--layer", layer_dir, "--out_dir", str(tmp_path / "a"),
-                              "--schedule", '{"switch": {"at_s": 30}}'),
-                   "at_s=30 (1500 decode steps at 50 tokens/s) is past the token cap", "600 decode steps")
+    refused = run_emoctl("steer", "emoshift", "--layer", layer_dir, "--out_dir", str(tmp_path / "a"),
+                         "--schedule", '{"switch": {"at_s": 30}}')
+    assert_one_paragraph_error(refused, "at_s=30 (1500 decode steps at 50 tokens/s) is past the token cap",
+                               "600 decode steps")
     for schedule, needle in (('{"switch": {"at_ms": 5}}', "unknown unit in at_ms=5"),
                              ("switch: {at_s: .nan}", "at_s=nan must be a finite number"),
                              ('{"segments": [{"emotion": "Sad", "alpha": 2}]}', "give a switch or a ramp")):
-        _one_paragraph(parse_emoctl("steer", "emoshift", "--layer", layer_dir, "--out_dir", str(tmp_path / "b"),
-                                    "--schedule", schedule), needle)
-    _one_paragraph(parse_emoctl("attribute", "--sae", "emoctl/assets/sae_mini", "--selection",
-                                "emoctl/assets/select_mini", "--out_dir", str(tmp_path / "c"),
-                                "--schedule", '{"ramp": {"start_s": 1, "end_s": 0.5}}'),
-                   "end_s=0.5 (step 25) must come after start_s=1 (step 50)")
+        assert_one_paragraph_error(parse_emoctl("steer", "emoshift", "--layer", layer_dir, "--out_dir",
+                                                str(tmp_path / "b"), "--schedule", schedule), needle)
+    assert_one_paragraph_error(parse_emoctl("attribute", "--sae", "emoctl/assets/sae_mini", "--selection",
+                                            "emoctl/assets/select_mini", "--out_dir", str(tmp_path / "c"),
+                                            "--schedule", '{"ramp": {"start_s": 1, "end_s": 0.5}}'),
+                               "end_s=0.5 (step 25) must come after start_s=1 (step 50)")
 
 
 @pytest.mark.slow
