@@ -23,7 +23,7 @@ EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 SAE      ?= emoctl/assets/sae_mini
 FEATURES ?= emoctl/assets/select_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
 
 install: $(STAMP)
 
@@ -196,6 +196,11 @@ reproduce-schedules: | install
 
 reproduce-schedules-powered: | install
 	$(EMOCTL) report schedules --config recipes/evaluation/report_schedules_mini_powered.yaml
+
+# α -> P(target emotion) per method and emotion, the file --intensity reads (docs/results.md, "Emotion by amount";
+# about 12 min on 2 cores). Global steering reads the training store.
+reproduce-calibration: $(STORE)/manifest.json
+	$(EMOCTL) calibrate --config recipes/evaluation/calibrate_mini.yaml
 
 # The training store alone (Table 1's global mean-difference direction reads it): the SAE recipe's harvest, run by
 # `validate` (which prepares the recipe's data, then checks one batch against an untrained SAE; nothing is saved).
