@@ -272,7 +272,8 @@ def check_intensity(intensity: Any) -> None:
 
 
 def check_alpha_or_intensity(alpha_given: bool, intensity: Any, calibration: Any, command: str) -> None:
-    """One of α or (intensity, calibration): both, or an intensity without a calibration, is refused."""
+    """One of α or (intensity, calibration): both, or an intensity without a calibration, is refused; so is an
+    intensity (or any of a list) that is not a probability."""
     if intensity is None:
         if calibration is not None:
             raise ConfigError(f"{command}: calibration={calibration!r} is only read with an intensity; give "
@@ -284,3 +285,5 @@ def check_alpha_or_intensity(alpha_given: bool, intensity: Any, calibration: Any
     if calibration is None:
         raise ConfigError(f"{command}: intensity={intensity!r} needs --calibration, the calibration.json (or its "
                           "folder) written by `emoctl calibrate` on this backbone.")
+    for value in intensity if isinstance(intensity, (list, tuple)) else [intensity]:
+        check_intensity(value)

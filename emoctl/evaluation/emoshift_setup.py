@@ -61,17 +61,18 @@ class SteeringSetup:
     def condition_of(self, target: str) -> str:
         return NEUTRAL if self.condition == "neutral" else target
 
-    def synthesize(self, prompts: list[Prompt], mixes: Sequence[Any] | None, alpha: float | None, seed: int,
-                   sampling: SamplingConfig, schedule: StepSchedule | None = None) -> list[Clip]:
+    def synthesize(self, prompts: list[Prompt], mixes: Sequence[Any] | None, alpha: float | Sequence[float] | None,
+                   seed: int, sampling: SamplingConfig, schedule: StepSchedule | None = None) -> list[Clip]:
         """Speak ``prompts``; ``alpha`` None: no hook at all (unsteered), else the layer toward ``mixes`` at α
-        (times ``schedule``'s multiplier at each decode step, when given).
+        (one for all, or one per prompt), times ``schedule``'s multiplier at each decode step, when given.
 
         The layer holds one emotion per prompt of a generation batch, so it is attached per batch
         (:func:`~emoctl.evaluation.steered.synthesize_steered`: every setting sees the same seeds).
         """
 
         def steering(batch: Sequence[Prompt], start: int):
-            return steer(self.backbone, self.layer, list(mixes[start:start + len(batch)]), alpha=alpha,
+            rows = alpha if isinstance(alpha, (int, float)) else list(alpha[start:start + len(batch)])
+            return steer(self.backbone, self.layer, list(mixes[start:start + len(batch)]), alpha=rows,
                          hookpoint=self.hookpoint, schedule=schedule)
 
         return synthesize_steered(self.backbone, prompts, None if alpha is None else steering, seed, sampling)

@@ -253,14 +253,14 @@ def calibration_markdown(curves: Sequence[Curve], info: dict) -> str:
              "## How smoothly each method calibrates", "",
              "*Reached*: the fit's P(target) unsteered and at its top. *Roughness*: root mean square of the measured "
              "P(target) around the fit (0: the measured curve is already monotone). *Reversals*: steps up the α grid "
-             "where the measured P(target) falls.", "",
-             "| method | emotion | reached P(target) | at α | roughness | reversals | finished at top α |",
-             "|---|---|---|---|---|---|---|"]
+             "where the measured P(target) falls. WER and finished: at the α of the fit's top.", "",
+             "| method | emotion | reached P(target) | at α | roughness | reversals | WER there | finished there |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in curves:
         low, high = c.reached
         top = next(p for p in c.points if p.fit == high)
         lines.append(f"| {method_label(c.method)} | {c.emotion} | {low:.2f} → {high:.2f} | {top.alpha:g} | "
-                     f"{c.roughness:.3f} | {c.reversals} | {_f(c.points[-1].finished)} |")
+                     f"{c.roughness:.3f} | {c.reversals} | {_f(top.wer)} | {_f(top.finished)} |")
     lines += ["", "## The curves", "",
               "| method | emotion | α | n | P(target) [95% CI] | fit | accuracy [95% CI] | WER | SpkSIM | finished |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -300,10 +300,12 @@ def calibration_figure(curves: Sequence[Curve], methods: Sequence[str], emotions
             bottom.plot(a, [p.finished for p in c.points], "--", color=color, lw=1)
         top.set_title(f"{method_label(method)}", fontsize=10)
         top.set_ylim(0, 1)
-        top.set_ylabel("P(target): dots ± CI, fit (line); accuracy (dotted)" if col == 0 else "")
-        bottom.set_ylabel("WER (line); finished rate (dashed)" if col == 0 else "")
+        top.set_ylabel("P(target)" if col == 0 else "")
+        bottom.set_ylabel("WER / finished rate" if col == 0 else "")
         bottom.set_xlabel("α (EmoShift's strength)" if method == "emoshift" else "α (latent units, norm-matched)")
         top.legend(fontsize=7)
-    fig.suptitle("Calibration: α → P(target emotion) by the recognizer (biased on synthetic speech)")
+    fig.suptitle("Calibration: α → P(target emotion) by the recognizer (biased on synthetic speech)\n"
+                 "top: P(target) ± 95% CI (dots), monotone fit (line), accuracy (dotted); "
+                 "bottom: WER (line), finished rate (dashed)", fontsize=10)
     fig.tight_layout()
     return fig

@@ -36,6 +36,18 @@ def alpha_label(alpha: float | None) -> str:
     return UNSTEERED if alpha is None else f"alpha={alpha:g}"
 
 
+def intensity_label(intensity: float) -> str:
+    """A setting steered to a calibrated intensity (its α differs per emotion)."""
+    return f"intensity={intensity:g}"
+
+
+def swept_settings(info: dict) -> list[tuple[str, float]]:
+    """(label, x) of each steered setting of a sweep, in order: its α values, or its intensities."""
+    if info.get("intensities"):
+        return [(intensity_label(float(p)), float(p)) for p in info["intensities"]]
+    return [(alpha_label(a), float(a)) for a in info["alphas"]]
+
+
 # ------------------------------------------------------------------------------------------------ the sweep
 
 
@@ -50,6 +62,9 @@ def best_alpha(summary: list[dict], max_wer_increase: float = 0.15) -> float:
     overall = {r["method"]: r for r in summary if r["emotion"] == "all"}
     if UNSTEERED not in overall:
         raise ConfigError("the sweep summary has no unsteered row; it is not an emoshift_sweep.csv.")
+    if any(m.startswith("intensity=") for m in overall):
+        raise ConfigError("the sweep summary steered to calibrated intensities (its α differs per emotion), so "
+                          "there is no single α to choose; sweep alphas instead, or pass best_alpha.")
     swept = [r for m, r in overall.items() if m != UNSTEERED and float(r["alpha"]) > 0]
     if not swept:
         raise ConfigError("the sweep summary has no row with α > 0 to choose from.")
@@ -73,70 +88,87 @@ def read_summary_csv(path: str | Path) -> list[dict]:
     return out
 
 
-def _trend(summary: list[dict], alphas: list[float]) -> str:
+def _trend(summary: list[dict], info: dict) -> str:
     """One sentence: where overall accuracy peaks and what happens after."""
-    overall = {float(r["alpha"]): r["ser_hit"] for r in summary if r["emotion"] == "all" and r["method"] != UNSTEERED}
+    index = {r["method"]: r["ser_hit"] for r in summary if r["emotion"] == "all"}
+    overall = {x: index[label] for label, x in swept_settings(info) if label in index}
     xs = sorted(overall)
     if not xs:
         return ""
+    name = "intensity" if info.get("intensities") else "α"
     peak = max(xs, key=lambda a: (overall[a], -a))
     last = xs[-1]
-    unsteered = next((r["ser_hit"] for r in summary if r["emotion"] == "all" and r["method"] == UNSTEERED), None)
-    base = f"α = 0: {overall[0.0]:.3f}" if 0.0 in overall else \
+    unsteered = index.get(UNSTEERED)
+    base = f"α = 0: {overall[0.0]:.3f}" if 0.0 in overall and name == "α" else \
         f"unsteered: {unsteered:.3f}" if unsteered is not None else "no α = 0 row"
-    text = f"Overall accuracy peaks at α = {peak:g} ({overall[peak]:.3f}, {base})"
+    text = f"Overall accuracy peaks at {name} = {peak:g} ({overall[peak]:.3f}, {base})"
     if peak < last:
-        text += f" and falls to {overall[last]:.3f} at α = {last:g}."
+        text += f" and falls to {overall[last]:.3f} at {name} = {last:g}."
     else:
-        text += ", the largest α swept: no fall within the range."
+        text += f", the largest {name} swept: no fall within the range."
     return text
+
+
+def _intensity_lines(info: dict) -> list[str]:
+    """Which α each intensity gave per emotion (the calibration's inverse), for the sweep's Markdown."""
+    if not info.get("intensities"):
+        return []
+    lines = [f"Steered to calibrated intensities (target P(emotion) by the recognizer, from `{info['calibration']}`; "
+             "recognizers are biased on synthetic speech). The α each gave:", "",
+             "| intensity | " + " | ".join(next(iter(info["intensities"].values()))) + " |",
+             "|---|" + "---|" * len(next(iter(info["intensities"].values())))]
+    for p, by_emotion in info["intensities"].items():
+        lines.append(f"| {p} | " + " | ".join(f"{a:.3g}" for a in by_emotion.values()) + " |")
+    return lines + [""]
 
 
 def sweep_markdown(summary: list[dict], info: dict, emotions: list[str]) -> str:
     index = {(r["emotion"], r["method"]): r for r in summary}
-    methods = [UNSTEERED] + [alpha_label(a) for a in info["alphas"]]
+    settings = swept_settings(info)
+    methods = [UNSTEERED] + [label for label, _ in settings]
     lines = ["# EmoShift intensity sweep", "",
              f"Layer `{info['layer']}` (rank {info['rank'] or 'full'}, trained under condition "
              f"`{info['condition']}`, the condition the backbone is given here) on `{info['backbone']}`; "
              f"{info['n_texts']} {info['split']}-split sentences × speakers {', '.join(info['speakers'])} per "
              f"emotion, sampling seed {info['seed']} for every α, token cap {info['max_new_tokens']}. Recognizer "
              f"`{info['recognizer']}`. Values: mean ± half the 95% interval (Wilson for accuracy).", "",
-             _trend(summary, info["alphas"]), "",
-             "| α | " + " | ".join(f"{e} acc" for e in emotions) + " | overall acc | WER | SpkSIM | finished |",
+             _trend(summary, info), "", *_intensity_lines(info),
+             f"| {'intensity' if info.get('intensities') else 'α'} | " + " | ".join(f"{e} acc" for e in emotions) + " | overall acc | WER | SpkSIM | finished |",
              "|---|" + "---|" * (len(emotions) + 4)]
     for m in methods:
         cells = [format_estimate(index[(e, m)], "ser_hit", 2) if (e, m) in index else "–" for e in emotions]
         overall = index[("all", m)]
-        label = "unsteered" if m == UNSTEERED else m.removeprefix("alpha=")
+        label = "unsteered" if m == UNSTEERED else m.partition("=")[2]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {format_estimate(overall, 'ser_hit')} | "
                      f"{format_estimate(overall, 'wer')} | {format_estimate(overall, 'spk_sim')} | {overall['finished']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def sweep_figure(summary: list[dict], emotions: list[str], alphas: list[float]):
-    """Figure 3 of the seed: accuracy vs α per emotion (and overall), and WER vs α."""
+def sweep_figure(summary: list[dict], emotions: list[str], info: dict):
+    """Figure 3 of the seed: accuracy vs α (or calibrated intensity) per emotion (and overall), and WER."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     index = {(r["emotion"], r["method"]): r for r in summary}
-    xs = sorted(alphas)
+    settings = sorted(swept_settings(info), key=lambda s: s[1])
+    xs = [x for _, x in settings]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
     for e in [*emotions, "all"]:
-        ys = [index[(e, alpha_label(a))]["ser_hit"] for a in xs]
+        ys = [index[(e, label)]["ser_hit"] for label, _ in settings]
         axes[0].plot(xs, ys, marker="o", label="overall" if e == "all" else e,
                      lw=2.5 if e == "all" else 1.2, color="black" if e == "all" else None)
-    wer = [index[("all", alpha_label(a))]["wer"] for a in xs]
-    low = [index[("all", alpha_label(a))]["wer_low"] for a in xs]
-    high = [index[("all", alpha_label(a))]["wer_high"] for a in xs]
+    wer = [index[("all", label)]["wer"] for label, _ in settings]
+    low = [index[("all", label)]["wer_low"] for label, _ in settings]
+    high = [index[("all", label)]["wer_high"] for label, _ in settings]
     axes[1].plot(xs, wer, marker="o", color="black")
     axes[1].fill_between(xs, low, high, alpha=0.2, color="grey")
     axes[0].set_ylabel("SER accuracy")
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].set_ylabel("WER")
     for ax in axes:
-        ax.set_xlabel("α (intensity)")
+        ax.set_xlabel("calibrated intensity (target P(emotion))" if info.get("intensities") else "α (strength)")
     axes[0].legend(fontsize=7)
     fig.suptitle("EmoShift: emotion accuracy and WER against α (held-out sentences)")
     fig.tight_layout()
@@ -146,7 +178,7 @@ def sweep_figure(summary: list[dict], emotions: list[str], alphas: list[float]):
 def write_sweep(out: Path, summary: list[dict], rows: list[dict], info: dict, emotions: list[str],
                  record: dict) -> None:
     buffer = io.BytesIO()
-    sweep_figure(summary, emotions, info["alphas"]).savefig(buffer, format="png")
+    sweep_figure(summary, emotions, info).savefig(buffer, format="png")
     write_report_folder(out, "emoshift_sweep", sweep_markdown(summary, info, emotions), summary, rows, info, record,
                         {"emoshift_sweep.png": buffer.getvalue()})
 

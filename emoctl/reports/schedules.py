@@ -1,11 +1,14 @@
 """Emotion over time: a switch from Neutral to an emotion inside one utterance, cut at the switch and scored.
 
-For each steering method (EmoShift's layer, SAE-Emotion features) and target emotion, the same Neutral
-prompts are spoken three ways with the same seeds and batches:
+For each steering method (EmoShift's layer, SAE-Emotion features, Global mean-difference steering) and target
+emotion, the same Neutral prompts are spoken three ways with the same seeds and batches:
 
 * **unsteered**: no hook at all;
 * **switched**: the method at α times the user's switch schedule (0 before the switch, 1 from it on);
 * **whole**: the method at α on every decode step (whole-utterance steering to the emotion).
+
+α is given per method, or as a calibrated intensity (``intensity`` with ``calibration``), which gives each method
+and emotion its own α (:mod:`emoctl.evaluation.calibration`).
 
 The step-to-time map cuts every clip at the switch: decode step k feeds speech token k, which starts k /
 token_rate seconds into the clip, so the cut is sample ``k × sample_rate / token_rate``
@@ -44,6 +47,7 @@ from emoctl.backbones.loading import BackboneSpec
 from emoctl.emosteer import steer as emosteer_steer
 from emoctl.emotions import NEUTRAL
 from emoctl.errors import ConfigError
+from emoctl.evaluation.calibration import alphas_for_intensity, check_alpha_or_intensity
 from emoctl.evaluation.emoshift_setup import SteeringSetup
 from emoctl.evaluation.paired import paired_comparisons, paired_markdown
 from emoctl.evaluation.protocol import EvaluationProtocol
@@ -59,19 +63,21 @@ from emoctl.reports.report_folder import write_report_folder
 from emoctl.reports.table1_methods import method_label
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import FeatureSet, check_selected_with, feature_set_path
-from emoctl.steering import SAEFeatureSteering, steer
+from emoctl.steering import SAEFeatureSteering, global_steering, mean_difference_directions, steer
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.steering.schedules import StepSchedule, Switch, parse_schedule
+from emoctl.store import ActivationStore
 from emoctl.synthesis import Clip
 
-METHODS = ("emoshift", "sae_emotion")
+METHODS = ("emoshift", "sae_emotion", "global")
 SETTINGS = ("unsteered", "switched", "whole")
 SETTING_LABELS = {"unsteered": "unsteered", "switched": "switched", "whole": "whole-utterance"}
 SEGMENTS = ("before", "after")
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz")
 SEGMENT_METRICS = ["ser_hit", "p_target", *PROBES, "duration_s"]
 WINDOW_METRICS = ["f0_before", "f0_after", "f0_jump", "rms_before", "rms_after", "rms_jump"]
-DEFAULT_ALPHAS = {"emoshift": 2.0, "sae_emotion": 8.0}
+DEFAULT_ALPHAS = {"emoshift": 2.0, "sae_emotion": 8.0, "global": 8.0}
+DEFAULT_METHODS = ("emoshift", "sae_emotion")
 
 
 @dataclass(frozen=True)
@@ -82,21 +88,31 @@ class SchedulesSettings:
     """EmoShift layer folder (emosteer.json + safetensors), trained with the backbone told Neutral; needed for
     the method ``emoshift``."""
     sae: str | None = "emoctl/assets/sae_mini"
-    """Exported SAE folder; needed for the method ``sae_emotion``."""
+    """Exported SAE folder; needed for the methods ``sae_emotion`` and ``global``."""
     selection: str | None = "emoctl/assets/select_mini"
-    """Folder of the SAE's feature sets (features_<emotion>.json); needed for ``sae_emotion``."""
+    """Folder of the SAE's feature sets (features_<emotion>.json); needed for ``sae_emotion`` and ``global``."""
+    store: str | None = None
+    """The activation store the SAE was trained on; needed for ``global`` (its mean differences are the direction,
+    norm-matched to the feature sets as in Table 1)."""
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     """The backbone (the layer's own when a layer is given and this is the default)."""
     corpus_root: str = "runs/corpus/esd_espeak"
     """ESD-shaped corpus: the held-out sentences spoken."""
     out_dir: str = "reports/schedules"
     """Where the report files go."""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Steering methods, of emoshift and sae_emotion."""
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    """Steering methods, of emoshift, sae_emotion and global."""
     emotions: list[str] = field(default_factory=lambda: ["Angry"])
     """Target emotions: each is switched on from Neutral."""
-    alphas: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ALPHAS))
-    """α per method once the switch is on (EmoShift's intensity; SAE-Emotion's latent units)."""
+    alphas: dict[str, float] | None = None
+    """α per method once the switch is on (EmoShift's strength; SAE-Emotion's and Global's latent units); None:
+    EmoShift 2, SAE-Emotion 8, Global 8 (unless an intensity is given)."""
+    intensity: float | None = None
+    """In place of alphas: the target P(emotion) by the recognizer once the switch is on, turned into an α per
+    method and emotion by ``calibration`` (printed and recorded). The recognizer's reading, biased on synthetic
+    speech."""
+    calibration: str | None = None
+    """calibration.json (or its folder) from ``emoctl calibrate`` on this backbone; needed with intensity."""
     schedule: dict[str, Any] = field(default_factory=lambda: {"switch": {"at_s": 1.2}})
     """The switch (docs/commands.md, Schedules): ``{"switch": {"at_s": 1.2}}`` is Neutral until 1.2 s, the
     emotion from then on; ``before: 1, after: 0`` the reverse. Ramps and segments have no single cut point."""
@@ -124,20 +140,26 @@ class SchedulesSettings:
                               "one of them.")
         if "emoshift" in self.methods and not self.layer:
             raise ConfigError("method emoshift needs layer, the folder of a trained EmoSteer layer.")
-        if "sae_emotion" in self.methods and not (self.sae and self.selection):
-            raise ConfigError("method sae_emotion needs sae and selection (the SAE folder and its feature sets).")
+        sae_side = [m for m in self.methods if m in ("sae_emotion", "global")]
+        if sae_side and not (self.sae and self.selection):
+            raise ConfigError(f"methods {sae_side} need sae and selection (the SAE folder and its feature sets).")
+        if "global" in self.methods and not self.store:
+            raise ConfigError("method global needs store, the activation store the SAE was trained on (its mean "
+                              "differences are the direction); `make store-mini` writes the mini TTS's.")
         if not self.emotions or NEUTRAL in self.emotions:
             raise ConfigError(f"emotions={self.emotions!r}: name at least one target emotion other than "
                               f"{NEUTRAL} (the switch goes from {NEUTRAL} to it).")
-        missing = [m for m in self.methods if m not in self.alphas]
-        bad = {m: a for m, a in self.alphas.items() if not isinstance(a, (int, float)) or not math.isfinite(a)
-               or a <= 0}
+        check_alpha_or_intensity(self.alphas is not None, self.intensity, self.calibration, "emoctl report schedules")
+        alphas = self.method_alphas
+        missing = [m for m in self.methods if m not in alphas] if self.intensity is None else []
+        bad = {m: a for m, a in alphas.items() if isinstance(a, bool) or not isinstance(a, (int, float))
+               or not math.isfinite(a) or a <= 0}
         if missing or bad:
-            raise ConfigError(f"alphas={self.alphas!r}: every method needs a finite α > 0 (missing: {missing or 'none'}"
+            raise ConfigError(f"alphas={alphas!r}: every method needs a finite α > 0 (missing: {missing or 'none'}"
                               f", bad: {bad or 'none'}).")
-        if "sae_emotion" in self.alphas and not latent_alpha_ok(self.alphas["sae_emotion"]):
-            raise ConfigError(f"alphas.sae_emotion={self.alphas['sae_emotion']} steers latents too hard: α must be "
-                              f"{LATENT_ALPHA_RULE}.")
+        too_strong = {m: a for m, a in alphas.items() if m != "emoshift" and not latent_alpha_ok(a)}
+        if too_strong:
+            raise ConfigError(f"alphas {too_strong} steer latents too hard: α must be {LATENT_ALPHA_RULE}.")
         if not (math.isfinite(self.window_s) and self.window_s > 0):
             raise ConfigError(f"window_s={self.window_s} must be a positive number of seconds.")
         if not (math.isfinite(self.min_segment_s) and self.min_segment_s > 0):
@@ -150,6 +172,14 @@ class SchedulesSettings:
             raise ConfigError(f"schedule switch: {switch.at.describe()} is less than window_s={self.window_s:g} s "
                               "from the start, so there is no full window before the switch; move the switch later "
                               "or narrow the window.")
+
+
+    @property
+    def method_alphas(self) -> dict[str, float]:
+        """``alphas`` over the defaults (empty with an intensity: the calibration gives α per emotion)."""
+        if self.intensity is not None:
+            return {}
+        return {m: DEFAULT_ALPHAS[m] for m in self.methods} if self.alphas is None else dict(self.alphas)
 
 
 def parse_switch(value: dict[str, Any] | str) -> Switch:
@@ -199,15 +229,17 @@ def segment_target(segment: str, emotion: str, neutral_first: bool) -> str:
 @dataclass
 class ScheduledMethod:
     """One steering method as the report attaches it: ``attach(emotion, schedule, batch_size)`` is the context
-    a batch is spoken in, steering toward ``emotion`` at the method's α times ``schedule`` (None: constant)."""
+    a batch is spoken in, steering toward ``emotion`` at the method's α for it times ``schedule`` (None:
+    constant)."""
 
     name: str
     hookpoint: str
-    alpha: float
+    alphas: dict[str, float]
+    """α per target emotion (one value for all, or each emotion's from a calibrated intensity)."""
     attach: Callable[[str, StepSchedule | None, int], AbstractContextManager]
 
 
-def emoshift_method(setup: SteeringSetup, alpha: float) -> ScheduledMethod:
+def emoshift_method(setup: SteeringSetup, alphas: dict[str, float]) -> ScheduledMethod:
     """EmoShift's layer toward one emotion for every prompt of a batch (the backbone is told Neutral)."""
     if setup.condition != "neutral":
         raise ConfigError("the EmoShift layer was trained under condition 'emotion', so the backbone would be told "
@@ -215,15 +247,15 @@ def emoshift_method(setup: SteeringSetup, alpha: float) -> ScheduledMethod:
                           "use a layer trained with model.condition=neutral.")
 
     def attach(emotion: str, schedule: StepSchedule | None, n: int) -> AbstractContextManager:
-        return emosteer_steer(setup.backbone, setup.layer, [emotion] * n, alpha=alpha, hookpoint=setup.hookpoint,
-                              schedule=schedule)
+        return emosteer_steer(setup.backbone, setup.layer, [emotion] * n, alpha=alphas[emotion],
+                              hookpoint=setup.hookpoint, schedule=schedule)
 
-    return ScheduledMethod("emoshift", setup.hookpoint, alpha, attach)
+    return ScheduledMethod("emoshift", setup.hookpoint, alphas, attach)
 
 
-def sae_emotion_method(backbone: Backbone, sae_dir: str, selection: str, emotions: Sequence[str], alpha: float,
-                       allow_unverified: bool) -> ScheduledMethod:
-    """SAE-Emotion: +α on each emotion's selected latents (decode steps), as in Table 1."""
+def _feature_sets(sae, sae_dir: str, selection: str, emotions: Sequence[str], allow_unverified: bool
+                  ) -> dict[str, FeatureSet]:
+    """Each emotion's feature set of ``selection``, checked to be selected on the SAE in ``sae_dir``."""
     sae = load_pretrained(sae_dir)
     missing = [e for e in emotions if not feature_set_path(selection, e).is_file()]
     if missing:
@@ -231,12 +263,39 @@ def sae_emotion_method(backbone: Backbone, sae_dir: str, selection: str, emotion
                           f"run `emoctl select` for them or leave them out of emotions.")
     sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in emotions}
     check_selected_with(sets, sae_dir, selection, allow_unverified=allow_unverified, d_sae=sae.cfg.d_sae)
+    return sets
+
+
+def sae_emotion_method(backbone: Backbone, sae_dir: str, selection: str, emotions: Sequence[str],
+                       alphas: dict[str, float], allow_unverified: bool) -> ScheduledMethod:
+    """SAE-Emotion: +α on each emotion's selected latents (decode steps), as in Table 1."""
+    sae = load_pretrained(sae_dir)
+    sets = _feature_sets(sae, sae_dir, selection, emotions, allow_unverified)
 
     def attach(emotion: str, schedule: StepSchedule | None, n: int) -> AbstractContextManager:
         per_step = schedule.schedule if schedule is not None else None
-        return steer(backbone, SAEFeatureSteering(sae, sets[emotion].feature_ids, alpha, schedule=per_step))
+        return steer(backbone, SAEFeatureSteering(sae, sets[emotion].feature_ids, alphas[emotion], schedule=per_step))
 
-    return ScheduledMethod("sae_emotion", sae.cfg.hook_name, alpha, attach)
+    return ScheduledMethod("sae_emotion", sae.cfg.hook_name, alphas, attach)
+
+
+def global_method(backbone: Backbone, sae_dir: str, selection: str, store_dir: str, emotions: Sequence[str],
+                  alphas: dict[str, float], allow_unverified: bool, progress: bool) -> ScheduledMethod:
+    """Global steering: the store's mean difference (emotion − Neutral) at the SAE's hookpoint, norm-matched to
+    the emotion's feature set, as in Table 1."""
+    sae = load_pretrained(sae_dir)
+    sets = _feature_sets(sae, sae_dir, selection, emotions, allow_unverified)
+    store = ActivationStore(store_dir)
+    store.require_finished("estimate the global steering direction from")
+    store.verify(progress=progress)
+    means = mean_difference_directions(store, NEUTRAL, list(emotions), progress=progress)
+
+    def attach(emotion: str, schedule: StepSchedule | None, n: int) -> AbstractContextManager:
+        per_step = schedule.schedule if schedule is not None else None
+        return steer(backbone, global_steering(means[emotion], sae, sets[emotion].feature_ids, alphas[emotion],
+                                               schedule=per_step))
+
+    return ScheduledMethod("global", sae.cfg.hook_name, alphas, attach)
 
 
 # ------------------------------------------------------------------------------------- hookpoint norms
@@ -305,15 +364,24 @@ def run_schedules(settings: SchedulesSettings) -> list[dict]:
     cut = cut_sample(k, backbone.sample_rate, backbone.token_rate)
     neutral_first = steps.multipliers[0] == 0  # the usual Neutral -> emotion; else emotion -> Neutral
 
+    if s.intensity is not None:  # every method's α for every emotion resolved (or refused) before any work
+        alphas = {name: {e: c.alpha for e, c in alphas_for_intensity(str(s.calibration), name, s.emotions,
+                                                                     float(s.intensity), backbone.backbone_id).items()}
+                  for name in s.methods}
+    else:
+        alphas = {name: dict.fromkeys(s.emotions, float(a)) for name, a in s.method_alphas.items()}
     methods: list[ScheduledMethod] = []
     for name in s.methods:
         if name == "emoshift":
             assert setup is not None
             setup.targets(list(s.emotions))
-            methods.append(emoshift_method(setup, s.alphas[name]))
-        else:
-            methods.append(sae_emotion_method(backbone, str(s.sae), str(s.selection), s.emotions, s.alphas[name],
+            methods.append(emoshift_method(setup, alphas[name]))
+        elif name == "sae_emotion":
+            methods.append(sae_emotion_method(backbone, str(s.sae), str(s.selection), s.emotions, alphas[name],
                                               s.allow_unverified_features))
+        else:
+            methods.append(global_method(backbone, str(s.sae), str(s.selection), str(s.store), s.emotions,
+                                         alphas[name], s.allow_unverified_features, s.progress))
     root = Path(s.corpus_root)
     texts, _ = protocol.texts(root)
     speakers, voice = protocol.voices(backbone, root), protocol.voice_for(backbone, root)
@@ -354,8 +422,9 @@ def run_schedules(settings: SchedulesSettings) -> list[dict]:
     over_time = _over_time(spoken, methods, s.emotions, backbone.token_rate)
     short = {key: n for key, n in _short_counts(spoken, cut, s.min_segment_s, backbone.sample_rate).items() if n}
 
-    info = {"backbone": backbone.backbone_id, "methods": {m.name: {"hookpoint": m.hookpoint, "alpha": m.alpha}
+    info = {"backbone": backbone.backbone_id, "methods": {m.name: {"hookpoint": m.hookpoint, "alphas": m.alphas}
                                                            for m in methods},
+            "intensity": s.intensity, "calibration": s.calibration,
             "emotions": list(s.emotions), "schedule": steps.record(), "switch_step": k, "switch_s": switch_s,
             "neutral_first": neutral_first, "cut_sample": cut, "sample_rate": backbone.sample_rate,
             "token_rate": backbone.token_rate,
@@ -363,15 +432,16 @@ def run_schedules(settings: SchedulesSettings) -> list[dict]:
             "clips": len(prompts), "segments_too_short": short, "speakers": speakers, "n_texts": len(texts),
             "split": protocol.split, "seed": seed, "max_new_tokens": sampling.max_new_tokens,
             "recognizer": getattr(scorers.recognizer, "name", s.recognizer), "protocol": protocol.describe()}
-    paths = {"layer": s.layer if "emoshift" in s.methods else None,
-             "sae": s.sae if "sae_emotion" in s.methods else None,
-             "feature_sets": [feature_set_path(str(s.selection), e) for e in s.emotions]
-             if "sae_emotion" in s.methods else None}
+    sae_side = any(m in s.methods for m in ("sae_emotion", "global"))
+    paths = {"layer": s.layer if "emoshift" in s.methods else None, "sae": s.sae if sae_side else None,
+             "feature_sets": [feature_set_path(str(s.selection), e) for e in s.emotions] if sae_side else None,
+             "store": s.store if "global" in s.methods else None,
+             "calibration": s.calibration if s.intensity is not None else None}
     record = collect(backbone=backbone, paths=paths, corpus=root,
                      recognizer=(s.recognizer, recognizer_folder(s.recognizer, s.recognizer_dir)),
                      seeds={"sampling": seed},
                      protocol={**protocol.describe(), "schedule": spec.spec, "methods": list(s.methods),
-                               "alphas": {m: s.alphas[m] for m in s.methods}, "emotions": list(s.emotions),
+                               "alphas": alphas, "intensity": s.intensity, "emotions": list(s.emotions),
                                "window_s": s.window_s, "min_segment_s": s.min_segment_s,
                                "n_bootstrap": s.n_bootstrap})
     buffer = io.BytesIO()
@@ -404,7 +474,7 @@ def _segment_rows(spoken: dict[tuple[str, str, str], _Spoken], methods: Sequence
                         if (end - start) / clip.sample_rate < min_segment_s:
                             continue
                         base = {"direction": f"{m.name}/{segment}", "emotion": e, "method": setting,
-                                "alpha": 0.0 if setting == "unsteered" else m.alpha, "utt_id": clip.prompt.utt_id,
+                                "alpha": 0.0 if setting == "unsteered" else m.alphas[e], "utt_id": clip.prompt.utt_id,
                                 "speaker": clip.prompt.speaker, "segment": segment, "start_s": start / clip.sample_rate,
                                 "end_s": end / clip.sample_rate, "clip_duration_s": len(clip.wave) / clip.sample_rate,
                                 "finished": float(clip.finished)}
@@ -440,7 +510,7 @@ def _window_rows(spoken: dict[tuple[str, str, str], _Spoken], methods: Sequence[
                     if len(clip.wave) < end:
                         continue
                     rows.append({"direction": f"{m.name}/switch±{window_s:g}s", "emotion": e, "method": setting,
-                                 "alpha": 0.0 if setting == "unsteered" else m.alpha, "utt_id": clip.prompt.utt_id,
+                                 "alpha": 0.0 if setting == "unsteered" else m.alphas[e], "utt_id": clip.prompt.utt_id,
                                  "speaker": clip.prompt.speaker, "segment": f"±{window_s:g}s",
                                  "start_s": start / rate, "end_s": end / rate})
                     waves += [clip.wave[start:mid], clip.wave[mid:end]]
@@ -511,13 +581,25 @@ def _over_time(spoken: dict[tuple[str, str, str], _Spoken], methods: Sequence[Sc
 
 
 # --------------------------------------------------------------------------------------------- rendering
+def _alphas_text(alphas: dict[str, float]) -> str:
+    """One α for every emotion as one number, else each emotion's."""
+    values = set(alphas.values())
+    if len(values) == 1:
+        return f"{values.pop():g}"
+    return "(" + ", ".join(f"{e} {a:.3g}" for e, a in alphas.items()) + ")"
+
+
 def schedules_markdown(summary: list[dict], paired_ser: list[dict], paired_probes: list[dict], info: dict) -> str:
     """The report: SER per segment, the probes per segment, and the sharpness of the switch."""
     index = {(r["direction"], r["emotion"], r["method"]): r for r in summary}
     methods, emotions, w = list(info["methods"]), info["emotions"], info["window_s"]
     ser_p = {(r["direction"], r["emotion"], r["method_b"]): r for r in paired_ser}
     probe_p = {(r["direction"], r["emotion"], r["method_b"], r["probe"]): r for r in paired_probes}
-    alphas = ", ".join(f"{method_label(m)} α = {v['alpha']:g} at `{v['hookpoint']}`" for m, v in info["methods"].items())
+    alphas = ", ".join(f"{method_label(m)} α = {_alphas_text(v['alphas'])} at `{v['hookpoint']}`"
+                       for m, v in info["methods"].items())
+    if info.get("intensity") is not None:
+        alphas = (f"Steered to the calibrated intensity P(target) = {info['intensity']:g} (`{info['calibration']}`; "
+                  f"the recognizer's reading, biased on synthetic speech): {alphas}")
     kept = ", ".join(f"{key} {n}/{info['clips']}" for key, n in info["tokens_kept_before_switch"].items())
     short = ", ".join(f"{key} {n}" for key, n in info["segments_too_short"].items()) or "none"
     lines = [
@@ -581,7 +663,7 @@ def schedules_markdown(summary: list[dict], paired_ser: list[dict], paired_probe
     lines += ["", f"## How sharp the switch is: ±{w:g} s around it", "",
               f"F0 and RMS in the {w:g} s before the switch and the {w:g} s after it, per clip long enough; the jump is "
               "after − before, clip by clip (means ± half the 95% t interval).", "",
-              f"| method | emotion | setting | n | F0 before (Hz) | F0 after | F0 jump | RMS before | RMS after "
+              "| method | emotion | setting | n | F0 before (Hz) | F0 after | F0 jump | RMS before | RMS after "
               f"| RMS jump |", "|---|---|---|---:|---|---|---|---|---|---|"]
     for m in methods:
         for e in emotions:
@@ -605,7 +687,7 @@ def schedules_markdown(summary: list[dict], paired_ser: list[dict], paired_probe
                       _diff(probe_p.get((*key, "whole", "f0_after"))), _diff(probe_p.get((*key, "whole", "rms_after")))]
             lines.append(f"| {method_label(m)} | {e} | " + " | ".join(values) + " |")
     lines += ["", *paired_markdown(paired_ser, {s: SETTING_LABELS[s] for s in SETTINGS}),
-              f"Figure: `schedules.png` (mean F0 and the steered hookpoint's norm over time, the switch marked; data in "
+              "Figure: `schedules.png` (mean F0 and the steered hookpoint's norm over time, the switch marked; data in "
               "`schedules_over_time.csv`).", ""]
     return "\n".join(lines)
 

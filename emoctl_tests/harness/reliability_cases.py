@@ -1086,6 +1086,44 @@ for what, args, needles in [
     case("7", f"{args[0]} {args[1] if args[0] == 'steer' else ''} --schedule: {what}".replace("  ", " "), args,
          needles)
 
+def calibrations(case_dir: Path, fx: dict[str, str]) -> dict[str, str]:
+    """`{calibration}` is a calibration of the committed mini TTS whose EmoShift curves reach P(target) 0.1 to
+    0.8; `{calibration_other}` the same measured on another backbone."""
+    from emoctl.backbones.loading import load_backbone
+    from emoctl.evaluation.calibration import Calibration, Curve, CurvePoint
+
+    def curve(method: str, emotion: str) -> Curve:
+        return Curve(method, emotion, tuple(CurvePoint(a, 8, f, f, f, f, f, f, f, 1.0, 0.8, 1.0)
+                                            for a, f in ((0.0, 0.1), (2.0, 0.8))))
+
+    curves = tuple(curve(m, e) for m in ("emoshift", "sae_emotion") for e in ("Angry", "Happy", "Sad", "Surprise"))
+    Calibration(load_backbone("mini_tts").backbone_id, "mini-ser", curves, {}).save(case_dir / "cal.json")
+    Calibration("indextts2@0123456789ab", "mini-ser", curves, {}).save(case_dir / "other.json")
+    return {"calibration": str(case_dir / "cal.json"), "calibration_other": str(case_dir / "other.json")}
+
+
+SCHEDULES_RECIPE = "recipes/evaluation/report_schedules_mini.yaml"
+for what, args, needles in [
+    ("an intensity the calibration did not reach", ("steer", "emoshift", "--layer", "{layer}", "--out_dir",
+                                                    "{tmp}/s", "--intensities", "[0.95]", "--calibration",
+                                                    "{calibration}"),
+     ("intensity 0.95 for Angry by emoshift is outside what the calibration reached", "[0.100, 0.800]")),
+    ("an intensity that is not a probability", ("steer", "emoshift", "--layer", "{layer}", "--out_dir", "{tmp}/s",
+                                                "--intensities", "[1.5]", "--calibration", "{calibration}"),
+     ("intensity=1.5 must be a probability strictly between 0 and 1",)),
+    ("a calibration of another backbone", ("report", "schedules", "--config", SCHEDULES_RECIPE, "--out_dir",
+                                           "{tmp}/s", "--alphas", "null", "--intensity", "0.5", "--calibration",
+                                           "{calibration_other}"),
+     ("calibrates backbone indextts2@0123456789ab, but steering runs on mini-tts@",)),
+    ("α and an intensity together", ("report", "schedules", "--config", SCHEDULES_RECIPE, "--out_dir", "{tmp}/s",
+                                     "--intensity", "0.5", "--calibration", "{calibration}"),
+     ("give α or an intensity, not both",)),
+    ("a NaN α in the calibration grid", ("calibrate", "--out_dir", "{tmp}/c", "--alphas", "{{global: [.nan]}}"),
+     ("alphas.global=[nan]", "distinct finite α > 0")),
+]:
+    case("7", f"{' '.join(args[:2]) if args[0] != 'calibrate' else 'calibrate'}: {what}", args, needles,
+         setup=calibrations)
+
 case("7", "report table1 --max_wer_increase -1 (checked before the corpus is read)",
      ("report", "table1", "--sae", "{sae_mini}", "--store", "{store}", "--selection", "{select_mini}",
       "--out_dir", "{tmp}/t", "--corpus_root", "{tmp}/no_corpus", "--max_wer_increase", "-1"),

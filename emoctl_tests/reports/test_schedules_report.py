@@ -62,8 +62,8 @@ def test_before_the_switch_a_switched_clip_is_the_unsteered_clip(setup, method):
     k = switch_step(steps)
     cut = cut_sample(k, tts.sample_rate, tts.token_rate)
     untouched = cut - tts.codec.fft_size // 2
-    steering = (emoshift_method(setup, 2.0) if method == "emoshift"
-                else sae_emotion_method(tts, SAE, SELECTION, ["Angry"], 8.0, allow_unverified=False))
+    steering = (emoshift_method(setup, {"Angry": 2.0}) if method == "emoshift"
+                else sae_emotion_method(tts, SAE, SELECTION, ["Angry"], {"Angry": 8.0}, allow_unverified=False))
     plain = synthesize_steered(tts, prompts, None, 3, SAMPLING)
     switched = synthesize_steered(tts, prompts, lambda b, start: steering.attach("Angry", steps, len(b)), 3, SAMPLING)
     whole = synthesize_steered(tts, prompts, lambda b, start: steering.attach("Angry", None, len(b)), 3, SAMPLING)
@@ -161,10 +161,14 @@ def test_a_bad_recipe_value_gets_one_paragraph_before_anything_is_spoken(tmp_pat
             (["--schedule", '{"switch": {"at_s": 1.0, "after": 0.5}}'], "give before and after as 0 and 1"),
             (["--schedule", '{"switch": {"at_s": 0.1}}'], "less than window_s=0.2 s from the start"),
             (["--schedule", '{"switch": {"at_ms": 5}}'], "unknown unit in at_ms=5"),
-            (["--methods", '["global"]'], "name each of emoshift, sae_emotion"),
+            (["--methods", '["cocoemo"]'], "name each of emoshift, sae_emotion, global"),
+            (["--methods", '["global"]'], "method global needs store"),
+            (["--intensity", "0.6"], "give α or an intensity, not both"),
+            (["--alphas", "null", "--intensity", "0.6"], "needs --calibration"),
+            (["--alphas", "null", "--intensity", "1.2", "--calibration", "x"], "strictly between 0 and 1"),
             (["--emotions", '["Neutral"]'], "other than Neutral"),
             (["--alphas", '{"emoshift": -1.0, "sae_emotion": 8.0}'], "bad: {'emoshift': -1.0}"),
-            (["--alphas", '{"emoshift": 2.0, "sae_emotion": 5000}'], "steers latents too hard"),
+            (["--alphas", '{"emoshift": 2.0, "sae_emotion": 5000}'], "steer latents too hard"),
             (["--emotions", '["Calm"]'], "emotions ['Calm'] have no matrix in this layer"),
     ):
         assert_one_paragraph_error(parse_emoctl("report", "schedules", "--config", recipe, *out, *args), needle,

@@ -147,3 +147,88 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
     assert info["provenance"]["protocol"]["speakers"] == ["0017"] and info["provenance"]["seeds"]["sampling"] == 0
     assert table.splitlines()[2].startswith("*Made with* backbone `") and "table1_info.json" in table.splitlines()[2]
     assert set(info["outputs"]) == {"table1.csv", "table1_clips.csv", "table1_paired.csv", "alpha_sweep.csv"}
+
+
+def _clip_rows(path: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(path.open()))
+
+
+def test_calibration_then_steering_by_intensity_end_to_end(trained, corpus_root, tmp_path, capsys):
+    """``emoctl calibrate`` on EmoShift, SAE-Emotion and Global (the store's mean differences) for Sad; the curves
+    hold the clips' numbers; ``steer emoshift --intensities`` and ``report schedules --intensity`` steer at the α
+    the calibration's inverse gives; Global runs in the schedules report."""
+    from emoctl.commands.steer import emoshift_sweep
+    from emoctl.evaluation.calibration import Calibration, monotone_fit
+    from emoctl.evaluation.protocol import EvaluationProtocol
+    from emoctl.reports.calibration import CalibrationSettings, run_calibration
+    from emoctl.reports.schedules import SchedulesSettings, run_schedules
+    from emoctl.synthesis import SamplingConfig
+
+    root, sae_dir, _ = trained
+    sampling = SamplingConfig(max_new_tokens=200, batch_size=4)
+    protocol = EvaluationProtocol(speakers=["0017"], n_texts=2, split="evaluation", sampling=sampling)
+    cal = tmp_path / "calibration"
+    run_calibration(CalibrationSettings(sae=str(sae_dir), selection=str(root / "select"), store=str(root / "store"),
+                                        corpus_root=str(corpus_root), out_dir=str(cal), emotions=["Sad"],
+                                        alphas={"emoshift": [2.0], "sae_emotion": [4.0, 8.0], "global": [8.0]},
+                                        protocol=protocol, n_bootstrap=200, progress=False))
+    calibration = Calibration.load(cal)
+    assert calibration.backbone_id == load_backbone("mini_tts").backbone_id and calibration.recognizer == "mini-ser"
+    curves = {c.method: c for c in calibration.curves}
+    assert {m: [p.alpha for p in c.points] for m, c in curves.items()} == {
+        "emoshift": [0, 2], "sae_emotion": [0, 4, 8], "global": [0, 8]}
+    clips = _clip_rows(cal / "calibration_clips.csv")
+    for method, curve in curves.items():
+        assert curve.points[0] == curves["emoshift"].points[0]  # α = 0: the same unsteered clips for every method
+        for point in curve.points:
+            label = "unsteered" if point.alpha == 0 else f"{method}@{point.alpha:g}"
+            mine = [r for r in clips if r["method"] == label]
+            assert point.n == len(mine) == 2
+            assert point.p_target == pytest.approx(np.mean([float(r["p_target"]) for r in mine]))
+            assert point.accuracy == pytest.approx(np.mean([float(r["ser_hit"]) for r in mine]))
+            assert point.wer == pytest.approx(np.mean([float(r["wer"]) for r in mine]))
+        assert [p.fit for p in curve.points] == pytest.approx(
+            monotone_fit([p.p_target for p in curve.points], [p.n for p in curve.points]))
+    top = curves["sae_emotion"].points[-1]
+    assert (f"| SAE-Emotion | Sad | 8 | 2 | {top.p_target:.3f} [{top.p_target_low:.3f}, {top.p_target_high:.3f}] | "
+            f"{top.fit:.3f} |") in (cal / "calibration.md").read_text()
+    assert (cal / "calibration.png").read_bytes()[:4] == b"\x89PNG" and not (cal / ".partial").exists()
+    low, high = curves["emoshift"].reached
+    assert high > low + 0.2, (low, high)  # the layer raises P(Sad): a curve to invert
+
+    # steer emoshift at a calibrated intensity: the α is the inverse's, printed, recorded and used on every clip.
+    intensity = round((low + high) / 2, 4)
+    alpha = curves["emoshift"].alpha_for(intensity)
+    assert 0 < alpha < 2
+    capsys.readouterr()
+    emoshift_sweep("emoctl/assets/emoshift_mini", corpus_root=str(corpus_root), out_dir=str(tmp_path / "sweep"),
+                   emotions=["Sad"], intensities=[intensity], calibration=str(cal),
+                   protocol=EvaluationProtocol(speakers=["0017"], n_texts=1, sampling=sampling), progress=False)
+    assert f"intensity {intensity:g} -> α = {alpha:.4g} for Sad by emoshift" in capsys.readouterr().out
+    info = json.loads((tmp_path / "sweep" / "emoshift_sweep_info.json").read_text())
+    assert info["intensities"] == {f"{intensity:g}": {"Sad": pytest.approx(alpha)}}
+    steered = [r for r in _clip_rows(tmp_path / "sweep" / "emoshift_sweep_clips.csv")
+               if r["method"] == f"intensity={intensity:g}"]
+    assert steered and all(float(r["alpha"]) == pytest.approx(alpha) for r in steered)
+    assert "calibration" in info["provenance"]["inputs"]
+
+    # report schedules: Global switched on mid-utterance, and EmoShift at the calibrated intensity.
+    schedule = {"switch": {"at_s": 0.6}}
+    short = EvaluationProtocol(speakers=["0017"], n_texts=1, sampling=SamplingConfig(max_new_tokens=100))
+    common = dict(sae=str(sae_dir), selection=str(root / "select"), store=str(root / "store"),
+                  corpus_root=str(corpus_root), emotions=["Sad"], schedule=schedule, protocol=short, n_bootstrap=50,
+                  progress=False)
+    run_schedules(SchedulesSettings(out_dir=str(tmp_path / "sched_global"), methods=["emoshift", "global"],
+                                    alphas={"emoshift": 2.0, "global": 8.0}, **common))
+    info = json.loads((tmp_path / "sched_global" / "schedules_info.json").read_text())
+    assert info["methods"]["global"] == {"hookpoint": "resid_pre.5", "alphas": {"Sad": 8.0}}
+    assert info["tokens_kept_before_switch"] == {"emoshift/Sad": 1, "global/Sad": 1}
+    assert "| Global steering | Sad |" in (tmp_path / "sched_global" / "schedules.md").read_text()
+    run_schedules(SchedulesSettings(out_dir=str(tmp_path / "sched_intensity"), methods=["emoshift"],
+                                    intensity=intensity, calibration=str(cal), **common))
+    info = json.loads((tmp_path / "sched_intensity" / "schedules_info.json").read_text())
+    assert info["methods"]["emoshift"]["alphas"] == {"Sad": pytest.approx(alpha)} and info["intensity"] == intensity
+    rows = [r for r in _clip_rows(tmp_path / "sched_intensity" / "schedules_clips.csv") if r["method"] == "switched"]
+    assert rows and all(float(r["alpha"]) == pytest.approx(alpha) for r in rows)
