@@ -664,7 +664,7 @@ def schedules_markdown(summary: list[dict], paired_ser: list[dict], paired_probe
               f"F0 and RMS in the {w:g} s before the switch and the {w:g} s after it, per clip long enough; the jump is "
               "after − before, clip by clip (means ± half the 95% t interval).", "",
               "| method | emotion | setting | n | F0 before (Hz) | F0 after | F0 jump | RMS before | RMS after "
-              f"| RMS jump |", "|---|---|---|---:|---|---|---|---|---|---|"]
+              "| RMS jump |", "|---|---|---|---:|---|---|---|---|---|---|"]
     for m in methods:
         for e in emotions:
             for setting in SETTINGS:
