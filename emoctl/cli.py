@@ -119,6 +119,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
                          "EmoShift intensity sweep over α: SER accuracy per emotion, WER, SpkSIM (MD + CSV + PNG)."),
         "compound": Tool("emoctl.commands.steer:emoshift_compound",
                          "EmoShift compound emotions: weighted mixtures vs pure emotions (F0, RMS, duration, SER)."),
+        "speak": Tool("emoctl.commands.steer:speak",
+                      "Speak under a switch, ramp or segments (any method); WAVs and each part scored (SER, F0, RMS)."),
     },
     "evaluate": {"": Tool("emoctl.commands.evaluate:evaluate",
                           "Score generated clips: WER, SpkSIM, DNSMOS, SER accuracy and Emo-SIM (CSV + Markdown).")},
@@ -135,7 +137,7 @@ TOOL_SUMMARIES: dict[str, str] = {
     "select": "Select each emotion's SAE features from paired activations (JSON + PNG + Markdown).",
     "calibrate": "Map steering strength α to the recognizer's P(target) per method and emotion (JSON + MD + PNG).",
     "attribute": "Steer one feature at a time and report the acoustic shifts (Markdown + CSV + PNG).",
-    "steer": "Apply a trained steering layer: intensity sweeps and compound emotions.",
+    "steer": "Apply steering: EmoShift sweeps and compound emotions; speak under any schedule (WAV + scores).",
     "evaluate": "Score generated clips against a manifest: WER, SpkSIM, DNSMOS, SER accuracy, Emo-SIM.",
 }
 

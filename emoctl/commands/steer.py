@@ -1,4 +1,5 @@
-"""``emoctl steer``: apply a trained EmoShift layer: intensity sweeps over α and compound emotions."""
+"""``emoctl steer``: apply a trained EmoShift layer (strength sweeps over α or calibrated intensities, compound
+emotions), and speak under a user's schedule with any method (``steer speak``)."""
 from __future__ import annotations
 
 import math
@@ -14,12 +15,14 @@ from emoctl.evaluation.emoshift_setup import SteeringSetup, target_prompts
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import References, Scorers, score_clips
 from emoctl.evaluation.summary import summarize
+from emoctl.commands.settings_flags import flags_from
 from emoctl.io.fsio import check_output_dir
 from emoctl.io.provenance import collect
 from emoctl.metrics.loading import load_recognizer, recognizer_folder
 from emoctl.probes import measure
 from emoctl.reports.emoshift_sweep import (COMPOUND_PROBES, DEFAULT_ALPHAS, DEFAULT_MIXTURES, UNSTEERED, alpha_label,
                                            intensity_label, mix_label, sweep_summary, write_compound, write_sweep)
+from emoctl.reports.speak import SpeakSettings, run_speak
 from emoctl.steering.schedules import ScheduleSpec, StepSchedule, parse_step_schedule
 
 
@@ -191,3 +194,11 @@ def _resolved(spec: ScheduleSpec | None, setup: SteeringSetup, protocol: Evaluat
     steps = spec.resolve_for(setup.backbone, protocol.sampling.max_new_tokens)
     assert isinstance(steps, StepSchedule)  # parse_step_schedule refused segments
     return steps
+
+
+@flags_from(SpeakSettings)
+def speak(**settings: Any) -> list[dict]:
+    """Speak sentences unsteered and under a schedule (a switch, a ramp or segments each with its own emotion and
+    α) for one method; write both as WAV files and score each part of every clip against its own emotion
+    (SER, F0, RMS, centroid); speak.md / .csv and audio/ in out_dir."""
+    return run_speak(SpeakSettings(**settings))

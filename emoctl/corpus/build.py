@@ -43,6 +43,7 @@ from emoctl.corpus.espeak import espeak_ng_version, synthesize
 from emoctl.corpus.sentences import generate_sentences
 from emoctl.corpus.voices import Speaker, select_speakers
 from emoctl.errors import ConfigError
+from emoctl.io.formats import wav_bytes
 
 __all__ = ["ESD_BLOCK", "SPLITS", "Utterance", "build_corpus", "plan_corpus", "read_corpus_record", "split_sizes",
            "trim_silence"]
@@ -143,14 +144,7 @@ def _render(utterance: Utterance, sample_rate: int) -> bytes:
         import soxr
 
         samples = soxr.resample(samples, SOURCE_RATE, sample_rate, quality="HQ")  # (m,)
-    pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    return wav_bytes(samples, sample_rate)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

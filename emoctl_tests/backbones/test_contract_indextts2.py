@@ -285,6 +285,29 @@ def test_harvest_fit_select_and_steer_on_indextts2(indextts2_release, corpus_roo
     assert len(rows) >= 1 and rows[0]["feature"] == sets["Angry"].feature_ids[0]
     assert (tmp_path / "attr" / "attribution.md").is_file()
 
+    # and speaking under segments (two emotions' features composed, complementary schedules) through the contract
+    from emoctl.evaluation.protocol import EvaluationProtocol
+    from emoctl.reports.speak import SpeakSettings, run_speak
+    from emoctl.synthesis import SamplingConfig
+
+    segments = {"segments": [{"emotion": "Angry", "alpha": 50, "start_step": 4, "end_step": 8},
+                             {"emotion": "Sad", "alpha": 50}]}
+    protocol = EvaluationProtocol(speakers=["0019"], n_texts=1, sampling=SamplingConfig(max_new_tokens=12,
+                                                                                          temperature=0.8, top_k=30))
+    common = dict(method="sae_emotion", sae=str(sae_dir), selection=str(tmp_path / "select"), backbone=spec,
+                  corpus_root=str(corpus_root), protocol=protocol, min_part_s=0.01, progress=False)
+    with pytest.raises(ConfigError, match="past the token cap"):
+        run_speak(SpeakSettings(schedule={"switch": {"at_s": 30}}, emotion="Angry", alpha=50,
+                                out_dir=str(tmp_path / "never"), **common))
+    assert not (tmp_path / "never").exists()
+    run_speak(SpeakSettings(schedule=segments, out_dir=str(tmp_path / "speak"), **common))
+    info = json.loads((tmp_path / "speak" / "speak_info.json").read_text())
+    assert [(p["start"], p["end"], p["target"]) for p in info["parts"]] == [(0, 4, "Neutral"), (4, 8, "Angry"),
+                                                                            (8, 12, "Sad")]
+    assert info["tokens_kept_before_steering"] == 1 and info["hookpoint"] == "resid_pre.1"
+    assert sorted(f.name for f in (tmp_path / "speak" / "audio").iterdir()) == [
+        f"speak-t00-0019.{setting}.wav" for setting in ("scheduled", "unsteered")]
+
 
 def test_reports_voice_indextts2_by_each_speakers_reference_clip(backbone, corpus_root):
     """Reports name speakers as the corpus does; a backbone that clones clips gets each speaker's reference
