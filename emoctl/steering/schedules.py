@@ -395,6 +395,6 @@ def parse_step_schedule(value: Mapping[str, Any] | str | None, command: str) -> 
     if isinstance(spec.body, Segments):
         raise ConfigError(f"{command} steers each clip toward one emotion and scores it against that emotion, so "
                           f"schedule {spec.spec!r} with segments of their own emotions has no target to score; give "
-                          "a switch or a ramp here (it shapes α over time), and compose segments in Python with "
-                          "SegmentPlan.interventions / EmoSteerShift(step_mixes=...).")
+                          "a switch or a ramp here (it shapes α over time); `emoctl steer speak` speaks segments and "
+                          "scores each part against its own emotion.")
     return spec
