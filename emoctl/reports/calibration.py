@@ -30,6 +30,7 @@ from emoctl.emosteer import EmoSteer
 from emoctl.emotions import NEUTRAL
 from emoctl.errors import ConfigError
 from emoctl.evaluation.calibration import BIAS_WARNING, FILE_NAME, Calibration, Curve, build_curve
+from emoctl.evaluation.emoshift_setup import SteeringSetup
 from emoctl.evaluation.cell_cache import CellCache, check_kept_blocks
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import References, Scorers
@@ -156,7 +157,9 @@ def run_calibration(settings: CalibrationSettings) -> list[dict]:
         if missing:
             raise ConfigError(f"the EmoShift layer in {s.layer} steers {layer.layer_emotions}, not {missing}; leave "
                               "them out of emotions or of methods.")
-    backbone = s.backbone.load()
+    # With a layer, the backbone is the layer's (its kind, checkpoint and the options it was trained with).
+    backbone = (SteeringSetup.load(str(s.layer), s.backbone if s.backbone != BackboneSpec() else None).backbone
+                if layer is not None else s.backbone.load())
     sae = feature_sets = None
     means: dict = {}
     store = None

@@ -31,6 +31,7 @@ from emoctl.emosteer import EmoSteer, steer as emosteer_steer
 from emoctl.emotions import NEUTRAL
 from emoctl.errors import ConfigError
 from emoctl.evaluation.calibration import alphas_for_intensity, check_alpha_or_intensity
+from emoctl.evaluation.emoshift_setup import SteeringSetup
 from emoctl.evaluation.protocol import EvaluationProtocol
 from emoctl.evaluation.scoring import ReferenceSet, Scorers, Utterance, measure, score
 from emoctl.evaluation.steered import synthesize_steered
@@ -236,7 +237,9 @@ def run_speak(settings: SpeakSettings) -> list[dict]:
     s = settings
     check_output_dir(s.out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     protocol, root = s.protocol, Path(s.corpus_root)
-    backbone = s.backbone.load()
+    # EmoShift speaks on the layer's backbone (its kind, checkpoint and the options it was trained with).
+    backbone = (SteeringSetup.load(str(s.layer), s.backbone if s.backbone != BackboneSpec() else None).backbone
+                if s.method == "emoshift" else s.backbone.load())
     spec = parse_schedule(s.schedule)
     resolved = spec.resolve_for(backbone, protocol.sampling.max_new_tokens)  # a time past the cap stops here
     alpha = s.alpha

@@ -323,6 +323,20 @@ def test_emoshift_trains_on_cosyvoice_from_the_embedded_corpus_and_llm_pt_still_
         if key not in ("method", "alpha") and isinstance(value, float):
             assert overall["alpha=0"][key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
     assert (tmp_path / "sweep" / "emoshift_sweep.md").is_file()
+    # A layer trained under condition 'emotion' has no Neutral start to calibrate or to switch from: refused
+    # before anything is spoken, naming the layer.
+    from emoctl.reports.calibration import CalibrationSettings, run_calibration
+    from emoctl.reports.speak import SpeakSettings, run_speak
+
+    with pytest.raises(ConfigError, match="trained under condition 'emotion'; a calibration induces emotions"):
+        run_calibration(CalibrationSettings(methods=["emoshift"], layer=str(tmp_path / "layer"), emotions=["Angry"],
+                                            backbone=plain, corpus_root=str(corpus_root),
+                                            out_dir=str(tmp_path / "cal"), progress=False))
+    with pytest.raises(ConfigError, match="trained under condition 'emotion'; speak tells the backbone Neutral"):
+        run_speak(SpeakSettings(schedule={"switch": {"at_step": 10}}, emotion="Angry", alpha=1.0,
+                                layer=str(tmp_path / "layer"), backbone=plain, corpus_root=str(corpus_root),
+                                out_dir=str(tmp_path / "speak"), protocol=protocol, progress=False))
+    assert not (tmp_path / "cal").exists() and not (tmp_path / "speak").exists()
     released = torch.load(cosyvoice_release / "llm.pt", weights_only=True)
     assert list(backbone.llm.state_dict()) == list(released)
     assert all(torch.equal(v, released[k]) for k, v in backbone.llm.state_dict().items())

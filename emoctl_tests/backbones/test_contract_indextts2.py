@@ -3,6 +3,8 @@ plus what only IndexTTS2 has to prove: the KV cache is used, a batch equals each
 upstream's own ``inference_speech``, and recorded rows are the returned hypothesis's states."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -307,6 +309,24 @@ def test_harvest_fit_select_and_steer_on_indextts2(indextts2_release, corpus_roo
     assert info["tokens_kept_before_steering"] == 1 and info["hookpoint"] == "resid_pre.1"
     assert sorted(f.name for f in (tmp_path / "speak" / "audio").iterdir()) == [
         f"speak-t00-0019.{setting}.wav" for setting in ("scheduled", "unsteered")]
+
+    # and calibrating α -> P(target) there: one curve per method and emotion, of this backbone, refused elsewhere
+    from emoctl.evaluation.calibration import Calibration, alphas_for_intensity
+    from emoctl.reports.calibration import CalibrationSettings, run_calibration
+
+    run_calibration(CalibrationSettings(methods=["sae_emotion"], emotions=["Angry"], alphas={"sae_emotion": [50.0]},
+                                        layer=None, sae=str(sae_dir), selection=str(tmp_path / "select"), store=None,
+                                        backbone=spec, corpus_root=str(corpus_root), out_dir=str(tmp_path / "cal"),
+                                        protocol=EvaluationProtocol(speakers=["0019"], n_texts=1, split="evaluation",
+                                                                    reference_clips=1, sampling=protocol.sampling),
+                                        n_bootstrap=20, progress=False))
+    calibration = Calibration.load(tmp_path / "cal")
+    assert calibration.backbone_id == backbone.backbone_id
+    (curve,) = calibration.curves
+    assert [p.alpha for p in curve.points] == [0.0, 50.0] and all(p.n == 1 for p in curve.points)
+    assert all(0 <= p.p_target <= 1 and math.isfinite(p.wer) for p in curve.points)
+    with pytest.raises(ConfigError, match="calibrates backbone indextts2"):
+        alphas_for_intensity(tmp_path / "cal", "sae_emotion", ["Angry"], 0.5, load_backbone("mini_tts").backbone_id)
 
 
 def test_reports_voice_indextts2_by_each_speakers_reference_clip(backbone, corpus_root):
