@@ -40,7 +40,10 @@ class BackboneContract:
       (then the suite checks that beams are refused);
     * ``refused_prompts``: prompts whose condition kinds it must refuse;
     * ``refused_sampling``: Sampling overrides it must refuse (a dict), or an empty dict;
-    * ``steer_hookpoint``: a ``resid_pre.L`` hookpoint the steering checks write.
+    * ``steer_hookpoint``: a ``resid_pre.L`` hookpoint the steering checks write;
+    * ``finish_block``: ``finish_block(L, r)`` is block L's output (``resid_pre.{L+1}``) from ``r``, the residual
+      just after its attention's add (``resid_pre.L + attn_out.L``), written with the block's own modules:
+      the check that ``attn_out.L`` is what the attention adds, before the add.
 
     and override, as class attributes where the defaults do not hold:
 
@@ -54,7 +57,8 @@ class BackboneContract:
 
     # ------------------------------------------------------------ identity
     def test_hookpoints_cover_every_block_and_the_head(self, backbone: Backbone) -> None:
-        expected = [f"resid_pre.{i}" for i in range(backbone.num_layers)] + ["lm_out"]
+        expected = ([f"resid_pre.{i}" for i in range(backbone.num_layers)]
+                    + [f"attn_out.{i}" for i in range(backbone.num_layers)] + ["lm_out"])
         assert backbone.hookpoints == expected
         assert backbone.hidden_size > 0 and backbone.sample_rate > 0 and backbone.vocab_size > 1
 
@@ -75,7 +79,9 @@ class BackboneContract:
         def note(name: str):
             return lambda x, ctx: seen.setdefault((name, ctx.phase), []).append(tuple(x.shape))
 
-        handles = [backbone.hooks.add_reader(h, note(h), phases=None) for h in (steer_hookpoint, "lm_out")]
+        attention = steer_hookpoint.replace("resid_pre", "attn_out")
+        handles = [backbone.hooks.add_reader(h, note(h), phases=None)
+                   for h in (steer_hookpoint, attention, "lm_out")]
         try:
             out = backbone.generate(prompts, sampling)
             targets = [t if t.numel() else torch.zeros(1, dtype=torch.long) for t in out.tokens]
@@ -93,6 +99,41 @@ class BackboneContract:
         (tf,) = seen[(steer_hookpoint, Phase.TEACHER_FORCED)]
         assert tf[0] == B and tf[-1] == d and tf[1] >= max(t.numel() for t in targets)
         assert all(s[0] == B and s[-1] == d for s in seen[("lm_out", Phase.DECODE)])
+        for phase in (Phase.PREFILL, Phase.DECODE, Phase.TEACHER_FORCED):  # the attention output: same positions
+            assert seen[(attention, phase)] == seen[(steer_hookpoint, phase)], phase
+
+    def test_attn_out_is_what_the_attention_adds_before_the_residual(self, backbone: Backbone,
+                                                                     prompts: list[Prompt], sampling: Sampling,
+                                                                     finish_block: Any) -> None:
+        """In a teacher-forced pass, block 0's output is ``finish_block(0, resid_pre.0 + attn_out.0)``; writing
+        0 at ``attn_out.0`` leaves generation bit-identical and a push there changes it."""
+        assert backbone.num_layers >= 2
+        grabbed: dict[str, torch.Tensor] = {}
+
+        def keep(name: str):
+            return lambda x, ctx: grabbed.__setitem__(name, x.detach().clone())
+
+        names = ("resid_pre.0", "attn_out.0", "resid_pre.1")
+        handles = [backbone.hooks.add_reader(h, keep(h), phases=(Phase.TEACHER_FORCED,)) for h in names]
+        try:
+            out = backbone.generate(prompts[:2], sampling, seed=1)
+            backbone.teacher_forced(prompts[:2], [t if t.numel() else torch.zeros(1, dtype=torch.long)
+                                                  for t in out.tokens])
+        finally:
+            for h in handles:
+                h.remove()
+        h, a, after = (grabbed[n] for n in names)
+        assert h.shape == a.shape == after.shape and a.abs().max() > 0
+        with torch.no_grad():
+            expected = finish_block(0, h + a)
+        assert torch.allclose(after, expected, atol=1e-4, rtol=1e-4), float((after - expected).abs().max())
+        base = backbone.generate(prompts, sampling, seed=3)
+        with steer(backbone, self._direction(backbone, "attn_out.0", 0.0)):
+            zero = backbone.generate(prompts, sampling, seed=3)
+        with steer(backbone, self._direction(backbone, "attn_out.0", 30.0)):
+            strong = backbone.generate(prompts, sampling, seed=3)
+        assert all(torch.equal(x, y) for x, y in zip(base.tokens, zero.tokens))
+        assert any(not torch.equal(x, y) for x, y in zip(base.tokens, strong.tokens)), "α = 30 changed nothing"
 
     # ---------------------------------------------------------- determinism
     def test_seeded_generation_is_deterministic_and_seed_dependent(self, backbone: Backbone, prompts: list[Prompt],

@@ -151,7 +151,9 @@ class Backbone(nn.Module, ABC):
 
     @property
     def hookpoints(self) -> list[str]:
-        """``resid_pre.0`` … ``resid_pre.{num_layers-1}`` (input of block L, counted from 0) and ``lm_out``."""
+        """``resid_pre.0`` … ``resid_pre.{num_layers-1}`` (input of block L, counted from 0), ``attn_out.0`` …
+        ``attn_out.{num_layers-1}`` (what block L's attention adds to the residual, before the add) and
+        ``lm_out`` (the input of the speech-token head)."""
         return self.hooks.hookpoints
 
     @property

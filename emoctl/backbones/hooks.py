@@ -2,8 +2,10 @@
 
 A hookpoint is the *input* of a module: ``resid_pre.L`` is the residual
 entering transformer block L (blocks counted from 0), ``lm_out`` the hidden
-state entering the speech-token head.  Harvesting reads it; steering
-(EmoShift, SAE features) rewrites it.
+state entering the speech-token head; or the *output* of one: ``attn_out.L``
+is what block L's attention adds to the residual, before the add (the first
+element where the attention module returns a tuple).  Harvesting reads it;
+steering (EmoShift, SAE features, CoCoEmo-style directions) rewrites it.
 
 An autoregressive TTS model runs three kinds of forward pass: the *prefill*
 over the prompt, one *decode* step per generated token, and, in some systems
@@ -90,10 +92,15 @@ class HookHandle:
 
 
 class HookManager:
-    """Attaches hooks to the input of named modules and runs them in the order they were added."""
+    """Attaches hooks to the input (or, for ``outputs``, the output) of named modules and runs them in the order
+    they were added."""
 
-    def __init__(self, hookpoints: Mapping[str, nn.Module]) -> None:
+    def __init__(self, hookpoints: Mapping[str, nn.Module], outputs: Iterable[str] = ()) -> None:
         self._modules = dict(hookpoints)
+        self._outputs = frozenset(outputs)
+        unknown = sorted(self._outputs - set(self._modules))
+        if unknown:
+            raise ValueError(f"output hookpoints {unknown} name no module of {list(self._modules)}")
         self._hooks: dict[str, list[_Hook]] = {}
         self._torch_handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._phase: Phase | None = None
@@ -150,9 +157,10 @@ class HookManager:
             )
         hooks = self._hooks.setdefault(hookpoint, [])
         if not hooks:
-            self._torch_handles[hookpoint] = self._modules[hookpoint].register_forward_pre_hook(
-                self._make_pre_hook(hookpoint), with_kwargs=True
-            )
+            module = self._modules[hookpoint]
+            self._torch_handles[hookpoint] = (
+                module.register_forward_hook(self._make_post_hook(hookpoint)) if hookpoint in self._outputs
+                else module.register_forward_pre_hook(self._make_pre_hook(hookpoint), with_kwargs=True))
         hooks.append(hook)
         return HookHandle(self, hookpoint, hook)
 
@@ -164,34 +172,53 @@ class HookManager:
             self._torch_handles.pop(hookpoint).remove()
             self._hooks.pop(hookpoint, None)
 
+    def _run(self, hookpoint: str, x: torch.Tensor) -> torch.Tensor | None:
+        """Every hook due in this phase on ``x``, in order; the rewritten tensor, or None if none wrote."""
+        due = [h for h in self._hooks.get(hookpoint, ()) if h.phases is None or self._phase in h.phases]
+        ctx = HookContext(hookpoint, self._phase, self._step, self._active, self._beams)
+        changed = False
+        for hook in due:
+            if hook.writes:
+                new = hook.fn(x, ctx)
+                if new.shape != x.shape:
+                    raise RuntimeError(f"write hook on {hookpoint} changed shape {tuple(x.shape)} -> "
+                                       f"{tuple(new.shape)}")
+                x, changed = new, True
+            else:
+                hook.fn(x, ctx)
+        return x if changed else None
+
+    def _due(self, hookpoint: str) -> bool:
+        return any(h.phases is None or self._phase in h.phases for h in self._hooks.get(hookpoint, ()))
+
     def _make_pre_hook(self, hookpoint: str) -> Callable[..., Any]:
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            due = [h for h in self._hooks.get(hookpoint, ()) if h.phases is None or self._phase in h.phases]
-            if not due:
+            if not self._due(hookpoint):
                 return None
             in_kwargs = not args
             key = next((k for k in _INPUT_KWARGS if k in kwargs), None) if in_kwargs else None
             if in_kwargs and key is None:
                 raise RuntimeError(f"cannot find the input tensor of hookpoint {hookpoint} in {list(kwargs)}")
-            x = kwargs[key] if in_kwargs else args[0]
-            ctx = HookContext(hookpoint, self._phase, self._step, self._active, self._beams)
-            changed = False
-            for hook in due:
-                if hook.writes:
-                    new = hook.fn(x, ctx)
-                    if new.shape != x.shape:
-                        raise RuntimeError(f"write hook on {hookpoint} changed shape {tuple(x.shape)} -> "
-                                           f"{tuple(new.shape)}")
-                    x, changed = new, True
-                else:
-                    hook.fn(x, ctx)
-            if not changed:
+            x = self._run(hookpoint, kwargs[key] if in_kwargs else args[0])
+            if x is None:
                 return None
             if in_kwargs:
                 return args, {**kwargs, key: x}
             return (x, *args[1:]), kwargs
 
         return pre_hook
+
+    def _make_post_hook(self, hookpoint: str) -> Callable[..., Any]:
+        def post_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if not self._due(hookpoint):
+                return None
+            first = output[0] if isinstance(output, tuple) else output
+            x = self._run(hookpoint, first)
+            if x is None:
+                return None
+            return (x, *output[1:]) if isinstance(output, tuple) else x
+
+        return post_hook
 
 
 _INPUT_KWARGS = ("hidden_states", "input", "x")  # how blocks and heads name their first input

@@ -29,7 +29,8 @@ class ActivationHarvester(pl.Callback):
         """
         Args:
             path: Store directory (created, or resumed when it holds a harvest with the same settings).
-            hookpoint: ``resid_pre.L`` (input of block L, counted from 0) or ``lm_out``.
+            hookpoint: ``resid_pre.L`` (input of block L, counted from 0), ``attn_out.L`` (its attention's
+                output) or ``lm_out``.
             phases: Forward passes to read: decode (one row per generated token, the SAE paper's choice)
                 and/or prefill (one row per prompt position).
             dtype: Row dtype on disk: float32, bfloat16 or float16.

@@ -35,20 +35,21 @@ HARVEST_PHASES = (Phase.PREFILL, Phase.DECODE)
 
 
 def hookpoint_layer(hookpoint: str) -> int | None:
-    """Block index of ``resid_pre.L``; None for hookpoints without one (``lm_out``)."""
-    match = re.fullmatch(r"resid_pre\.(\d+)", hookpoint)
+    """Block index of ``resid_pre.L`` or ``attn_out.L``; None for hookpoints without one (``lm_out``)."""
+    match = re.fullmatch(r"(?:resid_pre|attn_out)\.(\d+)", hookpoint)
     return int(match.group(1)) if match else None
 
 
 def check_hookpoint(backbone: Backbone, hookpoint: str) -> None:
     if hookpoint in backbone.hookpoints:
         return
-    layer = hookpoint_layer(hookpoint)
-    if layer is not None:
+    last = backbone.num_layers - 1
+    if hookpoint_layer(hookpoint) is not None:
         raise ConfigError(f"hookpoint {hookpoint!r} is out of range: this backbone has {backbone.num_layers} blocks, "
-                          f"so resid_pre.0 .. resid_pre.{backbone.num_layers - 1} (blocks counted from 0) or lm_out.")
-    raise ConfigError(f"unknown hookpoint {hookpoint!r}; this backbone has resid_pre.0 .. "
-                      f"resid_pre.{backbone.num_layers - 1} and lm_out.")
+                          f"so resid_pre.0 .. resid_pre.{last} or attn_out.0 .. attn_out.{last} (blocks counted "
+                          "from 0) or lm_out.")
+    raise ConfigError(f"unknown hookpoint {hookpoint!r}; this backbone has resid_pre.0 .. resid_pre.{last} (block "
+                      f"inputs), attn_out.0 .. attn_out.{last} (attention outputs) and lm_out.")
 
 
 def parse_phases(phases: Iterable[str | Phase]) -> tuple[Phase, ...]:

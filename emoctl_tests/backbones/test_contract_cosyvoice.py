@@ -68,6 +68,21 @@ def steer_hookpoint():
     return "resid_pre.1"
 
 
+@pytest.fixture(scope="module")
+def finish_block(backbone):
+    """Upstream's TransformerEncoderLayer after ``residual + dropout(x_att)`` (dropout is off in eval)."""
+    layers = backbone.llm.llm.encoders
+
+    def finish(layer: int, r):
+        block = layers[layer]
+        if block.normalize_before:
+            return r + block.feed_forward(block.norm2(r))
+        x = block.norm1(r)
+        return block.norm2(x + block.feed_forward(x))
+
+    return finish
+
+
 class TestCosyVoiceContract(BackboneContract):
     """Every contract check, on upstream's TransformerLM loaded from a release folder."""
 

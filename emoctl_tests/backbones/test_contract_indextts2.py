@@ -64,6 +64,13 @@ def steer_hookpoint():
     return "resid_pre.1"
 
 
+@pytest.fixture(scope="module")
+def finish_block(backbone):
+    """Upstream's GPT2Block after its attention's add: r + mlp(ln_2(r))."""
+    blocks = backbone.gpt.gpt.h
+    return lambda layer, r: r + blocks[layer].mlp(blocks[layer].ln_2(r))
+
+
 class TestIndexTTS2Contract(BackboneContract):
     """Every contract check, on upstream's UnifiedVoice loaded from a release folder."""
 

@@ -59,6 +59,13 @@ def steer_hookpoint():
     return "resid_pre.3"
 
 
+@pytest.fixture(scope="module")
+def finish_block(backbone):
+    """GPT2Block after its attention's add: r + mlp(ln_2(r))."""
+    blocks = backbone.lm.gpt.h
+    return lambda layer, r: r + blocks[layer].mlp(blocks[layer].ln_2(r))
+
+
 class TestMiniTTSContract(BackboneContract):
     """Every contract check, on the committed mini TTS."""
 

@@ -82,3 +82,36 @@ def test_bad_hookpoint_and_phase_are_named(gpt):
         hooks.add_reader("resid_pre.9", lambda x, ctx: None)
     with pytest.raises(ConfigError, match="decoding"):
         hooks.add_reader("resid_pre.0", lambda x, ctx: None, phases=["decoding"])
+
+
+def test_an_output_hookpoint_sees_and_replaces_what_the_attention_adds():
+    """``attn_out.L`` hooks the output of block L's attention (the first element of GPT2Attention's tuple): a
+    reader sees exactly what the block adds to its residual, a writer's change reaches the block's output
+    one for one before the MLP, and the rest of the tuple passes through."""
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=64)).eval()
+    block = model.h[0]
+    points = {"resid_pre.0": block, "attn_out.0": block.attn, "resid_pre.1": model.h[1]}
+    hooks = HookManager(points, outputs=["attn_out.0"])
+    assert hooks.hookpoints == ["resid_pre.0", "attn_out.0", "resid_pre.1"]
+    ids = torch.randint(0, 50, (2, 6))
+    seen = {}
+    handles = [hooks.add_reader(h, lambda x, ctx: seen.__setitem__(ctx.hookpoint, x.clone()), phases=None)
+               for h in points]
+    with torch.no_grad():
+        model(ids)
+        h, a = seen["resid_pre.0"], seen["attn_out.0"]
+        assert torch.allclose(a, block.attn(block.ln_1(h))[0])
+        assert torch.allclose(seen["resid_pre.1"], h + a + block.mlp(block.ln_2(h + a)), atol=1e-6)
+        delta = torch.zeros(32)
+        delta[3] = 2.0
+        with hooks.add_writer("attn_out.0", lambda x, ctx: x + delta, phases=None):
+            model(ids)
+        assert torch.equal(seen["attn_out.0"], a)  # a reader added before the writer sees the unwritten tensor
+        r = h + a + delta
+        assert torch.allclose(seen["resid_pre.1"], r + block.mlp(block.ln_2(r)), atol=1e-6)
+    for handle in handles:
+        handle.remove()
+    assert not block.attn._forward_hooks and not block._forward_pre_hooks  # the last removal unregisters
+    with pytest.raises(ValueError, match=r"output hookpoints \['nope'\]"):
+        HookManager(points, outputs=["nope"])

@@ -17,8 +17,9 @@ What the adapter adds to upstream, and why:
   loader was given, :data:`DEFAULT_INSTRUCTIONS` otherwise); the voice is a ``spk2info`` name or a reference
   clip (CAMPPlus x-vector).  The LLM hears no voice in instruct mode; the flow does.
 * **Steering from outside.**  ``llm.pt`` loads strictly into the unmodified LLM; steering layers act through
-  hooks on ``llm.encoders[L]`` (``resid_pre.L``) and ``llm_decoder`` (``lm_out``: (B, T, d) when teacher
-  forced, (B, d) at every generation step, as upstream calls it).
+  hooks on ``llm.encoders[L]`` (``resid_pre.L``), the output of its ``self_attn`` (``attn_out.L``) and
+  ``llm_decoder`` (``lm_out``: (B, T, d) when teacher forced, (B, d) at every generation step, as upstream calls
+  it).
 """
 from __future__ import annotations
 
@@ -96,8 +97,11 @@ class CosyVoiceInstruct(Backbone):
         # cosyvoice.yaml, the rate of speech_tokenizer_v1.onnx; CosyVoice2's 25 Hz tokens are another model).
         self.token_rate = float(cfg.plan("flow").args["input_frame_rate"])
         hookpoints: dict[str, nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(self.llm.llm.encoders)}
+        # The layer's self_attn returns (x_att, new_att_cache); x_att is what the layer adds to its residual.
+        attention = {f"attn_out.{i}": block.self_attn for i, block in enumerate(self.llm.llm.encoders)}
+        hookpoints.update(attention)
         hookpoints["lm_out"] = self.llm.llm_decoder
-        self.hooks = HookManager(hookpoints)
+        self.hooks = HookManager(hookpoints, outputs=attention)
         self._tokenizer = OnnxSpeechTokenizer(release.path("speech_tokenizer_v1.onnx"),
                                               self._tokenizer_digest(), self.stop_token, device)
         self.campplus = CampPlus(release.path("campplus.onnx"))

@@ -115,8 +115,10 @@ class IndexTTS2(Backbone):
         self.token_rate = SEMANTIC_TOKEN_RATE
         self.max_text_tokens = min(int(self.gpt.max_text_tokens), MAX_TEXT_TOKENS_PER_SEGMENT)
         hookpoints: dict[str, nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(self.gpt.gpt.h)}
+        attention = {f"attn_out.{i}": block.attn for i, block in enumerate(self.gpt.gpt.h)}  # GPT2Attention
+        hookpoints.update(attention)
         hookpoints["lm_out"] = self.gpt.mel_head
-        self.hooks = HookManager(hookpoints)
+        self.hooks = HookManager(hookpoints, outputs=attention)
         self._cache_argument = gpt2_cache_argument()
         self._clips: OrderedDict[tuple, _Clip] = OrderedDict()
         self._conditions: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()

@@ -113,8 +113,10 @@ class MiniTTS(Backbone):
         self.sample_rate = codec.sample_rate if codec is not None else SAMPLE_RATE
         self.token_rate = float(codec.frame_rate if codec is not None else SpeechCodec.frame_rate)  # 50: 20 ms frames
         points: dict[str, torch.nn.Module] = {f"resid_pre.{i}": block for i, block in enumerate(lm.gpt.h)}
+        attention = {f"attn_out.{i}": block.attn for i, block in enumerate(lm.gpt.h)}  # GPT2Attention's output
+        points.update(attention)
         points["lm_out"] = lm.lm_out
-        self.hooks = HookManager(points)
+        self.hooks = HookManager(points, outputs=attention)
         self._checkpoint_digest: str | None = None  # set by load() and save(): backbone_id never rehashes
 
     # ------------------------------------------------------------ identity
