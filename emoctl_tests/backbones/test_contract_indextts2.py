@@ -371,7 +371,8 @@ def test_the_released_gpt_shape_loads_and_decodes_in_bounded_memory(tmp_path):
     tts = load_backbone("indextts2", str(root))
     assert (tts.num_layers, tts.hidden_size, tts.vocab_size) == (24, 1280, 8194)
     assert round(sum(p.numel() for p in tts.gpt.parameters()) / 1e6, 1) == 866.0  # REFERENCE.md's count
-    assert tts.hookpoints[16] == "resid_pre.16" and len(tts.hookpoints) == 25
+    assert tts.hookpoints[16] == "resid_pre.16" and tts.hookpoints[24 + 16] == "attn_out.16"
+    assert len(tts.hookpoints) == 2 * 24 + 1  # resid_pre and attn_out per block, and lm_out
     voice = VoiceClip(str(write_voice_clip(tmp_path / "voice.wav")))
     shapes = []
     with tts.hooks.add_reader("resid_pre.16", lambda x, ctx: shapes.append(tuple(x.shape))):
