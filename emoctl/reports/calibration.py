@@ -41,8 +41,8 @@ from emoctl.reports.report_folder import write_report_folder
 from emoctl.reports.table1_cells import sweep_cells
 from emoctl.reports.table1_methods import SteeringMethods, emoshift_method, method_label
 from emoctl.sae.export import load_pretrained
-from emoctl.selection.feature_set import FeatureSet, check_selected_with, feature_set_path
-from emoctl.steering import mean_difference_directions
+from emoctl.selection.feature_set import feature_set_path, load_feature_sets
+from emoctl.steering import store_mean_differences
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.store import ActivationStore
 
@@ -165,18 +165,11 @@ def run_calibration(settings: CalibrationSettings) -> list[dict]:
     store = None
     if any(m in SAE_METHODS for m in s.methods):
         sae = load_pretrained(str(s.sae))
-        missing = [e for e in s.emotions if not feature_set_path(str(s.selection), e).is_file()]
-        if missing:
-            raise ConfigError(f"selection folder {s.selection} has no feature set for {missing} "
-                              "(features_<emotion>.json); run `emoctl select` for them or leave them out of emotions.")
-        feature_sets = {e: FeatureSet.load(feature_set_path(str(s.selection), e)) for e in s.emotions}
-        check_selected_with(feature_sets, str(s.sae), str(s.selection), allow_unverified=s.allow_unverified_features,
-                            d_sae=sae.cfg.d_sae)
+        feature_sets = load_feature_sets(str(s.selection), s.emotions, str(s.sae), sae.cfg.d_sae,
+                                         allow_unverified=s.allow_unverified_features)
     if "global" in s.methods:
-        store = ActivationStore(str(s.store))
-        store.require_finished("estimate the global steering direction from")
-        store.verify(progress=s.progress)
-        means = mean_difference_directions(store, NEUTRAL, s.emotions, progress=s.progress)
+        store = ActivationStore(str(s.store))  # opened for its content digest in the record
+        means = store_mean_differences(str(s.store), s.emotions, NEUTRAL, progress=s.progress)
     texts, record = protocol.texts(root)
     speakers, voice = protocol.voices(backbone, root), protocol.voice_for(backbone, root)
     scorers = Scorers.load(s.recognizer, s.recognizer_dir, dnsmos=False)

@@ -62,11 +62,10 @@ from emoctl.probes.paired import format_p
 from emoctl.reports.report_folder import write_report_folder
 from emoctl.reports.table1_methods import method_label
 from emoctl.sae.export import load_pretrained
-from emoctl.selection.feature_set import FeatureSet, check_selected_with, feature_set_path
-from emoctl.steering import SAEFeatureSteering, global_steering, mean_difference_directions, steer
+from emoctl.selection.feature_set import feature_set_path, load_feature_sets
+from emoctl.steering import SAEFeatureSteering, global_steering, steer, store_mean_differences
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.steering.schedules import StepSchedule, Switch, parse_schedule
-from emoctl.store import ActivationStore
 from emoctl.synthesis import Clip
 
 METHODS = ("emoshift", "sae_emotion", "global")
@@ -253,24 +252,11 @@ def emoshift_method(setup: SteeringSetup, alphas: dict[str, float]) -> Scheduled
     return ScheduledMethod("emoshift", setup.hookpoint, alphas, attach)
 
 
-def _feature_sets(sae, sae_dir: str, selection: str, emotions: Sequence[str], allow_unverified: bool
-                  ) -> dict[str, FeatureSet]:
-    """Each emotion's feature set of ``selection``, checked to be selected on the SAE in ``sae_dir``."""
-    sae = load_pretrained(sae_dir)
-    missing = [e for e in emotions if not feature_set_path(selection, e).is_file()]
-    if missing:
-        raise ConfigError(f"selection folder {selection} has no feature set for {missing} (features_<emotion>.json); "
-                          f"run `emoctl select` for them or leave them out of emotions.")
-    sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in emotions}
-    check_selected_with(sets, sae_dir, selection, allow_unverified=allow_unverified, d_sae=sae.cfg.d_sae)
-    return sets
-
-
 def sae_emotion_method(backbone: Backbone, sae_dir: str, selection: str, emotions: Sequence[str],
                        alphas: dict[str, float], allow_unverified: bool) -> ScheduledMethod:
     """SAE-Emotion: +α on each emotion's selected latents (decode steps), as in Table 1."""
     sae = load_pretrained(sae_dir)
-    sets = _feature_sets(sae, sae_dir, selection, emotions, allow_unverified)
+    sets = load_feature_sets(selection, emotions, sae_dir, sae.cfg.d_sae, allow_unverified=allow_unverified)
 
     def attach(emotion: str, schedule: StepSchedule | None, n: int) -> AbstractContextManager:
         per_step = schedule.schedule if schedule is not None else None
@@ -284,11 +270,8 @@ def global_method(backbone: Backbone, sae_dir: str, selection: str, store_dir: s
     """Global steering: the store's mean difference (emotion − Neutral) at the SAE's hookpoint, norm-matched to
     the emotion's feature set, as in Table 1."""
     sae = load_pretrained(sae_dir)
-    sets = _feature_sets(sae, sae_dir, selection, emotions, allow_unverified)
-    store = ActivationStore(store_dir)
-    store.require_finished("estimate the global steering direction from")
-    store.verify(progress=progress)
-    means = mean_difference_directions(store, NEUTRAL, list(emotions), progress=progress)
+    sets = load_feature_sets(selection, emotions, sae_dir, sae.cfg.d_sae, allow_unverified=allow_unverified)
+    means = store_mean_differences(store_dir, emotions, NEUTRAL, progress=progress)
 
     def attach(emotion: str, schedule: StepSchedule | None, n: int) -> AbstractContextManager:
         per_step = schedule.schedule if schedule is not None else None

@@ -44,11 +44,10 @@ from emoctl.probes import measure as measure_probes
 from emoctl.reports.report_folder import write_report_folder
 from emoctl.reports.table1_methods import method_label
 from emoctl.sae.export import load_pretrained
-from emoctl.selection.feature_set import FeatureSet, check_selected_with, feature_set_path
-from emoctl.steering import SAEFeatureSteering, global_steering, mean_difference_directions, steer
+from emoctl.selection.feature_set import load_feature_sets
+from emoctl.steering import SAEFeatureSteering, global_steering, steer, store_mean_differences
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.steering.schedules import Ramp, SegmentPlan, Segments, StepSchedule, Switch, parse_schedule
-from emoctl.store import ActivationStore
 from emoctl.synthesis import Clip
 
 METHODS = ("emoshift", "sae_emotion", "global")
@@ -206,18 +205,10 @@ def _attach(s: SpeakSettings, backbone: Backbone, resolved: StepSchedule | Segme
 
         return hookpoint, attach
     sae = load_pretrained(str(s.sae))
-    missing = [e for e in emotions if not feature_set_path(str(s.selection), e).is_file()]
-    if missing:
-        raise ConfigError(f"selection folder {s.selection} has no feature set for {missing} "
-                          "(features_<emotion>.json); run `emoctl select` for them.")
-    sets = {e: FeatureSet.load(feature_set_path(str(s.selection), e)) for e in dict.fromkeys(emotions)}
-    check_selected_with(sets, str(s.sae), str(s.selection), allow_unverified=s.allow_unverified_features,
-                        d_sae=sae.cfg.d_sae)
+    sets = load_feature_sets(str(s.selection), emotions, str(s.sae), sae.cfg.d_sae,
+                             allow_unverified=s.allow_unverified_features)
     if s.method == "global":
-        store = ActivationStore(str(s.store))
-        store.require_finished("estimate the global steering direction from")
-        store.verify(progress=s.progress)
-        means = mean_difference_directions(store, NEUTRAL, list(sets), progress=s.progress)
+        means = store_mean_differences(str(s.store), list(sets), NEUTRAL, progress=s.progress)
 
         def build(e: str, a: float, schedule: list[float] | None):
             return global_steering(means[e], sae, sets[e].feature_ids, a, schedule=schedule)

@@ -53,8 +53,8 @@ from emoctl.reports.table1_methods import (LATENT_METHODS, METHODS, SteeringMeth
                                            method_comparisons, method_phases, variant_method)
 from emoctl.reports.table1_render import selection_scores_markdown, write_table1
 from emoctl.sae.export import load_pretrained
-from emoctl.selection.feature_set import FeatureSet, check_selected_with, feature_set_path
-from emoctl.steering import mean_difference_directions
+from emoctl.selection.feature_set import feature_set_path, load_feature_sets
+from emoctl.steering import store_mean_differences
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.store import ActivationStore
 
@@ -167,14 +167,12 @@ def run_table1(settings: Table1Settings) -> list[dict]:
                                    and feature_set_path(s.selection, e).is_file()])
     if not emotions:
         raise ConfigError(f"no feature sets in {s.selection} (features_<emotion>.json); run `emoctl select` first.")
-    feature_sets = {e: FeatureSet.load(feature_set_path(s.selection, e)) for e in emotions}
-    unverified = {"allow_unverified": s.allow_unverified_features, "d_sae": sae_model.cfg.d_sae}
-    check_selected_with(feature_sets, s.sae, s.selection, **unverified)
-    variants = {score: _load_variant(folder, emotions, s.sae, **unverified) for score, folder in selections.items()}
-    activations = ActivationStore(s.store)
-    activations.require_finished("estimate the global steering direction from")
-    activations.verify(progress=s.progress)  # the global baseline's means come from every row of it
-    means = mean_difference_directions(activations, NEUTRAL, emotions, progress=s.progress)
+    d_sae, unverified = sae_model.cfg.d_sae, s.allow_unverified_features
+    feature_sets = load_feature_sets(s.selection, emotions, s.sae, d_sae, allow_unverified=unverified)
+    variants = {score: load_feature_sets(folder, emotions, s.sae, d_sae, allow_unverified=unverified)
+                for score, folder in selections.items()}
+    activations = ActivationStore(s.store)  # opened for its content digest in the record
+    means = store_mean_differences(s.store, emotions, NEUTRAL, progress=s.progress)
     seed, sampling = protocol.seed, protocol.sampling
     methods = SteeringMethods(sae_model, feature_sets, means, seed=seed, variants=variants)
     speakers, voice = protocol.voices(tts, root), protocol.voice_for(tts, root)
@@ -236,17 +234,6 @@ def run_table1(settings: Table1Settings) -> list[dict]:
     write_table1(Path(s.out_dir), summary, rows, sweep_rows, info, method_names, made_with, paired, sections)
     cache.clear()
     return summary
-
-
-def _load_variant(folder: str, emotions: list[str], sae: str, *, allow_unverified: bool, d_sae: int) -> dict:
-    """One further selection's feature sets, every emotion present and selected on this SAE."""
-    missing = [e for e in emotions if not feature_set_path(folder, e).is_file()]
-    if missing:
-        raise ConfigError(f"selection folder {folder} has no feature set for {missing} "
-                          f"(features_<emotion>.json); run `emoctl select --out_dir {folder}` with the same SAE.")
-    sets = {e: FeatureSet.load(feature_set_path(folder, e)) for e in emotions}
-    check_selected_with(sets, sae, folder, allow_unverified=allow_unverified, d_sae=d_sae)
-    return sets
 
 
 def _score_of(feature_sets: dict) -> str:

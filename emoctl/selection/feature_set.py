@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from emoctl.errors import ConfigError
 from emoctl.io.fsio import atomic_write_bytes
@@ -233,3 +233,17 @@ def check_selected_with(feature_sets: dict[str, FeatureSet] | list[FeatureSet], 
                               f"(digest {recorded[:12]}), but --sae {sae} has digest {digest[:12]}: its latent ids "
                               "would index another dictionary. Pass the SAE it was selected on, or rerun "
                               f"`emoctl select --sae {sae}`.")
+
+
+def load_feature_sets(selection: str | Path, emotions: Sequence[str], sae: str | Path, d_sae: int, *,
+                      allow_unverified: bool = False) -> dict[str, FeatureSet]:
+    """Each emotion's ``features_<emotion>.json`` of ``selection``, checked to be selected on the SAE in ``sae``
+    (:func:`check_selected_with`); a missing emotion is refused with the command that makes it."""
+    missing = [e for e in emotions if not feature_set_path(selection, e).is_file()]
+    if missing:
+        raise ConfigError(f"selection folder {selection} has no feature set for {missing} (features_<emotion>.json); "
+                          f"run `emoctl select --out_dir {selection}` with the same SAE, or leave them out of "
+                          "emotions.")
+    sets = {e: FeatureSet.load(feature_set_path(selection, e)) for e in dict.fromkeys(emotions)}
+    check_selected_with(sets, sae, selection, allow_unverified=allow_unverified, d_sae=d_sae)
+    return sets

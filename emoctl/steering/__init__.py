@@ -21,11 +21,11 @@ from __future__ import annotations
 from emoctl.steering.base import Alpha, Intervention, Schedule, SteeringHandle, steer
 from emoctl.steering.directions import (
     DirectionSteering, global_steering, mean_difference_directions, norm_matched, random_feature_steering,
-    sae_direction,
+    sae_direction, store_mean_differences,
 )
 from emoctl.steering.sae_features import SAEFeatureSteering
 from emoctl.steering.schedules import parse_schedule
 
 __all__ = ["Alpha", "DirectionSteering", "Intervention", "SAEFeatureSteering", "Schedule", "SteeringHandle",
            "global_steering", "mean_difference_directions", "norm_matched", "parse_schedule",
-           "random_feature_steering", "sae_direction", "steer"]
+           "random_feature_steering", "sae_direction", "steer", "store_mean_differences"]

@@ -91,6 +91,16 @@ def mean_difference_directions(store: ActivationStore, neutral: str = "Neutral",
     return {e: means[list(names).index(e)] - base for e in wanted}
 
 
+def store_mean_differences(store_dir: str, emotions: Sequence[str], neutral: str = "Neutral",
+                           progress: bool = True) -> dict[str, Tensor]:
+    """:func:`mean_difference_directions` of the store at ``store_dir``, after refusing an unfinished store and
+    checking every shard (the global baseline's means come from every row of it)."""
+    store = ActivationStore(store_dir)
+    store.require_finished("estimate the global steering direction from")
+    store.verify(progress=progress)
+    return mean_difference_directions(store, neutral, emotions, progress=progress)
+
+
 def global_steering(mean_difference: Tensor, sae: TopKSAE, features: Sequence[int], alpha: Alpha, *,
                     hookpoint: str | None = None, schedule: Schedule = None,
                     phases: Iterable[Phase | str] | None = (Phase.DECODE,)) -> DirectionSteering:
