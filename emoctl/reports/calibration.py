@@ -39,7 +39,8 @@ from emoctl.io.provenance import collect
 from emoctl.metrics.loading import recognizer_folder
 from emoctl.reports.report_folder import write_report_folder
 from emoctl.reports.table1_cells import sweep_cells
-from emoctl.reports.table1_methods import SteeringMethods, emoshift_method, method_label
+from emoctl.reports.table1_methods import (LATENT_METHODS, SteeringMethods, check_method_inputs, emoshift_method,
+                                           method_label)
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import feature_set_path, load_feature_sets
 from emoctl.steering import store_mean_differences
@@ -47,9 +48,6 @@ from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.store import ActivationStore
 
 METHODS = ("emoshift", "sae_emotion", "global", "random_sae")
-SAE_METHODS = ("sae_emotion", "global", "random_sae")
-STORE_METHODS = ("global", "random_sae")
-"""Methods whose directions are matched to the store's mean differences (Global) or to the feature sets' norms."""
 DEFAULT_METHODS = ["emoshift", "sae_emotion", "global"]
 DEFAULT_ALPHAS: dict[str, list[float]] = {"emoshift": [0.5, 1.0, 2.0, 3.0, 4.0],
                                           "sae_emotion": [2.0, 4.0, 8.0, 12.0, 16.0],
@@ -98,19 +96,8 @@ class CalibrationSettings:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods={self.methods!r}: name each of {', '.join(METHODS)} at most once, at least "
-                              "one of them.")
-        if "emoshift" in self.methods and not self.layer:
-            raise ConfigError("method emoshift needs layer, the folder of a trained EmoSteer layer.")
-        sae_side = [m for m in self.methods if m in SAE_METHODS]
-        if sae_side and not (self.sae and self.selection):
-            raise ConfigError(f"methods {sae_side} need sae and selection (the SAE folder and its feature sets).")
-        needs_store = [m for m in self.methods if m == "global"]
-        if needs_store and not self.store:
-            raise ConfigError("method global needs store, the activation store the SAE was trained on (its "
-                              "mean differences are the direction); `make store-mini` writes the mini TTS's.")
+        check_method_inputs(self.methods, METHODS, layer=self.layer, sae=self.sae, selection=self.selection,
+                            store=self.store)
         if not self.emotions or NEUTRAL in self.emotions or len(set(self.emotions)) != len(self.emotions):
             raise ConfigError(f"emotions={self.emotions!r}: name each target emotion once, not {NEUTRAL} (each is "
                               f"induced from {NEUTRAL} prompts).")
@@ -123,7 +110,7 @@ class CalibrationSettings:
                            for a in grid)):
                 raise ConfigError(f"alphas.{method}={grid!r}: give distinct finite α > 0 (α = 0 is the unsteered "
                                   "clips, always included).")
-            if method in SAE_METHODS and not all(latent_alpha_ok(a) for a in grid):
+            if method in LATENT_METHODS and not all(latent_alpha_ok(a) for a in grid):
                 raise ConfigError(f"alphas.{method}={grid!r} steers latents too hard: α must be {LATENT_ALPHA_RULE}.")
         if self.protocol.split == "test":
             raise ConfigError("protocol.split='test': a calibration chooses α, so it runs on the evaluation "
@@ -163,7 +150,7 @@ def run_calibration(settings: CalibrationSettings) -> list[dict]:
     sae = feature_sets = None
     means: dict = {}
     store = None
-    if any(m in SAE_METHODS for m in s.methods):
+    if any(m in LATENT_METHODS for m in s.methods):
         sae = load_pretrained(str(s.sae))
         feature_sets = load_feature_sets(str(s.selection), s.emotions, str(s.sae), sae.cfg.d_sae,
                                          allow_unverified=s.allow_unverified_features)

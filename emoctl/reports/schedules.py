@@ -60,7 +60,7 @@ from emoctl.metrics.loading import recognizer_folder
 from emoctl.probes import compare_paired, measure as measure_probes
 from emoctl.probes.paired import format_p
 from emoctl.reports.report_folder import write_report_folder
-from emoctl.reports.table1_methods import method_label
+from emoctl.reports.table1_methods import check_method_inputs, method_label
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import feature_set_path, load_feature_sets
 from emoctl.steering import SAEFeatureSteering, global_steering, steer, store_mean_differences
@@ -133,18 +133,8 @@ class SchedulesSettings:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods={self.methods!r}: name each of {', '.join(METHODS)} at most once, at least "
-                              "one of them.")
-        if "emoshift" in self.methods and not self.layer:
-            raise ConfigError("method emoshift needs layer, the folder of a trained EmoSteer layer.")
-        sae_side = [m for m in self.methods if m in ("sae_emotion", "global")]
-        if sae_side and not (self.sae and self.selection):
-            raise ConfigError(f"methods {sae_side} need sae and selection (the SAE folder and its feature sets).")
-        if "global" in self.methods and not self.store:
-            raise ConfigError("method global needs store, the activation store the SAE was trained on (its mean "
-                              "differences are the direction); `make store-mini` writes the mini TTS's.")
+        check_method_inputs(self.methods, METHODS, layer=self.layer, sae=self.sae, selection=self.selection,
+                            store=self.store)
         if not self.emotions or NEUTRAL in self.emotions:
             raise ConfigError(f"emotions={self.emotions!r}: name at least one target emotion other than "
                               f"{NEUTRAL} (the switch goes from {NEUTRAL} to it).")

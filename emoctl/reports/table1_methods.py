@@ -65,6 +65,24 @@ class SteeringMethods:
         raise ConfigError(f"unknown steering method {method!r}; choose from {', '.join(METHODS)}.")
 
 
+def check_method_inputs(methods: Sequence[str], known: Sequence[str], *, layer: str | None, sae: str | None,
+                        selection: str | None, store: str | None) -> None:
+    """Refuse, before any work, a method list with unknown or repeated names, or a method without its inputs:
+    EmoShift its layer, the SAE-side methods the SAE and its feature sets, Global also the SAE's store."""
+    unknown = [m for m in methods if m not in known]
+    if not methods or unknown or len(set(methods)) != len(methods):
+        raise ConfigError(f"methods={list(methods)!r}: name each of {', '.join(known)} at most once, at least one "
+                          "of them.")
+    if "emoshift" in methods and not layer:
+        raise ConfigError("method emoshift needs layer, the folder of a trained EmoSteer layer.")
+    sae_side = [m for m in methods if m in LATENT_METHODS]
+    if sae_side and not (sae and selection):
+        raise ConfigError(f"methods {sae_side} need sae and selection (the SAE folder and its feature sets).")
+    if "global" in methods and not store:
+        raise ConfigError("method global needs store, the activation store the SAE was trained on (its mean "
+                          "differences are the direction); `make store-mini` writes the mini TTS's.")
+
+
 def emoshift_method(backbone: Backbone, folder: str) -> Callable:
     """EmoShift as a Table 1 method: its trained layer for the cell's emotion at intensity |α| (induction only).
 

@@ -1120,6 +1120,18 @@ for what, args, needles in [
      ("give α or an intensity, not both",)),
     ("a NaN α in the calibration grid", ("calibrate", "--out_dir", "{tmp}/c", "--alphas", "{{global: [.nan]}}"),
      ("alphas.global=[nan]", "distinct finite α > 0")),
+    ("overlapping segments", ("steer", "speak", "--out_dir", "{tmp}/s", "--schedule",
+                              '{{"segments": [{{"emotion": "Angry", "alpha": 2, "end_s": 1.0}}, '
+                              '{{"emotion": "Sad", "alpha": 2, "start_s": 0.5}}]}}'),
+     ("segments[1]: starts at step 25", "before segments[0] ends at step 50")),
+    ("an emotion beside segments that name their own", ("steer", "speak", "--out_dir", "{tmp}/s", "--emotion",
+                                                        "Angry", "--schedule",
+                                                        '{{"segments": [{{"emotion": "Sad", "alpha": 2}}]}}'),
+     ("name their own emotion and alpha", "would be ignored")),
+    ("an intensity the calibration did not reach", ("steer", "speak", "--out_dir", "{tmp}/s", "--emotion", "Sad",
+                                                    "--schedule", '{{"switch": {{"at_s": 0.5}}}}', "--intensity",
+                                                    "0.9", "--calibration", "{calibration}"),
+     ("intensity 0.9 for Sad by emoshift is outside what the calibration reached",)),
 ]:
     case("7", f"{' '.join(args[:2]) if args[0] != 'calibrate' else 'calibrate'}: {what}", args, needles,
          setup=calibrations)
