@@ -61,10 +61,11 @@ def _segments(path: Path) -> dict[str, np.ndarray]:
     return {u: store.segment(u).numpy() for u in store.utterances["utt_id"].to_pylist()}
 
 
-def _teacher_forced_states(tts: MiniTTS, prompt, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(P + T, d) states at HOOK from one unpadded teacher-forced pass, and the prefix length P."""
+def _teacher_forced_states(tts: MiniTTS, prompt, tokens: torch.Tensor, hookpoint: str = HOOK
+                           ) -> tuple[torch.Tensor, int]:
+    """(P + T, d) states at ``hookpoint`` from one unpadded teacher-forced pass, and the prefix length P."""
     seen = {}
-    with tts.hooks.add_reader(HOOK, lambda x, ctx: seen.__setitem__("x", x.detach().clone()),
+    with tts.hooks.add_reader(hookpoint, lambda x, ctx: seen.__setitem__("x", x.detach().clone()),
                               phases=[Phase.TEACHER_FORCED]), torch.no_grad():
         tts.teacher_forced([prompt], [tokens])
     prefix = len(tts.tokenizer.encode(prompt.text)) + 3
@@ -248,6 +249,27 @@ def test_harvest_killed_and_restarted_equals_an_uninterrupted_one(checkpoint, tm
 
 
 # ------------------------------------------------------------------------------ bad input
+def test_the_recorder_reads_an_attention_output_as_it_reads_a_block_input(checkpoint):
+    """At ``attn_out.1`` the recorder keeps one row per fed token, equal to the same positions of a teacher-forced
+    pass: an output hookpoint harvests like an input one."""
+    tts = load_backbone("mini_tts", str(checkpoint))
+    grid = _grid(TEXTS[:2])
+    grid.bind_backbone(tts.speakers, tts.emotions)
+    prompts = grid.prompts[:2]
+    recorder = ActivationRecorder(tts, "attn_out.1")
+    with recorder:
+        recorder.start()
+        gen = tts.generate(prompts, max_new_tokens=20, seed=3)
+        rows = recorder.rows(gen)
+    for b, prompt in enumerate(prompts):
+        n = len(gen.tokens[b]) - (0 if gen.finished[b] else 1)
+        states, prefix = _teacher_forced_states(tts, prompt, gen.tokens[b], "attn_out.1")
+        assert rows[b].shape == (n, tts.hidden_size)
+        torch.testing.assert_close(rows[b], states[prefix:prefix + n], rtol=1e-4, atol=1e-4)  # tokens 0 .. n-1
+    with pytest.raises(ConfigError, match=r"attn_out.0 .. attn_out.2"):
+        ActivationRecorder(tts, "attn_out.7")
+
+
 def test_bad_names_texts_and_hookpoints_are_config_errors_naming_the_value(checkpoint, tmp_path):
     tts = load_backbone("mini_tts", str(checkpoint))
     with pytest.raises(ConfigError, match=r"unknown speaker '0099'.*0011, 0012"):
