@@ -152,10 +152,14 @@ class Part:
     end: int
     """Decode steps start .. end - 1 (end: the token cap for the last part)."""
     target: str
+    alpha: float = 0.0
+    """The largest α steering reaches in the part (0: unsteered there)."""
 
 
-def parts_of(resolved: StepSchedule | SegmentPlan, body: Any, emotion: str | None) -> list[Part]:
-    """The parts a schedule cuts a clip into, in time order (see the module docstring)."""
+def parts_of(resolved: StepSchedule | SegmentPlan, body: Any, emotion: str | None, alpha: float | None = None
+             ) -> list[Part]:
+    """The parts a schedule cuts a clip into, in time order (see the module docstring); ``alpha`` is a switch's or
+    ramp's strength (segments carry their own)."""
     cap, rate = resolved.cap, resolved.token_rate
     if isinstance(resolved, SegmentPlan):
         parts, previous = [], 0
@@ -163,21 +167,24 @@ def parts_of(resolved: StepSchedule | SegmentPlan, body: Any, emotion: str | Non
             if s.start > previous:
                 parts.append(Part(f"gap before segments[{i}]", previous, s.start, NEUTRAL))
             target = s.emotion if s.alpha != 0 else NEUTRAL
-            parts.append(Part(f"segments[{i}] {s.emotion} α={s.alpha:g}", s.start, s.end, target))
+            parts.append(Part(f"segments[{i}] {s.emotion} α={s.alpha:g}", s.start, s.end, target, s.alpha))
             previous = s.end
         if previous < cap:
             parts.append(Part("after the last segment", previous, cap, NEUTRAL))
         return parts
-    assert emotion is not None
+    assert emotion is not None and alpha is not None
     if isinstance(body, Switch):
         at = body.at.step(rate)
-        return [Part(f"before the switch (×{body.before:g})", 0, at, emotion if body.before else NEUTRAL),
-                Part(f"after the switch (×{body.after:g})", at, cap, emotion if body.after else NEUTRAL)]
+        return [Part(f"before the switch (×{body.before:g})", 0, at, emotion if body.before else NEUTRAL,
+                     alpha * body.before),
+                Part(f"after the switch (×{body.after:g})", at, cap, emotion if body.after else NEUTRAL,
+                     alpha * body.after)]
     assert isinstance(body, Ramp)
     start, end = body.start.step(rate), body.end.step(rate)
-    parts = [Part(f"before the ramp (×{body.start_value:g})", 0, start, emotion if body.start_value else NEUTRAL),
-             Part(f"the ramp ({body.shape})", start, end, emotion),
-             Part(f"after the ramp (×{body.end_value:g})", end, cap, emotion if body.end_value else NEUTRAL)]
+    low, high = body.start_value, body.end_value
+    parts = [Part(f"before the ramp (×{low:g})", 0, start, emotion if low else NEUTRAL, alpha * low),
+             Part(f"the ramp ({body.shape})", start, end, emotion, alpha * max(low, high, key=abs)),
+             Part(f"after the ramp (×{high:g})", end, cap, emotion if high else NEUTRAL, alpha * high)]
     return [p for p in parts if p.end > p.start]
 
 
@@ -239,7 +246,7 @@ def run_speak(settings: SpeakSettings) -> list[dict]:
                                       backbone.backbone_id)
         alpha = choice[str(s.emotion)].alpha
     hookpoint, attach = _attach(s, backbone, resolved, alpha)
-    parts = parts_of(resolved, spec.body, s.emotion)
+    parts = parts_of(resolved, spec.body, s.emotion, alpha)
     texts = list(s.texts) if s.texts is not None else protocol.texts(root)[0]
     speakers, voice = protocol.voices(backbone, root), protocol.voice_for(backbone, root)
     neutral = backbone.condition_for(NEUTRAL)
@@ -294,7 +301,8 @@ def _part_rows(spoken: dict[str, list[Clip]], parts: Sequence[Part], backbone: B
                     short[part.label] = short.get(part.label, 0) + int(setting == "scheduled")
                     continue
                 base = {"direction": part.label, "emotion": part.target, "method": setting,
-                        "alpha": 0.0, "utt_id": clip.prompt.utt_id, "speaker": clip.prompt.speaker,
+                        "alpha": part.alpha if setting == "scheduled" else 0.0, "utt_id": clip.prompt.utt_id,
+                        "speaker": clip.prompt.speaker,
                         "start_s": start / clip.sample_rate, "end_s": end / clip.sample_rate,
                         "finished": float(clip.finished)}
                 pieces.append((base, Utterance(f"{clip.prompt.utt_id}-{part.start}", clip.prompt.text,

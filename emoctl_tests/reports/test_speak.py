@@ -37,11 +37,13 @@ def test_segments_become_parts_cut_at_their_steps_and_the_audio_is_written(spoke
     assert [(p["start"], p["end"], p["target"]) for p in info["parts"]] == [
         (0, 20, "Neutral"), (20, 50, "Angry"), (50, 100, "Sad")]   # 0.4 s and 1.0 s at 50 tokens/s
     assert info["tokens_kept_before_steering"] == 2 and info["first_steered_step"] == 20
+    assert [p["alpha"] for p in info["parts"]] == [0.0, 2.0, 2.0]
     rows = list(csv.DictReader((spoken / "speak_clips.csv").open()))
     for row in rows:
         part = next(p for p in info["parts"] if p["label"] == row["direction"])
         assert float(row["start_s"]) == pytest.approx(part["start_s"])
         assert float(row["end_s"]) <= part["end_s"] + 1e-9 and row["target"] == part["target"]
+        assert float(row["alpha"]) == (part["alpha"] if row["method"] == "scheduled" else 0.0)
     for setting in ("unsteered", "scheduled"):
         for speaker in ("0017", "0018"):
             wave, rate = soundfile.read(spoken / "audio" / f"speak-t00-{speaker}.{setting}.wav")
@@ -77,6 +79,7 @@ def test_sae_emotion_speaks_a_ramp_in_three_parts(corpus_root, tmp_path):
     info = json.loads((tmp_path / "o" / "speak_info.json").read_text())
     assert [(p["start"], p["end"], p["target"]) for p in info["parts"]] == [
         (0, 20, "Neutral"), (20, 50, "Angry"), (50, 100, "Angry")]
+    assert [p["alpha"] for p in info["parts"]] == [0.0, 8.0, 8.0]
     assert info["schedule"]["multipliers"][35] == pytest.approx(0.5)  # a cosine ramp is half way at mid-span
     assert info["tokens_kept_before_steering"] == 2 and info["hookpoint"] == "resid_pre.5"
 
