@@ -172,9 +172,12 @@ class HookManager:
             self._torch_handles.pop(hookpoint).remove()
             self._hooks.pop(hookpoint, None)
 
-    def _run(self, hookpoint: str, x: torch.Tensor) -> torch.Tensor | None:
-        """Every hook due in this phase on ``x``, in order; the rewritten tensor, or None if none wrote."""
-        due = [h for h in self._hooks.get(hookpoint, ()) if h.phases is None or self._phase in h.phases]
+    def _due(self, hookpoint: str) -> list[_Hook]:
+        """The hooks of ``hookpoint`` that fire in the current phase, in the order they were added."""
+        return [h for h in self._hooks.get(hookpoint, ()) if h.phases is None or self._phase in h.phases]
+
+    def _run(self, hookpoint: str, due: list[_Hook], x: torch.Tensor) -> torch.Tensor | None:
+        """The ``due`` hooks on ``x``, in order; the rewritten tensor, or None if none wrote."""
         ctx = HookContext(hookpoint, self._phase, self._step, self._active, self._beams)
         changed = False
         for hook in due:
@@ -188,18 +191,16 @@ class HookManager:
                 hook.fn(x, ctx)
         return x if changed else None
 
-    def _due(self, hookpoint: str) -> bool:
-        return any(h.phases is None or self._phase in h.phases for h in self._hooks.get(hookpoint, ()))
-
     def _make_pre_hook(self, hookpoint: str) -> Callable[..., Any]:
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            if not self._due(hookpoint):
+            due = self._due(hookpoint)
+            if not due:
                 return None
             in_kwargs = not args
             key = next((k for k in _INPUT_KWARGS if k in kwargs), None) if in_kwargs else None
             if in_kwargs and key is None:
                 raise RuntimeError(f"cannot find the input tensor of hookpoint {hookpoint} in {list(kwargs)}")
-            x = self._run(hookpoint, kwargs[key] if in_kwargs else args[0])
+            x = self._run(hookpoint, due, kwargs[key] if in_kwargs else args[0])
             if x is None:
                 return None
             if in_kwargs:
@@ -210,10 +211,11 @@ class HookManager:
 
     def _make_post_hook(self, hookpoint: str) -> Callable[..., Any]:
         def post_hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            if not self._due(hookpoint):
+            due = self._due(hookpoint)
+            if not due:
                 return None
             first = output[0] if isinstance(output, tuple) else output
-            x = self._run(hookpoint, first)
+            x = self._run(hookpoint, due, first)
             if x is None:
                 return None
             return (x, *output[1:]) if isinstance(output, tuple) else x

@@ -174,7 +174,7 @@ def run_calibration(settings: CalibrationSettings) -> list[dict]:
                         protocol={**protocol.describe(), "methods": list(s.methods), "alphas": s.grids,
                                   "emotions": list(s.emotions), "n_bootstrap": s.n_bootstrap})
     cache = CellCache(s.out_dir, made_with, enabled=s.resume)
-    extra = emoshift_method(backbone, str(s.layer)) if layer is not None else None
+    extra = emoshift_method(backbone, layer) if layer is not None else None
     rows = sweep_cells(backbone, methods, ["unsteered", *s.methods], s.emotions, texts, speakers, s.grids, scorers,
                        refs, protocol.seed, protocol.sampling, extra, progress=s.progress, voice=voice, cache=cache)
     curves = curves_from_rows(rows, s.methods, s.emotions, s.n_bootstrap, protocol.seed)

@@ -188,13 +188,14 @@ def parts_of(resolved: StepSchedule | SegmentPlan, body: Any, emotion: str | Non
     return [p for p in parts if p.end > p.start]
 
 
-def _attach(s: SpeakSettings, backbone: Backbone, resolved: StepSchedule | SegmentPlan, alpha: float | None
-            ) -> tuple[str, Any]:
-    """The hookpoint and the ``attach(batch_size)`` context of the method under the schedule."""
+def _attach(s: SpeakSettings, backbone: Backbone, resolved: StepSchedule | SegmentPlan, alpha: float | None,
+            layer: EmoSteer | None) -> tuple[str, Any]:
+    """The hookpoint and the ``attach(batch_size)`` context of the method under the schedule (``layer``: the
+    EmoShift layer, loaded with its backbone)."""
     emotions = ([seg.emotion for seg in resolved.segments if seg.alpha != 0] if isinstance(resolved, SegmentPlan)
                 else [str(s.emotion)])
     if s.method == "emoshift":
-        layer = EmoSteer.load(str(s.layer))
+        assert layer is not None
         if layer.metadata.get("condition") != "neutral":
             raise ConfigError(f"the EmoShift layer in {s.layer} was trained under condition "
                               f"{layer.metadata.get('condition')!r}; speak tells the backbone Neutral, so use a layer "
@@ -236,8 +237,9 @@ def run_speak(settings: SpeakSettings) -> list[dict]:
     check_output_dir(s.out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     protocol, root = s.protocol, Path(s.corpus_root)
     # EmoShift speaks on the layer's backbone (its kind, checkpoint and the options it was trained with).
-    backbone = (SteeringSetup.load(str(s.layer), s.backbone if s.backbone != BackboneSpec() else None).backbone
-                if s.method == "emoshift" else s.backbone.load())
+    setup = (SteeringSetup.load(str(s.layer), s.backbone if s.backbone != BackboneSpec() else None)
+             if s.method == "emoshift" else None)
+    backbone = setup.backbone if setup is not None else s.backbone.load()
     spec = parse_schedule(s.schedule)
     resolved = spec.resolve_for(backbone, protocol.sampling.max_new_tokens)  # a time past the cap stops here
     alpha = s.alpha
@@ -245,7 +247,7 @@ def run_speak(settings: SpeakSettings) -> list[dict]:
         choice = alphas_for_intensity(str(s.calibration), s.method, [str(s.emotion)], float(s.intensity),
                                       backbone.backbone_id)
         alpha = choice[str(s.emotion)].alpha
-    hookpoint, attach = _attach(s, backbone, resolved, alpha)
+    hookpoint, attach = _attach(s, backbone, resolved, alpha, setup.layer if setup is not None else None)
     parts = parts_of(resolved, spec.body, s.emotion, alpha)
     texts = list(s.texts) if s.texts is not None else protocol.texts(root)[0]
     speakers, voice = protocol.voices(backbone, root), protocol.voice_for(backbone, root)

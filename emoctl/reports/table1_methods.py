@@ -83,11 +83,12 @@ def check_method_inputs(methods: Sequence[str], known: Sequence[str], *, layer: 
                           "differences are the direction); `make store-mini` writes the mini TTS's.")
 
 
-def emoshift_method(backbone: Backbone, folder: str) -> Callable:
+def emoshift_method(backbone: Backbone, layer: str | EmoSteer) -> Callable:
     """EmoShift as a Table 1 method: its trained layer for the cell's emotion at intensity |α| (induction only).
 
-    The returned ``steering(cell, alpha, batch, start)`` is the context one batch of the cell is spoken under."""
-    layer = EmoSteer.load(folder)
+    ``layer``: its folder, or the layer already loaded. The returned ``steering(cell, alpha, batch, start)`` is the
+    context one batch of the cell is spoken under."""
+    layer = EmoSteer.load(layer) if isinstance(layer, str) else layer
 
     def steering(cell, alpha: float, batch: Sequence[Prompt], start: int):
         if alpha == 0:
