@@ -1,12 +1,15 @@
 """``emoctl inspect``: look inside trained artifacts: how well an SAE recovers a synthetic store's dictionary, how
-emotional a backbone's speech is (paired probes, SER), and what the mini TTS's speech codec keeps of each emotion."""
+emotional a backbone's speech is (paired probes, SER), what the mini TTS's speech codec keeps of each emotion, and
+at which hookpoints emotion separates from neutral (CoCoEmo's discriminability)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from emoctl.backbones.base import Prompt
+from emoctl.commands.settings_flags import flags_from
 from emoctl.backbones.loading import DEFAULT_MINI_TTS_DIR, BackboneSpec
 from emoctl.corpus.build import read_corpus_record
 from emoctl.corpus.esd import list_corpus_clips, read_wave
@@ -19,6 +22,8 @@ from emoctl.io.provenance import collect
 from emoctl.metrics.loading import load_recognizer, recognizer_folder
 from emoctl.probes import measure
 from emoctl.reports.codec_roundtrip import ORDERED_PROBES, PROBES, TOLERANCE, RoundTrip, wer_subset, write_codec_outputs
+from emoctl.reports.layers import LayersSettings, run_layers
+from emoctl.selection.layers import Discriminability
 from emoctl.reports.emotionality import (PAIRED_PROBES, EmotionalityResult, direction_agreement,
                                          write_emotionality_outputs)
 from emoctl.sae.export import load_pretrained
@@ -222,3 +227,11 @@ def codec_roundtrip_report(codec_dir: str | None = None, corpus_root: str = "run
               "checks": checks}
     write_codec_outputs(Path(out_dir), result, rows)
     return result
+
+
+@flags_from(LayersSettings)
+def inspect_layers(**settings: Any) -> Discriminability:
+    """Score every hookpoint by how well a probe fit on train-split pairs separates emotional from neutral states
+    on evaluation-split pairs (CoCoEmo's discriminability); write discriminability.json (read by `emoctl extract`
+    to pick its layers), layers.md and layers.png to out_dir."""
+    return run_layers(LayersSettings(**settings))

@@ -41,7 +41,11 @@ def _signature(settings: type, returns: Any) -> inspect.Signature:
 
 def _args_section(settings: type) -> str:
     """A Google-style ``Args:`` block from the fields' docstrings (jsonargparse reads it for ``--help``)."""
-    lines = ["", "Args:"]
-    for param in docstring_parser.parse_from_object(settings).params:
-        lines.append(f"    {param.arg_name}: {' '.join((param.description or '').split())}")
+    described: dict[str, str] = {}
+    for cls in reversed(settings.__mro__):  # a subclass's settings keep the fields (and docs) of the base
+        if dataclasses.is_dataclass(cls):
+            for param in docstring_parser.parse_from_object(cls).params:
+                described[param.arg_name] = " ".join((param.description or "").split())
+    names = [f.name for f in dataclasses.fields(settings)]
+    lines = ["", "Args:"] + [f"    {name}: {described[name]}" for name in names if name in described]
     return "\n".join(lines)

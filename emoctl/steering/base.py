@@ -72,6 +72,11 @@ class Intervention(ABC):
             return None
         return values * factor
 
+    def parts(self) -> list[Intervention]:
+        """What :func:`steer` attaches: the intervention itself, or, for one that edits several hookpoints
+        (:class:`~emoctl.steering.vectors.MultiLayerSteering`), one single-hookpoint intervention each."""
+        return [self]
+
     def fires_in(self, phase: Phase | None) -> bool:
         return self.phases is None or phase in self.phases
 
@@ -127,14 +132,16 @@ class SteeringHandle:
 
 
 def steer(backbone: Backbone, *interventions: Intervention) -> SteeringHandle:
-    """Attach interventions as write hooks; those on one hookpoint add their changes of the same input."""
+    """Attach interventions as write hooks; those on one hookpoint add their changes of the same input (a
+    multi-hookpoint intervention attaches its :meth:`~Intervention.parts`)."""
     if not interventions:
         raise ConfigError("steer() needs at least one intervention.")
     for intervention in interventions:
         intervention.check_backbone(backbone)
     by_point: dict[str, list[Intervention]] = defaultdict(list)
     for intervention in interventions:
-        by_point[intervention.hookpoint].append(intervention)
+        for part in intervention.parts():
+            by_point[part.hookpoint].append(part)
     handles = []
     try:
         for hookpoint, members in by_point.items():
