@@ -29,7 +29,7 @@ from emoctl.io.fsio import atomic_write_bytes
 PACKAGES = ("emoctl", "torch", "transformers", "lightning", "numpy")
 INPUT_LABELS = {"backbone": "backbone", "sae": "SAE", "feature_sets": "feature sets", "layer": "EmoSteer layer",
                 "low_rank": "low-rank layer", "sft": "SFT backbone", "recognizer": "recognizer", "store": "store",
-                "corpus": "corpus"}
+                "corpus": "corpus", "directions": "directions"}
 _CHUNK = 1 << 22
 _SKIPPED_PARTS = {"tensorboard", "__pycache__"}  # logs written beside a model are not the model
 

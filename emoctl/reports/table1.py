@@ -49,7 +49,7 @@ from emoctl.io.provenance import collect
 from emoctl.metrics.loading import recognizer_folder
 from emoctl.emotions import ESD_EMOTIONS, NEUTRAL
 from emoctl.reports.table1_cells import Cell, choose_alphas, run_cells, sweep_cells
-from emoctl.reports.table1_methods import (LATENT_METHODS, METHODS, SteeringMethods, emoshift_method,
+from emoctl.reports.table1_methods import (LATENT_METHODS, METHODS, SteeringMethods, emoshift_method, load_directions,
                                            method_comparisons, method_phases, variant_method)
 from emoctl.reports.table1_render import selection_scores_markdown, write_table1
 from emoctl.sae.export import load_pretrained
@@ -59,7 +59,7 @@ from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.store import ActivationStore
 
 DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [4.0, 8.0], "global": [4.0, 8.0], "sae_emotion": [4.0, 8.0],
-                                         "emoshift": [1.0, 2.0, 3.0]}
+                                         "emoshift": [1.0, 2.0, 3.0], "cocoemo": [1.0, 2.0, 3.0]}
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,9 @@ class Table1Settings:
     """Largest mean WER increase over unsteered that the α choice accepts."""
     emoshift: str | None = None
     """Optional folder of a trained EmoShift layer, added as a method (induction only)."""
+    directions: str | None = None
+    """Optional steering-vector folder from ``emoctl extract`` (CoCoEmo's mean differences at its chosen layers),
+    added as the method ``cocoemo`` (both directions; α at CoCoEmo's scale, swept 1, 2, 3 by default)."""
     recognizer: str = "mini"
     """"mini" (embedded) or "emotion2vec" (needs recognizer_dir)."""
     recognizer_dir: str | None = None
@@ -174,13 +177,16 @@ def run_table1(settings: Table1Settings) -> list[dict]:
     activations = ActivationStore(s.store)  # opened for its content digest in the record
     means = store_mean_differences(s.store, emotions, NEUTRAL, progress=s.progress)
     seed, sampling = protocol.seed, protocol.sampling
-    methods = SteeringMethods(sae_model, feature_sets, means, seed=seed, variants=variants)
+    directions = load_directions(s.directions, tts, emotions) if s.directions else None
+    methods = SteeringMethods(sae_model, feature_sets, means, seed=seed, variants=variants, directions=directions)
     speakers, voice = protocol.voices(tts, root), protocol.voice_for(tts, root)
     scorers = Scorers.load(s.recognizer, s.recognizer_dir)
     refs = References(root, record["sentences"], speakers, scorers, used=test_sentences + evaluation_sentences,
                       reference_clips=protocol.reference_clips)
     extra = None
     method_names = list(METHODS) + [variant_method(score) for score in variants]
+    if directions is not None:
+        method_names.append("cocoemo")
     if s.emoshift is not None:
         extra = emoshift_method(tts, s.emoshift)
         method_names.append("emoshift")
@@ -188,6 +194,7 @@ def run_table1(settings: Table1Settings) -> list[dict]:
     # What makes every row (inputs by content, protocol, seeds, code): the report's record and the key of the
     # blocks kept for a resumed run.
     paths = {"sae": s.sae, "feature_sets": [feature_set_path(s.selection, e) for e in emotions], "layer": s.emoshift,
+             "directions": s.directions,
              **{f"feature_sets_{score}": [feature_set_path(folder, e) for e in emotions]
                 for score, folder in selections.items()}}
     made_with = collect(backbone=tts, paths=paths, stores={"store": activations}, corpus=root,
@@ -228,7 +235,9 @@ def run_table1(settings: Table1Settings) -> list[dict]:
             "selection_score": main_score,
             "selections": {score: {"path": folder, "features": {e: fs.feature_ids for e, fs in variants[score].items()}}
                            for score, folder in selections.items()},
-            "phases": method_phases(methods, emotions[0], method_names)}
+            "phases": method_phases(methods, emotions[0], method_names),
+            "directions": ({"path": s.directions, "hookpoints": directions.hookpoints}
+                           if directions is not None else None)}
     sections = selection_scores_markdown(summary, {main_score: feature_sets, **variants}, alphas,
                                          main=main_score) if variants else []
     write_table1(Path(s.out_dir), summary, rows, sweep_rows, info, method_names, made_with, paired, sections)

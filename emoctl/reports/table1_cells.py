@@ -26,7 +26,7 @@ from emoctl.emotions import NEUTRAL
 from emoctl.evaluation.scoring import MeasuredClips, References, Scorers, measure_clips, score_clips
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.evaluation.summary import summarize
-from emoctl.reports.table1_methods import METHODS, SteeringMethods
+from emoctl.reports.table1_methods import SteeringMethods, builds_interventions
 from emoctl.steering import steer
 from emoctl.synthesis import SamplingConfig
 
@@ -86,7 +86,7 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
             rows += kept
             continue
         key = None
-        if method in METHODS or method.startswith("sae_emotion:"):
+        if builds_interventions(method):
             interventions = methods.interventions(method, cell.emotion, alpha)
             steering = partial(_steer_all, backbone, interventions)
             key = None if interventions else tuple((p.text, p.speaker, p.emotion_key) for p in prompts)

@@ -2,7 +2,9 @@
 
 The methods are the unsteered backbone, Random SAE features, Global (mean-difference) steering and SAE-Emotion
 features, all norm-matched so one α is one step length (see :mod:`emoctl.steering.directions`); each further
-selection score is the method ``sae_emotion:<score>``, and a trained EmoShift layer is the method ``emoshift``.
+selection score is the method ``sae_emotion:<score>``, a trained EmoShift layer is the method ``emoshift``, and
+CoCoEmo's mean-difference directions at its chosen layers (``emoctl extract``) are the method ``cocoemo``, at
+their own scale (CoCoEmo's raw differences, not norm-matched: its α is CoCoEmo's α).
 """
 from __future__ import annotations
 
@@ -13,13 +15,18 @@ from emoctl.backbones.base import Backbone, Prompt
 from emoctl.emosteer import EmoSteer, steer as emosteer_steer
 from emoctl.emosteer.steer import GENERATION_PHASES
 from emoctl.errors import ConfigError
-from emoctl.steering import SAEFeatureSteering, global_steering, random_feature_steering
+from emoctl.steering import SAEFeatureSteering, SteeringVectors, global_steering, random_feature_steering, vector_steering
 
 METHODS = ("unsteered", "random_sae", "global", "sae_emotion")
 LATENT_METHODS = ("random_sae", "global", "sae_emotion")
 """The methods whose α is in latent units (norm-matched to the SAE's decoder directions)."""
 METHOD_LABELS = {"unsteered": "Unsteered", "random_sae": "Random SAE", "global": "Global steering",
-                 "sae_emotion": "SAE-Emotion", "emoshift": "EmoShift"}
+                 "sae_emotion": "SAE-Emotion", "emoshift": "EmoShift", "cocoemo": "CoCoEmo"}
+
+
+def builds_interventions(method: str) -> bool:
+    """Whether :class:`SteeringMethods` attaches ``method`` as interventions (every method but EmoShift's layer)."""
+    return method in METHODS or method == "cocoemo" or method.startswith("sae_emotion:")
 
 
 def variant_method(score: str) -> str:
@@ -38,17 +45,22 @@ class SteeringMethods:
 
     ``variants`` holds further feature sets of the same SAE (selected by another score, keyed by it); each is the
     method ``sae_emotion:<score>``, steered exactly like SAE-Emotion. Global and Random steering stay matched to
-    the main feature sets.
+    the main feature sets. ``directions`` (a steering-vector file) is the method ``cocoemo``.
     """
 
     def __init__(self, sae, feature_sets: dict, mean_differences: dict, seed: int = 0,
-                 variants: dict[str, dict] | None = None) -> None:
+                 variants: dict[str, dict] | None = None, directions: SteeringVectors | None = None) -> None:
         self.sae, self.feature_sets, self.mean_differences, self.seed = sae, feature_sets, mean_differences, seed
         self.variants = dict(variants or {})
+        self.directions = directions
 
     def interventions(self, method: str, emotion: str, alpha: float) -> list:
         if method == "unsteered" or alpha == 0:
             return []
+        if method == "cocoemo":
+            if self.directions is None:
+                raise ConfigError("method cocoemo needs directions, a steering-vector folder from `emoctl extract`.")
+            return [vector_steering(self.directions, emotion, alpha)]
         base, _, score = method.partition(":")
         if base == "sae_emotion" and score:
             if score not in self.variants:
@@ -83,6 +95,23 @@ def check_method_inputs(methods: Sequence[str], known: Sequence[str], *, layer: 
                           "differences are the direction); `make store-mini` writes the mini TTS's.")
 
 
+def load_directions(folder: str, backbone: Backbone, emotions: Sequence[str]) -> SteeringVectors:
+    """The steering vectors of the method ``cocoemo``, refused unless extracted from this backbone for every
+    emotion asked."""
+    vectors = SteeringVectors.load(folder)
+    made_on = vectors.metadata.get("backbone")
+    if made_on != backbone.backbone_id:
+        raise ConfigError(f"the directions in {folder} were extracted from backbone {made_on}, not this one "
+                          f"({backbone.backbone_id}); run `emoctl extract` on it.")
+    missing = [e for e in emotions if e not in vectors.emotions]
+    if missing:
+        raise ConfigError(f"the directions in {folder} have no {missing}; they hold {', '.join(vectors.emotions)}. "
+                          "Extract them with those emotions.")
+    for intervention in [vector_steering(vectors, emotions[0], 1.0)] if emotions else []:
+        intervention.check_backbone(backbone)
+    return vectors
+
+
 def emoshift_method(backbone: Backbone, layer: str | EmoSteer) -> Callable:
     """EmoShift as a Table 1 method: its trained layer for the cell's emotion at intensity |α| (induction only).
 
@@ -115,8 +144,11 @@ def method_phases(methods: SteeringMethods, emotion: str, method_names: Sequence
 
 def method_comparisons(method_names: Sequence[str]) -> list[tuple[str, str]]:
     """The method pairs Table 1 tests: SAE-Emotion, Global and Random against each other, SAE-Emotion against
-    unsteered, each further selection score and EmoShift against SAE-Emotion."""
+    unsteered, each further selection score and EmoShift against SAE-Emotion, CoCoEmo against SAE-Emotion under
+    every selection score and against Global."""
     pairs = [("sae_emotion", "global"), ("sae_emotion", "random_sae"), ("global", "random_sae"),
              ("sae_emotion", "unsteered")]
     pairs += [(m, "sae_emotion") for m in method_names if m.startswith("sae_emotion:") or m == "emoshift"]
+    if "cocoemo" in method_names:  # CoCoEmo against each selection score's SAE-Emotion and against Global
+        pairs += [("cocoemo", m) for m in method_names if m.startswith("sae_emotion")] + [("cocoemo", "global")]
     return [(a, b) for a, b in pairs if a in method_names and b in method_names]
