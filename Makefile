@@ -22,8 +22,11 @@ EMOSHIFT_LAYER ?= emoctl/assets/emoshift_mini
 # `make reproduce-table1 SAE=$(SAE_RUN)/sae FEATURES=$(SELECT)` trains and selects inside the run instead.
 SAE      ?= emoctl/assets/sae_mini
 FEATURES ?= emoctl/assets/select_mini
+# CoCoEmo's mean-difference directions at its chosen layers, committed like the layer above; `make directions-mini`
+# re-extracts them from `make layers-mini`'s discriminability file.
+DIRECTIONS ?= emoctl/assets/directions_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini
 
 install: $(STAMP)
 
@@ -178,6 +181,15 @@ emoshift-mini: corpus
 reproduce-table1: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/manifest.json $(EMOSHIFT_LAYER)/emosteer.json
 	$(EMOCTL) report table1 --config recipes/evaluation/report_table1_mini.yaml \
 	    --sae $(SAE) --store $(STORE) --selection $(FEATURES) --emoshift $(EMOSHIFT_LAYER) --out_dir reports
+
+# CoCoEmo's discriminability per hookpoint on the mini TTS (reports/layers, about 6 min on 2 cores), and its
+# mean-difference directions at the three most discriminable attention outputs (about 3 min).
+layers-mini: | corpus
+	$(EMOCTL) inspect layers --config recipes/evaluation/pairs_mini.yaml --out_dir reports/layers
+
+directions-mini: | corpus
+	$(EMOCTL) extract --config recipes/evaluation/pairs_mini.yaml \
+	    --discriminability reports/layers/discriminability.json --out_dir $(DIRECTIONS)
 
 # The seed's latent table: each emotion's top 2 features steered alone (README, "Per-feature acoustic attribution").
 # Table 1 with 40 clips per cell, the three selection scores and paired tests between methods (about 40 min on

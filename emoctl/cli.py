@@ -90,6 +90,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
                           "Emotion over time: a switch inside one utterance, each segment scored (SER, F0, RMS)."),
         "emoshift": Tool("emoctl.commands.report:emoshift_table1",
                          "The EmoShift seed's Table 1: zero-shot, Neutral, SFT, EmoShift full and low rank."),
+        "mixtures": Tool("emoctl.commands.report:report_mixtures",
+                         "Mixed emotions from soft labels per method: E-SIM, TEP, S-SIM, WER, Spearman ρ, H-Rate."),
         "diff": Tool("emoctl.commands.report:report_diff",
                      "Which inputs (models, protocol, seeds, packages, machine) and results of two reports differ.",
                      positional=True),

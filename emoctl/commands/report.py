@@ -1,10 +1,14 @@
-"""``emoctl report``: which inputs and results of two reports differ, the README's quoted tables, and the EmoShift
-seed's Table 1 (the SAE seed's Table 1 is :mod:`emoctl.commands.table1`)."""
+"""``emoctl report``: which inputs and results of two reports differ, the README's quoted tables, the EmoShift
+seed's Table 1 (the SAE seed's Table 1 is :mod:`emoctl.commands.table1`) and mixed emotions scored as CoCoEmo
+scores them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from emoctl.commands.settings_flags import flags_from
 from emoctl.reports.diff import diff_reports
+from emoctl.reports.mixtures import MixturesSettings, run_mixtures
 from emoctl.reports.readme_tables import check_readme, quoted_tables, quoting_pages, sync_readme
 from emoctl.reports.table1_emoshift import emoshift_table1
 
@@ -48,3 +52,11 @@ def readme_tables(readme: str = "README.md", check: bool = False) -> None:
         return
     changed = sum(sync_readme(page, root) for page in pages)
     print(f"{changed} quoted table(s) updated from their reports in {', '.join(str(p) for p in pages)}")
+
+
+@flags_from(MixturesSettings)
+def report_mixtures(**settings: Any) -> list[dict]:
+    """Speak soft-label mixtures of emotions with every method that mixes (EmoShift's layer, SAE feature sets,
+    Global, CoCoEmo's directions) and score them as CoCoEmo does: E-SIM, TEP, S-SIM, WER, Spearman's ρ between
+    asked and measured proportions, and the H-Rate; mixtures.md / .csv / .png and the clips' rows to out_dir."""
+    return run_mixtures(MixturesSettings(**settings))

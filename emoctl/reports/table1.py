@@ -170,6 +170,7 @@ def run_table1(settings: Table1Settings) -> list[dict]:
                                    and feature_set_path(s.selection, e).is_file()])
     if not emotions:
         raise ConfigError(f"no feature sets in {s.selection} (features_<emotion>.json); run `emoctl select` first.")
+    directions = load_directions(s.directions, tts, emotions) if s.directions else None  # before the store pass
     d_sae, unverified = sae_model.cfg.d_sae, s.allow_unverified_features
     feature_sets = load_feature_sets(s.selection, emotions, s.sae, d_sae, allow_unverified=unverified)
     variants = {score: load_feature_sets(folder, emotions, s.sae, d_sae, allow_unverified=unverified)
@@ -177,7 +178,6 @@ def run_table1(settings: Table1Settings) -> list[dict]:
     activations = ActivationStore(s.store)  # opened for its content digest in the record
     means = store_mean_differences(s.store, emotions, NEUTRAL, progress=s.progress)
     seed, sampling = protocol.seed, protocol.sampling
-    directions = load_directions(s.directions, tts, emotions) if s.directions else None
     methods = SteeringMethods(sae_model, feature_sets, means, seed=seed, variants=variants, directions=directions)
     speakers, voice = protocol.voices(tts, root), protocol.voice_for(tts, root)
     scorers = Scorers.load(s.recognizer, s.recognizer_dir)

@@ -1136,6 +1136,48 @@ for what, args, needles in [
     case("7", f"{' '.join(args[:2]) if args[0] != 'calibrate' else 'calibrate'}: {what}", args, needles,
          setup=calibrations)
 
+def directions_files(case_dir: Path, fx: dict[str, str]) -> dict[str, str]:
+    """`{directions}`: steering vectors of the committed mini TTS; `{directions_other}`: the same said to come
+    from another backbone; `{layers_other}`: a discriminability file of another backbone."""
+    import torch
+
+    from emoctl.backbones.loading import load_backbone
+    from emoctl.selection.layers import Discriminability, LayerScore
+    from emoctl.steering.vectors import SteeringVectors
+
+    backbone = load_backbone("mini_tts")
+    by_emotion = {e: {"attn_out.1": torch.ones(backbone.hidden_size)} for e in ("Angry", "Happy", "Sad", "Surprise")}
+    SteeringVectors(by_emotion, {"backbone": backbone.backbone_id}).save(case_dir / "directions")
+    SteeringVectors(by_emotion, {"backbone": "indextts2@0123456789ab"}).save(case_dir / "directions_other")
+    Discriminability([LayerScore("attn_out.1", 0.9, 1.0, 4, 4)], "linear", "last", "indextts2@0123456789ab",
+                     "generations").save(case_dir / "layers_other.json")
+    return {"directions": str(case_dir / "directions"), "directions_other": str(case_dir / "directions_other"),
+            "layers_other": str(case_dir / "layers_other.json")}
+
+
+TABLE1_MINI = ("report", "table1", "--sae", "{sae_mini}", "--store", "{store}", "--selection", "{select_mini}",
+               "--corpus_root", "{corpus_root}", "--out_dir", "{tmp}/t")  # refused before the store is read
+for what, args, needles in [
+    ("layers named twice", ("extract", "--hookpoints", '["attn_out.1"]', "--out_dir", "{tmp}/d"),
+     ("name the layers one way", "set the other to null")),
+    ("a discriminability file of another backbone", ("extract", "--discriminability", "{layers_other}",
+                                                     "--out_dir", "{tmp}/d"),
+     ("scores the backbone indextts2@0123456789ab, not this one", "run `emoctl inspect layers` on it")),
+    ("more layers than the file scores", ("extract", "--discriminability", "{layers_other}", "--top", "0",
+                                          "--out_dir", "{tmp}/d"),
+     ("top=0: take at least one layer",)),
+    ("a probe emoctl does not have", ("inspect", "layers", "--classifier", "svm", "--out_dir", "{tmp}/l"),
+     ("classifier='svm': choose one of linear, centroid",)),
+    ("a hookpoint the backbone lacks", ("inspect", "layers", "--hookpoints", '["attn_out.99"]', "--n_train_texts",
+                                        "1", "--out_dir", "{tmp}/l"),
+     ("hookpoints ['attn_out.99'] are not this backbone's",)),
+    ("directions extracted from another backbone", (*TABLE1_MINI, "--directions", "{directions_other}"),
+     ("extracted from backbone indextts2@0123456789ab, not this one", "run `emoctl extract` on it")),
+]:
+    case("7", f"{' '.join(args[:2]) if args[0] != 'extract' else 'extract'}: {what}", args, needles,
+         setup=directions_files, needs=("corpus_root",) if args[0] == "report" else ())
+
+
 case("7", "report table1 --max_wer_increase -1 (checked before the corpus is read)",
      ("report", "table1", "--sae", "{sae_mini}", "--store", "{store}", "--selection", "{select_mini}",
       "--out_dir", "{tmp}/t", "--corpus_root", "{tmp}/no_corpus", "--max_wer_increase", "-1"),
@@ -1218,6 +1260,18 @@ case("security", "pickled object array as the true dictionary: inspect recovery"
 case("security", "torch pickle in place of the backbone's weights: attribute",
      ("attribute", "--sae", "{sae_mini}", "--selection", "{select_mini}", "--out_dir", "{tmp}/attr",
       "--backbone.path", "{bad}"), ("{bad}",), setup=crafted_backbone, check=not_run)
+def crafted_directions(case_dir: Path, fx: dict[str, str]) -> dict[str, str]:
+    """`{bad}`: a steering-vector folder whose vectors.safetensors is a torch pickle that would create `{tmp}/pwned`."""
+    import torch
+
+    values = directions_files(case_dir, fx)
+    torch.save({"v": _Payload(case_dir / "pwned")}, Path(values["directions"]) / "vectors.safetensors")
+    return {"bad": values["directions"]}
+
+
+case("security", "torch pickle in place of steering vectors: report table1 --directions",
+     (*TABLE1_MINI, "--directions", "{bad}"), ("{bad}/vectors.safetensors is not a readable safetensors file",),
+     setup=crafted_directions, check=not_run, needs=("corpus_root",))
 case("security", "`../../outside.npy` as a shard path in the index: store verify reads only its own shards",
      VERIFY, ("intact", "60 utterances"), ok=True, setup=index_escaping_path)
 case("security", "`../` in an emotion name: select writes nothing outside out_dir",
