@@ -26,7 +26,7 @@ FEATURES ?= emoctl/assets/select_mini
 # re-extracts them from `make layers-mini`'s discriminability file.
 DIRECTIONS ?= emoctl/assets/directions_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini reproduce-mixtures
 
 install: $(STAMP)
 
@@ -186,6 +186,11 @@ reproduce-table1: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/manifest.jso
 # mean-difference directions at the three most discriminable attention outputs (about 3 min).
 layers-mini: | corpus
 	$(EMOCTL) inspect layers --config recipes/evaluation/pairs_mini.yaml --out_dir reports/layers
+
+# Soft-label mixtures of two emotions for EmoShift, SAE-Emotion, Global and CoCoEmo, scored as CoCoEmo does.
+reproduce-mixtures: $(STORE)/manifest.json | corpus
+	$(EMOCTL) report mixtures --layer $(EMOSHIFT_LAYER) --sae $(SAE) --selection $(FEATURES) --store $(STORE) \
+	    --directions $(DIRECTIONS) --out_dir reports/mixtures
 
 directions-mini: | corpus
 	$(EMOCTL) extract --config recipes/evaluation/pairs_mini.yaml \

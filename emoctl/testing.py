@@ -20,6 +20,7 @@ from emoctl.backbones import Backbone, Phase, Prompt
 from emoctl.backbones.sampling import Sampling
 from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
+from emoctl.harvest.pooled import pooled_states
 from emoctl.harvest.recorder import ActivationRecorder
 from emoctl.steering import steer
 from emoctl.steering.directions import DirectionSteering
@@ -238,6 +239,23 @@ class BackboneContract:
         assert any(out.finished), "pick a budget where at least one utterance reaches its stop token"
         self._check_rows(backbone, prompts, out, rows, steer_hookpoint, self.decode_matches_teacher_forced,
                          self.tf_atol)
+
+    def test_a_pooled_last_state_is_the_last_decode_state(self, backbone: Backbone, prompts: list[Prompt],
+                                                          sampling: Sampling, steer_hookpoint: str) -> None:
+        """CoCoEmo's pooled representation (:mod:`emoctl.harvest.pooled`): teacher-forced over an utterance's own
+        tokens, its last position holds the state that decoded its last token, at every hookpoint read at once."""
+        if not self.decode_matches_teacher_forced:
+            return
+        points = [steer_hookpoint, "attn_out.0"]
+        recorded = {h: self._recorded(backbone, prompts, Sampling(**{**vars(sampling), "seed": 11}), h)
+                    for h in points}
+        out = recorded[steer_hookpoint][0]
+        done = [b for b, (t, f) in enumerate(zip(out.tokens, out.finished)) if f and t.numel() > 0]
+        assert done, "pick a budget where at least one utterance reaches its stop token"
+        pooled = pooled_states(backbone, [prompts[b] for b in done], [out.tokens[b] for b in done], points)
+        for h in points:
+            last = torch.stack([recorded[h][1][b][-1] for b in done])
+            torch.testing.assert_close(pooled[h], last.to(pooled[h].dtype), atol=self.tf_atol, rtol=0)
 
     def test_recorded_decode_rows_follow_the_returned_beam(self, backbone: Backbone, prompts: list[Prompt],
                                                            beam_sampling: Sampling | None, steer_hookpoint: str
