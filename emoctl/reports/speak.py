@@ -42,15 +42,15 @@ from emoctl.io.provenance import collect
 from emoctl.metrics.loading import recognizer_folder
 from emoctl.probes import measure as measure_probes
 from emoctl.reports.report_folder import write_report_folder
-from emoctl.reports.table1_methods import method_label
+from emoctl.reports.table1_methods import load_directions, method_label
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import load_feature_sets
-from emoctl.steering import SAEFeatureSteering, global_steering, steer, store_mean_differences
+from emoctl.steering import SAEFeatureSteering, global_steering, steer, store_mean_differences, vector_steering
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.steering.schedules import Ramp, SegmentPlan, Segments, StepSchedule, Switch, parse_schedule
 from emoctl.synthesis import Clip
 
-METHODS = ("emoshift", "sae_emotion", "global")
+METHODS = ("emoshift", "sae_emotion", "global", "cocoemo")
 SETTINGS = ("unsteered", "scheduled")
 PROBES = ("f0_mean_hz", "rms", "spectral_centroid_hz")
 METRICS = ["ser_hit", "p_target", *PROBES, "duration_s"]
@@ -64,7 +64,8 @@ class SpeakSettings:
     """The schedule (docs/commands.md, Schedules): ``{"switch": {"at_s": 1.0}}``, ``{"ramp": {...}}`` or
     ``{"segments": [{"emotion": "Angry", "alpha": 2, "end_s": 1.0}, {"emotion": "Sad", "alpha": 2}]}``."""
     method: str = "emoshift"
-    """emoshift (the layer), sae_emotion (the SAE's feature sets) or global (the store's mean difference)."""
+    """emoshift (the layer), sae_emotion (the SAE's feature sets), global (the store's mean difference) or cocoemo
+    (mean-difference directions at several layers, from ``emoctl extract``)."""
     emotion: str | None = None
     """The emotion a switch or ramp steers toward (segments name their own)."""
     alpha: float | None = None
@@ -83,6 +84,8 @@ class SpeakSettings:
     """The SAE's feature sets (features_<emotion>.json); for sae_emotion and global."""
     store: str | None = None
     """The activation store the SAE was trained on; for global."""
+    directions: str | None = "emoctl/assets/directions_mini"
+    """Steering-vector folder from ``emoctl extract``; for cocoemo."""
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     """The backbone (kind, checkpoint folder, device)."""
     corpus_root: str = "runs/corpus/esd_espeak"
@@ -129,11 +132,13 @@ class SpeakSettings:
             alphas = [self.alpha] if self.alpha is not None else []
         if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) for a in alphas):
             raise ConfigError(f"alpha {alphas} must be finite.")
-        if self.method != "emoshift" and not all(latent_alpha_ok(a) for a in alphas):
+        if self.method not in ("emoshift", "cocoemo") and not all(latent_alpha_ok(a) for a in alphas):
             raise ConfigError(f"alpha {alphas} steers latents too hard: α must be {LATENT_ALPHA_RULE}.")
         if self.method == "emoshift" and not self.layer:
             raise ConfigError("method emoshift needs layer, the folder of a trained EmoSteer layer.")
-        if self.method != "emoshift" and not (self.sae and self.selection):
+        if self.method == "cocoemo" and not self.directions:
+            raise ConfigError("method cocoemo needs directions, a steering-vector folder from `emoctl extract`.")
+        if self.method in ("sae_emotion", "global") and not (self.sae and self.selection):
             raise ConfigError(f"method {self.method} needs sae and selection (the SAE folder and its feature sets).")
         if self.method == "global" and not self.store:
             raise ConfigError("method global needs store, the activation store the SAE was trained on.")
@@ -212,23 +217,31 @@ def _attach(s: SpeakSettings, backbone: Backbone, resolved: StepSchedule | Segme
                                   schedule=resolved)
 
         return hookpoint, attach
-    sae = load_pretrained(str(s.sae))
-    sets = load_feature_sets(str(s.selection), emotions, str(s.sae), sae.cfg.d_sae,
-                             allow_unverified=s.allow_unverified_features)
-    if s.method == "global":
-        means = store_mean_differences(str(s.store), list(sets), NEUTRAL, progress=s.progress)
+    if s.method == "cocoemo":
+        vectors = load_directions(str(s.directions), backbone, emotions)
+        hookpoint = ",".join(vectors.hookpoints)
 
         def build(e: str, a: float, schedule: list[float] | None):
-            return global_steering(means[e], sae, sets[e].feature_ids, a, schedule=schedule)
+            return vector_steering(vectors, e, a, schedule=schedule)
     else:
-        def build(e: str, a: float, schedule: list[float] | None):
-            return SAEFeatureSteering(sae, sets[e].feature_ids, a, schedule=schedule)
+        sae = load_pretrained(str(s.sae))
+        hookpoint = sae.cfg.hook_name
+        sets = load_feature_sets(str(s.selection), emotions, str(s.sae), sae.cfg.d_sae,
+                                 allow_unverified=s.allow_unverified_features)
+        if s.method == "global":
+            means = store_mean_differences(str(s.store), list(sets), NEUTRAL, progress=s.progress)
+
+            def build(e: str, a: float, schedule: list[float] | None):
+                return global_steering(means[e], sae, sets[e].feature_ids, a, schedule=schedule)
+        else:
+            def build(e: str, a: float, schedule: list[float] | None):
+                return SAEFeatureSteering(sae, sets[e].feature_ids, a, schedule=schedule)
 
     if isinstance(resolved, SegmentPlan):
         interventions = resolved.interventions(build)
     else:
         interventions = [build(str(s.emotion), float(alpha), resolved.schedule)]  # type: ignore[arg-type]
-    return sae.cfg.hook_name, lambda n: steer(backbone, *interventions)
+    return hookpoint, lambda n: steer(backbone, *interventions)
 
 
 def run_speak(settings: SpeakSettings) -> list[dict]:
@@ -272,7 +285,8 @@ def run_speak(settings: SpeakSettings) -> list[dict]:
             "parts_too_short": short, "speakers": speakers, "texts": texts, "seed": seed,
             "max_new_tokens": sampling.max_new_tokens, "protocol": protocol.describe()}
     paths = {"layer": s.layer if s.method == "emoshift" else None,
-             "sae": s.sae if s.method != "emoshift" else None,
+             "sae": s.sae if s.method in ("sae_emotion", "global") else None,
+             "directions": s.directions if s.method == "cocoemo" else None,
              "store": s.store if s.method == "global" else None,
              "calibration": s.calibration if s.intensity is not None else None}
     record = collect(backbone=backbone, paths=paths, corpus=root if s.texts is None else None,

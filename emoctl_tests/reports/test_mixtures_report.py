@@ -79,8 +79,8 @@ def test_every_mixing_method_runs_on_the_mini_tts(corpus_root, tmp_path):
 
     backbone = load_backbone()
     g = torch.Generator().manual_seed(0)
-    SteeringVectors({e: {"attn_out.0": torch.randn(backbone.hidden_size, generator=g)} for e in ("Angry", "Sad")},
-                    {"backbone": backbone.backbone_id}).save(tmp_path / "dirs")
+    small = {e: {"attn_out.0": 0.1 * torch.randn(backbone.hidden_size, generator=g)} for e in ("Angry", "Sad")}
+    SteeringVectors(small, {"backbone": backbone.backbone_id}).save(tmp_path / "dirs")
     settings = MixturesSettings(methods=["emoshift", "sae_emotion", "cocoemo"], directions=str(tmp_path / "dirs"),
                                 corpus_root=str(corpus_root), out_dir=str(tmp_path / "out"),
                                 mixtures=[{"Angry": 0.75, "Sad": 0.25}, {"Angry": 0.25, "Sad": 0.75}],

@@ -84,6 +84,19 @@ def test_sae_emotion_speaks_a_ramp_in_three_parts(corpus_root, tmp_path):
     assert info["tokens_kept_before_steering"] == 2 and info["hookpoint"] == "resid_pre.5"
 
 
+def test_cocoemo_speaks_segments_of_two_emotions_at_its_layers(corpus_root, tmp_path):
+    """CoCoEmo's committed directions (three attention outputs) under segments: the two emotions' multi-layer
+    interventions compose, each on at its own steps."""
+    run_speak(SpeakSettings(schedule=SEGMENTS, method="cocoemo", corpus_root=str(corpus_root),
+                            out_dir=str(tmp_path / "o"), protocol=PROTOCOL, progress=False))
+    info = json.loads((tmp_path / "o" / "speak_info.json").read_text())
+    assert info["hookpoint"] == "attn_out.7,attn_out.6,attn_out.1"
+    assert [(p["start"], p["end"], p["target"], p["alpha"]) for p in info["parts"]] == [
+        (0, 20, "Neutral", 0.0), (20, 50, "Angry", 2.0), (50, 100, "Sad", 2.0)]
+    assert info["tokens_kept_before_steering"] == 2  # both clips: unsteered tokens up to the first segment
+    assert info["provenance"]["inputs"]["directions"]["path"] == "emoctl/assets/directions_mini"
+
+
 PREFIX = "emoctl steer: error:"
 
 
@@ -97,8 +110,8 @@ PREFIX = "emoctl steer: error:"
      "a Neutral segment with alpha != 0 has no features to steer"),
     (["--schedule", '{"segments": [{"emotion": "Angry", "alpha": 2, "end_s": 1.0}, '
                     '{"emotion": "Sad", "alpha": 2, "start_s": 0.5}]}'], "segments overlap"),
-    (["--schedule", '{"switch": {"at_s": 0.5}}', "--emotion", "Angry", "--alpha", "2", "--method", "cocoemo"],
-     "choose one of emoshift, sae_emotion, global"),
+    (["--schedule", '{"switch": {"at_s": 0.5}}', "--emotion", "Angry", "--alpha", "2", "--method", "random_sae"],
+     "choose one of emoshift, sae_emotion, global, cocoemo"),
     (["--schedule", '{"switch": {"at_s": 30}}', "--emotion", "Angry", "--alpha", "2"], "past the token cap"),
 ])
 def test_a_schedule_that_cannot_be_spoken_gets_one_paragraph(tmp_path, args, needle):
