@@ -40,19 +40,20 @@ from emoctl.metrics.loading import recognizer_folder
 from emoctl.reports.report_folder import write_report_folder
 from emoctl.reports.table1_cells import sweep_cells
 from emoctl.reports.table1_methods import (LATENT_METHODS, SteeringMethods, check_method_inputs, emoshift_method,
-                                           method_label)
+                                           load_directions, method_label)
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import feature_set_path, load_feature_sets
 from emoctl.steering import store_mean_differences
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.store import ActivationStore
 
-METHODS = ("emoshift", "sae_emotion", "global", "random_sae")
+METHODS = ("emoshift", "sae_emotion", "global", "random_sae", "cocoemo")
 DEFAULT_METHODS = ["emoshift", "sae_emotion", "global"]
 DEFAULT_ALPHAS: dict[str, list[float]] = {"emoshift": [0.5, 1.0, 2.0, 3.0, 4.0],
                                           "sae_emotion": [2.0, 4.0, 8.0, 12.0, 16.0],
                                           "global": [2.0, 4.0, 8.0, 12.0, 16.0],
-                                          "random_sae": [2.0, 4.0, 8.0, 12.0, 16.0]}
+                                          "random_sae": [2.0, 4.0, 8.0, 12.0, 16.0],
+                                          "cocoemo": [1.0, 2.0, 3.0, 4.0, 6.0]}
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class CalibrationSettings:
     """Folder of the SAE's feature sets (features_<emotion>.json); needed with the SAE."""
     store: str | None = "runs/stores/mini_tts_train_resid_pre5"
     """The activation store the SAE was trained on: Global steering's mean differences (``make store-mini``)."""
+    directions: str | None = "emoctl/assets/directions_mini"
+    """Steering-vector folder from ``emoctl extract``; needed for the method ``cocoemo``."""
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     """The backbone (kind, checkpoint folder, device); the calibration holds for it alone."""
     corpus_root: str = "runs/corpus/esd_espeak"
@@ -74,7 +77,7 @@ class CalibrationSettings:
     out_dir: str = "reports/calibration"
     """Where calibration.json and the report go."""
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    """Steering methods, of emoshift, sae_emotion, global and random_sae."""
+    """Steering methods, of emoshift, sae_emotion, global, random_sae and cocoemo."""
     emotions: list[str] = field(default_factory=lambda: ["Angry", "Happy", "Sad"])
     """Target emotions, each induced from Neutral prompts."""
     alphas: dict[str, list[float]] | None = None
@@ -97,7 +100,7 @@ class CalibrationSettings:
 
     def __post_init__(self) -> None:
         check_method_inputs(self.methods, METHODS, layer=self.layer, sae=self.sae, selection=self.selection,
-                            store=self.store)
+                            store=self.store, directions=self.directions)
         if not self.emotions or NEUTRAL in self.emotions or len(set(self.emotions)) != len(self.emotions):
             raise ConfigError(f"emotions={self.emotions!r}: name each target emotion once, not {NEUTRAL} (each is "
                               f"induced from {NEUTRAL} prompts).")
@@ -162,10 +165,12 @@ def run_calibration(settings: CalibrationSettings) -> list[dict]:
     scorers = Scorers.load(s.recognizer, s.recognizer_dir, dnsmos=False)
     refs = References(root, record["sentences"], speakers, scorers, used=texts,
                       reference_clips=protocol.reference_clips)
-    methods = SteeringMethods(sae, feature_sets or {}, means, seed=protocol.seed)
+    directions = load_directions(str(s.directions), backbone, s.emotions) if "cocoemo" in s.methods else None
+    methods = SteeringMethods(sae, feature_sets or {}, means, seed=protocol.seed, directions=directions)
     made_with = collect(backbone=backbone,
                         paths={"layer": s.layer if layer is not None else None,
                                "sae": s.sae if sae is not None else None,
+                               "directions": s.directions if directions is not None else None,
                                "feature_sets": [feature_set_path(str(s.selection), e) for e in s.emotions]
                                if sae is not None else None},
                         stores={"store": store} if store is not None else None, corpus=root,

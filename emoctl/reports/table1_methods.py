@@ -78,15 +78,18 @@ class SteeringMethods:
 
 
 def check_method_inputs(methods: Sequence[str], known: Sequence[str], *, layer: str | None, sae: str | None,
-                        selection: str | None, store: str | None) -> None:
+                        selection: str | None, store: str | None, directions: str | None = None) -> None:
     """Refuse, before any work, a method list with unknown or repeated names, or a method without its inputs:
-    EmoShift its layer, the SAE-side methods the SAE and its feature sets, Global also the SAE's store."""
+    EmoShift its layer, the SAE-side methods the SAE and its feature sets, Global also the SAE's store, CoCoEmo
+    its directions."""
     unknown = [m for m in methods if m not in known]
     if not methods or unknown or len(set(methods)) != len(methods):
         raise ConfigError(f"methods={list(methods)!r}: name each of {', '.join(known)} at most once, at least one "
                           "of them.")
     if "emoshift" in methods and not layer:
         raise ConfigError("method emoshift needs layer, the folder of a trained EmoSteer layer.")
+    if "cocoemo" in methods and not directions:
+        raise ConfigError("method cocoemo needs directions, a steering-vector folder from `emoctl extract`.")
     sae_side = [m for m in methods if m in LATENT_METHODS]
     if sae_side and not (sae and selection):
         raise ConfigError(f"methods {sae_side} need sae and selection (the SAE folder and its feature sets).")
