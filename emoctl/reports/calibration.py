@@ -39,7 +39,7 @@ from emoctl.io.provenance import collect
 from emoctl.metrics.loading import recognizer_folder
 from emoctl.reports.report_folder import write_report_folder
 from emoctl.reports.table1_cells import sweep_cells
-from emoctl.reports.table1_methods import (LATENT_METHODS, SteeringMethods, check_method_inputs, emoshift_method,
+from emoctl.reports.table1_methods import (LATENT_METHODS, MethodInputs, SteeringMethods, emoshift_method,
                                            load_directions, method_label)
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import feature_set_path, load_feature_sets
@@ -57,19 +57,9 @@ DEFAULT_ALPHAS: dict[str, list[float]] = {"emoshift": [0.5, 1.0, 2.0, 3.0, 4.0],
 
 
 @dataclass(frozen=True)
-class CalibrationSettings:
+class CalibrationSettings(MethodInputs):
     """Everything ``emoctl calibrate`` runs with; bad values are refused here, before any work."""
 
-    layer: str | None = "emoctl/assets/emoshift_mini"
-    """EmoShift layer folder, trained with the backbone told Neutral; needed for the method ``emoshift``."""
-    sae: str | None = "emoctl/assets/sae_mini"
-    """Exported SAE folder; needed for sae_emotion, global and random_sae."""
-    selection: str | None = "emoctl/assets/select_mini"
-    """Folder of the SAE's feature sets (features_<emotion>.json); needed with the SAE."""
-    store: str | None = "runs/stores/mini_tts_train_resid_pre5"
-    """The activation store the SAE was trained on: Global steering's mean differences (``make store-mini``)."""
-    directions: str | None = "emoctl/assets/directions_mini"
-    """Steering-vector folder from ``emoctl extract``; needed for the method ``cocoemo``."""
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     """The backbone (kind, checkpoint folder, device); the calibration holds for it alone."""
     corpus_root: str = "runs/corpus/esd_espeak"
@@ -99,8 +89,7 @@ class CalibrationSettings:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        check_method_inputs(self.methods, METHODS, layer=self.layer, sae=self.sae, selection=self.selection,
-                            store=self.store, directions=self.directions)
+        self.check_inputs(self.methods, METHODS)
         if not self.emotions or NEUTRAL in self.emotions or len(set(self.emotions)) != len(self.emotions):
             raise ConfigError(f"emotions={self.emotions!r}: name each target emotion once, not {NEUTRAL} (each is "
                               f"induced from {NEUTRAL} prompts).")

@@ -48,7 +48,7 @@ from emoctl.evaluation.summary import csv_bytes
 from emoctl.io.fsio import atomic_write_bytes, check_output_dir, save_figure_atomically
 from emoctl.io.provenance import collect, stamp, write_report_info
 from emoctl.metrics.loading import recognizer_folder
-from emoctl.reports.table1_methods import load_directions, method_label
+from emoctl.reports.table1_methods import MethodInputs, load_directions, method_label
 from emoctl.sae.export import load_pretrained
 from emoctl.selection.feature_set import load_feature_sets
 from emoctl.steering import MultiLayerSteering, SAEFeatureSteering, global_steering, steer, store_mean_differences
@@ -63,22 +63,12 @@ DEFAULT_MIXTURES: list[dict[str, float]] = [
 ]
 
 
-@dataclass
-class MixturesSettings:
+@dataclass(frozen=True)
+class MixturesSettings(MethodInputs):
     """Everything ``emoctl report mixtures`` runs with; bad values are refused here, before any work."""
 
     methods: list[str] = field(default_factory=lambda: list(MIXING_METHODS))
     """Methods that mix, of emoshift, sae_emotion, global and cocoemo."""
-    layer: str | None = "emoctl/assets/emoshift_mini"
-    """EmoShift layer folder (for emoshift)."""
-    sae: str | None = "emoctl/assets/sae_mini"
-    """SAE folder (for sae_emotion and global)."""
-    selection: str | None = "emoctl/assets/select_mini"
-    """The SAE's feature sets (for sae_emotion and global)."""
-    store: str | None = "runs/stores/mini_tts_train_resid_pre5"
-    """The store the SAE was trained on: Global's mean differences."""
-    directions: str | None = "emoctl/assets/directions_mini"
-    """Steering-vector folder from ``emoctl extract`` (for cocoemo)."""
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     """The backbone (kind, checkpoint folder, device)."""
     corpus_root: str = "runs/corpus/esd_espeak"
@@ -99,15 +89,7 @@ class MixturesSettings:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in MIXING_METHODS]
-        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods={self.methods!r}: name each of {', '.join(MIXING_METHODS)} at most once.")
-        needs = {"emoshift": ("layer",), "sae_emotion": ("sae", "selection"), "global": ("sae", "selection", "store"),
-                 "cocoemo": ("directions",)}
-        for method in self.methods:
-            missing = [k for k in needs[method] if not getattr(self, k)]
-            if missing:
-                raise ConfigError(f"method {method} needs {', '.join(missing)}.")
+        self.check_inputs(self.methods, MIXING_METHODS)
         if not self.mixtures:
             raise ConfigError("mixtures: give at least one soft label, e.g. {Angry: 0.75, Sad: 0.25}.")
         for mix in self.mixtures:

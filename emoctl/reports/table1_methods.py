@@ -9,6 +9,7 @@ their own scale (CoCoEmo's raw differences, not norm-matched: its α is CoCoEmo'
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from emoctl.backbones.base import Backbone, Prompt
@@ -75,6 +76,27 @@ class SteeringMethods:
         if method == "random_sae":
             return [random_feature_steering(self.sae, features, alpha, seed=self.seed)]
         raise ConfigError(f"unknown steering method {method!r}; choose from {', '.join(METHODS)}.")
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """The trained artifacts the steering methods read, as the commands that run several methods name them
+    (defaults: the committed mini-TTS artifacts and the store ``make store-mini`` writes)."""
+
+    layer: str | None = "emoctl/assets/emoshift_mini"
+    """EmoShift layer folder, trained with the backbone told Neutral; for the method ``emoshift``."""
+    sae: str | None = "emoctl/assets/sae_mini"
+    """Exported SAE folder; for sae_emotion, global and random_sae."""
+    selection: str | None = "emoctl/assets/select_mini"
+    """Folder of the SAE's feature sets (features_<emotion>.json); needed with the SAE."""
+    store: str | None = "runs/stores/mini_tts_train_resid_pre5"
+    """The activation store the SAE was trained on: Global steering's mean differences (``make store-mini``)."""
+    directions: str | None = "emoctl/assets/directions_mini"
+    """Steering-vector folder from ``emoctl extract``; for the method ``cocoemo``."""
+
+    def check_inputs(self, methods: Sequence[str], known: Sequence[str]) -> None:
+        check_method_inputs(methods, known, layer=self.layer, sae=self.sae, selection=self.selection,
+                            store=self.store, directions=self.directions)
 
 
 def check_method_inputs(methods: Sequence[str], known: Sequence[str], *, layer: str | None, sae: str | None,
