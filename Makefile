@@ -1,7 +1,7 @@
 # emoctl: every target creates .venv and installs what is missing, so on a fresh machine
 #   make demo              -> corpus, harvest from the committed mini TTS, SAE, emotion features, summary
 #   make test              -> runs the test suite (installs upstream's IndexTTS2 and CosyVoice packages first)
-#   make reproduce-table1  -> the SAE seed's Table 1 (and EmoShift's) on the mini backbone
+#   make reproduce-table1  -> the SAE seed's Table 1 (with EmoShift and CoCoEmo as columns) on the mini backbone
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -180,7 +180,8 @@ emoshift-mini: corpus
 
 reproduce-table1: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/manifest.json $(EMOSHIFT_LAYER)/emosteer.json
 	$(EMOCTL) report table1 --config recipes/evaluation/report_table1_mini.yaml \
-	    --sae $(SAE) --store $(STORE) --selection $(FEATURES) --emoshift $(EMOSHIFT_LAYER) --out_dir reports
+	    --sae $(SAE) --store $(STORE) --selection $(FEATURES) --emoshift $(EMOSHIFT_LAYER) \
+	    --directions $(DIRECTIONS) --out_dir reports
 
 # CoCoEmo's discriminability per hookpoint on the mini TTS (reports/layers, about 6 min on 2 cores), and its
 # mean-difference directions at the three most discriminable attention outputs (about 3 min).
