@@ -55,7 +55,8 @@ from emoctl.steering import MultiLayerSteering, SAEFeatureSteering, global_steer
 
 MIXING_METHODS = ("emoshift", "sae_emotion", "global", "cocoemo")
 DEFAULT_ALPHAS = {"emoshift": 2.0, "sae_emotion": 8.0, "global": 4.0, "cocoemo": 2.0}
-"""Table 1's chosen α on the mini TTS for the latent methods and EmoShift; CoCoEmo's α 2 on its directions."""
+"""SAE-Emotion, Global and CoCoEmo at the α Table 1 chooses on the mini TTS; EmoShift at its compound emotions'
+α (``emoctl steer compound``)."""
 DEFAULT_MIXTURES: list[dict[str, float]] = [
     {"Angry": 0.75, "Sad": 0.25}, {"Angry": 0.5, "Sad": 0.5}, {"Angry": 0.25, "Sad": 0.75},
     {"Happy": 0.75, "Surprise": 0.25}, {"Happy": 0.5, "Surprise": 0.5}, {"Happy": 0.25, "Surprise": 0.75},
