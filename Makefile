@@ -186,7 +186,7 @@ reproduce-table1: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/manifest.jso
 # CoCoEmo's discriminability per hookpoint on the mini TTS (reports/layers, about 6 min on 2 cores), and its
 # mean-difference directions at the three most discriminable attention outputs (about 3 min).
 layers-mini: | corpus
-	$(EMOCTL) inspect layers --config recipes/evaluation/pairs_mini.yaml --out_dir reports/layers
+	$(EMOCTL) inspect layers --config recipes/evaluation/inspect_layers_mini.yaml --out_dir reports/layers
 
 # Soft-label mixtures of two emotions for EmoShift, SAE-Emotion, Global and CoCoEmo, scored as CoCoEmo does.
 reproduce-mixtures: $(STORE)/manifest.json | corpus
@@ -194,7 +194,7 @@ reproduce-mixtures: $(STORE)/manifest.json | corpus
 	    --directions $(DIRECTIONS) --out_dir reports/mixtures
 
 directions-mini: | corpus
-	$(EMOCTL) extract --config recipes/evaluation/pairs_mini.yaml \
+	$(EMOCTL) extract --config recipes/evaluation/inspect_layers_mini.yaml \
 	    --discriminability reports/layers/discriminability.json --out_dir $(DIRECTIONS)
 
 # The seed's latent table: each emotion's top 2 features steered alone (README, "Per-feature acoustic attribution").

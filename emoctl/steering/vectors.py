@@ -158,6 +158,17 @@ class MultiLayerSteering(Intervention):
             part.alpha = value
 
     @property
+    def schedule(self) -> Schedule:
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, value: Schedule) -> None:
+        """Set the schedule of every part at once (as α)."""
+        self._schedule = value
+        for part in getattr(self, "_parts", []):
+            part.schedule = value
+
+    @property
     def hookpoints(self) -> list[str]:
         return [p.hookpoint for p in self._parts]
 

@@ -96,6 +96,9 @@ def test_multi_layer_steering_is_one_direction_per_hookpoint_with_one_alpha(tts)
     assert same(generate(tts, multi), separate) and not same(separate, base)
     multi.alpha = 0.0  # one α reaches every part
     assert same(generate(tts, multi), base)
+    multi.schedule = [0.0]  # one schedule reaches every part too: off at every step
+    assert same(generate(tts, multi), base)
+    multi.schedule = None
     multi.alpha = [0.0, 1.5, 0.0, 1.5]  # per row too
     steered = generate(tts, multi)
     assert torch.equal(steered[0], base[0]) and torch.equal(steered[1], separate[1])
