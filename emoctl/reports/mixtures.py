@@ -19,8 +19,8 @@ and ``cocoemo/evaluation/mixed_metrics.py`` define them:
 * **ρ**: Spearman's correlation between the asked proportions and each emotion's *increase* of P(emotion) over
   the unsteered clip, per clip with at least two emotions, then averaged over clips (CoCoEmo's
   ``compute_rank_correlation``); beside it, over the whole grid, the correlation between the asked share of the
-  first emotion of each pair and its measured share of the pair's increases (how well a *grid* of proportions
-  orders);
+  first emotion of each pair and its measured share of the pair's increases, over the clips in which neither
+  emotion fell (how well a *grid* of proportions orders);
 * **H-Rate**: the share of clips whose dominant asked emotion has the largest increase (ties by ``np.isclose``
   count as hits; CoCoEmo's ``compute_dominant_hit_rate``).
 """
