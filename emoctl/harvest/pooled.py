@@ -20,6 +20,7 @@ the prompt's emotion token, and a mean difference is what steering a Neutral pro
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +175,7 @@ def generated_pairs(backbone: Backbone, texts: Sequence[str], speakers: Sequence
         emo = [Prompt(t, voice_for(s, t), backbone.condition_for(e), utt_id=f"{e}|{s}|{i}")
                for i, (e, s, t) in enumerate(cell, start)]
         neu = [p.with_emotion(neutral_condition, utt_id=f"{NEUTRAL}|{p.utt_id}") for p in emo]
-        batch_sampling = Sampling(**{**vars(sampling), "seed": seed + k})
+        batch_sampling = dataclasses.replace(sampling, seed=seed + k)
         a, b = backbone.generate(emo, batch_sampling), backbone.generate(neu, batch_sampling)
         for i, (e, _, _) in enumerate(cell):
             if not (a.finished[i] and b.finished[i]) or a.tokens[i].numel() == 0 or b.tokens[i].numel() == 0:

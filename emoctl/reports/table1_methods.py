@@ -132,8 +132,8 @@ def load_directions(folder: str, backbone: Backbone, emotions: Sequence[str]) ->
     if missing:
         raise ConfigError(f"the directions in {folder} have no {missing}; they hold {', '.join(vectors.emotions)}. "
                           "Extract them with those emotions.")
-    for intervention in [vector_steering(vectors, emotions[0], 1.0)] if emotions else []:
-        intervention.check_backbone(backbone)
+    if emotions:  # the directions' width and hookpoints fit this backbone
+        vector_steering(vectors, emotions[0], 1.0).check_backbone(backbone)
     return vectors
 
 

@@ -71,3 +71,19 @@ def batches(dataset: EmotionPatternData, batch_size: int, shuffle: bool) -> torc
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                                        collate_fn=lambda items: collate(*zip(*items)),
                                        generator=torch.Generator().manual_seed(0))
+
+
+def steered_tokens(tts: MiniTTS, steering=(), **kw) -> list[torch.Tensor]:
+    """Tokens of :data:`PROMPTS` (25-token cap, seed 7, temperature 1 unless ``kw`` says otherwise), with the
+    interventions in ``steering`` attached, or none."""
+    from emoctl.steering import steer
+
+    kw = {"max_new_tokens": 25, "seed": 7, "temperature": 1.0, **kw}
+    if not steering:
+        return tts.generate(PROMPTS, **kw).tokens
+    with steer(tts, *steering):
+        return tts.generate(PROMPTS, **kw).tokens
+
+
+def same_tokens(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))

@@ -17,6 +17,7 @@ from emoctl.steering import (
 )
 from emoctl.store import ActivationStore, ActivationWriter, StoreSpec, UtteranceMeta
 from emoctl_tests.helpers.tiny_tts import PROMPTS, random_tts
+from emoctl_tests.helpers.tiny_tts import same_tokens as same, steered_tokens as generate
 
 HOOK = "resid_pre.1"
 D, D_SAE, K = 32, 64, 4
@@ -57,16 +58,6 @@ def hooked_inputs(tts, interventions, phases=(Phase.TEACHER_FORCED,)):
     return seen["before"], seen["after"]
 
 
-def generate(tts, steering=(), **kw):
-    kw = {"max_new_tokens": 25, "seed": 7, "temperature": 1.0, **kw}
-    if not steering:
-        return tts.generate(PROMPTS, **kw).tokens
-    with steer(tts, *steering):
-        return tts.generate(PROMPTS, **kw).tokens
-
-
-def same(a, b) -> bool:
-    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_alpha_zero_leaves_generation_bit_identical_and_removal_unhooks(tts, sae):

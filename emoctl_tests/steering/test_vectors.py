@@ -12,7 +12,8 @@ from emoctl.errors import ConfigError, NonFiniteError
 from emoctl.harvest.pooled import PairedStates
 from emoctl.steering import DirectionSteering, MultiLayerSteering, SteeringVectors, steer, vector_steering
 from emoctl.steering.vectors import mean_difference_vectors
-from emoctl_tests.helpers.tiny_tts import PROMPTS, random_tts
+from emoctl_tests.helpers.tiny_tts import random_tts
+from emoctl_tests.helpers.tiny_tts import same_tokens as same, steered_tokens as generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,38 +75,27 @@ def test_the_file_round_trips_and_never_unpickles(tmp_path):
     assert not (tmp_path / "nan").exists()
 
 
-def generate(tts, *interventions, **kw):
-    kw = {"max_new_tokens": 25, "seed": 7, "temperature": 1.0, **kw}
-    if not interventions:
-        return tts.generate(PROMPTS, **kw).tokens
-    with steer(tts, *interventions):
-        return tts.generate(PROMPTS, **kw).tokens
-
-
-def same(a, b) -> bool:
-    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
-
-
 def test_multi_layer_steering_is_one_direction_per_hookpoint_with_one_alpha(tts):
     g = torch.Generator().manual_seed(0)
     v0, v2 = torch.randn(tts.hidden_size, generator=g), torch.randn(tts.hidden_size, generator=g)
     base = generate(tts)
     multi = MultiLayerSteering({"attn_out.0": v0, "attn_out.2": v2}, alpha=1.5)
     assert multi.hookpoints == ["attn_out.0", "attn_out.2"]
-    separate = generate(tts, DirectionSteering(v0, 1.5, "attn_out.0"), DirectionSteering(v2, 1.5, "attn_out.2"))
-    assert same(generate(tts, multi), separate) and not same(separate, base)
+    separate = generate(tts, [DirectionSteering(v0, 1.5, "attn_out.0"), DirectionSteering(v2, 1.5, "attn_out.2")])
+    assert same(generate(tts, [multi]), separate) and not same(separate, base)
     multi.alpha = 0.0  # one α reaches every part
-    assert same(generate(tts, multi), base)
+    assert same(generate(tts, [multi]), base)
     multi.schedule = [0.0]  # one schedule reaches every part too: off at every step
-    assert same(generate(tts, multi), base)
+    assert same(generate(tts, [multi]), base)
     multi.schedule = None
     multi.alpha = [0.0, 1.5, 0.0, 1.5]  # per row too
-    steered = generate(tts, multi)
+    steered = generate(tts, [multi])
     assert torch.equal(steered[0], base[0]) and torch.equal(steered[1], separate[1])
     # Composes with another intervention on one of its hookpoints: the changes add.
     multi.alpha = 1.0
-    added = generate(tts, multi, DirectionSteering(v0, 0.5, "attn_out.0"))
-    assert same(added, generate(tts, DirectionSteering(v0, 1.5, "attn_out.0"), DirectionSteering(v2, 1.0, "attn_out.2")))
+    added = generate(tts, [multi, DirectionSteering(v0, 0.5, "attn_out.0")])
+    together = [DirectionSteering(v0, 1.5, "attn_out.0"), DirectionSteering(v2, 1.0, "attn_out.2")]
+    assert same(added, generate(tts, together))
     assert not tts.hooks.has_hooks()
 
 
