@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from emoctl.backbones.cosyvoice2.random_release import write_random_release as write_random_cosyvoice2
 from emoctl.backbones.cosyvoice_instruct.random_release import write_random_release as write_random_cosyvoice
 from emoctl.backbones.indextts2.random_release import write_random_release as write_random_indextts2
 from emoctl.backbones.indextts2.random_release import write_voice_clip
@@ -58,4 +59,13 @@ def cosyvoice_release(tmp_path_factory):
     blocks at d = 128, released vocabularies), written once per session (about 10 s, 23 MB), with three
     reference clips beside it."""
     root = write_random_cosyvoice(tmp_path_factory.mktemp("cosyvoice") / "release")
+    return with_reference_clips(root)
+
+
+@pytest.fixture(scope="session")
+def cosyvoice2_release(tmp_path_factory):
+    """A complete CosyVoice2 release folder of random weights in upstream's formats (tiny: a 2-layer Qwen2 at
+    d = 64, a tiny byte-level BPE, the flow at its hard-wired width 512), written once per session (about 10 s,
+    60 MB), with three reference clips beside it."""
+    root = write_random_cosyvoice2(tmp_path_factory.mktemp("cosyvoice2") / "release")
     return with_reference_clips(root)

@@ -105,6 +105,10 @@ class Generation:
     that were fed back: len(tokens) when it finished, one fewer when max_new_tokens cut it short."""
     beams: int = 1
     """Hooked rows per prompt (num_beams); prefill row of utterance b is b * beams."""
+    decode_steps: list[torch.Tensor] = field(default_factory=list)
+    """Per utterance, (n,) int64: the decode step that fed each of those tokens, where a loop runs steps that
+    feed no new token (CosyVoice2 feeds its previous input again after an id it drops).  Empty: step i fed
+    token i."""
 
 
 def lockstep_decode_rows(lengths: Sequence[int], finished: Sequence[bool]) -> list[torch.Tensor]:

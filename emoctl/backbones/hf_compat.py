@@ -1,8 +1,8 @@
 """What differs between the transformers versions emoctl runs on, in one place.
 
 transformers 5.24 renamed ``GPT2Model.forward``'s ``past_key_values`` argument (and output field) to ``cache``;
-the mini TTS and the IndexTTS2 adapter both call GPT-2 blocks with a KV cache, so both ask here which name
-this installed version uses.
+the mini TTS and the IndexTTS2 adapter both call GPT-2 blocks with a KV cache, and the CosyVoice2 adapter its
+Qwen2 model, so each asks here which name this installed version uses.
 """
 from __future__ import annotations
 
@@ -17,3 +17,11 @@ def gpt2_cache_argument() -> str:
     from transformers import GPT2Model
 
     return "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
+
+
+@lru_cache(maxsize=1)
+def qwen2_cache_argument() -> str:
+    """The same rename for ``Qwen2Model.forward`` (CosyVoice2's LLM)."""
+    from transformers import Qwen2Model
+
+    return "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"

@@ -22,6 +22,7 @@ import torch
 
 from emoctl.backbones.base import Backbone
 from emoctl.errors import ConfigError
+from emoctl.backbones.cosyvoice2 import load_cosyvoice2
 from emoctl.backbones.cosyvoice_instruct import load_cosyvoice
 from emoctl.backbones.indextts2.backbone import load_indextts2
 from emoctl.backbones.mini_tts import MiniTTS
@@ -136,3 +137,14 @@ def _load_cosyvoice(path: str | None, device: torch.device, **options: Any) -> B
 register_backbone("cosyvoice", _load_cosyvoice, description="CosyVoice-300M-Instruct (github FunAudioLLM/CosyVoice)",
                   files=("cosyvoice.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx",
                          "speech_tokenizer_v1.onnx", "spk2info.pt"))
+
+
+def _load_cosyvoice2(path: str | None, device: torch.device, **options: Any) -> Backbone:
+
+    refuse_options("cosyvoice2", options, ("instructions",))
+    return load_cosyvoice2(path, device, **options)
+
+
+register_backbone("cosyvoice2", _load_cosyvoice2, description="CosyVoice2-0.5B (github FunAudioLLM/CosyVoice)",
+                  files=("cosyvoice2.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx",
+                         "speech_tokenizer_v2.onnx", "CosyVoice-BlankEN/"))

@@ -131,6 +131,11 @@ class ActivationRecorder:
                     raise RuntimeError(f"utterance {b} ran {n} decode steps but the hook on {self.hookpoint} saw "
                                        f"{0 if steps is None else steps.shape[0]}; the backbone did not declare "
                                        "its decode phase on every step.")
-                parts[b].append(steps[torch.arange(n, device=steps.device), which.to(steps.device)])  # (n, d)
+                at = (generation.decode_steps[b] if generation.decode_steps else torch.arange(n)).to(steps.device)
+                if int(at[-1]) >= steps.shape[0]:
+                    raise RuntimeError(f"utterance {b} was fed at decode step {int(at[-1])} but the hook on "
+                                       f"{self.hookpoint} saw {steps.shape[0]}; the backbone did not declare its "
+                                       "decode phase on every step.")
+                parts[b].append(steps[at, which.to(steps.device)])  # (n, d)
         d = self.backbone.hidden_size
         return [torch.cat(p) if p else torch.empty(0, d) for p in parts]

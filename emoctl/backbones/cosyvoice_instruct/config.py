@@ -23,7 +23,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import yaml
 
@@ -32,8 +32,16 @@ from emoctl.errors import ConfigError
 
 MAX_FILE_BYTES = 1 << 20  # the released cosyvoice.yaml is about 7 kB
 MAX_NODES = 100_000  # values the file may expand to through aliases and !ref (the released file: under 1,000)
-RELEASE = "the CosyVoice-300M-Instruct release"
-_FIX = f"Use the cosyvoice.yaml of {RELEASE}."
+#: the release each config file name comes from, named in every error with the fix (use the file as released)
+RELEASES = {"cosyvoice.yaml": "the CosyVoice-300M-Instruct release", "cosyvoice2.yaml": "the CosyVoice2-0.5B release"}
+
+
+def _release(path: Path) -> str:
+    return RELEASES.get(Path(path).name, "the release it came with")
+
+
+def _fix(path: Path) -> str:
+    return f"Use the {Path(path).name} of {_release(path)}."
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,9 @@ _Loader.add_constructor("!ref", lambda loader, node: Ref(str(loader.construct_sc
 # --------------------------------------------------------------------------------------------- reading
 
 def _too_big(path: Path, what: str) -> ConfigError:
-    return ConfigError(f"{path} expands to more than {MAX_NODES:,} values {what}; the released cosyvoice.yaml has "
+    return ConfigError(f"{path} expands to more than {MAX_NODES:,} values {what}; the released {path.name} has "
                        f"under 1,000, so this is not a model config (nested anchors or !ref chains that multiply). "
-                       f"{_FIX}")
+                       f"{_fix(path)}")
 
 
 def _check_node_size(root: yaml.Node, path: Path) -> None:
@@ -104,7 +112,7 @@ def _check_node_size(root: yaml.Node, path: Path) -> None:
             return sizes[key]
         if key in open_nodes:
             raise ConfigError(f"{path} line {node.start_mark.line + 1}: an alias refers to the node that holds it "
-                              f"(a recursive structure). {_FIX}")
+                              f"(a recursive structure). {_fix(path)}")
         open_nodes.add(key)
         children = (node.value if isinstance(node, yaml.SequenceNode) else
                     [item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode) else [])
@@ -124,15 +132,15 @@ def _tag_error(path: Path, err: yaml.constructor.ConstructorError) -> ConfigErro
     line = f" line {err.problem_mark.line + 1}" if err.problem_mark is not None else ""
     tag = re.search(r"constructor for the tag '([^']*)'", str(err.problem))
     if tag is None:
-        return ConfigError(f"cannot read {path}{line}: {' '.join(str(err).split())}. Copy cosyvoice.yaml again "
-                           f"from {RELEASE}.")
+        return ConfigError(f"cannot read {path}{line}: {' '.join(str(err).split())}. Copy {path.name} again "
+                           f"from {_release(path)}.")
     name = tag.group(1)
     if "python/" in name:
         return ConfigError(f"{path}{line} has the YAML tag {name}, which builds or calls Python objects while the "
-                           "file is read; emoctl reads cosyvoice.yaml as plain data and never runs what it names. "
-                           f"{_FIX}")
-    return ConfigError(f"{path}{line} has the tag {name}, which cosyvoice.yaml does not use; emoctl reads plain YAML "
-                       f"and HyperPyYAML's !new:, !name:, !apply: and !ref tags, as data. {_FIX}")
+                           f"file is read; emoctl reads {path.name} as plain data and never runs what it names. "
+                           f"{_fix(path)}")
+    return ConfigError(f"{path}{line} has the tag {name}, which {path.name} does not use; emoctl reads plain YAML "
+                       f"and HyperPyYAML's !new:, !name:, !apply: and !ref tags, as data. {_fix(path)}")
 
 
 def _ref_key(ref: Ref) -> str | None:
@@ -141,6 +149,8 @@ def _ref_key(ref: Ref) -> str | None:
 
 
 _REF = re.compile(r"^<([A-Za-z_][\w]*)>$")
+# CosyVoice2's one arithmetic reference: ``!ref <chunk_size> * <token_mel_ratio>``, a product of two integer keys
+_PRODUCT = re.compile(r"^<([A-Za-z_][\w]*)>\s*\*\s*<([A-Za-z_][\w]*)>$")
 
 
 def _check_expanded_size(data: dict[str, Any], path: Path) -> None:
@@ -165,7 +175,7 @@ def _check_expanded_size(data: dict[str, Any], path: Path) -> None:
     def key_size(key: str) -> int:
         if key not in sizes:
             if key in open_keys:
-                raise ConfigError(f"{path}: !ref <{key}> refers, directly or through other keys, to itself. {_FIX}")
+                raise ConfigError(f"{path}: !ref <{key}> refers, directly or through other keys, to itself. {_fix(path)}")
             open_keys.add(key)
             sizes[key] = walk(data[key])
             open_keys.discard(key)
@@ -185,7 +195,7 @@ def _refuse_hydra_targets(value: Any, path: Path, where: str) -> None:
             if key == "_target_":
                 raise ConfigError(f"{path} {here}: a hydra _target_ names something to instantiate ({repr(item)[:80]}); "
                                   "emoctl builds only the released file's classes, from their own keys, and never "
-                                  f"what a _target_ names. {_FIX}")
+                                  f"what a _target_ names. {_fix(path)}")
             _refuse_hydra_targets(item, path, here)
     elif isinstance(value, list):
         for i, item in enumerate(value):
@@ -197,14 +207,14 @@ def read_config(path: Path) -> dict[str, Any]:
     path = Path(path)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a cosyvoice.yaml is a few kB (emoctl reads "
-                              f"at most {MAX_FILE_BYTES:,}). {_FIX}")
+            raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a {path.name} is a few kB (emoctl reads "
+                              f"at most {MAX_FILE_BYTES:,}). {_fix(path)}")
         with open(path, encoding="utf-8") as f:
             loader = _Loader(f.read())
         try:
             node = loader.get_single_node()
             if node is None:
-                raise ConfigError(f"{path} is empty; it is not a cosyvoice.yaml. {_FIX}")
+                raise ConfigError(f"{path} is empty; it is not a {path.name}. {_fix(path)}")
             _check_node_size(node, path)
             data = loader.construct_document(node)
         finally:
@@ -212,12 +222,12 @@ def read_config(path: Path) -> dict[str, Any]:
     except yaml.constructor.ConstructorError as err:
         raise _tag_error(path, err) from None
     except RecursionError:
-        raise ConfigError(f"{path} is nested too deeply to be a cosyvoice.yaml. {_FIX}") from None
+        raise ConfigError(f"{path} is nested too deeply to be a {path.name}. {_fix(path)}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read {path}: {' '.join(str(err).split())}. Copy cosyvoice.yaml again from "
-                          f"{RELEASE}.") from None
+        raise ConfigError(f"cannot read {path}: {' '.join(str(err).split())}. Copy {path.name} again from "
+                          f"{_release(path)}.") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a cosyvoice.yaml (its top level is not a mapping). {_FIX}")
+        raise ConfigError(f"{path} is not a {path.name} (its top level is not a mapping). {_fix(path)}")
     _check_expanded_size(data, path)
     _refuse_hydra_targets(data, path, "")
     return data
@@ -227,13 +237,20 @@ def resolve(value: Any, config: dict[str, Any], path: Path, where: str, seen: tu
     """``value`` with every ``!ref <key>`` replaced by that top-level key's (resolved) value."""
     if isinstance(value, Ref):
         key = _ref_key(value)
+        product = _PRODUCT.match(value.expr)
+        if key is None and product is not None:
+            factors = [resolve(Ref(f"<{name}>"), config, path, where, seen) for name in product.groups()]
+            if any(isinstance(f, bool) or not isinstance(f, int) for f in factors):
+                raise ConfigError(f"{path} {where}: !ref {value.expr!r} multiplies {factors[0]!r} by {factors[1]!r}; "
+                                  "emoctl multiplies integer keys only. Write the value out.")
+            return factors[0] * factors[1]
         if key is None:
-            raise ConfigError(f"{path} {where}: !ref {value.expr!r} is not a plain <key> reference; emoctl reads "
-                              "references to top-level keys only. Write the value out.")
+            raise ConfigError(f"{path} {where}: !ref {value.expr!r} is neither a plain <key> reference nor a product "
+                              "<a> * <b> of two; emoctl reads only those. Write the value out.")
         if key not in config:
-            raise ConfigError(f"{path} {where}: !ref <{key}> names no top-level key. {_FIX}")
+            raise ConfigError(f"{path} {where}: !ref <{key}> names no top-level key. {_fix(path)}")
         if key in seen:
-            raise ConfigError(f"{path} {where}: !ref <{key}> refers to itself. {_FIX}")
+            raise ConfigError(f"{path} {where}: !ref <{key}> refers to itself. {_fix(path)}")
         return resolve(config[key], config, path, key, seen + (key,))
     if isinstance(value, Tagged):
         return Tagged(value.kind, value.target, resolve(value.args, config, path, where, seen))
@@ -254,7 +271,7 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-class _Arg:
+class Arg:
     """One argument's type: ``read`` returns the checked value or raises a ConfigError naming ``where``."""
 
     wants: str = ""
@@ -264,11 +281,11 @@ class _Arg:
 
     def refuse(self, value: Any, where: str, path: Path) -> ConfigError:
         call = ", a call emoctl never makes there" if isinstance(value, Tagged) else ""
-        return ConfigError(f"{path} {where} is {_describe(value)}{call}; {RELEASE} gives {self.wants} there. {_FIX}")
+        return ConfigError(f"{path} {where} is {_describe(value)}{call}; {_release(path)} gives {self.wants} there. {_fix(path)}")
 
 
 @dataclass(frozen=True)
-class Int(_Arg):
+class Int(Arg):
     low: int = 1
     high: int = 1 << 16
 
@@ -283,7 +300,7 @@ class Int(_Arg):
 
 
 @dataclass(frozen=True)
-class Float(_Arg):
+class Float(Arg):
     low: float = 0.0
     high: float = 1.0
 
@@ -297,7 +314,7 @@ class Float(_Arg):
         return float(value)
 
 
-class Bool(_Arg):
+class Bool(Arg):
     wants = "true or false"
 
     def read(self, value: Any, where: str, path: Path) -> bool:
@@ -307,7 +324,7 @@ class Bool(_Arg):
 
 
 @dataclass(frozen=True)
-class Str(_Arg):
+class Str(Arg):
     choices: tuple[str, ...]
 
     @property
@@ -321,7 +338,38 @@ class Str(_Arg):
 
 
 @dataclass(frozen=True)
-class IntList(_Arg):
+class Text(Arg):
+    """Any short string (a path the adapter replaces with the release's own, for instance)."""
+
+    max_len: int = 4096
+
+    @property
+    def wants(self) -> str:  # type: ignore[override]
+        return f"a string of at most {self.max_len} characters"
+
+    def read(self, value: Any, where: str, path: Path) -> str:
+        if not isinstance(value, str) or len(value) > self.max_len:
+            raise self.refuse(value, where, path)
+        return value
+
+
+@dataclass(frozen=True)
+class Optional(Arg):
+    """An argument one released form gives and another leaves to upstream's default (CosyVoice2's encoder
+    chunking, which only streaming inference reads)."""
+
+    arg: Arg
+
+    @property
+    def wants(self) -> str:  # type: ignore[override]
+        return self.arg.wants
+
+    def read(self, value: Any, where: str, path: Path) -> Any:
+        return self.arg.read(value, where, path)
+
+
+@dataclass(frozen=True)
+class IntList(Arg):
     item: Int = Int()
     max_len: int = 16
 
@@ -336,7 +384,7 @@ class IntList(_Arg):
 
 
 @dataclass(frozen=True)
-class IntListList(_Arg):
+class IntListList(Arg):
     item: IntList = IntList()
     max_len: int = 16
 
@@ -351,10 +399,10 @@ class IntListList(_Arg):
 
 
 @dataclass(frozen=True)
-class Record(_Arg):
+class Record(Arg):
     """A plain mapping with exactly these keys (``istft_params``, a DictConfig's ``content``)."""
 
-    fields: Mapping[str, _Arg]
+    fields: Mapping[str, Arg]
 
     @property
     def wants(self) -> str:  # type: ignore[override]
@@ -367,13 +415,14 @@ class Record(_Arg):
 
 
 @dataclass(frozen=True)
-class Module(_Arg):
+class Module(Arg):
     """``!new:<target>`` with exactly these keyword arguments; ``check`` relates arguments upstream asserts on."""
 
     target: str
-    fields: Mapping[str, _Arg]
+    fields: Mapping[str, Arg]
     check: Callable[[dict[str, Any]], str] | None = None  # "" when fine, else what is wrong
     note: str = ""
+    factory: Callable[..., Any] | None = None  # emoctl's own builder for the checked arguments, instead of target
 
     @property
     def wants(self) -> str:  # type: ignore[override]
@@ -383,19 +432,19 @@ class Module(_Arg):
         if not isinstance(value, Tagged) or value.kind != "new" or value.target != self.target:
             got = _describe(value)
             raise ConfigError(f"{path} {where} is {got}; at {where} emoctl builds only {self.target}, the released "
-                              f"file's class{self.note}. {_FIX}")
+                              f"file's class{self.note}. {_fix(path)}")
         if not isinstance(value.args, dict):
             raise ConfigError(f"{path} {where}: !new:{self.target} needs its arguments as a mapping of names, as "
-                              f"the release writes them, not {_describe(value.args)}. {_FIX}")
+                              f"the release writes them, not {_describe(value.args)}. {_fix(path)}")
         args = _read_fields(value.args, self.fields, where, path, self.target)
         problem = self.check(args) if self.check else ""
         if problem:
-            raise ConfigError(f"{path} {where}: {problem}. {_FIX}")
-        return _Plan(self.target, args, where, path)
+            raise ConfigError(f"{path} {where}: {problem}. {_fix(path)}")
+        return _Plan(self.target, args, where, path, factory=self.factory)
 
 
 @dataclass(frozen=True)
-class DictConfigOf(_Arg):
+class DictConfigOf(Arg):
     """``!new:omegaconf.DictConfig`` whose ``content`` is a Record of plain scalars."""
 
     content: Record
@@ -414,11 +463,11 @@ class DictConfigOf(_Arg):
 
 
 @dataclass(frozen=True)
-class Function(_Arg):
+class Function(Arg):
     """``!name:<target>``: emoctl's own fixed choice of ``target``, bound to type-checked literal arguments."""
 
     target: str
-    fields: Mapping[str, _Arg]
+    fields: Mapping[str, Arg]
 
     @property
     def wants(self) -> str:  # type: ignore[override]
@@ -427,7 +476,7 @@ class Function(_Arg):
     def read(self, value: Any, where: str, path: Path) -> _Plan:
         if not isinstance(value, Tagged) or value.kind != "name" or value.target != self.target:
             raise ConfigError(f"{path} {where} is {_describe(value)}; at {where} emoctl binds only {self.target}, "
-                              f"the released file's function, and no other function anywhere. {_FIX}")
+                              f"the released file's function, and no other function anywhere. {_fix(path)}")
         args = value.args if value.args is not None else {}
         if not isinstance(args, dict):
             raise self.refuse(value, where, path)
@@ -435,18 +484,18 @@ class Function(_Arg):
                      bind=True)
 
 
-def _read_fields(given: dict[str, Any], fields: Mapping[str, _Arg], where: str, path: Path,
+def _read_fields(given: dict[str, Any], fields: Mapping[str, Arg], where: str, path: Path,
                  owner: str) -> dict[str, Any]:
     unknown = [str(k) for k in given if k not in fields]
     if unknown:
         raise ConfigError(f"{path} {where} has argument(s) {', '.join(unknown)}, which emoctl does not build {owner} "
-                          f"with; the released file gives it exactly {', '.join(fields)}. {_FIX}")
-    missing = [k for k in fields if k not in given]
+                          f"with; the released file gives it exactly {', '.join(fields)}. {_fix(path)}")
+    missing = [k for k in fields if k not in given and not isinstance(fields[k], Optional)]
     if missing:
         raise ConfigError(f"{path} {where} lacks {', '.join(missing)}, which the released file gives {owner} "
                           f"({'; '.join(f'{k}: {fields[k].wants}' for k in missing)}); without them upstream's "
-                          f"defaults would quietly change the model. {_FIX}")
-    return {k: spec.read(given[k], f"{where}.{k}", path) for k, spec in fields.items()}
+                          f"defaults would quietly change the model. {_fix(path)}")
+    return {k: spec.read(given[k], f"{where}.{k}", path) for k, spec in fields.items() if k in given}
 
 
 @dataclass
@@ -458,6 +507,7 @@ class _Plan:
     where: str
     path: Path
     bind: bool = False
+    factory: Callable[..., Any] | None = None
 
 
 # ---------------------------------------------------------------------------- the released layout
@@ -484,7 +534,7 @@ def _same_lengths(*groups: tuple[str, ...]) -> Callable[[dict[str, Any]], str]:
 
 
 _SIZE, _VOCAB, _BLOCKS, _RATE = Int(), Int(1, 1 << 20), Int(1, 256), Float()
-_ENCODER_ARGS: dict[str, _Arg] = {
+_ENCODER_ARGS: dict[str, Arg] = {
     "input_size": _SIZE, "output_size": _SIZE, "attention_heads": Int(1, 1024), "linear_units": _SIZE,
     "num_blocks": _BLOCKS, "dropout_rate": _RATE, "positional_dropout_rate": _RATE,
     "attention_dropout_rate": _RATE, "normalize_before": Bool(),
@@ -557,7 +607,7 @@ TOKENIZER = Function("whisper.tokenizer.get_tokenizer", {
     "multilingual": Bool(), "num_languages": Int(1, 1000), "language": Str(("en",)),
     "task": Str(("transcribe",))})
 
-LAYOUT: dict[str, _Arg] = {"llm": LLM, "flow": FLOW, "hift": HIFT, "get_tokenizer": TOKENIZER}
+LAYOUT: dict[str, Arg] = {"llm": LLM, "flow": FLOW, "hift": HIFT, "get_tokenizer": TOKENIZER}
 """Every top-level key the adapter builds, and what it may be: the released file's layout."""
 
 
@@ -569,6 +619,8 @@ def _construct(value: Any) -> Any:
         return {k: _construct(v) for k, v in value.items()}
     if not isinstance(value, _Plan):
         return value
+    if value.factory is not None:
+        return value.factory(**_construct(value.args))
     module_name, _, attribute = value.target.rpartition(".")
     try:
         target = getattr(import_upstream(module_name), attribute)
@@ -582,7 +634,7 @@ def _construct(value: Any) -> Any:
         return target(**args)
     except Exception as err:  # upstream's asserts and checks on checked arguments: say which position refused
         raise ConfigError(f"{value.path} {value.where}: upstream's {attribute} refused these arguments "
-                          f"({type(err).__name__}: {' '.join(str(err).split()) or 'no message'}). {_FIX}") from None
+                          f"({type(err).__name__}: {' '.join(str(err).split()) or 'no message'}). {_fix(value.path)}") from None
 
 
 @dataclass(frozen=True)
@@ -591,6 +643,7 @@ class CosyVoiceConfig:
 
     path: Path
     data: dict[str, Any]
+    layout: ClassVar[Mapping[str, Arg]] = {}  # set below: LAYOUT
 
     @classmethod
     def read(cls, path: str | Path) -> CosyVoiceConfig:
@@ -599,9 +652,9 @@ class CosyVoiceConfig:
     def plan(self, key: str) -> _Plan:
         """The checked plan of a top-level key of :data:`LAYOUT` (refs resolved, nothing built)."""
         if key not in self.data:
-            raise ConfigError(f"{self.path} has no '{key}' section; it is not the cosyvoice.yaml of a CosyVoice-300M "
-                              f"release. {_FIX}")
-        return LAYOUT[key].read(resolve(self.data[key], self.data, self.path, key), key, self.path)
+            raise ConfigError(f"{self.path} has no '{key}' section; it is not the {self.path.name} of "
+                              f"{_release(self.path)}. {_fix(self.path)}")
+        return self.layout[key].read(resolve(self.data[key], self.data, self.path, key), key, self.path)
 
     def build(self, key: str) -> Any:
         """``llm``, ``flow`` or ``hift`` as upstream's module, every argument checked before any constructor."""
@@ -619,3 +672,6 @@ class CosyVoiceConfig:
     def allowed_special(self) -> str:
         value = resolve(self.data.get("allowed_special", "all"), self.data, self.path, "allowed_special")
         return Str(("all",)).read(value, "allowed_special", self.path)
+
+
+CosyVoiceConfig.layout = LAYOUT

@@ -219,9 +219,10 @@ def _make_utterances_end(llm: torch.nn.Module, spread: float) -> None:
                    llm.speech_token_size, spread, g)
 
 
-def write_speech_tokenizer_onnx(path: Path, rng: np.random.Generator, codes: int = 4096) -> Path:
+def write_speech_tokenizer_onnx(path: Path, rng: np.random.Generator, codes: int = 4096, stride: int = 2) -> Path:
     """An ONNX graph with the tokenizer's interface: feats (1, 128, T) float32 and feats_length (1,) int32 to
-    indices (1, ceil(T / 2)) int64: a stride-2 convolution, a projection to ``codes`` and an argmax."""
+    indices (1, ceil(T / stride)) int64: a strided convolution, a projection to ``codes`` and an argmax (stride 2:
+    v1's 50 tokens a second from 100 mel frames; stride 4: v2's 25)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -229,14 +230,14 @@ def write_speech_tokenizer_onnx(path: Path, rng: np.random.Generator, codes: int
     weights = [numpy_helper.from_array(rng.standard_normal((channels, 128, 3)).astype(np.float32), "conv_w"),
                numpy_helper.from_array(rng.standard_normal((channels, codes)).astype(np.float32), "proj_w"),
                numpy_helper.from_array(np.zeros((1, channels, 1), dtype=np.float32), "zero")]
-    nodes = [helper.make_node("Conv", ["feats", "conv_w"], ["conv"], strides=[2], pads=[1, 1]),
+    nodes = [helper.make_node("Conv", ["feats", "conv_w"], ["conv"], strides=[stride], pads=[1, 1]),
              helper.make_node("Cast", ["feats_length"], ["length_f"], to=TensorProto.FLOAT),
              helper.make_node("Mul", ["length_f", "zero"], ["length_zero"]),  # the length is an input upstream feeds
              helper.make_node("Add", ["conv", "length_zero"], ["hidden"]),
              helper.make_node("Transpose", ["hidden"], ["frames"], perm=[0, 2, 1]),
              helper.make_node("MatMul", ["frames", "proj_w"], ["scores"]),
              helper.make_node("ArgMax", ["scores"], ["indices"], axis=2, keepdims=0)]
-    graph = helper.make_graph(nodes, "speech_tokenizer_v1_random",
+    graph = helper.make_graph(nodes, f"speech_tokenizer_stride{stride}_random",
                               [helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, 128, "T"]),
                                helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1])],
                               [helper.make_tensor_value_info("indices", TensorProto.INT64, [1, "T2"])], weights)

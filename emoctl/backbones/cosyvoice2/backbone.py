@@ -1,0 +1,366 @@
+"""``CosyVoice2Instruct``: the released CosyVoice2 LLM (upstream's ``Qwen2LM``, a Qwen2 model over text and
+speech tokens) behind emoctl's backbone contract.
+
+What the adapter adds to upstream, and why:
+
+* **Upstream's instruct2 sequence, in training too.**  ``frontend_instruct2`` gives the LLM
+  ``instruction<|endofprompt|>`` as prompt text and no prompt speech, so inference runs
+  ``[sos][Qwen embed(instruction<|endofprompt|> text)][task][speech]``.  :meth:`teacher_forced` builds exactly
+  that (upstream's training forward interleaves text and speech at random in half of its rows and has no
+  instruction), so an EmoSteer layer trained on it meets the states it steers.
+* **Batched, KV-cached decoding** through the Qwen2 model of ``llm.pt`` (``Qwen2Model`` called directly with a
+  left-padded batch, a (B, K) padding mask, per-row position ids and one ``DynamicCache``), with upstream's
+  repetition-aware sampling per row and the row's own generator (:mod:`emoctl.backbones.cosyvoice_instruct.ras`),
+  so prompt b of a seeded batch equals that prompt alone with seed + b, and a batch of one equals upstream's
+  ``Qwen2LM.inference`` under ``torch.manual_seed(seed)``.  Upstream's own loop hands ``Qwen2Encoder`` a (1, 1)
+  mask at every cached step; transformers 5 pads a short mask with False, so there every step attends to the
+  first position only (emoctl_tests/backbones/test_contract_cosyvoice2.py pins this).  The adapter's mask
+  covers every cached position, as the loop means and as transformers 4 read it.
+* **Upstream's length and token rules**, per row: at least 2 and at most 20 decode steps per text token
+  (upstream counts steps), no stop before the minimum (redrawn, as upstream redraws), and an id above the stop
+  token (the unused id and bistream's fill token) is dropped, the row's previous input fed again, as upstream
+  does.  At the first step upstream would feed its whole prompt again; the adapter redraws instead (the one
+  place it differs, and only where upstream's first draw is such an id).
+* **Conditioning as data.**  Emotion is an :class:`InstructText` (ESD's emotions map to the instructions the
+  loader was given, :data:`DEFAULT_INSTRUCTIONS` otherwise); the voice is a reference clip, whose CAMPPlus
+  x-vector conditions the flow.  The LLM hears no voice in instruct2 mode.
+* **Steering from outside.**  ``llm.pt`` loads strictly into the unmodified LLM; steering acts through hooks on
+  the Qwen2 decoder layers (``resid_pre.L``: the input of ``layers[L]``), their ``self_attn`` output before the
+  residual add (``attn_out.L``: CoCoEmo's hookpoint on CosyVoice2) and ``llm_decoder`` (``lm_out``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput
+from emoctl.backbones.conditions import EmotionCondition, InstructText, VoiceClip
+from emoctl.backbones.cosyvoice2.release import CosyVoice2Release
+from emoctl.backbones.cosyvoice2.vocoder import CausalFlowHiftVocoder
+from emoctl.backbones.cosyvoice_instruct import ras
+from emoctl.backbones.cosyvoice_instruct.backbone import DEFAULT_INSTRUCTIONS as _INSTRUCTIONS_300M
+from emoctl.backbones.cosyvoice_instruct.release import digest_files
+from emoctl.backbones.cosyvoice_instruct.speech_models import CampPlus, OnnxSpeechTokenizer
+from emoctl.backbones.cosyvoice_instruct.upstream import require_cosyvoice
+from emoctl.backbones.hooks import HookManager, Phase
+from emoctl.backbones.sampling import Sampling
+from emoctl.errors import ConfigError, first_line
+from emoctl.numerics import private_rng
+
+log = logging.getLogger(__name__)
+
+#: the marker upstream's instruct2 front end (``frontend_instruct2``) appends to the instruction
+END_OF_PROMPT = "<|endofprompt|>"
+#: how ESD's emotions are asked for unless the recipe gives its own (backbone.options.instructions); the same
+#: English sentences as for CosyVoice-300M-Instruct, so the two backbones are asked alike
+DEFAULT_INSTRUCTIONS: dict[str, str] = dict(_INSTRUCTIONS_300M)
+MIN_TOKEN_TEXT_RATIO = 2  # upstream's inference: at least 2 decode steps per text token ...
+MAX_TOKEN_TEXT_RATIO = 20  # ... and at most 20
+_CACHE_SLOTS = 256
+
+
+class CosyVoice2Instruct(Backbone):
+    """CosyVoice2's LLM with its Qwen2 text tokenizer, speech tokenizer v2, CAMPPlus, causal flow and HiFT."""
+
+    kind: ClassVar[str] = "cosyvoice2"
+    voice_kinds: ClassVar[tuple[str, ...]] = (VoiceClip.kind,)
+    corpus_voice_kind: ClassVar[str] = VoiceClip.kind
+    emotion_kinds: ClassVar[tuple[str, ...]] = (InstructText.kind,)
+    sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "ras_window", "ras_tau")
+
+    def __init__(self, release: CosyVoice2Release, device: str | torch.device = "cpu", *,
+                 instructions: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.release = release
+        cfg = release.config
+        for key in ("flow", "hift"):  # the vocoder builds them later: check them now, so errors come first
+            cfg.plan(key)
+        cfg.check_sizes()
+        with private_rng():
+            self.llm = cfg.build("llm")  # upstream's Qwen2LM around upstream's Qwen2Encoder, arguments checked
+        release.load_weights(self.llm, "llm.pt", "LLM")
+        self.llm.eval().requires_grad_(False)
+        self.qwen = self.llm.llm.model.model  # the Qwen2Model: embed_tokens, layers, norm
+        sampling = cfg.sampling()
+        self.upstream_sampling = Sampling(temperature=1.0, top_p=sampling["top_p"], top_k=sampling["top_k"],
+                                          ras_window=sampling["win_size"], ras_tau=sampling["tau_r"])
+        self.text_tokenizer = cfg.text_tokenizer()
+        self.instructions = self._check_instructions(instructions)
+        self.hidden_size = int(self.llm.llm_decoder.in_features)
+        self.num_layers = len(self.qwen.layers)
+        self.stop_token = int(self.llm.speech_token_size)
+        self.vocab_size = int(self.llm.llm_decoder.out_features)  # speech tokens, stop, two ids upstream drops
+        self.sample_rate = int(cfg.plan("hift").args["sampling_rate"])
+        self.token_rate = float(cfg.plan("flow").args["input_frame_rate"])  # 25 in the release
+        hookpoints: dict[str, nn.Module] = {f"resid_pre.{i}": layer for i, layer in enumerate(self.qwen.layers)}
+        # Qwen2Attention returns (attn_output, attn_weights); attn_output is what the layer adds to its residual.
+        attention = {f"attn_out.{i}": layer.self_attn for i, layer in enumerate(self.qwen.layers)}
+        hookpoints.update(attention)
+        hookpoints["lm_out"] = self.llm.llm_decoder
+        self.hooks = HookManager(hookpoints, outputs=attention)
+        tokenizer_path = release.path("speech_tokenizer_v2.onnx")
+        self._tokenizer = OnnxSpeechTokenizer(tokenizer_path, digest_files([("speech_tokenizer_v2.onnx",
+                                                                             tokenizer_path)], release=release.repo),
+                                              self.stop_token, device)
+        self.campplus = CampPlus(release.path("campplus.onnx"))
+        self._xvectors: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._vocoder: Any = None
+        self.vocode_seed: int | None = 0  # HiFT's source adds noise: a fixed seed makes audio repeatable
+        self.to(device)
+
+    @staticmethod
+    def _check_instructions(instructions: Mapping[str, str] | None) -> dict[str, str]:
+        chosen = dict(DEFAULT_INSTRUCTIONS if instructions is None else instructions)
+        for emotion, text in chosen.items():
+            if not isinstance(text, str) or not text.strip() or END_OF_PROMPT in text:
+                raise ConfigError(f"backbone.options.instructions[{emotion!r}] must be a non-empty instruction "
+                                  f"without {END_OF_PROMPT} (the adapter appends it), got {text!r}.")
+        if "Neutral" not in chosen:
+            raise ConfigError("backbone.options.instructions needs a Neutral instruction: it is the twin of "
+                              "every emotional prompt and EmoShift's condition: neutral.")
+        return chosen
+
+    # ------------------------------------------------------------ identity
+    @property
+    def device(self) -> torch.device:
+        return self.llm.llm_decoder.weight.device
+
+    @property
+    def backbone_id(self) -> str:
+        return f"cosyvoice2@{self.release.digest[:12]}"
+
+    @property
+    def emotions(self) -> list[str]:
+        """The corpus emotions it has an instruction for."""
+        return list(self.instructions)
+
+    @property
+    def neutral_emotion(self) -> EmotionCondition:
+        return InstructText(self.instructions["Neutral"])
+
+    def condition_for(self, emotion: str) -> EmotionCondition:
+        if emotion not in self.instructions:
+            raise ConfigError(f"the cosyvoice2 backbone has no instruction for emotion {emotion!r}; it has "
+                              f"{', '.join(self.instructions)}. Add one under backbone.options.instructions.")
+        return InstructText(self.instructions[emotion])
+
+    @property
+    def speech_tokenizer(self) -> OnnxSpeechTokenizer:
+        return self._tokenizer
+
+    # ---------------------------------------------------------- conditions
+    def check_prompts(self, prompts: Sequence[Prompt]) -> None:
+        super().check_prompts(prompts)
+        for prompt in prompts:
+            if isinstance(prompt.voice, VoiceClip) and not os.path.isfile(prompt.voice.path):
+                raise ConfigError(f"reference clip {prompt.voice.path} does not exist (prompt "
+                                  f"{prompt.utt_id or prompt.text[:30]!r}).")
+
+    def text_ids(self, text: str) -> list[int]:
+        """Qwen2 BPE ids, as upstream's front end encodes (its text normalization is not applied: give numbers
+        spelled out, as ESD's sentences are)."""
+        ids = self.text_tokenizer.encode(text)
+        if not ids:
+            raise ConfigError(f"text {text!r} has no tokens.")
+        return ids
+
+    def _prompt_ids(self, prompt: Prompt) -> tuple[list[int], int]:
+        """``instruction<|endofprompt|>`` ids then the text's (encoded apart, as upstream does), and the number of
+        text ids (upstream's length limits count only those)."""
+        assert isinstance(prompt.emotion, InstructText)
+        text = self.text_ids(prompt.text)
+        return self.text_ids(prompt.emotion.text + END_OF_PROMPT) + text, len(text)
+
+    def xvector(self, voice: VoiceClip) -> torch.Tensor:
+        """(1, 192) CAMPPlus x-vector of the reference clip (kept per file)."""
+        stat = os.stat(voice.path)
+        key = (os.path.realpath(voice.path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._xvectors:
+            import soundfile
+
+            try:
+                wave, rate = soundfile.read(voice.path, dtype="float32", always_2d=True)
+            except Exception as err:
+                raise ConfigError(f"cannot read reference clip {voice.path}: {first_line(err)}") from None
+            self._xvectors[key] = self.campplus(wave.mean(axis=1), rate)
+            while len(self._xvectors) > _CACHE_SLOTS:
+                self._xvectors.popitem(last=False)
+        return self._xvectors[key]
+
+    # ----------------------------------------------------------- LLM passes
+    def _prefixes(self, prompts: Sequence[Prompt]) -> tuple[list[torch.Tensor], list[int]]:
+        """Per prompt, ``[sos][embed(instruction<|endofprompt|> text)][task]`` (P_b, d) and its text-token count."""
+        llm = self.llm
+        sos = llm.llm_embedding.weight[llm.sos_eos].reshape(1, -1)
+        task = llm.llm_embedding.weight[llm.task_id].reshape(1, -1)
+        prefixes, text_lengths = [], []
+        for prompt in prompts:
+            ids, n = self._prompt_ids(prompt)
+            text = self.qwen.embed_tokens(torch.tensor(ids, device=self.device))
+            prefixes.append(torch.cat([sos, text, task]))
+            text_lengths.append(n)
+        return prefixes, text_lengths
+
+    def _run(self, x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The Qwen2 model over ``x`` (B, T, d) appended to ``cache``: ``valid`` (B, K) marks every real position
+        so far (cached and new), ``positions`` (B, T) are the new positions' RoPE indices."""
+        from emoctl.backbones.hf_compat import qwen2_cache_argument
+
+        out = self.qwen(inputs_embeds=x, attention_mask=valid, position_ids=positions, use_cache=cache is not None,
+                        **({qwen2_cache_argument(): cache} if cache is not None else {}))
+        return out.last_hidden_state
+
+    def _logp(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Log-probabilities of the next id from the last position's state (``lm_out`` fires on (B, d))."""
+        logits = self.llm.llm_decoder(hidden[:, -1])
+        if temperature not in (0.0, 1.0):
+            logits = logits / temperature
+        return logits.float().log_softmax(dim=-1)
+
+    def _left_padded(self, rows: Sequence[torch.Tensor], width: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows`` (n_b, d) left-padded to (B, width, d), and the (B, width) mask of real positions."""
+        width = width or max(len(r) for r in rows)
+        x = torch.zeros(len(rows), width, self.hidden_size, device=self.device)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool, device=self.device)
+        for b, row in enumerate(rows):
+            x[b, width - len(row):], valid[b, width - len(row):] = row, True
+        return x, valid
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling | None = None, **overrides: object
+                 ) -> Generation:
+        """Speech tokens for a batch: prefill over the left-padded prompts, then one cached position per row and
+        step until every row has drawn the stop token or run its steps (``max_new_tokens`` and upstream's 20 per
+        text token).  Temperature 1 with top-p/top-k/RAS is upstream's sampler (the release's settings are
+        ``upstream_sampling``); temperature 0 is greedy over speech tokens; other temperatures scale the logits
+        before that sampler (upstream has no temperature)."""
+        from transformers import DynamicCache
+
+        settings = self.sampling(sampling, **overrides)  # refuses num_beams: upstream decodes one hypothesis
+        self.check_prompts(prompts)
+        B, stop = len(prompts), self.stop_token
+        prefixes, text_lengths = self._prefixes(prompts)
+        x, valid = self._left_padded(prefixes)
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        generators = None
+        if settings.seed is not None:
+            generators = [torch.Generator(device=self.device).manual_seed(settings.seed + b) for b in range(B)]
+        limits = [min(settings.max_new_tokens, int(n * MAX_TOKEN_TEXT_RATIO)) for n in text_lengths]
+        minimum = [int(n * MIN_TOKEN_TEXT_RATIO) for n in text_lengths]
+        rules = ras.RasSettings(settings.top_p, settings.top_k, settings.ras_window, settings.ras_tau)
+        histories: list[list[int]] = [[] for _ in range(B)]
+        fed_at: list[list[int]] = [[] for _ in range(B)]  # the decode step that fed each kept token
+        finished = [False] * B
+        active = [True] * B  # a Python list: reading it per row never waits on the device
+        cache = DynamicCache()
+        with self.hooks.phase(Phase.PREFILL):
+            logp = self._logp(self._run(x, valid, positions, cache), settings.temperature)
+        for step in range(max(limits)):
+            rows = [b for b in range(B) if active[b]]
+            # upstream counts steps, not tokens: before step min_len a drawn stop is drawn again
+            may_stop = [0 if step >= minimum[b] else len(histories[b]) + 1 for b in range(B)]
+            chosen = self._draw(logp, histories, may_stop, rules, generators, rows, settings.greedy)
+            for _ in range(ras.MAX_TRIALS):  # step 0: upstream would feed its whole prompt again; redraw
+                again = [b for b in rows if step == 0 and chosen[b] > stop]
+                if not again:
+                    break
+                chosen.update(self._draw(logp, histories, may_stop, rules, generators, again, settings.greedy))
+            for b, token in chosen.items():
+                if token == stop:
+                    finished[b], active[b] = True, False
+                    continue
+                if token < stop:  # an id above stop is dropped and the previous input fed again, as upstream
+                    histories[b].append(token)
+                    fed_at[b].append(step)
+                if step + 1 >= limits[b]:
+                    active[b] = False  # out of steps, like upstream's loop: the last token is never fed
+            if not any(active):
+                break
+            feed = torch.tensor([h[-1] if h else 0 for h in histories], device=self.device)
+            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=self.device)], dim=1)
+            positions = positions[:, -1:] + 1
+            with self.hooks.phase(Phase.DECODE, step=step, active=torch.tensor(active, device=self.device)):
+                hidden = self._run(self.llm.speech_embedding(feed)[:, None], valid, positions, cache)
+                logp = self._logp(hidden, settings.temperature)
+        tokens = [torch.tensor(h, dtype=torch.long) for h in histories]
+        # the decode rows of each kept token that was fed back (all of them when it stopped, else all but the last)
+        decode_rows = [torch.full((len(h) if done else max(len(h) - 1, 0),), b, dtype=torch.long)
+                       for b, (h, done) in enumerate(zip(histories, finished))]
+        decode_steps = [torch.tensor(steps[:len(r)], dtype=torch.long) for steps, r in zip(fed_at, decode_rows)]
+        return Generation(tokens=tokens, prefill_lengths=[len(p) for p in prefixes], finished=finished,
+                          decode_rows=decode_rows, decode_steps=decode_steps)
+
+    def _draw(self, logp: torch.Tensor, histories: list[list[int]], may_stop: list[int], rules: ras.RasSettings,
+              generators: list[torch.Generator] | None, rows: list[int], greedy: bool) -> dict[int, int]:
+        if greedy:  # over speech tokens and stop: greedy would repeat a dropped id forever
+            return ras.greedy(logp[:, :self.stop_token + 1], histories, self.stop_token, may_stop, rows)
+        return ras.draw(logp, histories, self.stop_token, may_stop, rules, generators, rows)
+
+    # -------------------------------------------------------- teacher forcing
+    def teacher_forced(self, prompts: Sequence[Prompt], targets: Sequence[torch.Tensor]) -> TeacherForcedOutput:
+        """Logits (B, T + 1, V) of ``targets`` then stop, over the sequence instruct2 inference runs
+        (``[sos][embed(instruction<|endofprompt|> text)][task][targets]``), in phase ``teacher_forced``.
+        Gradients flow through the hooks; upstream's weights stay frozen."""
+        self.check_prompts(prompts)
+        if len(prompts) != len(targets):
+            raise ConfigError(f"teacher_forced got {len(prompts)} prompts but {len(targets)} targets.")
+        B = len(prompts)
+        with torch.no_grad():
+            prefixes, _ = self._prefixes(prompts)
+            speech = []
+            for target in targets:
+                target = torch.as_tensor(target, dtype=torch.long, device=self.device).reshape(-1)
+                if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.stop_token):
+                    raise ConfigError(f"speech tokens must lie in [0, {self.stop_token}), got "
+                                      f"[{int(target.min())}, {int(target.max())}].")
+                speech.append(target)
+            P, M = max(len(p) for p in prefixes), max(len(s) for s in speech)
+            x, valid = self._left_padded(prefixes, P)
+            x = torch.cat([x, torch.zeros(B, M, self.hidden_size, device=self.device)], dim=1)
+            valid = torch.cat([valid, torch.zeros(B, M, dtype=torch.bool, device=self.device)], dim=1)
+            out_targets = torch.full((B, M + 1), -100, dtype=torch.long, device=self.device)
+            for b, tokens in enumerate(speech):
+                x[b, P:P + len(tokens)], valid[b, P:P + len(tokens)] = self.llm.speech_embedding(tokens), True
+                out_targets[b, :len(tokens)] = tokens
+                out_targets[b, len(tokens)] = self.stop_token
+            positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        with self.hooks.phase(Phase.TEACHER_FORCED):
+            hidden = self._run(x, valid, positions, None)
+            logits = self.llm.llm_decoder(hidden[:, P - 1:P + M])
+        return TeacherForcedOutput(logits.float(), out_targets)
+
+    # --------------------------------------------------------------- vocoder
+    @property
+    def vocoder(self) -> CausalFlowHiftVocoder:
+        if self._vocoder is None:
+            self._vocoder = CausalFlowHiftVocoder(self.release, self.device)
+        return self._vocoder
+
+    def vocode(self, tokens: torch.Tensor, prompt: Prompt) -> tuple[np.ndarray, int]:
+        """Waveform at the release's rate (24 kHz): upstream's causal flow (the voice's x-vector, no prompt
+        speech, as in instruct2 mode) then HiFT."""
+        self.check_prompts([prompt])
+        tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
+        if tokens.numel() == 0:
+            raise ConfigError("vocode needs at least one speech token.")
+        audio = self.vocoder.synthesize(tokens.to(self.device), self.xvector(prompt.voice).to(self.device),
+                                        seed=self.vocode_seed)
+        return np.asarray(audio, dtype=np.float32), self.sample_rate
+
+
+def load_cosyvoice2(path: str | None, device: torch.device, instructions: Mapping[str, str] | None = None
+                    ) -> CosyVoice2Instruct:
+    """``load_backbone("cosyvoice2", folder)``: check the release folder, then build on ``device``."""
+    if path is None:
+        raise ConfigError("the cosyvoice2 backbone has no embedded default; set backbone.path to the folder of the "
+                          "FunAudioLLM/CosyVoice2-0.5B release (cosyvoice2.yaml, llm.pt, CosyVoice-BlankEN/, ...).")
+    require_cosyvoice()
+    with private_rng():
+        return CosyVoice2Instruct(CosyVoice2Release.open(path), device, instructions=instructions)
