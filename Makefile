@@ -26,7 +26,7 @@ FEATURES ?= emoctl/assets/select_mini
 # re-extracts them from `make layers-mini`'s discriminability file.
 DIRECTIONS ?= emoctl/assets/directions_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini reproduce-mixtures
+.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice directions-cosyvoice2 readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini reproduce-mixtures
 
 install: $(STAMP)
 
@@ -271,6 +271,18 @@ reproduce-emoshift-cosyvoice: install cosyvoice
 	$(EMOCTL) steer emoshift --config recipes/evaluation/steer_emoshift_cosyvoice.yaml --layer $(EMOSHIFT_CV)/emosteer $(CV_ARGS)
 	$(EMOCTL) report emoshift --config recipes/evaluation/report_emoshift_cosyvoice.yaml --layer $(EMOSHIFT_CV)/emosteer \
 	    $(CV_ARGS) --sweep_csv reports/emoshift_sweep_cosyvoice/emoshift_sweep.csv
+
+# CoCoEmo's layer analysis and directions on the released CosyVoice2 (your model folder and ESD copy; a GPU
+# makes the paired generations quick, see recipes/evaluation/inspect_layers_cosyvoice2.yaml):
+#   make directions-cosyvoice2 COSYVOICE2_DIR=/models/CosyVoice2-0.5B ESD_DIR=/data/ESD
+LAYERS_CV2 := recipes/evaluation/inspect_layers_cosyvoice2.yaml
+CV2_ARGS = --backbone.path $(COSYVOICE2_DIR) --corpus_root $(ESD_DIR)
+
+directions-cosyvoice2: install cosyvoice
+	@test -n "$(COSYVOICE2_DIR)" -a -n "$(ESD_DIR)" || { echo "set COSYVOICE2_DIR (the CosyVoice2-0.5B folder) and ESD_DIR (ESD)"; exit 2; }
+	$(EMOCTL) inspect layers --config $(LAYERS_CV2) $(CV2_ARGS) --out_dir reports/layers_cosyvoice2
+	$(EMOCTL) extract --config $(LAYERS_CV2) $(CV2_ARGS) --discriminability reports/layers_cosyvoice2/discriminability.json \
+	    --top 2 --out_dir runs/directions_cosyvoice2
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -56,6 +56,8 @@ class HarvestModule(pl.LightningModule):
         num_beams: int = 1,
         repetition_penalty: float = 1.0,
         length_penalty: float = 1.0,
+        ras_window: int | None = None,
+        ras_tau: float = 0.1,
     ) -> None:
         """
         Args:
@@ -68,6 +70,9 @@ class HarvestModule(pl.LightningModule):
             num_beams: Beam width (IndexTTS2 decodes with 3); the store keeps the states of the returned beam.
             repetition_penalty: Hugging Face's repetition penalty (IndexTTS2's release uses 10; 1 is off).
             length_penalty: Beam scores are divided by length ** length_penalty (IndexTTS2's release: 0).
+            ras_window: CosyVoice's repetition-aware sampling: a token drawn ras_tau x window times among the
+                row's last window tokens is drawn again from the full distribution (the releases: 10; None: off).
+            ras_tau: That rule's share (the releases: 0.1).
         """
         super().__init__()
         if max_new_tokens < 1:
@@ -78,19 +83,24 @@ class HarvestModule(pl.LightningModule):
         self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
         self.top_p, self.num_beams = top_p, num_beams
         self.repetition_penalty, self.length_penalty = repetition_penalty, length_penalty
+        self.ras_window, self.ras_tau = ras_window, ras_tau
         self.backbone: Backbone = backbone.load()
         self.backbone.requires_grad_(False).eval()
         # checked now (an unsupported setting is refused by name before any prompt is read)
         self.sampling_settings = self.backbone.sampling(Sampling(
             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
-            repetition_penalty=repetition_penalty, length_penalty=length_penalty))
+            repetition_penalty=repetition_penalty, length_penalty=length_penalty, ras_window=ras_window,
+            ras_tau=ras_tau))
         self._bound_to: int | None = None
 
     def generation_settings(self) -> dict[str, Any]:
         settings = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
                     "seed": self.seed, "backbone_id": self.backbone.backbone_id}
         # settings added later join a store's identity only when used, so earlier stores still resume
-        defaults = {"top_p": None, "num_beams": 1, "repetition_penalty": 1.0, "length_penalty": 1.0}
+        defaults = {"top_p": None, "num_beams": 1, "repetition_penalty": 1.0, "length_penalty": 1.0,
+                    "ras_window": None}
+        if self.ras_window is not None:
+            defaults["ras_tau"] = None  # the share means something only with a window: recorded with it
         settings.update({k: getattr(self, k) for k, default in defaults.items() if getattr(self, k) != default})
         return settings
 

@@ -379,3 +379,117 @@ def test_the_training_examples_encoder_form_is_read_too(cosyvoice2_release, tmp_
     prompt = Prompt(TEXTS[2], _clip(cosyvoice2_release, 0), backbone.neutral_emotion)
     reference = load_backbone("cosyvoice2", str(cosyvoice2_release))
     assert np.array_equal(backbone.vocode(tokens, prompt)[0], reference.vocode(tokens, prompt)[0])
+
+
+# ------------------------------------------------------------------ the recipes, through emoctl's commands
+def test_the_sae_pipeline_runs_from_the_cosyvoice2_recipes(cosyvoice2_release, backbone, corpus_root, tmp_path):
+    """recipes/harvest_cosyvoice2.yaml and recipes/sae_cosyvoice2.yaml as a user runs them, shrunk to this CPU and
+    the tiny release: the store holds one decode state per fed token at the recipe's RAS settings, the SAE fits
+    and exports, selection finds emotion sets, and α = 0 steering leaves tokens bit-identical while α ≠ 0 does not."""
+    from emoctl.commands.select import select_features
+    from emoctl.sae.export import load_pretrained
+    from emoctl.steering import SAEFeatureSteering, steer
+    from emoctl.store.reader import ActivationStore
+    from emoctl_tests.helpers.cli import RECIPES, run_emoctl
+
+    store, runs = tmp_path / "store", tmp_path / "runs"
+    overrides = tmp_path / "small.yaml"
+    overrides.write_text(json.dumps({
+        "trainer": {"accelerator": "cpu", "callbacks": [{"class_path": "emoctl.callbacks.ActivationHarvester",
+                                                         "init_args": {"path": str(store), "hookpoint": "resid_pre.1",
+                                                                       "phases": ["decode"]}}]},
+        "model": {"init_args": {"backbone": {"kind": "cosyvoice2", "path": str(cosyvoice2_release), "device": "cpu"},
+                                "max_new_tokens": 200}},
+        "data": {"init_args": {"esd": {"root": str(corpus_root), "split": "held_out", "limit": 2},
+                               "speakers": ["0011", "0012"], "batch_size": 10}}}))
+    result = run_emoctl("harvest", "--config", str(RECIPES / "harvest_cosyvoice2.yaml"), "--config", str(overrides),
+                        timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    opened = ActivationStore(str(store))
+    manifest = (store / "manifest.json").read_text()
+    assert backbone.backbone_id in manifest and '"ras_window": 10' in manifest
+    utterances = opened.utterances.to_pydict()
+    assert len(utterances["utt_id"]) == 2 * 2 * 5 and set(utterances["emotion"]) == set(backbone.emotions)
+    assert opened.d_model == backbone.hidden_size and opened.num_rows == sum(utterances["num_rows"])
+    result = run_emoctl(
+        "fit", "--config", str(RECIPES / "sae_cosyvoice2.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.strategy=auto", "--trainer.precision=32-true", "--trainer.max_steps=30",
+        "--trainer.val_check_interval=15", f"--trainer.default_root_dir={runs}",
+        f"--trainer.logger.init_args.save_dir={runs}", "--trainer.logger.init_args.version=v0",
+        "--model.init_args.sae.d_in=64", "--model.init_args.sae.d_sae=128", "--model.init_args.sae.k=8",
+        "--model.init_args.sae.k_aux=32", "--model.init_args.sae.hook_name=resid_pre.1",
+        "--model.init_args.warmup_steps=5", f"--data.init_args.path={store}", "--data.init_args.batch_size=64",
+        "--data.init_args.num_workers=0", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sae_dir = runs / "sae_cosyvoice2" / "v0" / "sae"
+    sets = select_features(str(store), str(sae_dir), str(tmp_path / "select"), m=4, progress=False)
+    assert set(sets) == {"Angry", "Happy", "Sad", "Surprise"}
+    sae = load_pretrained(sae_dir)
+    prompts = [Prompt(TEXTS[2], _clip(cosyvoice2_release, 0), backbone.neutral_emotion)]
+    settings = dict(UPSTREAM, max_new_tokens=30, seed=3)
+    base = backbone.generate(prompts, **settings).tokens[0]
+    with steer(backbone, SAEFeatureSteering(sae, sets["Angry"].feature_ids, 0.0)):
+        zero = backbone.generate(prompts, **settings).tokens[0]
+    with steer(backbone, SAEFeatureSteering(sae, sets["Angry"].feature_ids, 50.0)):
+        pushed = backbone.generate(prompts, **settings).tokens[0]
+    assert torch.equal(base, zero) and not torch.equal(base, pushed)
+
+
+def test_cocoemo_layers_and_directions_run_from_the_cosyvoice2_recipe(cosyvoice2_release, backbone, corpus_root,
+                                                                      tmp_path):
+    """recipes/evaluation/inspect_layers_cosyvoice2.yaml through `emoctl inspect layers` and `emoctl extract`:
+    every attention output scored, the directions written at the chosen layers, and steering with them as one
+    intervention moves the tokens (α = 0 leaves them bit-identical)."""
+    from emoctl.cli import main
+    from emoctl.selection.layers import Discriminability
+    from emoctl.steering import SteeringVectors, steer, vector_steering
+    from emoctl_tests.helpers.cli import REPO
+
+    common = ["--config", str(REPO / "recipes" / "evaluation" / "inspect_layers_cosyvoice2.yaml"),
+              "--backbone.path", str(cosyvoice2_release), "--backbone.device", "cpu", "--corpus_root", str(corpus_root),
+              "--speakers", '["0011", "0012", "0013"]', "--emotions", '["Angry"]', "--n_train_texts", "3",
+              "--sampling.max_new_tokens", "200", "--progress", "false"]
+    points = ["attn_out.0", "attn_out.1", "resid_pre.1"]
+    assert main(["inspect", "layers", *common, "--n_eval_texts", "2", "--hookpoints", json.dumps(points),
+                 "--out_dir", str(tmp_path / "layers")]) == 0
+    scored = Discriminability.load(tmp_path / "layers" / "discriminability.json")
+    assert [s.hookpoint for s in scored.scores] == points and scored.backbone == backbone.backbone_id
+    assert main(["extract", *common, "--discriminability", str(tmp_path / "layers" / "discriminability.json"),
+                 "--top", "2", "--out_dir", str(tmp_path / "dirs")]) == 0
+    vectors = SteeringVectors.load(tmp_path / "dirs")  # the recipe's family: attention outputs only
+    assert vectors.hookpoints == scored.top(2, "attn_out") and vectors.emotions == ["Angry"]
+    assert sorted(vectors.hookpoints) == ["attn_out.0", "attn_out.1"]
+    prompts = [Prompt(TEXTS[2], _clip(cosyvoice2_release, 0), backbone.neutral_emotion)]
+    settings = dict(UPSTREAM, max_new_tokens=30, seed=3)
+    base = backbone.generate(prompts, **settings).tokens[0]
+    with steer(backbone, vector_steering(vectors, "Angry", 0.0)):
+        zero = backbone.generate(prompts, **settings).tokens[0]
+    with steer(backbone, vector_steering(vectors, "Angry", 8.0)):
+        pushed = backbone.generate(prompts, **settings).tokens[0]
+    assert torch.equal(base, zero) and not torch.equal(base, pushed)
+
+
+def test_the_emoshift_recipe_trains_on_cosyvoice2_through_the_emoctl_command(cosyvoice2_release, tmp_path):
+    """recipes/emoshift_cosyvoice2.yaml with the GPU settings swapped for this CPU and the tiny release: it
+    trains on clips the release's speech_tokenizer_v2.onnx encodes, exports, and the export names the backbone."""
+    from emoctl_tests.helpers.cli import REPO, run_emoctl
+    from emoctl_tests.helpers.esd import write_esd
+
+    write_esd(tmp_path / "esd", flat=False, per_emotion=4, emotions=("Neutral", "Angry"), ascii_only=True)
+    release = str(cosyvoice2_release)
+    result = run_emoctl(
+        "fit", "--config", str(REPO / "recipes" / "emoshift_cosyvoice2.yaml"),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+        "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--model.init_args.backbone.path", release, "--model.init_args.layer.emotions", "[Neutral, Angry]",
+        "--model.init_args.layer.hidden_size", "64", "--model.init_args.optimizer.warmup_steps", "0",
+        "--model.init_args.export_dir", str(tmp_path / "layer"),
+        "--data.init_args.backbone.path", release, "--data.init_args.corpus_root", str(tmp_path / "esd"),
+        "--data.init_args.emotions", "[Neutral, Angry]", "--data.init_args.speakers", "[\"0011\", \"0012\"]",
+        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+        "--data.init_args.tokenize_workers", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((tmp_path / "layer" / "emosteer.json").read_text())["metadata"]
+    assert meta["backbone_kind"] == "cosyvoice2" and meta["backbone_path"] == release
+    assert meta["training"]["global_step"] == 2 and meta["condition"] == "emotion"
