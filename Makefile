@@ -202,7 +202,7 @@ directions-mini: | corpus
 # 2 cores; the quick table above keeps 8 clips per cell).
 reproduce-table1-powered: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/manifest.json
 	$(EMOCTL) report table1 --config recipes/evaluation/report_table1_mini_powered.yaml \
-	    --sae $(SAE) --store $(STORE) --selection $(FEATURES) --out_dir reports/table1_powered
+	    --sae $(SAE) --store $(STORE) --selection $(FEATURES) --directions $(DIRECTIONS) --out_dir reports/table1_powered
 
 reproduce-attribution: $(SAE)/cfg.json $(FEATURES)/selection.md | install
 	$(EMOCTL) attribute --sae $(SAE) --selection $(FEATURES) --out_dir reports/attribution --m 2 --n_texts 4

@@ -66,7 +66,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
         "harvest": Tool("emoctl.bench.harvest:bench_harvest",
                         "Generation with the harvester vs without (mini TTS), or the IndexTTS2 adapter vs upstream."),
         "cosyvoice": Tool("emoctl.bench.cosyvoice:bench_cosyvoice",
-                          "CosyVoice adapter decoding vs upstream's loop; EmoShift step vs a frozen forward."),
+                          "CosyVoice-300M or CosyVoice2 (--kind) adapter decoding vs upstream's loop; EmoShift "
+                          "step vs a frozen forward."),
         "gpu": Tool("emoctl.bench.gpu:bench_gpu",
                     "The GPU checks (SAE step, loader, CosyVoice, IndexTTS2) in one run and one Markdown file."),
         "ser": Tool("emoctl.bench.ser:bench_ser",

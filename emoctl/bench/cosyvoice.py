@@ -1,11 +1,14 @@
-"""``emoctl bench cosyvoice``: the CosyVoice adapter's decoding against upstream's own loop, and the cost of an
-EmoShift training step against one frozen teacher-forced forward.
+"""``emoctl bench cosyvoice``: a CosyVoice adapter's decoding against upstream's own loop, and the cost of an
+EmoShift training step against one frozen teacher-forced forward; ``--kind cosyvoice`` (CosyVoice-300M-Instruct)
+or ``--kind cosyvoice2``.
 
 Decoding rows, timed in the same run on the same prompts and seeds (prompt b draws from seed + b), so every
 row generates the very same tokens (a batch equals each prompt alone, and prompt b alone equals upstream's
-``TransformerLM.inference`` under ``torch.manual_seed(seed + b)``):
+loop under ``torch.manual_seed(seed + b)``):
 
-1. upstream's ``TransformerLM.inference``, one prompt at a time, as ``frontend_instruct`` feeds it;
+1. upstream's loop (``TransformerLM.inference`` as ``frontend_instruct`` feeds it, or ``Qwen2LM.inference`` as
+   ``frontend_instruct2`` does, with the full-length step mask of :mod:`emoctl.backbones.cosyvoice2.reference`),
+   one prompt at a time;
 2. the adapter one prompt at a time;
 3. the adapter on the whole batch.
 
@@ -21,15 +24,19 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from emoctl.backbones import Prompt
-from emoctl.backbones.conditions import VoiceName
-from emoctl.backbones.cosyvoice_instruct.random_release import RandomReleaseSize, write_random_release
+from emoctl.backbones.conditions import VoiceClip, VoiceName
+from emoctl.backbones.cosyvoice2 import random_release as release_cv2
+from emoctl.backbones.cosyvoice2.reference import upstream_inference as upstream_cosyvoice2
+from emoctl.backbones.cosyvoice_instruct import random_release as release_300m
+from emoctl.backbones.indextts2.random_release import write_voice_clip
 from emoctl.backbones.loading import BackboneSpec
 from emoctl.bench.rounds import equal_work_rows, resolve_device, sync
 from emoctl.corpus.sentences import generate_sentences
@@ -39,9 +46,38 @@ from emoctl.emotions import ESD_EMOTIONS
 from emoctl.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class _Family:
+    """What differs between the two CosyVoice benchmarks."""
+
+    name: str
+    writer: Any  # the random_release module
+    released_width: int  # the LM width at lm_out of the released model
+    upstream: str  # the loop's name in the table
+
+
+FAMILIES = {"cosyvoice": _Family("CosyVoice-300M", release_300m, 1024, "TransformerLM.inference"),
+            "cosyvoice2": _Family("CosyVoice2", release_cv2, 896, "Qwen2LM.inference")}
+
+
+def _upstream_300m(tts: Any, prompt: Prompt, seed: int, max_new_tokens: int, device: str) -> int:
+    text = tts.text_ids(prompt.text)
+    instruction = tts.text_ids(prompt.emotion.text + "<endofprompt>")
+    torch.manual_seed(seed)
+    loop = tts.llm.inference(
+        text=torch.tensor([text], dtype=torch.int32, device=device),
+        text_len=torch.tensor([len(text)], dtype=torch.int32, device=device),
+        prompt_text=torch.tensor([instruction], dtype=torch.int32, device=device),
+        prompt_text_len=torch.tensor([len(instruction)], dtype=torch.int32, device=device),
+        prompt_speech_token=torch.zeros(1, 0, dtype=torch.int32, device=device),
+        prompt_speech_token_len=torch.tensor([0], dtype=torch.int32, device=device),
+        embedding=torch.zeros(0, 192, device=device))
+    return len(list(itertools.islice(loop, max_new_tokens)))
+
+
 def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int = 1, train_tokens: int = 150,
-                    release: str | None = None, full_size: bool = True, device: str = "cpu", seed: int = 0
-                    ) -> list[dict]:
+                    release: str | None = None, full_size: bool = True, device: str = "cpu", seed: int = 0,
+                    kind: str = "cosyvoice") -> list[dict]:
     """Tokens per second of upstream's one-at-a-time loop and of the adapter, and the EmoShift step's cost.
 
     Args:
@@ -56,7 +92,12 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
         full_size: With release None, build the released LLM (310.7 M parameters).
         device: cpu or cuda (float32, upstream's default precision).
         seed: Prompt b draws from seed + b in every decoding row.
+        kind: cosyvoice (CosyVoice-300M-Instruct, 310.7 M parameters at full size) or cosyvoice2 (CosyVoice2's
+            Qwen2LM, 505.8 M).
     """
+    if kind not in FAMILIES:
+        raise ConfigError(f"bench cosyvoice --kind {kind!r}: the benchmark runs cosyvoice or cosyvoice2.")
+    family = FAMILIES[kind]
     if repeats < 1 or batch_size < 1 or max_new_tokens < 1 or train_tokens < 1:
         raise ConfigError(f"repeats, batch_size, max_new_tokens and train_tokens must be >= 1, got {repeats}, "
                           f"{batch_size}, {max_new_tokens}, {train_tokens}.")
@@ -64,16 +105,17 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
 
     tmp = tempfile.TemporaryDirectory(prefix="emoctl-bench-cosyvoice-")
     start = time.perf_counter()
-    size = RandomReleaseSize.full() if full_size else RandomReleaseSize.tiny()
-    root = Path(release) if release else write_random_release(Path(tmp.name) / "release", size)
+    sizes = family.writer.RandomReleaseSize
+    size = sizes.full() if full_size else sizes.tiny()
+    root = Path(release) if release else family.writer.write_random_release(Path(tmp.name) / "release", size)
     emotions = list(ESD_EMOTIONS)
-    width = 1024 if release else size.d  # the released CosyVoice-300M's LM is 1024 wide
+    width = family.released_width if release else size.d
     module = EmoShiftModule(EmoSteerConfig(hidden_size=width, emotions=emotions, neutral="layer"),
-                            BackboneSpec("cosyvoice", str(root), device))
+                            BackboneSpec(kind, str(root), device))
     module.to(device)
     tts = module.backbone
     built_s = time.perf_counter() - start
-    voice = VoiceName(tts.speakers[0])
+    voice = VoiceName(tts.speakers[0]) if tts.speakers else VoiceClip(str(write_voice_clip(Path(tmp.name) / "v.wav")))
     prompts = [Prompt(t, voice, tts.condition_for(emotions[i % 5]))
                for i, t in enumerate(generate_sentences(batch_size, seed=0))]
     with torch.no_grad():
@@ -81,21 +123,10 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
     sampling = tts.upstream_sampling
 
     def upstream_one_at_a_time() -> int:
-        made = 0
-        for b, prompt in enumerate(prompts):
-            text = tts.text_ids(prompt.text)
-            instruction = tts.text_ids(prompt.emotion.text + "<endofprompt>")
-            torch.manual_seed(seed + b)
-            loop = tts.llm.inference(
-                text=torch.tensor([text], dtype=torch.int32, device=device),
-                text_len=torch.tensor([len(text)], dtype=torch.int32, device=device),
-                prompt_text=torch.tensor([instruction], dtype=torch.int32, device=device),
-                prompt_text_len=torch.tensor([len(instruction)], dtype=torch.int32, device=device),
-                prompt_speech_token=torch.zeros(1, 0, dtype=torch.int32, device=device),
-                prompt_speech_token_len=torch.tensor([0], dtype=torch.int32, device=device),
-                embedding=torch.zeros(0, 192, device=device))
-            made += len(list(itertools.islice(loop, max_new_tokens)))
-        return made
+        if kind == "cosyvoice2":
+            return sum(len(upstream_cosyvoice2(tts, p, seed + b, max_tokens=max_new_tokens))
+                       for b, p in enumerate(prompts))
+        return sum(_upstream_300m(tts, p, seed + b, max_new_tokens, device) for b, p in enumerate(prompts))
 
     def adapter(batched: bool) -> Callable[[], int]:
         def run() -> int:
@@ -107,7 +138,7 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
             return made
         return run
 
-    cases = [("upstream TransformerLM.inference, one at a time", upstream_one_at_a_time),
+    cases = [(f"upstream {family.upstream}, one at a time", upstream_one_at_a_time),
              ("adapter, one at a time", adapter(False)),
              (f"adapter, batch {batch_size}", adapter(True))]
     with torch.inference_mode():
@@ -149,7 +180,7 @@ def bench_cosyvoice(batch_size: int = 8, max_new_tokens: int = 32, repeats: int 
                      train_best[name], "ratio": train_best[name] / forward_s})
 
     n_params = sum(p.numel() for p in tts.llm.parameters())
-    print(f"\nCosyVoice-300M LLM {tts.num_layers} x {tts.hidden_size} ({n_params / 1e6:.1f} M parameters, random "
+    print(f"\n{family.name} LLM {tts.num_layers} x {tts.hidden_size} ({n_params / 1e6:.1f} M parameters, random "
           f"weights, built and loaded in {built_s:.0f} s) on {device}, torch threads {torch.get_num_threads()}; "
           f"{batch_size} prompts, {tokens} tokens in every decoding row, best of {repeats} round(s).\n")
     print("| decoding | seconds | tokens/s | ratio to upstream |")

@@ -13,6 +13,7 @@ import torch
 
 from emoctl.backbones import Phase, Prompt
 from emoctl.backbones.conditions import EmotionClip, EmotionLabel, EmotionVector, InstructText, VoiceClip, VoiceName
+from emoctl.backbones.cosyvoice2.reference import upstream_inference
 from emoctl.backbones.loading import BackboneSpec, load_backbone
 from emoctl.backbones.sampling import Sampling
 from emoctl.errors import ConfigError
@@ -86,39 +87,16 @@ class TestCosyVoice2Contract(BackboneContract):
 # ------------------------------------------------------------------ CosyVoice2's own proofs
 def _upstream_inference(backbone, prompt: Prompt, seed: int, full_mask: bool = True
                         ) -> tuple[list[int], torch.Tensor]:
-    """Upstream's own instruct2 decode (``Qwen2LM.inference`` fed as ``frontend_instruct2`` feeds it: the
-    instruction and ``<|endofprompt|>`` as prompt_text, no prompt speech) under ``torch.manual_seed(seed)``; its
-    tokens and the logits its ``llm_decoder`` computed at every step.
-
-    ``full_mask``: hand ``Qwen2Encoder.forward_one_step`` a mask over every cached position.  Upstream's loop
-    hands it a (1, 1) mask at every cached step, which transformers 4 read as "attend to everything" and
-    transformers 5 pads with False (every step then attends to the first position only): the shim restores
-    the loop's meaning.  ``test_upstream_loop_without_the_mask_shim_attends_to_one_position`` pins why."""
-    ids = backbone.text_ids(prompt.text)
-    instruction = backbone.text_ids(prompt.emotion.text + "<|endofprompt|>")
-    encoder = backbone.llm.llm
-    original = encoder.forward_one_step
-
-    def one_step(xs, masks, cache=None):
-        past = cache.get_seq_length() if cache is not None else 0
-        return original(xs, torch.ones(1, 1, past + xs.shape[1], dtype=torch.bool), cache)
-
+    """Upstream's own instruct2 decode (:func:`emoctl.backbones.cosyvoice2.reference.upstream_inference`: with
+    the full-length step mask unless ``full_mask`` is False); its tokens and the logits its ``llm_decoder``
+    computed at every step.  ``test_upstream_loop_without_the_mask_shim_attends_to_one_position`` pins why the
+    mask is needed."""
     logits: list[torch.Tensor] = []
     handle = backbone.llm.llm_decoder.register_forward_hook(lambda m, i, o: logits.append(o.detach().clone()))
-    if full_mask:
-        encoder.forward_one_step = one_step
     try:
-        torch.manual_seed(seed)
-        tokens = list(backbone.llm.inference(
-            text=torch.tensor([ids], dtype=torch.int32), text_len=torch.tensor([len(ids)], dtype=torch.int32),
-            prompt_text=torch.tensor([instruction], dtype=torch.int32),
-            prompt_text_len=torch.tensor([len(instruction)], dtype=torch.int32),
-            prompt_speech_token=torch.zeros(1, 0, dtype=torch.int32),
-            prompt_speech_token_len=torch.tensor([0], dtype=torch.int32), embedding=torch.zeros(0, 192)))
+        tokens = upstream_inference(backbone, prompt, seed, full_mask=full_mask)
     finally:
         handle.remove()
-        if full_mask:
-            del encoder.forward_one_step
     return tokens, torch.cat([x.reshape(1, -1) for x in logits])
 
 
@@ -493,3 +471,43 @@ def test_the_emoshift_recipe_trains_on_cosyvoice2_through_the_emoctl_command(cos
     meta = json.loads((tmp_path / "layer" / "emosteer.json").read_text())["metadata"]
     assert meta["backbone_kind"] == "cosyvoice2" and meta["backbone_path"] == release
     assert meta["training"]["global_step"] == 2 and meta["condition"] == "emotion"
+
+
+@pytest.mark.parametrize("kind", ["cosyvoice", "cosyvoice2"])
+def test_bench_cosyvoice_times_equal_work_against_upstreams_loop(kind, capsys):
+    """`emoctl bench cosyvoice --kind ...` on the tiny release: every decoding row makes the same tokens (the
+    benchmark stops otherwise), and each ratio is against upstream's loop timed in the same run."""
+    from emoctl.bench.cosyvoice import bench_cosyvoice
+
+    rows = bench_cosyvoice(batch_size=3, max_new_tokens=8, train_tokens=20, full_size=False, kind=kind)
+    assert [r["row"] for r in rows][1:] == ["adapter, one at a time", "adapter, batch 3",
+                                            "frozen teacher-forced forward (no grad)", "EmoShift training step"]
+    assert rows[0]["ratio"] == 1.0 and all(r["seconds"] > 0 for r in rows)
+    assert ("Qwen2LM.inference" if kind == "cosyvoice2" else "TransformerLM.inference") in rows[0]["row"]
+    assert "| decoding | seconds |" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="runs cosyvoice or cosyvoice2"):
+        bench_cosyvoice(kind="indextts2")
+
+
+@pytest.mark.slow
+def test_full_size_llm_loads_strictly_decodes_and_matches_upstream(tmp_path):
+    """The released LLM's shape (Qwen2.5-0.5B's 24 layers at 896 with the 151,936-row text embedding, plus the
+    speech embedding and head: 505.8 M parameters, the 2.02 GB of the released llm.pt in float32) with random
+    weights, through load_backbone; a batch of two equals each prompt alone, and upstream's loop."""
+    from emoctl.backbones.cosyvoice2.random_release import RandomReleaseSize, write_random_release
+    from emoctl_tests.conftest import with_reference_clips
+
+    root = with_reference_clips(write_random_release(tmp_path / "full", RandomReleaseSize.full()))
+    backbone = load_backbone("cosyvoice2", str(root))
+    assert sum(p.numel() for p in backbone.llm.parameters()) == 505_803_812  # tied text embedding counted once
+    assert backbone.hidden_size == 896 and backbone.num_layers == 24
+    prompts = [Prompt(TEXTS[2], _clip(root, 0), backbone.condition_for("Angry")),
+               Prompt(TEXTS[0], _clip(root, 1), backbone.condition_for("Sad"))]
+    settings = Sampling(**UPSTREAM, max_new_tokens=12, seed=2)
+    batch = backbone.generate(prompts, settings)
+    for b, prompt in enumerate(prompts):
+        alone = backbone.generate([prompt], Sampling(**{**vars(settings), "seed": 2 + b}))
+        assert torch.equal(batch.tokens[b], alone.tokens[0])
+    expected = upstream_inference(backbone, prompts[0], 3, max_tokens=12)
+    assert backbone.generate([prompts[0]], backbone.upstream_sampling, seed=3, max_new_tokens=12).tokens[0].tolist() \
+        == expected

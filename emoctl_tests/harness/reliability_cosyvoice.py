@@ -24,10 +24,13 @@ ALSO_TESTED: dict[str, list[tuple[str, str]]] = {
         ("backbones/test_crafted_cosyvoice.py", "test_a_wrong_value_in_cosyvoice_yaml_is_one_paragraph_naming_the_key"),
         ("backbones/test_crafted_cosyvoice.py", "test_a_billion_laughs_cosyvoice_yaml_is_refused_in_well_under_a_second"),
         ("backbones/test_crafted_cosyvoice.py", "test_the_released_layout_still_builds_and_keys_never_built_stay_data"),
+        ("backbones/test_contract_cosyvoice2.py", "test_release_errors_name_every_missing_file_and_refuse_unfit_weights"),
+        ("backbones/test_contract_cosyvoice2.py", "test_the_training_examples_encoder_form_is_read_too"),
     ],
     "security": [
         ("backbones/test_crafted_cosyvoice.py", "test_crafted_cosyvoice_yaml_never_runs_its_payload"),
         ("backbones/test_crafted_cosyvoice.py", "test_emoctl_harvest_prints_one_paragraph_and_the_payload_never_runs"),
+        ("backbones/test_contract_cosyvoice2.py", "test_the_release_files_are_read_as_data"),
     ],
 }
 

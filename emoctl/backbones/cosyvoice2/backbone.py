@@ -22,7 +22,7 @@ What the adapter adds to upstream, and why:
   does.  At the first step upstream would feed its whole prompt again; the adapter redraws instead (the one
   place it differs, and only where upstream's first draw is such an id).
 * **Conditioning as data.**  Emotion is an :class:`InstructText` (ESD's emotions map to the instructions the
-  loader was given, :data:`DEFAULT_INSTRUCTIONS` otherwise); the voice is a reference clip, whose CAMPPlus
+  loader was given, the English defaults of :mod:`emoctl.backbones.cosyvoice_instruct.family` otherwise); the voice is a reference clip, whose CAMPPlus
   x-vector conditions the flow.  The LLM hears no voice in instruct2 mode.
 * **Steering from outside.**  ``llm.pt`` loads strictly into the unmodified LLM; steering acts through hooks on
   the Qwen2 decoder layers (``resid_pre.L``: the input of ``layers[L]``), their ``self_attn`` output before the
@@ -31,48 +31,39 @@ What the adapter adds to upstream, and why:
 from __future__ import annotations
 
 import logging
-import os
-from collections import OrderedDict
 from typing import Any, ClassVar, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput
-from emoctl.backbones.conditions import EmotionCondition, InstructText, VoiceClip
+from emoctl.backbones.base import Generation, Prompt, TeacherForcedOutput
+from emoctl.backbones.conditions import VoiceClip
 from emoctl.backbones.cosyvoice2.release import CosyVoice2Release
 from emoctl.backbones.cosyvoice2.vocoder import CausalFlowHiftVocoder
 from emoctl.backbones.cosyvoice_instruct import ras
-from emoctl.backbones.cosyvoice_instruct.backbone import DEFAULT_INSTRUCTIONS as _INSTRUCTIONS_300M
+from emoctl.backbones.cosyvoice_instruct.family import CosyVoiceFamily
 from emoctl.backbones.cosyvoice_instruct.release import digest_files
 from emoctl.backbones.cosyvoice_instruct.speech_models import CampPlus, OnnxSpeechTokenizer
 from emoctl.backbones.cosyvoice_instruct.upstream import require_cosyvoice
 from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.sampling import Sampling
-from emoctl.errors import ConfigError, first_line
+from emoctl.errors import ConfigError
 from emoctl.numerics import private_rng
 
 log = logging.getLogger(__name__)
 
 #: the marker upstream's instruct2 front end (``frontend_instruct2``) appends to the instruction
 END_OF_PROMPT = "<|endofprompt|>"
-#: how ESD's emotions are asked for unless the recipe gives its own (backbone.options.instructions); the same
-#: English sentences as for CosyVoice-300M-Instruct, so the two backbones are asked alike
-DEFAULT_INSTRUCTIONS: dict[str, str] = dict(_INSTRUCTIONS_300M)
 MIN_TOKEN_TEXT_RATIO = 2  # upstream's inference: at least 2 decode steps per text token ...
 MAX_TOKEN_TEXT_RATIO = 20  # ... and at most 20
-_CACHE_SLOTS = 256
 
 
-class CosyVoice2Instruct(Backbone):
+class CosyVoice2Instruct(CosyVoiceFamily):
     """CosyVoice2's LLM with its Qwen2 text tokenizer, speech tokenizer v2, CAMPPlus, causal flow and HiFT."""
 
     kind: ClassVar[str] = "cosyvoice2"
     voice_kinds: ClassVar[tuple[str, ...]] = (VoiceClip.kind,)
-    corpus_voice_kind: ClassVar[str] = VoiceClip.kind
-    emotion_kinds: ClassVar[tuple[str, ...]] = (InstructText.kind,)
-    sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "ras_window", "ras_tau")
+    end_of_prompt: ClassVar[str] = END_OF_PROMPT
 
     def __init__(self, release: CosyVoice2Release, device: str | torch.device = "cpu", *,
                  instructions: Mapping[str, str] | None = None) -> None:
@@ -87,11 +78,9 @@ class CosyVoice2Instruct(Backbone):
         release.load_weights(self.llm, "llm.pt", "LLM")
         self.llm.eval().requires_grad_(False)
         self.qwen = self.llm.llm.model.model  # the Qwen2Model: embed_tokens, layers, norm
-        sampling = cfg.sampling()
-        self.upstream_sampling = Sampling(temperature=1.0, top_p=sampling["top_p"], top_k=sampling["top_k"],
-                                          ras_window=sampling["win_size"], ras_tau=sampling["tau_r"])
+        self.upstream_sampling = self._sampling_from(cfg.sampling())
         self.text_tokenizer = cfg.text_tokenizer()
-        self.instructions = self._check_instructions(instructions)
+        self._init_conditions(instructions)
         self.hidden_size = int(self.llm.llm_decoder.in_features)
         self.num_layers = len(self.qwen.layers)
         self.stop_token = int(self.llm.speech_token_size)
@@ -109,59 +98,14 @@ class CosyVoice2Instruct(Backbone):
                                                                              tokenizer_path)], release=release.repo),
                                               self.stop_token, device)
         self.campplus = CampPlus(release.path("campplus.onnx"))
-        self._xvectors: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._vocoder: Any = None
-        self.vocode_seed: int | None = 0  # HiFT's source adds noise: a fixed seed makes audio repeatable
         self.to(device)
 
-    @staticmethod
-    def _check_instructions(instructions: Mapping[str, str] | None) -> dict[str, str]:
-        chosen = dict(DEFAULT_INSTRUCTIONS if instructions is None else instructions)
-        for emotion, text in chosen.items():
-            if not isinstance(text, str) or not text.strip() or END_OF_PROMPT in text:
-                raise ConfigError(f"backbone.options.instructions[{emotion!r}] must be a non-empty instruction "
-                                  f"without {END_OF_PROMPT} (the adapter appends it), got {text!r}.")
-        if "Neutral" not in chosen:
-            raise ConfigError("backbone.options.instructions needs a Neutral instruction: it is the twin of "
-                              "every emotional prompt and EmoShift's condition: neutral.")
-        return chosen
-
     # ------------------------------------------------------------ identity
-    @property
-    def device(self) -> torch.device:
-        return self.llm.llm_decoder.weight.device
-
     @property
     def backbone_id(self) -> str:
         return f"cosyvoice2@{self.release.digest[:12]}"
 
-    @property
-    def emotions(self) -> list[str]:
-        """The corpus emotions it has an instruction for."""
-        return list(self.instructions)
-
-    @property
-    def neutral_emotion(self) -> EmotionCondition:
-        return InstructText(self.instructions["Neutral"])
-
-    def condition_for(self, emotion: str) -> EmotionCondition:
-        if emotion not in self.instructions:
-            raise ConfigError(f"the cosyvoice2 backbone has no instruction for emotion {emotion!r}; it has "
-                              f"{', '.join(self.instructions)}. Add one under backbone.options.instructions.")
-        return InstructText(self.instructions[emotion])
-
-    @property
-    def speech_tokenizer(self) -> OnnxSpeechTokenizer:
-        return self._tokenizer
-
     # ---------------------------------------------------------- conditions
-    def check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        super().check_prompts(prompts)
-        for prompt in prompts:
-            if isinstance(prompt.voice, VoiceClip) and not os.path.isfile(prompt.voice.path):
-                raise ConfigError(f"reference clip {prompt.voice.path} does not exist (prompt "
-                                  f"{prompt.utt_id or prompt.text[:30]!r}).")
-
     def text_ids(self, text: str) -> list[int]:
         """Qwen2 BPE ids, as upstream's front end encodes (its text normalization is not applied: give numbers
         spelled out, as ESD's sentences are)."""
@@ -169,29 +113,6 @@ class CosyVoice2Instruct(Backbone):
         if not ids:
             raise ConfigError(f"text {text!r} has no tokens.")
         return ids
-
-    def _prompt_ids(self, prompt: Prompt) -> tuple[list[int], int]:
-        """``instruction<|endofprompt|>`` ids then the text's (encoded apart, as upstream does), and the number of
-        text ids (upstream's length limits count only those)."""
-        assert isinstance(prompt.emotion, InstructText)
-        text = self.text_ids(prompt.text)
-        return self.text_ids(prompt.emotion.text + END_OF_PROMPT) + text, len(text)
-
-    def xvector(self, voice: VoiceClip) -> torch.Tensor:
-        """(1, 192) CAMPPlus x-vector of the reference clip (kept per file)."""
-        stat = os.stat(voice.path)
-        key = (os.path.realpath(voice.path), stat.st_size, stat.st_mtime_ns)
-        if key not in self._xvectors:
-            import soundfile
-
-            try:
-                wave, rate = soundfile.read(voice.path, dtype="float32", always_2d=True)
-            except Exception as err:
-                raise ConfigError(f"cannot read reference clip {voice.path}: {first_line(err)}") from None
-            self._xvectors[key] = self.campplus(wave.mean(axis=1), rate)
-            while len(self._xvectors) > _CACHE_SLOTS:
-                self._xvectors.popitem(last=False)
-        return self._xvectors[key]
 
     # ----------------------------------------------------------- LLM passes
     def _prefixes(self, prompts: Sequence[Prompt]) -> tuple[list[torch.Tensor], list[int]]:
@@ -215,13 +136,6 @@ class CosyVoice2Instruct(Backbone):
         out = self.qwen(inputs_embeds=x, attention_mask=valid, position_ids=positions, use_cache=cache is not None,
                         **({qwen2_cache_argument(): cache} if cache is not None else {}))
         return out.last_hidden_state
-
-    def _logp(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Log-probabilities of the next id from the last position's state (``lm_out`` fires on (B, d))."""
-        logits = self.llm.llm_decoder(hidden[:, -1])
-        if temperature not in (0.0, 1.0):
-            logits = logits / temperature
-        return logits.float().log_softmax(dim=-1)
 
     def _left_padded(self, rows: Sequence[torch.Tensor], width: int | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,22 +251,8 @@ class CosyVoice2Instruct(Backbone):
         return TeacherForcedOutput(logits.float(), out_targets)
 
     # --------------------------------------------------------------- vocoder
-    @property
-    def vocoder(self) -> CausalFlowHiftVocoder:
-        if self._vocoder is None:
-            self._vocoder = CausalFlowHiftVocoder(self.release, self.device)
-        return self._vocoder
-
-    def vocode(self, tokens: torch.Tensor, prompt: Prompt) -> tuple[np.ndarray, int]:
-        """Waveform at the release's rate (24 kHz): upstream's causal flow (the voice's x-vector, no prompt
-        speech, as in instruct2 mode) then HiFT."""
-        self.check_prompts([prompt])
-        tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
-        if tokens.numel() == 0:
-            raise ConfigError("vocode needs at least one speech token.")
-        audio = self.vocoder.synthesize(tokens.to(self.device), self.xvector(prompt.voice).to(self.device),
-                                        seed=self.vocode_seed)
-        return np.asarray(audio, dtype=np.float32), self.sample_rate
+    def _build_vocoder(self) -> CausalFlowHiftVocoder:
+        return CausalFlowHiftVocoder(self.release, self.device)
 
 
 def load_cosyvoice2(path: str | None, device: torch.device, instructions: Mapping[str, str] | None = None

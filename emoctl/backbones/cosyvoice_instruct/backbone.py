@@ -13,9 +13,10 @@ What the adapter adds to upstream, and why:
   upstream's repetition-aware sampling per row with the row's own generator (:mod:`.ras`), so prompt b of a
   seeded batch equals that prompt decoded alone with seed + b, and a batch of one equals upstream's
   ``TransformerLM.inference`` under ``torch.manual_seed(seed)``.
-* **Conditioning as data.**  Emotion is an :class:`InstructText` (ESD's emotions map to the instructions the
-  loader was given, :data:`DEFAULT_INSTRUCTIONS` otherwise); the voice is a ``spk2info`` name or a reference
-  clip (CAMPPlus x-vector).  The LLM hears no voice in instruct mode; the flow does.
+* **Conditioning as data** (:mod:`.family`, shared with CosyVoice2).  Emotion is an :class:`InstructText` (ESD's
+  emotions map to the instructions the loader was given, ``family.DEFAULT_INSTRUCTIONS`` otherwise); the voice
+  is a ``spk2info`` name or a reference clip (CAMPPlus x-vector).  The LLM hears no voice in instruct mode; the
+  flow does.
 * **Steering from outside.**  ``llm.pt`` loads strictly into the unmodified LLM; steering layers act through
   hooks on ``llm.encoders[L]`` (``resid_pre.L``), the output of its ``self_attn`` (``attn_out.L``) and
   ``llm_decoder`` (``lm_out``: (B, T, d) when teacher forced, (B, d) at every generation step, as upstream calls
@@ -24,53 +25,40 @@ What the adapter adds to upstream, and why:
 from __future__ import annotations
 
 import logging
-import os
-from collections import OrderedDict
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from emoctl.numerics import private_rng
-from emoctl.backbones.base import Backbone, Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
-from emoctl.backbones.conditions import EmotionCondition, InstructText, VoiceClip, VoiceName
+from emoctl.backbones.base import Generation, Prompt, TeacherForcedOutput, lockstep_decode_rows
+from emoctl.backbones.conditions import VoiceClip, VoiceName
 from emoctl.backbones.cosyvoice_instruct import ras
+from emoctl.backbones.cosyvoice_instruct.family import CosyVoiceFamily
 from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease, digest_files
 from emoctl.backbones.cosyvoice_instruct.speech_models import CampPlus, OnnxSpeechTokenizer
 from emoctl.backbones.cosyvoice_instruct.vocoder import FlowHiftVocoder
 from emoctl.backbones.checkpoint_files import load_torch_file
 from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.sampling import Sampling
-from emoctl.errors import ConfigError, first_line
+from emoctl.errors import ConfigError
 from emoctl.backbones.cosyvoice_instruct.upstream import require_cosyvoice
 
 log = logging.getLogger(__name__)
 
 #: the marker upstream's instruct front end (``frontend_instruct``) appends to the instruction
 END_OF_PROMPT = "<endofprompt>"
-#: how ESD's emotions are asked for unless the recipe gives its own (backbone.options.instructions)
-DEFAULT_INSTRUCTIONS: dict[str, str] = {
-    "Neutral": "A speaker reads the sentence in a calm, neutral tone.",
-    "Angry": "A speaker reads the sentence angrily, in a furious tone.",
-    "Happy": "A speaker reads the sentence happily, in a cheerful tone.",
-    "Sad": "A speaker reads the sentence sadly, in a sorrowful tone.",
-    "Surprise": "A speaker reads the sentence in a surprised, astonished tone.",
-}
 MIN_TOKEN_TEXT_RATIO = 2  # upstream's inference: at least 2 speech tokens per text token ...
 MAX_TOKEN_TEXT_RATIO = 20  # ... and at most 20
 SAMPLE_RATE = 22050  # flow and HiFT
-_CACHE_SLOTS = 256
 
 
-class CosyVoiceInstruct(Backbone):
+class CosyVoiceInstruct(CosyVoiceFamily):
     """CosyVoice-300M-Instruct's LLM with its text tokenizer, speech tokenizer, CAMPPlus, flow and HiFT."""
 
     kind: ClassVar[str] = "cosyvoice"
     voice_kinds: ClassVar[tuple[str, ...]] = (VoiceClip.kind, VoiceName.kind)
-    corpus_voice_kind: ClassVar[str] = VoiceClip.kind
-    emotion_kinds: ClassVar[tuple[str, ...]] = (InstructText.kind,)
-    sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "ras_window", "ras_tau")
+    end_of_prompt: ClassVar[str] = END_OF_PROMPT
 
     def __init__(self, release: CosyVoiceRelease, device: str | torch.device = "cpu", *,
                  instructions: Mapping[str, str] | None = None) -> None:
@@ -86,7 +74,7 @@ class CosyVoiceInstruct(Backbone):
         self.upstream_sampling = self._sampling_from(cfg.sampling())
         self.text_tokenizer = cfg.text_tokenizer()
         self.allowed_special = cfg.allowed_special
-        self.instructions = self._check_instructions(instructions)
+        self._init_conditions(instructions)
         self.spk2info = self._load_spk2info()
         self.hidden_size = int(self.llm.llm_decoder.in_features)
         self.num_layers = len(self.llm.llm.encoders)
@@ -105,30 +93,9 @@ class CosyVoiceInstruct(Backbone):
         self._tokenizer = OnnxSpeechTokenizer(release.path("speech_tokenizer_v1.onnx"),
                                               self._tokenizer_digest(), self.stop_token, device)
         self.campplus = CampPlus(release.path("campplus.onnx"))
-        self._xvectors: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._vocoder: Any = None
-        self.vocode_seed: int | None = 0  # the flow starts from noise: a fixed seed makes audio repeatable
         self.to(device)
 
     # ------------------------------------------------------------- loading
-    @staticmethod
-    def _sampling_from(args: Mapping[str, Any]) -> Sampling:
-        """The release's own sampling (its checked ``ras_sampling`` arguments), as a Sampling."""
-        return Sampling(temperature=1.0, top_p=args["top_p"], top_k=args["top_k"], ras_window=args["win_size"],
-                        ras_tau=args["tau_r"])
-
-    @staticmethod
-    def _check_instructions(instructions: Mapping[str, str] | None) -> dict[str, str]:
-        chosen = dict(DEFAULT_INSTRUCTIONS if instructions is None else instructions)
-        for emotion, text in chosen.items():
-            if not isinstance(text, str) or not text.strip() or END_OF_PROMPT in text:
-                raise ConfigError(f"backbone.options.instructions[{emotion!r}] must be a non-empty instruction "
-                                  f"without {END_OF_PROMPT} (the adapter appends it), got {text!r}.")
-        if "Neutral" not in chosen:
-            raise ConfigError("backbone.options.instructions needs a Neutral instruction: it is the twin of "
-                              "every emotional prompt and EmoShift's condition: neutral.")
-        return chosen
-
     def _load_spk2info(self) -> dict[str, torch.Tensor]:
         path = self.release.path("spk2info.pt")
         info = load_torch_file(path, f"cannot read {path}", "Copy it again from the release.")
@@ -148,10 +115,6 @@ class CosyVoiceInstruct(Backbone):
 
     # ------------------------------------------------------------ identity
     @property
-    def device(self) -> torch.device:
-        return self.llm.llm_decoder.weight.device
-
-    @property
     def backbone_id(self) -> str:
         return f"cosyvoice@{self.release.digest[:12]}"
 
@@ -159,34 +122,7 @@ class CosyVoiceInstruct(Backbone):
     def speakers(self) -> list[str]:
         return list(self.spk2info)
 
-    @property
-    def emotions(self) -> list[str]:
-        """The corpus emotions it has an instruction for (EmoShift serves these unless told otherwise)."""
-        return list(self.instructions)
-
-    @property
-    def neutral_emotion(self) -> EmotionCondition:
-        return InstructText(self.instructions["Neutral"])
-
-    def condition_for(self, emotion: str) -> EmotionCondition:
-        """The instruction the loader was given for a corpus emotion."""
-        if emotion not in self.instructions:
-            raise ConfigError(f"the cosyvoice backbone has no instruction for emotion {emotion!r}; it has "
-                              f"{', '.join(self.instructions)}. Add one under backbone.options.instructions.")
-        return InstructText(self.instructions[emotion])
-
-    @property
-    def speech_tokenizer(self) -> OnnxSpeechTokenizer:
-        return self._tokenizer
-
     # ---------------------------------------------------------- conditions
-    def check_prompts(self, prompts: Sequence[Prompt]) -> None:
-        super().check_prompts(prompts)
-        for prompt in prompts:
-            if isinstance(prompt.voice, VoiceClip) and not os.path.isfile(prompt.voice.path):
-                raise ConfigError(f"reference clip {prompt.voice.path} does not exist (prompt "
-                                  f"{prompt.utt_id or prompt.text[:30]!r}).")
-
     def text_ids(self, text: str) -> list[int]:
         """Whisper BPE ids, as upstream's front end encodes (text normalization is not applied: give numbers
         spelled out, as ESD's sentences are)."""
@@ -195,30 +131,11 @@ class CosyVoiceInstruct(Backbone):
             raise ConfigError(f"text {text!r} has no tokens.")
         return ids
 
-    def _prompt_ids(self, prompt: Prompt) -> tuple[list[int], int]:
-        """``instruction<endofprompt>`` ids then the text's (encoded apart, as upstream does), and the number
-        of text ids (upstream's length limits count only those)."""
-        assert isinstance(prompt.emotion, InstructText)
-        text = self.text_ids(prompt.text)
-        return self.text_ids(prompt.emotion.text + END_OF_PROMPT) + text, len(text)
-
     def xvector(self, voice: VoiceName | VoiceClip) -> torch.Tensor:
         """(1, 192) x-vector of the voice: its spk2info entry, or CAMPPlus on the reference clip (kept per file)."""
         if isinstance(voice, VoiceName):
             return self.spk2info[voice.name]
-        stat = os.stat(voice.path)
-        key = (os.path.realpath(voice.path), stat.st_size, stat.st_mtime_ns)
-        if key not in self._xvectors:
-            import soundfile
-
-            try:
-                wave, rate = soundfile.read(voice.path, dtype="float32", always_2d=True)
-            except Exception as err:
-                raise ConfigError(f"cannot read reference clip {voice.path}: {first_line(err)}") from None
-            self._xvectors[key] = self.campplus(wave.mean(axis=1), rate)
-            while len(self._xvectors) > _CACHE_SLOTS:
-                self._xvectors.popitem(last=False)
-        return self._xvectors[key]
+        return self.clip_xvector(voice)
 
     # ----------------------------------------------------------- LLM passes
     def _prefixes(self, prompts: Sequence[Prompt]) -> tuple[list[torch.Tensor], list[int]]:
@@ -252,13 +169,6 @@ class CosyVoiceInstruct(Backbone):
         if llm.normalize_before:
             x = llm.after_norm(x)
         return x, new_caches
-
-    def _logp(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Log-probabilities of the next token from the last position's state (``lm_out`` fires on (B, d))."""
-        logits = self.llm.llm_decoder(hidden[:, -1])
-        if temperature not in (0.0, 1.0):
-            logits = logits / temperature
-        return logits.float().log_softmax(dim=-1)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling | None = None, **overrides: object
@@ -352,22 +262,8 @@ class CosyVoiceInstruct(Backbone):
         return TeacherForcedOutput(logits.float(), out_targets)
 
     # --------------------------------------------------------------- vocoder
-    @property
-    def vocoder(self) -> Any:
-        if self._vocoder is None:
-            self._vocoder = FlowHiftVocoder(self.release, self.device)
-        return self._vocoder
-
-    def vocode(self, tokens: torch.Tensor, prompt: Prompt) -> tuple[np.ndarray, int]:
-        """Waveform at 22050 Hz: upstream's flow (conditioned on the voice's x-vector, no prompt speech, as in
-        instruct mode) then HiFT."""
-        self.check_prompts([prompt])
-        tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
-        if tokens.numel() == 0:
-            raise ConfigError("vocode needs at least one speech token.")
-        audio = self.vocoder.synthesize(tokens.to(self.device), self.xvector(prompt.voice).to(self.device),
-                                        seed=self.vocode_seed)
-        return np.asarray(audio, dtype=np.float32), self.sample_rate
+    def _build_vocoder(self) -> FlowHiftVocoder:
+        return FlowHiftVocoder(self.release, self.device)
 
 
 def load_cosyvoice(path: str | None, device: torch.device, instructions: Mapping[str, str] | None = None
