@@ -222,32 +222,11 @@ class CosyVoice2Instruct(CosyVoiceFamily):
         """Logits (B, T + 1, V) of ``targets`` then stop, over the sequence instruct2 inference runs
         (``[sos][embed(instruction<|endofprompt|> text)][task][targets]``), in phase ``teacher_forced``.
         Gradients flow through the hooks; upstream's weights stay frozen."""
-        self.check_prompts(prompts)
-        if len(prompts) != len(targets):
-            raise ConfigError(f"teacher_forced got {len(prompts)} prompts but {len(targets)} targets.")
-        B = len(prompts)
-        with torch.no_grad():
-            prefixes, _ = self._prefixes(prompts)
-            speech = []
-            for target in targets:
-                target = torch.as_tensor(target, dtype=torch.long, device=self.device).reshape(-1)
-                if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.stop_token):
-                    raise ConfigError(f"speech tokens must lie in [0, {self.stop_token}), got "
-                                      f"[{int(target.min())}, {int(target.max())}].")
-                speech.append(target)
-            P, M = max(len(p) for p in prefixes), max(len(s) for s in speech)
-            x, valid = self._left_padded(prefixes, P)
-            x = torch.cat([x, torch.zeros(B, M, self.hidden_size, device=self.device)], dim=1)
-            valid = torch.cat([valid, torch.zeros(B, M, dtype=torch.bool, device=self.device)], dim=1)
-            out_targets = torch.full((B, M + 1), -100, dtype=torch.long, device=self.device)
-            for b, tokens in enumerate(speech):
-                x[b, P:P + len(tokens)], valid[b, P:P + len(tokens)] = self.llm.speech_embedding(tokens), True
-                out_targets[b, :len(tokens)] = tokens
-                out_targets[b, len(tokens)] = self.stop_token
-            positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        x, valid, out_targets, P = self._teacher_forced_inputs(prompts, targets)
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
         with self.hooks.phase(Phase.TEACHER_FORCED):
             hidden = self._run(x, valid, positions, None)
-            logits = self.llm.llm_decoder(hidden[:, P - 1:P + M])
+            logits = self.llm.llm_decoder(hidden[:, P - 1:])
         return TeacherForcedOutput(logits.float(), out_targets)
 
     # --------------------------------------------------------------- vocoder

@@ -4,18 +4,17 @@
 Upstream's ``CosyVoice2Model.token2wav`` without streaming: no prompt tokens or prompt mel (instruct2 mode), the
 voice's x-vector as the flow's speaker condition, ten Euler steps from upstream's fixed noise, then HiFT on the
 whole mel.  Building ``CausalConditionalCFM`` reseeds Python's, NumPy's and torch's global generators (upstream
-draws its fixed noise that way), so the build runs with all three put back afterwards; HiFT's source adds
+draws its fixed noise that way), so the build puts all three back afterwards; HiFT's source adds
 noise, so a seed makes audio repeatable without touching the caller's generators.
 """
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import numpy as np
 import torch
 
 from emoctl.backbones.cosyvoice2.release import CosyVoice2Release
+from emoctl.backbones.cosyvoice_instruct.vocoder import build_flow_and_hift
 from emoctl.errors import ConfigError
 from emoctl.numerics import private_rng
 
@@ -24,18 +23,7 @@ class CausalFlowHiftVocoder:
     """Upstream's causal flow and HiFT, built from cosyvoice2.yaml and loaded strictly from flow.pt and hift.pt."""
 
     def __init__(self, release: CosyVoice2Release, device: torch.device) -> None:
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        try:
-            with private_rng():
-                self.flow: Any = release.config.build("flow")
-                self.hift: Any = release.config.build("hift")
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-        release.load_weights(self.flow, "flow.pt", "flow")
-        release.load_weights(self.hift, "hift.pt", "HiFT", rename={"generator.": ""})  # hift.pt as released
-        self.flow.to(device).eval().requires_grad_(False)
-        self.hift.to(device).eval().requires_grad_(False)
+        self.flow, self.hift = build_flow_and_hift(release, device)
         self.device = device
 
     @torch.inference_mode()

@@ -233,32 +233,11 @@ class CosyVoiceInstruct(CosyVoiceFamily):
         """Logits (B, T + 1, V) of ``targets`` then stop, over the sequence instruct inference runs
         (``[sos][enc(instruction + text)][task][targets]``, no speaker embedding), in phase ``teacher_forced``.
         Gradients flow through the hooks (EmoShift trains through them); upstream's weights stay frozen."""
-        self.check_prompts(prompts)
-        if len(prompts) != len(targets):
-            raise ConfigError(f"teacher_forced got {len(prompts)} prompts but {len(targets)} targets.")
-        B = len(prompts)
-        with torch.no_grad():
-            prefixes, _ = self._prefixes(prompts)
-            speech = []
-            for target in targets:
-                target = torch.as_tensor(target, dtype=torch.long, device=self.device).reshape(-1)
-                if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.stop_token):
-                    raise ConfigError(f"speech tokens must lie in [0, {self.stop_token}), got "
-                                      f"[{int(target.min())}, {int(target.max())}].")
-                speech.append(target)
-            P, M = max(len(p) for p in prefixes), max(len(s) for s in speech)
-            x = torch.zeros(B, P + M, self.hidden_size, device=self.device)
-            valid = torch.zeros(B, P + M, dtype=torch.bool, device=self.device)
-            out_targets = torch.full((B, M + 1), -100, dtype=torch.long, device=self.device)
-            for b, (prefix, tokens) in enumerate(zip(prefixes, speech)):
-                x[b, P - len(prefix):P], valid[b, P - len(prefix):P + len(tokens)] = prefix, True
-                x[b, P:P + len(tokens)] = self.llm.speech_embedding(tokens)
-                out_targets[b, :len(tokens)] = tokens
-                out_targets[b, len(tokens)] = self.stop_token
-            causal = torch.ones(P + M, P + M, dtype=torch.bool, device=self.device).tril()
+        x, valid, out_targets, P = self._teacher_forced_inputs(prompts, targets)
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=self.device).tril()
         with self.hooks.phase(Phase.TEACHER_FORCED):
             hidden, _ = self._run(x, causal[None] & valid[:, None, :], None)
-            logits = self.llm.llm_decoder(hidden[:, P - 1:P + M])
+            logits = self.llm.llm_decoder(hidden[:, P - 1:])
         return TeacherForcedOutput(logits.float(), out_targets)
 
     # --------------------------------------------------------------- vocoder

@@ -38,6 +38,7 @@ class CosyVoiceFamily(Backbone):
     sampling_settings: ClassVar[tuple[str, ...]] = ("temperature", "top_k", "top_p", "ras_window", "ras_tau")
 
     llm: Any
+    stop_token: int
     instructions: dict[str, str]
     campplus: Any
     vocode_seed: int | None
@@ -136,6 +137,37 @@ class CosyVoiceFamily(Backbone):
         if temperature not in (0.0, 1.0):
             logits = logits / temperature
         return logits.float().log_softmax(dim=-1)
+
+    # ------------------------------------------------------- teacher forcing
+    def _prefixes(self, prompts: Sequence[Prompt]) -> tuple[list[torch.Tensor], list[int]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _teacher_forced_inputs(self, prompts: Sequence[Prompt], targets: Sequence[torch.Tensor]
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """``[prefix][targets]`` per row, prefixes left-padded to P: inputs (B, P + M, d), the (B, P + M) mask of
+        real positions, the targets (B, M + 1) each row's tokens then stop (-100 after), and P."""
+        self.check_prompts(prompts)
+        if len(prompts) != len(targets):
+            raise ConfigError(f"teacher_forced got {len(prompts)} prompts but {len(targets)} targets.")
+        prefixes, _ = self._prefixes(prompts)
+        speech = []
+        for target in targets:
+            target = torch.as_tensor(target, dtype=torch.long, device=self.device).reshape(-1)
+            if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.stop_token):
+                raise ConfigError(f"speech tokens must lie in [0, {self.stop_token}), got "
+                                  f"[{int(target.min())}, {int(target.max())}].")
+            speech.append(target)
+        B, P, M = len(prompts), max(len(p) for p in prefixes), max(len(s) for s in speech)
+        x = torch.zeros(B, P + M, self.hidden_size, device=self.device)
+        valid = torch.zeros(B, P + M, dtype=torch.bool, device=self.device)
+        out_targets = torch.full((B, M + 1), -100, dtype=torch.long, device=self.device)
+        for b, (prefix, tokens) in enumerate(zip(prefixes, speech)):
+            x[b, P - len(prefix):P], valid[b, P - len(prefix):P + len(tokens)] = prefix, True
+            x[b, P:P + len(tokens)] = self.llm.speech_embedding(tokens)
+            out_targets[b, :len(tokens)] = tokens
+            out_targets[b, len(tokens)] = self.stop_token
+        return x, valid, out_targets, P
 
     # --------------------------------------------------------------- vocoder
     @property

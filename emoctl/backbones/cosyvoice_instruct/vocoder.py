@@ -7,8 +7,10 @@ caller's RNG.
 """
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 import torch
 
 from emoctl.numerics import private_rng
@@ -16,17 +18,27 @@ from emoctl.backbones.cosyvoice_instruct.release import CosyVoiceRelease
 from emoctl.errors import ConfigError
 
 
+def build_flow_and_hift(release: CosyVoiceRelease, device: torch.device) -> tuple[Any, Any]:
+    """The release's flow and HiFT, built from its yaml, loaded strictly from flow.pt and hift.pt, frozen on
+    ``device``.  Python's, NumPy's and torch's generators are left as they were (CosyVoice2's
+    ``CausalConditionalCFM`` reseeds all three when built, to draw its fixed noise)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with private_rng():
+            flow, hift = release.config.build("flow"), release.config.build("hift")
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    release.load_weights(flow, "flow.pt", "flow")
+    release.load_weights(hift, "hift.pt", "HiFT", rename={"generator.": ""})  # hift.pt as released
+    return flow.to(device).eval().requires_grad_(False), hift.to(device).eval().requires_grad_(False)
+
+
 class FlowHiftVocoder:
     """Upstream's flow and HiFT, built from cosyvoice.yaml and loaded strictly from flow.pt and hift.pt."""
 
     def __init__(self, release: CosyVoiceRelease, device: torch.device) -> None:
-        with private_rng():
-            self.flow: Any = release.config.build("flow")
-            self.hift: Any = release.config.build("hift")
-        release.load_weights(self.flow, "flow.pt", "flow")
-        release.load_weights(self.hift, "hift.pt", "HiFT", rename={"generator.": ""})  # hift.pt as released
-        self.flow.to(device).eval().requires_grad_(False)
-        self.hift.to(device).eval().requires_grad_(False)
+        self.flow, self.hift = build_flow_and_hift(release, device)
         self.device = device
 
     @torch.inference_mode()
