@@ -379,23 +379,25 @@ def test_full_size_llm_loads_strictly_decodes_and_matches_upstream(tmp_path):
     assert backbone.generate([prompts[1]], backbone.upstream_sampling, seed=3).tokens[0].tolist() == expected
 
 
-def test_the_emoshift_recipe_trains_through_the_emoctl_command(cosyvoice_release, tmp_path):
-    """recipes/emoshift_cosyvoice.yaml as a user runs it, with the GPU settings swapped for this CPU and the tiny
-    release and an ESD-layout tree as the folders: it trains, exports, and the export names the backbone."""
+@pytest.mark.parametrize("kind, width", [("cosyvoice", 128), ("cosyvoice2", 64)])
+def test_the_emoshift_recipe_trains_through_the_emoctl_command(kind, width, request, tmp_path):
+    """recipes/emoshift_<kind>.yaml as a user runs it, with the GPU settings swapped for this CPU and the tiny
+    release and an ESD-layout tree as the folders: it trains on clips the release's own speech tokenizer encodes,
+    exports, and the export names the backbone."""
     import json
 
     from emoctl_tests.helpers.cli import REPO, run_emoctl
     from emoctl_tests.helpers.esd import write_esd
 
     write_esd(tmp_path / "esd", flat=False, per_emotion=4, emotions=("Neutral", "Angry"), ascii_only=True)
-    release = str(cosyvoice_release)
+    release = str(request.getfixturevalue(f"{kind}_release"))
     result = run_emoctl(
-        "fit", "--config", str(REPO / "recipes" / "emoshift_cosyvoice.yaml"),
+        "fit", "--config", str(REPO / "recipes" / f"emoshift_{kind}.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
         "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
         "--model.init_args.backbone.path", release, "--model.init_args.layer.emotions", "[Neutral, Angry]",
-        "--model.init_args.layer.hidden_size", "128", "--model.init_args.optimizer.warmup_steps", "0",
+        "--model.init_args.layer.hidden_size", str(width), "--model.init_args.optimizer.warmup_steps", "0",
         "--model.init_args.export_dir", str(tmp_path / "layer"),
         "--data.init_args.backbone.path", release, "--data.init_args.corpus_root", str(tmp_path / "esd"),
         "--data.init_args.emotions", "[Neutral, Angry]", "--data.init_args.speakers", "[\"0011\", \"0012\"]",
@@ -403,7 +405,7 @@ def test_the_emoshift_recipe_trains_through_the_emoctl_command(cosyvoice_release
         "--data.init_args.tokenize_workers", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((tmp_path / "layer" / "emosteer.json").read_text())["metadata"]
-    assert meta["backbone_kind"] == "cosyvoice" and meta["backbone_path"] == release
+    assert meta["backbone_kind"] == kind and meta["backbone_path"] == release
     assert meta["training"]["global_step"] == 2 and meta["condition"] == "emotion"
 
 
