@@ -171,6 +171,7 @@ class CosyVoice2Instruct(CosyVoiceFamily):
         rules = ras.RasSettings(settings.top_p, settings.top_k, settings.ras_window, settings.ras_tau)
         histories: list[list[int]] = [[] for _ in range(B)]
         fed_at: list[list[int]] = [[] for _ in range(B)]  # the decode step that fed each kept token
+        ended_at = [0] * B  # the step at which each row stopped or ran out of steps
         finished = [False] * B
         active = [True] * B  # a Python list: reading it per row never waits on the device
         cache = DynamicCache()
@@ -188,13 +189,13 @@ class CosyVoice2Instruct(CosyVoiceFamily):
                 chosen.update(self._draw(logp, histories, may_stop, rules, generators, again, settings.greedy))
             for b, token in chosen.items():
                 if token == stop:
-                    finished[b], active[b] = True, False
+                    finished[b], active[b], ended_at[b] = True, False, step
                     continue
                 if token < stop:  # an id above stop is dropped and the previous input fed again, as upstream
                     histories[b].append(token)
                     fed_at[b].append(step)
                 if step + 1 >= limits[b]:
-                    active[b] = False  # out of steps, like upstream's loop: the last token is never fed
+                    active[b], ended_at[b] = False, step  # out of steps, like upstream's loop
             if not any(active):
                 break
             feed = torch.tensor([h[-1] if h else 0 for h in histories], device=self.device)
@@ -204,10 +205,11 @@ class CosyVoice2Instruct(CosyVoiceFamily):
                 hidden = self._run(self.llm.speech_embedding(feed)[:, None], valid, positions, cache)
                 logp = self._logp(hidden, settings.temperature)
         tokens = [torch.tensor(h, dtype=torch.long) for h in histories]
-        # the decode rows of each kept token that was fed back (all of them when it stopped, else all but the last)
-        decode_rows = [torch.full((len(h) if done else max(len(h) - 1, 0),), b, dtype=torch.long)
-                       for b, (h, done) in enumerate(zip(histories, finished))]
-        decode_steps = [torch.tensor(steps[:len(r)], dtype=torch.long) for steps, r in zip(fed_at, decode_rows)]
+        # each kept token was fed by the decode pass of the step that drew it, unless the row ended at that step
+        # (a token drawn at the last step is never fed, as upstream's loop never feeds it)
+        decode_steps = [torch.tensor([s for s in steps if s < end], dtype=torch.long)
+                        for steps, end in zip(fed_at, ended_at)]
+        decode_rows = [torch.full((len(steps),), b, dtype=torch.long) for b, steps in enumerate(decode_steps)]
         return Generation(tokens=tokens, prefill_lengths=[len(p) for p in prefixes], finished=finished,
                           decode_rows=decode_rows, decode_steps=decode_steps)
 
