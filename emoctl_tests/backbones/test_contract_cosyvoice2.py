@@ -469,9 +469,12 @@ def test_full_size_llm_loads_strictly_decodes_and_matches_upstream(tmp_path):
     speech embedding and head: 505.8 M parameters, the 2.02 GB of the released llm.pt in float32) with random
     weights, through load_backbone; a batch of two equals each prompt alone, and upstream's loop."""
     from emoctl.backbones.cosyvoice2.random_release import RandomReleaseSize, write_random_release
-    from emoctl_tests.conftest import with_reference_clips
+    from emoctl.backbones.indextts2.random_release import write_voice_clip
 
-    root = with_reference_clips(write_random_release(tmp_path / "full", RandomReleaseSize.full()))
+    root = write_random_release(tmp_path / "full", RandomReleaseSize.full())
+    (root.parent / "clips").mkdir()
+    for i, f0 in enumerate((140.0, 220.0)):
+        write_voice_clip(root.parent / "clips" / f"ref{i}.wav", seconds=2.0, f0=f0, seed=i)
     backbone = load_backbone("cosyvoice2", str(root))
     assert sum(p.numel() for p in backbone.llm.parameters()) == 505_803_812  # tied text embedding counted once
     assert backbone.hidden_size == 896 and backbone.num_layers == 24

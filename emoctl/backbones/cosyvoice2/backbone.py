@@ -45,6 +45,7 @@ from emoctl.backbones.cosyvoice_instruct.family import CosyVoiceFamily
 from emoctl.backbones.cosyvoice_instruct.release import digest_files
 from emoctl.backbones.cosyvoice_instruct.speech_models import CampPlus, OnnxSpeechTokenizer
 from emoctl.backbones.cosyvoice_instruct.upstream import require_cosyvoice
+from emoctl.backbones.hf_compat import qwen2_cache_argument
 from emoctl.backbones.hooks import HookManager, Phase
 from emoctl.backbones.sampling import Sampling
 from emoctl.errors import ConfigError
@@ -131,8 +132,6 @@ class CosyVoice2Instruct(CosyVoiceFamily):
     def _run(self, x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """The Qwen2 model over ``x`` (B, T, d) appended to ``cache``: ``valid`` (B, K) marks every real position
         so far (cached and new), ``positions`` (B, T) are the new positions' RoPE indices."""
-        from emoctl.backbones.hf_compat import qwen2_cache_argument
-
         out = self.qwen(inputs_embeds=x, attention_mask=valid, position_ids=positions, use_cache=cache is not None,
                         **({qwen2_cache_argument(): cache} if cache is not None else {}))
         return out.last_hidden_state
