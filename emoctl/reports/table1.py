@@ -25,7 +25,8 @@ sampling seed across methods, so method differences are paired.
 Outputs (:mod:`emoctl.reports.table1_render`): ``table1.md``, ``table1.csv``,
 ``table1_clips.csv``, ``alpha_sweep.csv`` and ``alpha_sweep.png`` in
 ``out_dir``; the same numbers and figure in TensorBoard under
-``<out_dir>/tensorboard``.
+``<out_dir>/tensorboard``. With ``save_audio``, every clip of the table is also kept as FLAC in
+``<out_dir>/clips/``, named in the ``audio`` column of ``table1_clips.csv`` (for ``emoctl listen build``).
 
 :class:`Table1Settings` holds every setting and refuses bad ones before any work; :func:`run_table1` runs
 them; ``emoctl report table1`` (:mod:`emoctl.commands.table1`) takes the settings as flags.
@@ -57,6 +58,9 @@ from emoctl.selection.feature_set import feature_set_path, load_feature_sets
 from emoctl.steering import store_mean_differences
 from emoctl.steering.sae_features import LATENT_ALPHA_RULE, latent_alpha_ok
 from emoctl.store import ActivationStore
+
+CLIPS_DIR = "clips"
+"""The folder of a report's FLAC clips (``save_audio``), under ``out_dir``."""
 
 DEFAULT_SWEEP: dict[str, list[float]] = {"random_sae": [4.0, 8.0], "global": [4.0, 8.0], "sae_emotion": [4.0, 8.0],
                                          "emoshift": [1.0, 2.0, 3.0], "cocoemo": [1.0, 2.0, 3.0]}
@@ -111,6 +115,9 @@ class Table1Settings:
     allow_unverified_features: bool = False
     """Apply feature sets that record no SAE digest (written by other code), which cannot be checked against
     ``sae``; by default they are refused."""
+    save_audio: bool = False
+    """Also write every clip of the table (not of the α sweep) as FLAC into ``out_dir/clips/``, each named in the
+    ``audio`` column of table1_clips.csv (relative to ``out_dir``): the input of ``emoctl listen build``."""
     progress: bool = True
     """Show progress bars."""
 
@@ -205,6 +212,7 @@ def run_table1(settings: Table1Settings) -> list[dict]:
                                   "n_bootstrap": s.n_bootstrap})
     cache = CellCache(s.out_dir, made_with, enabled=s.resume)
     run = {"progress": s.progress, "voice": voice, "cache": cache}
+    audio = {"audio_dir": Path(s.out_dir) / CLIPS_DIR} if s.save_audio else {}
 
     # 1. α sweep on evaluation sentences (SER + WER only).
     sweep_rows = sweep_cells(tts, methods, method_names, emotions, evaluation_sentences, speakers, sweep_alphas,
@@ -214,10 +222,11 @@ def run_table1(settings: Table1Settings) -> list[dict]:
     # 2. The table on test sentences, both directions.
     cells = [Cell(d, e) for d in ("induction", "suppression") for e in emotions]
     rows = run_cells(tts, methods, [m for m in method_names if m != "emoshift"], cells,
-                     test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table", **run)
+                     test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table", **run, **audio)
     if s.emoshift is not None:
         rows += run_cells(tts, methods, ["emoshift"], [c for c in cells if c.direction == "induction"],
-                          test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table", extra, **run)
+                          test_sentences, speakers, alphas, scorers, refs, seed, sampling, "table", extra, **run,
+                          **audio)
     if cache.reused:
         print(f"took {cache.reused} finished blocks of clips from {cache.folder} (an interrupted run of the same "
               f"inputs and settings)")
@@ -242,6 +251,9 @@ def run_table1(settings: Table1Settings) -> list[dict]:
                                          main=main_score) if variants else []
     write_table1(Path(s.out_dir), summary, rows, sweep_rows, info, method_names, made_with, paired, sections)
     cache.clear()
+    if s.save_audio:
+        print(f"clips of the table written as FLAC to {Path(s.out_dir) / CLIPS_DIR}/ (column audio of "
+              "table1_clips.csv)")
     return summary
 
 

@@ -9,13 +9,17 @@ with the highest accuracy whose WER stays within ``max_wer_increase`` of the uns
 """
 from __future__ import annotations
 
+import io
 import math
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import soundfile
 from tqdm.auto import tqdm
 
 from emoctl.backbones.base import Backbone, Prompt
@@ -26,9 +30,13 @@ from emoctl.emotions import NEUTRAL
 from emoctl.evaluation.scoring import MeasuredClips, References, Scorers, measure_clips, score_clips
 from emoctl.evaluation.steered import synthesize_steered
 from emoctl.evaluation.summary import summarize
+from emoctl.io.fsio import atomic_write_bytes
 from emoctl.reports.table1_methods import SteeringMethods, builds_interventions
 from emoctl.steering import steer
-from emoctl.synthesis import SamplingConfig
+from emoctl.synthesis import Clip, SamplingConfig
+
+AUDIO_COLUMN = "audio"
+"""The column of ``table1_clips.csv`` naming a clip's FLAC file, relative to the report folder (``save_audio``)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
               texts: list[str], speakers: list[str], alphas: dict[str, float], scorers: Scorers, refs: References,
               seed: int, sampling: SamplingConfig, tag: str, extra_method: Callable | None = None,
               progress: bool = True, voice: Callable[[str, str], Voice] | None = None,
-              cache: CellCache | None = None) -> list[dict]:
+              cache: CellCache | None = None, audio_dir: Path | None = None) -> list[dict]:
     """Synthesize and score every (cell, method); one row per clip with its method, cell and α.
 
     Cells with no intervention are synthesized and measured once per distinct prompt list: induction
@@ -81,7 +89,11 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
         block = {"tag": tag, "direction": cell.direction, "emotion": cell.emotion, "method": method, "alpha": alpha,
                  "prompts": [(p.text, p.speaker, p.emotion_key, p.utt_id) for p in prompts], "seed": seed,
                  "sampling": sampling, "scorers": scorers.names()}
+        if audio_dir is not None:
+            block["audio"] = True  # rows name their files; blocks kept without audio are not these rows
         kept = cache.get(block) if cache is not None else None
+        if kept is not None and audio_dir is not None and not _audio_present(kept, audio_dir):
+            kept = None  # a kept block whose FLAC files are gone is spoken again, so every row has its audio
         if kept is not None:
             rows += kept
             continue
@@ -101,10 +113,34 @@ def run_cells(backbone: Backbone, methods: SteeringMethods, method_names: Sequen
             measured = replace(measured, clips=[replace(c, prompt=p) for p, c in zip(prompts, measured.clips)])
         block_rows = [{"direction": cell.direction, "emotion": cell.emotion, "method": method, "alpha": alpha, **row}
                       for row in score_clips(measured, [cell.target] * len(prompts), scorers, refs)]
+        if audio_dir is not None:
+            for row, clip in zip(block_rows, measured.clips):
+                row[AUDIO_COLUMN] = write_clip_audio(audio_dir, clip, method)
         if cache is not None:
             cache.put(block, block_rows)
         rows += block_rows
     return rows
+
+
+def clip_audio_name(utt_id: str, method: str) -> str:
+    """The FLAC file name of a clip: its prompt id and method, in characters every file system keeps."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"{utt_id}__{method}") + ".flac"
+
+
+def write_clip_audio(audio_dir: Path, clip: Clip, method: str) -> str:
+    """Write one clip as 16-bit FLAC under ``audio_dir`` (atomically); its path relative to the report folder."""
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    name = clip_audio_name(clip.prompt.utt_id, method)
+    wave = np.clip(np.asarray(clip.wave, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wave, int(clip.sample_rate), format="FLAC", subtype="PCM_16")
+    atomic_write_bytes(audio_dir / name, buffer.getvalue())
+    return f"{audio_dir.name}/{name}"
+
+
+def _audio_present(rows: list[dict], audio_dir: Path) -> bool:
+    """Whether every kept row names a FLAC file that is still in ``audio_dir``."""
+    return all(row.get(AUDIO_COLUMN) and (audio_dir.parent / row[AUDIO_COLUMN]).is_file() for row in rows)
 
 
 def _steer_all(backbone: Backbone, interventions: list, batch: Sequence[Prompt], start: int):

@@ -130,3 +130,33 @@ def test_the_block_key_follows_the_code_not_the_commit(tmp_path, monkeypatch):
     assert CellCache(tmp_path, other_torch).key({"a": 1}) != base
     monkeypatch.setattr(cell_cache, "source_digest", lambda: "edited")
     assert CellCache(tmp_path, record).key({"a": 1}) != base
+
+
+def test_save_audio_writes_each_scored_clip_as_flac_named_in_its_row(setup, tmp_path, monkeypatch):
+    import soundfile
+
+    from emoctl.evaluation.cell_cache import CellCache
+
+    backbone, texts, scorers, refs = setup
+    methods = SteeringMethods(sae=None, feature_sets={}, mean_differences={})
+    cells = [Cell("induction", "Angry"), Cell("induction", "Sad")]
+    sampling = SamplingConfig(batch_size=4, max_new_tokens=300)
+    audio_dir = tmp_path / "clips"
+    rows = run_cells(backbone, methods, ["unsteered"], cells, texts, SPEAKERS, {}, scorers, refs, seed=3,
+                     sampling=sampling, tag="t", progress=False, cache=CellCache(tmp_path, _record()),
+                     audio_dir=audio_dir)
+    assert len({r["audio"] for r in rows}) == len(rows) == 8  # shared unsteered clips: one file per cell's row
+    for row in rows:
+        wave, rate = soundfile.read(tmp_path / row["audio"])
+        assert row["audio"].startswith("clips/") and row["audio"].endswith(".flac")
+        assert len(wave) / rate == pytest.approx(row["duration_s"], abs=1e-6)
+    # Without audio the rows are the same but for the column (so committed reports do not change).
+    plain = run_cells(backbone, methods, ["unsteered"], cells[:1], texts, SPEAKERS, {}, scorers, refs, seed=3,
+                      sampling=sampling, tag="t", progress=False)
+    assert "audio" not in plain[0] and {k: v for k, v in rows[0].items() if k != "audio"} == plain[0]
+    # A kept block whose files were deleted is spoken again, so every row of a resumed report has its audio.
+    (tmp_path / rows[0]["audio"]).unlink()
+    again = run_cells(backbone, methods, ["unsteered"], cells[:1], texts, SPEAKERS, {}, scorers, refs, seed=3,
+                      sampling=sampling, tag="t", progress=False, cache=CellCache(tmp_path, _record()),
+                      audio_dir=audio_dir)
+    assert (tmp_path / again[0]["audio"]).is_file()
