@@ -121,6 +121,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
     "select": {"": Tool("emoctl.commands.select:select_features", "Top-m SAE emotion features by paired Δ-score.")},
     "attribute": {"": Tool("emoctl.commands.attribute:attribute_features",
                            "Acoustic effect (ΔF0, ΔRMS, ...) of steering each selected feature alone.")},
+    "atlas": {"": Tool("emoctl.commands.atlas:atlas",
+                       "A static site to see and hear every SAE latent: stats, top clips, steering audio.")},
     "steer": {
         "emoshift": Tool("emoctl.commands.steer:emoshift_sweep",
                          "EmoShift intensity sweep over α: SER accuracy per emotion, WER, SpkSIM (MD + CSV + PNG)."),
@@ -131,6 +133,13 @@ TOOLS: dict[str, dict[str, Tool]] = {
     },
     "evaluate": {"": Tool("emoctl.commands.evaluate:evaluate",
                           "Score generated clips: WER, SpkSIM, DNSMOS, SER accuracy and Emo-SIM (CSV + Markdown).")},
+    "listen": {
+        "build": Tool("emoctl.commands.listen:listen_build",
+                      "Blind listening-test pages (EMOS/NMOS or A/B) of a Table 1 report kept with its audio."),
+        "score": Tool("emoctl.commands.listen:listen_score",
+                      "Score the pages' ratings CSVs: EMOS, NMOS or preferences per method, paired tests, agreement.",
+                      positional=True),
+    },
 }
 """Tool commands: ``emoctl <group> <name> [--args]``, each a typed function of the commands layer
 (:mod:`emoctl.commands`, one module per group).  Later work adds groups."""
@@ -143,10 +152,12 @@ TOOL_SUMMARIES: dict[str, str] = {
     "store": "Inspect and verify an activation store.",
     "extract": "Write each emotion's mean-difference directions at chosen hookpoints (safetensors + JSON).",
     "select": "Select each emotion's SAE features from paired activations (JSON + PNG + Markdown).",
+    "atlas": "Build the feature atlas: a static site with every latent's statistics, audio and steering.",
     "calibrate": "Map steering strength α to the recognizer's P(target) per method and emotion (JSON + MD + PNG).",
     "attribute": "Steer one feature at a time and report the acoustic shifts (Markdown + CSV + PNG).",
     "steer": "Apply steering: EmoShift sweeps and compound emotions; speak under any schedule (WAV + scores).",
     "evaluate": "Score generated clips against a manifest: WER, SpkSIM, DNSMOS, SER accuracy, Emo-SIM.",
+    "listen": "Blind listening tests by raters: static pages from a Table 1 report's clips, then their scores.",
 }
 
 
@@ -366,6 +377,21 @@ def _attach_negative_numbers(args: list[str]) -> list[str]:
     return out
 
 
+def _list_positionals(function: Callable[..., Any], args: list[str]) -> list[str]:
+    """The leading file names of a shell glob (``emoctl listen score ratings/*.csv --key ...``) as one JSON list,
+    where the function's first parameter is a list: jsonargparse reads a list positional from one argument."""
+    import json
+    import typing
+
+    first = next(iter(typing.get_type_hints(function).items()), (None, None))
+    if first[0] is None or typing.get_origin(first[1]) is not list:
+        return args
+    count = next((i for i, arg in enumerate(args) if arg.startswith("-")), len(args))
+    if count == 0 or (count == 1 and args[0].startswith("[")):
+        return args
+    return [json.dumps(args[:count]), *args[count:]]
+
+
 def _run_tool(group: str, rest: list[str]) -> None:
     tools = TOOLS[group]
     if "" in tools:  # a group that is a single command: `emoctl select --key=value`
@@ -381,6 +407,8 @@ def _run_tool(group: str, rest: list[str]) -> None:
     from jsonargparse import ArgumentParser
 
     function = tools[name].load()
+    if tools[name].positional:
+        rest = _list_positionals(function, rest)
     parser = ArgumentParser(prog=f"emoctl {group} {name}".rstrip(), description=function.__doc__, exit_on_error=False)
     parser.add_argument("-c", "--config", action="config", help="YAML file of arguments (repeatable).")
     parser.add_function_arguments(function, as_group=False, as_positional=tools[name].positional)
