@@ -70,7 +70,9 @@ def test_scores_order_the_methods_as_their_true_means_and_drop_careless_raters(t
     key = _synthetic_key(12, TRUE_EMOS)
     (tmp_path / "key.csv").write_bytes(csv_bytes(key))
     files = _write_panel(tmp_path / "ratings", key, n_raters=12, careless=2)
-    score_listening([str(f) for f in files], str(tmp_path / "key.csv"), str(tmp_path / "out"), n_bootstrap=400)
+    result = parse_emoctl("listen", "score", *map(str, files), "--key", str(tmp_path / "key.csv"), "--out_dir",
+                          str(tmp_path / "out"), "--n_bootstrap", "400")  # a shell glob's file names, then flags
+    assert result.returncode == 0, result.stderr
     table = {r["method"]: r for r in _read_csv(tmp_path / "out" / "listening.csv") if r["scope"] == "method"}
     emos = {m: float(r["emos"]) for m, r in table.items()}
     assert sorted(emos, key=emos.get) == ["unsteered", "global", "sae_emotion"]
@@ -150,6 +152,53 @@ def test_ab_preferences_give_shares_and_a_binomial_test(tmp_path):
     assert (share["method_a"], share["method_b"], float(share["share_a"])) == ("sae_emotion", "unsteered", 1.0)
     [test] = _read_csv(tmp_path / "out" / "listening_paired.csv")
     assert (test["wins_a"], test["wins_b"]) == ("40", "0") and float(test["p"]) < 1e-10
+
+
+def _fake_report(folder: Path, methods: tuple[str, ...] = ("unsteered", "global", "sae_emotion"),
+                 n_prompts: int = 3, audio: bool = True) -> Path:
+    """A Table 1 report folder with 0.3 s tones as its clips (what build reads: table1_clips.csv and clips/)."""
+    import soundfile
+
+    (folder / "clips").mkdir(parents=True)
+    rows = []
+    for p in range(n_prompts):
+        for k, m in enumerate(methods):
+            name = f"clips/t-{p}__{m}.flac"
+            soundfile.write(folder / name, 0.1 * np.sin(np.arange(4800) * (0.05 + 0.01 * k)), 16000)
+            rows.append({"direction": "induction", "emotion": "Sad", "method": m, "alpha": 4.0 if k else 0.0,
+                         "utt_id": f"t-{p}", "text": f"text {p}", "speaker": "0017", "condition": "Neutral",
+                         "target": "Sad", **({"audio": name} if audio else {})})
+    (folder / "table1_clips.csv").write_bytes(csv_bytes(rows))
+    return folder
+
+
+def test_an_ab_site_is_blind_seeded_per_rater_and_pairs_every_two_methods(tmp_path):
+    report = _fake_report(tmp_path / "report")
+    info = build_listening_site(str(report), str(tmp_path / "site"), raters=3, seed=1, mode="ab",
+                                clips_per_method=2, attention_checks=1)
+    key = _read_csv(tmp_path / "site" / "key.csv")
+    clips = [r for r in key if r["kind"] == "clip"]
+    assert len(clips) == 3 * 2 and len(key) == 7 and info["items_per_page"] == 7  # 3 pairs x 2 prompts + 1 check
+    assert {frozenset((r["method_a"], r["method_b"])) for r in clips} == \
+        {frozenset(p) for p in (("unsteered", "global"), ("unsteered", "sae_emotion"), ("global", "sae_emotion"))}
+    [check] = [r for r in key if r["kind"] == "attention"]
+    assert check["expected_preference"] in ("A", "B")
+    orders = []
+    for rater in ("r1", "r2", "r3"):
+        page = (tmp_path / "site" / "site" / f"rater_{rater}.html").read_text()
+        assert info["site_id"] in page and not any(m in page for m in ("unsteered", "global", "sae_emotion"))
+        orders.append([i for i in (r["item_id"] for r in key) if i in page])
+        orders[-1].sort(key=page.index)
+    assert len({tuple(o) for o in orders}) > 1  # each rater hears the items in another order
+    assert sorted((tmp_path / "site" / "site" / "audio").iterdir())[0].name.startswith("a")
+    assert len(list((tmp_path / "site" / "site" / "audio").iterdir())) == 2 * 3  # 2 prompts x 3 methods
+    again = build_listening_site(str(report), str(tmp_path / "site"), raters=3, seed=1, mode="ab",
+                                 clips_per_method=2, attention_checks=1)
+    assert again["site_id"] == info["site_id"]  # same inputs and seed, same site (rebuilt in place)
+    with pytest.raises(ConfigError, match=r"table1_clips.csv names no audio files.*--save_audio true"):
+        build_listening_site(str(_fake_report(tmp_path / "silent", audio=False)), str(tmp_path / "s2"))
+    with pytest.raises(ConfigError, match=r"holds files that are not a listening site"):
+        build_listening_site(str(report), str(report))
 
 
 # ---- the pages in a browser ------------------------------------------------------------------------------------
