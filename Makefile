@@ -26,7 +26,7 @@ FEATURES ?= emoctl/assets/select_mini
 # re-extracts them from `make layers-mini`'s discriminability file.
 DIRECTIONS ?= emoctl/assets/directions_mini
 
-.PHONY: install indextts2 cosyvoice test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice directions-cosyvoice2 readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini reproduce-mixtures
+.PHONY: install indextts2 cosyvoice browser test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice directions-cosyvoice2 readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini reproduce-mixtures
 
 install: $(STAMP)
 
@@ -66,7 +66,18 @@ $(COSYVOICE_STAMP): $(STAMP)
 	@echo "(pip's complaint that modelscope and onnxruntime-gpu are not installed is expected: emoctl leaves them out on purpose)"
 	@touch $@
 
-test: install indextts2 cosyvoice
+# Debian's Chromium and ChromeDriver, which the site tests drive headless through Selenium (Playwright's own
+# browser download cannot work offline); installed once, with sudo when not root.
+BROWSER := /usr/bin/chromedriver
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser: $(BROWSER)
+
+$(BROWSER):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+		|| ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+
+test: install indextts2 cosyvoice browser
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest emoctl_tests -q
 
