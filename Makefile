@@ -26,7 +26,7 @@ FEATURES ?= emoctl/assets/select_mini
 # re-extracts them from `make layers-mini`'s discriminability file.
 DIRECTIONS ?= emoctl/assets/directions_mini
 
-.PHONY: install indextts2 cosyvoice browser test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice directions-cosyvoice2 readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini reproduce-mixtures
+.PHONY: install indextts2 cosyvoice browser test demo demo-synthetic bench bench-gpu gpu-wheels bench-gpu-offline tensorboard reproduce-table1 reproduce-table1-powered reproduce-attribution reproduce-schedules reproduce-schedules-powered reproduce-calibration reproduce-emoshift reproduce-emoshift-cosyvoice directions-cosyvoice2 readme-tables kill-campaign clean corpus store-mini mini-tts ser-mini sae-mini emoshift-mini layers-mini directions-mini reproduce-mixtures atlas-mini listening-site
 
 install: $(STAMP)
 
@@ -96,9 +96,12 @@ kill-campaign: install
 
 demo: $(SELECT)/selection.md
 	$(EMOCTL) inspect emotionality --config recipes/evaluation/inspect_emotionality_mini.yaml
+	$(EMOCTL) atlas --sae $(SAE_RUN)/sae --store $(STORE) --selection $(SELECT) --out_dir runs/atlas_demo \
+	    --top_n 3 --top_per_score 0 --n_random 2 --n_prompts 2 --steer_alphas '[40]'
 	@echo
 	@echo "Demo done. The SAE (SAELens format): $(SAE_RUN)/sae   emotion features: $(SELECT)/selection.md"
 	@echo "Is the backbone emotional: reports/emotionality/summary.md"
+	@echo "See and hear every feature: open runs/atlas_demo/index.html in a browser"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs   (or: make tensorboard)"
 
 # Harvest decode-phase resid_pre.5 from the committed mini TTS (if the store is missing), then fit the SAE.
@@ -193,6 +196,20 @@ reproduce-table1: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/manifest.jso
 	$(EMOCTL) report table1 --config recipes/evaluation/report_table1_mini.yaml \
 	    --sae $(SAE) --store $(STORE) --selection $(FEATURES) --emoshift $(EMOSHIFT_LAYER) \
 	    --directions $(DIRECTIONS) --out_dir reports
+
+# The feature atlas of the committed SAE on the demo's store, with the committed feature sets and Table 1
+# (docs/atlas.md; about 4 min on 2 cores after the store): open runs/atlas_mini/index.html.
+atlas-mini: $(STORE)/manifest.json | install
+	$(EMOCTL) atlas --sae $(SAE) --store $(STORE) --selection $(FEATURES) --table1 reports --out_dir runs/atlas_mini
+
+# A blind listening test of Table 1's clips (docs/commands.md, Listening test): Table 1 again with its audio kept
+# (about 17 min), then one page per rater; give runs/listening/site/ to the raters.
+RATERS ?= 20
+listening-site: $(SAE)/cfg.json $(FEATURES)/selection.md $(STORE)/manifest.json $(EMOSHIFT_LAYER)/emosteer.json
+	$(EMOCTL) report table1 --config recipes/evaluation/report_table1_mini.yaml \
+	    --sae $(SAE) --store $(STORE) --selection $(FEATURES) --emoshift $(EMOSHIFT_LAYER) \
+	    --directions $(DIRECTIONS) --save_audio true --out_dir runs/table1_audio
+	$(EMOCTL) listen build --report runs/table1_audio --raters $(RATERS) --out_dir runs/listening
 
 # CoCoEmo's discriminability per hookpoint on the mini TTS (reports/layers, about 6 min on 2 cores), and its
 # mean-difference directions at the three most discriminable attention outputs (about 3 min).

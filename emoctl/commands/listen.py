@@ -3,15 +3,15 @@
 ``listen build`` writes a static site (one page per rater, methods hidden, audio copied in, working from
 ``file://`` offline) and the key that unblinds it; ``listen score`` checks the ratings files the pages download
 against that key and reports EMOS / NMOS or A/B preferences per method (:mod:`emoctl.reports.listening`,
-:mod:`emoctl.reports.listening_score`).
+:mod:`emoctl.reports.listening.score`).
 """
 from __future__ import annotations
 
 from typing import Literal
 
 from emoctl.errors import ConfigError
-from emoctl.reports.listening import build_listening_site
-from emoctl.reports.listening_score import score_listening
+from emoctl.reports.listening.build import build_listening_site
+from emoctl.reports.listening.score import score_listening
 
 
 def listen_build(report: str, out_dir: str = "reports/listening", raters: int = 20, seed: int = 0,

@@ -4,7 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
+
 from emoctl.backbones.base import Prompt
+from emoctl.backbones.conditions import VoiceClip
 from emoctl.store.spec import UtteranceMeta
 
 
@@ -21,12 +24,15 @@ class GridPrompt(Prompt):
     """The corpus emotion the store files the utterance under (empty: the condition's key). A backbone asked by
     vector or instruction still stores ESD's name, so selection pairs emotions the same way on every backbone."""
 
-    def meta(self) -> UtteranceMeta:
+    def meta(self, speech_tokens: torch.Tensor | None = None) -> UtteranceMeta:
+        """The store's record of this prompt; with the tokens it generated, enough to speak it again."""
         if not self.utt_id:
             raise ValueError("a GridPrompt needs an utt_id to be stored")
         return UtteranceMeta(utt_id=self.utt_id, text_id=self.text_id, speaker=self.speaker,
                              emotion=self.label or self.emotion_key, condition=self.condition,
-                             pair_key=self.pair_key)
+                             pair_key=self.pair_key, text=self.text,
+                             voice_clip=self.voice.path if isinstance(self.voice, VoiceClip) else "",
+                             speech_tokens=None if speech_tokens is None else tuple(speech_tokens.tolist()))
 
 
 class PromptBatch(NamedTuple):

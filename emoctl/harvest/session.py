@@ -69,14 +69,15 @@ class HarvestSession:
     def write(self, prompts: list[GridPrompt], generation: Generation) -> int:
         """Store each utterance of a generated batch not committed yet; returns how many were written."""
         n = 0
-        for prompt, rows, finished in zip(prompts, self.recorder.rows(generation), generation.finished):
+        for prompt, rows, finished, tokens in zip(prompts, self.recorder.rows(generation), generation.finished,
+                                                  generation.tokens):
             if prompt.utt_id in self.committed:
                 continue  # a partly committed batch, generated again for its missing utterances
             if rows.shape[0] == 0:
                 self.empty += 1  # stopped at once: nothing to store
                 continue
             self.truncated += not finished
-            self.writer.append(prompt.meta(), rows)
+            self.writer.append(prompt.meta(tokens.cpu()), rows)
             n += 1
             self.rows += rows.shape[0]
         self.written += n

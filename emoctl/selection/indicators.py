@@ -16,6 +16,7 @@ latents: 0.57 GB together), so they are collected only when asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -109,9 +110,13 @@ def check_sae_matches_store(sae: TopKSAE, store: ActivationStore, sae_path: str 
 
 @torch.no_grad()
 def collect_indicators(store: ActivationStore, sae: TopKSAE, chunk_rows: int = 4096,
-                       device: str | torch.device = "cpu", progress: bool = True, per_step: bool = False
+                       device: str | torch.device = "cpu", progress: bool = True, per_step: bool = False,
+                       visit: Callable[[np.ndarray, torch.Tensor, torch.Tensor], None] | None = None
                        ) -> FiringIndicators:
     """Stream every row of ``store`` through ``sae`` in chunks of ``chunk_rows`` rows.
+
+    ``visit(utterance_of_row, values, indices)``, when given, sees each chunk's Top-k code ((n,) utterance
+    indices, (n, k) values and latent ids), so other statistics ride on the same single pass.
 
     Memory: the packed indicator matrix, one chunk of rows and its (chunk_rows, d_sae)
     pre-activations inside ``sae.encode``; with ``per_step`` also the per-utterance counts and sums.
@@ -151,6 +156,8 @@ def collect_indicators(store: ActivationStore, sae: TopKSAE, chunk_rows: int = 4
         lo, hi = int(utt[0]), int(utt[-1])
         vals, idx = sae.encode(chunk.to(device=device, dtype=dtype))  # (n, k) each
         fired = vals > 0  # (n, k): in the top-k with a positive value
+        if visit is not None:
+            visit(utt, vals, idx)
         local = torch.from_numpy(utt - lo).to(device)  # (n,)
         scratch = torch.zeros(hi - lo + 1, d_sae, dtype=torch.bool, device=device)  # utterances of this chunk
         scratch[local[:, None].expand(n, k)[fired], idx[fired]] = True

@@ -29,10 +29,10 @@ from emoctl.selection.stats import (benjamini_hochberg, bootstrap_delta_ci, delt
 
 SCORES = ("any_step", "rate", "mass")
 TESTS = {"any_step": "exact McNemar", "rate": "Wilcoxon signed-rank", "mass": "Wilcoxon signed-rank"}
-__all__ = ["SCORES", "TESTS", "safe_name", "select_one"]
+__all__ = ["SCORES", "TESTS", "held_out_split", "paired_differences", "rank_latents", "safe_name", "select_one"]
 
 
-def _differences(ind: FiringIndicators, pairs: EmotionPairs, score: str, emo_bits: np.ndarray,
+def paired_differences(ind: FiringIndicators, pairs: EmotionPairs, score: str, emo_bits: np.ndarray,
                  neu_bits: np.ndarray) -> np.ndarray:
     """(n_pairs, d_sae) emotional minus neutral values of ``score`` (int8 for any_step, from the pairs' already
     unpacked indicators; float32 otherwise)."""
@@ -41,7 +41,7 @@ def _differences(ind: FiringIndicators, pairs: EmotionPairs, score: str, emo_bit
     return ind.per_step(pairs.emotional, score) - ind.per_step(pairs.neutral_twin, score)
 
 
-def _ranked(diff: np.ndarray, score: str, m: int, alpha: float | None, correction: str
+def rank_latents(diff: np.ndarray, score: str, m: int, alpha: float | None, correction: str
             ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
     """The top-m latents of paired differences by Δ (Δ > 0, q < alpha when set), with Δ, p and q of all."""
     delta = diff.mean(axis=0, dtype=np.float64)
@@ -60,19 +60,31 @@ def _ranked(diff: np.ndarray, score: str, m: int, alpha: float | None, correctio
 def _held_out(ind: FiringIndicators, pairs: EmotionPairs, diff: np.ndarray, score: str, m: int,
               alpha: float | None, correction: str, seed: int) -> dict:
     """Select on the pairs of a seeded half of the texts, measure Δ on the other half."""
-    texts = (ind.text_id if ind.text_id is not None else ind.pair_key)[pairs.emotional].astype(str)
-    unique = np.unique(texts)
-    if unique.size < 2:
-        return {"note": f"only {unique.size} text: no held-out half."}
-    order = np.random.default_rng(seed).permutation(unique.size)
-    select_texts = set(unique[order[:unique.size // 2]])
-    mask = np.isin(texts, list(select_texts))
-    chosen, delta_a, _, _ = _ranked(diff[mask], score, m, alpha, correction)
+    mask = held_out_split(ind, pairs, seed)
+    if mask is None:
+        return {"note": "only 1 text: no held-out half."}
+    chosen, delta_a, _, _ = rank_latents(diff[mask], score, m, alpha, correction)
     delta_b = diff[~mask][:, chosen].mean(axis=0, dtype=np.float64) if chosen else np.empty(0)
-    return {"seed": seed, "texts_select": int(len(select_texts)), "texts_held_out": int(unique.size - len(select_texts)),
+    texts = np.unique(_pair_texts(ind, pairs)[mask]).size, np.unique(_pair_texts(ind, pairs)[~mask]).size
+    return {"seed": seed, "texts_select": int(texts[0]), "texts_held_out": int(texts[1]),
             "pairs_select": int(mask.sum()), "pairs_held_out": int((~mask).sum()),
             "features": [{"id": i, "delta_select": float(delta_a[i]), "delta_held_out": float(d)}
                          for i, d in zip(chosen, delta_b)]}
+
+
+def _pair_texts(ind: FiringIndicators, pairs: EmotionPairs) -> np.ndarray:
+    return (ind.text_id if ind.text_id is not None else ind.pair_key)[pairs.emotional].astype(str)
+
+
+def held_out_split(ind: FiringIndicators, pairs: EmotionPairs, seed: int) -> np.ndarray | None:
+    """(n_pairs,) bool: True for the pairs of a seeded half of the texts (where latents are selected), False for
+    the held-out half (where their Δ is measured); None when there is a single text."""
+    texts = _pair_texts(ind, pairs)
+    unique = np.unique(texts)
+    if unique.size < 2:
+        return None
+    order = np.random.default_rng(seed).permutation(unique.size)
+    return np.isin(texts, unique[order[:unique.size // 2]])
 
 
 def select_one(ind: FiringIndicators, pairs: EmotionPairs, m: int, alpha: float | None, correction: str,
@@ -80,8 +92,8 @@ def select_one(ind: FiringIndicators, pairs: EmotionPairs, m: int, alpha: float 
                 n_stability: int = 200) -> tuple[FeatureSet, np.ndarray]:
     emo_bits, neu_bits = ind.dense(pairs.emotional), ind.dense(pairs.neutral_twin)  # (n_pairs, d_sae) each
     counts = delta_scores(emo_bits, neu_bits)
-    diff = _differences(ind, pairs, score, emo_bits, neu_bits)
-    chosen, delta, p, q = _ranked(diff, score, m, alpha, correction)
+    diff = paired_differences(ind, pairs, score, emo_bits, neu_bits)
+    chosen, delta, p, q = rank_latents(diff, score, m, alpha, correction)
     if chosen:
         low, high = bootstrap_delta_ci(diff[:, chosen], n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
         stability = top_m_stability(diff, chosen, m, n_bootstrap=n_stability, seed=seed)

@@ -25,7 +25,7 @@ from emoctl.numerics import all_finite
 from emoctl.store.moments import RunningMoments
 from emoctl.store.npy_stream import crc32_of_rows
 from emoctl.store.spec import StoreSpec, rows_to_torch, torch_to_bits
-from emoctl.store.utterance_table import STORE_TABLE_SCHEMA, store_table
+from emoctl.store.utterance_table import STORE_TABLE_SCHEMA, speech_table, store_table
 
 
 class ActivationStore:
@@ -182,6 +182,25 @@ class ActivationStore:
                 out_bits[order[a:b]] = np.take(source, local, axis=0, mode="clip")
         self._refuse_non_finite(out, idx)
         return out
+
+    def speech(self, purpose: str = "this step") -> pa.Table:
+        """utt_id, text, voice_clip and speech_tokens of every utterance, in row order.
+
+        A store whose harvest did not record speech tokens (written before harvests kept them, or by a
+        producer that generates none) is refused, naming the command that writes a store with them."""
+        table = speech_table(self.path, self.shards)
+        missing = table["speech_tokens"].null_count
+        if missing:
+            first = table["utt_id"][table["speech_tokens"].is_null().to_pylist().index(True)].as_py()
+            raise StoreError(
+                f"{purpose} speaks stored utterances again, but {missing} of the {table.num_rows} utterances in "
+                f"the store at {self.path} (first {first!r}) carry no speech tokens: the store was written before "
+                "harvests recorded them, or by a producer that generates no speech. Harvest it again into a new "
+                "folder, which records the tokens beside the rows (for the demo's store: `rm -r "
+                "runs/stores/mini_tts_train_resid_pre5 && make store-mini`; in general `emoctl validate --config "
+                "<your SAE recipe> --trainer.limit_val_batches=1` with the harvester's path set to a new folder)."
+            )
+        return table
 
     def segment(self, utt_id: str) -> torch.Tensor:
         """All rows of one utterance, (T, d), in decoding order."""

@@ -67,6 +67,10 @@ class StoreSpec:
 
 
 UTTERANCE_LABELS: tuple[str, ...] = ("utt_id", "text_id", "speaker", "emotion", "condition", "pair_key")
+SPEECH_COLUMNS: tuple[str, ...] = ("text", "voice_clip", "speech_tokens")
+"""What a backbone needs to speak a stored utterance again: its text, the reference clip that voiced it (empty
+for a voice known by name) and the speech tokens it generated. Harvests write them; a store without them still
+reads, and :meth:`ActivationStore.speech` names the command that writes a store with them."""
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,15 @@ class UtteranceMeta:
     """How it was produced (e.g. ``prompt=Angry`` or ``steer=sae:+40``)."""
     pair_key: str = ""
     """Same text and speaker across emotions; empty means ``speaker|text_id``."""
+    text: str = ""
+    """The words spoken (empty where the producer has none, as in a synthetic store)."""
+    voice_clip: str = ""
+    """The reference clip that voiced it, for a backbone that clones voices; empty for a voice known by name."""
+    speech_tokens: tuple[int, ...] | None = None
+    """The speech tokens generated for it (stop removed), so its audio can be made again; None: not recorded."""
 
     def __post_init__(self) -> None:
-        for name in UTTERANCE_LABELS:
+        for name in UTTERANCE_LABELS + ("text", "voice_clip"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ConfigError(f"UtteranceMeta.{name} must be a string, got {value!r}.")
@@ -92,6 +102,8 @@ class UtteranceMeta:
             raise ConfigError("UtteranceMeta.utt_id is empty; give every utterance a unique id.")
         if not self.pair_key:
             object.__setattr__(self, "pair_key", f"{self.speaker}|{self.text_id}")
+        if self.speech_tokens is not None:
+            object.__setattr__(self, "speech_tokens", tuple(int(t) for t in self.speech_tokens))
 
 
 def rows_to_torch(bits: np.ndarray, dtype: str) -> torch.Tensor:

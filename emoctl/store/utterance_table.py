@@ -18,11 +18,15 @@ import pyarrow.parquet as pq
 
 from emoctl.errors import StoreError
 from emoctl.store.manifest import ShardRecord
-from emoctl.store.spec import UTTERANCE_LABELS, UtteranceMeta
+from emoctl.store.spec import SPEECH_COLUMNS, UTTERANCE_LABELS, UtteranceMeta
 
 SHARD_TABLE_SCHEMA = pa.schema(
     [(name, pa.string()) for name in UTTERANCE_LABELS] + [("row_in_shard", pa.int64()), ("num_rows", pa.int64())]
+    + [("text", pa.string()), ("voice_clip", pa.string()), ("speech_tokens", pa.list_(pa.int32()))]
 )
+"""A shard's table; shards written before the speech columns existed lack the last three, and still read."""
+SPEECH_SCHEMA = pa.schema([("utt_id", pa.string()), ("text", pa.string()), ("voice_clip", pa.string()),
+                           ("speech_tokens", pa.list_(pa.int32()))])
 STORE_TABLE_SCHEMA = pa.schema(
     [(name, pa.string()) for name in UTTERANCE_LABELS]
     + [("first_row", pa.int64()), ("num_rows", pa.int64()), ("shard", pa.string())]
@@ -37,8 +41,24 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
 
 def shard_table(metas: list[UtteranceMeta], row_in_shard: list[int], num_rows: list[int]) -> pa.Table:
     """The utterance table of one shard, from its utterances in row order."""
-    columns = {name: [getattr(m, name) for m in metas] for name in UTTERANCE_LABELS}
+    columns = {name: [getattr(m, name) for m in metas] for name in UTTERANCE_LABELS + SPEECH_COLUMNS}
+    columns["speech_tokens"] = [None if m.speech_tokens is None else list(m.speech_tokens) for m in metas]
     return pa.table({**columns, "row_in_shard": row_in_shard, "num_rows": num_rows}, schema=SHARD_TABLE_SCHEMA)
+
+
+def speech_table(root: Path, shards: list[ShardRecord]) -> pa.Table:
+    """utt_id, text, voice_clip and speech_tokens of every utterance, in row order; null where a shard was
+    written without them."""
+    parts = []
+    for shard in shards:
+        local = read_shard_table(root, shard)
+        n = local.num_rows
+        parts.append(pa.table({
+            "utt_id": local["utt_id"],
+            **{name: (local[name] if name in local.column_names else pa.nulls(n, SPEECH_SCHEMA.field(name).type))
+               for name in SPEECH_COLUMNS},
+        }, schema=SPEECH_SCHEMA))
+    return (pa.concat_tables(parts) if parts else SPEECH_SCHEMA.empty_table()).combine_chunks()
 
 
 def read_shard_table(root: Path, shard: ShardRecord, columns: list[str] | None = None) -> pa.Table:

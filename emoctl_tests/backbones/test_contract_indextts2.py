@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import soundfile as sf
 import torch
 
 from emoctl.backbones import Phase, Prompt
@@ -293,6 +294,21 @@ def test_harvest_fit_select_and_steer_on_indextts2(indextts2_release, corpus_roo
                               temperature=0.8, top_k=30, max_new_tokens=12, n_bootstrap=20, progress=False)
     assert len(rows) >= 1 and rows[0]["feature"] == sets["Angry"].feature_ids[0]
     assert (tmp_path / "attr" / "attribution.md").is_file()
+
+    # and a small atlas of it: stored utterances spoken again through IndexTTS2's vocoder chain from their
+    # reference clips, a latent steered alone, the site's links and media in place
+    from emoctl.reports.atlas import AtlasSettings, build_atlas
+
+    summary = build_atlas(AtlasSettings(
+        sae=str(sae_dir), store=str(store), out_dir=str(tmp_path / "atlas"), backbone=spec,
+        corpus_root=str(corpus_root), scores=["any_step"], m=1, top_n=1, top_per_score=0, n_random=0,
+        steer_alphas=[50.0], emotion_alphas=[], n_prompts=2, temperature=0.8, top_k=30, max_new_tokens=12,
+        n_bootstrap=20, progress=False))
+    site = tmp_path / "atlas"
+    assert summary.latents == 256 and 1 <= summary.latent_pages <= 4 and (site / "index.html").is_file()
+    clips = sorted(site.rglob("*.ogg"))
+    assert len(clips) >= summary.latent_pages * 3 and all(sf.info(str(c)).duration > 0 for c in clips)
+    assert list((site / "latents").glob("*/top0_*.png"))
 
     # and speaking under segments (two emotions' features composed, complementary schedules) through the contract
     from emoctl.evaluation.protocol import EvaluationProtocol

@@ -70,3 +70,20 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def screenshot(page: Path, out: Path, width: int = 1400, height: int = 1100) -> None:
+    """A PNG of ``page`` as headless Chromium draws it (the docs' screenshots of the sites)."""
+    with chromium(width=width, height=height) as driver:
+        driver.get(Path(page).resolve().as_uri())
+        time.sleep(1.0)  # scripts draw the table; images decode
+        errors = console_errors(driver)
+        if errors:
+            raise RuntimeError(f"{page} logged console errors: {errors}")
+        driver.save_screenshot(str(out))
+
+
+if __name__ == "__main__":  # python -m emoctl_tests.helpers.browser PAGE.html OUT.png [HEIGHT]
+    import sys
+
+    screenshot(Path(sys.argv[1]), Path(sys.argv[2]), height=int(sys.argv[3]) if len(sys.argv) > 3 else 1100)

@@ -14,9 +14,9 @@ import pytest
 
 from emoctl.errors import ConfigError
 from emoctl.evaluation.summary import csv_bytes
-from emoctl.reports.listening import build_listening_site
-from emoctl.reports.listening_score import score_listening
-from emoctl.reports.listening_stats import krippendorff_alpha, two_way_bootstrap
+from emoctl.reports.listening.build import build_listening_site
+from emoctl.reports.listening.score import score_listening
+from emoctl.reports.listening.stats import krippendorff_alpha, two_way_bootstrap
 from emoctl_tests.helpers.browser import chromium, console_errors, wait_for
 from emoctl_tests.helpers.cli import REPO, parse_emoctl
 

@@ -6,7 +6,7 @@ turns a Table 1 report kept with its audio (``emoctl report table1 --save_audio 
 
 * ``site/``: ``index.html`` and one ``rater_<id>.html`` per rater, the clips copied into ``site/audio/`` under
   opaque ids; each page holds the same items in its own seeded order, names no method, and works from
-  ``file://`` offline (:mod:`emoctl.reports.listening_page`). This folder is what the raters get.
+  ``file://`` offline (:mod:`emoctl.reports.listening.pages`). This folder is what the raters get.
 * ``key.csv`` beside it (not linked from any page): item id -> method, cell, prompt and audio file, and the
   answer each attention check asks for; ``listening_site.json``: the settings and provenance.
 
@@ -32,7 +32,7 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.summary import csv_bytes
 from emoctl.io.fsio import atomic_folder, check_output_dir
 from emoctl.io.provenance import collect, write_report_info
-from emoctl.reports.listening_page import index_page, rater_page
+from emoctl.reports.listening.pages import index_page, rater_page
 from emoctl.reports.table1_cells import AUDIO_COLUMN
 
 SITE_INFO = "listening_site.json"

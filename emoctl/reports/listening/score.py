@@ -30,8 +30,8 @@ from emoctl.errors import ConfigError
 from emoctl.evaluation.summary import csv_bytes
 from emoctl.io.fsio import atomic_write_bytes, check_output_dir, save_figure_atomically
 from emoctl.io.provenance import collect, stamp, write_report_info
-from emoctl.reports.listening import AB_SCALES, MOS_SCALES, PROMPT_FIELDS
-from emoctl.reports.listening_stats import binomial_p, krippendorff_alpha, two_way_bootstrap, wilcoxon_paired
+from emoctl.reports.listening.build import AB_SCALES, MOS_SCALES, PROMPT_FIELDS
+from emoctl.reports.listening.stats import binomial_p, krippendorff_alpha, two_way_bootstrap, wilcoxon_paired
 from emoctl.reports.table1_methods import method_label
 from emoctl.selection.stats import benjamini_hochberg
 
