@@ -635,6 +635,9 @@ case("2", "store path is an empty folder: store verify", VERIFY, ("no activation
      setup=empty_dir)
 case("2", "intact store: store verify", ("store", "verify", "--path", "{store}", "--progress", "false"),
      ("intact", "every CRC-32 matches"), ok=True)
+case("2", "a store without speech tokens (synthetic, or harvested before harvests kept them): atlas",
+     ("atlas", "--sae", "{sae}", "--store", "{store}", "--out_dir", "{tmp}/atlas", "--progress", "false"),
+     ("{store}", "carry no speech tokens", "make store-mini"), check=lambda d, v: assert_absent(d / "atlas"))
 
 
 # --------------------------------------------------------- class 3: errors raised while classes are built
@@ -1178,6 +1181,9 @@ for what, args, needles in [
          setup=directions_files, needs=("corpus_root",) if args[0] == "report" else ())
 
 
+case("7", "atlas with a zero α and one steering prompt (checked before any file is read)",
+     ("atlas", "--sae", "{sae}", "--store", "{store}", "--out_dir", "{tmp}/atlas", "--n_prompts", "1",
+      "--steer_alphas", "[0, 40]"), ("n_prompts=1", "steer_alphas=[0.0, 40.0]", "non-zero"))
 case("7", "report table1 --max_wer_increase -1 (checked before the corpus is read)",
      ("report", "table1", "--sae", "{sae_mini}", "--store", "{store}", "--selection", "{select_mini}",
       "--out_dir", "{tmp}/t", "--corpus_root", "{tmp}/no_corpus", "--max_wer_increase", "-1"),

@@ -199,6 +199,17 @@ def test_an_ab_site_is_blind_seeded_per_rater_and_pairs_every_two_methods(tmp_pa
         build_listening_site(str(_fake_report(tmp_path / "silent", audio=False)), str(tmp_path / "s2"))
     with pytest.raises(ConfigError, match=r"holds files that are not a listening site"):
         build_listening_site(str(report), str(report))
+    # a clips file naming a file outside its report is refused: the site would copy it to the raters
+    (tmp_path / "secret.flac").write_bytes(b"a file of the user's, outside the report")
+    clips_csv = report / "table1_clips.csv"
+    rows = clips_csv.read_text().splitlines()
+    first = rows[1].split(",")
+    audio_at = rows[0].split(",").index("audio")
+    first[audio_at] = "../secret.flac"
+    clips_csv.write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
+    with pytest.raises(ConfigError, match=r"line 2 names the audio file '../secret.flac', which lies outside"):
+        build_listening_site(str(report), str(tmp_path / "s3"))
+    assert not (tmp_path / "s3").exists()
 
 
 # ---- the pages in a browser ------------------------------------------------------------------------------------

@@ -164,8 +164,13 @@ def read_report_clips(report_dir: Path) -> list[ClipRef]:
     if missing:
         raise ConfigError(f"{path} has no rows or lacks the columns {missing}; it is not a Table 1 clips file. Point "
                           "--report at the out_dir of `emoctl report table1 --save_audio true`.")
+    inside = report_dir.resolve()
     for line, row in enumerate(rows, start=2):
         audio = report_dir / row[AUDIO_COLUMN]
+        if row[AUDIO_COLUMN] and not audio.resolve().is_relative_to(inside):
+            raise ConfigError(f"{path} line {line} names the audio file {row[AUDIO_COLUMN]!r}, which lies outside "
+                              f"{report_dir}; a report's clips are inside its folder, so the file was edited. The "
+                              "site copies the files it names, so nothing outside the report is taken: restore it.")
         if not row[AUDIO_COLUMN] or not audio.is_file():
             raise ConfigError(f"{path} line {line} names the audio file {row[AUDIO_COLUMN]!r}, which is not in "
                               f"{report_dir}; the clips folder was moved or pruned. Copy it back or rerun the "
