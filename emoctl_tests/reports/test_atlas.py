@@ -188,9 +188,16 @@ def test_a_rebuild_keeps_every_medium_and_rewrites_nothing_else(atlas_site, mini
     again = build_atlas(_settings(mini_store, copy, selection))
     assert again.kept >= len(media) and again.clips == first.clips
     assert {p: (copy / p).read_bytes() for p in media} == media
-    # another α grid changes the steering media of every page, and only those
+    # another α grid redoes the steering media of every page, and only those; the old grid's files are pruned
     other = build_atlas(_settings(mini_store, copy, selection, steer_alphas=[20.0]))
-    assert other.kept < again.kept and list(copy.rglob("ap20_p0.ogg"))
+    assert other.kept < again.kept and list(copy.rglob("ap20_p0.ogg")) and not list(copy.rglob("ap40_p0.ogg"))
+    figures = {p: b for p, b in media.items() if p.suffix == ".png"}
+    assert figures and {p: (copy / p).read_bytes() for p in figures} == figures
+    # a latent that loses its page loses its media
+    fewer = build_atlas(_settings(mini_store, copy, None, n_random=0, m=1, steer_alphas=[20.0]))
+    assert fewer.latent_pages < other.latent_pages
+    assert len(list((copy / "latents").glob("*.html"))) == fewer.latent_pages
+    assert len(list((copy / "latents").glob("*/"))) == fewer.latent_pages
 
 
 def test_the_site_works_in_a_browser(atlas_site):

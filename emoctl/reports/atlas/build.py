@@ -158,18 +158,20 @@ class _State:
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
                 self.entries = {}  # a damaged state only costs a rebuild of every medium
         self.kept = 0
-        self._made: set[str] = set()
+        self.made: set[str] = set()
+        """Files this build wrote or kept; anything else under the media folders is pruned at the end."""
         self._dirty = 0
 
     def fresh(self, rel: str, key: str) -> bool:
         ok = self.entries.get(rel) == key and (self.path.parent / rel).is_file()
-        self.kept += ok and rel not in self._made
-        self._made.add(rel) if ok else None
+        if ok:
+            self.kept += rel not in self.made
+            self.made.add(rel)
         return ok
 
     def done(self, rel: str, key: str) -> None:
         self.entries[rel] = key
-        self._made.add(rel)
+        self.made.add(rel)
         self._dirty += 1
         if self._dirty >= 20:
             self.save()
@@ -329,7 +331,12 @@ class _Builder:
                               stores={"store": self.store}, corpus=s.corpus_root,
                               seeds={"sampling": s.seed, "bootstrap": s.seed, "sample": s.seed},
                               protocol=self.protocol())
-        self.base_key = _key(self.record["inputs"], self.protocol(), __version__)
+        # What the media depend on: the models, the store and the sampling; not the selection or the Table 1
+        # report, which change only which pages exist and what their HTML says.
+        inputs = {k: v for k, v in self.record["inputs"].items() if k in ("backbone", "sae", "store", "corpus")}
+        sampling = {k: getattr(s, k) for k in ("n_prompts", "prompt_emotion", "seed", "temperature", "top_k",
+                                               "max_new_tokens", "n_bootstrap")}
+        self.base_key = _key(inputs, sampling, __version__)
         self.footer = pages.e(provenance_line(self.record, INFO_NAME)).replace("`", "")
 
     def protocol(self) -> dict[str, Any]:
@@ -395,6 +402,7 @@ class _Builder:
         for emotion in tqdm(self.emotions, desc="atlas: emotion pages", unit="page", disable=not s.progress):
             self.emotion_page(emotion)
         self.emotions_page()
+        self._prune()
         self.projector()
         self.index_page()
         self.state.save()
@@ -406,6 +414,23 @@ class _Builder:
                                                  "latent_pages": page_latents, "estimate_mb": self.estimate_mb},
                           self.record, [self.out / "index.html"])
         return summary
+
+    def _write_page(self, rel: str, text: str) -> None:
+        atomic_write_bytes(self.out / rel, text.encode())
+        self.state.made.add(rel)
+
+    def _prune(self) -> None:
+        """Delete the media and pages of an earlier build that this one no longer links (a latent that lost its
+        page, a smaller top_n, another α grid), so the site holds, and its size counts, only what it shows."""
+        for folder in ("latents", "emotions", "audio", "steer"):
+            for path in sorted((self.out / folder).rglob("*")):
+                rel = path.relative_to(self.out).as_posix()
+                if path.is_file() and rel not in self.state.made:
+                    path.unlink()
+                    self.state.entries.pop(rel, None)
+            for path in sorted((self.out / folder).rglob("*"), reverse=True):
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
 
     def _audio(self, rel: str, key: str, clip: Any) -> str:
         self.clips += 1
@@ -421,7 +446,7 @@ class _Builder:
         rel = f"{rel_dir}/steer.json"
         audio = [(f"{rel_dir}/a{_alpha_name(a)}_p{j}{media.AUDIO_SUFFIX}", _key(key, a, j))
                  for a in alphas for j in range(len(self.prompts))]
-        if self.state.fresh(rel, key) and all([self.state.fresh(f, k) for f, k in audio]):
+        if self.state.fresh(rel, key) and all([self.state.fresh(f, k) for f, k in audio]):  # all checked: kept
             self.clips += len(audio)
             return json.loads((self.out / rel).read_text())["alphas"]
         results = []
@@ -504,7 +529,7 @@ class _Builder:
                          f'{pages.audio("../" + audio_rel)}</div></div>')
         if not self.scanner.top(latent):
             parts.append("<p>It fires in no utterance of the store.</p>")
-        results = self._steering(rel_dir, _key(self.base_key, "steer", latent),
+        results = self._steering(rel_dir, _key(self.base_key, "steer", latent, s.steer_alphas),
                                  lambda a: SAEFeatureSteering(self.sae, [latent], a), s.steer_alphas)
         parts += [f"<h2>Steered alone</h2><p class='muted'>{len(self.prompts)} {pages.e(s.prompt_emotion)} prompts "
                   f"(speaker {pages.e(self.prompt_speaker)}), this latent alone set to its value + α at every decode "
@@ -517,8 +542,7 @@ class _Builder:
                   pages.table(["latent", "cosine", "top emotion", "feature sets"],
                               [[self._link(int(i), "../"), f"{cos[i]:.3f}", pages.e(t.columns["top_emotion"][i]),
                                 pages.e(", ".join(self.sets_of(int(i))) or "–")] for i in near], raw=True)]
-        atomic_write_bytes(self.out / f"latents/{latent}.html",
-                           pages.page(f"Latent #{latent}", "".join(parts), self.footer, "../").encode())
+        self._write_page(f"latents/{latent}.html", pages.page(f"Latent #{latent}", "".join(parts), self.footer, "../"))
 
     def _link(self, latent: int, root: str) -> str:
         if latent in self.page_latents:
@@ -554,7 +578,8 @@ class _Builder:
                                                         or "–"] for name, ids in sets], raw=True))
         if steered_ids and s.emotion_alphas:
             mode = "sae" if len(steered_ids) <= self.sae.cfg.k else "closed_form"
-            results = self._steering(rel_dir, _key(self.base_key, "emotion", emotion, steered_ids),
+            results = self._steering(rel_dir, _key(self.base_key, "emotion", emotion, steered_ids, s.emotion_alphas,
+                                                    mode),
                                      lambda a: SAEFeatureSteering(self.sae, steered_ids, a, mode=mode),
                                      s.emotion_alphas)
             parts += [f"<h2>The set steered together</h2><p class='muted'>{source}: latents "
@@ -568,8 +593,7 @@ class _Builder:
                      _num(_float(r.get("wer"))), _num(_float(r.get("spk_sim"))), _num(_float(r.get("dnsmos_ovrl")))]
                     for r in cells]
             parts += ["<h2>Table 1 cells</h2>", pages.table(header, rows, left=2)]
-        atomic_write_bytes(self.out / f"emotions/{_file_name(emotion)}.html",
-                           pages.page(emotion, "".join(parts), self.footer, "../").encode())
+        self._write_page(f"emotions/{_file_name(emotion)}.html", pages.page(emotion, "".join(parts), self.footer, "../"))
 
     def emotions_page(self) -> None:
         rows = [[f'<a href="emotions/{_file_name(e)}.html">{pages.e(e)}</a>', self.pairs[e].n_pairs,
@@ -577,7 +601,7 @@ class _Builder:
                                                        else self.own_sets[(self.scores[0], e)]))]
                 for e in self.emotions]
         body = "<h1>Emotions</h1>" + pages.table(["emotion", "pairs", "steered set"], rows, raw=True)
-        atomic_write_bytes(self.out / "emotions.html", pages.page("Emotions", body, self.footer, "").encode())
+        self._write_page("emotions.html", pages.page("Emotions", body, self.footer, ""))
 
     def index_page(self) -> None:
         c, d = self.table.columns, self.table.d_sae
