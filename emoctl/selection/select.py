@@ -33,7 +33,7 @@ __all__ = ["SCORES", "TESTS", "held_out_split", "paired_differences", "rank_late
 
 
 def paired_differences(ind: FiringIndicators, pairs: EmotionPairs, score: str, emo_bits: np.ndarray,
-                 neu_bits: np.ndarray) -> np.ndarray:
+                       neu_bits: np.ndarray) -> np.ndarray:
     """(n_pairs, d_sae) emotional minus neutral values of ``score`` (int8 for any_step, from the pairs' already
     unpacked indicators; float32 otherwise)."""
     if score == "any_step":
@@ -42,7 +42,7 @@ def paired_differences(ind: FiringIndicators, pairs: EmotionPairs, score: str, e
 
 
 def rank_latents(diff: np.ndarray, score: str, m: int, alpha: float | None, correction: str
-            ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
     """The top-m latents of paired differences by Δ (Δ > 0, q < alpha when set), with Δ, p and q of all."""
     delta = diff.mean(axis=0, dtype=np.float64)
     if score == "any_step":
@@ -65,8 +65,9 @@ def _held_out(ind: FiringIndicators, pairs: EmotionPairs, diff: np.ndarray, scor
         return {"note": "only 1 text: no held-out half."}
     chosen, delta_a, _, _ = rank_latents(diff[mask], score, m, alpha, correction)
     delta_b = diff[~mask][:, chosen].mean(axis=0, dtype=np.float64) if chosen else np.empty(0)
-    texts = np.unique(_pair_texts(ind, pairs)[mask]).size, np.unique(_pair_texts(ind, pairs)[~mask]).size
-    return {"seed": seed, "texts_select": int(texts[0]), "texts_held_out": int(texts[1]),
+    texts = _pair_texts(ind, pairs)
+    return {"seed": seed, "texts_select": int(np.unique(texts[mask]).size),
+            "texts_held_out": int(np.unique(texts[~mask]).size),
             "pairs_select": int(mask.sum()), "pairs_held_out": int((~mask).sum()),
             "features": [{"id": i, "delta_select": float(delta_a[i]), "delta_held_out": float(d)}
                          for i, d in zip(chosen, delta_b)]}

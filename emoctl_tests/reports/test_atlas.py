@@ -200,10 +200,12 @@ def test_a_rebuild_keeps_every_medium_and_rewrites_nothing_else(atlas_site, mini
     assert len(list((copy / "latents").glob("*/"))) == fewer.latent_pages
 
 
-def test_the_site_works_in_a_browser(atlas_site):
+def test_the_site_works_in_a_browser(atlas_site, tmp_path):
     """Headless Chromium from file://: no console error, sorting and filtering change the table, a latent page's
-    audio loads with a duration, its activation plots are drawn."""
+    audio loads with a duration, its activation plots are drawn; screenshots of both pages are saved (PNG)."""
     site, summary, _ = atlas_site
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
     with chromium() as driver:
         driver.get((site / "index.html").as_uri())
         wait_for(lambda: driver.find_elements("css selector", "#body tr"), what="the latent table")
@@ -219,6 +221,7 @@ def test_the_site_works_in_a_browser(atlas_site):
         driver.find_element("id", "filter").send_keys("Angry")
         wait_for(lambda: driver.find_element("id", "shown").text.split()[0] != "1024", what="the filter")
         assert len(driver.find_elements("css selector", "#decoder-map circle")) == 1024
+        driver.save_screenshot(str(shots / "atlas_index.png"))
         page = next(iter(sorted((site / "latents").glob("*.html"))))
         driver.get(page.as_uri())
         durations = wait_for(lambda: (lambda d: d if d and all(x and x > 0 for x in d) else None)(
@@ -229,6 +232,10 @@ def test_the_site_works_in_a_browser(atlas_site):
                                       ".map(i => i.complete && i.naturalWidth)")
         assert plots and all(w and w > 0 for w in plots)
         assert console_errors(driver) == []
+        driver.save_screenshot(str(shots / "atlas_latent.png"))
+    for name in ("atlas_index.png", "atlas_latent.png"):
+        shot = (shots / name).read_bytes()
+        assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000  # a drawn page, not a blank one
 
 
 def test_a_store_without_speech_tokens_is_refused_with_the_command_that_makes_one(tmp_path):
