@@ -102,7 +102,7 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
                         "--protocol.n_texts", "2",
                         "--sweep_texts", "1",
                         "--sweep_alphas", '{"random_sae": [8], "global": [8], "sae_emotion": [8]}',
-                        "--progress", "false", timeout=900)
+                        "--save_audio", "true", "--progress", "false", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "table1.md").read_text()
     for label in ("Unsteered", "Random SAE", "Global steering", "SAE-Emotion", "SAE-Emotion (rate)", "Emo-SIM",
@@ -147,6 +147,15 @@ def test_table1_runs_end_to_end_and_writes_its_reports(trained, corpus_root, tmp
     assert info["provenance"]["protocol"]["speakers"] == ["0017"] and info["provenance"]["seeds"]["sampling"] == 0
     assert table.splitlines()[2].startswith("*Made with* backbone `") and "table1_info.json" in table.splitlines()[2]
     assert set(info["outputs"]) == {"table1.csv", "table1_clips.csv", "table1_paired.csv", "alpha_sweep.csv"}
+    # --save_audio kept every scored clip, and they make a blind listening site (emoctl listen build)
+    from emoctl.reports.listening import build_listening_site
+
+    kept = list(csv.DictReader((out / "table1_clips.csv").open()))
+    assert all(c["audio"] and (out / c["audio"]).is_file() for c in kept)
+    site = build_listening_site(str(out), str(tmp_path / "listening"), raters=2, seed=0,
+                                methods=["unsteered", "sae_emotion"])
+    assert site["prompts"] == 4 and site["items_per_page"] == 4 * 2 + 2  # 2 directions x 2 clips; 2 checks
+    assert len(list((tmp_path / "listening" / "site" / "audio").glob("*.flac"))) == 4 * 2
 
 
 def _clip_rows(path: Path) -> list[dict]:
