@@ -262,6 +262,7 @@ class _Builder:
         for fs in self.given.values():
             for f in fs.features:
                 self.stability[f.id] = max(self.stability.get(f.id, 0.0), f.stability)
+        self.speaker_mean = self.scanner.by_speaker()[1]  # (n_speakers, d_sae), read by every latent page
         dec = self.sae.W_dec.detach().float().cpu()
         self.unit_dec = torch.nn.functional.normalize(dec, dim=1)
 
@@ -492,14 +493,13 @@ class _Builder:
         rate = self.ind.rows_fired[:, latent] / np.maximum(self.ind.rows_total, 1)
         per_step = self.ind.value_sum[:, latent] / np.maximum(self.ind.rows_total, 1)
         colours = [media.emotion_colour(e) for e in self.ind.emotions]
-        sp_rate, sp_mean = self.scanner.by_speaker()
         parts += ['<h2>Activation by emotion and speaker</h2><div class="grid">',
                   '<div class="card"><p>mean activation per decode step, by emotion</p>'
                   + media.svg_bars(self.ind.emotions, per_step[e_rows], colours) + "</div>",
                   '<div class="card"><p>share of decode steps it fires at, by emotion</p>'
                   + media.svg_bars(self.ind.emotions, rate[e_rows], colours) + "</div>",
                   '<div class="card"><p>mean activation per decode step, by speaker</p>'
-                  + media.svg_bars(list(self.speakers), sp_mean[:, latent]) + "</div></div>"]
+                  + media.svg_bars(list(self.speakers), self.speaker_mean[:, latent]) + "</div></div>"]
         parts.append(f"<h2>Top {s.top_n} utterances</h2><p class='muted'>Spoken again from the stored speech "
                      "tokens; under the spectrogram (F0 in cyan) the latent's activation at each decode step.</p>")
         for j, (u, peak) in enumerate(self.scanner.top(latent)):
