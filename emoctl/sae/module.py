@@ -13,7 +13,7 @@ to SAELens format is done by :class:`emoctl.callbacks.SAEExport`.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from emoctl.errors import ConfigError, NonFiniteError
 from emoctl.sae.config import SAEConfig
 from emoctl.sae.export import save_pretrained
-from emoctl.sae.topk_sae import TopKSAE
+from emoctl.sae.topk_sae import MatmulDtype, SAEOutput, TopKSAE, training_forward
 from emoctl.io.provenance import machine, package_versions
 from emoctl.training import store_provenance
 
@@ -47,6 +47,8 @@ class SAEModule(pl.LightningModule):
         decay_fraction: float = 0.2,
         b_pre_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median",
         histogram_bins: int = 50,
+        compile: bool = False,
+        matmul_dtype: MatmulDtype = "float32",
     ) -> None:
         """
         Args:
@@ -58,6 +60,12 @@ class SAEModule(pl.LightningModule):
             b_pre_init: How the input bias b_pre is set from the first training batch
                 (gathered over all DDP ranks): geometric median (robust to outliers), mean, or zeros.
             histogram_bins: Bins of the log10 feature-frequency histogram logged at validation.
+            compile: Run the training forward and loss through torch.compile (CUDA graphs on a GPU: the step
+                has no host sync). Off by default: compiling costs tens of seconds at the start, which only a
+                long run on a GPU earns back (``emoctl bench sae`` measures both).
+            matmul_dtype: "bfloat16" gives the encoder's dense product bf16 operands (float32 accumulation,
+                parameters and loss), faster on GPUs and CPUs with bf16 matrix units; "float32" is exact.
+                ``trainer.precision: bf16-mixed`` has the same effect on the step.
         """
         super().__init__()
         if not 0.0 <= decay_fraction <= 1.0:
@@ -66,6 +74,9 @@ class SAEModule(pl.LightningModule):
             raise ConfigError(f"model.warmup_steps must be >= 0, got {warmup_steps}.")
         if lr is not None and not (math.isfinite(lr) and lr > 0):
             raise ConfigError(f"model.lr must be a finite number > 0 (or null for the d_sae scaling), got {lr}.")
+        if matmul_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"model.matmul_dtype must be 'float32' or 'bfloat16', got {matmul_dtype!r}. Use "
+                              "'bfloat16' for bf16 encoder products on a GPU or a CPU with bf16 matrix units.")
         self.save_hyperparameters()
         self.cfg = sae
         self.sae = TopKSAE(sae)
@@ -75,6 +86,7 @@ class SAEModule(pl.LightningModule):
         self._b_pre_ready = False  # the buffer, read once per process (a GPU read is a sync)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._non_finite_losses: torch.Tensor | None = None  # (,) int64 on the SAE's device
+        self._forward: Callable[[torch.Tensor], SAEOutput] | None = None  # built on the device, at the first step
 
     # ------------------------------------------------------------------ setup
     # ----------------------------------------------------------------- export
@@ -122,7 +134,7 @@ class SAEModule(pl.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x = batch.to(self.dtype_for_math)  # (B, d_in)
-        out = self.sae(x)
+        out = self._training_forward()(x)
         self._update_dead_counters(out.top_idx, out.top_vals, n_tokens=x.shape[0])
         if self._logs_this_step():
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
@@ -140,6 +152,14 @@ class SAEModule(pl.LightningModule):
             self.log("fvu", out.fvu.detach(), prog_bar=True, logger=False)
         self._count_non_finite(out.loss.detach(), batch_idx)
         return out.loss
+
+    def _training_forward(self) -> Callable[[torch.Tensor], SAEOutput]:
+        """The forward and loss with this run's options, built once the SAE is on its device."""
+        if self._forward is None:
+            self._forward = training_forward(self.sae, self.hparams.matmul_dtype, self.hparams.compile)
+        if self.hparams.compile and self.sae.W_dec.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten now
+        return self._forward
 
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes the logs after this batch (every ``trainer.log_every_n_steps`` steps and the

@@ -12,10 +12,14 @@ the (B, k) values and indices alone:
 * The decoder's gradient w.r.t. the k values of each token is a dot product
   with k decoder rows, a sampled dense-dense matmul (:func:`gathered_dot`).
 
-AuxK needs the pre-activations of the dead latents, a few (B, n_dead) columns
-of the dense (B, d_sae) product the encoder already computed.  The encoder
-gathers them in its forward and takes their gradient in its backward as
-small dense products over the dead columns only.
+AuxK needs each token's top ``k_aux`` pre-activations among the *dead* latents.
+The encoder takes them from the dense (B, d_sae) product it computes anyway for
+the top-k: the columns of live latents are masked to -inf and a second top-k
+runs over all latents, so every shape is fixed by the config and none by the
+data (no ``nonzero``, no host sync: the step can be compiled and captured in a
+CUDA graph).  Where fewer than ``k_aux`` latents are dead, the spare slots hold
+-inf, which the ReLU turns into 0: they add nothing and get no gradient.  The
+backward treats the AuxK pairs like the top-k ones, in the same segmented sums.
 
 The plain dense version of the same math is ``emoctl.sae.topk_sae.reference_forward``;
 the tests compare values and every gradient against it.
@@ -39,8 +43,12 @@ class TopKEncoding(NamedTuple):
     top_idx: Tensor
     """(B, k) int64 latent indices, ascending within each row."""
 
-    dead_pre: Tensor
-    """(B, n_dead) raw pre-activations of the latents in ``dead_idx`` (for AuxK), parameters' dtype."""
+    aux_vals: Tensor
+    """(B, k_aux) ReLU'd pre-activations of each row's top ``k_aux`` dead latents, parameters' dtype; 0 in
+    slots that no dead latent fills. (B, 0) without a dead mask."""
+
+    aux_idx: Tensor
+    """(B, k_aux) int64 indices of those latents, ascending within each row."""
 
 
 def latent_major_sum(top_idx: Tensor, weights: Tensor, rows: Tensor, n_latents: int) -> Tensor:
@@ -60,10 +68,12 @@ def latent_major_sum(top_idx: Tensor, weights: Tensor, rows: Tensor, n_latents: 
                            per_sample_weights=weights.reshape(-1)[order].to(rows.dtype))
 
 
+@torch.library.custom_op("emoctl::gathered_dot", mutates_args=())
 def gathered_dot(top_idx: Tensor, left: Tensor, right: Tensor) -> Tensor:
     """``out[b, s] = left[b] . right[top_idx[b, s]]``, shape (B, k), without the dense (B, n) product.
 
-    A sampled dense-dense matmul (SDDMM) on the CSR pattern of ``top_idx``.
+    A sampled dense-dense matmul (SDDMM) on the CSR pattern of ``top_idx``. A custom op, so that
+    ``torch.compile`` keeps it as one opaque call (the CSR tensor and the warnings filter inside do not trace).
     """
     B, k = top_idx.shape
     crow = torch.arange(0, B * k + 1, k, device=top_idx.device)
@@ -72,64 +82,71 @@ def gathered_dot(top_idx: Tensor, left: Tensor, right: Tensor) -> Tensor:
         pattern = torch.sparse_csr_tensor(crow, top_idx.reshape(-1), left.new_zeros(B * k),
                                           size=(B, right.shape[0]), check_invariants=False)
         sampled = torch.sparse.sampled_addmm(pattern, left, right.t(), beta=0.0)
-    return sampled.values().view(B, k)
+    return sampled.values().view(B, k).clone()  # its own storage: a custom op may not alias the CSR buffers
+
+
+@gathered_dot.register_fake
+def _gathered_dot_shape(top_idx: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    return left.new_empty(top_idx.shape)
+
+
+def _relu_topk(pre: Tensor, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Row-wise top-k of ``pre``, ReLU'd and cast to ``dtype``, indices ascending (a valid CSR pattern)."""
+    top_pre, top_idx = pre.topk(k, dim=1, sorted=False)  # (B, k)
+    top_idx, order = top_idx.sort(dim=1)
+    return top_pre.gather(1, order).relu().to(dtype), top_idx  # TopK(ReLU(p)) = ReLU(TopK(p))
 
 
 class _TopKEncode(torch.autograd.Function):
-    """(x, b_pre, W_enc, b_enc, dead_idx, k) -> (top_vals, top_idx, dead_pre); see :func:`topk_encode`."""
+    """(x, b_pre, W_enc, b_enc, dead_mask, k, k_aux) -> (top_vals, top_idx, aux_vals, aux_idx); see
+    :func:`topk_encode`."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, dead_idx: Tensor,
-                k: int) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(ctx: Any, x: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, dead_mask: Tensor | None,
+                k: int, k_aux: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         dtype = W_enc.dtype
         x_c = (x - b_pre).to(dtype)  # (B, d_in)
         pre = torch.addmm(b_enc, x_c, W_enc.t())  # (B, d_sae); lower precision under autocast
-        top_pre, top_idx = pre.topk(k, dim=1, sorted=False)  # (B, k)
-        top_idx, order = top_idx.sort(dim=1)  # canonical order: a valid CSR pattern
-        top_vals = top_pre.gather(1, order).relu().to(dtype)  # TopK(ReLU(p)) = ReLU(TopK(p))
-        dead_pre = pre.index_select(1, dead_idx).to(dtype)  # (B, n_dead)
-        ctx.save_for_backward(x_c, W_enc, top_vals, top_idx, dead_idx)
+        top_vals, top_idx = _relu_topk(pre, k, dtype)
+        if k_aux > 0:  # live latents' columns at -inf: the top k_aux of what is left are dead, or -inf -> ReLU 0
+            aux_vals, aux_idx = _relu_topk(pre.masked_fill(~dead_mask, float("-inf")), k_aux, dtype)
+        else:
+            aux_vals, aux_idx = top_vals[:, :0], top_idx[:, :0]
+        ctx.save_for_backward(x_c, W_enc, top_vals, top_idx, aux_vals, aux_idx)
         ctx.x_dtype = x.dtype
-        # The AuxK backward products are dense matmuls like the forward's: run them at its autocast precision.
-        device = x.device.type
-        ctx.matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else dtype
-        ctx.mark_non_differentiable(top_idx)
-        ctx.set_materialize_grads(False)  # an unused output (e.g. dead_pre without AuxK) costs nothing
-        return top_vals, top_idx, dead_pre
+        ctx.mark_non_differentiable(top_idx, aux_idx)
+        ctx.set_materialize_grads(False)  # an unused output (e.g. the AuxK pair without AuxK) costs nothing
+        return top_vals, top_idx, aux_vals, aux_idx
 
     @staticmethod
-    def backward(ctx: Any, grad_vals: Tensor | None, _grad_idx: Any, grad_dead: Tensor | None):
-        x_c, W_enc, top_vals, top_idx, dead_idx = ctx.saved_tensors
+    def backward(ctx: Any, grad_vals: Tensor | None, _grad_idx: Any, grad_aux: Tensor | None, _grad_aux_idx: Any):
+        x_c, W_enc, top_vals, top_idx, aux_vals, aux_idx = ctx.saved_tensors
         need_x, need_b_pre, need_W, need_b = ctx.needs_input_grad[:4]
         d_sae = W_enc.shape[0]
+        # The (token, latent) pairs that carry gradient, through the ReLU: the top-k and the AuxK ones alike.
+        pairs = [(idx, grad.to(W_enc.dtype) * (vals > 0))
+                 for idx, vals, grad in ((top_idx, top_vals, grad_vals), (aux_idx, aux_vals, grad_aux))
+                 if grad is not None and idx.shape[1] > 0]
         grad_b = W_enc.new_zeros(d_sae)  # always: grad of b_pre is -grad_b @ W_enc
-        if grad_vals is not None:
-            g_top = grad_vals.to(W_enc.dtype) * (top_vals > 0)  # (B, k), through the ReLU
-            grad_b.index_add_(0, top_idx.reshape(-1), g_top.reshape(-1))
-            grad_W = latent_major_sum(top_idx, g_top, x_c, d_sae) if need_W else None
-            grad_x_c = F.embedding_bag(top_idx, W_enc, per_sample_weights=g_top, mode="sum") if need_x else None
+        if pairs:
+            idx = pairs[0][0] if len(pairs) == 1 else torch.cat([i for i, _ in pairs], dim=1)
+            g = pairs[0][1] if len(pairs) == 1 else torch.cat([g for _, g in pairs], dim=1)
+            grad_b.index_add_(0, idx.reshape(-1), g.reshape(-1))
+            grad_W = latent_major_sum(idx, g, x_c, d_sae) if need_W else None
+            grad_x_c = F.embedding_bag(idx, W_enc, per_sample_weights=g, mode="sum") if need_x else None
         else:
             grad_W = W_enc.new_zeros(W_enc.shape) if need_W else None
             grad_x_c = x_c.new_zeros(x_c.shape) if need_x else None
-        if grad_dead is not None and dead_idx.numel() > 0:
-            g_dead = grad_dead.to(W_enc.dtype)  # (B, n_dead)
-            grad_b.index_add_(0, dead_idx, g_dead.sum(0))
-            low = ctx.matmul_dtype
-            g_low = g_dead.to(low)
-            if need_W:
-                grad_W.index_add_(0, dead_idx, (g_low.t() @ x_c.to(low)).to(grad_W.dtype))  # (n_dead, d_in)
-            if need_x:
-                grad_x_c.add_(g_low @ W_enc.index_select(0, dead_idx).to(low))
 
         # x_c = x - b_pre with b_pre broadcast over rows: its gradient is minus the column sum of
         # grad_x_c, i.e. -(sum_b g_b) @ W_enc = -grad_b @ W_enc, a (d_sae,) x (d_sae, d_in) product.
         grad_b_pre = -(grad_b @ W_enc) if need_b_pre else None
         grad_x = grad_x_c.to(ctx.x_dtype) if need_x else None
-        return grad_x, grad_b_pre, grad_W, grad_b if need_b else None, None, None
+        return grad_x, grad_b_pre, grad_W, grad_b if need_b else None, None, None, None
 
 
 def topk_encode(x: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
-                dead_idx: Tensor | None = None) -> TopKEncoding:
+                dead_mask: Tensor | None = None, k_aux: int = 0) -> TopKEncoding:
     """Top-k encoder with sparse backward: ``TopK(ReLU((x - b_pre) @ W_enc.T + b_enc))``.
 
     Args:
@@ -138,11 +155,13 @@ def topk_encode(x: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
         W_enc: (d_sae, d_in) encoder, one row per latent.
         b_enc: (d_sae,) encoder bias.
         k: latents kept per row.
-        dead_idx: (n_dead,) int64 latents whose raw pre-activations to return for AuxK.
+        dead_mask: (d_sae,) bool, the dead latents whose top ``k_aux`` pre-activations per row to return
+            for AuxK; None returns none.
+        k_aux: AuxK latents per row, at most d_sae (a config value, so the shapes do not depend on data).
     """
-    if dead_idx is None:
-        dead_idx = torch.empty(0, dtype=torch.long, device=x.device)
-    return TopKEncoding(*_TopKEncode.apply(x, b_pre, W_enc, b_enc, dead_idx, k))
+    if dead_mask is None or k_aux <= 0:
+        dead_mask, k_aux = None, 0
+    return TopKEncoding(*_TopKEncode.apply(x, b_pre, W_enc, b_enc, dead_mask, k, k_aux))
 
 
 class _SparseDecode(torch.autograd.Function):

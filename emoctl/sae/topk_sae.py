@@ -14,12 +14,19 @@ mask belong to ``emoctl.sae.module.SAEModule``.  Weights are stored one row
 per latent (``W_enc``, ``W_dec``: (d_sae, d_in)); the SAELens export writes
 ``W_enc`` transposed.  ``b_dec`` is the input bias b_pre (SAELens' name).
 
+The training forward has no host sync: every shape is fixed by the config (AuxK
+masks the live latents instead of gathering the dead ones) and the dead count is
+returned as a device tensor, so ``training_forward`` can compile it, and on a GPU
+capture it in a CUDA graph.
+
 ``reference_forward`` is the same forward and loss written densely with
 plain PyTorch; the fast path (``emoctl.sae.sparse_ops``) is tested against it.
+``gathered_aux_forward`` computes AuxK on the gathered dead columns instead, whose
+shapes depend on the data; the tests and ``emoctl bench sae`` compare against it.
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +37,7 @@ from emoctl.sae.config import SAEConfig
 from emoctl.sae.sparse_ops import sparse_decode, topk_encode
 
 BPreInit = Literal["geometric_median", "mean", "zeros"]
+MatmulDtype = Literal["float32", "bfloat16"]
 
 
 class SAEOutput(NamedTuple):
@@ -53,8 +61,9 @@ class SAEOutput(NamedTuple):
     loss: Tensor
     """Scalar to minimize: fvu + aux_coef * aux_fvu."""
 
-    n_dead: int
-    """Dead latents at this step (a host int; it was known anyway to size the AuxK gather)."""
+    n_dead: Tensor
+    """0-dim int64 on the SAE's device: dead latents at this step (0 when AuxK is off). A tensor so that the
+    step needs no host sync; reading it (``int()``, logging) syncs where it is read."""
 
 
 class TopKSAE(nn.Module):
@@ -90,32 +99,30 @@ class TopKSAE(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> SAEOutput:
-        """Training forward on (B, d_in) rows: codes, reconstruction and loss (AuxK when latents are dead)."""
+        """Training forward on (B, d_in) rows: codes, reconstruction and loss (AuxK when latents are dead).
+
+        No host sync and no data-dependent shape: AuxK always takes each token's top ``k_aux`` of the
+        dead-masked pre-activations, and its loss is selected to 0 on the device when no latent is dead.
+        """
         self._check_rows(x)
-        dead_idx = self.dead_indices() if self.cfg.aux_coef > 0 else x.new_empty(0, dtype=torch.long)
-        enc = topk_encode(x, self.b_dec, self.W_enc, self.b_enc, self.cfg.k, dead_idx)
+        cfg = self.cfg
+        aux_on = cfg.aux_coef > 0
+        dead = self.dead_mask
+        k_aux = min(cfg.resolved_k_aux, cfg.d_sae) if aux_on else 0
+        enc = topk_encode(x, self.b_dec, self.W_enc, self.b_enc, cfg.k, dead if aux_on else None, k_aux)
         x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec) + self.b_dec  # (B, d_in)
         fvu = fraction_of_variance_unexplained(x, x_hat)
-        aux_fvu = self._aux_fvu(enc.dead_pre, dead_idx, (x - x_hat).detach())
-        loss = fvu + self.cfg.aux_coef * aux_fvu
-        return SAEOutput(x_hat, enc.top_vals, enc.top_idx, fvu, aux_fvu, loss, int(dead_idx.numel()))
-
-    def _aux_fvu(self, dead_pre: Tensor, dead_idx: Tensor, residual: Tensor) -> Tensor:
-        """AuxK: the top k_aux dead latents per token reconstruct the (detached) residual.
-
-        Works on the (B, n_dead) columns the encoder gathered, as small dense products:
-        cost scales with the number of dead latents, not with d_sae.
-        """
-        n_dead = dead_idx.numel()
-        if n_dead == 0:
-            return residual.new_zeros(())
-        acts = dead_pre.relu()  # (B, n_dead)
-        k_aux = self.cfg.resolved_k_aux
-        if n_dead > k_aux:  # keep each token's k_aux largest dead pre-activations
-            keep = dead_pre.topk(k_aux, dim=1, sorted=False).indices
-            acts = acts * torch.zeros_like(acts).scatter_(1, keep, 1.0)
-        e_hat = acts @ self.W_dec.index_select(0, dead_idx)  # (B, d_in), no b_pre
-        return fraction_of_variance_unexplained(residual, e_hat)
+        if aux_on:
+            n_dead = dead.sum()
+            e_hat = sparse_decode(enc.aux_vals, enc.aux_idx, self.W_dec)  # (B, d_in), no b_pre
+            aux_fvu = fraction_of_variance_unexplained((x - x_hat).detach(), e_hat)
+            # Without dead latents e_hat is 0 and the FVU above is 1: the loss is defined as 0 there.
+            aux_fvu = torch.where(n_dead > 0, aux_fvu, torch.zeros_like(aux_fvu))
+        else:
+            n_dead = torch.zeros((), dtype=torch.long, device=x.device)
+            aux_fvu = fvu.new_zeros(())
+        loss = fvu + cfg.aux_coef * aux_fvu
+        return SAEOutput(x_hat, enc.top_vals, enc.top_idx, fvu, aux_fvu, loss, n_dead)
 
     # --------------------------------------------------------------- inference
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -170,7 +177,7 @@ class TopKSAE(nn.Module):
     def dead_indices(self) -> Tensor:
         """(n_dead,) int64 indices of dead latents.
 
-        Its size depends on data, so on a GPU this is the step's one device-to-host sync.
+        Its size depends on data, so on a GPU it is a device-to-host sync; the training step does not use it.
         """
         return self.dead_mask.nonzero().squeeze(1)
 
@@ -235,6 +242,64 @@ def geometric_median(points: Tensor, iters: int = 48, eps: float = 1e-8) -> Tens
     return median
 
 
+def training_forward(sae: TopKSAE, matmul_dtype: MatmulDtype = "float32", compile: bool = False
+                     ) -> Callable[[Tensor], SAEOutput]:
+    """``sae``'s training forward and loss as one callable, with bf16 products and torch.compile on request.
+
+    ``matmul_dtype="bfloat16"`` runs the forward under bf16 autocast: the encoder's dense product takes bf16
+    operands (accumulating in float32) where the chip is faster at them; parameters, gradients, the sparse
+    gathers and the loss stay float32. ``compile=True`` wraps it in ``torch.compile``, with CUDA graphs on a
+    GPU (mode "reduce-overhead"; the step has no host sync, so it can be captured) and the default mode
+    elsewhere; then call ``torch.compiler.cudagraph_mark_step_begin()`` before each step on a GPU, and clone
+    outputs kept past the next step.
+    """
+    if matmul_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"matmul_dtype={matmul_dtype!r} is not one of 'float32', 'bfloat16'. Use 'bfloat16' "
+                          "for bf16 encoder products on a GPU or a CPU with bf16 matrix units, else 'float32'.")
+    low = matmul_dtype == "bfloat16"
+
+    def forward(x: Tensor) -> SAEOutput:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+            return sae(x)
+
+    if not compile:
+        return forward
+    mode = "reduce-overhead" if sae.W_dec.is_cuda else None
+    return torch.compile(forward, mode=mode, dynamic=False)
+
+
+def gathered_aux_forward(sae: TopKSAE, x: Tensor) -> SAEOutput:
+    """The forward with AuxK on the gathered (B, n_dead) columns of the dead latents, as small dense products.
+
+    Its cost scales with the number of dead latents rather than with ``k_aux``, but the gather's shape depends
+    on the data: ``nonzero`` sizes it, a host sync on a GPU, and the step cannot be captured or compiled whole.
+    It is the comparison for :meth:`TopKSAE.forward`'s fixed-shape AuxK (the tests check they agree;
+    ``emoctl bench sae`` times both).
+    """
+    sae._check_rows(x)
+    cfg = sae.cfg
+    enc = topk_encode(x, sae.b_dec, sae.W_enc, sae.b_enc, cfg.k)
+    x_hat = sparse_decode(enc.top_vals, enc.top_idx, sae.W_dec) + sae.b_dec
+    fvu = fraction_of_variance_unexplained(x, x_hat)
+    dead_idx = sae.dead_indices() if cfg.aux_coef > 0 else x.new_empty(0, dtype=torch.long)
+    n_dead = dead_idx.numel()
+    if n_dead == 0:
+        aux_fvu = fvu.new_zeros(())
+    else:
+        x_c = (x - sae.b_dec).to(sae.W_enc.dtype)
+        dead_pre = torch.addmm(sae.b_enc.index_select(0, dead_idx), x_c, sae.W_enc.index_select(0, dead_idx).t())
+        acts = dead_pre.relu()  # (B, n_dead)
+        k_aux = cfg.resolved_k_aux
+        if n_dead > k_aux:  # keep each token's k_aux largest dead pre-activations
+            keep = dead_pre.topk(k_aux, dim=1, sorted=False).indices
+            acts = acts * torch.zeros_like(acts).scatter_(1, keep, 1.0)
+        e_hat = acts @ sae.W_dec.index_select(0, dead_idx).to(acts.dtype)  # (B, d_in), no b_pre
+        aux_fvu = fraction_of_variance_unexplained((x - x_hat).detach(), e_hat.to(x_hat.dtype))
+    loss = fvu + cfg.aux_coef * aux_fvu
+    return SAEOutput(x_hat, enc.top_vals, enc.top_idx, fvu, aux_fvu, loss,
+                     torch.tensor(n_dead, dtype=torch.long, device=x.device))
+
+
 def reference_forward(sae: TopKSAE, x: Tensor) -> SAEOutput:
     """The same forward and loss as :meth:`TopKSAE.forward`, written densely with plain autograd.
 
@@ -249,7 +314,7 @@ def reference_forward(sae: TopKSAE, x: Tensor) -> SAEOutput:
     fvu = fraction_of_variance_unexplained(x, x_hat)
 
     dead = sae.dead_mask
-    n_dead = int(dead.sum()) if cfg.aux_coef > 0 else 0
+    n_dead = int(dead.sum()) if cfg.aux_coef > 0 else 0  # the reference may sync: it branches on the count
     if n_dead > 0:
         k_aux = min(cfg.resolved_k_aux, n_dead)
         aux_pre, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1)
@@ -259,4 +324,5 @@ def reference_forward(sae: TopKSAE, x: Tensor) -> SAEOutput:
         aux_fvu = fvu.new_zeros(())
     top_idx, order = top_idx.sort(dim=1)
     top_vals = top_pre.gather(1, order).relu()
-    return SAEOutput(x_hat, top_vals, top_idx, fvu, aux_fvu, fvu + cfg.aux_coef * aux_fvu, n_dead)
+    return SAEOutput(x_hat, top_vals, top_idx, fvu, aux_fvu, fvu + cfg.aux_coef * aux_fvu,
+                     torch.tensor(n_dead, dtype=torch.long, device=x.device))

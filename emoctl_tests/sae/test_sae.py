@@ -3,6 +3,7 @@ dead-latent counters, b_pre initialization and config validation."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ from scipy.optimize import minimize
 
 from emoctl.errors import ConfigError
 from emoctl.sae import SAEConfig, TopKSAE, geometric_median, reference_forward
+from emoctl.sae.module import SAEModule
 from emoctl.sae.sparse_ops import gathered_dot, latent_major_sum
+from emoctl.sae.topk_sae import gathered_aux_forward, training_forward
 
 F64 = torch.float64
 
@@ -97,6 +100,7 @@ def test_fast_forward_and_all_gradients_equal_the_dense_reference(n_dead, x_requ
         results.append((out, grads, None if x.grad is None else x.grad.clone()))
     (fast, fast_grads, fast_dx), (ref, ref_grads, ref_dx) = results
 
+    assert isinstance(fast.n_dead, torch.Tensor) and fast.n_dead.ndim == 0 and fast.n_dead.dtype == torch.long
     assert fast.n_dead == ref.n_dead == n_dead
     assert 0 < (fast.top_vals == 0).float().mean() < 0.5
     assert torch.equal(fast.top_idx, ref.top_idx)
@@ -169,6 +173,105 @@ def test_aux_uses_each_tokens_top_k_aux_dead_latents():
     torch.testing.assert_close(out.loss, out.fvu + out.aux_fvu / 32)
 
 
+@pytest.mark.parametrize("n_dead, k_aux", [(0, 12), (6, 12), (12, 12), (40, 12), (64, 100)],
+                         ids=["none-dead", "fewer-than-k_aux", "exactly-k_aux", "more-than-k_aux",
+                              "k_aux-above-d_sae"])
+def test_fixed_shape_aux_equals_the_gathered_dead_columns_aux(n_dead, k_aux):
+    """The masked top-k_aux over all latents gives the loss and every gradient of AuxK on gathered columns."""
+    sae = _random_sae(k_aux=k_aux, dead_tokens=1000)
+    with torch.no_grad():
+        sae.b_enc[::3] += 0.5  # some dead latents with positive pre-activations on many tokens
+    _mark_dead(sae, torch.randperm(64, generator=torch.Generator().manual_seed(7))[:n_dead])
+    x = torch.randn(40, 16, dtype=F64, requires_grad=True)
+    results = []
+    for forward in (TopKSAE.forward, gathered_aux_forward):
+        sae.zero_grad(set_to_none=True)
+        x.grad = None
+        out = forward(sae, x)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in sae.named_parameters()}, x.grad.clone()))
+    (fixed, fixed_grads, fixed_dx), (gathered, gathered_grads, gathered_dx) = results
+    assert int(fixed.n_dead) == int(gathered.n_dead) == n_dead
+    for field in ("fvu", "aux_fvu", "loss"):
+        torch.testing.assert_close(getattr(fixed, field), getattr(gathered, field), rtol=1e-12, atol=1e-12)
+    if n_dead == 0:
+        assert fixed.aux_fvu.item() == 0.0  # exactly 0, not the FVU of an empty reconstruction (1)
+    else:
+        assert fixed.aux_fvu > 0
+    for name in gathered_grads:
+        torch.testing.assert_close(fixed_grads[name], gathered_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+    torch.testing.assert_close(fixed_dx, gathered_dx, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------- a step without host syncs
+def _compile_sae(seed: int = 0) -> tuple[TopKSAE, torch.Tensor]:
+    torch.manual_seed(seed)
+    sae = TopKSAE(SAEConfig(d_in=16, d_sae=64, k=4, k_aux=12, dead_tokens=1000))
+    with torch.no_grad():
+        sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc))
+        sae.b_enc.normal_(std=0.1)
+        sae.b_dec.normal_()
+    _mark_dead(sae, torch.randperm(64)[:20])
+    return sae, torch.randn(48, 16)
+
+
+def test_training_forward_and_backward_trace_as_one_graph_without_host_syncs():
+    """fullgraph=True refuses any graph break: an .item(), a nonzero or another data-dependent shape."""
+    sae, x = _compile_sae()
+    torch._dynamo.reset()
+    out = torch.compile(sae.forward, fullgraph=True, backend="eager")(x)
+    out.loss.backward()  # the autograd.Functions' backwards were traced too
+    assert isinstance(out.n_dead, torch.Tensor) and int(out.n_dead) == 20
+    assert sae.W_enc.grad is not None and torch.isfinite(sae.W_enc.grad).all()
+    # the counter update between steps is sync-free as well
+    torch.compile(lambda o: sae.update_dead_counters(sae.fired_mask(o.top_idx, o.top_vals), 48),
+                  fullgraph=True, backend="eager")(out)
+    # the check can fail: AuxK on gathered dead columns sizes its gather from the data
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.TorchDynamoException):
+        torch.compile(lambda v: gathered_aux_forward(sae, v), fullgraph=True, backend="eager")(x)
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend (inductor) needs a C compiler, and none is installed")
+def test_compiled_step_gives_the_eager_loss_and_gradients():
+    sae, x = _compile_sae(seed=1)
+    results = []
+    torch._dynamo.reset()
+    for compile in (False, True):
+        sae.zero_grad(set_to_none=True)
+        out = training_forward(sae, compile=compile)(x)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in sae.named_parameters()}))
+    torch._dynamo.reset()
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    assert torch.equal(eager.top_idx, compiled.top_idx)
+    for field in ("x_hat", "fvu", "aux_fvu", "loss"):
+        torch.testing.assert_close(getattr(compiled, field), getattr(eager, field), rtol=1e-5, atol=1e-5)
+    assert eager.aux_fvu > 0
+    for name in eager_grads:
+        torch.testing.assert_close(compiled_grads[name], eager_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_bf16_matmuls_stay_close_to_float32_and_the_default_is_the_plain_forward():
+    sae, x = _compile_sae(seed=2)
+    plain, default = sae(x), training_forward(sae)(x)
+    for field in ("x_hat", "top_vals", "top_idx", "fvu", "aux_fvu", "loss"):
+        assert torch.equal(getattr(default, field), getattr(plain, field)), field
+    ref = reference_forward(sae, x)
+    torch.testing.assert_close(default.loss, ref.loss, rtol=1e-6, atol=1e-7)
+    bf16 = training_forward(sae, matmul_dtype="bfloat16")(x)
+    assert bf16.loss.dtype == torch.float32
+    torch.testing.assert_close(bf16.loss, plain.loss, rtol=2e-2, atol=0)
+    bf16.loss.backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in sae.parameters())
+    with pytest.raises(ConfigError, match="matmul_dtype='fp8'"):
+        training_forward(sae, matmul_dtype="fp8")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="model.matmul_dtype"):
+        SAEModule(SAEConfig(d_in=8, d_sae=16, k=2), matmul_dtype="fp8")  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------- decoder-norm constraint
 def test_parallel_gradient_removal_is_an_exact_projection():
     sae = _random_sae()
@@ -221,7 +324,7 @@ def test_a_latent_that_never_fires_dies_after_dead_tokens_and_revives_when_it_fi
         assert int(sae.tokens_since_fired[7]) == 25 * step
         assert bool(sae.dead_mask[7]) == (25 * step >= 100)  # dead at exactly 100 tokens, not at 75
     assert sae.dead_indices().tolist() == torch.nonzero(sae.dead_mask).flatten().tolist()
-    assert sae(batch).n_dead == int(sae.dead_mask.sum()) >= 1
+    assert int(sae(batch).n_dead) == int(sae.dead_mask.sum()) >= 1
 
     with torch.no_grad():
         sae.b_enc[7] = 1e3  # now it fires on every token
