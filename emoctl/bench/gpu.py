@@ -2,8 +2,10 @@
 
 Meant for anyone with a GPU machine and a fresh clone: ``make bench-gpu`` installs what it needs and runs
 
-1. the SAE training step at the paper's shape (1280 -> 4096, k = 32, batch 4096; fp32 and bf16 autocast,
-   against sparsify's step, which uses its Triton kernels on a GPU) (``emoctl bench sae``);
+1. the SAE training step at the paper's shape (1280 -> 4096, k = 32, batch 4096): the eager step with AuxK on
+   gathered dead columns (a host sync), the sync-free step eager and compiled (CUDA graphs), the same with bf16
+   encoder products, and the bf16 encoder matmul alone, each against the eager step and against sparsify's
+   step, which uses its Triton kernels on a GPU (``emoctl bench sae``);
 2. the activation-store loader, pinned batches copied to the GPU, against a plain copy of the same bytes
    (``emoctl bench loader``);
 3. SAE training end to end, real ``emoctl fit`` processes at the paper's shape, and 2-GPU DDP when two
@@ -44,7 +46,8 @@ def _sections(device: str, quick: bool) -> dict[str, tuple[str, Callable[[], obj
     if quick:
         return {
             "sae": ("SAE step (reduced: 256 -> 512, k 8, batch 256)",
-                    lambda: bench_sae(batch_size=256, d_in=256, d_sae=512, k=8, steps=2, warmup=1, device=device)),
+                    lambda: bench_sae(batch_size=256, d_in=256, d_sae=512, k=8, steps=2, warmup=1, device=device,
+                                      compile=device.startswith("cuda"))),  # a CPU check skips compiling
             "loader": ("Store loader (reduced: 16,384 rows x 256)",
                        lambda: bench_loader(rows=16_384, d_model=256, batch_size=1024, workers=[], threads=[2],
                                             device=device)),

@@ -9,14 +9,22 @@ where PyTorch has it), so only the SAE implementation differs:
    (B, n_dead) x (n_dead, d_in)-sized products (decode, and the gradients of the dead codes,
    atoms and encoder rows), with nothing else;
 2. emoctl's step: forward (sparse autograd, AuxK on), backward, parallel-gradient
-   removal, Adam, decoder renormalization; and the same with no dead latents,
-   which shows what AuxK costs (four (B, n_dead) x (n_dead, d_in)-sized products);
+   removal, Adam, decoder renormalization, in two forms: AuxK on the gathered
+   dead columns (``gathered_aux_forward``: small dense products, but a host sync
+   sizes them), the **eager step** every row is also compared with; and the
+   training forward, AuxK as a masked top-k_aux over all latents (fixed shapes,
+   no host sync; dense codes at the default k_aux), eager, with no dead latents (the same work: shapes do not
+   depend on the dead set), and compiled (``torch.compile``; CUDA graphs on a
+   GPU) unless ``compile=False``;
 3. the same step with ``reference_forward`` (dense PyTorch autograd);
 4. EleutherAI sparsify's ``SparseCoder`` step with the same dead mask, when
    ``eai-sparsify`` is installed;
-5. on a GPU, or a CPU with bf16 matrix units (AMX, AVX512-BF16), the bf16
-   matmul and the steps under bf16 autocast.  Every ratio is to the *fp32*
-   floor, so the bf16 rows say what autocast buys on this machine.
+5. on a GPU, or a CPU with bf16 matrix units (AMX, AVX512-BF16), or with
+   ``bf16=True``: the bf16 matmul alone and the steps with bf16 encoder products
+   (``matmul_dtype="bfloat16"``), eager and compiled.  The floor ratios are to the
+   *fp32* floor, so the bf16 rows say what bf16 buys on this machine.
+
+Compiling is done before timing and not timed; a compile that fails leaves its rows out with the reason.
 
 The dead-latent counters are set once (``dead_fraction`` of latents dead) and
 not advanced during timing, so every step sees the same AuxK work.
@@ -38,14 +46,18 @@ from tqdm.auto import tqdm
 from emoctl.bench.rounds import resolve_device, sync
 from emoctl.errors import ConfigError
 from emoctl.sae.config import SAEConfig
-from emoctl.sae.topk_sae import SAEOutput, TopKSAE, reference_forward
+from emoctl.sae.topk_sae import MatmulDtype, SAEOutput, TopKSAE, gathered_aux_forward, reference_forward, \
+    training_forward
 
 Step = Callable[[], None]
 
+EAGER = "emoctl TopKSAE step, gathered AuxK (host sync), eager, fp32"
+"""The row every step is compared with (``speed_vs_eager``)."""
+
 
 def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: int = 32, dead_fraction: float = 0.1,
-              steps: int = 5, warmup: int = 2, device: str = "auto", seed: int = 0, profile: bool = False
-              ) -> list[dict]:
+              steps: int = 5, warmup: int = 2, device: str = "auto", seed: int = 0, profile: bool = False,
+              compile: bool = True, bf16: bool | None = None) -> list[dict]:
     """Time one SAE training step; print a Markdown table and return its rows.
 
     Args:
@@ -60,6 +72,9 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
         seed: Seed of the batch, the weights and the dead set.
         profile: Also print torch.profiler's table of the emoctl steps' most costly kernels (where the time
             goes, for the next optimization).
+        compile: Also time the compiled steps (torch.compile; CUDA graphs on a GPU). Compiling takes tens of
+            seconds, not timed.
+        bf16: Time the bf16 rows; None times them where the chip has bf16 matrix units (a GPU, AMX, AVX512-BF16).
     """
     if not 0.0 <= dead_fraction <= 1.0:
         raise ConfigError(f"dead_fraction={dead_fraction} must be in [0, 1].")
@@ -81,30 +96,46 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
     all_alive = copy.deepcopy(template)
     all_alive.tokens_since_fired.zero_()
 
+    def fixed(autocast: MatmulDtype, compiled: bool) -> Callable[[], Step]:
+        return lambda: _emoctl_step(template, x, _training(autocast, compiled), None, probe=compiled)
+
     cases: list[tuple[str, Callable[[], Step]]] = [
         ("bare encoder matmul, fp32", lambda: _matmul_step(x, template.W_enc.detach(), None)),
         ("encoder matmul + AuxK's 4 dense products, fp32", lambda: _dense_work_step(x, template, dead)),
-        ("emoctl TopKSAE step, fp32", lambda: _emoctl_step(template, x, _fast, None)),
-        ("emoctl TopKSAE step, fp32, no dead latents", lambda: _emoctl_step(all_alive, x, _fast, None)),
-        ("dense reference step, fp32", lambda: _emoctl_step(template, x, reference_forward, None)),
+        (EAGER, lambda: _emoctl_step(template, x, gathered_aux_forward, None)),
+        ("emoctl TopKSAE step, fixed-shape AuxK, eager, fp32", fixed("float32", False)),
+        ("emoctl TopKSAE step, fixed-shape AuxK, eager, fp32, no dead latents",
+         lambda: _emoctl_step(all_alive, x, _training("float32", False), None)),
     ]
+    if compile:
+        cases.append(("emoctl TopKSAE step, fixed-shape AuxK, compiled, fp32", fixed("float32", True)))
+    cases.append(("dense reference step, fp32", lambda: _emoctl_step(template, x, reference_forward, None)))
     sparsify_label = "sparsify SparseCoder step" + (", bf16 autocast (built in)" if dev.type == "cuda" else ", fp32")
     if _import_sparsify() is not None:
         cases.append((sparsify_label, lambda: _sparsify_step(template, x, dead)))
-    if _has_fast_bf16(dev):
-        bf16 = torch.bfloat16
+    if bf16 if bf16 is not None else _has_fast_bf16(dev):
         cases += [
-            ("bare encoder matmul, bf16", lambda: _matmul_step(x, template.W_enc.detach(), bf16)),
-            ("emoctl TopKSAE step, bf16 autocast", lambda: _emoctl_step(template, x, _fast, bf16)),
-            ("dense reference step, bf16 autocast", lambda: _emoctl_step(template, x, reference_forward, bf16)),
+            ("bare encoder matmul, bf16", lambda: _matmul_step(x, template.W_enc.detach(), torch.bfloat16)),
+            ("emoctl TopKSAE step, fixed-shape AuxK, eager, bf16 matmul", fixed("bfloat16", False)),
         ]
+        if compile:
+            cases.append(("emoctl TopKSAE step, fixed-shape AuxK, compiled, bf16 matmul", fixed("bfloat16", True)))
+        cases.append(("dense reference step, bf16 autocast",
+                      lambda: _emoctl_step(template, x, reference_forward, torch.bfloat16)))
 
-    timings = _interleaved_median_seconds({name: make_step() for name, make_step in cases}, steps, warmup, dev)
+    step_fns: dict[str, Step] = {}
+    for name, make_step in tqdm(cases, desc="bench sae: building (and compiling) the steps", leave=False):
+        try:
+            step_fns[name] = make_step()
+        except Exception as err:  # a compiler missing or failing on this machine: report it, time the rest
+            print(f"({name!r} left out: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    timings = _interleaved_median_seconds(step_fns, steps, warmup, dev)
     gc.collect()
 
     floor = timings["bare encoder matmul, fp32"]
     bf16_floor = timings.get("bare encoder matmul, bf16")
     theirs = timings.get(sparsify_label)
+    eager = timings[EAGER]
     rows = [
         {
             "row": name,
@@ -112,17 +143,21 @@ def bench_sae(batch_size: int = 4096, d_in: int = 1280, d_sae: int = 4096, k: in
             "tokens_per_s": batch_size / seconds,
             "x_matmul_floor": seconds / floor,
             "x_same_precision_floor": seconds / (bf16_floor if "bf16" in name and bf16_floor else floor),
+            "speed_vs_eager": eager / seconds,
             "speed_vs_sparsify": theirs / seconds if theirs is not None else None,
         }
         for name, seconds in timings.items()
     ]
     print(_markdown(rows, f"Top-k SAE training step on {_device_name(dev)} ({torch.get_num_threads()} threads): "
                           f"batch {batch_size}, {d_in} -> {d_sae} -> {d_in}, k {k}, "
-                          f"{dead.sum().item()} dead latents (AuxK on), median of {steps} steps after {warmup}."))
+                          f"{dead.sum().item()} dead latents (AuxK on, k_aux {cfg.resolved_k_aux}), "
+                          f"median of {steps} steps after {warmup}; speed vs eager step: tokens/s over those of "
+                          f"'{EAGER}'."))
     if profile:
-        for autocast in [None] + ([torch.bfloat16] if _has_fast_bf16(dev) else []):
-            _print_profile(_emoctl_step(template, x, _fast, autocast), dev,
-                           f"emoctl TopKSAE step, {'bf16 autocast' if autocast else 'fp32'}", steps)
+        for matmul in ["float32"] + (["bfloat16"] if _has_fast_bf16(dev) else []):
+            label = "bf16 matmul" if matmul == "bfloat16" else "fp32"
+            _print_profile(_emoctl_step(template, x, _training(matmul, False), None), dev,
+                           f"emoctl TopKSAE step, fixed-shape AuxK, eager, {label}", steps)
     return rows
 
 
@@ -143,8 +178,18 @@ def _print_profile(step: Step, device: torch.device, label: str, steps: int) -> 
 
 
 # ------------------------------------------------------------------ the steps
-def _fast(sae: TopKSAE, x: torch.Tensor) -> SAEOutput:
-    return sae(x)
+def _training(matmul_dtype: MatmulDtype, compiled: bool) -> Callable[[TopKSAE, torch.Tensor], SAEOutput]:
+    """The training forward with these options, built once per SAE copy (a compiled one compiles once)."""
+    built: dict[int, Callable[[torch.Tensor], SAEOutput]] = {}
+
+    def forward(sae: TopKSAE, x: torch.Tensor) -> SAEOutput:
+        if id(sae) not in built:
+            built[id(sae)] = training_forward(sae, matmul_dtype, compiled)
+        if compiled and x.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        return built[id(sae)](x)
+
+    return forward
 
 
 def _adam(params) -> torch.optim.Optimizer:
@@ -182,9 +227,11 @@ def _dense_work_step(x: torch.Tensor, template: TopKSAE, dead: torch.Tensor) -> 
 
 
 def _emoctl_step(template: TopKSAE, x: torch.Tensor, forward: Callable[[TopKSAE, torch.Tensor], SAEOutput],
-                 autocast: torch.dtype | None) -> Step:
+                 autocast: torch.dtype | None, probe: bool = False) -> Step:
+    """One training step on a copy of ``template``; ``probe`` runs it once now (where a compile happens)."""
     sae = copy.deepcopy(template)
     optimizer = _adam(sae.parameters())
+    start = copy.deepcopy(sae.state_dict())
 
     def step() -> None:
         with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
@@ -195,6 +242,13 @@ def _emoctl_step(template: TopKSAE, x: torch.Tensor, forward: Callable[[TopKSAE,
         optimizer.zero_grad(set_to_none=True)
         sae.normalize_decoder()
 
+    if probe:  # compile (and, on a GPU, record the CUDA graphs) outside the timing, then restore the weights
+        for _ in range(3):
+            step()
+        sync(x.device)
+        with torch.no_grad():
+            sae.load_state_dict(start)
+        optimizer = _adam(sae.parameters())
     return step
 
 
@@ -273,9 +327,10 @@ def _device_name(device: torch.device) -> str:
 
 def _markdown(rows: list[dict], title: str) -> str:
     lines = [title, "", "| row | ms/step | tokens/s | x fp32 matmul floor | x same-precision floor "
-                        "| speed vs sparsify |", "|---|---:|---:|---:|---:|---:|"]
+                        "| speed vs eager step | speed vs sparsify |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         versus = f"{r['speed_vs_sparsify']:.2f}x" if r["speed_vs_sparsify"] is not None else "-"
         lines.append(f"| {r['row']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['x_matmul_floor']:.2f} | {r['x_same_precision_floor']:.2f} | {versus} |")
+                     f"{r['x_matmul_floor']:.2f} | {r['x_same_precision_floor']:.2f} | "
+                     f"{r['speed_vs_eager']:.2f}x | {versus} |")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ class SAEModule(pl.LightningModule):
         histogram_bins: int = 50,
         compile: bool = False,
         matmul_dtype: MatmulDtype = "float32",
+        auxk: Literal["auto", "fixed_shape", "gathered"] = "auto",
     ) -> None:
         """
         Args:
@@ -66,6 +67,10 @@ class SAEModule(pl.LightningModule):
             matmul_dtype: "bfloat16" gives the encoder's dense product bf16 operands (float32 accumulation,
                 parameters and loss), faster on GPUs and CPUs with bf16 matrix units; "float32" is exact.
                 ``trainer.precision: bf16-mixed`` has the same effect on the step.
+            auxk: How the AuxK loss finds the dead latents (the same loss either way): "fixed_shape" masks the
+                live ones and takes each token's top k_aux over all latents (no host sync; a compiled step
+                needs it), "gathered" gathers the dead columns (their count, read on the host, sizes small
+                dense products: cheaper eager), "auto" the first when compiling, else the second.
         """
         super().__init__()
         if not 0.0 <= decay_fraction <= 1.0:
@@ -77,6 +82,11 @@ class SAEModule(pl.LightningModule):
         if matmul_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"model.matmul_dtype must be 'float32' or 'bfloat16', got {matmul_dtype!r}. Use "
                               "'bfloat16' for bf16 encoder products on a GPU or a CPU with bf16 matrix units.")
+        if auxk not in ("auto", "fixed_shape", "gathered"):
+            raise ConfigError(f"model.auxk must be 'auto', 'fixed_shape' or 'gathered', got {auxk!r}.")
+        if compile and auxk == "gathered":
+            raise ConfigError("model.compile: true needs model.auxk: fixed_shape (or auto): the gathered AuxK sizes "
+                              "its products from the data, which a compiled step cannot capture.")
         self.save_hyperparameters()
         self.cfg = sae
         self.sae = TopKSAE(sae)
@@ -156,10 +166,19 @@ class SAEModule(pl.LightningModule):
     def _training_forward(self) -> Callable[[torch.Tensor], SAEOutput]:
         """The forward and loss with this run's options, built once the SAE is on its device."""
         if self._forward is None:
-            self._forward = training_forward(self.sae, self.hparams.matmul_dtype, self.hparams.compile)
+            self._forward = training_forward(self.sae, self.hparams.matmul_dtype, self.hparams.compile,
+                                             self.resolved_auxk)
         if self.hparams.compile and self.sae.W_dec.is_cuda:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten now
         return self._forward
+
+    @property
+    def resolved_auxk(self) -> str:
+        """The AuxK form the training step uses: "auto" is the fixed-shape one when compiling (it must be), else
+        the gathered one, cheaper eager (``emoctl bench sae`` times both)."""
+        if self.hparams.auxk != "auto":
+            return self.hparams.auxk
+        return "fixed_shape" if self.hparams.compile else "gathered"
 
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes the logs after this batch (every ``trainer.log_every_n_steps`` steps and the

@@ -21,6 +21,13 @@ CUDA graph).  Where fewer than ``k_aux`` latents are dead, the spare slots hold
 -inf, which the ReLU turns into 0: they add nothing and get no gradient.  The
 backward treats the AuxK pairs like the top-k ones, in the same segmented sums.
 
+Those are B * k_aux gathers of d_in-wide rows, each far slower per element
+than a dense product (about 20x on a CPU, ``emoctl bench sae``); with k_aux in
+the hundreds (default d_in // 2) a dense (B, d_sae) AuxK code is cheaper: the
+same selection as a mask (each row's k_aux-th largest dead pre-activation is
+its threshold), the decode and every gradient as encoder-sized matmuls
+(``aux_dense``; :func:`aux_is_dense` picks the form from the config).
+
 The plain dense version of the same math is ``emoctl.sae.topk_sae.reference_forward``;
 the tests compare values and every gradient against it.
 """
@@ -48,7 +55,19 @@ class TopKEncoding(NamedTuple):
     slots that no dead latent fills. (B, 0) without a dead mask."""
 
     aux_idx: Tensor
-    """(B, k_aux) int64 indices of those latents, ascending within each row."""
+    """(B, k_aux) int64 indices of those latents, ascending within each row; (B, 0) when ``aux_vals`` is
+    dense: (B, d_sae), zero outside each row's top ``k_aux`` dead latents (``aux_dense``)."""
+
+
+AUX_DENSE_ABOVE = 1 / 16
+"""AuxK codes are dense (B, d_sae) when k_aux exceeds this share of d_sae: a gathered row costs about 20 dense
+multiply-adds per element on a CPU (``emoctl bench sae``), and the dense form has five products to the sparse
+form's four gathers."""
+
+
+def aux_is_dense(k_aux: int, d_sae: int) -> bool:
+    """Whether AuxK runs on dense (B, d_sae) codes rather than (B, k_aux) sparse ones (see AUX_DENSE_ABOVE)."""
+    return k_aux > AUX_DENSE_ABOVE * d_sae
 
 
 def latent_major_sum(top_idx: Tensor, weights: Tensor, rows: Tensor, n_latents: int) -> Tensor:
@@ -103,17 +122,27 @@ class _TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, dead_mask: Tensor | None,
-                k: int, k_aux: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                k: int, k_aux: int, aux_dense: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         dtype = W_enc.dtype
         x_c = (x - b_pre).to(dtype)  # (B, d_in)
         pre = torch.addmm(b_enc, x_c, W_enc.t())  # (B, d_sae); lower precision under autocast
         top_vals, top_idx = _relu_topk(pre, k, dtype)
         if k_aux > 0:  # live latents' columns at -inf: the top k_aux of what is left are dead, or -inf -> ReLU 0
-            aux_vals, aux_idx = _relu_topk(pre.masked_fill(~dead_mask, float("-inf")), k_aux, dtype)
+            dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
+            if aux_dense:  # each row's k_aux-th largest dead pre-activation is its threshold (-inf: all dead kept)
+                threshold = dead_pre.topk(k_aux, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+                aux_vals = dead_pre.masked_fill(dead_pre < threshold, 0.0).relu().to(dtype)  # (B, d_sae)
+                aux_idx = top_idx[:, :0]
+            else:
+                aux_vals, aux_idx = _relu_topk(dead_pre, k_aux, dtype)
         else:
             aux_vals, aux_idx = top_vals[:, :0], top_idx[:, :0]
         ctx.save_for_backward(x_c, W_enc, top_vals, top_idx, aux_vals, aux_idx)
         ctx.x_dtype = x.dtype
+        ctx.aux_dense = k_aux > 0 and aux_dense
+        # The dense AuxK backward products are matmuls like the forward's: run them at its autocast precision.
+        device = x.device.type
+        ctx.matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else dtype
         ctx.mark_non_differentiable(top_idx, aux_idx)
         ctx.set_materialize_grads(False)  # an unused output (e.g. the AuxK pair without AuxK) costs nothing
         return top_vals, top_idx, aux_vals, aux_idx
@@ -124,8 +153,9 @@ class _TopKEncode(torch.autograd.Function):
         need_x, need_b_pre, need_W, need_b = ctx.needs_input_grad[:4]
         d_sae = W_enc.shape[0]
         # The (token, latent) pairs that carry gradient, through the ReLU: the top-k and the AuxK ones alike.
-        pairs = [(idx, grad.to(W_enc.dtype) * (vals > 0))
-                 for idx, vals, grad in ((top_idx, top_vals, grad_vals), (aux_idx, aux_vals, grad_aux))
+        sparse = ((top_idx, top_vals, grad_vals),) if ctx.aux_dense else \
+            ((top_idx, top_vals, grad_vals), (aux_idx, aux_vals, grad_aux))
+        pairs = [(idx, grad.to(W_enc.dtype) * (vals > 0)) for idx, vals, grad in sparse
                  if grad is not None and idx.shape[1] > 0]
         grad_b = W_enc.new_zeros(d_sae)  # always: grad of b_pre is -grad_b @ W_enc
         if pairs:
@@ -137,16 +167,25 @@ class _TopKEncode(torch.autograd.Function):
         else:
             grad_W = W_enc.new_zeros(W_enc.shape) if need_W else None
             grad_x_c = x_c.new_zeros(x_c.shape) if need_x else None
+        if ctx.aux_dense and grad_aux is not None:  # (B, d_sae) gradient of the dense AuxK codes
+            g_aux = grad_aux.to(W_enc.dtype) * (aux_vals > 0)
+            grad_b.add_(g_aux.sum(0))
+            low = ctx.matmul_dtype
+            g_low = g_aux.to(low)
+            if need_W:
+                grad_W.add_((g_low.t() @ x_c.to(low)).to(grad_W.dtype))
+            if need_x:
+                grad_x_c.add_((g_low @ W_enc.to(low)).to(grad_x_c.dtype))
 
         # x_c = x - b_pre with b_pre broadcast over rows: its gradient is minus the column sum of
         # grad_x_c, i.e. -(sum_b g_b) @ W_enc = -grad_b @ W_enc, a (d_sae,) x (d_sae, d_in) product.
         grad_b_pre = -(grad_b @ W_enc) if need_b_pre else None
         grad_x = grad_x_c.to(ctx.x_dtype) if need_x else None
-        return grad_x, grad_b_pre, grad_W, grad_b if need_b else None, None, None, None
+        return grad_x, grad_b_pre, grad_W, grad_b if need_b else None, None, None, None, None
 
 
 def topk_encode(x: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
-                dead_mask: Tensor | None = None, k_aux: int = 0) -> TopKEncoding:
+                dead_mask: Tensor | None = None, k_aux: int = 0, aux_dense: bool | None = None) -> TopKEncoding:
     """Top-k encoder with sparse backward: ``TopK(ReLU((x - b_pre) @ W_enc.T + b_enc))``.
 
     Args:
@@ -158,10 +197,13 @@ def topk_encode(x: Tensor, b_pre: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
         dead_mask: (d_sae,) bool, the dead latents whose top ``k_aux`` pre-activations per row to return
             for AuxK; None returns none.
         k_aux: AuxK latents per row, at most d_sae (a config value, so the shapes do not depend on data).
+        aux_dense: Return the AuxK codes dense, (B, d_sae); None decides by :func:`aux_is_dense`.
     """
     if dead_mask is None or k_aux <= 0:
         dead_mask, k_aux = None, 0
-    return TopKEncoding(*_TopKEncode.apply(x, b_pre, W_enc, b_enc, dead_mask, k, k_aux))
+    if aux_dense is None:
+        aux_dense = aux_is_dense(k_aux, W_enc.shape[0])
+    return TopKEncoding(*_TopKEncode.apply(x, b_pre, W_enc, b_enc, dead_mask, k, k_aux, aux_dense))
 
 
 class _SparseDecode(torch.autograd.Function):

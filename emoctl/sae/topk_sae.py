@@ -15,9 +15,10 @@ per latent (``W_enc``, ``W_dec``: (d_sae, d_in)); the SAELens export writes
 ``W_enc`` transposed.  ``b_dec`` is the input bias b_pre (SAELens' name).
 
 The training forward has no host sync: every shape is fixed by the config (AuxK
-masks the live latents instead of gathering the dead ones) and the dead count is
-returned as a device tensor, so ``training_forward`` can compile it, and on a GPU
-capture it in a CUDA graph.
+masks the live latents instead of gathering the dead ones, with dense (B, d_sae)
+codes when k_aux is a large share of d_sae, sparse (B, k_aux) ones otherwise) and
+the dead count is returned as a device tensor, so ``training_forward`` can compile
+it, and on a GPU capture it in a CUDA graph.
 
 ``reference_forward`` is the same forward and loss written densely with
 plain PyTorch; the fast path (``emoctl.sae.sparse_ops``) is tested against it.
@@ -34,10 +35,11 @@ from torch import Tensor, nn
 
 from emoctl.errors import ConfigError
 from emoctl.sae.config import SAEConfig
-from emoctl.sae.sparse_ops import sparse_decode, topk_encode
+from emoctl.sae.sparse_ops import aux_is_dense, sparse_decode, topk_encode
 
 BPreInit = Literal["geometric_median", "mean", "zeros"]
 MatmulDtype = Literal["float32", "bfloat16"]
+AuxK = Literal["fixed_shape", "gathered"]
 
 
 class SAEOutput(NamedTuple):
@@ -98,23 +100,28 @@ class TopKSAE(nn.Module):
         return self.b_dec
 
     # ----------------------------------------------------------------- forward
-    def forward(self, x: Tensor) -> SAEOutput:
+    def forward(self, x: Tensor, aux_dense: bool | None = None) -> SAEOutput:
         """Training forward on (B, d_in) rows: codes, reconstruction and loss (AuxK when latents are dead).
 
         No host sync and no data-dependent shape: AuxK always takes each token's top ``k_aux`` of the
         dead-masked pre-activations, and its loss is selected to 0 on the device when no latent is dead.
+        ``aux_dense`` picks AuxK's dense (B, d_sae) or sparse (B, k_aux) codes (the same loss); None lets
+        :func:`~emoctl.sae.sparse_ops.aux_is_dense` pick the cheaper from the config.
         """
         self._check_rows(x)
         cfg = self.cfg
         aux_on = cfg.aux_coef > 0
         dead = self.dead_mask
         k_aux = min(cfg.resolved_k_aux, cfg.d_sae) if aux_on else 0
-        enc = topk_encode(x, self.b_dec, self.W_enc, self.b_enc, cfg.k, dead if aux_on else None, k_aux)
+        dense = aux_is_dense(k_aux, cfg.d_sae) if aux_dense is None else aux_dense
+        enc = topk_encode(x, self.b_dec, self.W_enc, self.b_enc, cfg.k, dead if aux_on else None, k_aux, dense)
         x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec) + self.b_dec  # (B, d_in)
         fvu = fraction_of_variance_unexplained(x, x_hat)
         if aux_on:
             n_dead = dead.sum()
-            e_hat = sparse_decode(enc.aux_vals, enc.aux_idx, self.W_dec)  # (B, d_in), no b_pre
+            # (B, d_in), no b_pre; the dense product is in bf16 under autocast
+            e_hat = (enc.aux_vals @ self.W_dec).to(x_hat.dtype) if dense else \
+                sparse_decode(enc.aux_vals, enc.aux_idx, self.W_dec)
             aux_fvu = fraction_of_variance_unexplained((x - x_hat).detach(), e_hat)
             # Without dead latents e_hat is 0 and the FVU above is 1: the loss is defined as 0 there.
             aux_fvu = torch.where(n_dead > 0, aux_fvu, torch.zeros_like(aux_fvu))
@@ -242,9 +249,13 @@ def geometric_median(points: Tensor, iters: int = 48, eps: float = 1e-8) -> Tens
     return median
 
 
-def training_forward(sae: TopKSAE, matmul_dtype: MatmulDtype = "float32", compile: bool = False
-                     ) -> Callable[[Tensor], SAEOutput]:
+def training_forward(sae: TopKSAE, matmul_dtype: MatmulDtype = "float32", compile: bool = False,
+                     auxk: AuxK = "fixed_shape") -> Callable[[Tensor], SAEOutput]:
     """``sae``'s training forward and loss as one callable, with bf16 products and torch.compile on request.
+
+    ``auxk="fixed_shape"`` is :meth:`TopKSAE.forward` (no host sync, always ``k_aux`` AuxK pairs per token);
+    ``"gathered"`` is :func:`gathered_aux_forward` (dense products over the dead columns, sized by a host
+    sync: cheaper eager when fewer than ``k_aux`` latents are dead, but it cannot be compiled whole).
 
     ``matmul_dtype="bfloat16"`` runs the forward under bf16 autocast: the encoder's dense product takes bf16
     operands (accumulating in float32) where the chip is faster at them; parameters, gradients, the sparse
@@ -256,11 +267,18 @@ def training_forward(sae: TopKSAE, matmul_dtype: MatmulDtype = "float32", compil
     if matmul_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"matmul_dtype={matmul_dtype!r} is not one of 'float32', 'bfloat16'. Use 'bfloat16' "
                           "for bf16 encoder products on a GPU or a CPU with bf16 matrix units, else 'float32'.")
+    if auxk not in ("fixed_shape", "gathered"):
+        raise ConfigError(f"auxk={auxk!r} is not one of 'fixed_shape', 'gathered'.")
+    if compile and auxk == "gathered":
+        raise ConfigError("a compiled SAE step needs the fixed-shape AuxK: the gathered one sizes its products "
+                          "from the data (a host sync, a graph break). Set model.auxk: fixed_shape (or auto), "
+                          "or model.compile: false.")
     low = matmul_dtype == "bfloat16"
+    step = sae.forward if auxk == "fixed_shape" else (lambda v: gathered_aux_forward(sae, v))
 
     def forward(x: Tensor) -> SAEOutput:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
-            return sae(x)
+            return step(x)
 
     if not compile:
         return forward

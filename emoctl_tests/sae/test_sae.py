@@ -83,7 +83,8 @@ def test_latent_major_sum_and_gathered_dot_match_dense_products():
 
 @pytest.mark.parametrize("n_dead", [0, 6, 40], ids=["no-dead", "fewer-dead-than-k_aux", "more-dead-than-k_aux"])
 @pytest.mark.parametrize("x_requires_grad", [False, True])
-def test_fast_forward_and_all_gradients_equal_the_dense_reference(n_dead, x_requires_grad):
+@pytest.mark.parametrize("aux_dense", [False, True], ids=["sparse-aux", "dense-aux"])
+def test_fast_forward_and_all_gradients_equal_the_dense_reference(n_dead, x_requires_grad, aux_dense):
     sae = _random_sae(k_aux=12, dead_tokens=1000)
     with torch.no_grad():
         sae.b_enc.sub_(2.5)  # so that ReLU zeroes some of the k selected values (its gradient gate matters)
@@ -91,7 +92,7 @@ def test_fast_forward_and_all_gradients_equal_the_dense_reference(n_dead, x_requ
     x = torch.randn(48, 16, dtype=F64, requires_grad=x_requires_grad)
 
     results = []
-    for forward in (TopKSAE.forward, reference_forward):
+    for forward in (lambda s, v: TopKSAE.forward(s, v, aux_dense=aux_dense), reference_forward):
         sae.zero_grad(set_to_none=True)
         x.grad = None
         out = forward(sae, x)
@@ -157,6 +158,13 @@ def test_aux_loss_alone_trains_only_the_dead_latents():
         torch.testing.assert_close(fast_grads[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_aux_codes_are_dense_when_k_aux_is_a_large_share_of_d_sae():
+    from emoctl.sae.sparse_ops import aux_is_dense
+
+    assert aux_is_dense(SAEConfig().resolved_k_aux, SAEConfig().d_sae)  # 640 of 4096
+    assert not aux_is_dense(32, 4096) and not aux_is_dense(4, 64) and aux_is_dense(5, 64)
+
+
 def test_aux_uses_each_tokens_top_k_aux_dead_latents():
     sae = _random_sae(k_aux=2, dead_tokens=1000)
     dead = torch.arange(10)
@@ -176,7 +184,8 @@ def test_aux_uses_each_tokens_top_k_aux_dead_latents():
 @pytest.mark.parametrize("n_dead, k_aux", [(0, 12), (6, 12), (12, 12), (40, 12), (64, 100)],
                          ids=["none-dead", "fewer-than-k_aux", "exactly-k_aux", "more-than-k_aux",
                               "k_aux-above-d_sae"])
-def test_fixed_shape_aux_equals_the_gathered_dead_columns_aux(n_dead, k_aux):
+@pytest.mark.parametrize("aux_dense", [False, True], ids=["sparse-aux", "dense-aux"])
+def test_fixed_shape_aux_equals_the_gathered_dead_columns_aux(n_dead, k_aux, aux_dense):
     """The masked top-k_aux over all latents gives the loss and every gradient of AuxK on gathered columns."""
     sae = _random_sae(k_aux=k_aux, dead_tokens=1000)
     with torch.no_grad():
@@ -184,7 +193,7 @@ def test_fixed_shape_aux_equals_the_gathered_dead_columns_aux(n_dead, k_aux):
     _mark_dead(sae, torch.randperm(64, generator=torch.Generator().manual_seed(7))[:n_dead])
     x = torch.randn(40, 16, dtype=F64, requires_grad=True)
     results = []
-    for forward in (TopKSAE.forward, gathered_aux_forward):
+    for forward in (lambda s, v: TopKSAE.forward(s, v, aux_dense=aux_dense), gathered_aux_forward):
         sae.zero_grad(set_to_none=True)
         x.grad = None
         out = forward(sae, x)
@@ -215,11 +224,12 @@ def _compile_sae(seed: int = 0) -> tuple[TopKSAE, torch.Tensor]:
     return sae, torch.randn(48, 16)
 
 
-def test_training_forward_and_backward_trace_as_one_graph_without_host_syncs():
+@pytest.mark.parametrize("aux_dense", [False, True], ids=["sparse-aux", "dense-aux"])
+def test_training_forward_and_backward_trace_as_one_graph_without_host_syncs(aux_dense):
     """fullgraph=True refuses any graph break: an .item(), a nonzero or another data-dependent shape."""
     sae, x = _compile_sae()
     torch._dynamo.reset()
-    out = torch.compile(sae.forward, fullgraph=True, backend="eager")(x)
+    out = torch.compile(lambda v: sae(v, aux_dense=aux_dense), fullgraph=True, backend="eager")(x)
     out.loss.backward()  # the autograd.Functions' backwards were traced too
     assert isinstance(out.n_dead, torch.Tensor) and int(out.n_dead) == 20
     assert sae.W_enc.grad is not None and torch.isfinite(sae.W_enc.grad).all()
@@ -270,6 +280,23 @@ def test_bf16_matmuls_stay_close_to_float32_and_the_default_is_the_plain_forward
         training_forward(sae, matmul_dtype="fp8")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="model.matmul_dtype"):
         SAEModule(SAEConfig(d_in=8, d_sae=16, k=2), matmul_dtype="fp8")  # type: ignore[arg-type]
+
+
+def test_sae_module_picks_the_fixed_shape_auxk_when_compiling_and_refuses_compiling_the_gathered_one():
+    cfg = SAEConfig(d_in=8, d_sae=16, k=2)
+    assert SAEModule(cfg).resolved_auxk == "gathered"
+    assert SAEModule(cfg, compile=True).resolved_auxk == "fixed_shape"
+    assert SAEModule(cfg, auxk="fixed_shape").resolved_auxk == "fixed_shape"
+    with pytest.raises(ConfigError, match="model.auxk: fixed_shape"):
+        SAEModule(cfg, compile=True, auxk="gathered")
+    with pytest.raises(ConfigError, match="model.auxk must be"):
+        SAEModule(cfg, auxk="dense")  # type: ignore[arg-type]
+    sae, x = _compile_sae(seed=3)
+    with pytest.raises(ConfigError, match="fixed-shape AuxK"):
+        training_forward(sae, compile=True, auxk="gathered")
+    fixed, gathered = training_forward(sae)(x), training_forward(sae, auxk="gathered")(x)
+    assert torch.equal(fixed.top_idx, gathered.top_idx) and int(fixed.n_dead) == int(gathered.n_dead) == 20
+    torch.testing.assert_close(fixed.loss, gathered.loss, rtol=1e-6, atol=1e-7)
 
 
 # ------------------------------------------------------- decoder-norm constraint
@@ -412,19 +439,39 @@ def test_default_k_aux_is_half_of_d_in():
 
 
 def test_bench_sae_rows_and_ratios(capsys):
-    from emoctl.bench.sae import _has_fast_bf16, bench_sae
+    from emoctl.bench.sae import EAGER, _has_fast_bf16, bench_sae
 
     rows = {r["row"]: r for r in bench_sae(batch_size=128, d_in=32, d_sae=128, k=4, steps=1, warmup=0,
-                                             device="cpu")}
+                                             device="cpu", compile=False)}
     floor = rows["bare encoder matmul, fp32"]
     assert floor["x_matmul_floor"] == 1.0
-    step = rows["emoctl TopKSAE step, fp32"]
+    eager = rows[EAGER]
+    assert eager["speed_vs_eager"] == 1.0
+    step = rows["emoctl TopKSAE step, fixed-shape AuxK, eager, fp32"]
     assert step["x_matmul_floor"] == pytest.approx(step["ms_per_step"] / floor["ms_per_step"])
+    assert step["speed_vs_eager"] == pytest.approx(eager["ms_per_step"] / step["ms_per_step"])
+    assert "emoctl TopKSAE step, fixed-shape AuxK, eager, fp32, no dead latents" in rows
+    assert not any("compiled" in name for name in rows)  # compile=False
     dense = rows["encoder matmul + AuxK's 4 dense products, fp32"]
     assert dense["x_matmul_floor"] == pytest.approx(dense["ms_per_step"] / floor["ms_per_step"])
-    assert ("emoctl TopKSAE step, bf16 autocast" in rows) == _has_fast_bf16(torch.device("cpu"))
+    bf16_step = "emoctl TopKSAE step, fixed-shape AuxK, eager, bf16 matmul"
+    assert (bf16_step in rows) == _has_fast_bf16(torch.device("cpu"))
     if "bare encoder matmul, bf16" in rows:
-        bf16, bf16_floor = rows["emoctl TopKSAE step, bf16 autocast"], rows["bare encoder matmul, bf16"]
+        bf16, bf16_floor = rows[bf16_step], rows["bare encoder matmul, bf16"]
         assert bf16["x_same_precision_floor"] == pytest.approx(bf16["ms_per_step"] / bf16_floor["ms_per_step"])
         assert bf16["x_matmul_floor"] == pytest.approx(bf16["ms_per_step"] / floor["ms_per_step"])
-    assert "| emoctl TopKSAE step, fp32 |" in capsys.readouterr().out
+    assert f"| {EAGER} |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_sae_times_the_compiled_and_bf16_steps(capsys):
+    from emoctl.bench.sae import bench_sae
+
+    rows = {r["row"]: r for r in bench_sae(batch_size=64, d_in=16, d_sae=64, k=4, steps=1, warmup=0,
+                                             device="cpu", compile=True, bf16=True)}
+    out = capsys.readouterr().out
+    for name in ("emoctl TopKSAE step, fixed-shape AuxK, compiled, fp32",
+                 "emoctl TopKSAE step, fixed-shape AuxK, eager, bf16 matmul",
+                 "emoctl TopKSAE step, fixed-shape AuxK, compiled, bf16 matmul", "bare encoder matmul, bf16"):
+        assert name in rows, (name, out)
+        assert rows[name]["speed_vs_eager"] > 0

@@ -238,3 +238,25 @@ def test_training_scalars_are_computed_and_logged_only_on_the_steps_lightning_wr
     assert len(model.logged_at) == 4 * 6  # six training scalars each time
     steps, losses, _ = scalars(tmp_path / "tb" / "v", "train/loss")
     assert steps.tolist() == logged_steps and np.isfinite(losses).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{"compile": True}, {"auxk": "fixed_shape", "matmul_dtype": "bfloat16"}],
+                         ids=["compiled", "fixed-shape-bf16"])
+def test_the_step_options_train_and_keep_atoms_unit_norm(tmp_path, options):
+    """SAEModule's compiled step (fixed-shape AuxK) and its bf16 encoder products run a real Lightning fit."""
+    torch._dynamo.reset()
+    dm = ActivationStoreDataModule(str(tmp_path / "store"), batch_size=256, num_workers=0,
+                                   build=SyntheticSparseStore(d_model=16, n_atoms=32, n_utterances=100))
+    model = SAEModule(SAEConfig(d_in=16, d_sae=64, k=4, dead_tokens=512, hook_name="synthetic"), warmup_steps=2,
+                      **options)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=8, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False,
+                         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, dm)
+    torch._dynamo.reset()
+    assert trainer.global_step == 8 and model.resolved_auxk == "fixed_shape"
+    assert not torch.equal(model.sae.W_enc, model.sae.W_dec)  # trained away from the tied-copy init
+    norms = model.sae.W_dec.detach().norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert int(model._non_finite_losses) == 0
