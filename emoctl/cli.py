@@ -84,6 +84,8 @@ TOOLS: dict[str, dict[str, Tool]] = {
                       "Synthesize the ESD-shaped eSpeak NG corpus (resumable)."),
         "ceiling": Tool("emoctl.commands.corpus:prosody_ceiling",
                         "Bayes classifier on the corpus's true prosody knobs: the ceiling for SER accuracy."),
+        "codec": Tool("emoctl.commands.corpus:fit_subframe_codec",
+                      "Fit a sub-frame codec (four 5 ms envelopes per 20 ms token, RVQ) on the train split."),
     },
     "report": {
         "table1": Tool("emoctl.commands.table1:table1", "The SAE seed's Table 1: induce/suppress emotions per steering method."),

@@ -155,7 +155,7 @@ def codec_roundtrip_report(codec_dir: str | None = None, corpus_root: str = "run
     """Round-trip a corpus split through the speech codec and compare per-emotion F0, RMS, duration and WER.
 
     Args:
-        codec_dir: A saved SpeechCodec folder; None for the committed mini TTS's codec.
+        codec_dir: A saved SpeechCodec or SubframeCodec folder; None for the committed mini TTS's codec.
         corpus_root: The ESD-layout corpus (``make corpus``).
         out_dir: Where summary.md, per_emotion.csv, clips.csv and roundtrip.png go.
         split: Corpus split to round-trip ("test" by default: clips the codec was not fitted on).
@@ -167,12 +167,13 @@ def codec_roundtrip_report(codec_dir: str | None = None, corpus_root: str = "run
     """
     check_output_dir(out_dir, "out_dir")  # before any work: a bad folder fails now, not after the compute
     from emoctl.backbones.mini_tts.backbone import CODEC_DIR  # lazy: the mini TTS imports transformers
-    from emoctl.backbones.mini_tts.codec import SpeechCodec, map_in_workers  # lazy: imports transformers
+    from emoctl.backbones.mini_tts.codec import map_in_workers  # lazy: imports transformers
+    from emoctl.backbones.mini_tts.subframe_codec import load_codec  # lazy: imports torch
 
     root = Path(corpus_root)
     sentences = read_corpus_record(root)["sentences"]
     codec_path = Path(codec_dir) if codec_dir is not None else Path(DEFAULT_MINI_TTS_DIR) / CODEC_DIR
-    codec = SpeechCodec.load(codec_path)
+    codec = load_codec(codec_path)
 
     clips = list_corpus_clips(root, split=split)
     if clips_per_cell is not None:
