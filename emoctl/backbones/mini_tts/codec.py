@@ -41,7 +41,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,18 +186,19 @@ def _upsample_f0(f0: np.ndarray, factor: int) -> np.ndarray:
 
 
 @dataclass
-class _Analyzer:
-    """Picklable analysis job for worker processes."""
+class Analyzer:
+    """Picklable analysis job for worker processes: validate, resample, then ``analysis`` (a module function)."""
     f0_range: tuple[float, float]
     fft_size: int
     n_coded_dims: int
     aperiodicity: bool
+    analysis: Callable[..., Any] = analyze
 
-    def __call__(self, item: tuple[np.ndarray, int]) -> WorldFrames:
+    def __call__(self, item: tuple[np.ndarray, int]) -> Any:
         wave, sample_rate = item
         x = resample(as_mono_float(wave, sample_rate), sample_rate)
-        return analyze(x, f0_range=self.f0_range, fft_size=self.fft_size, n_coded_dims=self.n_coded_dims,
-                       aperiodicity=self.aperiodicity)
+        return self.analysis(x, f0_range=self.f0_range, fft_size=self.fft_size, n_coded_dims=self.n_coded_dims,
+                             aperiodicity=self.aperiodicity)
 
 
 def map_in_workers(fn, items: Iterable, *, workers: int, total: int | None, desc: str, progress: bool):
@@ -227,10 +228,37 @@ def fft_size_for(f0_range: tuple[float, float]) -> int:
 def analyze_for_fit(waves: Iterable[tuple[np.ndarray, int]], *, f0_range: tuple[float, float] = (50.0, 600.0),
                     n_coded_dims: int = N_CODED_DIMS, workers: int = 1, progress: bool = True) -> list[WorldFrames]:
     """WORLD frames, aperiodicity included, of ``(wave, sample_rate)`` pairs (:meth:`SpeechCodec.fit_frames`' input)."""
-    job = _Analyzer((float(f0_range[0]), float(f0_range[1])), fft_size_for(f0_range), n_coded_dims,
+    job = Analyzer((float(f0_range[0]), float(f0_range[1])), fft_size_for(f0_range), n_coded_dims,
                     aperiodicity=True)
     total = len(waves) if hasattr(waves, "__len__") else None
     return list(map_in_workers(job, waves, workers=workers, total=total, desc="WORLD analysis", progress=progress))
+
+
+def f0_to_bin(f0: np.ndarray, log_lo: float, log_step: float, n_f0_bins: int) -> np.ndarray:
+    """Hz -> F0 bin: 0 for unvoiced (f0 <= 0), else 1..n_f0_bins-1 in steps of ``log_step`` from ``log_lo``, clamped."""
+    f0 = np.asarray(f0, dtype=np.float64)
+    safe = np.where(f0 > 0, f0, 1.0)
+    b = 1 + np.floor((np.log(safe) - log_lo) / log_step).astype(np.int64)
+    return np.where(f0 > 0, np.clip(b, 1, n_f0_bins - 1), 0)
+
+
+def bin_to_f0(f0_bin: np.ndarray, log_lo: float, log_step: float) -> np.ndarray:
+    """F0 bin -> Hz at the bin's centre in log-F0; 0 for bin 0 (unvoiced)."""
+    b = np.asarray(f0_bin, dtype=np.int64)
+    return np.where(b > 0, np.exp(log_lo + (b - 0.5) * log_step), 0.0)
+
+
+def aperiodicity_table(codes: np.ndarray, voiced: np.ndarray, ap: np.ndarray, n_codes: int) -> np.ndarray:
+    """(K, A) mean coded aperiodicity of the voiced frames of each code; codes never voiced get the global mean.
+
+    Unvoiced frames need none: WORLD synthesises them as pure noise.
+    """
+    table = np.zeros((n_codes, ap.shape[1]))                                               # (K, A)
+    counts = np.bincount(codes[voiced], minlength=n_codes)
+    np.add.at(table, codes[voiced], ap[voiced])
+    global_mean = ap[voiced].mean(0)
+    table = np.where(counts[:, None] > 0, table / np.maximum(counts, 1)[:, None], global_mean)
+    return table.astype(np.float32)
 
 
 def _analysis_settings() -> dict[str, float]:
@@ -334,7 +362,7 @@ class SpeechCodec:
         centroids = weighted / weights
         codes = codes.numpy()
         log_gain = cls._log_gain(codes, power, centroids.double().numpy())
-        ap_table = cls._aperiodicity_table(codes, voiced, ap, n_env_codes)
+        ap_table = aperiodicity_table(codes, voiced, ap, n_env_codes)
         return cls(centroids, torch.from_numpy(log_gain), torch.from_numpy(ap_table), n_f0_bins=n_f0_bins,
                    f0_range=f0_range, f0_lo=f0_lo, f0_hi=f0_hi, fft_size=fft_size, energy_weight=energy_weight)
 
@@ -355,32 +383,14 @@ class SpeechCodec:
         shape_power = pw.decode_spectral_envelope(np.ascontiguousarray(shape), SAMPLE_RATE, fft_size).sum(1)
         return centroids[:, 0] - np.log(shape_power)
 
-    @staticmethod
-    def _aperiodicity_table(codes: np.ndarray, voiced: np.ndarray, ap: np.ndarray, n_codes: int) -> np.ndarray:
-        """Mean coded aperiodicity of the voiced frames of each code; codes never voiced get the global mean.
-
-        Unvoiced frames need none: WORLD synthesises them as pure noise.
-        """
-        table = np.zeros((n_codes, ap.shape[1]))                                               # (K, A)
-        counts = np.bincount(codes[voiced], minlength=n_codes)
-        np.add.at(table, codes[voiced], ap[voiced])
-        global_mean = ap[voiced].mean(0)
-        table = np.where(counts[:, None] > 0, table / np.maximum(counts, 1)[:, None], global_mean)
-        return table.astype(np.float32)
-
     # ------------------------------------------------------------------ tokens
     def f0_to_bin(self, f0: np.ndarray) -> np.ndarray:
         """Hz -> bin: 0 for unvoiced (f0 <= 0), else 1..n_f0_bins-1 by log-F0, clamped."""
-        f0 = np.asarray(f0, dtype=np.float64)
-        safe = np.where(f0 > 0, f0, 1.0)
-        b = 1 + np.floor((np.log(safe) - self._log_lo) / self._log_step).astype(np.int64)
-        return np.where(f0 > 0, np.clip(b, 1, self.n_f0_bins - 1), 0)
+        return f0_to_bin(f0, self._log_lo, self._log_step, self.n_f0_bins)
 
     def bin_to_f0(self, f0_bin: np.ndarray) -> np.ndarray:
         """bin -> Hz at the bin's centre in log-F0; 0 for bin 0 (unvoiced)."""
-        b = np.asarray(f0_bin, dtype=np.int64)
-        hz = np.exp(self._log_lo + (b - 0.5) * self._log_step)
-        return np.where(b > 0, hz, 0.0)
+        return bin_to_f0(f0_bin, self._log_lo, self._log_step)
 
     def split(self, tokens: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens -> (env_code, f0_bin), same shape, int64."""

@@ -44,9 +44,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from emoctl.backbones.mini_tts.codec import FORMAT_NAME as SPEECH_CODEC_FORMAT, SpeechCodec
-from emoctl.backbones.mini_tts.codec import (F0_PERCENTILES, SAMPLE_RATE, SPECTRUM_FLOOR, _pyworld, _upsample_f0,
-                                             _upsample_linear, as_mono_float, fft_size_for, map_in_workers,
-                                             resample)
+from emoctl.backbones.mini_tts.codec import (F0_PERCENTILES, SAMPLE_RATE, SPECTRUM_FLOOR, Analyzer, _pyworld,
+                                             _upsample_f0, _upsample_linear, aperiodicity_table, as_mono_float,
+                                             bin_to_f0, f0_to_bin, fft_size_for, map_in_workers, resample)
 from emoctl.backbones.mini_tts.kmeans import _torch_threads, kmeans, nearest_centroid
 from emoctl.errors import ConfigError
 from emoctl.io.formats import read_versioned_json
@@ -88,21 +88,6 @@ def analyze_subframes(x: np.ndarray, *, f0_range: tuple[float, float], fft_size:
     if aperiodicity:
         ap = pw.code_aperiodicity(pw.d4c(x, f0, times, SAMPLE_RATE, fft_size=fft_size), SAMPLE_RATE)[::SUBFRAMES]
     return SubframeFrames(features, np.ascontiguousarray(f0[::SUBFRAMES]), ap)
-
-
-@dataclass
-class _Analyzer:
-    """Picklable analysis job for worker processes."""
-    f0_range: tuple[float, float]
-    fft_size: int
-    n_coded_dims: int
-    aperiodicity: bool
-
-    def __call__(self, item: tuple[np.ndarray, int]) -> SubframeFrames:
-        wave, sample_rate = item
-        x = resample(as_mono_float(wave, sample_rate), sample_rate)
-        return analyze_subframes(x, f0_range=self.f0_range, fft_size=self.fft_size, n_coded_dims=self.n_coded_dims,
-                                 aperiodicity=self.aperiodicity)
 
 
 def stack_subframes(features: np.ndarray) -> np.ndarray:
@@ -195,7 +180,8 @@ class SubframeCodec:
             training: DecoderTraining = DecoderTraining()) -> SubframeCodec:
         """Fit F0 bins, RVQ codebooks, aperiodicity table and context decoder on ``(wave, sample_rate)`` pairs."""
         fft_size = fft_size_for(f0_range)
-        job = _Analyzer((float(f0_range[0]), float(f0_range[1])), fft_size, n_coded_dims, aperiodicity=True)
+        job = Analyzer((float(f0_range[0]), float(f0_range[1])), fft_size, n_coded_dims, aperiodicity=True,
+                       analysis=analyze_subframes)
         analyses = list(map_in_workers(job, waves, workers=workers, total=len(waves), desc="WORLD analysis (5 ms)",
                                        progress=progress))
         return cls.fit_frames(analyses, n_codes=n_codes, n_levels=n_levels, n_f0_bins=n_f0_bins, f0_range=f0_range,
@@ -240,7 +226,7 @@ class SubframeCodec:
                 first_codes = index.numpy()
         codebooks = torch.stack(books)                                                          # (L, K, 4 D)
         ap = np.concatenate([a.aperiodicity for a in analyses])                                 # (N, A)
-        ap_table = _aperiodicity_table(first_codes, voiced, ap, n_codes)
+        ap_table = aperiodicity_table(first_codes, voiced, ap, n_codes)
         decoder = ContextDecoder(codebooks.shape[2])
         codec = cls(codebooks, decoder, torch.from_numpy(ap_table), n_f0_bins=n_f0_bins, f0_range=f0_range,
                     f0_lo=f0_lo, f0_hi=f0_hi, fft_size=fft_size_for(f0_range), energy_weight=energy_weight)
@@ -305,14 +291,11 @@ class SubframeCodec:
 
     def f0_to_bin(self, f0: np.ndarray) -> np.ndarray:
         """Hz -> bin: 0 for unvoiced (f0 <= 0), else 1..n_f0_bins-1 by log-F0, clamped (``SpeechCodec``'s bins)."""
-        f0 = np.asarray(f0, dtype=np.float64)
-        b = 1 + np.floor((np.log(np.where(f0 > 0, f0, 1.0)) - self._log_lo) / self._log_step).astype(np.int64)
-        return np.where(f0 > 0, np.clip(b, 1, self.n_f0_bins - 1), 0)
+        return f0_to_bin(f0, self._log_lo, self._log_step, self.n_f0_bins)
 
     def bin_to_f0(self, f0_bin: np.ndarray) -> np.ndarray:
         """bin -> Hz at the bin's centre in log-F0; 0 for bin 0 (unvoiced)."""
-        b = np.asarray(f0_bin, dtype=np.int64)
-        return np.where(b > 0, np.exp(self._log_lo + (b - 0.5) * self._log_step), 0.0)
+        return bin_to_f0(f0_bin, self._log_lo, self._log_step)
 
     def analyze(self, wave: np.ndarray, sample_rate: int, *, aperiodicity: bool = False,
                 name: str = "wave") -> SubframeFrames:
@@ -451,15 +434,6 @@ def _feature_weights(n_coded_dims: int, energy_weight: float) -> np.ndarray:
     weights = np.ones(SUBFRAMES * n_coded_dims, dtype=np.float32)
     weights[::n_coded_dims] = energy_weight
     return weights
-
-
-def _aperiodicity_table(codes: np.ndarray, voiced: np.ndarray, ap: np.ndarray, n_codes: int) -> np.ndarray:
-    """Mean coded aperiodicity of each level-1 code's voiced tokens; codes never voiced get the global mean."""
-    table = np.zeros((n_codes, ap.shape[1]))
-    counts = np.bincount(codes[voiced], minlength=n_codes)
-    np.add.at(table, codes[voiced], ap[voiced])
-    table = np.where(counts[:, None] > 0, table / np.maximum(counts, 1)[:, None], ap[voiced].mean(0))
-    return table.astype(np.float32)
 
 
 def _fit_length(frames: np.ndarray, n: int) -> np.ndarray:
