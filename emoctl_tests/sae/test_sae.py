@@ -30,6 +30,16 @@ def _random_sae(d_in: int = 16, d_sae: int = 64, k: int = 4, seed: int = 0, **cf
     return sae
 
 
+def _loss_and_grads(forward, sae: TopKSAE, x: torch.Tensor):
+    """``forward(sae, x)``, its loss backpropagated from zeroed gradients: (output, parameter grads, x's grad)."""
+    sae.zero_grad(set_to_none=True)
+    x.grad = None
+    out = forward(sae, x)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    return out, grads, None if x.grad is None else x.grad.clone()
+
+
 def _mark_dead(sae: TopKSAE, latents: torch.Tensor) -> None:
     sae.tokens_since_fired.zero_()
     sae.tokens_since_fired[latents] = sae.cfg.dead_tokens
@@ -91,15 +101,8 @@ def test_fast_forward_and_all_gradients_equal_the_dense_reference(n_dead, x_requ
     _mark_dead(sae, torch.randperm(64, generator=torch.Generator().manual_seed(2))[:n_dead])
     x = torch.randn(48, 16, dtype=F64, requires_grad=x_requires_grad)
 
-    results = []
-    for forward in (lambda s, v: TopKSAE.forward(s, v, aux_dense=aux_dense), reference_forward):
-        sae.zero_grad(set_to_none=True)
-        x.grad = None
-        out = forward(sae, x)
-        out.loss.backward()
-        grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
-        results.append((out, grads, None if x.grad is None else x.grad.clone()))
-    (fast, fast_grads, fast_dx), (ref, ref_grads, ref_dx) = results
+    fast, fast_grads, fast_dx = _loss_and_grads(lambda s, v: TopKSAE.forward(s, v, aux_dense=aux_dense), sae, x)
+    ref, ref_grads, ref_dx = _loss_and_grads(reference_forward, sae, x)
 
     assert isinstance(fast.n_dead, torch.Tensor) and fast.n_dead.ndim == 0 and fast.n_dead.dtype == torch.long
     assert fast.n_dead == ref.n_dead == n_dead
@@ -192,14 +195,8 @@ def test_fixed_shape_aux_equals_the_gathered_dead_columns_aux(n_dead, k_aux, aux
         sae.b_enc[::3] += 0.5  # some dead latents with positive pre-activations on many tokens
     _mark_dead(sae, torch.randperm(64, generator=torch.Generator().manual_seed(7))[:n_dead])
     x = torch.randn(40, 16, dtype=F64, requires_grad=True)
-    results = []
-    for forward in (lambda s, v: TopKSAE.forward(s, v, aux_dense=aux_dense), gathered_aux_forward):
-        sae.zero_grad(set_to_none=True)
-        x.grad = None
-        out = forward(sae, x)
-        out.loss.backward()
-        results.append((out, {n: p.grad.clone() for n, p in sae.named_parameters()}, x.grad.clone()))
-    (fixed, fixed_grads, fixed_dx), (gathered, gathered_grads, gathered_dx) = results
+    fixed, fixed_grads, fixed_dx = _loss_and_grads(lambda s, v: TopKSAE.forward(s, v, aux_dense=aux_dense), sae, x)
+    gathered, gathered_grads, gathered_dx = _loss_and_grads(gathered_aux_forward, sae, x)
     assert int(fixed.n_dead) == int(gathered.n_dead) == n_dead
     for field in ("fvu", "aux_fvu", "loss"):
         torch.testing.assert_close(getattr(fixed, field), getattr(gathered, field), rtol=1e-12, atol=1e-12)
